@@ -1,0 +1,395 @@
+//! Content-defined chunking: where a file is cut into chunks.
+//!
+//! Every device of a folder must cut the same bytes at the same places, or dedup and delta
+//! transfer stop working. So the cut rule is a value, [`ChunkerParams`], that is part of a
+//! folder's identity and can be compared between peers. The rule is FastCDC v2020 from the
+//! `fastcdc` crate; this module adds bounded-memory streaming over any reader and the cut
+//! function for callers that chunk regions of a file in parallel.
+//!
+//! The cut for a chunk that starts at offset `p` depends only on the bytes
+//! `[p, min(p + max, len))`. Everything else here relies on that property.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::str::FromStr;
+
+use fastcdc::v2020::{self, Normalization};
+
+/// The chunking rule of a folder. Two peers can share a folder only if these are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkerParams {
+    /// Version of the cut algorithm; 1 is FastCDC v2020 with the crate's default gear table.
+    pub version: u16,
+    /// Smallest chunk, except for the last chunk of a file.
+    pub min: u32,
+    /// Target average chunk size.
+    pub avg: u32,
+    /// Largest chunk.
+    pub max: u32,
+    /// FastCDC normalization level (0-3).
+    pub normalization: u8,
+}
+
+/// Why a [`ChunkerParams`] value cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    #[error("unknown chunker version {0} (this build knows version 1)")]
+    UnknownVersion(u16),
+    #[error("chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB and be even, got {min}/{avg}/{max}")]
+    BadSizes { min: u32, avg: u32, max: u32 },
+    #[error("normalization level must be 0-3, got {0}")]
+    BadNormalization(u8),
+    #[error("chunker parameters must look like fastcdc2020:<version>:<min>:<avg>:<max>:<level>, got {0:?}")]
+    Malformed(String),
+}
+
+impl ChunkerParams {
+    /// The parameters new folders get: 16 KiB / 64 KiB / 256 KiB, normalization level 1.
+    pub const V1_DEFAULT: ChunkerParams = ChunkerParams {
+        version: 1,
+        min: 16 * 1024,
+        avg: 64 * 1024,
+        max: 256 * 1024,
+        normalization: 1,
+    };
+
+    /// Checks that these parameters can be used to chunk.
+    pub fn validate(&self) -> Result<(), ParamsError> {
+        if self.version != 1 {
+            return Err(ParamsError::UnknownVersion(self.version));
+        }
+        let (min, avg, max) = (self.min, self.avg, self.max);
+        let sizes_ok = (64..=16 * 1024 * 1024).contains(&min)
+            && min <= avg
+            && avg <= max
+            && max <= 16 * 1024 * 1024
+            && min % 2 == 0
+            && avg % 2 == 0
+            && max % 2 == 0;
+        if !sizes_ok {
+            return Err(ParamsError::BadSizes { min, avg, max });
+        }
+        if self.normalization > 3 {
+            return Err(ParamsError::BadNormalization(self.normalization));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        Self::V1_DEFAULT
+    }
+}
+
+impl fmt::Display for ChunkerParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "fastcdc2020:{}:{}:{}:{}:{}",
+            self.version, self.min, self.avg, self.max, self.normalization
+        )
+    }
+}
+
+impl FromStr for ChunkerParams {
+    type Err = ParamsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || ParamsError::Malformed(s.to_string());
+        let mut parts = s.split(':');
+        if parts.next() != Some("fastcdc2020") {
+            return Err(malformed());
+        }
+        let mut num = || -> Result<u32, ParamsError> {
+            parts.next().and_then(|p| p.parse().ok()).ok_or_else(malformed)
+        };
+        let version = u16::try_from(num()?).map_err(|_| malformed())?;
+        let (min, avg, max) = (num()?, num()?, num()?);
+        let normalization = u8::try_from(num()?).map_err(|_| malformed())?;
+        if parts.next().is_some() {
+            return Err(malformed());
+        }
+        let params = ChunkerParams { version, min, avg, max, normalization };
+        params.validate()?;
+        Ok(params)
+    }
+}
+
+/// A ready-to-use cut rule: [`ChunkerParams`] with its masks precomputed.
+#[derive(Clone, Debug)]
+pub struct Chunker {
+    params: ChunkerParams,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Chunker {
+    /// Prepares the cut rule for `params`.
+    pub fn new(params: ChunkerParams) -> Result<Self, ParamsError> {
+        params.validate()?;
+        let level = match params.normalization {
+            0 => Normalization::Level0,
+            1 => Normalization::Level1,
+            2 => Normalization::Level2,
+            _ => Normalization::Level3,
+        };
+        let (mask_s, mask_l) = v2020::select_masks(params.avg as usize, level);
+        Ok(Chunker { params, mask_s, mask_l })
+    }
+
+    /// The parameters this chunker cuts with.
+    pub fn params(&self) -> ChunkerParams {
+        self.params
+    }
+
+    /// The largest chunk this chunker produces.
+    pub fn max_chunk(&self) -> usize {
+        self.params.max as usize
+    }
+
+    /// Length of the chunk that starts at `window[0]`.
+    ///
+    /// `window` must hold at least `max_chunk()` bytes, or everything up to the end of the
+    /// data: a shorter window that is not the end of the data gives a wrong cut.
+    pub fn cut(&self, window: &[u8]) -> usize {
+        let p = &self.params;
+        let (_, len) = v2020::cut(
+            window,
+            p.min as usize,
+            p.avg as usize,
+            p.max as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        len
+    }
+
+    /// Cuts all of `data` (which ends at the end of the content) and calls `each(offset, chunk)`.
+    pub fn chunk_slice<'a>(&self, data: &'a [u8]) -> SliceChunks<'a, '_> {
+        SliceChunks { chunker: self, data, pos: 0 }
+    }
+
+    /// Cuts everything `reader` yields, calling `each(offset, chunk)` in order, with memory
+    /// bounded by one read buffer of a few times the largest chunk, whatever the input size.
+    ///
+    /// Returns the number of bytes read. Stops at the first error of `each` or of the reader.
+    pub fn chunk_reader<R: Read, E: From<io::Error>>(
+        &self,
+        mut reader: R,
+        buf: &mut Vec<u8>,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let cap = (4 * self.max_chunk()).max(1 << 20);
+        if buf.len() < cap {
+            buf.resize(cap, 0);
+        }
+        let cap = buf.len();
+        let (mut start, mut filled, mut offset) = (0usize, 0usize, 0u64);
+        let mut eof = false;
+        loop {
+            // Refill until the window holds a whole maximal chunk or the input ended.
+            if !eof && filled - start < self.max_chunk() {
+                buf.copy_within(start..filled, 0);
+                filled -= start;
+                start = 0;
+                while filled < cap {
+                    match reader.read(&mut buf[filled..]) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if start == filled {
+                return Ok(offset);
+            }
+            let len = self.cut(&buf[start..filled]);
+            each(offset, &buf[start..start + len])?;
+            start += len;
+            offset += len as u64;
+        }
+    }
+}
+
+/// Iterator over the chunks of an in-memory buffer: `(offset, bytes)`.
+pub struct SliceChunks<'a, 'c> {
+    chunker: &'c Chunker,
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for SliceChunks<'a, '_> {
+    type Item = (usize, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.data.len() {
+            return None;
+        }
+        let len = self.chunker.cut(&self.data[self.pos..]);
+        let item = (self.pos, &self.data[self.pos..self.pos + len]);
+        self.pos += len;
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{RngCore, SeedableRng, rngs::StdRng};
+
+    fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut data = vec![0u8; len];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+        data
+    }
+
+    fn chunker() -> Chunker {
+        Chunker::new(ChunkerParams::V1_DEFAULT).unwrap()
+    }
+
+    fn cuts(data: &[u8]) -> Vec<(usize, usize)> {
+        chunker().chunk_slice(data).map(|(o, c)| (o, c.len())).collect()
+    }
+
+    /// A reader that returns at most `step` bytes per call, to exercise refills.
+    struct Dribble<'a>(&'a [u8], usize);
+    impl Read for Dribble<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(out.len()).min(self.1);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    fn stream_cuts(data: &[u8], step: usize) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        let read = chunker()
+            .chunk_reader::<_, io::Error>(Dribble(data, step), &mut buf, |o, c| {
+                out.push((o as usize, c.len()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(read as usize, data.len());
+        out
+    }
+
+    #[test]
+    fn chunks_concatenate_to_the_input() {
+        let data = random_bytes(5_000_000, 1);
+        let mut joined = Vec::new();
+        for (offset, chunk) in chunker().chunk_slice(&data) {
+            assert_eq!(offset, joined.len());
+            joined.extend_from_slice(chunk);
+        }
+        assert_eq!(joined, data);
+    }
+
+    #[test]
+    fn chunk_sizes_respect_the_parameters() {
+        let data = random_bytes(8_000_000, 2);
+        let all = cuts(&data);
+        let p = ChunkerParams::V1_DEFAULT;
+        for (i, &(_, len)) in all.iter().enumerate() {
+            assert!(len <= p.max as usize);
+            if i + 1 < all.len() {
+                assert!(len >= p.min as usize, "chunk {i} of {len} bytes is below min");
+            }
+        }
+        let avg = data.len() / all.len();
+        assert!((32 * 1024..=128 * 1024).contains(&avg), "average chunk {avg}");
+    }
+
+    #[test]
+    fn same_input_gives_the_same_chunks() {
+        let data = random_bytes(3_000_000, 3);
+        assert_eq!(cuts(&data), cuts(&data.clone()));
+    }
+
+    #[test]
+    fn streaming_matches_whole_buffer_chunking() {
+        let data = random_bytes(6_000_000, 4);
+        let whole = cuts(&data);
+        assert_eq!(stream_cuts(&data, 1 << 20), whole);
+        assert_eq!(stream_cuts(&data, 77_777), whole);
+    }
+
+    #[test]
+    fn matches_the_fastcdc_crate() {
+        let data = random_bytes(4_000_000, 5);
+        let p = ChunkerParams::V1_DEFAULT;
+        let reference: Vec<(usize, usize)> =
+            v2020::FastCDC::new(&data, p.min as usize, p.avg as usize, p.max as usize)
+                .map(|c| (c.offset, c.length))
+                .collect();
+        assert_eq!(cuts(&data), reference);
+    }
+
+    #[test]
+    fn small_insertion_changes_only_nearby_chunks() {
+        let data = random_bytes(32 * 1024 * 1024, 6);
+        let mut edited = data.clone();
+        let at = 17 * 1024 * 1024 + 123;
+        edited.splice(at..at, b"a few bytes".iter().copied());
+        let ids = |d: &[u8]| -> std::collections::HashSet<crate::ChunkId> {
+            chunker().chunk_slice(d).map(|(_, c)| crate::ChunkId::of(c)).collect()
+        };
+        let before = ids(&data);
+        let after = ids(&edited);
+        let new_chunks = after.difference(&before).count();
+        // The chunk holding the insertion changes; boundaries resynchronise at once or
+        // within one more chunk. Out of ~500 chunks, at most 2 may be new.
+        assert!((1..=2).contains(&new_chunks), "{new_chunks} chunks changed");
+        assert!(before.difference(&after).count() <= 2);
+    }
+
+    #[test]
+    fn empty_input_has_no_chunks_and_tiny_input_one() {
+        assert!(cuts(&[]).is_empty());
+        assert!(stream_cuts(&[], 10).is_empty());
+        assert_eq!(cuts(b"x"), vec![(0, 1)]);
+        assert_eq!(stream_cuts(b"tiny", 1), vec![(0, 4)]);
+        let below_min = random_bytes(1000, 7);
+        assert_eq!(cuts(&below_min), vec![(0, 1000)]);
+    }
+
+    #[test]
+    fn uniform_data_is_cut_at_max() {
+        let zeros = vec![0u8; 1024 * 1024 + 5];
+        let all = cuts(&zeros);
+        assert_eq!(all.len(), 5);
+        assert!(all[..4].iter().all(|&(_, len)| len == 256 * 1024));
+        assert_eq!(all[4].1, 5);
+    }
+
+    #[test]
+    fn params_round_trip_as_text_and_reject_nonsense() {
+        let p = ChunkerParams::V1_DEFAULT;
+        assert_eq!(p.to_string().parse::<ChunkerParams>().unwrap(), p);
+        assert!("fastcdc2020:2:16384:65536:262144:1".parse::<ChunkerParams>().is_err());
+        assert!("fastcdc2020:1:65536:16384:262144:1".parse::<ChunkerParams>().is_err());
+        assert!("fastcdc2020:1:16384:65536:262144".parse::<ChunkerParams>().is_err());
+        assert!("rabin:1:16384:65536:262144:1".parse::<ChunkerParams>().is_err());
+        assert_ne!(
+            p,
+            ChunkerParams { avg: 32 * 1024, ..p },
+            "peers must see different parameters as different"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn streaming_equals_slicing_for_any_size(len in 0usize..1_500_000, seed: u64, step in 1usize..400_000) {
+            let data = random_bytes(len, seed);
+            prop_assert_eq!(stream_cuts(&data, step), cuts(&data));
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! cairn-core: the logic of cairn with no I/O of its own.
+//!
+//! Chunking, manifests and content ids, and the decisions of a scan are plain functions
+//! and types here, so that they can be tested exhaustively and simulated without disks,
+//! sockets or clocks. `cairn-daemon` wires them to the real world.
+
+pub mod chunker;
+pub mod hash;
+pub mod manifest;
+pub mod scan;
+
+pub use chunker::{Chunker, ChunkerParams};
+pub use hash::{ChunkId, ContentId};
+pub use manifest::{ChunkRef, ContentIdBuilder, Manifest};

@@ -1,0 +1,357 @@
+//! Manifests: a file's content as the ordered list of its chunks, and the [`ContentId`]
+//! that names it.
+//!
+//! The `ContentId` is the root of an `rs_merkle` tree whose leaves are the chunks (id and
+//! length) in order. Leaves and inner nodes are hashed with different one-byte prefixes, so
+//! a leaf can never pass for a node (rs_merkle's default does not separate them). A node
+//! without a right sibling is promoted unchanged, as rs_merkle does.
+//!
+//! A manifest that arrives from a peer is trusted only after [`Manifest::verify`] against
+//! the `ContentId` from the folder metadata; one chunk can be proven to belong to a file
+//! with a [`ChunkProof`] without the whole manifest.
+
+use rs_merkle::{Hasher, MerkleProof, MerkleTree};
+
+use crate::hash::{ChunkId, ContentId};
+
+const LEAF_PREFIX: u8 = 0x00;
+const NODE_PREFIX: u8 = 0x01;
+const EMPTY_CONTENT: &[u8] = b"cairn/content/empty/v1";
+const ENCODING_VERSION: u8 = 1;
+const ENTRY_BYTES: usize = 32 + 4;
+
+/// One chunk of a file: its id and length in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkRef {
+    /// BLAKE3 of the chunk's bytes.
+    pub id: ChunkId,
+    /// Length of the chunk in bytes (never 0).
+    pub len: u32,
+}
+
+impl ChunkRef {
+    /// The Merkle leaf for this chunk: BLAKE3(0x00 || id || len as little-endian u64).
+    pub fn leaf(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&[LEAF_PREFIX]);
+        h.update(self.id.as_bytes());
+        h.update(&u64::from(self.len).to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+}
+
+/// rs_merkle hasher: BLAKE3 with a node prefix; leaves come pre-hashed from [`ChunkRef::leaf`].
+#[derive(Clone)]
+pub struct MerkleBlake3;
+
+impl Hasher for MerkleBlake3 {
+    type Hash = [u8; 32];
+
+    fn hash(data: &[u8]) -> [u8; 32] {
+        *blake3::hash(data).as_bytes()
+    }
+
+    fn concat_and_hash(left: &[u8; 32], right: Option<&[u8; 32]>) -> [u8; 32] {
+        match right {
+            Some(right) => node(left, right),
+            None => *left,
+        }
+    }
+}
+
+fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&[NODE_PREFIX]);
+    h.update(left);
+    h.update(right);
+    *h.finalize().as_bytes()
+}
+
+/// Why a manifest or proof was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest does not match content id {expected} (it hashes to {actual})")]
+    ContentIdMismatch { expected: ContentId, actual: ContentId },
+    #[error("manifest encoding is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("chunk {index} has length {len}, outside 1..={max}")]
+    BadChunkLength { index: usize, len: u32, max: u32 },
+}
+
+/// A file's content as its ordered chunks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    /// The chunks in file order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Manifest {
+    /// Total size of the content in bytes.
+    pub fn size(&self) -> u64 {
+        self.chunks.iter().map(|c| u64::from(c.len)).sum()
+    }
+
+    /// The name of this content.
+    pub fn content_id(&self) -> ContentId {
+        let mut b = ContentIdBuilder::default();
+        for c in &self.chunks {
+            b.push(c);
+        }
+        b.finish()
+    }
+
+    /// Accepts this manifest only if it is the content named by `expected`.
+    pub fn verify(&self, expected: &ContentId) -> Result<(), ManifestError> {
+        let actual = self.content_id();
+        if &actual == expected {
+            Ok(())
+        } else {
+            Err(ManifestError::ContentIdMismatch { expected: *expected, actual })
+        }
+    }
+
+    /// Checks every chunk length is possible under a chunker whose largest chunk is `max`.
+    pub fn check_lengths(&self, max: u32) -> Result<(), ManifestError> {
+        match self.chunks.iter().position(|c| c.len == 0 || c.len > max) {
+            Some(index) => {
+                Err(ManifestError::BadChunkLength { index, len: self.chunks[index].len, max })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A proof that chunk `index` belongs to this content at that position.
+    pub fn prove(&self, index: usize) -> Option<ChunkProof> {
+        if index >= self.chunks.len() {
+            return None;
+        }
+        let leaves: Vec<[u8; 32]> = self.chunks.iter().map(ChunkRef::leaf).collect();
+        let tree = MerkleTree::<MerkleBlake3>::from_leaves(&leaves);
+        let proof = tree.proof(&[index]);
+        Some(ChunkProof {
+            index,
+            total: self.chunks.len(),
+            hashes: proof.proof_hashes().to_vec(),
+        })
+    }
+
+    /// Compact binary form, as stored in the index and sent to peers.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + self.chunks.len() * ENTRY_BYTES);
+        out.push(ENCODING_VERSION);
+        out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(c.id.as_bytes());
+            out.extend_from_slice(&c.len.to_le_bytes());
+        }
+        out
+    }
+
+    /// Parses [`Manifest::encode`] output; lengths are checked, content is not (use `verify`).
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let (&version, rest) = bytes.split_first().ok_or(ManifestError::Malformed("empty"))?;
+        if version != ENCODING_VERSION {
+            return Err(ManifestError::Malformed("unknown encoding version"));
+        }
+        if rest.len() < 4 {
+            return Err(ManifestError::Malformed("truncated header"));
+        }
+        let (count, body) = rest.split_at(4);
+        let count = u32::from_le_bytes(count.try_into().unwrap_or_default()) as usize;
+        if body.len() != count.checked_mul(ENTRY_BYTES).unwrap_or(usize::MAX) {
+            return Err(ManifestError::Malformed("body length does not match chunk count"));
+        }
+        let chunks = body
+            .chunks_exact(ENTRY_BYTES)
+            .map(|e| {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(&e[..32]);
+                let mut len = [0u8; 4];
+                len.copy_from_slice(&e[32..]);
+                ChunkRef { id: ChunkId(id), len: u32::from_le_bytes(len) }
+            })
+            .collect();
+        Ok(Manifest { chunks })
+    }
+}
+
+/// Computes a [`ContentId`] chunk by chunk in O(log n) memory, for files of any size.
+///
+/// Gives the same root as `rs_merkle::MerkleTree::from_leaves` over the same leaves: both
+/// reduce the leaves to perfect subtrees of decreasing size and fold them right to left.
+#[derive(Clone, Debug, Default)]
+pub struct ContentIdBuilder {
+    /// Roots of complete subtrees, largest first, with their heights.
+    stack: Vec<(u32, [u8; 32])>,
+    count: u64,
+    size: u64,
+}
+
+impl ContentIdBuilder {
+    /// Adds the next chunk of the file.
+    pub fn push(&mut self, chunk: &ChunkRef) {
+        let mut entry = (0u32, chunk.leaf());
+        while let Some(&(height, left)) = self.stack.last() {
+            if height != entry.0 {
+                break;
+            }
+            self.stack.pop();
+            entry = (height + 1, node(&left, &entry.1));
+        }
+        self.stack.push(entry);
+        self.count += 1;
+        self.size += u64::from(chunk.len);
+    }
+
+    /// Chunks pushed so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Bytes covered by the chunks pushed so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The content id of everything pushed.
+    pub fn finish(&self) -> ContentId {
+        let mut iter = self.stack.iter().rev();
+        let Some(&(_, mut acc)) = iter.next() else {
+            return ContentId(*blake3::hash(EMPTY_CONTENT).as_bytes());
+        };
+        for (_, left) in iter {
+            acc = node(left, &acc);
+        }
+        ContentId(acc)
+    }
+}
+
+/// Evidence that one chunk sits at a given position of the content named by a `ContentId`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkProof {
+    /// Position of the chunk in the file.
+    pub index: usize,
+    /// Number of chunks in the file.
+    pub total: usize,
+    /// Sibling hashes from the leaf to the root.
+    pub hashes: Vec<[u8; 32]>,
+}
+
+impl ChunkProof {
+    /// True when `chunk` is at `self.index` of the content named `content`.
+    pub fn verify(&self, content: &ContentId, chunk: &ChunkRef) -> bool {
+        if self.index >= self.total {
+            return false;
+        }
+        let proof = MerkleProof::<MerkleBlake3>::new(self.hashes.clone());
+        proof.verify(content.0, &[self.index], &[chunk.leaf()], self.total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chunk(i: u32) -> ChunkRef {
+        ChunkRef { id: ChunkId::of(&i.to_le_bytes()), len: 1000 + i }
+    }
+
+    fn manifest(n: u32) -> Manifest {
+        Manifest { chunks: (0..n).map(chunk).collect() }
+    }
+
+    #[test]
+    fn a_manifest_verifies_against_its_own_content_id() {
+        let m = manifest(37);
+        assert!(m.verify(&m.content_id()).is_ok());
+    }
+
+    #[test]
+    fn tampered_chunk_list_fails_verification() {
+        let m = manifest(10);
+        let id = m.content_id();
+
+        let mut swapped = m.clone();
+        swapped.chunks.swap(2, 3);
+        assert!(swapped.verify(&id).is_err());
+
+        let mut replaced = m.clone();
+        replaced.chunks[7].id = ChunkId::of(b"evil");
+        assert!(replaced.verify(&id).is_err());
+
+        let mut dropped = m.clone();
+        dropped.chunks.pop();
+        assert!(dropped.verify(&id).is_err());
+
+        let mut extended = m.clone();
+        extended.chunks.push(chunk(99));
+        assert!(extended.verify(&id).is_err());
+    }
+
+    #[test]
+    fn tampered_length_fails_verification() {
+        let m = manifest(5);
+        let id = m.content_id();
+        let mut t = m.clone();
+        t.chunks[1].len += 1;
+        assert!(matches!(t.verify(&id), Err(ManifestError::ContentIdMismatch { .. })));
+    }
+
+    #[test]
+    fn empty_content_has_a_fixed_id_distinct_from_any_chunk() {
+        let empty = Manifest::default();
+        assert_eq!(empty.content_id(), Manifest::default().content_id());
+        assert_ne!(empty.content_id(), manifest(1).content_id());
+        assert_eq!(empty.size(), 0);
+    }
+
+    #[test]
+    fn a_proof_for_one_chunk_verifies_and_a_forged_one_does_not() {
+        let m = manifest(13);
+        let id = m.content_id();
+        for i in 0..13 {
+            let proof = m.prove(i).unwrap();
+            assert!(proof.verify(&id, &m.chunks[i]), "chunk {i}");
+            let other = m.chunks[(i + 1) % 13];
+            assert!(!proof.verify(&id, &other), "foreign chunk at {i} must fail");
+        }
+        let mut wrong_place = m.prove(4).unwrap();
+        wrong_place.index = 5;
+        assert!(!wrong_place.verify(&id, &m.chunks[4]));
+        assert!(m.prove(13).is_none());
+    }
+
+    #[test]
+    fn encoding_round_trips_and_rejects_truncation() {
+        let m = manifest(9);
+        let bytes = m.encode();
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        assert!(Manifest::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Manifest::decode(&[]).is_err());
+        let mut lying_count = bytes.clone();
+        lying_count[1] = 200;
+        assert!(Manifest::decode(&lying_count).is_err());
+        let mut bad_version = bytes;
+        bad_version[0] = 9;
+        assert!(Manifest::decode(&bad_version).is_err());
+    }
+
+    #[test]
+    fn lengths_outside_the_chunker_bounds_are_refused() {
+        let mut m = manifest(3);
+        assert!(m.check_lengths(2000).is_ok());
+        m.chunks[2].len = 0;
+        assert!(m.check_lengths(2000).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn streaming_root_equals_rs_merkle_root(n in 1u32..300) {
+            let m = manifest(n);
+            let leaves: Vec<[u8; 32]> = m.chunks.iter().map(ChunkRef::leaf).collect();
+            let tree = MerkleTree::<MerkleBlake3>::from_leaves(&leaves);
+            prop_assert_eq!(Some(m.content_id().0), tree.root());
+        }
+    }
+}
