@@ -1,0 +1,463 @@
+//! The device's local index in redb: folders, what each path looked like when it was last
+//! read, the manifests of file contents, and where every chunk can be found on disk.
+//!
+//! Architecture invariant: every change to a path is one transaction that updates its
+//! entry, the manifest reference counts, the chunk locations and the folder totals
+//! together, so a crash at any moment leaves an index that agrees with itself.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use cairn_core::scan::{EntryKind, IndexedEntry};
+use cairn_core::{ChunkId, ChunkerParams, ContentId, Manifest};
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable,
+    TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+
+/// folder id -> FolderRecord (postcard)
+const FOLDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("folders");
+/// (folder id, path) -> IndexedEntry (postcard)
+const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
+/// content id -> (paths referring to it, encoded manifest)
+const MANIFESTS: TableDefinition<&[u8; 32], (u64, &[u8])> = TableDefinition::new("manifests");
+/// chunk id -> encoded ChunkLocation, one per place the chunk occurs
+const CHUNK_LOCATIONS: MultimapTableDefinition<&[u8; 32], &[u8]> =
+    MultimapTableDefinition::new("chunk_locations");
+/// (folder id, chunk id) -> occurrences of the chunk in the folder's current files
+const FOLDER_CHUNKS: TableDefinition<(&str, &[u8; 32]), u64> =
+    TableDefinition::new("folder_chunks");
+/// folder id -> FolderTotals (postcard)
+const FOLDER_TOTALS: TableDefinition<&str, &[u8]> = TableDefinition::new("folder_totals");
+
+/// Errors of the local index, with what the user can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(
+        "the index {path} is in use by another cairn process (is cairnd running? then use the daemon)"
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot open the index {path}: {source}")]
+    Open { path: PathBuf, source: redb::DatabaseError },
+    #[error("index storage error: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("index record {what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("folder {0} is not in the index")]
+    UnknownFolder(String),
+}
+
+impl IndexError {
+    fn storage(e: impl Into<redb::Error>) -> Self {
+        IndexError::Storage(e.into())
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for IndexError {
+            fn from(e: $t) -> Self {
+                IndexError::storage(e)
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+type Result<T> = std::result::Result<T, IndexError>;
+
+/// A folder this device indexes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderRecord {
+    /// Stable id of the folder, shared by all its devices.
+    pub id: String,
+    /// Absolute path of the folder on this device.
+    pub root: PathBuf,
+    /// How this folder's files are cut into chunks (text form of [`ChunkerParams`]).
+    pub chunker: String,
+}
+
+impl FolderRecord {
+    /// The folder's chunker parameters.
+    pub fn chunker_params(&self) -> Result<ChunkerParams> {
+        self.chunker.parse().map_err(|e: cairn_core::chunker::ParamsError| IndexError::Corrupt {
+            what: format!("folder {}", self.id),
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// Running totals of a folder's current content, kept up to date by every change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderTotals {
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Bytes in regular files.
+    pub bytes: u64,
+    /// Chunks over all files, counting repeats.
+    pub chunks: u64,
+    /// Distinct chunks.
+    pub unique_chunks: u64,
+    /// Bytes of the distinct chunks: what the folder costs to transfer.
+    pub unique_bytes: u64,
+}
+
+/// One place on disk where a chunk's bytes are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// Folder id.
+    pub folder: String,
+    /// Folder-relative path.
+    pub path: String,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Length of the chunk.
+    pub len: u32,
+}
+
+impl ChunkLocation {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(14 + self.folder.len() + self.path.len());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.len.to_be_bytes());
+        out.extend_from_slice(&(self.folder.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.folder.as_bytes());
+        out.extend_from_slice(self.path.as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let offset = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let len = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?);
+        let flen = u16::from_be_bytes(bytes.get(12..14)?.try_into().ok()?) as usize;
+        let folder = std::str::from_utf8(bytes.get(14..14 + flen)?).ok()?.to_string();
+        let path = std::str::from_utf8(bytes.get(14 + flen..)?).ok()?.to_string();
+        Some(ChunkLocation { folder, path, offset, len })
+    }
+}
+
+/// One change to a path, applied by [`Index::apply`].
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// The path now is `entry`; for a file with new content, `manifest` is its content.
+    Put { path: String, entry: IndexedEntry, manifest: Option<Manifest> },
+    /// The path is gone.
+    Remove { path: String },
+}
+
+/// The device's index database.
+pub struct Index {
+    db: Database,
+    path: PathBuf,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| IndexError::Corrupt { what: what(), detail: e.to_string() })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own plain structs into a Vec cannot fail.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+impl Index {
+    /// Opens (or creates) the index at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| IndexError::Open {
+                path: path.to_path_buf(),
+                source: redb::DatabaseError::Storage(redb::StorageError::Io(e)),
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => IndexError::InUse { path: path.into() },
+            other => IndexError::Open { path: path.into(), source: other },
+        })?;
+        let txn = db.begin_write()?;
+        txn.open_table(FOLDERS)?;
+        txn.open_table(ENTRIES)?;
+        txn.open_table(MANIFESTS)?;
+        txn.open_multimap_table(CHUNK_LOCATIONS)?;
+        txn.open_table(FOLDER_CHUNKS)?;
+        txn.open_table(FOLDER_TOTALS)?;
+        txn.commit()?;
+        Ok(Index { db, path: path.to_path_buf() })
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All folders in the index.
+    pub fn folders(&self) -> Result<Vec<FolderRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FOLDERS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (id, value) = row?;
+            out.push(decode(value.value(), || format!("folder {}", id.value()))?);
+        }
+        Ok(out)
+    }
+
+    /// The folder whose root is `root`, if indexed.
+    pub fn folder_by_root(&self, root: &Path) -> Result<Option<FolderRecord>> {
+        Ok(self.folders()?.into_iter().find(|f| f.root == root))
+    }
+
+    /// Adds a folder (or replaces the record with the same id).
+    pub fn put_folder(&self, folder: &FolderRecord) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(FOLDERS)?.insert(folder.id.as_str(), encode(folder).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every indexed path of `folder` with its entry.
+    pub fn entries(&self, folder: &str) -> Result<HashMap<String, IndexedEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENTRIES)?;
+        let mut out = HashMap::new();
+        for row in table.range((folder, "")..)? {
+            let (key, value) = row?;
+            let (f, path) = key.value();
+            if f != folder {
+                break;
+            }
+            let entry = decode(value.value(), || format!("entry {folder}/{path}"))?;
+            out.insert(path.to_string(), entry);
+        }
+        Ok(out)
+    }
+
+    /// The entry of one path.
+    pub fn entry(&self, folder: &str, path: &str) -> Result<Option<IndexedEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENTRIES)?;
+        match table.get((folder, path))? {
+            Some(v) => Ok(Some(decode(v.value(), || format!("entry {folder}/{path}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The manifest of a content, if some indexed file has it.
+    pub fn manifest(&self, content: &ContentId) -> Result<Option<Manifest>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MANIFESTS)?;
+        let Some(v) = table.get(content.as_bytes())? else {
+            return Ok(None);
+        };
+        let (_, bytes) = v.value();
+        Manifest::decode(bytes)
+            .map(Some)
+            .map_err(|e| IndexError::Corrupt { what: format!("manifest {content}"), detail: e.to_string() })
+    }
+
+    /// Every place on this device where `chunk` is known to be.
+    pub fn chunk_locations(&self, chunk: &ChunkId) -> Result<Vec<ChunkLocation>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+        let mut out = Vec::new();
+        for v in table.get(chunk.as_bytes())? {
+            let v = v?;
+            let loc = ChunkLocation::decode(v.value()).ok_or_else(|| IndexError::Corrupt {
+                what: format!("location of chunk {chunk}"),
+                detail: "undecodable".into(),
+            })?;
+            out.push(loc);
+        }
+        Ok(out)
+    }
+
+    /// The running totals of a folder.
+    pub fn totals(&self, folder: &str) -> Result<FolderTotals> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FOLDER_TOTALS)?;
+        match table.get(folder)? {
+            Some(v) => decode(v.value(), || format!("totals of {folder}")),
+            None => Ok(FolderTotals::default()),
+        }
+    }
+
+    /// Applies `updates` to `folder` in one transaction: all of them, or none.
+    pub fn apply(&self, folder: &str, updates: &[Update]) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            if txn.open_table(FOLDERS)?.get(folder)?.is_none() {
+                return Err(IndexError::UnknownFolder(folder.to_string()));
+            }
+            let mut w = Writer {
+                folder,
+                entries: txn.open_table(ENTRIES)?,
+                manifests: txn.open_table(MANIFESTS)?,
+                locations: txn.open_multimap_table(CHUNK_LOCATIONS)?,
+                folder_chunks: txn.open_table(FOLDER_CHUNKS)?,
+                totals: {
+                    let t = txn.open_table(FOLDER_TOTALS)?;
+                    let v = t.get(folder)?.map(|v| v.value().to_vec());
+                    match v {
+                        Some(bytes) => decode(&bytes, || format!("totals of {folder}"))?,
+                        None => FolderTotals::default(),
+                    }
+                },
+            };
+            for update in updates {
+                match update {
+                    Update::Put { path, entry, manifest } => w.put(path, entry, manifest.as_ref())?,
+                    Update::Remove { path } => w.remove(path)?,
+                }
+            }
+            let totals = encode(&w.totals);
+            txn.open_table(FOLDER_TOTALS)?.insert(folder, totals.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// The tables of one write transaction, and the folder totals being updated.
+struct Writer<'t> {
+    folder: &'t str,
+    entries: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    manifests: redb::Table<'t, &'static [u8; 32], (u64, &'static [u8])>,
+    locations: redb::MultimapTable<'t, &'static [u8; 32], &'static [u8]>,
+    folder_chunks: redb::Table<'t, (&'static str, &'static [u8; 32]), u64>,
+    totals: FolderTotals,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, path: &str, entry: &IndexedEntry, manifest: Option<&Manifest>) -> Result<()> {
+        let old = self.take_entry(path)?;
+        let same_content = old.as_ref().is_some_and(|o| o.kind == entry.kind && o.content == entry.content);
+        if let Some(old) = &old {
+            self.count(old, false);
+            if !same_content {
+                self.release_content(path, old)?;
+            }
+        }
+        self.count(entry, true);
+        if !same_content && let Some(content) = &entry.content {
+            self.add_content(path, content, manifest)?;
+        }
+        self.entries.insert((self.folder, path), encode(entry).as_slice())?;
+        Ok(())
+    }
+
+    fn remove(&mut self, path: &str) -> Result<()> {
+        if let Some(old) = self.take_entry(path)? {
+            self.count(&old, false);
+            self.release_content(path, &old)?;
+        }
+        Ok(())
+    }
+
+    fn take_entry(&mut self, path: &str) -> Result<Option<IndexedEntry>> {
+        let old = self.entries.remove((self.folder, path))?.map(|v| v.value().to_vec());
+        old.map(|bytes| decode(&bytes, || format!("entry {}/{path}", self.folder))).transpose()
+    }
+
+    fn count(&mut self, entry: &IndexedEntry, add: bool) {
+        let t = &mut self.totals;
+        let (field, bytes) = match entry.kind {
+            EntryKind::File => (&mut t.files, entry.stamp.size),
+            EntryKind::Dir => (&mut t.dirs, 0),
+            EntryKind::Symlink => (&mut t.symlinks, 0),
+        };
+        if add {
+            *field += 1;
+            t.bytes += bytes;
+        } else {
+            *field = field.saturating_sub(1);
+            t.bytes = t.bytes.saturating_sub(bytes);
+        }
+    }
+
+    fn add_content(&mut self, path: &str, content: &ContentId, manifest: Option<&Manifest>) -> Result<()> {
+        let existing = self.manifests.get(content.as_bytes())?.map(|v| {
+            let (refs, bytes) = v.value();
+            (refs, bytes.to_vec())
+        });
+        let (refs, bytes) = match (existing, manifest) {
+            (Some((refs, bytes)), _) => (refs, bytes),
+            (None, Some(m)) => (0, m.encode()),
+            (None, None) => {
+                return Err(IndexError::Corrupt {
+                    what: format!("entry {}/{path}", self.folder),
+                    detail: format!("content {content} has no manifest"),
+                });
+            }
+        };
+        self.manifests.insert(content.as_bytes(), (refs + 1, bytes.as_slice()))?;
+        let manifest = self.decode_manifest(content, &bytes)?;
+        let mut offset = 0u64;
+        for c in &manifest.chunks {
+            let loc = ChunkLocation { folder: self.folder.into(), path: path.into(), offset, len: c.len };
+            self.locations.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+            let key = (self.folder, c.id.as_bytes());
+            let n = self.folder_chunks.get(key)?.map_or(0, |v| v.value());
+            self.folder_chunks.insert(key, n + 1)?;
+            self.totals.chunks += 1;
+            if n == 0 {
+                self.totals.unique_chunks += 1;
+                self.totals.unique_bytes += u64::from(c.len);
+            }
+            offset += u64::from(c.len);
+        }
+        Ok(())
+    }
+
+    fn release_content(&mut self, path: &str, old: &IndexedEntry) -> Result<()> {
+        let Some(content) = &old.content else { return Ok(()) };
+        let Some((refs, bytes)) = self.manifests.get(content.as_bytes())?.map(|v| {
+            let (refs, bytes) = v.value();
+            (refs, bytes.to_vec())
+        }) else {
+            return Ok(());
+        };
+        if refs <= 1 {
+            self.manifests.remove(content.as_bytes())?;
+        } else {
+            self.manifests.insert(content.as_bytes(), (refs - 1, bytes.as_slice()))?;
+        }
+        let manifest = self.decode_manifest(content, &bytes)?;
+        let mut offset = 0u64;
+        for c in &manifest.chunks {
+            let loc = ChunkLocation { folder: self.folder.into(), path: path.into(), offset, len: c.len };
+            self.locations.remove(c.id.as_bytes(), loc.encode().as_slice())?;
+            let key = (self.folder, c.id.as_bytes());
+            let n = self.folder_chunks.get(key)?.map_or(0, |v| v.value());
+            self.totals.chunks = self.totals.chunks.saturating_sub(1);
+            if n <= 1 {
+                self.folder_chunks.remove(key)?;
+                self.totals.unique_chunks = self.totals.unique_chunks.saturating_sub(1);
+                self.totals.unique_bytes = self.totals.unique_bytes.saturating_sub(u64::from(c.len));
+            } else {
+                self.folder_chunks.insert(key, n - 1)?;
+            }
+            offset += u64::from(c.len);
+        }
+        Ok(())
+    }
+
+    fn decode_manifest(&self, content: &ContentId, bytes: &[u8]) -> Result<Manifest> {
+        Manifest::decode(bytes).map_err(|e| IndexError::Corrupt {
+            what: format!("manifest {content}"),
+            detail: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,450 @@
+//! The scanner: walks a folder, reads what changed since the last scan, and records it in
+//! the index.
+//!
+//! A scan is incremental: a path whose stamp (size, mtime, ctime, inode, mode) equals the
+//! indexed one is not read. Changed files are chunked and hashed on all cores; results are
+//! committed in batches, so a scan that is killed keeps everything committed so far and the
+//! next scan picks up where it stopped. Deletions are committed last, only after the walk
+//! finished, and never under a directory that could not be read.
+
+use std::collections::HashSet;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cairn_core::scan::{
+    Change, ChangeKind, EntryKind, IGNORE_FILE, IndexedEntry, Stamp, is_internal_name,
+};
+use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, ContentIdBuilder, Manifest};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::index::{FolderRecord, FolderTotals, Index, IndexError, Update};
+
+/// How often a file that keeps changing while it is read is tried again in one scan.
+const READ_ATTEMPTS: usize = 3;
+/// A batch of results is committed when it holds this many paths...
+const BATCH_PATHS: usize = 2_000;
+/// ...or this many bytes of newly read content...
+const BATCH_BYTES: u64 = 256 << 20;
+/// ...or when it is this old.
+const BATCH_AGE: Duration = Duration::from_millis(500);
+
+/// A scan that could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("folder {root} cannot be read: {source}")]
+    Root { root: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("folder {0} has invalid chunker parameters")]
+    Params(String),
+}
+
+/// A path the scan skipped, and why; the scan goes on without it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ScanIssue {
+    /// Folder-relative path ("" for the folder itself).
+    pub path: String,
+    /// What went wrong, in words.
+    pub problem: String,
+}
+
+/// Where a running scan is, for progress bars.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ScanProgress {
+    /// Paths found by the walk so far.
+    pub walked: u64,
+    /// True once the walk is complete and the totals below are final.
+    pub walk_done: bool,
+    /// Files that need reading.
+    pub to_read_files: u64,
+    /// Bytes that need reading.
+    pub to_read_bytes: u64,
+    /// Files read so far.
+    pub read_files: u64,
+    /// Bytes read so far.
+    pub read_bytes: u64,
+}
+
+/// What a scan found and did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScanReport {
+    /// Folder id.
+    pub folder: String,
+    /// Folder root.
+    pub root: PathBuf,
+    /// The folder's totals after the scan.
+    pub totals: FolderTotals,
+    /// Total bytes over the bytes of distinct chunks (1.0 means no duplicate content).
+    pub dedup_ratio: f64,
+    /// Files read (chunked and hashed) by this scan.
+    pub read_files: u64,
+    /// Bytes read by this scan.
+    pub read_bytes: u64,
+    /// Wall time of the scan in seconds.
+    pub seconds: f64,
+    /// Bytes read per second, in MiB/s.
+    pub read_mib_per_s: f64,
+    /// Paths added.
+    pub added: u64,
+    /// Paths modified.
+    pub modified: u64,
+    /// Paths deleted.
+    pub deleted: u64,
+    /// Every change, sorted by path.
+    pub changes: Vec<Change>,
+    /// Paths skipped, and why.
+    pub issues: Vec<ScanIssue>,
+}
+
+/// What the walk saw at one path.
+struct Observed {
+    path: String,
+    kind: EntryKind,
+    stamp: Stamp,
+}
+
+/// The outcome of reading one path.
+enum ReadOutcome {
+    Done { path: String, entry: IndexedEntry, manifest: Option<Manifest>, bytes: u64 },
+    Skipped(ScanIssue),
+}
+
+/// Scans `folder` into `index` and reports what changed. `progress` is called now and then.
+pub fn scan_folder(
+    index: &Index,
+    folder: &FolderRecord,
+    progress: &(dyn Fn(&ScanProgress) + Sync),
+) -> Result<ScanReport, ScanError> {
+    let started = Instant::now();
+    let params = folder.chunker_params()?;
+    let chunker = Chunker::new(params).map_err(|_| ScanError::Params(folder.id.clone()))?;
+    std::fs::read_dir(&folder.root)
+        .map_err(|source| ScanError::Root { root: folder.root.clone(), source })?;
+
+    let mut previous = index.entries(&folder.id)?;
+    let mut prog = ScanProgress::default();
+    let mut issues = Vec::new();
+    let mut unreadable_dirs = Vec::new();
+    let mut seen = HashSet::new();
+    let mut to_read = Vec::new();
+    for item in walk(&folder.root) {
+        match item {
+            Ok(obs) => {
+                prog.walked += 1;
+                if prog.walked % 4096 == 0 {
+                    progress(&prog);
+                }
+                let unchanged =
+                    previous.get(&obs.path).is_some_and(|old| !old.needs_rescan(obs.kind, &obs.stamp));
+                seen.insert(obs.path.clone());
+                if !unchanged {
+                    if obs.kind == EntryKind::File {
+                        prog.to_read_files += 1;
+                        prog.to_read_bytes += obs.stamp.size;
+                    }
+                    to_read.push(obs);
+                }
+            }
+            Err(WalkIssue { path, problem, unreadable_dir }) => {
+                if unreadable_dir {
+                    unreadable_dirs.push(path.clone());
+                }
+                issues.push(ScanIssue { path, problem });
+            }
+        }
+    }
+    prog.walk_done = true;
+    progress(&prog);
+
+    // Read changed paths in parallel, largest first; commit results in batches here.
+    let mut changes = Vec::new();
+    let mut order = to_read;
+    order.sort_by(|a, b| b.stamp.size.cmp(&a.stamp.size));
+    let root = folder.root.clone();
+    let (tx, rx) = mpsc::sync_channel::<ReadOutcome>(256);
+    std::thread::scope(|s| -> Result<(), ScanError> {
+        s.spawn(|| {
+            let chunker = &chunker;
+            order.into_par_iter().for_each_init(
+                || (tx.clone(), Vec::new()),
+                |(tx, buf), obs| {
+                    let _ = tx.send(read_path(&root, chunker, obs, buf));
+                },
+            );
+            drop(tx);
+        });
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0u64;
+        let mut batch_started = Instant::now();
+        for outcome in rx {
+            match outcome {
+                ReadOutcome::Done { path, entry, manifest, bytes } => {
+                    match previous.remove(&path) {
+                        None => changes.push(Change { path: path.clone(), change: ChangeKind::Added, kind: entry.kind }),
+                        Some(old) => {
+                            if let Some(change) = old.change_to(&entry) {
+                                changes.push(Change { path: path.clone(), change, kind: entry.kind });
+                            }
+                        }
+                    }
+                    if entry.kind == EntryKind::File {
+                        prog.read_files += 1;
+                        prog.read_bytes += bytes;
+                    }
+                    batch_bytes += bytes;
+                    batch.push(Update::Put { path, entry, manifest });
+                }
+                ReadOutcome::Skipped(issue) => {
+                    // Keep what the index had: a file we could not read is not deleted.
+                    previous.remove(&issue.path);
+                    issues.push(issue);
+                }
+            }
+            if batch.len() >= BATCH_PATHS
+                || batch_bytes >= BATCH_BYTES
+                || batch_started.elapsed() >= BATCH_AGE
+            {
+                index.apply(&folder.id, &batch)?;
+                batch.clear();
+                batch_bytes = 0;
+                batch_started = Instant::now();
+                progress(&prog);
+            }
+        }
+        // Whatever is left in `previous` and was not seen is gone, unless it lies under a
+        // directory the walk could not read.
+        for path in previous.keys() {
+            if seen.contains(path) || unreadable_dirs.iter().any(|d| d == path || is_under(path, d)) {
+                continue;
+            }
+            let kind = previous[path].kind;
+            changes.push(Change { path: path.clone(), change: ChangeKind::Deleted, kind });
+            batch.push(Update::Remove { path: path.clone() });
+        }
+        index.apply(&folder.id, &batch)?;
+        Ok(())
+    })?;
+    progress(&prog);
+
+    changes.sort_by(|a, b| a.path.cmp(&b.path));
+    let count = |k: ChangeKind| changes.iter().filter(|c| c.change == k).count() as u64;
+    let totals = index.totals(&folder.id)?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ScanReport {
+        folder: folder.id.clone(),
+        root: folder.root.clone(),
+        dedup_ratio: if totals.unique_bytes == 0 {
+            1.0
+        } else {
+            totals.bytes as f64 / totals.unique_bytes as f64
+        },
+        totals,
+        read_files: prog.read_files,
+        read_bytes: prog.read_bytes,
+        seconds,
+        read_mib_per_s: prog.read_bytes as f64 / (1024.0 * 1024.0) / seconds.max(1e-9),
+        added: count(ChangeKind::Added),
+        modified: count(ChangeKind::Modified),
+        deleted: count(ChangeKind::Deleted),
+        changes,
+        issues,
+    })
+}
+
+fn is_under(path: &str, dir: &str) -> bool {
+    dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+}
+
+/// A problem the walk met at one path.
+struct WalkIssue {
+    path: String,
+    problem: String,
+    /// The path is a directory whose contents are unknown this time.
+    unreadable_dir: bool,
+}
+
+/// Walks `root` without following symlinks, honouring `.cairnignore` files and skipping
+/// cairn's own temp files. Yields every path below the root.
+fn walk(root: &Path) -> impl Iterator<Item = Result<Observed, WalkIssue>> + '_ {
+    let walker = ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .add_custom_ignore_filename(IGNORE_FILE)
+        .follow_links(false)
+        .filter_entry(|e| !e.file_name().to_str().is_some_and(is_internal_name))
+        .build();
+    walker.filter_map(move |item| {
+        let entry = match item {
+            Ok(entry) => entry,
+            Err(err) => {
+                let path = error_path(&err).map(|p| relative(root, p)).unwrap_or_default();
+                let unreadable_dir = true;
+                return Some(Err(WalkIssue { path, problem: describe(&err), unreadable_dir }));
+            }
+        };
+        if entry.depth() == 0 {
+            return None;
+        }
+        let path = match entry.path().strip_prefix(root).ok().and_then(|p| p.to_str()) {
+            Some(p) => p.replace(std::path::MAIN_SEPARATOR, "/"),
+            None => {
+                return Some(Err(WalkIssue {
+                    path: entry.path().to_string_lossy().into_owned(),
+                    problem: "name is not valid UTF-8; rename it to sync it".into(),
+                    unreadable_dir: false,
+                }));
+            }
+        };
+        if let Some(err) = entry.error() {
+            return Some(Err(WalkIssue { path, problem: describe(err), unreadable_dir: false }));
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(err) => {
+                // Gone between listing and stat: the next scan sees what is there.
+                return Some(Err(WalkIssue { path, problem: describe(&err), unreadable_dir: false }));
+            }
+        };
+        let ft = meta.file_type();
+        let kind = if ft.is_symlink() {
+            EntryKind::Symlink
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File
+        } else {
+            return Some(Err(WalkIssue {
+                path,
+                problem: "not a regular file, directory or symlink (device, socket or pipe); skipped".into(),
+                unreadable_dir: false,
+            }));
+        };
+        Some(Ok(Observed { path, kind, stamp: stamp_of(&meta) }))
+    })
+}
+
+fn relative(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root).unwrap_or(p).to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/")
+}
+
+fn error_path(err: &ignore::Error) -> Option<&Path> {
+    match err {
+        ignore::Error::WithPath { path, .. } => Some(path),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => error_path(err),
+        ignore::Error::Loop { child, .. } => Some(child),
+        _ => None,
+    }
+}
+
+fn describe(err: &ignore::Error) -> String {
+    match err {
+        ignore::Error::WithPath { err, .. }
+        | ignore::Error::WithDepth { err, .. } => describe(err),
+        other => other.to_string(),
+    }
+}
+
+/// The stamp of a path from its (not followed) metadata.
+pub fn stamp_of(meta: &Metadata) -> Stamp {
+    Stamp {
+        size: meta.len(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        inode: meta.ino(),
+        mode: meta.mode() & 0o7777,
+    }
+}
+
+/// Reads one changed path: the content of a file, the target of a symlink.
+fn read_path(root: &Path, chunker: &Chunker, obs: Observed, buf: &mut Vec<u8>) -> ReadOutcome {
+    let full = root.join(&obs.path);
+    let skipped = |problem: String| ReadOutcome::Skipped(ScanIssue { path: obs.path.clone(), problem });
+    match obs.kind {
+        EntryKind::Dir => ReadOutcome::Done {
+            entry: IndexedEntry { kind: EntryKind::Dir, stamp: obs.stamp, content: None, link_target: None },
+            path: obs.path,
+            manifest: None,
+            bytes: 0,
+        },
+        EntryKind::Symlink => match std::fs::read_link(&full) {
+            Ok(target) => match target.to_str() {
+                Some(t) => ReadOutcome::Done {
+                    entry: IndexedEntry {
+                        kind: EntryKind::Symlink,
+                        stamp: obs.stamp,
+                        content: None,
+                        link_target: Some(t.to_string()),
+                    },
+                    path: obs.path,
+                    manifest: None,
+                    bytes: 0,
+                },
+                None => skipped("symlink target is not valid UTF-8".into()),
+            },
+            Err(e) => skipped(format!("cannot read symlink: {e}")),
+        },
+        EntryKind::File => {
+            let mut last_problem = String::new();
+            for _ in 0..READ_ATTEMPTS {
+                match read_file(&full, chunker, buf) {
+                    Ok(FileRead::Stable { stamp, manifest, content }) => {
+                        let bytes = stamp.size;
+                        return ReadOutcome::Done {
+                            entry: IndexedEntry {
+                                kind: EntryKind::File,
+                                stamp,
+                                content: Some(content),
+                                link_target: None,
+                            },
+                            path: obs.path,
+                            manifest: Some(manifest),
+                            bytes,
+                        };
+                    }
+                    Ok(FileRead::ChangedWhileReading) => {
+                        last_problem = "file kept changing while it was read; it will be scanned again".into();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return skipped("file vanished while scanning".into());
+                    }
+                    Err(e) => return skipped(format!("cannot read file: {e}")),
+                }
+            }
+            skipped(last_problem)
+        }
+    }
+}
+
+/// The result of one attempt at reading a file.
+pub enum FileRead {
+    /// The file did not change while it was read: this is its content.
+    Stable { stamp: Stamp, manifest: Manifest, content: ContentId },
+    /// Its stamp changed between the start and the end of the read.
+    ChangedWhileReading,
+}
+
+/// Chunks and hashes one file, detecting a change that happens while it is read.
+///
+/// Symlinks are not followed (`O_NOFOLLOW`), so a file swapped for a link mid-scan is not
+/// read through the link.
+pub fn read_file(path: &Path, chunker: &Chunker, buf: &mut Vec<u8>) -> io::Result<FileRead> {
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let before = stamp_of(&file.metadata()?);
+    let mut builder = ContentIdBuilder::default();
+    let mut chunks = Vec::new();
+    let read = chunker.chunk_reader::<&File, io::Error>(&file, buf, |_, bytes| {
+        let chunk = ChunkRef { id: ChunkId::of(bytes), len: bytes.len() as u32 };
+        builder.push(&chunk);
+        chunks.push(chunk);
+        Ok(())
+    })?;
+    let after = stamp_of(&file.metadata()?);
+    if before != after || read != after.size {
+        return Ok(FileRead::ChangedWhileReading);
+    }
+    Ok(FileRead::Stable { stamp: after, manifest: Manifest { chunks }, content: builder.finish() })
+}
