@@ -81,7 +81,12 @@ pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
 
 fn print_report(r: &ScanReport, all: bool) {
     let t = &r.totals;
-    println!("Scanned {} (folder {}) in {:.2} s", r.root.display(), r.folder, r.seconds);
+    println!(
+        "Scanned {} (folder {}) in {:.2} s",
+        r.root.display(),
+        r.folder,
+        r.seconds
+    );
     println!(
         "  files     {} ({} dirs, {} symlinks)",
         format::count(t.files),
@@ -109,7 +114,10 @@ fn print_report(r: &ScanReport, all: bool) {
     if r.changes.is_empty() {
         println!("  changes   none");
     } else {
-        println!("  changes   {} added, {} modified, {} deleted", r.added, r.modified, r.deleted);
+        println!(
+            "  changes   {} added, {} modified, {} deleted",
+            r.added, r.modified, r.deleted
+        );
         let limit = if all { usize::MAX } else { LISTED_CHANGES };
         for c in r.changes.iter().take(limit) {
             let mark = match c.change {
@@ -120,11 +128,17 @@ fn print_report(r: &ScanReport, all: bool) {
             println!("    {mark} {}", c.path);
         }
         if r.changes.len() > limit {
-            println!("    ... and {} more (--all or --json lists them)", r.changes.len() - limit);
+            println!(
+                "    ... and {} more (--all or --json lists them)",
+                r.changes.len() - limit
+            );
         }
     }
     if !r.issues.is_empty() {
-        println!("  skipped   {} paths (they keep their last indexed state):", r.issues.len());
+        println!(
+            "  skipped   {} paths (they keep their last indexed state):",
+            r.issues.len()
+        );
         for i in &r.issues {
             let path = if i.path.is_empty() { "." } else { &i.path };
             println!("    ! {path}: {}", i.problem);

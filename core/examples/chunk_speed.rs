@@ -6,7 +6,10 @@ use cairn_core::{ChunkId, Chunker, ChunkerParams};
 use rand::{RngCore, SeedableRng, rngs::StdRng};
 
 fn main() {
-    let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(512);
+    let mib: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(512);
     let mut data = vec![0u8; mib << 20];
     StdRng::seed_from_u64(1).fill_bytes(&mut data);
     let chunker = Chunker::new(ChunkerParams::V1_DEFAULT).expect("default params are valid");
@@ -25,5 +28,9 @@ fn main() {
 
     let t = Instant::now();
     let h = blake3::hash(&data);
-    println!("blake3 whole:   {:.2} GB/s ({})", gbs(t.elapsed()), &h.to_hex()[..8]);
+    println!(
+        "blake3 whole:   {:.2} GB/s ({})",
+        gbs(t.elapsed()),
+        &h.to_hex()[..8]
+    );
 }

@@ -35,11 +35,15 @@ pub struct ChunkerParams {
 pub enum ParamsError {
     #[error("unknown chunker version {0} (this build knows version 1)")]
     UnknownVersion(u16),
-    #[error("chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB and be even, got {min}/{avg}/{max}")]
+    #[error(
+        "chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB and be even, got {min}/{avg}/{max}"
+    )]
     BadSizes { min: u32, avg: u32, max: u32 },
     #[error("normalization level must be 0-3, got {0}")]
     BadNormalization(u8),
-    #[error("chunker parameters must look like fastcdc2020:<version>:<min>:<avg>:<max>:<level>, got {0:?}")]
+    #[error(
+        "chunker parameters must look like fastcdc2020:<version>:<min>:<avg>:<max>:<level>, got {0:?}"
+    )]
     Malformed(String),
 }
 
@@ -101,7 +105,10 @@ impl FromStr for ChunkerParams {
             return Err(malformed());
         }
         let mut num = || -> Result<u32, ParamsError> {
-            parts.next().and_then(|p| p.parse().ok()).ok_or_else(malformed)
+            parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(malformed)
         };
         let version = u16::try_from(num()?).map_err(|_| malformed())?;
         let (min, avg, max) = (num()?, num()?, num()?);
@@ -109,7 +116,13 @@ impl FromStr for ChunkerParams {
         if parts.next().is_some() {
             return Err(malformed());
         }
-        let params = ChunkerParams { version, min, avg, max, normalization };
+        let params = ChunkerParams {
+            version,
+            min,
+            avg,
+            max,
+            normalization,
+        };
         params.validate()?;
         Ok(params)
     }
@@ -134,7 +147,11 @@ impl Chunker {
             _ => Normalization::Level3,
         };
         let (mask_s, mask_l) = v2020::select_masks(params.avg as usize, level);
-        Ok(Chunker { params, mask_s, mask_l })
+        Ok(Chunker {
+            params,
+            mask_s,
+            mask_l,
+        })
     }
 
     /// The parameters this chunker cuts with.
@@ -168,7 +185,11 @@ impl Chunker {
 
     /// Cuts all of `data` (which ends at the end of the content) and calls `each(offset, chunk)`.
     pub fn chunk_slice<'a>(&self, data: &'a [u8]) -> SliceChunks<'a, '_> {
-        SliceChunks { chunker: self, data, pos: 0 }
+        SliceChunks {
+            chunker: self,
+            data,
+            pos: 0,
+        }
     }
 
     /// Cuts everything `reader` yields, calling `each(offset, chunk)` in order, with memory
@@ -254,7 +275,10 @@ mod tests {
     }
 
     fn cuts(data: &[u8]) -> Vec<(usize, usize)> {
-        chunker().chunk_slice(data).map(|(o, c)| (o, c.len())).collect()
+        chunker()
+            .chunk_slice(data)
+            .map(|(o, c)| (o, c.len()))
+            .collect()
     }
 
     /// A reader that returns at most `step` bytes per call, to exercise refills.
@@ -300,11 +324,17 @@ mod tests {
         for (i, &(_, len)) in all.iter().enumerate() {
             assert!(len <= p.max as usize);
             if i + 1 < all.len() {
-                assert!(len >= p.min as usize, "chunk {i} of {len} bytes is below min");
+                assert!(
+                    len >= p.min as usize,
+                    "chunk {i} of {len} bytes is below min"
+                );
             }
         }
         let avg = data.len() / all.len();
-        assert!((32 * 1024..=128 * 1024).contains(&avg), "average chunk {avg}");
+        assert!(
+            (32 * 1024..=128 * 1024).contains(&avg),
+            "average chunk {avg}"
+        );
     }
 
     #[test]
@@ -339,7 +369,10 @@ mod tests {
         let at = 17 * 1024 * 1024 + 123;
         edited.splice(at..at, b"a few bytes".iter().copied());
         let ids = |d: &[u8]| -> std::collections::HashSet<crate::ChunkId> {
-            chunker().chunk_slice(d).map(|(_, c)| crate::ChunkId::of(c)).collect()
+            chunker()
+                .chunk_slice(d)
+                .map(|(_, c)| crate::ChunkId::of(c))
+                .collect()
         };
         let before = ids(&data);
         let after = ids(&edited);
@@ -373,13 +406,32 @@ mod tests {
     fn params_round_trip_as_text_and_reject_nonsense() {
         let p = ChunkerParams::V1_DEFAULT;
         assert_eq!(p.to_string().parse::<ChunkerParams>().unwrap(), p);
-        assert!("fastcdc2020:2:16384:65536:262144:1".parse::<ChunkerParams>().is_err());
-        assert!("fastcdc2020:1:65536:16384:262144:1".parse::<ChunkerParams>().is_err());
-        assert!("fastcdc2020:1:16384:65536:262144".parse::<ChunkerParams>().is_err());
-        assert!("rabin:1:16384:65536:262144:1".parse::<ChunkerParams>().is_err());
+        assert!(
+            "fastcdc2020:2:16384:65536:262144:1"
+                .parse::<ChunkerParams>()
+                .is_err()
+        );
+        assert!(
+            "fastcdc2020:1:65536:16384:262144:1"
+                .parse::<ChunkerParams>()
+                .is_err()
+        );
+        assert!(
+            "fastcdc2020:1:16384:65536:262144"
+                .parse::<ChunkerParams>()
+                .is_err()
+        );
+        assert!(
+            "rabin:1:16384:65536:262144:1"
+                .parse::<ChunkerParams>()
+                .is_err()
+        );
         assert_ne!(
             p,
-            ChunkerParams { avg: 32 * 1024, ..p },
+            ChunkerParams {
+                avg: 32 * 1024,
+                ..p
+            },
             "peers must see different parameters as different"
         );
     }

@@ -71,7 +71,10 @@ fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest does not match content id {expected} (it hashes to {actual})")]
-    ContentIdMismatch { expected: ContentId, actual: ContentId },
+    ContentIdMismatch {
+        expected: ContentId,
+        actual: ContentId,
+    },
     #[error("manifest encoding is malformed: {0}")]
     Malformed(&'static str),
     #[error("chunk {index} has length {len}, outside 1..={max}")]
@@ -106,16 +109,21 @@ impl Manifest {
         if &actual == expected {
             Ok(())
         } else {
-            Err(ManifestError::ContentIdMismatch { expected: *expected, actual })
+            Err(ManifestError::ContentIdMismatch {
+                expected: *expected,
+                actual,
+            })
         }
     }
 
     /// Checks every chunk length is possible under a chunker whose largest chunk is `max`.
     pub fn check_lengths(&self, max: u32) -> Result<(), ManifestError> {
         match self.chunks.iter().position(|c| c.len == 0 || c.len > max) {
-            Some(index) => {
-                Err(ManifestError::BadChunkLength { index, len: self.chunks[index].len, max })
-            }
+            Some(index) => Err(ManifestError::BadChunkLength {
+                index,
+                len: self.chunks[index].len,
+                max,
+            }),
             None => Ok(()),
         }
     }
@@ -149,7 +157,9 @@ impl Manifest {
 
     /// Parses [`Manifest::encode`] output; lengths are checked, content is not (use `verify`).
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let (&version, rest) = bytes.split_first().ok_or(ManifestError::Malformed("empty"))?;
+        let (&version, rest) = bytes
+            .split_first()
+            .ok_or(ManifestError::Malformed("empty"))?;
         if version != ENCODING_VERSION {
             return Err(ManifestError::Malformed("unknown encoding version"));
         }
@@ -158,8 +168,10 @@ impl Manifest {
         }
         let (count, body) = rest.split_at(4);
         let count = u32::from_le_bytes(count.try_into().unwrap_or_default()) as usize;
-        if body.len() != count.checked_mul(ENTRY_BYTES).unwrap_or(usize::MAX) {
-            return Err(ManifestError::Malformed("body length does not match chunk count"));
+        if body.len() != count.saturating_mul(ENTRY_BYTES) {
+            return Err(ManifestError::Malformed(
+                "body length does not match chunk count",
+            ));
         }
         let chunks = body
             .chunks_exact(ENTRY_BYTES)
@@ -168,7 +180,10 @@ impl Manifest {
                 id.copy_from_slice(&e[..32]);
                 let mut len = [0u8; 4];
                 len.copy_from_slice(&e[32..]);
-                ChunkRef { id: ChunkId(id), len: u32::from_le_bytes(len) }
+                ChunkRef {
+                    id: ChunkId(id),
+                    len: u32::from_le_bytes(len),
+                }
             })
             .collect();
         Ok(Manifest { chunks })
@@ -254,11 +269,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn chunk(i: u32) -> ChunkRef {
-        ChunkRef { id: ChunkId::of(&i.to_le_bytes()), len: 1000 + i }
+        ChunkRef {
+            id: ChunkId::of(&i.to_le_bytes()),
+            len: 1000 + i,
+        }
     }
 
     fn manifest(n: u32) -> Manifest {
-        Manifest { chunks: (0..n).map(chunk).collect() }
+        Manifest {
+            chunks: (0..n).map(chunk).collect(),
+        }
     }
 
     #[test]
@@ -295,7 +315,10 @@ mod tests {
         let id = m.content_id();
         let mut t = m.clone();
         t.chunks[1].len += 1;
-        assert!(matches!(t.verify(&id), Err(ManifestError::ContentIdMismatch { .. })));
+        assert!(matches!(
+            t.verify(&id),
+            Err(ManifestError::ContentIdMismatch { .. })
+        ));
     }
 
     #[test]

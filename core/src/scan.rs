@@ -119,7 +119,13 @@ mod tests {
     use super::*;
 
     fn stamp() -> Stamp {
-        Stamp { size: 10, mtime_ns: 1_000, ctime_ns: 2_000, inode: 7, mode: 0o644 }
+        Stamp {
+            size: 10,
+            mtime_ns: 1_000,
+            ctime_ns: 2_000,
+            inode: 7,
+            mode: 0o644,
+        }
     }
 
     fn file() -> IndexedEntry {
@@ -138,13 +144,19 @@ mod tests {
 
     #[test]
     fn a_same_size_edit_with_restored_mtime_is_caught_by_ctime() {
-        let s = Stamp { ctime_ns: 3_000, ..stamp() };
+        let s = Stamp {
+            ctime_ns: 3_000,
+            ..stamp()
+        };
         assert!(file().needs_rescan(EntryKind::File, &s));
     }
 
     #[test]
     fn a_replaced_file_is_caught_by_inode() {
-        let s = Stamp { inode: 8, ..stamp() };
+        let s = Stamp {
+            inode: 8,
+            ..stamp()
+        };
         assert!(file().needs_rescan(EntryKind::File, &s));
     }
 
@@ -155,11 +167,26 @@ mod tests {
 
     #[test]
     fn a_touch_without_content_change_is_not_a_modification() {
-        let touched = IndexedEntry { stamp: Stamp { mtime_ns: 5, ..stamp() }, ..file() };
+        let touched = IndexedEntry {
+            stamp: Stamp {
+                mtime_ns: 5,
+                ..stamp()
+            },
+            ..file()
+        };
         assert_eq!(file().change_to(&touched), None);
-        let edited = IndexedEntry { content: Some(ContentId([2; 32])), ..file() };
+        let edited = IndexedEntry {
+            content: Some(ContentId([2; 32])),
+            ..file()
+        };
         assert_eq!(file().change_to(&edited), Some(ChangeKind::Modified));
-        let chmod = IndexedEntry { stamp: Stamp { mode: 0o755, ..stamp() }, ..file() };
+        let chmod = IndexedEntry {
+            stamp: Stamp {
+                mode: 0o755,
+                ..stamp()
+            },
+            ..file()
+        };
         assert_eq!(file().change_to(&chmod), Some(ChangeKind::Modified));
     }
 

@@ -11,7 +11,10 @@ use crate::index::{FolderRecord, Index, IndexError};
 #[derive(Debug, thiserror::Error)]
 pub enum FolderError {
     #[error("{path} is not a directory cairn can use: {source}")]
-    BadRoot { path: String, source: std::io::Error },
+    BadRoot {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0} is not a directory")]
     NotADirectory(String),
     #[error(transparent)]
@@ -20,7 +23,10 @@ pub enum FolderError {
 
 /// The index record for the folder at `root`, created with default parameters if new.
 pub fn folder_for_root(index: &Index, root: &Path) -> Result<FolderRecord, FolderError> {
-    let bad = |source| FolderError::BadRoot { path: root.display().to_string(), source };
+    let bad = |source| FolderError::BadRoot {
+        path: root.display().to_string(),
+        source,
+    };
     let root = root.canonicalize().map_err(bad)?;
     if !root.metadata().map_err(bad)?.is_dir() {
         return Err(FolderError::NotADirectory(root.display().to_string()));
@@ -42,7 +48,9 @@ fn new_folder_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let mut rng = rand::rng();
     let mut part = || -> String {
-        (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+        (0..5)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect()
     };
     format!("{}-{}", part(), part())
 }

@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_core::scan::{EntryKind, IndexedEntry};
 use cairn_core::{ChunkId, ChunkerParams, ContentId, Manifest};
-use redb::{
-    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable,
-    TableDefinition,
-};
+use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// folder id -> FolderRecord (postcard)
@@ -39,7 +36,10 @@ pub enum IndexError {
     )]
     InUse { path: PathBuf },
     #[error("cannot open the index {path}: {source}")]
-    Open { path: PathBuf, source: redb::DatabaseError },
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
     #[error("index storage error: {0}")]
     Storage(#[from] redb::Error),
     #[error("index record {what} is corrupt: {detail}")]
@@ -86,10 +86,12 @@ pub struct FolderRecord {
 impl FolderRecord {
     /// The folder's chunker parameters.
     pub fn chunker_params(&self) -> Result<ChunkerParams> {
-        self.chunker.parse().map_err(|e: cairn_core::chunker::ParamsError| IndexError::Corrupt {
-            what: format!("folder {}", self.id),
-            detail: e.to_string(),
-        })
+        self.chunker
+            .parse()
+            .map_err(|e: cairn_core::chunker::ParamsError| IndexError::Corrupt {
+                what: format!("folder {}", self.id),
+                detail: e.to_string(),
+            })
     }
 }
 
@@ -140,9 +142,18 @@ impl ChunkLocation {
         let offset = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
         let len = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?);
         let flen = u16::from_be_bytes(bytes.get(12..14)?.try_into().ok()?) as usize;
-        let folder = std::str::from_utf8(bytes.get(14..14 + flen)?).ok()?.to_string();
-        let path = std::str::from_utf8(bytes.get(14 + flen..)?).ok()?.to_string();
-        Some(ChunkLocation { folder, path, offset, len })
+        let folder = std::str::from_utf8(bytes.get(14..14 + flen)?)
+            .ok()?
+            .to_string();
+        let path = std::str::from_utf8(bytes.get(14 + flen..)?)
+            .ok()?
+            .to_string();
+        Some(ChunkLocation {
+            folder,
+            path,
+            offset,
+            len,
+        })
     }
 }
 
@@ -150,7 +161,11 @@ impl ChunkLocation {
 #[derive(Clone, Debug)]
 pub enum Update {
     /// The path now is `entry`; for a file with new content, `manifest` is its content.
-    Put { path: String, entry: IndexedEntry, manifest: Option<Manifest> },
+    Put {
+        path: String,
+        entry: IndexedEntry,
+        manifest: Option<Manifest>,
+    },
     /// The path is gone.
     Remove { path: String },
 }
@@ -162,8 +177,10 @@ pub struct Index {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| IndexError::Corrupt { what: what(), detail: e.to_string() })
+    postcard::from_bytes(bytes).map_err(|e| IndexError::Corrupt {
+        what: what(),
+        detail: e.to_string(),
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -182,7 +199,10 @@ impl Index {
         }
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => IndexError::InUse { path: path.into() },
-            other => IndexError::Open { path: path.into(), source: other },
+            other => IndexError::Open {
+                path: path.into(),
+                source: other,
+            },
         })?;
         let txn = db.begin_write()?;
         txn.open_table(FOLDERS)?;
@@ -192,7 +212,10 @@ impl Index {
         txn.open_table(FOLDER_CHUNKS)?;
         txn.open_table(FOLDER_TOTALS)?;
         txn.commit()?;
-        Ok(Index { db, path: path.to_path_buf() })
+        Ok(Index {
+            db,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Where the database file is.
@@ -220,7 +243,8 @@ impl Index {
     /// Adds a folder (or replaces the record with the same id).
     pub fn put_folder(&self, folder: &FolderRecord) -> Result<()> {
         let txn = self.db.begin_write()?;
-        txn.open_table(FOLDERS)?.insert(folder.id.as_str(), encode(folder).as_slice())?;
+        txn.open_table(FOLDERS)?
+            .insert(folder.id.as_str(), encode(folder).as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -247,7 +271,9 @@ impl Index {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ENTRIES)?;
         match table.get((folder, path))? {
-            Some(v) => Ok(Some(decode(v.value(), || format!("entry {folder}/{path}"))?)),
+            Some(v) => Ok(Some(decode(v.value(), || {
+                format!("entry {folder}/{path}")
+            })?)),
             None => Ok(None),
         }
     }
@@ -262,7 +288,10 @@ impl Index {
         let (_, bytes) = v.value();
         Manifest::decode(bytes)
             .map(Some)
-            .map_err(|e| IndexError::Corrupt { what: format!("manifest {content}"), detail: e.to_string() })
+            .map_err(|e| IndexError::Corrupt {
+                what: format!("manifest {content}"),
+                detail: e.to_string(),
+            })
     }
 
     /// Every place on this device where `chunk` is known to be.
@@ -318,12 +347,17 @@ impl Index {
             };
             for update in updates {
                 match update {
-                    Update::Put { path, entry, manifest } => w.put(path, entry, manifest.as_ref())?,
+                    Update::Put {
+                        path,
+                        entry,
+                        manifest,
+                    } => w.put(path, entry, manifest.as_ref())?,
                     Update::Remove { path } => w.remove(path)?,
                 }
             }
             let totals = encode(&w.totals);
-            txn.open_table(FOLDER_TOTALS)?.insert(folder, totals.as_slice())?;
+            txn.open_table(FOLDER_TOTALS)?
+                .insert(folder, totals.as_slice())?;
         }
         txn.commit()?;
         Ok(())
@@ -343,7 +377,9 @@ struct Writer<'t> {
 impl Writer<'_> {
     fn put(&mut self, path: &str, entry: &IndexedEntry, manifest: Option<&Manifest>) -> Result<()> {
         let old = self.take_entry(path)?;
-        let same_content = old.as_ref().is_some_and(|o| o.kind == entry.kind && o.content == entry.content);
+        let same_content = old
+            .as_ref()
+            .is_some_and(|o| o.kind == entry.kind && o.content == entry.content);
         if let Some(old) = &old {
             self.count(old, false);
             if !same_content {
@@ -354,7 +390,8 @@ impl Writer<'_> {
         if !same_content && let Some(content) = &entry.content {
             self.add_content(path, content, manifest)?;
         }
-        self.entries.insert((self.folder, path), encode(entry).as_slice())?;
+        self.entries
+            .insert((self.folder, path), encode(entry).as_slice())?;
         Ok(())
     }
 
@@ -367,8 +404,12 @@ impl Writer<'_> {
     }
 
     fn take_entry(&mut self, path: &str) -> Result<Option<IndexedEntry>> {
-        let old = self.entries.remove((self.folder, path))?.map(|v| v.value().to_vec());
-        old.map(|bytes| decode(&bytes, || format!("entry {}/{path}", self.folder))).transpose()
+        let old = self
+            .entries
+            .remove((self.folder, path))?
+            .map(|v| v.value().to_vec());
+        old.map(|bytes| decode(&bytes, || format!("entry {}/{path}", self.folder)))
+            .transpose()
     }
 
     fn count(&mut self, entry: &IndexedEntry, add: bool) {
@@ -387,7 +428,12 @@ impl Writer<'_> {
         }
     }
 
-    fn add_content(&mut self, path: &str, content: &ContentId, manifest: Option<&Manifest>) -> Result<()> {
+    fn add_content(
+        &mut self,
+        path: &str,
+        content: &ContentId,
+        manifest: Option<&Manifest>,
+    ) -> Result<()> {
         let existing = self.manifests.get(content.as_bytes())?.map(|v| {
             let (refs, bytes) = v.value();
             (refs, bytes.to_vec())
@@ -402,12 +448,19 @@ impl Writer<'_> {
                 });
             }
         };
-        self.manifests.insert(content.as_bytes(), (refs + 1, bytes.as_slice()))?;
+        self.manifests
+            .insert(content.as_bytes(), (refs + 1, bytes.as_slice()))?;
         let manifest = self.decode_manifest(content, &bytes)?;
         let mut offset = 0u64;
         for c in &manifest.chunks {
-            let loc = ChunkLocation { folder: self.folder.into(), path: path.into(), offset, len: c.len };
-            self.locations.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+            let loc = ChunkLocation {
+                folder: self.folder.into(),
+                path: path.into(),
+                offset,
+                len: c.len,
+            };
+            self.locations
+                .insert(c.id.as_bytes(), loc.encode().as_slice())?;
             let key = (self.folder, c.id.as_bytes());
             let n = self.folder_chunks.get(key)?.map_or(0, |v| v.value());
             self.folder_chunks.insert(key, n + 1)?;
@@ -422,7 +475,9 @@ impl Writer<'_> {
     }
 
     fn release_content(&mut self, path: &str, old: &IndexedEntry) -> Result<()> {
-        let Some(content) = &old.content else { return Ok(()) };
+        let Some(content) = &old.content else {
+            return Ok(());
+        };
         let Some((refs, bytes)) = self.manifests.get(content.as_bytes())?.map(|v| {
             let (refs, bytes) = v.value();
             (refs, bytes.to_vec())
@@ -432,20 +487,28 @@ impl Writer<'_> {
         if refs <= 1 {
             self.manifests.remove(content.as_bytes())?;
         } else {
-            self.manifests.insert(content.as_bytes(), (refs - 1, bytes.as_slice()))?;
+            self.manifests
+                .insert(content.as_bytes(), (refs - 1, bytes.as_slice()))?;
         }
         let manifest = self.decode_manifest(content, &bytes)?;
         let mut offset = 0u64;
         for c in &manifest.chunks {
-            let loc = ChunkLocation { folder: self.folder.into(), path: path.into(), offset, len: c.len };
-            self.locations.remove(c.id.as_bytes(), loc.encode().as_slice())?;
+            let loc = ChunkLocation {
+                folder: self.folder.into(),
+                path: path.into(),
+                offset,
+                len: c.len,
+            };
+            self.locations
+                .remove(c.id.as_bytes(), loc.encode().as_slice())?;
             let key = (self.folder, c.id.as_bytes());
             let n = self.folder_chunks.get(key)?.map_or(0, |v| v.value());
             self.totals.chunks = self.totals.chunks.saturating_sub(1);
             if n <= 1 {
                 self.folder_chunks.remove(key)?;
                 self.totals.unique_chunks = self.totals.unique_chunks.saturating_sub(1);
-                self.totals.unique_bytes = self.totals.unique_bytes.saturating_sub(u64::from(c.len));
+                self.totals.unique_bytes =
+                    self.totals.unique_bytes.saturating_sub(u64::from(c.len));
             } else {
                 self.folder_chunks.insert(key, n - 1)?;
             }

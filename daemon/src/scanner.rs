@@ -110,7 +110,12 @@ struct Observed {
 
 /// The outcome of reading one path.
 enum ReadOutcome {
-    Done { path: String, entry: IndexedEntry, manifest: Option<Manifest>, bytes: u64 },
+    Done {
+        path: String,
+        entry: IndexedEntry,
+        manifest: Option<Manifest>,
+        bytes: u64,
+    },
     Skipped(ScanIssue),
 }
 
@@ -123,8 +128,10 @@ pub fn scan_folder(
     let started = Instant::now();
     let params = folder.chunker_params()?;
     let chunker = Chunker::new(params).map_err(|_| ScanError::Params(folder.id.clone()))?;
-    std::fs::read_dir(&folder.root)
-        .map_err(|source| ScanError::Root { root: folder.root.clone(), source })?;
+    std::fs::read_dir(&folder.root).map_err(|source| ScanError::Root {
+        root: folder.root.clone(),
+        source,
+    })?;
 
     let mut previous = index.entries(&folder.id)?;
     let mut prog = ScanProgress::default();
@@ -139,8 +146,9 @@ pub fn scan_folder(
                 if prog.walked % 4096 == 0 {
                     progress(&prog);
                 }
-                let unchanged =
-                    previous.get(&obs.path).is_some_and(|old| !old.needs_rescan(obs.kind, &obs.stamp));
+                let unchanged = previous
+                    .get(&obs.path)
+                    .is_some_and(|old| !old.needs_rescan(obs.kind, &obs.stamp));
                 seen.insert(obs.path.clone());
                 if !unchanged {
                     if obs.kind == EntryKind::File {
@@ -150,7 +158,11 @@ pub fn scan_folder(
                     to_read.push(obs);
                 }
             }
-            Err(WalkIssue { path, problem, unreadable_dir }) => {
+            Err(WalkIssue {
+                path,
+                problem,
+                unreadable_dir,
+            }) => {
                 if unreadable_dir {
                     unreadable_dirs.push(path.clone());
                 }
@@ -164,7 +176,7 @@ pub fn scan_folder(
     // Read changed paths in parallel, largest first; commit results in batches here.
     let mut changes = Vec::new();
     let mut order = to_read;
-    order.sort_by(|a, b| b.stamp.size.cmp(&a.stamp.size));
+    order.sort_by_key(|o| std::cmp::Reverse(o.stamp.size));
     let root = folder.root.clone();
     let (tx, rx) = mpsc::sync_channel::<ReadOutcome>(256);
     std::thread::scope(|s| -> Result<(), ScanError> {
@@ -183,12 +195,25 @@ pub fn scan_folder(
         let mut batch_started = Instant::now();
         for outcome in rx {
             match outcome {
-                ReadOutcome::Done { path, entry, manifest, bytes } => {
+                ReadOutcome::Done {
+                    path,
+                    entry,
+                    manifest,
+                    bytes,
+                } => {
                     match previous.remove(&path) {
-                        None => changes.push(Change { path: path.clone(), change: ChangeKind::Added, kind: entry.kind }),
+                        None => changes.push(Change {
+                            path: path.clone(),
+                            change: ChangeKind::Added,
+                            kind: entry.kind,
+                        }),
                         Some(old) => {
                             if let Some(change) = old.change_to(&entry) {
-                                changes.push(Change { path: path.clone(), change, kind: entry.kind });
+                                changes.push(Change {
+                                    path: path.clone(),
+                                    change,
+                                    kind: entry.kind,
+                                });
                             }
                         }
                     }
@@ -197,7 +222,11 @@ pub fn scan_folder(
                         prog.read_bytes += bytes;
                     }
                     batch_bytes += bytes;
-                    batch.push(Update::Put { path, entry, manifest });
+                    batch.push(Update::Put {
+                        path,
+                        entry,
+                        manifest,
+                    });
                 }
                 ReadOutcome::Skipped(issue) => {
                     // Keep what the index had: a file we could not read is not deleted.
@@ -219,11 +248,19 @@ pub fn scan_folder(
         // Whatever is left in `previous` and was not seen is gone, unless it lies under a
         // directory the walk could not read.
         for path in previous.keys() {
-            if seen.contains(path) || unreadable_dirs.iter().any(|d| d == path || is_under(path, d)) {
+            if seen.contains(path)
+                || unreadable_dirs
+                    .iter()
+                    .any(|d| d == path || is_under(path, d))
+            {
                 continue;
             }
             let kind = previous[path].kind;
-            changes.push(Change { path: path.clone(), change: ChangeKind::Deleted, kind });
+            changes.push(Change {
+                path: path.clone(),
+                change: ChangeKind::Deleted,
+                kind,
+            });
             batch.push(Update::Remove { path: path.clone() });
         }
         index.apply(&folder.id, &batch)?;
@@ -257,7 +294,8 @@ pub fn scan_folder(
 }
 
 fn is_under(path: &str, dir: &str) -> bool {
-    dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+    dir.is_empty()
+        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
 /// A problem the walk met at one path.
@@ -281,15 +319,26 @@ fn walk(root: &Path) -> impl Iterator<Item = Result<Observed, WalkIssue>> + '_ {
         let entry = match item {
             Ok(entry) => entry,
             Err(err) => {
-                let path = error_path(&err).map(|p| relative(root, p)).unwrap_or_default();
+                let path = error_path(&err)
+                    .map(|p| relative(root, p))
+                    .unwrap_or_default();
                 let unreadable_dir = true;
-                return Some(Err(WalkIssue { path, problem: describe(&err), unreadable_dir }));
+                return Some(Err(WalkIssue {
+                    path,
+                    problem: describe(&err),
+                    unreadable_dir,
+                }));
             }
         };
         if entry.depth() == 0 {
             return None;
         }
-        let path = match entry.path().strip_prefix(root).ok().and_then(|p| p.to_str()) {
+        let path = match entry
+            .path()
+            .strip_prefix(root)
+            .ok()
+            .and_then(|p| p.to_str())
+        {
             Some(p) => p.replace(std::path::MAIN_SEPARATOR, "/"),
             None => {
                 return Some(Err(WalkIssue {
@@ -300,13 +349,21 @@ fn walk(root: &Path) -> impl Iterator<Item = Result<Observed, WalkIssue>> + '_ {
             }
         };
         if let Some(err) = entry.error() {
-            return Some(Err(WalkIssue { path, problem: describe(err), unreadable_dir: false }));
+            return Some(Err(WalkIssue {
+                path,
+                problem: describe(err),
+                unreadable_dir: false,
+            }));
         }
         let meta = match entry.metadata() {
             Ok(m) => m,
             Err(err) => {
                 // Gone between listing and stat: the next scan sees what is there.
-                return Some(Err(WalkIssue { path, problem: describe(&err), unreadable_dir: false }));
+                return Some(Err(WalkIssue {
+                    path,
+                    problem: describe(&err),
+                    unreadable_dir: false,
+                }));
             }
         };
         let ft = meta.file_type();
@@ -319,22 +376,33 @@ fn walk(root: &Path) -> impl Iterator<Item = Result<Observed, WalkIssue>> + '_ {
         } else {
             return Some(Err(WalkIssue {
                 path,
-                problem: "not a regular file, directory or symlink (device, socket or pipe); skipped".into(),
+                problem:
+                    "not a regular file, directory or symlink (device, socket or pipe); skipped"
+                        .into(),
                 unreadable_dir: false,
             }));
         };
-        Some(Ok(Observed { path, kind, stamp: stamp_of(&meta) }))
+        Some(Ok(Observed {
+            path,
+            kind,
+            stamp: stamp_of(&meta),
+        }))
     })
 }
 
 fn relative(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root).unwrap_or(p).to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/")
+    p.strip_prefix(root)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .replace(std::path::MAIN_SEPARATOR, "/")
 }
 
 fn error_path(err: &ignore::Error) -> Option<&Path> {
     match err {
         ignore::Error::WithPath { path, .. } => Some(path),
-        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => error_path(err),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            error_path(err)
+        }
         ignore::Error::Loop { child, .. } => Some(child),
         _ => None,
     }
@@ -342,8 +410,7 @@ fn error_path(err: &ignore::Error) -> Option<&Path> {
 
 fn describe(err: &ignore::Error) -> String {
     match err {
-        ignore::Error::WithPath { err, .. }
-        | ignore::Error::WithDepth { err, .. } => describe(err),
+        ignore::Error::WithPath { err, .. } | ignore::Error::WithDepth { err, .. } => describe(err),
         other => other.to_string(),
     }
 }
@@ -362,10 +429,20 @@ pub fn stamp_of(meta: &Metadata) -> Stamp {
 /// Reads one changed path: the content of a file, the target of a symlink.
 fn read_path(root: &Path, chunker: &Chunker, obs: Observed, buf: &mut Vec<u8>) -> ReadOutcome {
     let full = root.join(&obs.path);
-    let skipped = |problem: String| ReadOutcome::Skipped(ScanIssue { path: obs.path.clone(), problem });
+    let skipped = |problem: String| {
+        ReadOutcome::Skipped(ScanIssue {
+            path: obs.path.clone(),
+            problem,
+        })
+    };
     match obs.kind {
         EntryKind::Dir => ReadOutcome::Done {
-            entry: IndexedEntry { kind: EntryKind::Dir, stamp: obs.stamp, content: None, link_target: None },
+            entry: IndexedEntry {
+                kind: EntryKind::Dir,
+                stamp: obs.stamp,
+                content: None,
+                link_target: None,
+            },
             path: obs.path,
             manifest: None,
             bytes: 0,
@@ -391,7 +468,11 @@ fn read_path(root: &Path, chunker: &Chunker, obs: Observed, buf: &mut Vec<u8>) -
             let mut last_problem = String::new();
             for _ in 0..READ_ATTEMPTS {
                 match read_file(&full, chunker, buf) {
-                    Ok(FileRead::Stable { stamp, manifest, content }) => {
+                    Ok(FileRead::Stable {
+                        stamp,
+                        manifest,
+                        content,
+                    }) => {
                         let bytes = stamp.size;
                         return ReadOutcome::Done {
                             entry: IndexedEntry {
@@ -406,7 +487,8 @@ fn read_path(root: &Path, chunker: &Chunker, obs: Observed, buf: &mut Vec<u8>) -
                         };
                     }
                     Ok(FileRead::ChangedWhileReading) => {
-                        last_problem = "file kept changing while it was read; it will be scanned again".into();
+                        last_problem =
+                            "file kept changing while it was read; it will be scanned again".into();
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         return skipped("file vanished while scanning".into());
@@ -422,7 +504,11 @@ fn read_path(root: &Path, chunker: &Chunker, obs: Observed, buf: &mut Vec<u8>) -
 /// The result of one attempt at reading a file.
 pub enum FileRead {
     /// The file did not change while it was read: this is its content.
-    Stable { stamp: Stamp, manifest: Manifest, content: ContentId },
+    Stable {
+        stamp: Stamp,
+        manifest: Manifest,
+        content: ContentId,
+    },
     /// Its stamp changed between the start and the end of the read.
     ChangedWhileReading,
 }
@@ -432,12 +518,18 @@ pub enum FileRead {
 /// Symlinks are not followed (`O_NOFOLLOW`), so a file swapped for a link mid-scan is not
 /// read through the link.
 pub fn read_file(path: &Path, chunker: &Chunker, buf: &mut Vec<u8>) -> io::Result<FileRead> {
-    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
     let before = stamp_of(&file.metadata()?);
     let mut builder = ContentIdBuilder::default();
     let mut chunks = Vec::new();
     let read = chunker.chunk_reader::<&File, io::Error>(&file, buf, |_, bytes| {
-        let chunk = ChunkRef { id: ChunkId::of(bytes), len: bytes.len() as u32 };
+        let chunk = ChunkRef {
+            id: ChunkId::of(bytes),
+            len: bytes.len() as u32,
+        };
         builder.push(&chunk);
         chunks.push(chunk);
         Ok(())
@@ -446,5 +538,9 @@ pub fn read_file(path: &Path, chunker: &Chunker, buf: &mut Vec<u8>) -> io::Resul
     if before != after || read != after.size {
         return Ok(FileRead::ChangedWhileReading);
     }
-    Ok(FileRead::Stable { stamp: after, manifest: Manifest { chunks }, content: builder.finish() })
+    Ok(FileRead::Stable {
+        stamp: after,
+        manifest: Manifest { chunks },
+        content: builder.finish(),
+    })
 }

@@ -1,0 +1,325 @@
+//! The scanner and index against a real folder and a real redb file.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use cairn_core::scan::{ChangeKind, EntryKind};
+use cairn_core::{Chunker, ChunkerParams};
+use cairn_daemon::folders::folder_for_root;
+use cairn_daemon::index::{FolderRecord, Index};
+use cairn_daemon::scanner::{FileRead, ScanReport, read_file, scan_folder};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    db: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("folder");
+    fs::create_dir(&root).unwrap();
+    let db = dir.path().join("state/index.redb");
+    Setup {
+        root,
+        db,
+        _dir: dir,
+    }
+}
+
+fn scan(s: &Setup) -> ScanReport {
+    let index = Index::open(&s.db).unwrap();
+    let folder = folder_for_root(&index, &s.root).unwrap();
+    scan_folder(&index, &folder, &|_| {}).unwrap()
+}
+
+fn changes(r: &ScanReport) -> BTreeMap<String, ChangeKind> {
+    r.changes
+        .iter()
+        .map(|c| (c.path.clone(), c.change))
+        .collect()
+}
+
+fn write(root: &Path, path: &str, bytes: &[u8]) {
+    let p = root.join(path);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, bytes).unwrap();
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn first_scan_indexes_files_dirs_and_symlinks() {
+    let s = setup();
+    write(&s.root, "a.txt", b"alpha");
+    write(&s.root, "dir/b.bin", &pseudo_random(1_000_000, 1));
+    std::os::unix::fs::symlink("a.txt", s.root.join("link")).unwrap();
+    let r = scan(&s);
+    assert_eq!(
+        (r.totals.files, r.totals.dirs, r.totals.symlinks),
+        (2, 1, 1)
+    );
+    assert_eq!(r.totals.bytes, 1_000_005);
+    assert_eq!(r.added, 4);
+    assert_eq!(r.read_files, 2);
+    assert!(r.issues.is_empty(), "{:?}", r.issues);
+    let index = Index::open(&s.db).unwrap();
+    let folder = index
+        .folder_by_root(&s.root.canonicalize().unwrap())
+        .unwrap()
+        .unwrap();
+    let link = index.entry(&folder.id, "link").unwrap().unwrap();
+    assert_eq!(link.kind, EntryKind::Symlink);
+    assert_eq!(link.link_target.as_deref(), Some("a.txt"));
+}
+
+#[test]
+fn symlinks_are_recorded_not_followed() {
+    let s = setup();
+    let outside = s._dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    write(&outside, "secret", b"do not index me");
+    std::os::unix::fs::symlink(&outside, s.root.join("escape")).unwrap();
+    let r = scan(&s);
+    assert_eq!(r.totals.files, 0);
+    assert_eq!(r.totals.symlinks, 1);
+    assert!(r.changes.iter().all(|c| !c.path.contains("secret")));
+}
+
+#[test]
+fn index_survives_reopen_and_unchanged_rescan_reads_nothing() {
+    let s = setup();
+    for i in 0..200 {
+        write(
+            &s.root,
+            &format!("d{}/f{i}", i % 7),
+            &pseudo_random(3000 + i, i as u64),
+        );
+    }
+    let first = scan(&s);
+    assert_eq!(first.read_files, 200);
+    let again = scan(&s); // a new Index::open: the database was closed and reopened
+    assert_eq!(again.read_files, 0);
+    assert!(again.changes.is_empty());
+    assert_eq!(again.totals, first.totals);
+}
+
+#[test]
+fn rescan_reports_each_kind_of_change() {
+    let s = setup();
+    write(&s.root, "keep", b"unchanged");
+    write(&s.root, "edit", b"version one");
+    write(&s.root, "gone", b"to be deleted");
+    write(&s.root, "olddir/inner", b"inner");
+    scan(&s);
+
+    write(&s.root, "edit", b"version two, longer");
+    fs::remove_file(s.root.join("gone")).unwrap();
+    fs::remove_dir_all(s.root.join("olddir")).unwrap();
+    write(&s.root, "fresh", b"new file");
+    fs::create_dir(s.root.join("newdir")).unwrap();
+    let r = scan(&s);
+    let expected: BTreeMap<String, ChangeKind> = [
+        ("edit", ChangeKind::Modified),
+        ("gone", ChangeKind::Deleted),
+        ("olddir", ChangeKind::Deleted),
+        ("olddir/inner", ChangeKind::Deleted),
+        ("fresh", ChangeKind::Added),
+        ("newdir", ChangeKind::Added),
+    ]
+    .into_iter()
+    .map(|(p, c)| (p.to_string(), c))
+    .collect();
+    assert_eq!(changes(&r), expected);
+    assert_eq!(r.read_files, 2, "only the edited and the new file are read");
+}
+
+#[test]
+fn same_size_edit_with_restored_mtime_is_found() {
+    let s = setup();
+    let path = s.root.join("doc");
+    fs::write(&path, b"AAAA-original").unwrap();
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    scan(&s);
+
+    // Same size, and the mtime put back as it was: only ctime tells.
+    fs::write(&path, b"BBBB-original").unwrap();
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let r = scan(&s);
+    assert_eq!(
+        changes(&r),
+        BTreeMap::from([("doc".to_string(), ChangeKind::Modified)])
+    );
+}
+
+#[test]
+fn a_touch_is_read_again_but_not_reported_as_a_change() {
+    let s = setup();
+    write(&s.root, "t", b"same bytes");
+    scan(&s);
+    File::options()
+        .write(true)
+        .open(s.root.join("t"))
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    let r = scan(&s);
+    assert_eq!(r.read_files, 1);
+    assert!(r.changes.is_empty());
+    assert_eq!(scan(&s).read_files, 0, "the new stamp is remembered");
+}
+
+#[test]
+fn file_replaced_by_directory_and_symlink_is_a_modification() {
+    let s = setup();
+    write(&s.root, "x", b"file");
+    write(&s.root, "y", b"file");
+    scan(&s);
+    fs::remove_file(s.root.join("x")).unwrap();
+    fs::create_dir(s.root.join("x")).unwrap();
+    fs::remove_file(s.root.join("y")).unwrap();
+    std::os::unix::fs::symlink("x", s.root.join("y")).unwrap();
+    let r = scan(&s);
+    assert_eq!(changes(&r).get("x"), Some(&ChangeKind::Modified));
+    assert_eq!(changes(&r).get("y"), Some(&ChangeKind::Modified));
+    assert_eq!(r.totals.files, 0);
+}
+
+#[test]
+fn cairnignore_and_internal_temp_files_are_left_out() {
+    let s = setup();
+    write(&s.root, ".cairnignore", b"*.log\nbuild/\n!keep.log\n");
+    write(&s.root, "app.log", b"noise");
+    write(&s.root, "keep.log", b"kept");
+    write(&s.root, "build/out.o", b"object");
+    write(&s.root, "sub/.cairnignore", b"local-only\n");
+    write(&s.root, "sub/local-only", b"x");
+    write(&s.root, "sub/shared", b"y");
+    write(&s.root, ".cairn-tmp.report.pdf.9f2c", b"partial download");
+    let r = scan(&s);
+    let paths: Vec<&str> = r.changes.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            ".cairnignore",
+            "keep.log",
+            "sub",
+            "sub/.cairnignore",
+            "sub/shared"
+        ]
+    );
+
+    // A path that becomes ignored leaves the index.
+    write(&s.root, ".cairnignore", b"*.log\nbuild/\n");
+    let r = scan(&s);
+    assert_eq!(changes(&r).get("keep.log"), Some(&ChangeKind::Deleted));
+}
+
+#[test]
+fn dedup_counts_repeated_content_once() {
+    let s = setup();
+    let data = pseudo_random(2_000_000, 9);
+    for i in 0..4 {
+        write(&s.root, &format!("copy{i}"), &data);
+    }
+    let r = scan(&s);
+    assert_eq!(r.totals.bytes, 8_000_000);
+    assert_eq!(r.totals.unique_bytes, 2_000_000);
+    assert_eq!(r.totals.chunks, 4 * r.totals.unique_chunks);
+    assert!((r.dedup_ratio - 4.0).abs() < 1e-9);
+
+    // Removing copies releases their chunks but keeps the shared ones counted once.
+    for i in 1..4 {
+        fs::remove_file(s.root.join(format!("copy{i}"))).unwrap();
+    }
+    let r = scan(&s);
+    assert_eq!(r.totals.chunks, r.totals.unique_chunks);
+    assert_eq!(r.totals.unique_bytes, 2_000_000);
+}
+
+#[test]
+fn chunk_locations_point_at_the_right_bytes() {
+    let s = setup();
+    let data = pseudo_random(900_000, 3);
+    write(&s.root, "f", &data);
+    scan(&s);
+    let index = Index::open(&s.db).unwrap();
+    let folder: FolderRecord = index.folders().unwrap().remove(0);
+    let entry = index.entry(&folder.id, "f").unwrap().unwrap();
+    let manifest = index.manifest(&entry.content.unwrap()).unwrap().unwrap();
+    manifest.verify(&entry.content.unwrap()).unwrap();
+    assert_eq!(manifest.size(), data.len() as u64);
+    for c in &manifest.chunks {
+        let locs = index.chunk_locations(&c.id).unwrap();
+        assert_eq!(locs.len(), 1);
+        let l = &locs[0];
+        assert_eq!(l.path, "f");
+        assert!(c.id.matches(&data[l.offset as usize..l.offset as usize + l.len as usize]));
+    }
+}
+
+#[test]
+fn a_file_that_changes_while_read_is_detected() {
+    let s = setup();
+    let path = s.root.join("growing");
+    fs::write(&path, pseudo_random(48 << 20, 4)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = File::options().append(true).open(path).unwrap();
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                f.write_all(b"more").unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let chunker = Chunker::new(ChunkerParams::V1_DEFAULT).unwrap();
+    let mut buf = Vec::new();
+    let outcome = read_file(&path, &chunker, &mut buf).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(matches!(outcome, FileRead::ChangedWhileReading));
+    // Once it is still, it reads fine.
+    assert!(matches!(
+        read_file(&path, &chunker, &mut buf).unwrap(),
+        FileRead::Stable { .. }
+    ));
+}
+
+#[test]
+fn a_second_process_gets_a_clear_error_while_the_index_is_open() {
+    let s = setup();
+    let _held = Index::open(&s.db).unwrap();
+    let err = Index::open(&s.db).err().expect("second open must fail");
+    assert!(err.to_string().contains("in use"), "{err}");
+}
