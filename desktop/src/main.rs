@@ -4,6 +4,8 @@
 //! this binary says so instead of pretending.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("cairn-tray: the desktop tray app is not built yet; use `cairn scan <folder>` for now.");
+    eprintln!(
+        "cairn-tray: the desktop tray app is not built yet; use `cairn scan <folder>` for now."
+    );
     std::process::ExitCode::from(2)
 }
