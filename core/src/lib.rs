@@ -12,3 +12,6 @@ pub mod scan;
 pub use chunker::{Chunker, ChunkerParams};
 pub use hash::{ChunkId, ContentId};
 pub use manifest::{ChunkRef, ContentIdBuilder, Manifest};
+pub mod folder;
+pub mod path;
+pub mod planner;

@@ -1,0 +1,444 @@
+//! `FolderDoc`: one folder's metadata as automerge documents, and their sync protocol.
+//!
+//! The folder is split into a fixed number of shards by a hash of the path; each shard is
+//! one automerge document whose root map holds `path -> encoded EntryValue`. Small
+//! documents keep loading, merging and memory cheap at a million paths (see
+//! ARCHITECTURE.md for the measurements behind this). Peers sync shard by shard with
+//! automerge's sync protocol; one [`FolderMessage`] carries the messages of every shard
+//! that has something to say.
+
+use std::collections::BTreeMap;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value};
+
+use crate::folder::entry::{DeviceId, EntryValue};
+use crate::folder::tree::{Origin, Tree, TreeOptions, derive_tree};
+use crate::hash::ContentId;
+use crate::scan::EntryKind;
+
+/// Shards of a new folder. Part of the folder's identity, like the chunker parameters.
+pub const DEFAULT_SHARDS: u16 = 256;
+
+/// Largest encoded [`FolderMessage`] accepted from a peer.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+const MESSAGE_VERSION: u8 = 1;
+
+/// Errors of the folder document.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error("folder message is malformed: {0}")]
+    BadMessage(&'static str),
+    #[error("folder message names shard {shard}, but the folder has {shards}")]
+    NoSuchShard { shard: u16, shards: u16 },
+    #[error("automerge rejected a sync message for shard {shard}: {source}")]
+    Sync {
+        shard: u16,
+        source: automerge::AutomergeError,
+    },
+    #[error("shard {shard} cannot be loaded: {source}")]
+    Load {
+        shard: u16,
+        source: automerge::AutomergeError,
+    },
+    #[error("a folder needs 1 to 4096 shards, got {0}")]
+    BadShardCount(usize),
+}
+
+/// What a scan says happened to one path on this device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalChange {
+    /// The path exists with this state.
+    Present {
+        kind: EntryKind,
+        content: Option<ContentId>,
+        size: u64,
+        mtime_ns: i64,
+        mode: u32,
+        link_target: Option<String>,
+    },
+    /// The path is gone.
+    Deleted,
+}
+
+/// The automerge sync state with one peer, one per shard.
+pub struct PeerSync {
+    states: Vec<sync::State>,
+}
+
+impl PeerSync {
+    /// Forgets what the peer is known to have (after a reconnect, or a lost message).
+    pub fn reset(&mut self) {
+        for s in &mut self.states {
+            *s = sync::State::new();
+        }
+    }
+}
+
+/// One round of the sync protocol for a folder: automerge messages of some shards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderMessage {
+    /// (shard, encoded automerge sync message)
+    pub shards: Vec<(u16, Vec<u8>)>,
+}
+
+impl FolderMessage {
+    /// Wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![MESSAGE_VERSION];
+        out.extend_from_slice(&(self.shards.len() as u32).to_le_bytes());
+        for (shard, bytes) in &self.shards {
+            out.extend_from_slice(&shard.to_le_bytes());
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    /// Parses the wire form, refusing anything malformed or larger than `MAX_MESSAGE_BYTES`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FolderError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(FolderError::BadMessage("too large"));
+        }
+        let bad = FolderError::BadMessage;
+        let (&version, mut rest) = bytes.split_first().ok_or(bad("empty"))?;
+        if version != MESSAGE_VERSION {
+            return Err(bad("unknown version"));
+        }
+        let mut take = |n: usize| -> Result<&[u8], FolderError> {
+            if rest.len() < n {
+                return Err(bad("truncated"));
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Ok(head)
+        };
+        let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad("truncated"))?);
+        let mut shards = Vec::new();
+        for _ in 0..count {
+            let shard = u16::from_le_bytes(take(2)?.try_into().map_err(|_| bad("truncated"))?);
+            let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad("truncated"))?);
+            shards.push((shard, take(len as usize)?.to_vec()));
+        }
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(FolderMessage { shards })
+    }
+
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        5 + self.shards.iter().map(|(_, b)| 6 + b.len()).sum::<usize>()
+    }
+
+    /// True when the message carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+}
+
+/// The values recorded in the document, per path, as read for deriving the tree.
+pub struct Recorded {
+    /// path -> every concurrent value (usually one).
+    pub entries: BTreeMap<String, Vec<EntryValue>>,
+    /// Paths with a value that is not a valid entry (sent by a buggy or hostile peer).
+    pub undecodable: Vec<String>,
+}
+
+/// One folder's metadata.
+pub struct FolderDoc {
+    device: DeviceId,
+    shards: Vec<AutoCommit>,
+}
+
+impl FolderDoc {
+    /// A new, empty folder as seen by `device`.
+    pub fn new(device: DeviceId, shards: u16) -> Result<Self, FolderError> {
+        if shards == 0 || shards > 4096 {
+            return Err(FolderError::BadShardCount(shards as usize));
+        }
+        Ok(FolderDoc {
+            device,
+            shards: (0..shards).map(|_| AutoCommit::new()).collect(),
+        })
+    }
+
+    /// Loads a folder from its saved shards (as returned by [`FolderDoc::save_shard`]).
+    pub fn load(device: DeviceId, saved: &[Vec<u8>]) -> Result<Self, FolderError> {
+        if saved.is_empty() || saved.len() > 4096 {
+            return Err(FolderError::BadShardCount(saved.len()));
+        }
+        let shards = saved
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                AutoCommit::load(bytes).map_err(|source| FolderError::Load {
+                    shard: i as u16,
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(FolderDoc { device, shards })
+    }
+
+    /// This device's id.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> u16 {
+        self.shards.len() as u16
+    }
+
+    /// The shard that holds `path`.
+    pub fn shard_of(&self, path: &str) -> usize {
+        let h = blake3::hash(path.as_bytes());
+        let n = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]);
+        n as usize % self.shards.len()
+    }
+
+    /// Saves one shard (compacted).
+    pub fn save_shard(&mut self, shard: usize) -> Vec<u8> {
+        self.shards[shard].save()
+    }
+
+    /// The heads of every shard: equal heads mean equal documents.
+    pub fn heads(&mut self) -> Vec<Vec<automerge::ChangeHash>> {
+        self.shards.iter_mut().map(|s| s.get_heads()).collect()
+    }
+
+    /// Every concurrent value recorded at `path`, skipping undecodable ones.
+    pub fn values(&self, path: &str) -> Vec<EntryValue> {
+        let doc = &self.shards[self.shard_of(path)];
+        doc.get_all(ROOT, path)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(v, _)| decode_value(&v))
+            .collect()
+    }
+
+    /// Everything recorded, per path.
+    pub fn recorded(&self) -> Recorded {
+        let mut entries = BTreeMap::new();
+        let mut undecodable = Vec::new();
+        for doc in &self.shards {
+            for item in doc.map_range(ROOT, ..) {
+                let key = item.key.to_string();
+                let values: Vec<Value<'_>> = if item.conflict {
+                    doc.get_all(ROOT, key.as_str())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(v, _)| v)
+                        .collect()
+                } else {
+                    vec![item.value.into()]
+                };
+                let decoded: Vec<EntryValue> = values.iter().filter_map(decode_value).collect();
+                if decoded.len() != values.len() {
+                    undecodable.push(key.clone());
+                }
+                if !decoded.is_empty() {
+                    entries.insert(key, decoded);
+                }
+            }
+        }
+        Recorded {
+            entries,
+            undecodable,
+        }
+    }
+
+    /// The tree every device converges to (see [`crate::folder::tree`]).
+    pub fn tree(&self, options: TreeOptions) -> Tree {
+        derive_tree(self.recorded().entries, options)
+    }
+
+    /// Records what a scan found at `path` on this device. Returns false when nothing
+    /// changed in the document (the path already says exactly this).
+    pub fn record_local(&mut self, path: &str, change: &LocalChange) -> bool {
+        let current = self.values(path);
+        if current.len() > 1 {
+            // Writing the key collapses its concurrent values: first give every losing
+            // version its conflict copy, so that none is lost.
+            let here = derive_tree(
+                [(path.to_string(), current.clone())],
+                TreeOptions::default(),
+            );
+            for (copy, entry) in &here.entries {
+                if matches!(entry.origin, Origin::ConflictCopy { .. }) {
+                    self.put(copy, &entry.value);
+                }
+            }
+        }
+        let winner = current
+            .iter()
+            .filter(|v| !v.deleted)
+            .max_by(|a, b| a.mtime_ns.cmp(&b.mtime_ns).then(a.device.cmp(&b.device)))
+            .cloned();
+        let value = match change {
+            LocalChange::Present {
+                kind,
+                content,
+                size,
+                mtime_ns,
+                mode,
+                link_target,
+            } => {
+                let value = EntryValue {
+                    kind: *kind,
+                    deleted: false,
+                    content: *content,
+                    size: if *kind == EntryKind::File { *size } else { 0 },
+                    mtime_ns: *mtime_ns,
+                    mode: *mode,
+                    link_target: link_target.clone(),
+                    device: self.device,
+                    replaces: winner
+                        .as_ref()
+                        .and_then(|w| w.content)
+                        .filter(|c| Some(*c) != *content),
+                };
+                if current.len() == 1
+                    && current[0].same_data(&value)
+                    && current[0].mode == value.mode
+                    && current[0].mtime_ns == value.mtime_ns
+                {
+                    return false;
+                }
+                value
+            }
+            LocalChange::Deleted => {
+                let Some(w) = winner else { return false };
+                EntryValue {
+                    kind: w.kind,
+                    deleted: true,
+                    content: None,
+                    size: 0,
+                    mtime_ns: w.mtime_ns,
+                    mode: w.mode,
+                    link_target: None,
+                    device: self.device,
+                    replaces: w.content,
+                }
+            }
+        };
+        self.put(path, &value);
+        true
+    }
+
+    /// Writes the tree's conflict resolutions into the document, so that conflict copies
+    /// become ordinary paths everyone can edit, delete or resolve. Every device writes the
+    /// same bytes, so devices that do this concurrently agree. Returns the paths written.
+    pub fn materialize(&mut self, tree: &Tree) -> Vec<String> {
+        let recorded = self.recorded().entries;
+        let mut written = Vec::new();
+        for (path, values) in &recorded {
+            if values.len() > 1
+                && let Some(entry) = tree.get(path)
+                && entry.origin == Origin::Recorded
+            {
+                self.put(path, &entry.value);
+                written.push(path.clone());
+            }
+        }
+        for (path, entry) in &tree.entries {
+            let moved_from = match &entry.origin {
+                Origin::ConflictCopy { .. } => None,
+                Origin::Displaced { of } | Origin::CaseClash { of } => Some(of),
+                Origin::Recorded | Origin::ImpliedDir => continue,
+            };
+            self.put(path, &entry.value);
+            written.push(path.clone());
+            if let Some(of) = moved_from {
+                let tombstone = EntryValue {
+                    deleted: true,
+                    content: None,
+                    link_target: None,
+                    replaces: None,
+                    size: 0,
+                    ..entry.value.clone()
+                };
+                self.put(of, &tombstone);
+                written.push(of.clone());
+            }
+        }
+        self.commit();
+        written
+    }
+
+    /// Writes `value` at `path` as this device.
+    pub fn put(&mut self, path: &str, value: &EntryValue) {
+        let shard = self.shard_of(path);
+        // Putting a scalar on the root map of a document we own cannot fail.
+        let _ = self.shards[shard].put(ROOT, path, ScalarValue::Bytes(value.encode()));
+    }
+
+    /// Ends the current batch of local changes (one automerge change per touched shard).
+    pub fn commit(&mut self) {
+        for s in &mut self.shards {
+            s.commit();
+        }
+    }
+
+    /// Sync state for a peer we have not talked to yet.
+    pub fn new_peer(&self) -> PeerSync {
+        PeerSync {
+            states: (0..self.shards.len()).map(|_| sync::State::new()).collect(),
+        }
+    }
+
+    /// The next message for `peer`, or None when the peer has everything we know of.
+    pub fn generate_sync_message(&mut self, peer: &mut PeerSync) -> Option<FolderMessage> {
+        self.commit();
+        let mut shards = Vec::new();
+        for (i, (doc, state)) in self.shards.iter_mut().zip(&mut peer.states).enumerate() {
+            if let Some(msg) = doc.sync().generate_sync_message(state) {
+                shards.push((i as u16, msg.encode()));
+            }
+        }
+        (!shards.is_empty()).then_some(FolderMessage { shards })
+    }
+
+    /// Applies a message from `peer`. A malformed message changes nothing in the shards it
+    /// names after the first bad one, and is an error.
+    pub fn receive_sync_message(
+        &mut self,
+        peer: &mut PeerSync,
+        message: &FolderMessage,
+    ) -> Result<(), FolderError> {
+        self.commit();
+        let n = self.shards.len() as u16;
+        for (shard, bytes) in &message.shards {
+            if *shard >= n {
+                return Err(FolderError::NoSuchShard {
+                    shard: *shard,
+                    shards: n,
+                });
+            }
+            let msg = sync::Message::decode(bytes)
+                .map_err(|_| FolderError::BadMessage("bad automerge sync message"))?;
+            let i = *shard as usize;
+            self.shards[i]
+                .sync()
+                .receive_sync_message(&mut peer.states[i], msg)
+                .map_err(|source| FolderError::Sync {
+                    shard: *shard,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn decode_value(v: &Value<'_>) -> Option<EntryValue> {
+    match v {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Bytes(b) => EntryValue::decode(b).ok(),
+            _ => None,
+        },
+        Value::Object(_) => None,
+    }
+}

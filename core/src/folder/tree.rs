@@ -1,0 +1,320 @@
+//! The folder's tree: what every device must converge to, derived from the document.
+//!
+//! [`derive_tree`] is a pure function of the values recorded per path (several when
+//! devices changed a path concurrently), so devices with the same document derive the same
+//! tree. The conflict rules (see ARCHITECTURE.md) live here:
+//!
+//! - concurrent modifications keep both versions: the winner (newest mtime, then highest
+//!   device id) keeps the name, every other version becomes a conflict copy named
+//!   `name.sync-conflict-YYYYMMDD-HHMMSS-<device>.ext` from its own mtime and device, so the
+//!   name is the same on every device and the copy exists once;
+//! - modify beats delete: tombstones lose against any live value;
+//! - a value whose content another concurrent value explicitly replaced is superseded, not
+//!   a conflict;
+//! - a path that is needed as a directory (something lives below it) is one: a file or
+//!   symlink there is moved to a conflict copy, and missing parents are implied, so a
+//!   directory deleted on one side keeps a file added inside it on the other;
+//! - on case-insensitive file systems, paths that differ only by case are conflicts too.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::folder::entry::{DeviceId, EntryValue};
+use crate::path::{self, PathError, case_key};
+use crate::scan::EntryKind;
+
+/// Marker inside conflict copy names, as in Syncthing.
+pub const CONFLICT_MARKER: &str = ".sync-conflict-";
+
+/// Options of the device deriving the tree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeOptions {
+    /// The local file system folds case (macOS, Windows): case-only differences clash.
+    pub case_insensitive: bool,
+}
+
+/// Why an entry is in the tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Recorded at this path in the document (and won any conflict there).
+    Recorded,
+    /// A losing concurrent version of `of`.
+    ConflictCopy { of: String },
+    /// A file or symlink at `of`, moved because `of` must be a directory.
+    Displaced { of: String },
+    /// A path that clashes with another only by case, moved away from `of`.
+    CaseClash { of: String },
+    /// A directory nobody recorded, needed because something lives below it.
+    ImpliedDir,
+}
+
+/// One path of the tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// What must be at this path.
+    pub value: EntryValue,
+    /// Why it is here.
+    pub origin: Origin,
+}
+
+/// The derived tree of a folder.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// Live paths, sorted (parents before children).
+    pub entries: BTreeMap<String, TreeEntry>,
+    /// Paths in the document that are not valid, with why; they never reach the planner.
+    pub rejected: Vec<(String, PathError)>,
+}
+
+impl Tree {
+    /// The entry at `path`.
+    pub fn get(&self, path: &str) -> Option<&TreeEntry> {
+        self.entries.get(path)
+    }
+
+    /// The tree's paths with what is at them, ignoring why (for comparing trees).
+    pub fn data(&self) -> BTreeMap<&str, (EntryKind, Option<crate::ContentId>, Option<&str>)> {
+        self.entries
+            .iter()
+            .map(|(p, e)| {
+                (
+                    p.as_str(),
+                    (
+                        e.value.kind,
+                        e.value.content,
+                        e.value.link_target.as_deref(),
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+/// True when `path` names a conflict copy.
+pub fn is_conflict_name(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.contains(CONFLICT_MARKER))
+}
+
+/// The conflict copy name of `value`, a losing version of `path`.
+pub fn conflict_name(path: &str, value: &EntryValue) -> String {
+    let (dir, name) = match path.rfind('/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => ("", path),
+    };
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    format!(
+        "{dir}{stem}{CONFLICT_MARKER}{}-{}{ext}",
+        utc_stamp(value.mtime_ns),
+        value.device.short()
+    )
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC for a time in ns since the epoch.
+fn utc_stamp(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Ranks concurrent live values: directories first (they merge and keep their children),
+/// then the newest mtime, then the highest device id, then the encoding, so that every
+/// device picks the same winner.
+fn rank(a: &EntryValue, b: &EntryValue) -> std::cmp::Ordering {
+    let dir = |v: &EntryValue| v.kind == EntryKind::Dir;
+    dir(b)
+        .cmp(&dir(a))
+        .then(b.mtime_ns.cmp(&a.mtime_ns))
+        .then(b.device.cmp(&a.device))
+        .then_with(|| b.encode().cmp(&a.encode()))
+}
+
+fn implied_dir() -> TreeEntry {
+    TreeEntry {
+        value: EntryValue {
+            kind: EntryKind::Dir,
+            deleted: false,
+            content: None,
+            size: 0,
+            mtime_ns: 0,
+            mode: 0o755,
+            link_target: None,
+            device: DeviceId([0; 8]),
+            replaces: None,
+        },
+        origin: Origin::ImpliedDir,
+    }
+}
+
+/// Derives the tree from every path's concurrent values.
+pub fn derive_tree(
+    recorded: impl IntoIterator<Item = (String, Vec<EntryValue>)>,
+    options: TreeOptions,
+) -> Tree {
+    let mut tree = Tree::default();
+    let mut copies: Vec<(String, TreeEntry)> = Vec::new();
+    for (p, values) in recorded {
+        if let Err(e) = path::validate(&p) {
+            tree.rejected.push((p, e));
+            continue;
+        }
+        let mut live: Vec<&EntryValue> = values.iter().filter(|v| !v.deleted).collect();
+        // A rewrite that another concurrent value explicitly replaced is superseded.
+        let superseded = |v: &EntryValue, all: &[&EntryValue]| {
+            v.content.is_some()
+                && all
+                    .iter()
+                    .any(|w| w.replaces == v.content && w.content != v.content)
+        };
+        let snapshot = live.clone();
+        live.retain(|v| !superseded(v, &snapshot));
+        if live.is_empty() {
+            continue;
+        }
+        live.sort_by(|a, b| rank(a, b));
+        let winner = live[0].clone();
+        let mut kept: Vec<&EntryValue> = vec![live[0]];
+        for v in &live[1..] {
+            if v.kind == EntryKind::Dir || kept.iter().any(|k| k.same_data(v)) {
+                continue;
+            }
+            kept.push(v);
+            copies.push((
+                conflict_name(&p, v),
+                TreeEntry {
+                    value: (*v).clone(),
+                    origin: Origin::ConflictCopy { of: p.clone() },
+                },
+            ));
+        }
+        tree.entries.insert(
+            p,
+            TreeEntry {
+                value: winner,
+                origin: Origin::Recorded,
+            },
+        );
+    }
+    for (name, entry) in copies {
+        insert_unique(&mut tree.entries, name, entry, options);
+    }
+    make_parents_directories(&mut tree.entries, options);
+    if options.case_insensitive {
+        separate_case_clashes(&mut tree.entries, options);
+        make_parents_directories(&mut tree.entries, options);
+    }
+    tree
+}
+
+/// Inserts `entry` at `name`, or at `name-2`, `name-3`... if a different entry is there.
+fn insert_unique(
+    entries: &mut BTreeMap<String, TreeEntry>,
+    name: String,
+    entry: TreeEntry,
+    options: TreeOptions,
+) {
+    let taken = |entries: &BTreeMap<String, TreeEntry>, n: &str| -> Option<bool> {
+        let existing = if options.case_insensitive {
+            let key = case_key(n);
+            entries
+                .iter()
+                .find(|(p, _)| case_key(p) == key)
+                .map(|(_, e)| e)
+        } else {
+            entries.get(n)
+        };
+        existing.map(|e| e.value.same_data(&entry.value))
+    };
+    let mut candidate = name.clone();
+    for n in 2.. {
+        match taken(entries, &candidate) {
+            None => break,
+            Some(true) => return, // the same version is already there
+            Some(false) => candidate = format!("{name}-{n}"),
+        }
+    }
+    entries.insert(candidate, entry);
+}
+
+/// Every ancestor of a live path becomes a directory: missing ones are implied, files and
+/// symlinks in the way are displaced to conflict copies (nothing is lost, and nothing is
+/// ever written through a symlink).
+fn make_parents_directories(entries: &mut BTreeMap<String, TreeEntry>, options: TreeOptions) {
+    loop {
+        let mut needed: Vec<String> = Vec::new();
+        for p in entries.keys() {
+            for a in path::ancestors(p) {
+                match entries.get(a) {
+                    Some(e) if e.value.kind == EntryKind::Dir => {}
+                    _ => needed.push(a.to_string()),
+                }
+            }
+        }
+        if needed.is_empty() {
+            return;
+        }
+        needed.sort();
+        needed.dedup();
+        for a in needed {
+            if let Some(old) = entries.insert(a.clone(), implied_dir()) {
+                let name = conflict_name(&a, &old.value);
+                let moved = TreeEntry {
+                    value: old.value,
+                    origin: Origin::Displaced { of: a },
+                };
+                insert_unique(entries, name, moved, options);
+            }
+        }
+    }
+}
+
+/// On a case-insensitive file system, keeps one of each set of paths that differ only by
+/// case (directories merge) and moves the others to conflict copies.
+fn separate_case_clashes(entries: &mut BTreeMap<String, TreeEntry>, options: TreeOptions) {
+    let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+    for p in entries.keys() {
+        groups.entry(case_key(p)).or_default().push(p.clone());
+    }
+    let mut clashes: Vec<Vec<String>> = groups.into_values().filter(|g| g.len() > 1).collect();
+    clashes.sort();
+    for mut group in clashes {
+        group.sort_by(|a, b| rank(&entries[a].value, &entries[b].value).then_with(|| b.cmp(a)));
+        let has_dir = entries[&group[0]].value.kind == EntryKind::Dir;
+        for (i, p) in group.iter().enumerate() {
+            let keep = if has_dir {
+                entries[p].value.kind == EntryKind::Dir
+            } else {
+                i == 0
+            };
+            if keep {
+                continue;
+            }
+            if let Some(old) = entries.remove(p) {
+                let name = conflict_name(p, &old.value);
+                let moved = TreeEntry {
+                    value: old.value,
+                    origin: Origin::CaseClash { of: p.clone() },
+                };
+                insert_unique(entries, name, moved, options);
+            }
+        }
+    }
+}

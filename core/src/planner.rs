@@ -1,0 +1,213 @@
+//! The planner: what this device must do to make its disk match the folder's tree.
+//!
+//! [`plan`] is a pure function of the derived [`Tree`], the local index (what the last scan
+//! found on disk) and what the device already stores (manifests, chunks). Nothing is
+//! queued: run it again after any change and it says what is still left, so the work can
+//! never drift from the state it was derived from.
+//!
+//! Actions come in a safe order: superseded versions are kept in history before anything
+//! is overwritten or removed; manifests and chunks are fetched; new directories and files
+//! are written while the files they may copy chunks from still exist; then removals
+//! (deepest first); then whatever had to wait for a removal (a file where a directory was,
+//! a directory where a symlink was).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use crate::folder::tree::{Origin, Tree};
+use crate::hash::{ChunkId, ContentId};
+use crate::manifest::{ChunkRef, Manifest};
+use crate::path::{self, PathError};
+use crate::scan::{EntryKind, IndexedEntry};
+
+/// What the device already has, as far as the planner needs to know.
+pub trait LocalStore {
+    /// The manifest of `content`, if this device knows it.
+    fn manifest(&self, content: &ContentId) -> Option<Manifest>;
+    /// Whether this device holds the bytes of `chunk` (in any file or in history).
+    fn has_chunk(&self, chunk: &ChunkId) -> bool;
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Move the local version at `path` into the history store before it is replaced.
+    KeepInHistory { path: String, content: ContentId },
+    /// Get the manifest of `content` from a peer (then plan again).
+    FetchManifest { content: ContentId },
+    /// Get these chunks from peers; every other chunk a write needs is local.
+    FetchChunks { chunks: Vec<ChunkRef> },
+    /// Create a directory.
+    MakeDir { path: String },
+    /// Write a file with `content` (via a temp file, verified, renamed into place).
+    WriteFile {
+        path: String,
+        content: ContentId,
+        size: u64,
+        mtime_ns: i64,
+        mode: u32,
+        /// Set when this file is a conflict copy of that path.
+        conflict_of: Option<String>,
+    },
+    /// Create a symlink.
+    WriteSymlink { path: String, target: String },
+    /// Remove a path (a directory is empty by then).
+    Delete { path: String, kind: EntryKind },
+}
+
+/// The work for this device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// In the order they must run.
+    pub actions: Vec<Action>,
+    /// Tree paths the plan refuses to write, with why.
+    pub rejected: Vec<(String, PathError)>,
+}
+
+impl Plan {
+    /// Chunks that must come from peers.
+    pub fn chunks_to_fetch(&self) -> Vec<ChunkRef> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::FetchChunks { chunks } => Some(chunks.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// True when the disk already matches the tree.
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// Derives the plan that makes `local` (the disk) match `tree`.
+pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn LocalStore) -> Plan {
+    let in_tree: HashSet<ContentId> = tree
+        .entries
+        .values()
+        .filter_map(|e| e.value.content)
+        .collect();
+    let mut out = Plan::default();
+    let mut history = Vec::new();
+    let mut manifests = BTreeSet::new();
+    let mut fetch: BTreeMap<ChunkId, ChunkRef> = BTreeMap::new();
+    let mut blocked: BTreeSet<String> = BTreeSet::new();
+    let mut writes: Vec<(String, Action)> = Vec::new();
+    let mut deletes: Vec<(String, EntryKind)> = Vec::new();
+
+    let keep = |history: &mut Vec<Action>, p: &str, l: &IndexedEntry| {
+        if l.kind == EntryKind::File
+            && let Some(c) = l.content
+            && !in_tree.contains(&c)
+        {
+            history.push(Action::KeepInHistory {
+                path: p.to_string(),
+                content: c,
+            });
+        }
+    };
+
+    for (p, entry) in &tree.entries {
+        let v = &entry.value;
+        // Never write through a symlink: every ancestor must be a directory in the tree.
+        if let Some(link) =
+            path::ancestors(p).find(|a| tree.get(a).is_none_or(|e| e.value.kind != EntryKind::Dir))
+        {
+            out.rejected.push((
+                p.clone(),
+                PathError::ThroughSymlink {
+                    path: p.clone(),
+                    link: link.to_string(),
+                },
+            ));
+            continue;
+        }
+        let l = local.get(p);
+        let up_to_date = match (v.kind, l) {
+            (EntryKind::Dir, Some(l)) => l.kind == EntryKind::Dir,
+            (EntryKind::File, Some(l)) => l.kind == EntryKind::File && l.content == v.content,
+            (EntryKind::Symlink, Some(l)) => {
+                l.kind == EntryKind::Symlink && l.link_target == v.link_target
+            }
+            (_, None) => false,
+        };
+        if up_to_date {
+            continue;
+        }
+        if let Some(l) = l {
+            keep(&mut history, p, l);
+            // A directory cannot be overwritten by a file, nor anything by a directory.
+            if l.kind == EntryKind::Dir || v.kind == EntryKind::Dir {
+                blocked.insert(p.clone());
+                deletes.push((p.clone(), l.kind));
+            }
+        }
+        let action = match v.kind {
+            EntryKind::Dir => Action::MakeDir { path: p.clone() },
+            EntryKind::Symlink => Action::WriteSymlink {
+                path: p.clone(),
+                target: v.link_target.clone().unwrap_or_default(),
+            },
+            EntryKind::File => {
+                let Some(content) = v.content else { continue };
+                match store.manifest(&content) {
+                    Some(m) => {
+                        for c in m.chunks.iter().filter(|c| !store.has_chunk(&c.id)) {
+                            fetch.insert(c.id, *c);
+                        }
+                    }
+                    None => {
+                        manifests.insert(content);
+                    }
+                }
+                Action::WriteFile {
+                    path: p.clone(),
+                    content,
+                    size: v.size,
+                    mtime_ns: v.mtime_ns,
+                    mode: v.mode,
+                    conflict_of: match &entry.origin {
+                        Origin::ConflictCopy { of } => Some(of.clone()),
+                        _ => None,
+                    },
+                }
+            }
+        };
+        writes.push((p.clone(), action));
+    }
+    for (p, l) in local {
+        if !tree.entries.contains_key(p) {
+            keep(&mut history, p, l);
+            deletes.push((p.clone(), l.kind));
+        }
+    }
+
+    let is_blocked =
+        |p: &str| blocked.contains(p) || path::ancestors(p).any(|a| blocked.contains(a));
+    let (later, now): (Vec<_>, Vec<_>) = writes.into_iter().partition(|(p, _)| is_blocked(p));
+    // Deepest first, so directories are empty when they go.
+    deletes.sort_by(|a, b| b.0.cmp(&a.0));
+    deletes.dedup();
+
+    out.actions.extend(history);
+    out.actions.extend(
+        manifests
+            .into_iter()
+            .map(|content| Action::FetchManifest { content }),
+    );
+    if !fetch.is_empty() {
+        out.actions.push(Action::FetchChunks {
+            chunks: fetch.into_values().collect(),
+        });
+    }
+    out.actions.extend(now.into_iter().map(|(_, a)| a));
+    out.actions.extend(
+        deletes
+            .into_iter()
+            .map(|(path, kind)| Action::Delete { path, kind }),
+    );
+    out.actions.extend(later.into_iter().map(|(_, a)| a));
+    out
+}

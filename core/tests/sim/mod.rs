@@ -1,0 +1,429 @@
+//! A simulated group of devices: each has a folder document, a disk (a map of what the
+//! scanner would index), a history store and a chunk store. User edits are recorded in
+//! the document as a scan would; sync messages travel between replicas (and can be lost
+//! or duplicated); `apply` runs the planner and carries out its actions on the disk.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+
+use cairn_core::folder::{DeviceId, FolderDoc, LocalChange, PeerSync, TreeOptions};
+use cairn_core::manifest::{ChunkRef, Manifest};
+use cairn_core::path::case_key;
+use cairn_core::planner::{Action, LocalStore, plan};
+use cairn_core::scan::{EntryKind, IndexedEntry, Stamp};
+use cairn_core::{ChunkId, ContentId};
+
+pub const SHARDS: u16 = 4;
+
+/// Content `n` of the simulation.
+pub fn content(n: u64) -> ContentId {
+    ContentId(*blake3::hash(format!("content-{n}").as_bytes()).as_bytes())
+}
+
+/// Every content is one chunk in the simulation, named after the content.
+fn manifest_of(c: &ContentId) -> Manifest {
+    Manifest {
+        chunks: vec![ChunkRef {
+            id: ChunkId(c.0),
+            len: 1000,
+        }],
+    }
+}
+
+pub struct Replica {
+    pub doc: FolderDoc,
+    pub disk: BTreeMap<String, IndexedEntry>,
+    pub history: HashSet<ContentId>,
+    pub chunks: HashSet<ChunkId>,
+    pub peers: Vec<PeerSync>,
+    pub fetched_chunks: usize,
+}
+
+impl LocalStore for Replica {
+    fn manifest(&self, content: &ContentId) -> Option<Manifest> {
+        Some(manifest_of(content))
+    }
+    fn has_chunk(&self, chunk: &ChunkId) -> bool {
+        self.chunks.contains(chunk)
+    }
+}
+
+pub struct World {
+    pub replicas: Vec<Replica>,
+    pub options: TreeOptions,
+    pub clock: i64,
+    /// Every content a user wrote.
+    pub written: HashSet<ContentId>,
+    /// Every content some recorded change marked as superseded (`replaces`).
+    pub superseded: HashSet<ContentId>,
+}
+
+fn entry(
+    kind: EntryKind,
+    content: Option<ContentId>,
+    target: Option<String>,
+    mtime: i64,
+) -> IndexedEntry {
+    IndexedEntry {
+        kind,
+        stamp: Stamp {
+            size: 1000,
+            mtime_ns: mtime,
+            ctime_ns: mtime,
+            inode: 0,
+            mode: 0o644,
+        },
+        content,
+        link_target: target,
+    }
+}
+
+impl World {
+    pub fn new(n: usize, options: TreeOptions) -> Self {
+        let replicas = (0..n)
+            .map(|i| {
+                let doc = FolderDoc::new(DeviceId([i as u8 + 1; 8]), SHARDS).unwrap();
+                let peers = (0..n).map(|_| doc.new_peer()).collect();
+                Replica {
+                    doc,
+                    disk: BTreeMap::new(),
+                    history: HashSet::new(),
+                    chunks: HashSet::new(),
+                    peers,
+                    fetched_chunks: 0,
+                }
+            })
+            .collect();
+        World {
+            replicas,
+            options,
+            clock: 1_700_000_000_000_000_000,
+            written: HashSet::new(),
+            superseded: HashSet::new(),
+        }
+    }
+
+    fn tick(&mut self) -> i64 {
+        self.clock += 1_000_000_000;
+        self.clock
+    }
+
+    /// On a case-insensitive disk, a user naming `p` reaches the existing path that folds
+    /// to the same key.
+    fn on_disk_name(&self, r: usize, p: &str) -> String {
+        if !self.options.case_insensitive {
+            return p.to_string();
+        }
+        let key = case_key(p);
+        let mut out = String::new();
+        for (i, comp) in p.split('/').enumerate() {
+            let prefix = if i == 0 {
+                comp.to_string()
+            } else {
+                format!("{out}/{comp}")
+            };
+            let pk = case_key(&prefix);
+            let found = self.replicas[r]
+                .disk
+                .keys()
+                .find(|k| case_key(k) == pk)
+                .cloned();
+            out = found.unwrap_or(prefix);
+        }
+        let _ = key;
+        out
+    }
+
+    /// Records a disk change of replica `r` into its document, as a scan would.
+    fn record(&mut self, r: usize, path: &str) {
+        let change = match self.replicas[r].disk.get(path) {
+            Some(e) => LocalChange::Present {
+                kind: e.kind,
+                content: e.content,
+                size: if e.kind == EntryKind::File {
+                    e.stamp.size
+                } else {
+                    0
+                },
+                mtime_ns: e.stamp.mtime_ns,
+                mode: e.stamp.mode,
+                link_target: e.link_target.clone(),
+            },
+            None => LocalChange::Deleted,
+        };
+        let doc = &mut self.replicas[r].doc;
+        let before = doc.values(path);
+        doc.record_local(path, &change);
+        for v in doc.values(path) {
+            if !before.contains(&v)
+                && let Some(x) = v.replaces
+            {
+                self.superseded.insert(x);
+            }
+        }
+    }
+
+    fn mkdirs(&mut self, r: usize, path: &str) -> bool {
+        let parents: Vec<String> = cairn_core::path::ancestors(path)
+            .map(str::to_string)
+            .collect();
+        for a in parents.iter().rev() {
+            match self.replicas[r].disk.get(a).map(|e| e.kind) {
+                Some(EntryKind::Dir) => {}
+                Some(_) => return false,
+                None => {
+                    let t = self.tick();
+                    self.replicas[r]
+                        .disk
+                        .insert(a.clone(), entry(EntryKind::Dir, None, None, t));
+                    self.record(r, a);
+                }
+            }
+        }
+        true
+    }
+
+    pub fn user_write(&mut self, r: usize, path: &str, n: u64) {
+        let path = self.on_disk_name(r, path);
+        if matches!(
+            self.replicas[r].disk.get(&path).map(|e| e.kind),
+            Some(EntryKind::Dir)
+        ) || !self.mkdirs(r, &path)
+        {
+            return;
+        }
+        let c = content(n);
+        let t = self.tick();
+        let rep = &mut self.replicas[r];
+        rep.disk
+            .insert(path.clone(), entry(EntryKind::File, Some(c), None, t));
+        rep.chunks.insert(ChunkId(c.0));
+        self.written.insert(c);
+        self.record(r, &path);
+        self.replicas[r].doc.commit();
+    }
+
+    pub fn user_symlink(&mut self, r: usize, path: &str, target: &str) {
+        let path = self.on_disk_name(r, path);
+        if self.replicas[r].disk.contains_key(&path) || !self.mkdirs(r, &path) {
+            return;
+        }
+        let t = self.tick();
+        self.replicas[r].disk.insert(
+            path.clone(),
+            entry(EntryKind::Symlink, None, Some(target.into()), t),
+        );
+        self.record(r, &path);
+        self.replicas[r].doc.commit();
+    }
+
+    pub fn user_mkdir(&mut self, r: usize, path: &str) {
+        let path = self.on_disk_name(r, path);
+        if self.replicas[r].disk.contains_key(&path) || !self.mkdirs(r, &path) {
+            return;
+        }
+        let t = self.tick();
+        self.replicas[r]
+            .disk
+            .insert(path.clone(), entry(EntryKind::Dir, None, None, t));
+        self.record(r, &path);
+        self.replicas[r].doc.commit();
+    }
+
+    /// Deletes a path, and everything below it for a directory.
+    pub fn user_delete(&mut self, r: usize, path: &str) {
+        let path = self.on_disk_name(r, path);
+        let prefix = format!("{path}/");
+        let doomed: Vec<String> = self.replicas[r]
+            .disk
+            .keys()
+            .filter(|k| **k == path || k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for p in &doomed {
+            self.replicas[r].disk.remove(p);
+        }
+        for p in &doomed {
+            self.record(r, p);
+        }
+        self.replicas[r].doc.commit();
+    }
+
+    /// Renames a file (replacing a file at the target, as rename(2) does).
+    pub fn user_rename(&mut self, r: usize, from: &str, to: &str) {
+        let from = self.on_disk_name(r, from);
+        let to = self.on_disk_name(r, to);
+        let Some(e) = self.replicas[r].disk.get(&from).cloned() else {
+            return;
+        };
+        if e.kind != EntryKind::File || from == to || to.starts_with(&format!("{from}/")) {
+            return;
+        }
+        if matches!(
+            self.replicas[r].disk.get(&to).map(|e| e.kind),
+            Some(EntryKind::Dir)
+        ) || !self.mkdirs(r, &to)
+        {
+            return;
+        }
+        // rename(2) keeps the mtime and changes the ctime.
+        self.replicas[r].disk.remove(&from);
+        self.replicas[r].disk.insert(to.clone(), e);
+        self.record(r, &from);
+        self.record(r, &to);
+        self.replicas[r].doc.commit();
+    }
+
+    /// One sync message from `from` to `to`. A lost message resets both sides' sync state,
+    /// as a reconnect does; a duplicated one is delivered twice.
+    pub fn sync_once(&mut self, from: usize, to: usize, lose: bool, duplicate: bool) -> bool {
+        if from == to {
+            return false;
+        }
+        let (a, b) = two(&mut self.replicas, from, to);
+        let Some(msg) = a.doc.generate_sync_message(&mut a.peers[to]) else {
+            return false;
+        };
+        if lose {
+            a.peers[to].reset();
+            b.peers[from].reset();
+            return true;
+        }
+        let wire = msg.encode();
+        let decoded = cairn_core::folder::FolderMessage::decode(&wire).unwrap();
+        b.doc
+            .receive_sync_message(&mut b.peers[from], &decoded)
+            .unwrap();
+        if duplicate {
+            b.doc
+                .receive_sync_message(&mut b.peers[from], &decoded)
+                .unwrap();
+        }
+        true
+    }
+
+    /// Syncs two replicas until neither has anything to say.
+    pub fn sync_pair(&mut self, i: usize, j: usize) {
+        for _ in 0..20 {
+            let a = self.sync_once(i, j, false, false);
+            let b = self.sync_once(j, i, false, false);
+            if !a && !b {
+                return;
+            }
+        }
+        panic!("sync between {i} and {j} did not settle");
+    }
+
+    /// Runs the planner on replica `r` and carries out its actions on the disk.
+    pub fn apply(&mut self, r: usize) {
+        let options = self.options;
+        let rep = &mut self.replicas[r];
+        let tree = rep.doc.tree(options);
+        rep.doc.materialize(&tree);
+        let tree = rep.doc.tree(options);
+        let plan = plan(&tree, &rep.disk, &*rep);
+        assert!(
+            plan.rejected.is_empty(),
+            "derived trees never pass through symlinks: {:?}",
+            plan.rejected
+        );
+        for action in plan.actions {
+            match action {
+                Action::KeepInHistory { content, .. } => {
+                    rep.history.insert(content);
+                }
+                Action::FetchManifest { .. } => {}
+                Action::FetchChunks { chunks } => {
+                    rep.fetched_chunks += chunks.len();
+                    rep.chunks.extend(chunks.iter().map(|c| c.id));
+                }
+                Action::MakeDir { path } => {
+                    assert!(!rep.disk.contains_key(&path), "mkdir over {path}");
+                    rep.disk.insert(path, entry(EntryKind::Dir, None, None, 0));
+                }
+                Action::WriteFile {
+                    path,
+                    content,
+                    mtime_ns,
+                    ..
+                } => {
+                    assert!(
+                        rep.chunks.contains(&ChunkId(content.0)),
+                        "write of {path} without its chunks"
+                    );
+                    assert!(
+                        rep.disk.get(&path).is_none_or(|e| e.kind != EntryKind::Dir),
+                        "file written over directory {path}"
+                    );
+                    parents_are_dirs(&rep.disk, &path);
+                    rep.disk
+                        .insert(path, entry(EntryKind::File, Some(content), None, mtime_ns));
+                }
+                Action::WriteSymlink { path, target } => {
+                    parents_are_dirs(&rep.disk, &path);
+                    rep.disk
+                        .insert(path, entry(EntryKind::Symlink, None, Some(target), 0));
+                }
+                Action::Delete { path, .. } => {
+                    let prefix = format!("{path}/");
+                    assert!(
+                        !rep.disk.keys().any(|k| k.starts_with(&prefix)),
+                        "rmdir of non-empty {path}"
+                    );
+                    rep.disk.remove(&path);
+                }
+            }
+        }
+    }
+
+    /// Syncs everyone with everyone and applies, until nothing changes any more.
+    pub fn settle(&mut self) {
+        let n = self.replicas.len();
+        for r in &mut self.replicas {
+            for p in &mut r.peers {
+                p.reset();
+            }
+        }
+        for _ in 0..10 {
+            for i in 0..n {
+                for j in 0..n {
+                    if i != j {
+                        self.sync_pair(i, j);
+                    }
+                }
+            }
+            let before: Vec<_> = self.replicas.iter_mut().map(|r| r.doc.heads()).collect();
+            for r in 0..n {
+                self.apply(r);
+            }
+            let after: Vec<_> = self.replicas.iter_mut().map(|r| r.doc.heads()).collect();
+            let converged = after.windows(2).all(|w| w[0] == w[1]);
+            if before == after && converged {
+                return;
+            }
+        }
+        panic!("replicas did not settle in 10 rounds");
+    }
+}
+
+fn parents_are_dirs(disk: &BTreeMap<String, IndexedEntry>, path: &str) {
+    for a in cairn_core::path::ancestors(path) {
+        assert_eq!(
+            disk.get(a).map(|e| e.kind),
+            Some(EntryKind::Dir),
+            "parent {a} of {path} is not a directory"
+        );
+    }
+}
+
+fn two<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    assert_ne!(i, j);
+    if i < j {
+        let (l, r) = v.split_at_mut(j);
+        (&mut l[i], &mut r[0])
+    } else {
+        let (l, r) = v.split_at_mut(i);
+        (&mut r[0], &mut l[j])
+    }
+}
