@@ -211,3 +211,225 @@ pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn Loc
     out.actions.extend(later.into_iter().map(|(_, a)| a));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::folder::entry::{DeviceId, EntryValue};
+    use crate::folder::tree::{TreeEntry, TreeOptions, derive_tree};
+    use crate::scan::Stamp;
+
+    struct Store {
+        manifests: HashMap<ContentId, Manifest>,
+        chunks: HashSet<ChunkId>,
+    }
+
+    impl LocalStore for Store {
+        fn manifest(&self, content: &ContentId) -> Option<Manifest> {
+            self.manifests.get(content).cloned()
+        }
+        fn has_chunk(&self, chunk: &ChunkId) -> bool {
+            self.chunks.contains(chunk)
+        }
+    }
+
+    fn manifest(chunks: &[u8]) -> Manifest {
+        Manifest {
+            chunks: chunks
+                .iter()
+                .map(|&c| ChunkRef {
+                    id: ChunkId([c; 32]),
+                    len: 100,
+                })
+                .collect(),
+        }
+    }
+
+    fn value(kind: EntryKind, content: Option<ContentId>) -> EntryValue {
+        EntryValue {
+            kind,
+            deleted: false,
+            content,
+            size: 0,
+            mtime_ns: 5,
+            mode: 0o644,
+            link_target: (kind == EntryKind::Symlink).then(|| "t".to_string()),
+            device: DeviceId([1; 8]),
+            replaces: None,
+        }
+    }
+
+    fn tree(entries: &[(&str, EntryValue)]) -> Tree {
+        derive_tree(
+            entries
+                .iter()
+                .map(|(p, v)| (p.to_string(), vec![v.clone()])),
+            TreeOptions::default(),
+        )
+    }
+
+    fn local(kind: EntryKind, content: Option<ContentId>) -> IndexedEntry {
+        IndexedEntry {
+            kind,
+            stamp: Stamp {
+                size: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                inode: 0,
+                mode: 0o644,
+            },
+            content,
+            link_target: (kind == EntryKind::Symlink).then(|| "t".to_string()),
+        }
+    }
+
+    #[test]
+    fn an_edit_in_the_middle_fetches_only_the_changed_chunks() {
+        let (old, new) = (manifest(&[1, 2, 3, 4, 5]), manifest(&[1, 2, 9, 4, 5]));
+        let (old_id, new_id) = (old.content_id(), new.content_id());
+        let store = Store {
+            manifests: HashMap::from([(old_id, old.clone()), (new_id, new.clone())]),
+            chunks: old.chunks.iter().map(|c| c.id).collect(),
+        };
+        let t = tree(&[("f", value(EntryKind::File, Some(new_id)))]);
+        let disk = BTreeMap::from([("f".to_string(), local(EntryKind::File, Some(old_id)))]);
+        let p = plan(&t, &disk, &store);
+        assert_eq!(
+            p.chunks_to_fetch().iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![ChunkId([9; 32])]
+        );
+        assert_eq!(
+            p.actions[0],
+            Action::KeepInHistory {
+                path: "f".into(),
+                content: old_id
+            }
+        );
+    }
+
+    #[test]
+    fn identical_files_fetch_their_content_once() {
+        let m = manifest(&[7, 8]);
+        let id = m.content_id();
+        let store = Store {
+            manifests: HashMap::from([(id, m)]),
+            chunks: HashSet::new(),
+        };
+        let entries: Vec<(String, EntryValue)> = (0..8)
+            .map(|i| (format!("copy{i}"), value(EntryKind::File, Some(id))))
+            .collect();
+        let t = tree(
+            &entries
+                .iter()
+                .map(|(p, v)| (p.as_str(), v.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let p = plan(&t, &BTreeMap::new(), &store);
+        assert_eq!(p.chunks_to_fetch().len(), 2);
+        assert_eq!(
+            p.actions
+                .iter()
+                .filter(|a| matches!(a, Action::WriteFile { .. }))
+                .count(),
+            8
+        );
+    }
+
+    #[test]
+    fn unknown_manifests_are_fetched_first() {
+        let store = Store {
+            manifests: HashMap::new(),
+            chunks: HashSet::new(),
+        };
+        let c = ContentId([3; 32]);
+        let p = plan(
+            &tree(&[("f", value(EntryKind::File, Some(c)))]),
+            &BTreeMap::new(),
+            &store,
+        );
+        assert_eq!(p.actions[0], Action::FetchManifest { content: c });
+    }
+
+    #[test]
+    fn a_path_through_a_symlink_is_rejected() {
+        // A tree built by hand, bypassing derive_tree's own protection.
+        let mut t = Tree::default();
+        t.entries.insert(
+            "link".into(),
+            TreeEntry {
+                value: value(EntryKind::Symlink, None),
+                origin: Origin::Recorded,
+            },
+        );
+        t.entries.insert(
+            "link/passwd".into(),
+            TreeEntry {
+                value: value(EntryKind::File, Some(ContentId([1; 32]))),
+                origin: Origin::Recorded,
+            },
+        );
+        let store = Store {
+            manifests: HashMap::new(),
+            chunks: HashSet::new(),
+        };
+        let p = plan(&t, &BTreeMap::new(), &store);
+        assert!(
+            matches!(&p.rejected[..], [(path, PathError::ThroughSymlink { link, .. })] if path == "link/passwd" && link == "link")
+        );
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| matches!(a, Action::WriteFile { .. }))
+        );
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_file_is_emptied_first() {
+        let m = manifest(&[1]);
+        let id = m.content_id();
+        let store = Store {
+            manifests: HashMap::from([(id, m)]),
+            chunks: [ChunkId([1; 32])].into(),
+        };
+        let t = tree(&[("x", value(EntryKind::File, Some(id)))]);
+        let disk = BTreeMap::from([
+            ("x".to_string(), local(EntryKind::Dir, None)),
+            (
+                "x/a".to_string(),
+                local(EntryKind::File, Some(ContentId([5; 32]))),
+            ),
+        ]);
+        let p = plan(&t, &disk, &store);
+        let order: Vec<String> = p
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::KeepInHistory { path, .. } => format!("keep {path}"),
+                Action::Delete { path, .. } => format!("rm {path}"),
+                Action::WriteFile { path, .. } => format!("write {path}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(order, vec!["keep x/a", "rm x/a", "rm x", "write x"]);
+    }
+
+    #[test]
+    fn a_disk_that_matches_the_tree_needs_nothing() {
+        let id = ContentId([4; 32]);
+        let t = tree(&[
+            ("d", value(EntryKind::Dir, None)),
+            ("d/f", value(EntryKind::File, Some(id))),
+        ]);
+        let disk = BTreeMap::from([
+            ("d".to_string(), local(EntryKind::Dir, None)),
+            ("d/f".to_string(), local(EntryKind::File, Some(id))),
+        ]);
+        let store = Store {
+            manifests: HashMap::new(),
+            chunks: HashSet::new(),
+        };
+        assert!(plan(&t, &disk, &store).is_empty());
+    }
+}

@@ -442,3 +442,84 @@ fn decode_value(v: &Value<'_>) -> Option<EntryValue> {
         Value::Object(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn values_that_are_not_entries_are_skipped_and_reported() {
+        let mut doc = FolderDoc::new(DeviceId([1; 8]), 2).unwrap();
+        let shard = doc.shard_of("junk");
+        doc.shards[shard]
+            .put(ROOT, "junk", "a string, not an entry")
+            .unwrap();
+        let shard = doc.shard_of("bytes");
+        doc.shards[shard]
+            .put(ROOT, "bytes", ScalarValue::Bytes(vec![1, 2, 3]))
+            .unwrap();
+        let recorded = doc.recorded();
+        assert!(recorded.entries.is_empty());
+        let mut bad = recorded.undecodable;
+        bad.sort();
+        assert_eq!(bad, vec!["bytes", "junk"]);
+    }
+
+    #[test]
+    fn malformed_sync_messages_are_errors_not_panics() {
+        let mut doc = FolderDoc::new(DeviceId([1; 8]), 4).unwrap();
+        let mut peer = doc.new_peer();
+        let garbage = FolderMessage {
+            shards: vec![(0, vec![0x42, 1, 2, 3])],
+        };
+        assert!(doc.receive_sync_message(&mut peer, &garbage).is_err());
+        let out_of_range = FolderMessage {
+            shards: vec![(9, vec![])],
+        };
+        assert!(matches!(
+            doc.receive_sync_message(&mut peer, &out_of_range),
+            Err(FolderError::NoSuchShard {
+                shard: 9,
+                shards: 4
+            })
+        ));
+    }
+
+    #[test]
+    fn a_saved_folder_loads_with_the_same_content() {
+        let mut doc = FolderDoc::new(DeviceId([1; 8]), 4).unwrap();
+        let change = LocalChange::Present {
+            kind: EntryKind::File,
+            content: Some(ContentId([9; 32])),
+            size: 3,
+            mtime_ns: 10,
+            mode: 0o600,
+            link_target: None,
+        };
+        assert!(doc.record_local("a/b", &change));
+        assert!(
+            !doc.record_local("a/b", &change),
+            "recording the same state again changes nothing"
+        );
+        doc.commit();
+        let saved: Vec<Vec<u8>> = (0..4).map(|s| doc.save_shard(s)).collect();
+        let loaded = FolderDoc::load(DeviceId([1; 8]), &saved).unwrap();
+        assert_eq!(loaded.values("a/b"), doc.values("a/b"));
+        assert!(FolderDoc::load(DeviceId([1; 8]), &[vec![1, 2, 3]]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn message_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = FolderMessage::decode(&bytes);
+        }
+
+        #[test]
+        fn messages_round_trip(shards in proptest::collection::vec((any::<u16>(), proptest::collection::vec(any::<u8>(), 0..50)), 0..5)) {
+            let m = FolderMessage { shards };
+            prop_assert_eq!(FolderMessage::decode(&m.encode()).unwrap(), m.clone());
+            prop_assert_eq!(m.encode().len(), m.len());
+        }
+    }
+}
