@@ -24,6 +24,10 @@ pub const DEFAULT_SHARDS: u16 = 256;
 /// Largest encoded [`FolderMessage`] accepted from a peer.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// A generated message stops taking more shards once it is this large; the rest follow
+/// in the next rounds. Keeps messages (and a peer's memory per message) bounded.
+pub const MESSAGE_BUDGET: usize = 8 << 20;
+
 const MESSAGE_VERSION: u8 = 1;
 
 /// Errors of the folder document.
@@ -224,8 +228,25 @@ impl FolderDoc {
     pub fn recorded(&self) -> Recorded {
         let mut entries = BTreeMap::new();
         let mut undecodable = Vec::new();
-        for doc in &self.shards {
-            for item in doc.map_range(ROOT, ..) {
+        for (path, values, all_decoded) in self.iter_recorded() {
+            if !all_decoded {
+                undecodable.push(path.clone());
+            }
+            if !values.is_empty() {
+                entries.insert(path, values);
+            }
+        }
+        Recorded {
+            entries,
+            undecodable,
+        }
+    }
+
+    /// Every recorded path with its decodable values, shard by shard (not sorted), and
+    /// whether every value decoded.
+    fn iter_recorded(&self) -> impl Iterator<Item = (String, Vec<EntryValue>, bool)> + '_ {
+        self.shards.iter().flat_map(|doc| {
+            doc.map_range(ROOT, ..).map(move |item| {
                 let key = item.key.to_string();
                 let values: Vec<Value<'_>> = if item.conflict {
                     doc.get_all(ROOT, key.as_str())
@@ -237,23 +258,18 @@ impl FolderDoc {
                     vec![item.value.into()]
                 };
                 let decoded: Vec<EntryValue> = values.iter().filter_map(decode_value).collect();
-                if decoded.len() != values.len() {
-                    undecodable.push(key.clone());
-                }
-                if !decoded.is_empty() {
-                    entries.insert(key, decoded);
-                }
-            }
-        }
-        Recorded {
-            entries,
-            undecodable,
-        }
+                let all = decoded.len() == values.len();
+                (key, decoded, all)
+            })
+        })
     }
 
     /// The tree every device converges to (see [`crate::folder::tree`]).
     pub fn tree(&self, options: TreeOptions) -> Tree {
-        derive_tree(self.recorded().entries, options)
+        derive_tree(
+            self.iter_recorded().map(|(path, values, _)| (path, values)),
+            options,
+        )
     }
 
     /// Records what a scan found at `path` on this device. Returns false when nothing
@@ -394,9 +410,15 @@ impl FolderDoc {
     pub fn generate_sync_message(&mut self, peer: &mut PeerSync) -> Option<FolderMessage> {
         self.commit();
         let mut shards = Vec::new();
+        let mut size = 0;
         for (i, (doc, state)) in self.shards.iter_mut().zip(&mut peer.states).enumerate() {
+            if size >= MESSAGE_BUDGET {
+                break;
+            }
             if let Some(msg) = doc.sync().generate_sync_message(state) {
-                shards.push((i as u16, msg.encode()));
+                let bytes = msg.encode();
+                size += bytes.len() + 6;
+                shards.push((i as u16, bytes));
             }
         }
         (!shards.is_empty()).then_some(FolderMessage { shards })
