@@ -15,3 +15,4 @@ pub use manifest::{ChunkRef, ContentIdBuilder, Manifest};
 pub mod folder;
 pub mod path;
 pub mod planner;
+pub mod wire;

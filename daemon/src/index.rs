@@ -27,6 +27,19 @@ const FOLDER_CHUNKS: TableDefinition<(&str, &[u8; 32]), u64> =
     TableDefinition::new("folder_chunks");
 /// folder id -> FolderTotals (postcard)
 const FOLDER_TOTALS: TableDefinition<&str, &[u8]> = TableDefinition::new("folder_totals");
+/// (folder id, shard) -> saved automerge document of that shard
+const FOLDER_SHARDS: TableDefinition<(&str, u16), &[u8]> = TableDefinition::new("folder_shards");
+/// content id -> encoded manifest learnt from a peer (verified before it is stored)
+const REMOTE_MANIFESTS: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("remote_manifests");
+/// (folder id, path) -> (content id being pulled, chunks already written in order)
+const PULL_PROGRESS: TableDefinition<(&str, &str), (&[u8; 32], u64)> =
+    TableDefinition::new("pull_progress");
+/// (folder id, path, time ns) -> content id of a version kept in the history store
+const HISTORY: TableDefinition<(&str, &str, i64), &[u8; 32]> = TableDefinition::new("history");
+
+/// The pseudo-folder under which chunk locations of the history store are recorded.
+pub const HISTORY_FOLDER: &str = "@history";
 
 /// Errors of the local index, with what the user can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +224,10 @@ impl Index {
         txn.open_multimap_table(CHUNK_LOCATIONS)?;
         txn.open_table(FOLDER_CHUNKS)?;
         txn.open_table(FOLDER_TOTALS)?;
+        txn.open_table(FOLDER_SHARDS)?;
+        txn.open_table(REMOTE_MANIFESTS)?;
+        txn.open_table(PULL_PROGRESS)?;
+        txn.open_table(HISTORY)?;
         txn.commit()?;
         Ok(Index {
             db,
@@ -318,6 +335,151 @@ impl Index {
             Some(v) => decode(v.value(), || format!("totals of {folder}")),
             None => Ok(FolderTotals::default()),
         }
+    }
+
+    /// The saved shards of a folder's document, or None if it has none yet.
+    pub fn folder_shards(&self, folder: &str) -> Result<Option<Vec<Vec<u8>>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FOLDER_SHARDS)?;
+        let mut out = Vec::new();
+        for row in table.range((folder, 0u16)..=(folder, u16::MAX))? {
+            let (k, v) = row?;
+            if k.value().1 as usize != out.len() {
+                return Err(IndexError::Corrupt {
+                    what: format!("shards of {folder}"),
+                    detail: "gap".into(),
+                });
+            }
+            out.push(v.value().to_vec());
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// Stores saved shards of a folder's document.
+    pub fn put_folder_shards(&self, folder: &str, shards: &[(u16, Vec<u8>)]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(FOLDER_SHARDS)?;
+            for (i, bytes) in shards {
+                t.insert((folder, *i), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// A manifest this device knows: from its own files, or verified from a peer.
+    pub fn any_manifest(&self, content: &ContentId) -> Result<Option<Manifest>> {
+        if let Some(m) = self.manifest(content)? {
+            return Ok(Some(m));
+        }
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(REMOTE_MANIFESTS)?;
+        match t.get(content.as_bytes())? {
+            Some(v) => Manifest::decode(v.value())
+                .map(Some)
+                .map_err(|e| IndexError::Corrupt {
+                    what: format!("remote manifest {content}"),
+                    detail: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a manifest learnt from a peer; the caller has verified it against `content`.
+    pub fn put_remote_manifest(&self, content: &ContentId, manifest: &Manifest) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(REMOTE_MANIFESTS)?
+            .insert(content.as_bytes(), manifest.encode().as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Whether any local file or the history store holds `chunk`.
+    pub fn has_chunk(&self, chunk: &ChunkId) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+        Ok(table.get(chunk.as_bytes())?.next().is_some())
+    }
+
+    /// Progress of a pull into a temp file: the content and how many chunks are written.
+    pub fn pull_progress(&self, folder: &str, path: &str) -> Result<Option<(ContentId, u64)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(PULL_PROGRESS)?;
+        Ok(t.get((folder, path))?.map(|v| {
+            let (c, n) = v.value();
+            (ContentId(*c), n)
+        }))
+    }
+
+    /// Records (Some) or clears (None) the progress of a pull.
+    pub fn set_pull_progress(
+        &self,
+        folder: &str,
+        path: &str,
+        progress: Option<(ContentId, u64)>,
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(PULL_PROGRESS)?;
+            match progress {
+                Some((c, n)) => {
+                    t.insert((folder, path), (c.as_bytes(), n))?;
+                }
+                None => {
+                    t.remove((folder, path))?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Records that the version `content` of `path` was kept in the history store, and
+    /// makes its chunks available for dedup and for peers.
+    pub fn add_history(
+        &self,
+        folder: &str,
+        path: &str,
+        time_ns: i64,
+        content: &ContentId,
+        manifest: &Manifest,
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(HISTORY)?
+                .insert((folder, path, time_ns), content.as_bytes())?;
+            let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+            let mut offset = 0u64;
+            for c in &manifest.chunks {
+                let loc = ChunkLocation {
+                    folder: HISTORY_FOLDER.into(),
+                    path: content.to_hex(),
+                    offset,
+                    len: c.len,
+                };
+                locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+                offset += u64::from(c.len);
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Versions of `folder` kept in history: (path, time ns, content), oldest first.
+    pub fn history(&self, folder: &str) -> Result<Vec<(String, i64, ContentId)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(HISTORY)?;
+        let mut out = Vec::new();
+        for row in t.range((folder, "", i64::MIN)..)? {
+            let (k, v) = row?;
+            let (f, path, time) = k.value();
+            if f != folder {
+                break;
+            }
+            out.push((path.to_string(), time, ContentId(*v.value())));
+        }
+        Ok(out)
     }
 
     /// Applies `updates` to `folder` in one transaction: all of them, or none.

@@ -1,7 +1,16 @@
-//! cairn-daemon: everything that touches the real world — the disk, the index database,
-//! and (in time) the network and the control API. The `cairnd` binary is built on it.
+//! cairn-daemon: everything that touches the real world: the disk, the index database,
+//! the network and the control API. The `cairnd` binary is built on it.
 
+pub mod config;
+pub mod control;
+pub mod engine;
 pub mod folders;
+pub mod identity;
 pub mod index;
+pub mod metrics;
+pub mod net;
 pub mod paths;
+pub mod puller;
 pub mod scanner;
+pub mod serve;
+pub mod watcher;

@@ -1,13 +1,80 @@
-//! `cairnd`, the cairn daemon.
-//!
-//! The networked daemon (watcher, peers, puller, control API) is not built yet. Until it
-//! is, this binary says so instead of pretending; `cairn scan <folder>` indexes a folder.
+//! `cairnd`, the cairn daemon: syncs the folders in its configuration with trusted peers.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "cairnd: the sync daemon is not built yet.\n\
-         What works today: `cairn scan <folder>` indexes a folder into {}.",
-        cairn_daemon::paths::index_path().display()
-    );
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cairn_daemon::config::{Config, Home};
+use clap::Parser;
+
+/// The cairn daemon: watches folders and syncs them with trusted devices over libp2p.
+#[derive(Parser)]
+#[command(name = "cairnd", version)]
+struct Args {
+    /// Home directory for identity, index and state [default: $CAIRN_HOME or ~/.local/share/cairn].
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Configuration file [default: HOME/config.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print this device's id and exit.
+    #[arg(long)]
+    print_id: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairnd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let home = Home::new(args.home.unwrap_or_else(cairn_daemon::paths::data_dir));
+    std::fs::create_dir_all(&home.dir)
+        .with_context(|| format!("creating {}", home.dir.display()))?;
+    let key = cairn_daemon::identity::load_or_create(&home.identity())?;
+    let device_id = key.public().to_peer_id().to_string();
+    if args.print_id {
+        println!("{device_id}");
+        return Ok(());
+    }
+    let config_path = args.config.unwrap_or_else(|| home.config());
+    let config = Config::load(&config_path)?;
+    if !config_path.exists() {
+        config.save(&config_path)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let engine = cairn_daemon::engine::Engine::new(home.clone(), &config, key)?;
+        let events = engine.events();
+        let _api = cairn_daemon::control::serve(&config.control.listen, &home.control(), device_id, events.clone())
+            .await
+            .with_context(|| format!("starting the control API on {}", config.control.listen))?;
+        let stop = events.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            let _ = stop.send(cairn_daemon::engine::Event::Control(cairn_daemon::engine::ControlRequest::Shutdown));
+        });
+        engine.run().await;
+        let _ = std::fs::remove_file(home.control());
+        anyhow::Ok(())
+    })
 }

@@ -76,3 +76,228 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A running `cairnd`, killed (by PID) when dropped.
+pub struct Daemon {
+    pub name: String,
+    pub home: PathBuf,
+    pub folder: PathBuf,
+    pub peer_id: String,
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+/// How a daemon is named in another's config.
+#[derive(Clone)]
+pub struct PeerRef {
+    pub name: String,
+    pub peer_id: String,
+    pub port: u16,
+}
+
+/// What one daemon should be configured with.
+pub struct DaemonSpec {
+    pub name: String,
+    pub home: PathBuf,
+    pub folder: PathBuf,
+    pub port: u16,
+    pub peer_id: String,
+}
+
+impl DaemonSpec {
+    /// Creates the home and identity of a daemon under `base/name`.
+    pub fn new(base: &Path, name: &str) -> Self {
+        let home = base.join(format!("{name}-home"));
+        let folder = base.join(format!("{name}-folder"));
+        std::fs::create_dir_all(&home).expect("home");
+        std::fs::create_dir_all(&folder).expect("folder");
+        let out = Command::new(bin("cairnd"))
+            .arg("--home")
+            .arg(&home)
+            .arg("--print-id")
+            .output()
+            .expect("cairnd runs");
+        assert!(
+            out.status.success(),
+            "cairnd --print-id: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let peer_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        DaemonSpec {
+            name: name.into(),
+            home,
+            folder,
+            port: free_port(),
+            peer_id,
+        }
+    }
+
+    /// Writes a config trusting `peers` and sharing folder `shared` with them, then starts.
+    pub fn peer(&self) -> PeerRef {
+        PeerRef {
+            name: self.name.clone(),
+            peer_id: self.peer_id.clone(),
+            port: self.port,
+        }
+    }
+
+    pub fn start(self, peers: &[PeerRef]) -> Daemon {
+        let mut toml = format!(
+            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nmdns = false\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n",
+            self.port
+        );
+        for p in peers {
+            toml += &format!(
+                "[[peers]]\nid = \"{}\"\nname = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{}\"]\n\n",
+                p.peer_id, p.name, p.port
+            );
+        }
+        let ids: Vec<String> = peers.iter().map(|p| format!("\"{}\"", p.peer_id)).collect();
+        toml += &format!(
+            "[[folders]]\nid = \"shared\"\npath = \"{}\"\npeers = [{}]\n",
+            self.folder.display(),
+            ids.join(", ")
+        );
+        std::fs::write(self.home.join("config.toml"), toml).expect("config");
+        let mut d = Daemon {
+            name: self.name,
+            home: self.home,
+            folder: self.folder,
+            peer_id: self.peer_id,
+            port: self.port,
+            child: None,
+        };
+        d.restart();
+        d
+    }
+}
+
+impl Daemon {
+    /// How this daemon is named in another's config.
+    pub fn peer(&self) -> PeerRef {
+        PeerRef {
+            name: self.name.clone(),
+            peer_id: self.peer_id.clone(),
+            port: self.port,
+        }
+    }
+
+    /// Starts (or starts again) the process.
+    pub fn restart(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(self.home.join("control.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("cairnd.log"))
+            .expect("log file");
+        let child = Command::new(bin("cairnd"))
+            .arg("--home")
+            .arg(&self.home)
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cairnd starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !self.home.join("control.json").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not start: {}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, by PID.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("cairnd.log")).unwrap_or_default()
+    }
+
+    /// GET a control API path, returning the body.
+    pub fn get(&self, path: &str) -> String {
+        http(&self.home, "GET", path)
+    }
+
+    /// The status as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/v1/status")).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The value of a Prometheus metric line (exact name with labels).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics");
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One HTTP/1.1 request to the control API of the daemon in `home`.
+pub fn http(home: &Path, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(home.join("control.json")).unwrap_or_default(),
+    )
+    .unwrap_or(serde_json::Value::Null);
+    let (Some(addr), Some(token)) = (info["address"].as_str(), info["token"].as_str()) else {
+        return String::new();
+    };
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Polls `check` every 50 ms until it is true or `secs` pass; returns whether it became true.
+pub fn wait_until(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    check()
+}

@@ -1,0 +1,362 @@
+//! Wire messages of cairn's protocols, and their strict binary encoding.
+//!
+//! - `/cairn/meta/1`: [`MetaRequest`] / [`MetaResponse`]: automerge sync rounds for one folder.
+//! - `/cairn/blocks/1`: [`BlocksRequest`] / [`BlocksResponse`]: manifests and chunks by hash.
+//!
+//! Everything here is decoded from untrusted peers: every length is bounded, every tag is
+//! checked, and trailing bytes are an error. A peer that is not allowed to see a folder
+//! gets [`MetaResponse::Denied`] / [`BlocksResponse::Denied`], the same answer whether the
+//! folder exists or not.
+
+use crate::hash::{ChunkId, ContentId};
+
+/// Protocol name of folder metadata sync.
+pub const META_PROTOCOL: &str = "/cairn/meta/1";
+/// Protocol name of manifest and chunk exchange.
+pub const BLOCKS_PROTOCOL: &str = "/cairn/blocks/1";
+/// Largest meta request or response on the wire (a folder message plus framing).
+pub const MAX_META_BYTES: usize = crate::folder::doc::MAX_MESSAGE_BYTES + 1024;
+/// Most chunks asked for in one blocks request.
+pub const MAX_CHUNKS_PER_REQUEST: usize = 32;
+/// Largest blocks response: a full batch of maximal chunks plus framing.
+pub const MAX_BLOCKS_BYTES: usize = MAX_MANIFEST_BYTES + (1 << 20);
+/// Largest manifest in a response (about 1.8 M chunks, a file of over 100 GiB).
+pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+/// Longest folder id accepted.
+pub const MAX_FOLDER_ID: usize = 64;
+
+/// A message that could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed wire message: {0}")]
+pub struct WireError(pub &'static str);
+
+/// One automerge sync round for a folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaRequest {
+    /// Folder id.
+    pub folder: String,
+    /// An encoded [`crate::folder::FolderMessage`], if the sender has something to say.
+    pub message: Option<Vec<u8>>,
+}
+
+/// The answer to a [`MetaRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaResponse {
+    /// The responder's next message for this folder, if it has one.
+    Ok { message: Option<Vec<u8>> },
+    /// Not paired, not a member, or no such folder: indistinguishable on purpose.
+    Denied,
+}
+
+/// What a blocks request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlocksRequest {
+    /// The manifest of a content of the folder.
+    Manifest { folder: String, content: ContentId },
+    /// Chunks of the folder's files.
+    Chunks {
+        folder: String,
+        chunks: Vec<ChunkId>,
+    },
+}
+
+/// The answer to a [`BlocksRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlocksResponse {
+    /// The encoded manifest, or None if the responder does not have it.
+    Manifest(Option<Vec<u8>>),
+    /// Each requested chunk's bytes, or None where the responder does not have it.
+    Chunks(Vec<(ChunkId, Option<Vec<u8>>)>),
+    /// Not paired, not a member, or no such folder.
+    Denied,
+}
+
+struct W(Vec<u8>);
+
+impl W {
+    fn new(tag: u8) -> Self {
+        W(vec![tag])
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+    }
+    fn opt(&mut self, b: Option<&[u8]>) {
+        match b {
+            Some(b) => {
+                self.0.push(1);
+                self.bytes(b);
+            }
+            None => self.0.push(0),
+        }
+    }
+    fn hash(&mut self, h: &[u8; 32]) {
+        self.0.extend_from_slice(h);
+    }
+    fn count(&mut self, n: usize) {
+        self.0.extend_from_slice(&(n as u32).to_le_bytes());
+    }
+}
+
+struct R<'a>(&'a [u8]);
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError("truncated"));
+        }
+        let (h, t) = self.0.split_at(n);
+        self.0 = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn bytes(&mut self, max: usize) -> Result<&'a [u8], WireError> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(WireError("field too long"));
+        }
+        self.take(n)
+    }
+    fn opt(&mut self, max: usize) -> Result<Option<Vec<u8>>, WireError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.bytes(max)?.to_vec())),
+            _ => Err(WireError("bad option tag")),
+        }
+    }
+    fn folder(&mut self) -> Result<String, WireError> {
+        let b = self.bytes(MAX_FOLDER_ID)?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError("folder id not UTF-8"))
+    }
+    fn hash(&mut self) -> Result<[u8; 32], WireError> {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(self.take(32)?);
+        Ok(h)
+    }
+    fn end(self) -> Result<(), WireError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError("trailing bytes"))
+        }
+    }
+}
+
+impl MetaRequest {
+    /// Wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = W::new(1);
+        w.bytes(self.folder.as_bytes());
+        w.opt(self.message.as_deref());
+        w.0
+    }
+    /// Parses the wire form.
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut r = R(b);
+        if r.u8()? != 1 {
+            return Err(WireError("not a meta request"));
+        }
+        let folder = r.folder()?;
+        let message = r.opt(MAX_META_BYTES)?;
+        r.end()?;
+        Ok(MetaRequest { folder, message })
+    }
+}
+
+impl MetaResponse {
+    /// Wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            MetaResponse::Ok { message } => {
+                let mut w = W::new(1);
+                w.opt(message.as_deref());
+                w.0
+            }
+            MetaResponse::Denied => vec![2],
+        }
+    }
+    /// Parses the wire form.
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut r = R(b);
+        let out = match r.u8()? {
+            1 => MetaResponse::Ok {
+                message: r.opt(MAX_META_BYTES)?,
+            },
+            2 => MetaResponse::Denied,
+            _ => return Err(WireError("not a meta response")),
+        };
+        r.end()?;
+        Ok(out)
+    }
+}
+
+impl BlocksRequest {
+    /// The folder the request is about.
+    pub fn folder(&self) -> &str {
+        match self {
+            BlocksRequest::Manifest { folder, .. } | BlocksRequest::Chunks { folder, .. } => folder,
+        }
+    }
+    /// Wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            BlocksRequest::Manifest { folder, content } => {
+                let mut w = W::new(1);
+                w.bytes(folder.as_bytes());
+                w.hash(content.as_bytes());
+                w.0
+            }
+            BlocksRequest::Chunks { folder, chunks } => {
+                let mut w = W::new(2);
+                w.bytes(folder.as_bytes());
+                w.count(chunks.len());
+                for c in chunks {
+                    w.hash(c.as_bytes());
+                }
+                w.0
+            }
+        }
+    }
+    /// Parses the wire form.
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut r = R(b);
+        let out = match r.u8()? {
+            1 => BlocksRequest::Manifest {
+                folder: r.folder()?,
+                content: ContentId(r.hash()?),
+            },
+            2 => {
+                let folder = r.folder()?;
+                let n = r.u32()? as usize;
+                if n > MAX_CHUNKS_PER_REQUEST {
+                    return Err(WireError("too many chunks in one request"));
+                }
+                let chunks = (0..n)
+                    .map(|_| r.hash().map(ChunkId))
+                    .collect::<Result<_, _>>()?;
+                BlocksRequest::Chunks { folder, chunks }
+            }
+            _ => return Err(WireError("not a blocks request")),
+        };
+        r.end()?;
+        Ok(out)
+    }
+}
+
+impl BlocksResponse {
+    /// Wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            BlocksResponse::Manifest(m) => {
+                let mut w = W::new(1);
+                w.opt(m.as_deref());
+                w.0
+            }
+            BlocksResponse::Chunks(chunks) => {
+                let mut w = W::new(2);
+                w.count(chunks.len());
+                for (id, data) in chunks {
+                    w.hash(id.as_bytes());
+                    w.opt(data.as_deref());
+                }
+                w.0
+            }
+            BlocksResponse::Denied => vec![3],
+        }
+    }
+    /// Parses the wire form.
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut r = R(b);
+        let out = match r.u8()? {
+            1 => BlocksResponse::Manifest(r.opt(MAX_MANIFEST_BYTES)?),
+            2 => {
+                let n = r.u32()? as usize;
+                if n > MAX_CHUNKS_PER_REQUEST {
+                    return Err(WireError("too many chunks in one response"));
+                }
+                let mut chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = ChunkId(r.hash()?);
+                    chunks.push((id, r.opt(16 << 20)?));
+                }
+                BlocksResponse::Chunks(chunks)
+            }
+            3 => BlocksResponse::Denied,
+            _ => return Err(WireError("not a blocks response")),
+        };
+        r.end()?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let m = MetaRequest {
+            folder: "abcde-fghij".into(),
+            message: Some(vec![1, 2, 3]),
+        };
+        assert_eq!(MetaRequest::decode(&m.encode()).unwrap(), m);
+        for r in [
+            MetaResponse::Ok { message: None },
+            MetaResponse::Ok {
+                message: Some(vec![9]),
+            },
+            MetaResponse::Denied,
+        ] {
+            assert_eq!(MetaResponse::decode(&r.encode()).unwrap(), r);
+        }
+        let b = BlocksRequest::Chunks {
+            folder: "f".into(),
+            chunks: vec![ChunkId([1; 32]), ChunkId([2; 32])],
+        };
+        assert_eq!(BlocksRequest::decode(&b.encode()).unwrap(), b);
+        let b = BlocksRequest::Manifest {
+            folder: "f".into(),
+            content: ContentId([3; 32]),
+        };
+        assert_eq!(BlocksRequest::decode(&b.encode()).unwrap(), b);
+        let r = BlocksResponse::Chunks(vec![
+            (ChunkId([1; 32]), Some(vec![5; 10])),
+            (ChunkId([2; 32]), None),
+        ]);
+        assert_eq!(BlocksResponse::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn oversized_and_trailing_input_is_refused() {
+        let too_many = BlocksRequest::Chunks {
+            folder: "f".into(),
+            chunks: vec![ChunkId([0; 32]); MAX_CHUNKS_PER_REQUEST + 1],
+        };
+        assert!(BlocksRequest::decode(&too_many.encode()).is_err());
+        let mut trailing = MetaResponse::Denied.encode();
+        trailing.push(0);
+        assert!(MetaResponse::decode(&trailing).is_err());
+        let long_folder = MetaRequest {
+            folder: "x".repeat(MAX_FOLDER_ID + 1),
+            message: None,
+        };
+        assert!(MetaRequest::decode(&long_folder.encode()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = MetaRequest::decode(&bytes);
+            let _ = MetaResponse::decode(&bytes);
+            let _ = BlocksRequest::decode(&bytes);
+            let _ = BlocksResponse::decode(&bytes);
+        }
+    }
+}

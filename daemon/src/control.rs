@@ -1,0 +1,156 @@
+//! The control API: HTTP + JSON on 127.0.0.1, every request authenticated with the token
+//! from `control.json` (mode 0600, readable only by the user).
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{ControlRequest, Event};
+
+/// What clients read to reach the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlInfo {
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+    /// Bearer token.
+    pub token: String,
+    /// Daemon process id.
+    pub pid: u32,
+    /// This device's id.
+    pub device_id: String,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    token: String,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+fn authorized(ctx: &Ctx, headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == ctx.token)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn ask<T>(
+    ctx: &Ctx,
+    make: impl FnOnce(oneshot::Sender<T>) -> ControlRequest,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    ctx.events
+        .send(Event::Control(make(tx)))
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "daemon is stopping"))?;
+    rx.await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "daemon is stopping"))
+}
+
+async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if !authorized(&ctx, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    match ask(&ctx, ControlRequest::Status).await {
+        Ok(s) => Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if !authorized(&ctx, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    match ask(&ctx, ControlRequest::Metrics).await {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct FolderQuery {
+    folder: Option<String>,
+}
+
+async fn rescan(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Query(q): Query<FolderQuery>,
+) -> Response {
+    if !authorized(&ctx, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    match ask(&ctx, |reply| ControlRequest::Rescan {
+        folder: q.folder,
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(())) => Json(serde_json::json!({ "ok": true })).into_response(),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, &e),
+        Err(r) => r,
+    }
+}
+
+async fn shutdown(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if !authorized(&ctx, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    let _ = ctx.events.send(Event::Control(ControlRequest::Shutdown));
+    Json(serde_json::json!({ "ok": true })).into_response()
+}
+
+/// Binds the API, writes `control.json`, and serves until the process ends.
+pub async fn serve(
+    listen: &str,
+    info_path: &Path,
+    device_id: String,
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let address = listener.local_addr()?.to_string();
+    let token = {
+        use rand::Rng;
+        let bytes: [u8; 24] = rand::rng().random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let info = ControlInfo {
+        address,
+        token: token.clone(),
+        pid: std::process::id(),
+        device_id,
+    };
+    let tmp = info_path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(
+        &mut f,
+        serde_json::to_string_pretty(&info)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    std::fs::rename(&tmp, info_path)?;
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/rescan", post(rescan))
+        .route("/v1/shutdown", post(shutdown))
+        .route("/metrics", get(metrics))
+        .with_state(Ctx { token, events });
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    }))
+}

@@ -1,0 +1,1050 @@
+//! The daemon's event loop: one task owns the swarm, the folder documents and the
+//! schedule of scans and pulls; blocking work (scans, pulls, serving chunks) runs on
+//! worker threads and reports back through a channel.
+//!
+//! Per folder, at most one scan or one pull runs at a time, so the scanner never sees a
+//! half-applied pull, and the index is updated by the puller before the scanner looks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_core::folder::doc::DEFAULT_SHARDS;
+use cairn_core::folder::{
+    DeviceId, EntryValue, FolderDoc, FolderMessage, LocalChange, PeerSync, TreeOptions,
+};
+use cairn_core::planner::{LocalStore, plan};
+use cairn_core::wire::{BlocksRequest, BlocksResponse, MetaRequest, MetaResponse};
+use cairn_core::{ChunkId, Chunker, ContentId, Manifest};
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, FolderConfig, FolderType, Home};
+use crate::index::{FolderRecord, Index};
+use crate::metrics::Metrics;
+use crate::net::{Behaviour, BehaviourEvent};
+use crate::puller::{NetCommand, PullOutcome, Puller};
+use crate::scanner::{ScanReport, scan_folder};
+use crate::watcher::Watcher;
+
+/// How often the loop looks at timers (rescans, redials, retries).
+const TICK: Duration = Duration::from_millis(500);
+/// Redial trusted peers that are not connected this often.
+const REDIAL: Duration = Duration::from_secs(5);
+/// Retry a pull that failed after this long.
+const PULL_RETRY: Duration = Duration::from_secs(3);
+/// Rescan interval when the watcher does not work.
+const FALLBACK_RESCAN: Duration = Duration::from_secs(10);
+
+/// Something that happened off the loop.
+pub enum Event {
+    ScanDone {
+        folder: String,
+        result: Result<ScanReport, String>,
+    },
+    PullDone {
+        folder: String,
+        outcome: PullOutcome,
+    },
+    FsChanged {
+        folder: String,
+    },
+    WatcherFailed {
+        folder: String,
+        error: String,
+    },
+    BlocksReady {
+        channel: ResponseChannel<Vec<u8>>,
+        peer: PeerId,
+        response: BlocksResponse,
+    },
+    Control(ControlRequest),
+}
+
+/// A question from the control API.
+pub enum ControlRequest {
+    Status(oneshot::Sender<Status>),
+    Metrics(oneshot::Sender<String>),
+    Rescan {
+        folder: Option<String>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Shutdown,
+}
+
+/// What `cairn status` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub device_id: String,
+    pub uptime_s: u64,
+    pub listen: Vec<String>,
+    pub peers: Vec<PeerStatus>,
+    pub folders: Vec<FolderStatus>,
+}
+
+/// One trusted peer.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    pub id: String,
+    pub name: String,
+    pub connected: bool,
+}
+
+/// One folder.
+#[derive(Clone, Debug, Serialize)]
+pub struct FolderStatus {
+    pub id: String,
+    pub path: PathBuf,
+    #[serde(rename = "type")]
+    pub kind: FolderType,
+    /// idle, scanning, syncing, paused or error
+    pub state: String,
+    pub in_sync: bool,
+    pub files: u64,
+    pub bytes: u64,
+    pub pull_queue: u64,
+    pub last_error: Option<String>,
+    /// ok, or fallback when the watcher failed and periodic rescans took over
+    pub watcher: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Busy {
+    Idle,
+    Scanning,
+    Pulling,
+}
+
+struct Folder {
+    config: FolderConfig,
+    record: FolderRecord,
+    doc: FolderDoc,
+    peers: HashMap<PeerId, PeerSync>,
+    busy: Busy,
+    needs_scan: bool,
+    needs_pull: bool,
+    in_sync: bool,
+    last_scan: Instant,
+    retry_pull_at: Option<Instant>,
+    last_error: Option<String>,
+    _watcher: Option<Watcher>,
+    watcher_failed: bool,
+}
+
+/// The device's stores, as the planner sees them.
+struct IndexStore<'a>(&'a Index);
+
+impl LocalStore for IndexStore<'_> {
+    fn manifest(&self, content: &ContentId) -> Option<Manifest> {
+        self.0.any_manifest(content).ok().flatten()
+    }
+    fn has_chunk(&self, chunk: &ChunkId) -> bool {
+        self.0.has_chunk(chunk).unwrap_or(false)
+    }
+}
+
+/// The daemon.
+pub struct Engine {
+    home: Home,
+    swarm: Swarm<Behaviour>,
+    index: Arc<Index>,
+    metrics: Arc<Metrics>,
+    folders: BTreeMap<String, Folder>,
+    trusted: HashMap<PeerId, (String, Vec<Multiaddr>)>,
+    connected: HashSet<PeerId>,
+    meta_pending: HashMap<OutboundRequestId, (String, PeerId)>,
+    meta_inflight: HashSet<(String, PeerId)>,
+    blocks_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<BlocksResponse, String>>>,
+    net_tx: mpsc::UnboundedSender<NetCommand>,
+    net_rx: mpsc::UnboundedReceiver<NetCommand>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    started: Instant,
+    last_dial: Option<Instant>,
+    listen: Vec<Multiaddr>,
+    shutdown: bool,
+}
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("folder {id}: {why}")]
+    Folder { id: String, why: String },
+    #[error("cannot listen on {addr}: {why}")]
+    Listen { addr: String, why: String },
+}
+
+impl Engine {
+    /// Opens the index, loads every folder and starts listening.
+    pub fn new(
+        home: Home,
+        config: &Config,
+        key: libp2p::identity::Keypair,
+    ) -> Result<Self, StartError> {
+        let local_id = key.public().to_peer_id();
+        let device = DeviceId::from_identity(&local_id.to_bytes());
+        let index = Arc::new(Index::open(&home.index())?);
+        let mut swarm = crate::net::build_swarm(key, config.network.mdns)?;
+        for addr in &config.network.listen {
+            let ma: Multiaddr = addr.parse().map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                why: format!("{e}"),
+            })?;
+            swarm.listen_on(ma).map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                why: e.to_string(),
+            })?;
+        }
+        for b in &config.network.bootstrap {
+            if let Ok(ma) = b.parse::<Multiaddr>()
+                && let Some(libp2p::multiaddr::Protocol::P2p(peer)) = ma.iter().last()
+            {
+                swarm.behaviour_mut().kad.add_address(&peer, ma.clone());
+            }
+        }
+        let mut trusted = HashMap::new();
+        for p in &config.peers {
+            if let Ok(id) = p.id.parse::<PeerId>() {
+                let addrs: Vec<Multiaddr> =
+                    p.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                for a in &addrs {
+                    swarm.behaviour_mut().kad.add_address(&id, a.clone());
+                }
+                trusted.insert(id, (p.name.clone(), addrs));
+            }
+        }
+        let (net_tx, net_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut folders = BTreeMap::new();
+        for fc in &config.folders {
+            let folder = load_folder(&index, fc, device, &events_tx)?;
+            folders.insert(fc.id.clone(), folder);
+        }
+        tracing::info!(peer_id = %local_id, folders = folders.len(), "daemon_started");
+        Ok(Engine {
+            home,
+            swarm,
+            index,
+            metrics: Arc::new(Metrics::default()),
+            folders,
+            trusted,
+            connected: HashSet::new(),
+            meta_pending: HashMap::new(),
+            meta_inflight: HashSet::new(),
+            blocks_pending: HashMap::new(),
+            net_tx,
+            net_rx,
+            events_tx,
+            events_rx,
+            started: Instant::now(),
+            last_dial: None,
+            listen: Vec::new(),
+            shutdown: false,
+        })
+    }
+
+    /// A sender for events from outside the loop (the control API).
+    pub fn events(&self) -> mpsc::UnboundedSender<Event> {
+        self.events_tx.clone()
+    }
+
+    /// Runs until shut down.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        while !self.shutdown {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                Some(event) = self.events_rx.recv() => self.on_event(event),
+                Some(cmd) = self.net_rx.recv() => self.on_net_command(cmd),
+                _ = tick.tick() => self.on_tick(),
+            }
+            self.schedule();
+        }
+        tracing::info!("daemon_stopped");
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if self.last_dial.is_none_or(|t| now - t >= REDIAL) {
+            self.last_dial = Some(now);
+            self.dial_missing();
+        }
+        for f in self.folders.values_mut() {
+            let interval = if f.watcher_failed {
+                FALLBACK_RESCAN
+            } else {
+                Duration::from_secs(f.config.rescan_interval_s.max(1))
+            };
+            if now - f.last_scan >= interval {
+                f.needs_scan = true;
+            }
+            if f.retry_pull_at.is_some_and(|t| now >= t) {
+                f.retry_pull_at = None;
+                f.needs_pull = true;
+            }
+        }
+    }
+
+    fn dial_missing(&mut self) {
+        let missing: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .trusted
+            .iter()
+            .filter(|(p, _)| !self.connected.contains(p))
+            .map(|(p, (_, a))| (*p, a.clone()))
+            .collect();
+        for (peer, addrs) in missing {
+            if addrs.is_empty() {
+                // Ask the DHT where the peer is; a found address is dialled on the result.
+                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+            } else {
+                let _ = self
+                    .swarm
+                    .dial(DialOpts::peer_id(peer).addresses(addrs).build());
+            }
+        }
+    }
+
+    fn schedule(&mut self) {
+        let ids: Vec<String> = self.folders.keys().cloned().collect();
+        for id in ids {
+            let Some(f) = self.folders.get_mut(&id) else {
+                continue;
+            };
+            if f.busy != Busy::Idle || f.config.paused {
+                continue;
+            }
+            if f.needs_scan {
+                f.needs_scan = false;
+                self.start_scan(&id);
+            } else if f.needs_pull && f.retry_pull_at.is_none() {
+                f.needs_pull = false;
+                self.start_pull(&id);
+            }
+        }
+    }
+
+    fn start_scan(&mut self, id: &str) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.busy = Busy::Scanning;
+        f.last_scan = Instant::now();
+        let (index, record, tx, folder) = (
+            self.index.clone(),
+            f.record.clone(),
+            self.events_tx.clone(),
+            id.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let result = scan_folder(&index, &record, &|_| {}).map_err(|e| e.to_string());
+            let _ = tx.send(Event::ScanDone { folder, result });
+        });
+    }
+
+    fn on_scan_done(&mut self, id: &str, result: Result<ScanReport, String>) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.busy = Busy::Idle;
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(folder = id, error = %e, "scan_failed");
+                f.last_error = Some(e);
+                return;
+            }
+        };
+        Metrics::add(&self.metrics.scan_files, report.read_files);
+        Metrics::add(&self.metrics.scan_bytes, report.read_bytes);
+        f.last_error = report
+            .issues
+            .first()
+            .map(|i| format!("{}: {}", i.path, i.problem));
+        let mut touched = HashSet::new();
+        if f.config.kind != FolderType::ReceiveOnly {
+            for change in &report.changes {
+                let local = match self.index.entry(id, &change.path) {
+                    Ok(Some(e)) => LocalChange::Present {
+                        kind: e.kind,
+                        content: e.content,
+                        size: e.stamp.size,
+                        mtime_ns: e.stamp.mtime_ns,
+                        mode: e.stamp.mode,
+                        link_target: e.link_target,
+                    },
+                    Ok(None) => LocalChange::Deleted,
+                    Err(_) => continue,
+                };
+                if f.doc.record_local(&change.path, &local) {
+                    touched.insert(f.doc.shard_of(&change.path));
+                }
+            }
+        }
+        if !touched.is_empty() {
+            f.doc.commit();
+            tracing::info!(
+                folder = id,
+                changes = report.changes.len(),
+                "local_changes_recorded"
+            );
+            self.persist(id, touched);
+            self.sync_folder(id);
+        }
+        if let Some(f) = self.folders.get_mut(id) {
+            f.needs_pull = true;
+        }
+    }
+
+    fn persist(&mut self, id: &str, shards: impl IntoIterator<Item = usize>) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        let saved: Vec<(u16, Vec<u8>)> = shards
+            .into_iter()
+            .map(|s| (s as u16, f.doc.save_shard(s)))
+            .collect();
+        if let Err(e) = self.index.put_folder_shards(id, &saved) {
+            tracing::error!(folder = id, error = %e, "persist_failed");
+        }
+    }
+
+    fn start_pull(&mut self, id: &str) {
+        let roots: HashMap<String, PathBuf> = self
+            .folders
+            .iter()
+            .map(|(k, f)| (k.clone(), f.record.root.clone()))
+            .collect();
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        if f.config.kind == FolderType::SendOnly {
+            f.in_sync = true;
+            return;
+        }
+        let options = TreeOptions::default();
+        let tree = f.doc.tree(options);
+        let written = f.doc.materialize(&tree);
+        if !written.is_empty() {
+            let shards: HashSet<usize> = written.iter().map(|p| f.doc.shard_of(p)).collect();
+            self.persist(id, shards);
+            self.sync_folder(id);
+        }
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        let local = match self.index.entries(id) {
+            Ok(e) => e.into_iter().collect::<BTreeMap<_, _>>(),
+            Err(e) => {
+                f.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        let plan = plan(&tree, &local, &IndexStore(&self.index));
+        for (path, why) in &plan.rejected {
+            tracing::warn!(folder = id, path = %path, error = %why, "path_rejected");
+        }
+        if plan.is_empty() {
+            f.in_sync = true;
+            return;
+        }
+        f.in_sync = false;
+        f.busy = Busy::Pulling;
+        let values: HashMap<String, EntryValue> = tree
+            .entries
+            .into_iter()
+            .map(|(p, e)| (p, e.value))
+            .collect();
+        let Ok(chunker) = f
+            .record
+            .chunker_params()
+            .map_err(|e| e.to_string())
+            .and_then(|p| Chunker::new(p).map_err(|e| e.to_string()))
+        else {
+            f.busy = Busy::Idle;
+            return;
+        };
+        let peers: Vec<PeerId> = f
+            .config
+            .peers
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| self.connected.contains(p))
+            .collect();
+        let puller = Puller {
+            folder: id.to_string(),
+            root: f.record.root.clone(),
+            chunker,
+            index: self.index.clone(),
+            history_dir: self.home.history(),
+            roots,
+            peers,
+            net: self.net_tx.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let (tx, folder) = (self.events_tx.clone(), id.to_string());
+        tracing::debug!(folder = id, actions = ?plan.actions, "pull_started");
+        std::thread::spawn(move || {
+            let outcome = puller.run(&plan, &values);
+            let _ = tx.send(Event::PullDone { folder, outcome });
+        });
+    }
+
+    fn on_pull_done(&mut self, id: &str, outcome: PullOutcome) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.busy = Busy::Idle;
+        tracing::info!(
+            folder = id,
+            done = outcome.done,
+            failed = outcome.failed.len(),
+            "pull_finished"
+        );
+        if !outcome.raced.is_empty() {
+            f.needs_scan = true;
+        }
+        if outcome.failed.is_empty() {
+            f.last_error = None;
+            f.needs_pull = outcome.done > 0;
+        } else {
+            f.last_error = outcome.failed.first().cloned();
+            f.retry_pull_at = Some(Instant::now() + PULL_RETRY);
+        }
+    }
+
+    fn is_member(&self, folder: &str, peer: &PeerId) -> bool {
+        self.trusted.contains_key(peer)
+            && self
+                .folders
+                .get(folder)
+                .is_some_and(|f| f.config.peers.iter().any(|p| p == &peer.to_string()))
+    }
+
+    fn sync_folder(&mut self, id: &str) {
+        let peers: Vec<PeerId> = self
+            .connected
+            .iter()
+            .copied()
+            .filter(|p| self.is_member(id, p))
+            .collect();
+        for p in peers {
+            self.sync_with(id, p);
+        }
+    }
+
+    fn sync_with(&mut self, id: &str, peer: PeerId) {
+        if self.meta_inflight.contains(&(id.to_string(), peer)) || !self.connected.contains(&peer) {
+            return;
+        }
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        if f.config.paused {
+            return;
+        }
+        let state = f.peers.entry(peer).or_insert_with(|| f.doc.new_peer());
+        let Some(msg) = f.doc.generate_sync_message(state) else {
+            return;
+        };
+        let request = MetaRequest {
+            folder: id.to_string(),
+            message: Some(msg.encode()),
+        }
+        .encode();
+        Metrics::add(&self.metrics.meta_bytes_sent, request.len() as u64);
+        let rid = self.swarm.behaviour_mut().meta.send_request(&peer, request);
+        self.meta_pending.insert(rid, (id.to_string(), peer));
+        self.meta_inflight.insert((id.to_string(), peer));
+    }
+
+    /// Applies a peer's folder message; false if it was malformed.
+    fn apply_meta(&mut self, id: &str, peer: PeerId, bytes: &[u8]) -> bool {
+        Metrics::add(&self.metrics.meta_bytes_received, bytes.len() as u64);
+        let Some(f) = self.folders.get_mut(id) else {
+            return false;
+        };
+        let msg = match FolderMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "protocol_violation_meta");
+                return false;
+            }
+        };
+        let before = f.doc.heads();
+        let state = f.peers.entry(peer).or_insert_with(|| f.doc.new_peer());
+        if let Err(e) = f.doc.receive_sync_message(state, &msg) {
+            tracing::warn!(peer = %peer, error = %e, "protocol_violation_meta");
+            state.reset();
+            return false;
+        }
+        let changed = f.doc.heads() != before;
+        if changed {
+            f.needs_pull = true;
+            let shards: Vec<usize> = msg.shards.iter().map(|(s, _)| *s as usize).collect();
+            self.persist(id, shards);
+        }
+        true
+    }
+
+    fn violation(&mut self, peer: PeerId) {
+        self.metrics
+            .peer(&peer.to_string(), |c| c.protocol_violations += 1);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn on_meta(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let response = match MetaRequest::decode(&request) {
+                        Err(_) => {
+                            self.violation(peer);
+                            MetaResponse::Denied
+                        }
+                        Ok(req) if !self.is_member(&req.folder, &peer) => MetaResponse::Denied,
+                        Ok(req) => {
+                            let ok = req
+                                .message
+                                .as_ref()
+                                .is_none_or(|m| self.apply_meta(&req.folder, peer, m));
+                            if !ok {
+                                self.violation(peer);
+                                MetaResponse::Denied
+                            } else {
+                                let f = self.folders.get_mut(&req.folder);
+                                let message = f.and_then(|f| {
+                                    let state =
+                                        f.peers.entry(peer).or_insert_with(|| f.doc.new_peer());
+                                    f.doc.generate_sync_message(state).map(|m| m.encode())
+                                });
+                                MetaResponse::Ok { message }
+                            }
+                        }
+                    };
+                    let bytes = response.encode();
+                    Metrics::add(&self.metrics.meta_bytes_sent, bytes.len() as u64);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .meta
+                        .send_response(channel, bytes);
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    let Some((id, peer)) = self.meta_pending.remove(&request_id) else {
+                        return;
+                    };
+                    self.meta_inflight.remove(&(id.clone(), peer));
+                    match MetaResponse::decode(&response) {
+                        Ok(MetaResponse::Ok { message }) => {
+                            if let Some(m) = message
+                                && !self.apply_meta(&id, peer, &m)
+                            {
+                                self.violation(peer);
+                                return;
+                            }
+                            self.sync_with(&id, peer);
+                        }
+                        Ok(MetaResponse::Denied) => {
+                            tracing::info!(folder = %id, peer = %peer, "meta_denied_by_peer");
+                        }
+                        Err(_) => self.violation(peer),
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                peer,
+                error,
+                ..
+            } => {
+                if let Some((id, _)) = self.meta_pending.remove(&request_id) {
+                    self.meta_inflight.remove(&(id.clone(), peer));
+                    // The message may be lost: start over with this peer.
+                    if let Some(f) = self.folders.get_mut(&id)
+                        && let Some(s) = f.peers.get_mut(&peer)
+                    {
+                        s.reset();
+                    }
+                    tracing::debug!(peer = %peer, error = %error, "meta_request_failed");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_blocks(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let req = match BlocksRequest::decode(&request) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            self.violation(peer);
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .blocks
+                                .send_response(channel, BlocksResponse::Denied.encode());
+                            return;
+                        }
+                    };
+                    if !self.is_member(req.folder(), &peer) {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .blocks
+                            .send_response(channel, BlocksResponse::Denied.encode());
+                        return;
+                    }
+                    let Some(root) = self
+                        .folders
+                        .get(req.folder())
+                        .map(|f| f.record.root.clone())
+                    else {
+                        return;
+                    };
+                    let (index, tx) = (self.index.clone(), self.events_tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let response = crate::serve::answer(&index, &root, &req);
+                        let _ = tx.send(Event::BlocksReady {
+                            channel,
+                            peer,
+                            response,
+                        });
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.blocks_pending.remove(&request_id) {
+                        let decoded = BlocksResponse::decode(&response).map_err(|e| e.to_string());
+                        if decoded.is_err() {
+                            self.violation(peer);
+                        }
+                        let _ = reply.send(decoded);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.blocks_pending.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_net_command(&mut self, cmd: NetCommand) {
+        match cmd {
+            NetCommand::Blocks {
+                peer,
+                request,
+                reply,
+            } => {
+                if !self.connected.contains(&peer) {
+                    let _ = reply.send(Err(format!("{peer} is not connected")));
+                    return;
+                }
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_request(&peer, request.encode());
+                self.blocks_pending.insert(rid, reply);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::ScanDone { folder, result } => self.on_scan_done(&folder, result),
+            Event::PullDone { folder, outcome } => self.on_pull_done(&folder, outcome),
+            Event::FsChanged { folder } => {
+                if let Some(f) = self.folders.get_mut(&folder) {
+                    f.needs_scan = true;
+                }
+            }
+            Event::WatcherFailed { folder, error } => {
+                tracing::warn!(folder = %folder, error = %error, "watcher_failed_falling_back_to_rescans");
+                Metrics::add(&self.metrics.watcher_fallbacks, 1);
+                if let Some(f) = self.folders.get_mut(&folder) {
+                    f.watcher_failed = true;
+                    f.needs_scan = true;
+                }
+            }
+            Event::BlocksReady {
+                channel,
+                peer,
+                response,
+            } => {
+                if let BlocksResponse::Chunks(items) = &response {
+                    let (n, bytes) = items
+                        .iter()
+                        .filter_map(|(_, d)| d.as_ref())
+                        .fold((0, 0), |(n, b), d| (n + 1, b + d.len() as u64));
+                    self.metrics.peer(&peer.to_string(), |c| {
+                        c.chunks_sent += n;
+                        c.bytes_sent += bytes;
+                    });
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_response(channel, response.encode());
+            }
+            Event::Control(req) => self.on_control(req),
+        }
+    }
+
+    fn on_control(&mut self, req: ControlRequest) {
+        match req {
+            ControlRequest::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            ControlRequest::Metrics(reply) => {
+                self.metrics.peers_connected.store(
+                    self.connected.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                let _ = reply.send(self.metrics.render());
+            }
+            ControlRequest::Rescan { folder, reply } => {
+                let result = match folder {
+                    Some(id) => match self.folders.get_mut(&id) {
+                        Some(f) => {
+                            f.needs_scan = true;
+                            Ok(())
+                        }
+                        None => Err(format!("no folder {id}")),
+                    },
+                    None => {
+                        self.folders.values_mut().for_each(|f| f.needs_scan = true);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            ControlRequest::Shutdown => self.shutdown = true,
+        }
+    }
+
+    fn status(&self) -> Status {
+        let folders = self
+            .folders
+            .values()
+            .map(|f| {
+                let totals = self.index.totals(&f.config.id).unwrap_or_default();
+                let state = if f.config.paused {
+                    "paused"
+                } else {
+                    match f.busy {
+                        Busy::Scanning => "scanning",
+                        Busy::Pulling => "syncing",
+                        Busy::Idle if f.last_error.is_some() => "error",
+                        Busy::Idle => "idle",
+                    }
+                };
+                FolderStatus {
+                    id: f.config.id.clone(),
+                    path: f.config.path.clone(),
+                    kind: f.config.kind,
+                    state: state.to_string(),
+                    in_sync: f.in_sync && f.busy == Busy::Idle && !f.needs_pull && !f.needs_scan,
+                    files: totals.files,
+                    bytes: totals.bytes,
+                    pull_queue: if f.busy == Busy::Pulling {
+                        self.metrics
+                            .pull_queue
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    } else {
+                        0
+                    },
+                    last_error: f.last_error.clone(),
+                    watcher: if f.watcher_failed { "fallback" } else { "ok" }.into(),
+                }
+            })
+            .collect();
+        let mut peers: Vec<PeerStatus> = self
+            .trusted
+            .iter()
+            .map(|(id, (name, _))| PeerStatus {
+                id: id.to_string(),
+                name: name.clone(),
+                connected: self.connected.contains(id),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.id.cmp(&b.id));
+        Status {
+            device_id: self.swarm.local_peer_id().to_string(),
+            uptime_s: self.started.elapsed().as_secs(),
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            peers,
+            folders,
+        }
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(address = %address, "listening");
+                self.listen.push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if self.trusted.contains_key(&peer_id) && num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, "peer_connected");
+                    self.connected.insert(peer_id);
+                    let ids: Vec<String> = self.folders.keys().cloned().collect();
+                    for id in ids {
+                        if self.is_member(&id, &peer_id) {
+                            if let Some(f) = self.folders.get_mut(&id) {
+                                let fresh = f.doc.new_peer();
+                                f.peers.insert(peer_id, fresh);
+                                f.needs_pull = true;
+                            }
+                            self.sync_with(&id, peer_id);
+                        }
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if self.connected.remove(&peer_id) {
+                    tracing::info!(peer = %peer_id, "peer_disconnected");
+                }
+                self.meta_inflight.retain(|(_, p)| *p != peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Meta(e)) => self.on_meta(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Blocks(e)) => self.on_blocks(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for a in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if self.trusted.contains_key(&peer) && !self.connected.contains(&peer) {
+                        let _ = self
+                            .swarm
+                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(
+                libp2p::kad::Event::OutboundQueryProgressed {
+                    result: libp2p::kad::QueryResult::GetClosestPeers(Ok(ok)),
+                    ..
+                },
+            )) => {
+                for info in ok.peers {
+                    if self.trusted.contains_key(&info.peer_id)
+                        && !self.connected.contains(&info.peer_id)
+                        && !info.addrs.is_empty()
+                    {
+                        let _ = self.swarm.dial(
+                            DialOpts::peer_id(info.peer_id)
+                                .addresses(info.addrs)
+                                .build(),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn load_folder(
+    index: &Index,
+    fc: &FolderConfig,
+    device: DeviceId,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<Folder, StartError> {
+    let err = |why: String| StartError::Folder {
+        id: fc.id.clone(),
+        why,
+    };
+    std::fs::create_dir_all(&fc.path)
+        .map_err(|e| err(format!("cannot create {}: {e}", fc.path.display())))?;
+    let root = fc.path.canonicalize().map_err(|e| err(e.to_string()))?;
+    let record = match index.folders()?.into_iter().find(|f| f.id == fc.id) {
+        Some(r) if r.root == root => r,
+        _ => {
+            let r = FolderRecord {
+                id: fc.id.clone(),
+                root: root.clone(),
+                chunker: cairn_core::ChunkerParams::V1_DEFAULT.to_string(),
+            };
+            index.put_folder(&r)?;
+            r
+        }
+    };
+    let doc = match index.folder_shards(&fc.id)? {
+        Some(saved) => FolderDoc::load(device, &saved).map_err(|e| err(e.to_string()))?,
+        None => {
+            let mut doc = FolderDoc::new(device, DEFAULT_SHARDS).map_err(|e| err(e.to_string()))?;
+            let saved: Vec<(u16, Vec<u8>)> = (0..DEFAULT_SHARDS as usize)
+                .map(|s| (s as u16, doc.save_shard(s)))
+                .collect();
+            index.put_folder_shards(&fc.id, &saved)?;
+            doc
+        }
+    };
+    let (watcher, watcher_failed) = match Watcher::start(&root, fc.id.clone(), events.clone()) {
+        Ok(w) => (Some(w), false),
+        Err(e) => {
+            tracing::warn!(folder = %fc.id, error = %e, "watcher_unavailable_falling_back_to_rescans");
+            (None, true)
+        }
+    };
+    Ok(Folder {
+        config: fc.clone(),
+        record,
+        doc,
+        peers: HashMap::new(),
+        busy: Busy::Idle,
+        needs_scan: true,
+        needs_pull: true,
+        in_sync: false,
+        last_scan: Instant::now(),
+        retry_pull_at: None,
+        last_error: None,
+        _watcher: watcher,
+        watcher_failed,
+    })
+}

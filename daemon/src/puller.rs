@@ -1,0 +1,569 @@
+//! The puller: carries out a plan on the disk, taking chunks from local files first and
+//! from peers for the rest.
+//!
+//! Every file is written to a temp file beside its target (`.cairn-tmp.<name>.<content>`),
+//! chunk by chunk, each chunk verified against its id; progress is recorded so a restart
+//! resumes; then the whole temp file is verified against the content id, fsynced, checked
+//! against a local change that may have raced it (the local version then keeps the name and
+//! the incoming one becomes a conflict copy), renamed into place, and the directory fsynced.
+//! Only then is the index updated, so the scanner never mistakes the write for a user edit.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cairn_core::folder::EntryValue;
+use cairn_core::folder::tree::conflict_name;
+use cairn_core::planner::{Action, Plan};
+use cairn_core::scan::{EntryKind, IndexedEntry, TEMP_PREFIX};
+use cairn_core::wire::{BlocksRequest, BlocksResponse, MAX_CHUNKS_PER_REQUEST};
+use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest};
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::index::{HISTORY_FOLDER, Index, IndexError, Update};
+use crate::metrics::Metrics;
+use crate::scanner::{FileRead, read_file, stamp_of};
+
+/// Chunks written between two progress records (and fsyncs).
+const WINDOW: usize = 256;
+/// Blocks requests in flight at once during one file's pull.
+const IN_FLIGHT: usize = 8;
+
+/// A request the puller needs the network loop to send.
+pub enum NetCommand {
+    /// Send a blocks request to `peer` and answer on `reply`.
+    Blocks {
+        peer: PeerId,
+        request: BlocksRequest,
+        reply: oneshot::Sender<Result<BlocksResponse, String>>,
+    },
+}
+
+/// Why one action failed; the rest of the plan goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("no connected peer has {0}")]
+    Unavailable(String),
+    #[error("{path} would be written through the symlink {link}; refused")]
+    ThroughSymlink { path: String, link: String },
+    #[error("{path}: the written file does not match its content id; discarded")]
+    Corrupt { path: String },
+}
+
+/// What a pull did.
+#[derive(Debug, Default)]
+pub struct PullOutcome {
+    /// Actions carried out.
+    pub done: usize,
+    /// Actions that failed, with why.
+    pub failed: Vec<String>,
+    /// Paths written as conflict copies because a local change raced the write.
+    pub raced: Vec<String>,
+}
+
+/// Everything one pull needs.
+pub struct Puller {
+    pub folder: String,
+    pub root: PathBuf,
+    pub chunker: Chunker,
+    pub index: Arc<Index>,
+    pub history_dir: PathBuf,
+    /// Roots of every folder of this device, to read local chunks from.
+    pub roots: HashMap<String, PathBuf>,
+    pub peers: Vec<PeerId>,
+    pub net: mpsc::UnboundedSender<NetCommand>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
+    move |source| PullError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Puller {
+    /// Carries out `plan`. Blocking: run it on a thread of its own.
+    pub fn run(&self, plan: &Plan, values: &HashMap<String, EntryValue>) -> PullOutcome {
+        let mut out = PullOutcome::default();
+        let total = plan.actions.len() as u64;
+        for (i, action) in plan.actions.iter().enumerate() {
+            self.metrics
+                .pull_queue
+                .store(total - i as u64, std::sync::atomic::Ordering::Relaxed);
+            let result = match action {
+                Action::KeepInHistory { path, content } => self.keep_in_history(path, content),
+                Action::FetchManifest { content } => self.fetch_manifest(content),
+                Action::FetchChunks { .. } => Ok(()), // fetched per file, straight into place
+                Action::MakeDir { path } => self.make_dir(path),
+                Action::WriteFile { path, content, .. } => match values.get(path) {
+                    Some(v) => self.write_file(path, content, v, &mut out),
+                    None => Ok(()),
+                },
+                Action::WriteSymlink { path, target } => self.write_symlink(path, target),
+                Action::Delete { path, kind } => self.delete(path, *kind),
+            };
+            match result {
+                Ok(()) => out.done += 1,
+                Err(e) => {
+                    tracing::warn!(folder = %self.folder, error = %e, "pull_action_failed");
+                    out.failed.push(e.to_string());
+                }
+            }
+        }
+        self.metrics
+            .pull_queue
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        out
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    /// Refuses a path whose parent directories on disk include a symlink.
+    fn check_ancestors(&self, path: &str) -> Result<(), PullError> {
+        for a in cairn_core::path::ancestors(path) {
+            if let Ok(m) = fs::symlink_metadata(self.full(a))
+                && m.file_type().is_symlink()
+            {
+                return Err(PullError::ThroughSymlink {
+                    path: path.into(),
+                    link: a.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the disk at `path` is what the index says (no unscanned local change).
+    fn unchanged_since_scan(&self, path: &str) -> Result<bool, PullError> {
+        let indexed = self.index.entry(&self.folder, path)?;
+        let on_disk = fs::symlink_metadata(self.full(path))
+            .ok()
+            .map(|m| stamp_of(&m));
+        Ok(match (indexed, on_disk) {
+            (None, None) => true,
+            (Some(e), Some(s)) => e.kind == EntryKind::Dir || e.stamp == s,
+            _ => false,
+        })
+    }
+
+    fn record(
+        &self,
+        path: &str,
+        kind: EntryKind,
+        content: Option<ContentId>,
+        manifest: Option<Manifest>,
+        link: Option<String>,
+    ) -> Result<(), PullError> {
+        let full = self.full(path);
+        let meta = fs::symlink_metadata(&full).map_err(io_err(&full))?;
+        let entry = IndexedEntry {
+            kind,
+            stamp: stamp_of(&meta),
+            content,
+            link_target: link,
+        };
+        self.index.apply(
+            &self.folder,
+            &[Update::Put {
+                path: path.into(),
+                entry,
+                manifest,
+            }],
+        )?;
+        Ok(())
+    }
+
+    fn keep_in_history(&self, path: &str, content: &ContentId) -> Result<(), PullError> {
+        let Some(entry) = self.index.entry(&self.folder, path)? else {
+            tracing::debug!(path, "history_skip_not_indexed");
+            return Ok(());
+        };
+        if entry.content != Some(*content) || !self.unchanged_since_scan(path)? {
+            tracing::debug!(path, "history_skip_changed_locally");
+            return Ok(()); // changed locally since: the scanner will record that version
+        }
+        let Some(manifest) = self.index.any_manifest(content)? else {
+            tracing::debug!(path, "history_skip_no_manifest");
+            return Ok(());
+        };
+        fs::create_dir_all(&self.history_dir).map_err(io_err(&self.history_dir))?;
+        let kept = self.history_dir.join(content.to_hex());
+        if !kept.exists() {
+            let src = self.full(path);
+            // A hard link keeps the old bytes when the new version is renamed over the name.
+            if fs::hard_link(&src, &kept).is_ok() {
+                // The new link changed the file's ctime: remember the new stamp, or the
+                // write that follows would take it for a local edit.
+                self.record(path, EntryKind::File, Some(*content), None, None)?;
+            } else {
+                let tmp = self
+                    .history_dir
+                    .join(format!("{TEMP_PREFIX}{}", content.to_hex()));
+                fs::copy(&src, &tmp).map_err(io_err(&src))?;
+                fs::rename(&tmp, &kept).map_err(io_err(&kept))?;
+            }
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        self.index
+            .add_history(&self.folder, path, now, content, &manifest)?;
+        Ok(())
+    }
+
+    /// Sends one blocks request and waits for its answer.
+    fn ask(
+        &self,
+        peer: PeerId,
+        request: BlocksRequest,
+    ) -> oneshot::Receiver<Result<BlocksResponse, String>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.net.send(NetCommand::Blocks {
+            peer,
+            request,
+            reply,
+        });
+        rx
+    }
+
+    fn fetch_manifest(&self, content: &ContentId) -> Result<(), PullError> {
+        if self.index.any_manifest(content)?.is_some() {
+            return Ok(());
+        }
+        for peer in &self.peers {
+            let rx = self.ask(
+                *peer,
+                BlocksRequest::Manifest {
+                    folder: self.folder.clone(),
+                    content: *content,
+                },
+            );
+            let Ok(Ok(BlocksResponse::Manifest(Some(bytes)))) = rx.blocking_recv() else {
+                continue;
+            };
+            let valid = Manifest::decode(&bytes).ok().filter(|m| {
+                m.verify(content).is_ok() && m.check_lengths(self.chunker.params().max).is_ok()
+            });
+            match valid {
+                Some(m) => {
+                    self.index.put_remote_manifest(content, &m)?;
+                    return Ok(());
+                }
+                None => {
+                    tracing::warn!(peer = %peer, content = %content, "protocol_violation_bad_manifest");
+                    self.metrics
+                        .peer(&peer.to_string(), |c| c.protocol_violations += 1);
+                }
+            }
+        }
+        Err(PullError::Unavailable(format!(
+            "the manifest of {}",
+            content.short()
+        )))
+    }
+
+    fn make_dir(&self, path: &str) -> Result<(), PullError> {
+        self.check_ancestors(path)?;
+        let full = self.full(path);
+        match fs::create_dir(&full) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && full.is_dir() => {}
+            Err(e) => return Err(io_err(&full)(e)),
+        }
+        self.record(path, EntryKind::Dir, None, None, None)
+    }
+
+    fn write_symlink(&self, path: &str, target: &str) -> Result<(), PullError> {
+        self.check_ancestors(path)?;
+        if !self.unchanged_since_scan(path)? {
+            return Ok(());
+        }
+        let full = self.full(path);
+        let tmp = temp_path(&full, "link");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &full).map_err(io_err(&full))?;
+        sync_dir(&full);
+        self.record(path, EntryKind::Symlink, None, None, Some(target.into()))
+    }
+
+    fn delete(&self, path: &str, kind: EntryKind) -> Result<(), PullError> {
+        if !self.unchanged_since_scan(path)? {
+            return Ok(()); // changed locally: modify beats delete, the scanner records it
+        }
+        let full = self.full(path);
+        let result = match kind {
+            EntryKind::Dir => fs::remove_dir(&full),
+            _ => fs::remove_file(&full),
+        };
+        match result {
+            Ok(()) => sync_dir(&full),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // A directory that still holds unscanned local files stays.
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => return Ok(()),
+            Err(e) => return Err(io_err(&full)(e)),
+        }
+        self.index
+            .apply(&self.folder, &[Update::Remove { path: path.into() }])?;
+        Ok(())
+    }
+
+    /// Reads a chunk from any local file that still holds it (verified).
+    fn local_chunk(&self, chunk: &ChunkRef) -> Option<Vec<u8>> {
+        for loc in self.index.chunk_locations(&chunk.id).ok()? {
+            let file = if loc.folder == HISTORY_FOLDER {
+                self.history_dir.join(&loc.path)
+            } else {
+                match self.roots.get(&loc.folder) {
+                    Some(root) => root.join(&loc.path),
+                    None => continue,
+                }
+            };
+            let Ok(f) = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&file)
+            else {
+                continue;
+            };
+            let mut buf = vec![0u8; chunk.len as usize];
+            if f.read_exact_at(&mut buf, loc.offset).is_ok() && chunk.id.matches(&buf) {
+                return Some(buf);
+            }
+        }
+        None
+    }
+
+    fn write_file(
+        &self,
+        path: &str,
+        content: &ContentId,
+        value: &EntryValue,
+        out: &mut PullOutcome,
+    ) -> Result<(), PullError> {
+        self.check_ancestors(path)?;
+        let manifest = self
+            .index
+            .any_manifest(content)?
+            .ok_or_else(|| PullError::Unavailable(format!("the manifest of {path}")))?;
+        let full = self.full(path);
+        let tmp = temp_path(&full, &content.short());
+        let resume = match self.index.pull_progress(&self.folder, path)? {
+            Some((c, n)) if c == *content && tmp.exists() => n as usize,
+            _ => 0,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(resume == 0)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        file.set_len(manifest.size()).map_err(io_err(&tmp))?;
+        let offsets: Vec<u64> = manifest
+            .chunks
+            .iter()
+            .scan(0u64, |o, c| {
+                let at = *o;
+                *o += u64::from(c.len);
+                Some(at)
+            })
+            .collect();
+        let mut start = resume;
+        while start < manifest.chunks.len() {
+            let end = (start + WINDOW).min(manifest.chunks.len());
+            let mut missing = Vec::new();
+            for (i, c) in manifest.chunks.iter().enumerate().take(end).skip(start) {
+                match self.local_chunk(c) {
+                    Some(bytes) => {
+                        file.write_all_at(&bytes, offsets[i])
+                            .map_err(io_err(&tmp))?;
+                        Metrics::add(&self.metrics.dedup_hits, 1);
+                        Metrics::add(&self.metrics.dedup_bytes, u64::from(c.len));
+                    }
+                    None => missing.push(i),
+                }
+            }
+            self.fetch_into(&file, &tmp, &manifest, &offsets, &missing)?;
+            file.sync_data().map_err(io_err(&tmp))?;
+            self.index
+                .set_pull_progress(&self.folder, path, Some((*content, end as u64)))?;
+            start = end;
+        }
+        // Verify the whole file against its content id before it gets the name.
+        let mut buf = Vec::new();
+        match read_file(&tmp, &self.chunker, &mut buf).map_err(io_err(&tmp))? {
+            FileRead::Stable { content: got, .. } if got == *content => {}
+            _ => {
+                let _ = fs::remove_file(&tmp);
+                self.index.set_pull_progress(&self.folder, path, None)?;
+                return Err(PullError::Corrupt { path: path.into() });
+            }
+        }
+        let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(value.mtime_ns.max(0) as u64);
+        file.set_modified(mtime).map_err(io_err(&tmp))?;
+        file.set_permissions(fs::Permissions::from_mode(value.mode & 0o7777))
+            .map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        // A local change that raced the write keeps the name; ours becomes a conflict copy.
+        let target_path = if self.unchanged_since_scan(path)? {
+            path.to_string()
+        } else {
+            let copy = conflict_name(path, value);
+            out.raced.push(copy.clone());
+            copy
+        };
+        let target = self.full(&target_path);
+        if target_path == path
+            && let Ok(m) = fs::symlink_metadata(&target)
+            && m.is_dir()
+        {
+            return Err(PullError::Io {
+                path: path.into(),
+                source: std::io::Error::other("a directory is in the way"),
+            });
+        }
+        fs::rename(&tmp, &target).map_err(io_err(&target))?;
+        sync_dir(&target);
+        self.index.set_pull_progress(&self.folder, path, None)?;
+        if target_path == path {
+            self.record(
+                path,
+                EntryKind::File,
+                Some(*content),
+                Some(manifest.clone()),
+                None,
+            )?;
+        }
+        Metrics::add(&self.metrics.pull_files, 1);
+        Metrics::add(&self.metrics.pull_bytes, manifest.size());
+        Ok(())
+    }
+
+    /// Fetches the chunks at `missing` (indices into the manifest) from peers, pipelined,
+    /// and writes each verified chunk at its offset.
+    fn fetch_into(
+        &self,
+        file: &File,
+        tmp: &Path,
+        manifest: &Manifest,
+        offsets: &[u64],
+        missing: &[usize],
+    ) -> Result<(), PullError> {
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if self.peers.is_empty() {
+            return Err(PullError::Unavailable(format!("{} chunks", missing.len())));
+        }
+        // Identical chunks in one window are fetched once.
+        let mut by_id: HashMap<ChunkId, Vec<usize>> = HashMap::new();
+        for &i in missing {
+            by_id.entry(manifest.chunks[i].id).or_default().push(i);
+        }
+        let mut queue: Vec<Vec<ChunkId>> = by_id
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+            .chunks(MAX_CHUNKS_PER_REQUEST)
+            .map(<[_]>::to_vec)
+            .collect();
+        let mut failures = 0usize;
+        let mut turn = 0usize;
+        while !queue.is_empty() {
+            let wave: Vec<Vec<ChunkId>> = queue.drain(..queue.len().min(IN_FLIGHT)).collect();
+            let pending: Vec<_> = wave
+                .into_iter()
+                .enumerate()
+                .map(|(k, batch)| {
+                    let peer = self.peers[(turn + k) % self.peers.len()];
+                    let rx = self.ask(
+                        peer,
+                        BlocksRequest::Chunks {
+                            folder: self.folder.clone(),
+                            chunks: batch.clone(),
+                        },
+                    );
+                    (peer, batch, rx)
+                })
+                .collect();
+            turn += pending.len();
+            for (peer, batch, rx) in pending {
+                let peer_s = peer.to_string();
+                let mut retry = Vec::new();
+                match rx.blocking_recv() {
+                    Ok(Ok(BlocksResponse::Chunks(items))) => {
+                        let mut got: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+                        for (id, data) in items {
+                            if let Some(data) = data {
+                                let expected = by_id.get(&id).map(|is| manifest.chunks[is[0]].len);
+                                if expected == Some(data.len() as u32) && id.matches(&data) {
+                                    got.insert(id, data);
+                                } else {
+                                    tracing::warn!(peer = %peer, chunk = %id, "protocol_violation_bad_chunk");
+                                    self.metrics.peer(&peer_s, |c| c.protocol_violations += 1);
+                                }
+                            }
+                        }
+                        for id in batch {
+                            match got.get(&id) {
+                                Some(data) => {
+                                    for &i in &by_id[&id] {
+                                        file.write_all_at(data, offsets[i]).map_err(io_err(tmp))?;
+                                    }
+                                    self.metrics.peer(&peer_s, |c| {
+                                        c.chunks_received += 1;
+                                        c.bytes_received += data.len() as u64;
+                                    });
+                                }
+                                None => retry.push(id),
+                            }
+                        }
+                    }
+                    _ => retry = batch,
+                }
+                if !retry.is_empty() {
+                    failures += 1;
+                    if failures > 3 * self.peers.len() + 3 {
+                        return Err(PullError::Unavailable(format!("{} chunks", retry.len())));
+                    }
+                    queue.push(retry);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn temp_path(full: &Path, tag: &str) -> PathBuf {
+    let name = full
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    full.with_file_name(format!("{TEMP_PREFIX}{name}.{tag}"))
+}
+
+fn sync_dir(full: &Path) {
+    if let Some(dir) = full.parent()
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+}

@@ -1,0 +1,55 @@
+//! Answers peers' blocks requests from the files of one folder, re-verifying every chunk
+//! as it is read (the file may have changed since it was indexed).
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use cairn_core::wire::{BlocksRequest, BlocksResponse};
+use cairn_core::{ChunkId, Manifest};
+
+use crate::index::Index;
+
+/// The answer to `req`, which names a folder the peer may see, rooted at `root`.
+pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse {
+    match req {
+        BlocksRequest::Manifest { folder, content } => {
+            let manifest = index.any_manifest(content).ok().flatten();
+            // Only a manifest of content that this folder actually holds.
+            let in_folder = |m: &Manifest| {
+                m.chunks.first().is_none_or(|c| {
+                    index
+                        .chunk_locations(&c.id)
+                        .is_ok_and(|locs| locs.iter().any(|l| &l.folder == folder))
+                })
+            };
+            BlocksResponse::Manifest(manifest.filter(in_folder).map(|m| m.encode()))
+        }
+        BlocksRequest::Chunks { folder, chunks } => BlocksResponse::Chunks(
+            chunks
+                .iter()
+                .map(|id| (*id, read_chunk(index, root, folder, id)))
+                .collect(),
+        ),
+    }
+}
+
+fn read_chunk(index: &Index, root: &Path, folder: &str, id: &ChunkId) -> Option<Vec<u8>> {
+    for loc in index.chunk_locations(id).ok()? {
+        if loc.folder != folder {
+            continue;
+        }
+        let Ok(f) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(root.join(&loc.path))
+        else {
+            continue;
+        };
+        let mut buf = vec![0u8; loc.len as usize];
+        if f.read_exact_at(&mut buf, loc.offset).is_ok() && id.matches(&buf) {
+            return Some(buf);
+        }
+    }
+    None
+}
