@@ -914,20 +914,18 @@ impl Engine {
                 peer_id,
                 num_established,
                 ..
-            } => {
-                if self.trusted.contains_key(&peer_id) && num_established.get() == 1 {
-                    tracing::info!(peer = %peer_id, "peer_connected");
-                    self.connected.insert(peer_id);
-                    let ids: Vec<String> = self.folders.keys().cloned().collect();
-                    for id in ids {
-                        if self.is_member(&id, &peer_id) {
-                            if let Some(f) = self.folders.get_mut(&id) {
-                                let fresh = f.doc.new_peer();
-                                f.peers.insert(peer_id, fresh);
-                                f.needs_pull = true;
-                            }
-                            self.sync_with(&id, peer_id);
+            } if self.trusted.contains_key(&peer_id) && num_established.get() == 1 => {
+                tracing::info!(peer = %peer_id, "peer_connected");
+                self.connected.insert(peer_id);
+                let ids: Vec<String> = self.folders.keys().cloned().collect();
+                for id in ids {
+                    if self.is_member(&id, &peer_id) {
+                        if let Some(f) = self.folders.get_mut(&id) {
+                            let fresh = f.doc.new_peer();
+                            f.peers.insert(peer_id, fresh);
+                            f.needs_pull = true;
                         }
+                        self.sync_with(&id, peer_id);
                     }
                 }
             }
