@@ -366,6 +366,9 @@ impl Puller {
             Some((c, n)) if c == *content && tmp.exists() => n as usize,
             _ => 0,
         };
+        if resume > 0 {
+            tracing::info!(folder = %self.folder, path, chunks_done = resume, "pull_resumed");
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -301,3 +301,45 @@ pub fn wait_until(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// Writes `len` random bytes (from the kernel) to `path`.
+pub fn random_file(path: &Path, len: u64) {
+    use std::io::Read;
+    let mut src = std::fs::File::open("/dev/urandom")
+        .expect("urandom")
+        .take(len);
+    let mut dst = std::fs::File::create(path).expect("create");
+    std::io::copy(&mut src, &mut dst).expect("write random file");
+}
+
+/// Starts `names.len()` daemons that all trust each other and share folder `shared`.
+pub fn mesh(base: &Path, names: &[&str]) -> Vec<Daemon> {
+    let specs: Vec<DaemonSpec> = names.iter().map(|n| DaemonSpec::new(base, n)).collect();
+    let refs: Vec<PeerRef> = specs.iter().map(DaemonSpec::peer).collect();
+    let daemons: Vec<Daemon> = specs
+        .into_iter()
+        .map(|s| {
+            let others: Vec<PeerRef> = refs
+                .iter()
+                .filter(|r| r.peer_id != s.peer_id)
+                .cloned()
+                .collect();
+            s.start(&others)
+        })
+        .collect();
+    for d in &daemons {
+        let n = names.len() - 1;
+        let all = wait_until(30, || {
+            d.status()["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().filter(|p| p["connected"] == true).count() == n)
+        });
+        assert!(
+            all,
+            "{} did not connect to every peer:\n{}",
+            d.name,
+            d.log()
+        );
+    }
+    daemons
+}

@@ -1,0 +1,203 @@
+//! More of what users do with real daemons: three devices, conflicts, restarts, crashes,
+//! dedup, delta transfer, and peers that are not trusted.
+
+use std::fs;
+use std::path::Path;
+
+use cairn_tests::{DaemonSpec, mesh, pseudo_random, random_file, wait_until};
+
+fn content(p: &Path) -> Option<Vec<u8>> {
+    fs::read(p).ok()
+}
+
+fn conflict_copies(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".sync-conflict-"))
+        .collect()
+}
+
+#[test]
+fn concurrent_edits_on_three_devices_make_exactly_one_conflict_copy_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = mesh(tmp.path(), &["a", "b", "c"]);
+    fs::write(d[0].folder.join("plan.txt"), b"v1").unwrap();
+    assert!(wait_until(20, || d.iter().all(|x| content(
+        &x.folder.join("plan.txt")
+    )
+    .as_deref()
+        == Some(&b"v1"[..]))));
+
+    // b goes offline; both a and b edit the same file; b comes back.
+    d[1].kill();
+    fs::write(d[0].folder.join("plan.txt"), b"edit from a").unwrap();
+    assert!(wait_until(20, || content(&d[2].folder.join("plan.txt"))
+        .as_deref()
+        == Some(&b"edit from a"[..])));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(d[1].folder.join("plan.txt"), b"edit from b, later").unwrap();
+    d[1].restart();
+
+    let settled = wait_until(30, || {
+        d.iter().all(|x| {
+            let copies = conflict_copies(&x.folder);
+            copies.len() == 1
+                && content(&x.folder.join("plan.txt")).as_deref()
+                    == Some(&b"edit from b, later"[..])
+                && content(&x.folder.join(&copies[0])).as_deref() == Some(&b"edit from a"[..])
+        })
+    });
+    assert!(
+        settled,
+        "{:?}\n{}",
+        d.iter()
+            .map(|x| conflict_copies(&x.folder))
+            .collect::<Vec<_>>(),
+        d[1].log()
+    );
+    // And it stays that way: no second copy appears later.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(d.iter().all(|x| conflict_copies(&x.folder).len() == 1));
+}
+
+#[test]
+fn changes_made_while_a_daemon_was_down_arrive_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = mesh(tmp.path(), &["a", "b"]);
+    fs::write(d[0].folder.join("before.txt"), b"before").unwrap();
+    assert!(wait_until(20, || d[1].folder.join("before.txt").exists()));
+    d[0].kill();
+    d[1].kill();
+    fs::write(d[0].folder.join("while-down.txt"), b"made offline").unwrap();
+    fs::remove_file(d[0].folder.join("before.txt")).unwrap();
+    d[1].restart();
+    d[0].restart();
+    assert!(
+        wait_until(30, || content(&d[1].folder.join("while-down.txt"))
+            .as_deref()
+            == Some(&b"made offline"[..])
+            && !d[1].folder.join("before.txt").exists()),
+        "{}",
+        d[1].log()
+    );
+}
+
+#[test]
+fn identical_files_transfer_once_and_an_edit_transfers_only_changed_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = mesh(tmp.path(), &["a", "b"]);
+    let received = |d: &cairn_tests::Daemon, from: &str| {
+        d.metric(&format!("cairn_bytes_received_total{{peer=\"{from}\"}}"))
+    };
+    let data = pseudo_random(2_000_000, 7);
+    for i in 0..8 {
+        fs::write(d[0].folder.join(format!("copy{i}.bin")), &data).unwrap();
+    }
+    assert!(wait_until(30, || (0..8).all(|i| content(
+        &d[1].folder.join(format!("copy{i}.bin"))
+    )
+    .as_deref()
+        == Some(&data[..]))));
+    let after_copies = received(&d[1], &d[0].peer_id);
+    assert!(
+        after_copies >= 2_000_000.0 && after_copies < 2_200_000.0,
+        "8 identical files cost {after_copies} bytes"
+    );
+
+    // 100 bytes overwritten in the middle of a 4 MB file.
+    let mut big = pseudo_random(4_000_000, 8);
+    fs::write(d[0].folder.join("big.bin"), &big).unwrap();
+    assert!(wait_until(30, || content(&d[1].folder.join("big.bin"))
+        .as_deref()
+        == Some(&big[..])));
+    let before_edit = received(&d[1], &d[0].peer_id);
+    big[2_000_000..2_000_100].copy_from_slice(&[0xAB; 100]);
+    fs::write(d[0].folder.join("big.bin"), &big).unwrap();
+    assert!(wait_until(30, || content(&d[1].folder.join("big.bin"))
+        .as_deref()
+        == Some(&big[..])));
+    let edit_cost = received(&d[1], &d[0].peer_id) - before_edit;
+    assert!(
+        edit_cost > 0.0 && edit_cost <= 2.0 * 262_144.0,
+        "a 100-byte edit cost {edit_cost} bytes"
+    );
+}
+
+#[test]
+fn killed_receiver_resumes_and_never_shows_a_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = mesh(tmp.path(), &["a", "b"]);
+    let size: u64 = 400 << 20;
+    let name = "large.bin";
+    random_file(&d[0].folder.join(name), size);
+    let target = d[1].folder.join(name);
+    // Kill b as soon as its temp file has some data in it.
+    let started = wait_until(60, || {
+        fs::read_dir(&d[1].folder)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name().to_string_lossy().starts_with(".cairn-tmp.")
+                    && e.metadata().map(|m| m.len() > 0).unwrap_or(false)
+            })
+    });
+    assert!(started, "no transfer started:\n{}", d[1].log());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d[1].kill();
+    assert!(
+        !target.exists() || fs::metadata(&target).unwrap().len() == size,
+        "a partial file is visible under the real name"
+    );
+    d[1].restart();
+    assert!(
+        wait_until(120, || fs::metadata(&target)
+            .map(|m| m.len() == size)
+            .unwrap_or(false)),
+        "{}",
+        d[1].log()
+    );
+    assert!(wait_until(10, || content(&target) == content(&d[0].folder.join(name))));
+    assert!(
+        d[1].log().contains("pull_resumed"),
+        "the restart did not resume the transfer:\n{}",
+        d[1].log()
+    );
+    let sent = d[0].metric(&format!(
+        "cairn_bytes_sent_total{{peer=\"{}\"}}",
+        d[1].peer_id
+    ));
+    assert!(
+        sent < 1.2 * size as f64,
+        "sent {sent} bytes for a {size}-byte file"
+    );
+}
+
+#[test]
+fn a_peer_that_is_not_trusted_gets_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = DaemonSpec::new(tmp.path(), "a");
+    let eve = DaemonSpec::new(tmp.path(), "eve");
+    let a_ref = a.peer();
+    let a = a.start(&[]); // a trusts nobody
+    let eve = eve.start(&[a_ref]); // eve trusts a and claims to share "shared" with it
+    fs::write(a.folder.join("secret.txt"), b"private").unwrap();
+    // eve reaches a and asks; a answers Denied, the same as for a folder it does not have.
+    assert!(
+        wait_until(20, || eve.log().contains("meta_denied_by_peer")),
+        "{}",
+        eve.log()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(!eve.folder.join("secret.txt").exists());
+    assert_eq!(
+        a.metric(&format!(
+            "cairn_chunks_sent_total{{peer=\"{}\"}}",
+            eve.peer_id
+        )),
+        0.0
+    );
+}
