@@ -14,7 +14,8 @@ struct Args {
     /// Home directory for identity, index and state [default: $CAIRN_HOME or ~/.local/share/cairn].
     #[arg(long, value_name = "DIR")]
     home: Option<PathBuf>,
-    /// Configuration file [default: HOME/config.toml].
+    /// Configuration file [default: HOME/config.toml with --home or $CAIRN_HOME, else
+    /// $XDG_CONFIG_HOME/cairn/config.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print this device's id and exit.
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let explicit_home = args.home.is_some() || std::env::var_os("CAIRN_HOME").is_some_and(|v| !v.is_empty());
     let home = Home::new(args.home.unwrap_or_else(cairn_daemon::paths::data_dir));
     std::fs::create_dir_all(&home.dir)
         .with_context(|| format!("creating {}", home.dir.display()))?;
@@ -50,7 +52,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("{device_id}");
         return Ok(());
     }
-    let config_path = args.config.unwrap_or_else(|| home.config());
+    // With an explicit home everything lives there; otherwise the config follows XDG.
+    let config_path = args.config.unwrap_or_else(|| {
+        if explicit_home { home.config() } else { cairn_daemon::paths::default_config() }
+    });
+    if let Some(parent) = config_path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     let config = Config::load(&config_path)?;
     if !config_path.exists() {
         config.save(&config_path)?;

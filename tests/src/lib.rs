@@ -150,14 +150,22 @@ impl DaemonSpec {
     }
 
     pub fn start(self, peers: &[PeerRef]) -> Daemon {
+        self.start_with(peers, &[])
+    }
+
+    /// Like `start`, with Kademlia bootstrap peers; a peer with port 0 gets no address.
+    pub fn start_with(self, peers: &[PeerRef], bootstrap: &[String]) -> Daemon {
+        let boot: Vec<String> = bootstrap.iter().map(|b| format!("\"{b}\"")).collect();
         let mut toml = format!(
-            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nmdns = false\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n",
-            self.port
+            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nmdns = false\nbootstrap = [{}]\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n",
+            self.port,
+            boot.join(", ")
         );
         for p in peers {
+            let addrs = if p.port == 0 { String::new() } else { format!("\"/ip4/127.0.0.1/tcp/{}\"", p.port) };
             toml += &format!(
-                "[[peers]]\nid = \"{}\"\nname = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{}\"]\n\n",
-                p.peer_id, p.name, p.port
+                "[[peers]]\nid = \"{}\"\nname = \"{}\"\naddresses = [{addrs}]\n\n",
+                p.peer_id, p.name
             );
         }
         let ids: Vec<String> = peers.iter().map(|p| format!("\"{}\"", p.peer_id)).collect();

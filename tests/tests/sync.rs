@@ -117,3 +117,27 @@ fn walk(root: &Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn peers_with_no_known_address_find_each_other_through_the_dht() {
+    use cairn_tests::PeerRef;
+    let tmp = tempfile::tempdir().unwrap();
+    // A third node is only a DHT bootstrap node: it shares nothing and trusts nobody.
+    let boot = DaemonSpec::new(tmp.path(), "boot");
+    let boot_addr = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", boot.port, boot.peer_id);
+    let _boot = boot.start(&[]);
+    let a = DaemonSpec::new(tmp.path(), "a");
+    let b = DaemonSpec::new(tmp.path(), "b");
+    // a and b trust each other by id only: no address.
+    let no_addr = |r: PeerRef| PeerRef { port: 0, ..r };
+    let (ra, rb) = (no_addr(a.peer()), no_addr(b.peer()));
+    let a = a.start_with(&[rb], &[boot_addr.clone()]);
+    let b = b.start_with(&[ra], &[boot_addr]);
+    fs::write(a.folder.join("found.txt"), b"via the DHT").unwrap();
+    assert!(
+        wait_until(40, || fs::read(b.folder.join("found.txt")).ok().as_deref() == Some(&b"via the DHT"[..])),
+        "a:\n{}\nb:\n{}",
+        a.log(),
+        b.log()
+    );
+}
