@@ -42,7 +42,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let explicit_home = args.home.is_some() || std::env::var_os("CAIRN_HOME").is_some_and(|v| !v.is_empty());
+    let explicit_home =
+        args.home.is_some() || std::env::var_os("CAIRN_HOME").is_some_and(|v| !v.is_empty());
     let home = Home::new(args.home.unwrap_or_else(cairn_daemon::paths::data_dir));
     std::fs::create_dir_all(&home.dir)
         .with_context(|| format!("creating {}", home.dir.display()))?;
@@ -54,10 +55,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     // With an explicit home everything lives there; otherwise the config follows XDG.
     let config_path = args.config.unwrap_or_else(|| {
-        if explicit_home { home.config() } else { cairn_daemon::paths::default_config() }
+        if explicit_home {
+            home.config()
+        } else {
+            cairn_daemon::paths::default_config()
+        }
     });
     if let Some(parent) = config_path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let config = Config::load(&config_path)?;
     if !config_path.exists() {

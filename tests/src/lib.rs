@@ -162,7 +162,11 @@ impl DaemonSpec {
             boot.join(", ")
         );
         for p in peers {
-            let addrs = if p.port == 0 { String::new() } else { format!("\"/ip4/127.0.0.1/tcp/{}\"", p.port) };
+            let addrs = if p.port == 0 {
+                String::new()
+            } else {
+                format!("\"/ip4/127.0.0.1/tcp/{}\"", p.port)
+            };
             toml += &format!(
                 "[[peers]]\nid = \"{}\"\nname = \"{}\"\naddresses = [{addrs}]\n\n",
                 p.peer_id, p.name

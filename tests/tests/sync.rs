@@ -135,7 +135,8 @@ fn peers_with_no_known_address_find_each_other_through_the_dht() {
     let b = b.start_with(&[ra], &[boot_addr]);
     fs::write(a.folder.join("found.txt"), b"via the DHT").unwrap();
     assert!(
-        wait_until(40, || fs::read(b.folder.join("found.txt")).ok().as_deref() == Some(&b"via the DHT"[..])),
+        wait_until(40, || fs::read(b.folder.join("found.txt")).ok().as_deref()
+            == Some(&b"via the DHT"[..])),
         "a:\n{}\nb:\n{}",
         a.log(),
         b.log()

@@ -1,0 +1,200 @@
+//! The puller against a peer that lies: chunks whose bytes do not match their id are
+//! refused and counted, nothing partial reaches the real name, and an honest peer then
+//! completes the file.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cairn_core::folder::{DeviceId, EntryValue};
+use cairn_core::planner::{Action, Plan};
+use cairn_core::scan::EntryKind;
+use cairn_core::wire::{BlocksRequest, BlocksResponse};
+use cairn_core::{ChunkRef, Chunker, ChunkerParams, Manifest};
+use cairn_daemon::index::{FolderRecord, Index};
+use cairn_daemon::metrics::Metrics;
+use cairn_daemon::puller::{NetCommand, Puller};
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+
+fn data() -> Vec<u8> {
+    let mut x = 0x9E3779B97F4A7C15u64;
+    (0..1_500_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Answers blocks requests: with corrupted bytes while `lying`, then honestly.
+fn fake_peer(
+    mut rx: mpsc::UnboundedReceiver<NetCommand>,
+    bytes: Vec<u8>,
+    manifest: Manifest,
+    lies: usize,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut offsets = HashMap::new();
+        let mut at = 0usize;
+        for c in &manifest.chunks {
+            offsets.insert(c.id, (at, c.len as usize));
+            at += c.len as usize;
+        }
+        let mut answered = 0;
+        while let Some(NetCommand::Blocks { request, reply, .. }) = rx.blocking_recv() {
+            let response = match request {
+                BlocksRequest::Chunks { chunks, .. } => BlocksResponse::Chunks(
+                    chunks
+                        .iter()
+                        .map(|id| {
+                            let (o, l) = offsets[id];
+                            let mut chunk = bytes[o..o + l].to_vec();
+                            if answered < lies {
+                                chunk[0] ^= 0xff; // the lie
+                            }
+                            (*id, Some(chunk))
+                        })
+                        .collect(),
+                ),
+                BlocksRequest::Manifest { .. } => BlocksResponse::Manifest(Some(manifest.encode())),
+            };
+            answered += 1;
+            let _ = reply.send(Ok(response));
+        }
+    })
+}
+
+fn setup(
+    lies: usize,
+) -> (
+    tempfile::TempDir,
+    Puller,
+    Plan,
+    HashMap<String, EntryValue>,
+    std::thread::JoinHandle<()>,
+    PeerId,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("folder");
+    std::fs::create_dir(&root).unwrap();
+    let index = Arc::new(Index::open(&dir.path().join("index.redb")).unwrap());
+    let params = ChunkerParams::V1_DEFAULT;
+    index
+        .put_folder(&FolderRecord {
+            id: "f".into(),
+            root: root.clone(),
+            chunker: params.to_string(),
+        })
+        .unwrap();
+    let bytes = data();
+    let chunker = Chunker::new(params).unwrap();
+    let manifest = Manifest {
+        chunks: chunker
+            .chunk_slice(&bytes)
+            .map(|(_, c)| ChunkRef {
+                id: cairn_core::ChunkId::of(c),
+                len: c.len() as u32,
+            })
+            .collect(),
+    };
+    let content = manifest.content_id();
+    index.put_remote_manifest(&content, &manifest).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let peer = PeerId::random();
+    let handle = fake_peer(rx, bytes.clone(), manifest.clone(), lies);
+    let puller = Puller {
+        folder: "f".into(),
+        root,
+        chunker,
+        index,
+        history_dir: dir.path().join("history"),
+        roots: HashMap::new(),
+        peers: vec![peer],
+        net: tx,
+        metrics: Arc::new(Metrics::default()),
+    };
+    let value = EntryValue {
+        kind: EntryKind::File,
+        deleted: false,
+        content: Some(content),
+        size: bytes.len() as u64,
+        mtime_ns: 1_700_000_000_000_000_000,
+        mode: 0o644,
+        link_target: None,
+        device: DeviceId([1; 8]),
+        replaces: None,
+    };
+    let plan = Plan {
+        actions: vec![Action::WriteFile {
+            path: "got.bin".into(),
+            content,
+            size: value.size,
+            mtime_ns: value.mtime_ns,
+            mode: value.mode,
+            conflict_of: None,
+        }],
+        rejected: vec![],
+    };
+    let values = HashMap::from([("got.bin".to_string(), value)]);
+    (dir, puller, plan, values, handle, peer)
+}
+
+#[test]
+fn corrupt_chunks_are_refused_counted_and_fetched_again() {
+    let (_dir, puller, plan, values, handle, peer) = setup(2);
+    let outcome = puller.run(&plan, &values);
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    assert_eq!(std::fs::read(puller.root.join("got.bin")).unwrap(), data());
+    assert!(
+        puller
+            .metrics
+            .peer_counters(&peer.to_string())
+            .protocol_violations
+            > 0
+    );
+    drop(puller);
+    handle.join().unwrap();
+}
+
+#[test]
+fn a_peer_that_always_lies_leaves_no_file_under_the_real_name() {
+    let (_dir, puller, plan, values, handle, peer) = setup(usize::MAX);
+    let outcome = puller.run(&plan, &values);
+    assert_eq!(outcome.failed.len(), 1);
+    assert!(!puller.root.join("got.bin").exists());
+    assert!(
+        puller
+            .metrics
+            .peer_counters(&peer.to_string())
+            .protocol_violations
+            > 0
+    );
+    drop(puller);
+    handle.join().unwrap();
+}
+
+#[test]
+fn a_local_edit_that_races_the_write_keeps_the_name_and_the_incoming_version_becomes_a_conflict_copy()
+ {
+    let (_dir, puller, plan, values, handle, _peer) = setup(0);
+    // The user created the file after the last scan: the index does not know it.
+    std::fs::write(puller.root.join("got.bin"), b"my local edit").unwrap();
+    let outcome = puller.run(&plan, &values);
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    assert_eq!(
+        std::fs::read(puller.root.join("got.bin")).unwrap(),
+        b"my local edit"
+    );
+    assert_eq!(outcome.raced.len(), 1);
+    assert!(
+        outcome.raced[0].starts_with("got.sync-conflict-") && outcome.raced[0].ends_with(".bin")
+    );
+    assert_eq!(
+        std::fs::read(puller.root.join(&outcome.raced[0])).unwrap(),
+        data()
+    );
+    drop(puller);
+    handle.join().unwrap();
+}
