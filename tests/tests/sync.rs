@@ -131,7 +131,7 @@ fn peers_with_no_known_address_find_each_other_through_the_dht() {
     // a and b trust each other by id only: no address.
     let no_addr = |r: PeerRef| PeerRef { port: 0, ..r };
     let (ra, rb) = (no_addr(a.peer()), no_addr(b.peer()));
-    let a = a.start_with(&[rb], &[boot_addr.clone()]);
+    let a = a.start_with(&[rb], std::slice::from_ref(&boot_addr));
     let b = b.start_with(&[ra], &[boot_addr]);
     fs::write(a.folder.join("found.txt"), b"via the DHT").unwrap();
     assert!(
