@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Mutex;
 
 use anyhow::Context;
@@ -20,23 +19,20 @@ const LISTED_CHANGES: usize = 50;
 pub struct ScanArgs {
     /// The folder to scan.
     folder: PathBuf,
-    /// Print the report as JSON (all changes and issues) for scripts.
-    #[arg(long)]
-    json: bool,
     /// List every change instead of the first 50.
     #[arg(long)]
     all: bool,
     /// Index database to use [default: $CAIRN_HOME/index.redb or ~/.local/share/cairn/index.redb].
     #[arg(long, value_name = "FILE")]
-    index: Option<PathBuf>,
+    pub index: Option<PathBuf>,
 }
 
-pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
-    let index_path = args.index.unwrap_or_else(crate::default_index);
+pub fn run(args: ScanArgs, json: bool) -> anyhow::Result<()> {
+    let index_path = args.index.unwrap_or_else(cairn_daemon::paths::index_path);
     let index = Index::open(&index_path)?;
     let folder = cairn_daemon::folders::folder_for_root(&index, &args.folder)?;
 
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
@@ -71,12 +67,12 @@ pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
 
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, args.all);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn print_report(r: &ScanReport, all: bool) {

@@ -27,6 +27,12 @@ fn path_of(i: usize) -> String {
     )
 }
 
+fn content_of(i: usize, version: u64) -> Option<ContentId> {
+    Some(ContentId(
+        *blake3::hash(&[i.to_le_bytes(), version.to_le_bytes()].concat()).as_bytes(),
+    ))
+}
+
 fn change(i: usize, version: u64) -> LocalChange {
     let content =
         ContentId(*blake3::hash(&[i.to_le_bytes(), version.to_le_bytes()].concat()).as_bytes());
@@ -54,7 +60,7 @@ fn main() {
     let t = Instant::now();
     let mut a = FolderDoc::new(dev_a, shards).expect("valid shard count");
     for i in 0..n {
-        a.record_local(&path_of(i), &change(i, 0));
+        a.record_local(&path_of(i), &change(i, 0), None);
         if i % 1000 == 999 {
             a.commit();
         }
@@ -127,7 +133,7 @@ fn main() {
         }
     }
     for i in (0..n).step_by((n / 1000).max(1)).take(1000) {
-        c.record_local(&path_of(i), &change(i, 1));
+        c.record_local(&path_of(i), &change(i, 1), content_of(i, 0));
     }
     c.commit();
     let rss2 = rss_mib("VmRSS");

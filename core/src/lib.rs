@@ -13,6 +13,7 @@ pub use chunker::{Chunker, ChunkerParams};
 pub use hash::{ChunkId, ContentId};
 pub use manifest::{ChunkRef, ContentIdBuilder, Manifest};
 pub mod folder;
+pub mod pairing;
 pub mod path;
 pub mod planner;
 pub mod wire;

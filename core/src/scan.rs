@@ -112,6 +112,9 @@ pub struct Change {
     pub change: ChangeKind,
     /// What the path is now (or was, if deleted).
     pub kind: EntryKind,
+    /// The content the path had at the previous scan (what a local edit replaced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ContentId>,
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use crate::hash::{ChunkId, ContentId};
 pub const META_PROTOCOL: &str = "/cairn/meta/1";
 /// Protocol name of manifest and chunk exchange.
 pub const BLOCKS_PROTOCOL: &str = "/cairn/blocks/1";
+/// Protocol name of pairing by short code (messages in [`crate::pairing`]).
+pub const PAIR_PROTOCOL: &str = "/cairn/pair/1";
 /// Largest meta request or response on the wire (a folder message plus framing).
 pub const MAX_META_BYTES: usize = crate::folder::doc::MAX_MESSAGE_BYTES + 1024;
 /// Most chunks asked for in one blocks request.

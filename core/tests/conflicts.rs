@@ -323,3 +323,42 @@ fn hostile_paths_from_a_peer_never_reach_the_planner() {
         }
     }
 }
+
+#[test]
+fn a_local_edit_made_before_a_received_change_was_applied_keeps_both() {
+    let mut w = world(2);
+    w.user_write(0, "f", 1);
+    w.settle();
+    w.user_write(0, "f", 2);
+    w.sync_pair(0, 1); // replica 1 knows version 2 but has not written it to disk
+    w.user_write(1, "f", 3); // the user there edits version 1
+    w.settle();
+    for r in 0..2 {
+        assert_eq!(w.replicas[r].disk["f"].content, Some(content(3)));
+        let copies = conflict_copies(&w, r);
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(
+            copies[0].1,
+            Some(content(2)),
+            "the unseen version is kept as a copy"
+        );
+    }
+}
+
+#[test]
+fn a_local_delete_does_not_delete_a_received_change_not_yet_applied() {
+    let mut w = world(2);
+    w.user_write(0, "f", 1);
+    w.settle();
+    w.user_write(0, "f", 2);
+    w.sync_pair(0, 1);
+    w.user_delete(1, "f");
+    w.settle();
+    for r in 0..2 {
+        assert_eq!(
+            w.replicas[r].disk["f"].content,
+            Some(content(2)),
+            "modify beats delete"
+        );
+    }
+}

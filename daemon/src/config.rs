@@ -133,9 +133,20 @@ impl Default for ControlConfig {
     }
 }
 
+/// This device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceConfig {
+    /// A name for people (shown to peers when pairing); the host name if empty.
+    #[serde(default)]
+    pub name: String,
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
+    /// This device.
+    #[serde(default)]
+    pub device: DeviceConfig,
     /// Network settings.
     #[serde(default)]
     pub network: NetworkConfig,
@@ -151,6 +162,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The device name: configured, else the host name, else "cairn".
+    pub fn device_name(&self) -> String {
+        if !self.device.name.is_empty() {
+            return self.device.name.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "cairn".into())
+    }
+
     /// Reads `path`, or returns the default configuration if it does not exist.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = match std::fs::read_to_string(path) {

@@ -12,7 +12,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::admin::{AdminRequest, Keep};
+use crate::config::FolderType;
 use crate::engine::{ControlRequest, Event};
+use crate::pair::{InviteStatus, PairCtl};
 
 /// What clients read to reach the daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -102,6 +105,204 @@ async fn rescan(
     }
 }
 
+/// The 401 response for a request without the right token.
+fn denied(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
+    (!authorized(ctx, headers)).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong token"))
+}
+
+fn reply<T: Serialize>(
+    result: Result<Result<T, String>, Response>,
+    status: StatusCode,
+) -> Response {
+    match result {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => error(status, &e),
+        Err(r) => r,
+    }
+}
+
+async fn invite(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    match ask(&ctx, |tx| ControlRequest::Pair(PairCtl::Invite(tx))).await {
+        Ok(s) => Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    wait: Option<u64>,
+}
+
+async fn invite_status(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Query(q): Query<WaitQuery>,
+) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait.unwrap_or(0).min(30));
+    loop {
+        let status = match ask(&ctx, |tx| ControlRequest::Pair(PairCtl::InviteStatus(tx))).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        if !matches!(status, InviteStatus::Waiting { .. })
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Json(status).into_response();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    code: String,
+}
+
+async fn join(State(ctx): State<Ctx>, headers: HeaderMap, Json(body): Json<JoinBody>) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    let result = ask(&ctx, |reply| {
+        ControlRequest::Pair(PairCtl::Join {
+            code: body.code,
+            reply,
+        })
+    })
+    .await;
+    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
+}
+
+#[derive(Deserialize)]
+struct ShareBody {
+    folder: String,
+    device: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<FolderType>,
+}
+
+async fn share(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<ShareBody>) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    let result = ask(&ctx, |reply| {
+        ControlRequest::Admin(AdminRequest::Share {
+            folder: b.folder,
+            device: b.device,
+            kind: b.kind,
+            reply,
+        })
+    })
+    .await
+    .map(|r| r.map(|folder| serde_json::json!({ "folder": folder })));
+    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
+}
+
+#[derive(Deserialize)]
+struct AcceptBody {
+    folder: String,
+    path: std::path::PathBuf,
+    #[serde(rename = "type")]
+    kind: Option<FolderType>,
+}
+
+async fn accept(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<AcceptBody>) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    let result = ask(&ctx, |reply| {
+        ControlRequest::Admin(AdminRequest::Accept {
+            folder: b.folder,
+            path: b.path,
+            kind: b.kind,
+            reply,
+        })
+    })
+    .await
+    .map(|r| r.map(|()| serde_json::json!({ "ok": true })));
+    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
+}
+
+#[derive(Deserialize)]
+struct FolderBody {
+    folder: Option<String>,
+}
+
+async fn pause_or_resume(
+    ctx: Ctx,
+    headers: HeaderMap,
+    folder: Option<String>,
+    paused: bool,
+) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    let result = ask(&ctx, |reply| {
+        ControlRequest::Admin(AdminRequest::Pause {
+            folder,
+            paused,
+            reply,
+        })
+    })
+    .await
+    .map(|r| r.map(|()| serde_json::json!({ "ok": true, "paused": paused })));
+    reply(result, StatusCode::NOT_FOUND)
+}
+
+async fn pause(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<FolderBody>) -> Response {
+    pause_or_resume(ctx, headers, b.folder, true).await
+}
+
+async fn resume(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<FolderBody>) -> Response {
+    pause_or_resume(ctx, headers, b.folder, false).await
+}
+
+async fn conflicts(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    match ask(&ctx, |tx| {
+        ControlRequest::Admin(AdminRequest::Conflicts(tx))
+    })
+    .await
+    {
+        Ok(list) => Json(list).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct ResolveBody {
+    path: String,
+    keep: Keep,
+}
+
+async fn resolve(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(b): Json<ResolveBody>,
+) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    let result = ask(&ctx, |reply| {
+        ControlRequest::Admin(AdminRequest::Resolve {
+            path: b.path,
+            keep: b.keep,
+            reply,
+        })
+    })
+    .await
+    .map(|r| r.map(|what| serde_json::json!({ "resolved": what })));
+    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
+}
+
 async fn shutdown(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
@@ -149,6 +350,14 @@ pub async fn serve(
         .route("/v1/rescan", post(rescan))
         .route("/v1/shutdown", post(shutdown))
         .route("/metrics", get(metrics))
+        .route("/v1/pair/invite", post(invite).get(invite_status))
+        .route("/v1/pair/join", post(join))
+        .route("/v1/share", post(share))
+        .route("/v1/accept", post(accept))
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
+        .route("/v1/conflicts", get(conflicts))
+        .route("/v1/resolve", post(resolve))
         .with_state(Ctx { token, events });
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

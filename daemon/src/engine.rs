@@ -76,12 +76,17 @@ pub enum ControlRequest {
         reply: oneshot::Sender<Result<(), String>>,
     },
     Shutdown,
+    Admin(crate::admin::AdminRequest),
+    Pair(crate::pair::PairCtl),
 }
 
 /// What `cairn status` shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub device_id: String,
+    pub device_name: String,
+    /// Folders trusted peers offered to this device, waiting for `cairn accept`.
+    pub offers: Vec<crate::admin::Offer>,
     pub uptime_s: u64,
     pub listen: Vec<String>,
     pub peers: Vec<PeerStatus>,
@@ -115,26 +120,26 @@ pub struct FolderStatus {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Busy {
+pub(crate) enum Busy {
     Idle,
     Scanning,
     Pulling,
 }
 
-struct Folder {
-    config: FolderConfig,
-    record: FolderRecord,
-    doc: FolderDoc,
-    peers: HashMap<PeerId, PeerSync>,
-    busy: Busy,
-    needs_scan: bool,
-    needs_pull: bool,
-    in_sync: bool,
-    last_scan: Instant,
-    retry_pull_at: Option<Instant>,
-    last_error: Option<String>,
-    _watcher: Option<Watcher>,
-    watcher_failed: bool,
+pub(crate) struct Folder {
+    pub(crate) config: FolderConfig,
+    pub(crate) record: FolderRecord,
+    pub(crate) doc: FolderDoc,
+    pub(crate) peers: HashMap<PeerId, PeerSync>,
+    pub(crate) busy: Busy,
+    pub(crate) needs_scan: bool,
+    pub(crate) needs_pull: bool,
+    pub(crate) in_sync: bool,
+    pub(crate) last_scan: Instant,
+    pub(crate) retry_pull_at: Option<Instant>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) _watcher: Option<Watcher>,
+    pub(crate) watcher_failed: bool,
 }
 
 /// The device's stores, as the planner sees them.
@@ -151,24 +156,34 @@ impl LocalStore for IndexStore<'_> {
 
 /// The daemon.
 pub struct Engine {
-    home: Home,
-    swarm: Swarm<Behaviour>,
-    index: Arc<Index>,
-    metrics: Arc<Metrics>,
-    folders: BTreeMap<String, Folder>,
-    trusted: HashMap<PeerId, (String, Vec<Multiaddr>)>,
-    connected: HashSet<PeerId>,
-    meta_pending: HashMap<OutboundRequestId, (String, PeerId)>,
-    meta_inflight: HashSet<(String, PeerId)>,
-    blocks_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<BlocksResponse, String>>>,
-    net_tx: mpsc::UnboundedSender<NetCommand>,
-    net_rx: mpsc::UnboundedReceiver<NetCommand>,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events_rx: mpsc::UnboundedReceiver<Event>,
-    started: Instant,
-    last_dial: Option<Instant>,
-    listen: Vec<Multiaddr>,
-    shutdown: bool,
+    pub(crate) home: Home,
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) index: Arc<Index>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) folders: BTreeMap<String, Folder>,
+    pub(crate) trusted: HashMap<PeerId, (String, Vec<Multiaddr>)>,
+    pub(crate) connected: HashSet<PeerId>,
+    pub(crate) meta_pending: HashMap<OutboundRequestId, (String, PeerId)>,
+    pub(crate) meta_inflight: HashSet<(String, PeerId)>,
+    pub(crate) blocks_pending:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<BlocksResponse, String>>>,
+    pub(crate) net_tx: mpsc::UnboundedSender<NetCommand>,
+    pub(crate) net_rx: mpsc::UnboundedReceiver<NetCommand>,
+    pub(crate) events_tx: mpsc::UnboundedSender<Event>,
+    pub(crate) events_rx: mpsc::UnboundedReceiver<Event>,
+    pub(crate) started: Instant,
+    pub(crate) last_dial: Option<Instant>,
+    pub(crate) listen: Vec<Multiaddr>,
+    pub(crate) shutdown: bool,
+    pub(crate) config: Config,
+    pub(crate) config_path: PathBuf,
+    pub(crate) device: DeviceId,
+    pub(crate) all_connected: HashSet<PeerId>,
+    pub(crate) peer_listen: HashMap<PeerId, Vec<Multiaddr>>,
+    pub(crate) offers: BTreeMap<String, crate::admin::Offer>,
+    pub(crate) invitation: Option<crate::pair::Invitation>,
+    pub(crate) join: Option<crate::pair::Join>,
+    pub(crate) pair_pending: HashMap<OutboundRequestId, PeerId>,
 }
 
 /// Errors starting the daemon.
@@ -189,6 +204,7 @@ impl Engine {
     pub fn new(
         home: Home,
         config: &Config,
+        config_path: PathBuf,
         key: libp2p::identity::Keypair,
     ) -> Result<Self, StartError> {
         let local_id = key.public().to_peer_id();
@@ -250,6 +266,15 @@ impl Engine {
             last_dial: None,
             listen: Vec::new(),
             shutdown: false,
+            config: config.clone(),
+            config_path,
+            device,
+            all_connected: HashSet::new(),
+            peer_listen: HashMap::new(),
+            offers: BTreeMap::new(),
+            invitation: None,
+            join: None,
+            pair_pending: HashMap::new(),
         })
     }
 
@@ -274,6 +299,7 @@ impl Engine {
     }
 
     fn on_tick(&mut self) {
+        self.pair_tick();
         let now = Instant::now();
         if self.last_dial.is_none_or(|t| now - t >= REDIAL) {
             self.last_dial = Some(now);
@@ -385,7 +411,7 @@ impl Engine {
                     Ok(None) => LocalChange::Deleted,
                     Err(_) => continue,
                 };
-                if f.doc.record_local(&change.path, &local) {
+                if f.doc.record_local(&change.path, &local, change.previous) {
                     touched.insert(f.doc.shard_of(&change.path));
                 }
             }
@@ -405,7 +431,7 @@ impl Engine {
         }
     }
 
-    fn persist(&mut self, id: &str, shards: impl IntoIterator<Item = usize>) {
+    pub(crate) fn persist(&mut self, id: &str, shards: impl IntoIterator<Item = usize>) {
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
@@ -522,7 +548,7 @@ impl Engine {
         }
     }
 
-    fn is_member(&self, folder: &str, peer: &PeerId) -> bool {
+    pub(crate) fn is_member(&self, folder: &str, peer: &PeerId) -> bool {
         self.trusted.contains_key(peer)
             && self
                 .folders
@@ -530,7 +556,7 @@ impl Engine {
                 .is_some_and(|f| f.config.peers.iter().any(|p| p == &peer.to_string()))
     }
 
-    fn sync_folder(&mut self, id: &str) {
+    pub(crate) fn sync_folder(&mut self, id: &str) {
         let peers: Vec<PeerId> = self
             .connected
             .iter()
@@ -542,7 +568,7 @@ impl Engine {
         }
     }
 
-    fn sync_with(&mut self, id: &str, peer: PeerId) {
+    pub(crate) fn sync_with(&mut self, id: &str, peer: PeerId) {
         if self.meta_inflight.contains(&(id.to_string(), peer)) || !self.connected.contains(&peer) {
             return;
         }
@@ -596,7 +622,7 @@ impl Engine {
         true
     }
 
-    fn violation(&mut self, peer: PeerId) {
+    pub(crate) fn violation(&mut self, peer: PeerId) {
         self.metrics
             .peer(&peer.to_string(), |c| c.protocol_violations += 1);
         let _ = self.swarm.disconnect_peer_id(peer);
@@ -613,7 +639,25 @@ impl Engine {
                             self.violation(peer);
                             MetaResponse::Denied
                         }
-                        Ok(req) if !self.is_member(&req.folder, &peer) => MetaResponse::Denied,
+                        Ok(req) if !self.is_member(&req.folder, &peer) => {
+                            // A paired device offering a folder we do not have: remember
+                            // the offer for `cairn accept`. The answer is the same Denied.
+                            if let Some((name, _)) = self.trusted.get(&peer)
+                                && !self.folders.contains_key(&req.folder)
+                                && !self.offers.contains_key(&req.folder)
+                            {
+                                tracing::info!(folder = %req.folder, peer = %peer, "folder_offered");
+                                self.offers.insert(
+                                    req.folder.clone(),
+                                    crate::admin::Offer {
+                                        folder: req.folder.clone(),
+                                        from: peer.to_string(),
+                                        from_name: name.clone(),
+                                    },
+                                );
+                            }
+                            MetaResponse::Denied
+                        }
                         Ok(req) => {
                             let ok = req
                                 .message
@@ -846,6 +890,8 @@ impl Engine {
                 let _ = reply.send(result);
             }
             ControlRequest::Shutdown => self.shutdown = true,
+            ControlRequest::Admin(req) => self.on_admin(req),
+            ControlRequest::Pair(ctl) => self.on_pair_ctl(ctl),
         }
     }
 
@@ -897,6 +943,8 @@ impl Engine {
         peers.sort_by(|a, b| a.id.cmp(&b.id));
         Status {
             device_id: self.swarm.local_peer_id().to_string(),
+            device_name: self.config.device_name(),
+            offers: self.offers.values().cloned().collect(),
             uptime_s: self.started.elapsed().as_secs(),
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             peers,
@@ -905,6 +953,20 @@ impl Engine {
     }
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match &event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.all_connected.insert(*peer_id);
+                self.join_connected(*peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.all_connected.remove(peer_id);
+            }
+            _ => {}
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(address = %address, "listening");
@@ -941,14 +1003,35 @@ impl Engine {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Meta(e)) => self.on_meta(e),
             SwarmEvent::Behaviour(BehaviourEvent::Blocks(e)) => self.on_blocks(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Pair(e)) => self.on_pair(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(
+                libp2p::kad::Event::OutboundQueryProgressed {
+                    result: libp2p::kad::QueryResult::GetProviders(result),
+                    step,
+                    ..
+                },
+            )) => {
+                if let Ok(libp2p::kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    for p in providers {
+                        self.join_candidate(p);
+                    }
+                }
+                if step.last {
+                    self.join_lookup_done();
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
                 ..
             })) => {
-                for a in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                for a in &info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, a.clone());
                 }
+                self.peer_listen.insert(peer_id, info.listen_addrs);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
@@ -987,7 +1070,7 @@ impl Engine {
     }
 }
 
-fn load_folder(
+pub(crate) fn load_folder(
     index: &Index,
     fc: &FolderConfig,
     device: DeviceId,

@@ -1,6 +1,7 @@
 //! cairn-daemon: everything that touches the real world: the disk, the index database,
 //! the network and the control API. The `cairnd` binary is built on it.
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod engine;
@@ -9,6 +10,7 @@ pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod net;
+pub mod pair;
 pub mod paths;
 pub mod puller;
 pub mod scanner;

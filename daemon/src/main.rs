@@ -73,7 +73,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let engine = cairn_daemon::engine::Engine::new(home.clone(), &config, key)?;
+        let engine = cairn_daemon::engine::Engine::new(home.clone(), &config, config_path.clone(), key)?;
         let events = engine.events();
         let _api = cairn_daemon::control::serve(&config.control.listen, &home.control(), device_id, events.clone())
             .await

@@ -111,6 +111,7 @@ pub struct Behaviour {
     pub autonat: autonat::Behaviour,
     pub meta: request_response::Behaviour<FrameCodec>,
     pub blocks: request_response::Behaviour<FrameCodec>,
+    pub pair: request_response::Behaviour<FrameCodec>,
 }
 
 /// Errors building the swarm.
@@ -186,6 +187,7 @@ pub fn build_swarm(key: Keypair, mdns_enabled: bool) -> Result<Swarm<Behaviour>,
                     cairn_core::wire::MAX_BLOCKS_BYTES,
                     128,
                 ),
+                pair: rr(cairn_core::wire::PAIR_PROTOCOL, 1024, 1024, 4),
             })
         })
         .map_err(setup)?

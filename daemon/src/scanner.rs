@@ -206,6 +206,7 @@ pub fn scan_folder(
                             path: path.clone(),
                             change: ChangeKind::Added,
                             kind: entry.kind,
+                            previous: None,
                         }),
                         Some(old) => {
                             if let Some(change) = old.change_to(&entry) {
@@ -213,6 +214,7 @@ pub fn scan_folder(
                                     path: path.clone(),
                                     change,
                                     kind: entry.kind,
+                                    previous: old.content,
                                 });
                             }
                         }
@@ -255,11 +257,12 @@ pub fn scan_folder(
             {
                 continue;
             }
-            let kind = previous[path].kind;
+            let old = &previous[path];
             changes.push(Change {
                 path: path.clone(),
                 change: ChangeKind::Deleted,
-                kind,
+                kind: old.kind,
+                previous: old.content,
             });
             batch.push(Update::Remove { path: path.clone() });
         }

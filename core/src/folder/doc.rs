@@ -272,9 +272,20 @@ impl FolderDoc {
         )
     }
 
-    /// Records what a scan found at `path` on this device. Returns false when nothing
-    /// changed in the document (the path already says exactly this).
-    pub fn record_local(&mut self, path: &str, change: &LocalChange) -> bool {
+    /// Records what a scan found at `path` on this device. `base` is the content the path
+    /// had on this disk before the change (what the user actually edited or deleted).
+    /// Returns false when nothing changed in the document.
+    ///
+    /// A peer's version that this device received but had not written to disk yet (the
+    /// document's value differs from `base`) was never seen by the user: a local edit does
+    /// not supersede it (it is kept as a conflict copy), and a local delete does not
+    /// delete it (modify beats delete).
+    pub fn record_local(
+        &mut self,
+        path: &str,
+        change: &LocalChange,
+        base: Option<ContentId>,
+    ) -> bool {
         let current = self.values(path);
         if current.len() > 1 {
             // Writing the key collapses its concurrent values: first give every losing
@@ -294,6 +305,9 @@ impl FolderDoc {
             .filter(|v| !v.deleted)
             .max_by(|a, b| a.mtime_ns.cmp(&b.mtime_ns).then(a.device.cmp(&b.device)))
             .cloned();
+        let unseen = winner
+            .clone()
+            .filter(|w| w.content.is_some() && w.content != base);
         let value = match change {
             LocalChange::Present {
                 kind,
@@ -312,10 +326,7 @@ impl FolderDoc {
                     mode: *mode,
                     link_target: link_target.clone(),
                     device: self.device,
-                    replaces: winner
-                        .as_ref()
-                        .and_then(|w| w.content)
-                        .filter(|c| Some(*c) != *content),
+                    replaces: base.filter(|b| Some(*b) != *content),
                 };
                 if current.len() == 1
                     && current[0].same_data(&value)
@@ -324,10 +335,16 @@ impl FolderDoc {
                 {
                     return false;
                 }
+                if let Some(w) = unseen.filter(|w| w.content != *content) {
+                    self.put(&crate::folder::tree::conflict_name(path, &w), &w);
+                }
                 value
             }
             LocalChange::Deleted => {
                 let Some(w) = winner else { return false };
+                if unseen.is_some() {
+                    return false;
+                }
                 EntryValue {
                     kind: w.kind,
                     deleted: true,
@@ -519,9 +536,9 @@ mod tests {
             mode: 0o600,
             link_target: None,
         };
-        assert!(doc.record_local("a/b", &change));
+        assert!(doc.record_local("a/b", &change, None));
         assert!(
-            !doc.record_local("a/b", &change),
+            !doc.record_local("a/b", &change, Some(ContentId([9; 32]))),
             "recording the same state again changes nothing"
         );
         doc.commit();

@@ -136,7 +136,7 @@ impl World {
     }
 
     /// Records a disk change of replica `r` into its document, as a scan would.
-    fn record(&mut self, r: usize, path: &str) {
+    fn record(&mut self, r: usize, path: &str, base: Option<ContentId>) {
         let change = match self.replicas[r].disk.get(path) {
             Some(e) => LocalChange::Present {
                 kind: e.kind,
@@ -154,7 +154,7 @@ impl World {
         };
         let doc = &mut self.replicas[r].doc;
         let before = doc.values(path);
-        doc.record_local(path, &change);
+        doc.record_local(path, &change, base);
         for v in doc.values(path) {
             if !before.contains(&v)
                 && let Some(x) = v.replaces
@@ -177,7 +177,7 @@ impl World {
                     self.replicas[r]
                         .disk
                         .insert(a.clone(), entry(EntryKind::Dir, None, None, t));
-                    self.record(r, a);
+                    self.record(r, a, None);
                 }
             }
         }
@@ -196,11 +196,12 @@ impl World {
         let c = content(n);
         let t = self.tick();
         let rep = &mut self.replicas[r];
+        let base = rep.disk.get(&path).and_then(|e| e.content);
         rep.disk
             .insert(path.clone(), entry(EntryKind::File, Some(c), None, t));
         rep.chunks.insert(ChunkId(c.0));
         self.written.insert(c);
-        self.record(r, &path);
+        self.record(r, &path, base);
         self.replicas[r].doc.commit();
     }
 
@@ -214,7 +215,7 @@ impl World {
             path.clone(),
             entry(EntryKind::Symlink, None, Some(target.into()), t),
         );
-        self.record(r, &path);
+        self.record(r, &path, None);
         self.replicas[r].doc.commit();
     }
 
@@ -227,7 +228,7 @@ impl World {
         self.replicas[r]
             .disk
             .insert(path.clone(), entry(EntryKind::Dir, None, None, t));
-        self.record(r, &path);
+        self.record(r, &path, None);
         self.replicas[r].doc.commit();
     }
 
@@ -241,11 +242,15 @@ impl World {
             .filter(|k| **k == path || k.starts_with(&prefix))
             .cloned()
             .collect();
+        let bases: Vec<Option<ContentId>> = doomed
+            .iter()
+            .map(|p| self.replicas[r].disk.get(p).and_then(|e| e.content))
+            .collect();
         for p in &doomed {
             self.replicas[r].disk.remove(p);
         }
-        for p in &doomed {
-            self.record(r, p);
+        for (p, base) in doomed.iter().zip(bases) {
+            self.record(r, p, base);
         }
         self.replicas[r].doc.commit();
     }
@@ -268,10 +273,11 @@ impl World {
             return;
         }
         // rename(2) keeps the mtime and changes the ctime.
+        let to_base = self.replicas[r].disk.get(&to).and_then(|x| x.content);
         self.replicas[r].disk.remove(&from);
-        self.replicas[r].disk.insert(to.clone(), e);
-        self.record(r, &from);
-        self.record(r, &to);
+        self.replicas[r].disk.insert(to.clone(), e.clone());
+        self.record(r, &from, e.content);
+        self.record(r, &to, to_base);
         self.replicas[r].doc.commit();
     }
 

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Sync benchmark: cairn and Syncthing side by side on loopback, on the same data. Run by
+# hand, not in CI (needs ~3 GB of disk, root or syncthing installed, ~15 minutes).
+#
+#   bench/sync.sh                    all data sets except the 100,000-file one
+#   BENCH_100K=1 bench/sync.sh       also 100,000 small files (memory target; slow)
+#
+# Data sets (generated once under bench/data/sync/, kept between runs):
+#   large      1 GiB as 4 x 256 MiB files
+#   small10k   10,000 files of 1-64 KiB (also: peak RSS of both daemons)
+#   edit       a 256 MiB file is synced first, then replaced (rename over) by a version with
+#              ten 100-byte insertions and one 1 MiB overwrite; the edit is what is measured
+#   identical  8 identical 32 MiB files
+#   latency    a few bytes written to a new file on the sender, until it is on the receiver;
+#              BENCH_LATENCY_RUNS times (default 5), median
+#   small100k  100,000 files of 1-8 KiB, only with BENCH_100K=1 (peak RSS, target < 200 MiB)
+#
+# For every data set and tool: fresh homes and empty folders, two daemons ("a" sends, "b"
+# receives) on 127.0.0.1, started and waited for until connected and idle. Then the data
+# is copied into a's folder (a's file watcher picks it up, for both tools) and the clock
+# runs from the end of the copy until b's folder has every file with the right size (temp
+# files excluded) AND b's daemon says it is in sync. The tools run one after the other,
+# never at once. Afterwards b's folder is compared with a's (diff -r).
+#
+# Syncthing is configured from here: listen and GUI on 127.0.0.1 only, a known API key,
+# global/local discovery, relays, NAT, usage and crash reporting and upgrades off, each
+# device given the other's static address, the folder shared by both with the watcher on
+# (fsWatcherDelayS = BENCH_ST_WATCH_DELAY, default 10, Syncthing's default) and a 3600 s
+# rescan interval. setLowPriority is off (cairn does not renice itself either) and
+# reconnectionIntervalS is 5 (only matters if a first dial fails).
+#
+# Other settings: BENCH_TIMEOUT (600 s, every wait for a data set), BENCH_ONLY (comma list
+# of data sets), BENCH_PORT_BASE (42100; each pair takes the next free-checked ports
+# from there: 2 for cairn, 4 for Syncthing, about 70 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_NO_BUILD=1,
+# CAIRN_LOG (default warn; daemon logs go to bench/results/sync-DATE-logs/).
+#
+# Output: one table per data set, printed and written to bench/results/sync-DATE.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BENCH=$ROOT/bench
+
+helper() { python3 "$BENCH/sync_helper.py" "$@"; }
+# shellcheck source=bench/sync_lib.sh
+source "$BENCH/sync_lib.sh"
+
+TIMEOUT=${BENCH_TIMEOUT:-600}
+READY_TIMEOUT=${BENCH_READY_TIMEOUT:-120}
+ST_WATCH_DELAY=${BENCH_ST_WATCH_DELAY:-10}
+PORT_BASE=${BENCH_PORT_BASE:-42100}
+LATENCY_RUNS=${BENCH_LATENCY_RUNS:-5}
+BENCH_100K=${BENCH_100K:-0}
+ONLY=${BENCH_ONLY:-large,small10k,edit,identical,latency}
+if [ "$BENCH_100K" = 1 ] && [ -z "${BENCH_ONLY:-}" ]; then
+  ONLY="$ONLY,small100k"
+fi
+export CAIRN_LOG=${CAIRN_LOG:-warn}
+DATA=$BENCH/data/sync
+
+# ---- prerequisites
+for c in python3 ss diff cp od awk ps; do
+  command -v "$c" >/dev/null || fail "'$c' is required but not installed"
+done
+if ! command -v syncthing >/dev/null; then
+  [ "$(id -u)" = 0 ] || fail "syncthing is not installed; run: sudo apt-get install -y syncthing"
+  log "installing syncthing (Debian package)..."
+  { apt-get update -qq && apt-get install -y -qq syncthing; } >/dev/null ||
+    fail "apt-get install syncthing failed"
+fi
+syncthing generate --help >/dev/null 2>&1 ||
+  fail "this script needs Syncthing >= 1.16 ('syncthing generate'); found: $(syncthing --version 2>&1 | head -n1)"
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  log "building target/release/cairnd..."
+  cargo build --release --quiet -p cairn-daemon || fail "cargo build --release -p cairn-daemon failed"
+fi
+CAIRND=$ROOT/target/release/cairnd
+[ -x "$CAIRND" ] || fail "$CAIRND not found (build it: cargo build --release -p cairn-daemon)"
+
+# ---- data (not timed)
+gen_args=("$DATA")
+[ "$BENCH_100K" = 1 ] && gen_args+=(--with-100k)
+helper gen "${gen_args[@]}" || fail "data generation failed"
+
+STAMP=$(date +%Y-%m-%d-%H%M%S)
+mkdir -p "$BENCH/results"
+OUT=$BENCH/results/sync-$STAMP.txt
+LOGDIR=$BENCH/results/sync-$STAMP-logs
+mkdir -p "$LOGDIR"
+RESULTS=$LOGDIR/results.jsonl
+: >"$RESULTS"
+# Work on the same file system as the data (the edit is renamed into the folder).
+WORK=$(mktemp -d "$BENCH/data/sync-work.XXXXXX")
+
+cleanup() {
+  local rc=$?
+  trap - EXIT
+  stop_all
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then
+    log "kept homes and folders in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+header() {
+  local cpu rev dirty
+  cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs || true)
+  rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  dirty=$(git status --porcelain --untracked-files=no -- core daemon cli 2>/dev/null | head -n1 || true)
+  [ -n "$dirty" ] && rev="$rev + uncommitted changes"
+  cat <<EOF
+cairn vs Syncthing, sync benchmark ($(date -u +%FT%TZ))
+machine: $(nproc) cores, ${cpu:-unknown cpu}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -r)
+cairn: $rev (target/release/cairnd); syncthing: $(syncthing --version | head -n1)
+setup: 2 daemons per tool on 127.0.0.1 TCP, fresh homes and empty folders for every data set,
+  tools run one after the other; data copied into the sender's folder, the watcher picks it up.
+Syncthing: discovery, relays, NAT, usage/crash reporting, upgrades off; static addresses;
+  fsWatcher on, fsWatcherDelayS=$ST_WATCH_DELAY (default 10); rescanIntervalS 3600; setLowPriority false.
+seconds: end of the copy -> receiver has every file with the right size AND says in sync
+  (cairn /v1/status in_sync+idle; Syncthing /rest/db/status idle, need 0, local = global).
+wire bytes (tool): what each tool counts itself. cairn: chunk bytes + folder metadata bytes
+  (/metrics) - payload only, not Noise/yamux/TCP framing nor chunk requests. Syncthing:
+  in+out bytes of the protocol connection (/rest/system/connections), above TLS.
+TCP bytes (ss): payload of every TCP socket between the two peers, both directions, from the
+  kernel (ss -ti bytes_received), so it includes TLS/Noise/yamux framing; same for both tools.
+(files s): when the receiver's files were all there, before the in-sync signal.
+check: the receiver's folder compared with the sender's (diff -r) after the run.
+EOF
+}
+
+# run_one DATASET TOOL: one tool on one data set, result appended to $RESULTS.
+run_one() {
+  local ds=$1 tool=$2 res="$WORK/$1-$2.json" verify="" rss="" rc=0
+  rm -f "$res"
+  log "[$ds] $tool: starting a fresh pair"
+  if ! start_pair "$tool" "$ds"; then
+    log "[$ds] $tool: the pair did not start (see above)"
+    helper record --results "$RESULTS" --dataset "$ds" --tool "$tool" --failed "pair did not start"
+    stop_pair
+    return 0
+  fi
+  case $ds in
+    edit)
+      local init="$WORK/$ds-$tool-initial.json"
+      log "[$ds] $tool: first sync of the 256 MiB original"
+      helper sync --pair "$PAIR" --copy "$DATA/edit/base" --expect "$DATA/edit/base" \
+        --out "$init" --timeout "$TIMEOUT" || rc=$?
+      helper record --results "$RESULTS" --dataset edit-initial --tool "$tool" --result "$init"
+      if [ "$rc" = 0 ]; then
+        # The edited version is staged outside the folder, then renamed over the original.
+        cp "$DATA/edit/edited/big.bin" "$PAIR_DIR/edited.tmp"
+        sync
+        log "[$ds] $tool: edit (rename over)"
+        helper sync --pair "$PAIR" --replace "$PAIR_DIR/edited.tmp:big.bin" \
+          --expect "$DATA/edit/edited" --out "$res" --timeout "$TIMEOUT" || rc=$?
+      fi
+      ;;
+    latency)
+      helper latency --pair "$PAIR" --runs "$LATENCY_RUNS" --out "$res" --timeout 120 || rc=$?
+      ;;
+    *)
+      helper sync --pair "$PAIR" --copy "$DATA/$ds" --expect "$DATA/$ds" --out "$res" \
+        --timeout "$TIMEOUT" || rc=$?
+      ;;
+  esac
+  if [ "$rc" != 0 ]; then
+    log "[$ds] $tool: FAILED or timed out (exit $rc)"
+    tail_logs 40
+  elif [ "$ds" != latency ]; then
+    verify=$(verify_pair)
+  fi
+  case $ds in small10k | small100k) rss=$(pair_rss) ;; esac
+  local extra=()
+  [ -n "$verify" ] && extra+=(--verify "$verify")
+  [ -n "$rss" ] && extra+=(--rss "$rss")
+  [ "$rc" = 3 ] && extra+=(--failed "daemon exited")
+  helper record --results "$RESULTS" --dataset "$ds" --tool "$tool" --result "$res" "${extra[@]}"
+  stop_pair
+}
+
+# warm DIR: read a data set once so neither tool gets a colder page cache.
+warm() { find "$1" -type f -print0 | xargs -0 -r cat >/dev/null; }
+
+header | tee "$LOGDIR/header.txt"
+echo
+started=$(date +%s)
+IFS=, read -r -a sets <<<"$ONLY"
+for ds in "${sets[@]}"; do
+  case $ds in
+    large | small10k | identical | small100k) warm "$DATA/$ds" ;;
+    edit) warm "$DATA/edit" ;;
+    latency) ;;
+    *) fail "unknown data set '$ds' in BENCH_ONLY (large, small10k, edit, identical, latency, small100k)" ;;
+  esac
+  [ "$ds" = small100k ] && [ ! -e "$DATA/.small100k.complete" ] && fail "small100k needs BENCH_100K=1"
+  for tool in cairn syncthing; do
+    run_one "$ds" "$tool"
+  done
+done
+
+{
+  cat "$LOGDIR/header.txt"
+  echo
+  helper report --results "$RESULTS"
+  echo "total run time: $(($(date +%s) - started)) s; logs: ${LOGDIR#"$ROOT"/}"
+} >"$OUT"
+echo
+helper report --results "$RESULTS"
+log "written to ${OUT#"$ROOT"/}"

@@ -1,0 +1,819 @@
+#!/usr/bin/env python3
+"""Helper for bench/sync.sh: data generation, configuration of cairn and Syncthing pairs,
+and everything that has to be timed or polled precisely (one process, no fork per poll).
+
+Subcommands (all called by bench/sync.sh; see --help of each):
+  gen          generate the data sets under bench/data/sync (kept if already complete)
+  stats        "FILES BYTES" of a directory, as the completion check counts them
+  free-ports   fail unless every given 127.0.0.1 TCP port is free
+  cairn-config write a cairnd config.toml for one side of a pair
+  st-config    edit a generated Syncthing config.xml for one side of a pair
+  pair         write the pair description (JSON) the other subcommands read
+  ready        wait until both peers are connected, idle and in sync
+  sync         copy a data set (or rename a file) into the sender, time until the receiver
+               has it; then wait until both sides settle and count the bytes on the wire
+  latency      small-write propagation latency, median of N
+  record       append one result (JSON line)
+  report       render the result tables
+
+The pair's two nodes are "sender" (a) and "receiver" (b). Only stdlib is used.
+"""
+import argparse
+import copy
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+
+MiB = 1 << 20
+FOLDER_ID = "shared"
+
+
+def die(msg, code=1):
+    print(f"sync_helper: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------------------------
+# Data sets
+
+def _write_random(path, size, rng_bytes=os.urandom):
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 * MiB)
+            f.write(rng_bytes(n))
+            left -= n
+    os.replace(tmp, path)
+
+
+def _small_files(root, count, dirs, lo, hi, seed):
+    rng = random.Random(seed)
+    for i in range(count):
+        d = os.path.join(root, f"dir{i % dirs:04}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"file{i:06}.dat"), "wb") as f:
+            f.write(os.urandom(rng.randint(lo, hi)))
+
+
+def _edited(data, seed=7):
+    """Ten 100-byte insertions at spread positions and one 1 MiB overwrite."""
+    rng = random.Random(seed)
+    size = len(data)
+    out = bytearray(data)
+    # Overwrite first (on the original offsets), at an unaligned offset near 60%.
+    off = int(size * 0.6) + 12345
+    out[off:off + MiB] = os.urandom(MiB)
+    # Insertions from the end backwards so earlier offsets stay valid: one in each tenth.
+    positions = [int(size * (i + rng.random()) / 10) for i in range(10)]
+    for pos in sorted(positions, reverse=True):
+        out[pos:pos] = os.urandom(100)
+    return bytes(out), positions, off
+
+
+def gen(a):
+    base = a.base
+    os.makedirs(base, exist_ok=True)
+
+    def done(name):
+        return os.path.exists(os.path.join(base, f".{name}.complete"))
+
+    def mark(name):
+        open(os.path.join(base, f".{name}.complete"), "w").close()
+
+    def fresh(name):
+        d = os.path.join(base, name)
+        subprocess.run(["rm", "-rf", d], check=True)
+        os.makedirs(d)
+        return d
+
+    if not done("large"):
+        print("gen: large (4 x 256 MiB)", flush=True)
+        d = fresh("large")
+        for i in range(4):
+            _write_random(os.path.join(d, f"large-{i}.bin"), 256 * MiB)
+        mark("large")
+    if not done("small10k"):
+        print("gen: small10k (10,000 files of 1-64 KiB)", flush=True)
+        _small_files(fresh("small10k"), 10_000, 100, 1024, 64 * 1024, seed=42)
+        mark("small10k")
+    if not done("edit"):
+        print("gen: edit (256 MiB file and its edited version)", flush=True)
+        d = fresh("edit")
+        os.makedirs(os.path.join(d, "base"))
+        os.makedirs(os.path.join(d, "edited"))
+        orig = os.urandom(256 * MiB)
+        with open(os.path.join(d, "base", "big.bin"), "wb") as f:
+            f.write(orig)
+        edited, positions, off = _edited(orig)
+        with open(os.path.join(d, "edited", "big.bin"), "wb") as f:
+            f.write(edited)
+        with open(os.path.join(d, "edits.txt"), "w") as f:
+            f.write(f"insertions of 100 bytes at (original offsets): {sorted(positions)}\n")
+            f.write(f"1 MiB overwrite at original offset {off}\n")
+        mark("edit")
+    if not done("identical"):
+        print("gen: identical (8 x the same 32 MiB)", flush=True)
+        d = fresh("identical")
+        blob = os.urandom(32 * MiB)
+        for i in range(8):
+            with open(os.path.join(d, f"same-{i}.bin"), "wb") as f:
+                f.write(blob)
+        mark("identical")
+    if a.with_100k and not done("small100k"):
+        print("gen: small100k (100,000 files of 1-8 KiB)", flush=True)
+        _small_files(fresh("small100k"), 100_000, 1000, 1024, 8 * 1024, seed=43)
+        mark("small100k")
+
+
+# ---------------------------------------------------------------------------------------
+# Tree statistics (the tool-independent half of the completion check)
+
+SKIP_DIRS = {".stfolder", ".stversions"}
+
+
+def _skip_file(name):
+    return name.startswith(".cairn-tmp.") or (name.startswith(".syncthing.") and name.endswith(".tmp")) \
+        or name.startswith("~syncthing~")
+
+
+def tree_stats(root):
+    """Regular files and their total size, without either tool's temp files or markers."""
+    files = total = 0
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except FileNotFoundError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        if e.name not in SKIP_DIRS:
+                            stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False) and not _skip_file(e.name):
+                        files += 1
+                        total += e.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    pass  # a temp file renamed away under us
+    return files, total
+
+
+def stats(a):
+    f, b = tree_stats(a.dir)
+    print(f, b)
+
+
+def free_ports(a):
+    for p in a.ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # As the daemons do: a previous run's TIME_WAIT sockets do not block the port.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", p))
+        except OSError:
+            die(f"port 127.0.0.1:{p} is in use; set BENCH_PORT_BASE to another range")
+        finally:
+            s.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration
+
+def cairn_config(a):
+    text = f"""[network]
+listen = ["/ip4/127.0.0.1/tcp/{a.port}"]
+mdns = false
+
+[control]
+listen = "127.0.0.1:0"
+
+[[peers]]
+id = "{a.peer_id}"
+name = "{a.peer_name}"
+addresses = ["/ip4/127.0.0.1/tcp/{a.peer_port}"]
+
+[[folders]]
+id = "{FOLDER_ID}"
+path = "{os.path.abspath(a.folder)}"
+peers = ["{a.peer_id}"]
+"""
+    with open(os.path.join(a.home, "config.toml"), "w") as f:
+        f.write(text)
+
+
+def _set(parent, tag, value):
+    el = parent.find(tag)
+    if el is None:
+        el = ET.SubElement(parent, tag)
+    el.text = str(value)
+
+
+def st_config(a):
+    path = os.path.join(a.home, "config.xml")
+    tree = ET.parse(path)
+    root = tree.getroot()
+    me = root.find("device")
+    if me is None:
+        die(f"{path}: no <device> element; was it generated by `syncthing generate`?")
+    me.set("name", a.name)
+    gui = root.find("gui")
+    _set(gui, "address", f"127.0.0.1:{a.gui_port}")
+    _set(gui, "apikey", a.apikey)
+    opts = root.find("options")
+    for el in opts.findall("listenAddress"):
+        opts.remove(el)
+    _set(opts, "listenAddress", f"tcp://127.0.0.1:{a.port}")
+    for tag, value in [
+        ("globalAnnounceEnabled", "false"),
+        ("localAnnounceEnabled", "false"),
+        ("relaysEnabled", "false"),
+        ("natEnabled", "false"),
+        ("urAccepted", "-1"),
+        ("crashReportingEnabled", "false"),
+        ("startBrowser", "false"),
+        ("autoUpgradeIntervalH", "0"),
+        # Syncthing lowers its own CPU priority by default; cairn does not. Off for fairness.
+        ("setLowPriority", "false"),
+        # Only matters if the first dial fails (peer not up yet): retry soon, not in 60 s.
+        ("reconnectionIntervalS", "5"),
+    ]:
+        _set(opts, tag, value)
+    defaults = root.find("defaults")
+    # The peer, with its static address.
+    peer = copy.deepcopy(defaults.find("device"))
+    peer.set("id", a.peer_id)
+    peer.set("name", a.peer_name)
+    for el in peer.findall("address"):
+        peer.remove(el)
+    addr = ET.Element("address")
+    addr.text = f"tcp://127.0.0.1:{a.peer_port}"
+    peer.insert(0, addr)
+    root.insert(list(root).index(me) + 1, peer)
+    # The shared folder, with both devices, the watcher on with its default delay.
+    folder = copy.deepcopy(defaults.find("folder"))
+    folder.set("id", FOLDER_ID)
+    folder.set("label", FOLDER_ID)
+    folder.set("path", os.path.abspath(a.folder))
+    folder.set("type", "sendreceive")
+    folder.set("rescanIntervalS", "3600")
+    folder.set("fsWatcherEnabled", "true")
+    folder.set("fsWatcherDelayS", str(a.watch_delay))
+    for el in folder.findall("device"):
+        folder.remove(el)
+    for i, dev in enumerate([me.get("id"), a.peer_id]):
+        d = ET.Element("device", {"id": dev, "introducedBy": ""})
+        ET.SubElement(d, "encryptionPassword").text = ""
+        folder.insert(1 + i, d)
+    root.insert(list(root).index(peer) + 1, folder)
+    tree.write(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Talking to the two tools
+
+class Node:
+    def __init__(self, pair, role):
+        self.tool = pair["tool"]
+        self.role = role
+        self.info = pair[role]
+        self.other = pair["receiver" if role == "sender" else "sender"]
+        self.dir = self.info["dir"]
+        self._cairn_ctl = None
+
+    # -- plumbing
+    def _http(self, path, method="GET", timeout=10):
+        if self.tool == "cairn":
+            if self._cairn_ctl is None:
+                p = os.path.join(self.info["home"], "control.json")
+                with open(p) as f:
+                    self._cairn_ctl = json.load(f)
+            url = f"http://{self._cairn_ctl['address']}{path}"
+            headers = {"Authorization": f"Bearer {self._cairn_ctl['token']}"}
+        else:
+            url = f"http://{self.info['gui']}{path}"
+            headers = {"X-API-Key": self.info["apikey"]}
+        req = urllib.request.Request(url, method=method, headers=headers,
+                                     data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.read().decode()
+
+    def get_json(self, path):
+        return json.loads(self._http(path))
+
+    def alive(self):
+        pid = self.pid()
+        if pid is None:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            return state not in ("Z", "X")
+        except FileNotFoundError:
+            return False
+
+    def pid(self):
+        try:
+            with open(os.path.join(self.info["home"], "bench.pid")) as f:
+                return int(f.read().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    # -- state
+    def status(self):
+        """A small dict: connected, idle (the tool says in sync and has nothing to do), raw."""
+        if self.tool == "cairn":
+            s = self.get_json("/v1/status")
+            folder = next(f for f in s["folders"] if f["id"] == FOLDER_ID)
+            connected = any(p["id"] == self.other["id"] and p["connected"] for p in s["peers"])
+            idle = folder["in_sync"] and folder["state"] == "idle"
+            return {"connected": connected, "idle": idle, "state": folder["state"],
+                    "error": folder.get("last_error"), "raw": s}
+        conns = self.get_json("/rest/system/connections")["connections"]
+        connected = conns.get(self.other["id"], {}).get("connected", False)
+        st = self.get_json(f"/rest/db/status?folder={FOLDER_ID}")
+        idle = (st["state"] == "idle" and st["needFiles"] == 0 and st["needBytes"] == 0
+                and st.get("needDeletes", 0) == 0
+                and st["localFiles"] == st["globalFiles"] and st["localBytes"] == st["globalBytes"])
+        return {"connected": connected, "idle": idle, "state": st["state"],
+                "error": st.get("error") or None, "raw": st}
+
+    def peer_done(self):
+        """The sender's view: does the receiver have everything (Syncthing: completion)?"""
+        if self.tool == "cairn":
+            return self.status()["idle"]
+        c = self.get_json(f"/rest/db/completion?folder={FOLDER_ID}&device={self.other['id']}")
+        return c["completion"] >= 100 and c["needBytes"] == 0 and c.get("needDeletes", 0) == 0
+
+    def counters(self):
+        """Bytes counted by the tool itself, for the link to the other peer."""
+        if self.tool == "cairn":
+            text = self._http("/metrics")
+            out = {"chunk_rx": 0, "chunk_tx": 0, "meta_tx": 0, "meta_rx": 0}
+            peer = self.other["id"]
+            for line in text.splitlines():
+                if line.startswith("#"):
+                    continue
+                m = re.match(r'^(\w+)(\{[^}]*\})?\s+([0-9.eE+]+)$', line)
+                if not m:
+                    continue
+                name, labels, value = m.group(1), m.group(2) or "", int(float(m.group(3)))
+                if name == "cairn_bytes_received_total" and f'peer="{peer}"' in labels:
+                    out["chunk_rx"] = value
+                elif name == "cairn_bytes_sent_total" and f'peer="{peer}"' in labels:
+                    out["chunk_tx"] = value
+                elif name == "cairn_meta_bytes_sent_total":
+                    out["meta_tx"] = value
+                elif name == "cairn_meta_bytes_received_total":
+                    out["meta_rx"] = value
+            return out
+        c = self.get_json("/rest/system/connections")["connections"].get(self.other["id"], {})
+        return {"in": c.get("inBytesTotal", 0), "out": c.get("outBytesTotal", 0)}
+
+
+def load_pair(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def tcp_snapshot(ports):
+    """bytes_received of every established TCP socket with an end on one of `ports`.
+    Both ends of a loopback connection are listed, so the sum is both directions."""
+    flt = " or ".join(f"sport = :{p} or dport = :{p}" for p in ports)
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( {flt} )"],
+                         capture_output=True, text=True, check=True).stdout
+    socks = {}
+    key = None
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            parts = line.split()
+            # Recv-Q Send-Q Local Peer (state is omitted when filtered on one state)
+            key = f"{parts[-2]}>{parts[-1]}" if len(parts) >= 4 else None
+            if key:
+                socks[key] = 0
+            m = re.search(r"bytes_received:(\d+)", line)
+            if key and m:
+                socks[key] = int(m.group(1))
+        elif key:
+            m = re.search(r"bytes_received:(\d+)", line)
+            if m:
+                socks[key] = int(m.group(1))
+    return socks
+
+
+def snapshot(pair):
+    return {
+        "sender": Node(pair, "sender").counters(),
+        "receiver": Node(pair, "receiver").counters(),
+        "tcp": tcp_snapshot(pair["ports"]),
+    }
+
+
+def wire_bytes(pair, before, after):
+    """(tool-counted bytes, TCP payload bytes) between two snapshots."""
+    r0, r1 = before["receiver"], after["receiver"]
+    if pair["tool"] == "cairn":
+        # Chunk bytes both ways on the receiver's link to the sender, plus all folder metadata.
+        chunks = sum(r1[k] - r0[k] for k in ("chunk_rx", "chunk_tx"))
+        meta = sum(r1[k] - r0[k] for k in ("meta_tx", "meta_rx"))
+        detail = {"chunks": chunks, "metadata": meta}
+    else:
+        inb, outb = r1["in"] - r0["in"], r1["out"] - r0["out"]
+        detail = {"sender->receiver": inb, "receiver->sender": outb}
+    tool = sum(detail.values())
+    tcp = 0
+    for k, v in after["tcp"].items():
+        b = before["tcp"].get(k, 0)
+        tcp += v - b if v >= b else v
+    lost = [k for k in before["tcp"] if k not in after["tcp"]]
+    return tool, tcp, lost, detail
+
+
+# ---------------------------------------------------------------------------------------
+# Waiting
+
+def _both(pair):
+    return Node(pair, "sender"), Node(pair, "receiver")
+
+
+def _check_alive(nodes):
+    for n in nodes:
+        if not n.alive():
+            die(f"{n.tool} {n.role} (pid {n.pid()}) exited; see its log {n.info.get('log')}", 3)
+
+
+def wait_ready(pair, timeout, quiet=False):
+    """Both connected, both idle and in sync. Returns seconds waited."""
+    nodes = _both(pair)
+    t0 = time.monotonic()
+    last = None
+    while True:
+        _check_alive(nodes)
+        try:
+            sts = [n.status() for n in nodes]
+            last = sts
+            if all(s["connected"] and s["idle"] for s in sts) and nodes[0].peer_done():
+                return time.monotonic() - t0
+            for n, s in zip(nodes, sts):
+                if s["state"] == "error":
+                    die(f"{n.tool} {n.role}: folder in error state: {s['error']}", 3)
+        except (OSError, urllib.error.URLError, KeyError, StopIteration, ValueError):
+            pass  # not up yet
+        if time.monotonic() - t0 > timeout:
+            detail = [{k: v for k, v in s.items() if k != "raw"} for s in last] if last else "no API answer"
+            die(f"{pair['tool']}: peers not connected+idle after {timeout:.0f} s: {detail}", 2)
+        time.sleep(0.2)
+
+
+def ready(a):
+    wait_ready(load_pair(a.pair), a.timeout)
+
+
+def sync(a):
+    """Put the data into the sender, time until the receiver has it all, then settle."""
+    pair = load_pair(a.pair)
+    sender, receiver = _both(pair)
+    exp_files, exp_bytes = tree_stats(a.expect)
+    before = snapshot(pair)
+    if a.copy:
+        c0 = time.monotonic()
+        subprocess.run(["cp", "-R", "--", os.path.join(a.copy, "."), sender.dir + "/"], check=True)
+        copy_s = time.monotonic() - c0
+    else:
+        src, dst = a.replace.split(":", 1)
+        c0 = time.monotonic()
+        os.replace(src, os.path.join(sender.dir, dst))
+        copy_s = time.monotonic() - c0
+    t0 = time.monotonic()
+    seen = None
+    api_s = None
+    while True:
+        w0 = time.monotonic()
+        files, nbytes = tree_stats(receiver.dir)
+        walk = time.monotonic() - w0
+        if (files, nbytes) == (exp_files, exp_bytes):
+            if seen is None:
+                seen = time.monotonic() - t0
+            try:
+                if receiver.status()["idle"]:
+                    api_s = time.monotonic() - t0
+                    break
+            except (OSError, urllib.error.URLError, KeyError, ValueError):
+                pass
+        now = time.monotonic() - t0
+        if now > a.timeout:
+            try:
+                st = [{k: v for k, v in n.status().items() if k != "raw"} for n in (sender, receiver)]
+            except Exception as e:  # noqa: BLE001 - diagnostics only
+                st = f"status unavailable: {e}"
+            sf, sb = tree_stats(sender.dir)
+            print(f"sync_helper: timeout after {a.timeout:.0f} s: receiver has {files} files / "
+                  f"{nbytes} bytes, expected {exp_files} / {exp_bytes} (sender has {sf} / {sb}); "
+                  f"status sender, receiver: {st}", file=sys.stderr)
+            with open(a.out, "w") as f:
+                json.dump({"timeout": True, "seconds": None, "files_seen_s": seen, "copy_s": copy_s}, f)
+            sys.exit(2)
+        if not (sender.alive() and receiver.alive()):
+            _check_alive((sender, receiver))
+        time.sleep(max(0.02, 2 * walk))
+    # Settle: the sender also agrees, then give trailing index/ack messages a moment.
+    s0 = time.monotonic()
+    while True:
+        try:
+            if sender.status()["idle"] and receiver.status()["idle"] and sender.peer_done():
+                break
+        except (OSError, urllib.error.URLError, KeyError, ValueError):
+            pass
+        if time.monotonic() - s0 > a.timeout:
+            print("sync_helper: warning: sender never settled; bytes counted anyway", file=sys.stderr)
+            break
+        time.sleep(0.25)
+    time.sleep(2)
+    after = snapshot(pair)
+    tool, tcp, lost, detail = wire_bytes(pair, before, after)
+    res = {"timeout": False, "seconds": api_s, "files_seen_s": seen, "copy_s": copy_s,
+           "tool_bytes": tool, "tcp_bytes": tcp, "tcp_sockets_lost": lost, "bytes_detail": detail,
+           "files": exp_files, "bytes": exp_bytes, "counters_before": before, "counters_after": after}
+    with open(a.out, "w") as f:
+        json.dump(res, f)
+    print(f"  {pair['tool']:<9} {api_s:8.2f} s  (files complete at {seen:.2f} s, copy took {copy_s:.2f} s)"
+          f"  wire: {tool:,} B counted by the tool, {tcp:,} B TCP payload", flush=True)
+
+
+def latency(a):
+    pair = load_pair(a.pair)
+    sender, receiver = _both(pair)
+    times = []
+    for i in range(a.runs):
+        wait_ready(pair, a.timeout)
+        time.sleep(1.0)
+        name = f"latency-{i}.txt"
+        content = f"small write {i} {time.time_ns()}\n".encode()
+        with open(os.path.join(sender.dir, name), "wb") as f:
+            f.write(content)
+        t0 = time.monotonic()
+        target = os.path.join(receiver.dir, name)
+        while True:
+            try:
+                with open(target, "rb") as f:
+                    if f.read() == content:
+                        break
+            except FileNotFoundError:
+                pass
+            if time.monotonic() - t0 > a.timeout:
+                die(f"{pair['tool']}: small write {i} not on the receiver after {a.timeout:.0f} s", 2)
+            time.sleep(0.002)
+        dt = time.monotonic() - t0
+        times.append(dt)
+        print(f"  {pair['tool']:<9} write {i + 1}: {dt:.3f} s", flush=True)
+    res = {"timeout": False, "seconds": statistics.median(times), "runs": times}
+    with open(a.out, "w") as f:
+        json.dump(res, f)
+
+
+def pair_cmd(a):
+    pair = {
+        "tool": a.tool,
+        "ports": a.ports,
+        "sender": {"home": a.sender_home, "dir": a.sender_dir, "id": a.sender_id,
+                   "gui": a.sender_gui, "apikey": a.apikey, "log": a.sender_log},
+        "receiver": {"home": a.receiver_home, "dir": a.receiver_dir, "id": a.receiver_id,
+                     "gui": a.receiver_gui, "apikey": a.apikey, "log": a.receiver_log},
+    }
+    with open(a.out, "w") as f:
+        json.dump(pair, f, indent=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+
+DATASETS = {
+    "large": ("1 GiB in large files (4 x 256 MiB)", "time"),
+    "small10k": ("10,000 files of 1-64 KiB", "time"),
+    "edit-initial": ("256 MiB file, first sync (setup for the edit, not a target)", None),
+    "edit": ("256 MiB file: ten 100-byte insertions + one 1 MiB overwrite", "time+bytes"),
+    "identical": ("8 identical 32 MiB files", "time"),
+    "latency": ("small write propagation latency (median of runs)", "latency"),
+    "small100k": ("100,000 files of 1-8 KiB (BENCH_100K=1)", "time"),
+}
+
+
+def record(a):
+    entry = {"dataset": a.dataset, "tool": a.tool}
+    if a.result and os.path.exists(a.result):
+        with open(a.result) as f:
+            r = json.load(f)
+        for k in ("timeout", "seconds", "files_seen_s", "copy_s", "tool_bytes", "tcp_bytes",
+                  "tcp_sockets_lost", "bytes_detail", "files", "bytes", "runs"):
+            if k in r:
+                entry[k] = r[k]
+    else:
+        entry["timeout"] = True
+    if a.failed:
+        entry["failed"] = a.failed
+    if a.verify:
+        entry["verify"] = a.verify
+    if a.rss:
+        entry["rss_kib"] = [int(x) for x in a.rss.split(",") if x]
+    with open(a.results, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _fmt_s(e):
+    if e is None:
+        return "-"
+    if e.get("failed"):
+        return "FAILED"
+    if e.get("timeout") or e.get("seconds") is None:
+        return "TIMEOUT"
+    return f"{e['seconds']:.2f}"
+
+
+def _fmt_b(v):
+    return "-" if v is None else f"{v:,}"
+
+
+def _ratio(c, s, key):
+    try:
+        if c.get("failed") or s.get("failed") or c.get("timeout") or s.get("timeout"):
+            return None
+        if c[key] is None or not s[key]:
+            return None
+        return c[key] / s[key]
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _verdict(r, limit):
+    if r is None:
+        return "n/a"
+    return "PASS" if r <= limit else "FAIL"
+
+
+def report(a):
+    entries = []
+    if os.path.exists(a.results):
+        with open(a.results) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+    by = {}
+    for e in entries:
+        by[(e["dataset"], e["tool"])] = e
+    out = []
+    order = [d for d in DATASETS if any(k[0] == d for k in by)]
+    for ds in order:
+        title, kind = DATASETS[ds]
+        c, s = by.get((ds, "cairn")), by.get((ds, "syncthing"))
+        out.append(f"== {ds}: {title}")
+        if kind == "latency":
+            out.append(f"  {'tool':<10} {'median s':>9}   runs (s)")
+            for name, e in (("cairn", c), ("syncthing", s)):
+                if e is None:
+                    continue
+                runs = ", ".join(f"{x:.3f}" for x in e.get("runs", []))
+                out.append(f"  {name:<10} {_fmt_s(e):>9}   {runs}")
+            med = c.get("seconds") if c and not c.get("timeout") and not c.get("failed") else None
+            r = _ratio(c, s, "seconds") if c and s else None
+            out.append(f"  cairn/syncthing: {'-' if r is None else f'{r:.3f}'}; "
+                       f"target: cairn < 0.5 s -> {'n/a' if med is None else ('PASS' if med < 0.5 else 'FAIL')}")
+            out.append("")
+            continue
+        out.append(f"  {'tool':<10} {'seconds':>8} {'(files s)':>9} {'wire bytes (tool)':>18} "
+                   f"{'TCP bytes (ss)':>15}  check")
+        for name, e in (("cairn", c), ("syncthing", s)):
+            if e is None:
+                continue
+            fs = e.get("files_seen_s")
+            out.append(f"  {name:<10} {_fmt_s(e):>8} {'-' if fs is None else f'{fs:.2f}':>9} "
+                       f"{_fmt_b(e.get('tool_bytes')):>18} {_fmt_b(e.get('tcp_bytes')):>15}  "
+                       f"{e.get('verify', '-')}")
+        for name, e in (("cairn", c), ("syncthing", s)):
+            if e and e.get("bytes_detail"):
+                parts = ", ".join(f"{k} {v:,}" for k, v in e["bytes_detail"].items())
+                out.append(f"  {name} wire bytes (tool) = {parts}")
+        if c and s:
+            rt = _ratio(c, s, "seconds")
+            rb = _ratio(c, s, "tool_bytes")
+            rtcp = _ratio(c, s, "tcp_bytes")
+            f = lambda r: "-" if r is None else f"{r:.2f}"  # noqa: E731
+            out.append(f"  cairn/syncthing: time {f(rt)}, bytes (tool) {f(rb)}, bytes (TCP) {f(rtcp)}")
+            if kind in ("time", "time+bytes"):
+                out.append(f"  target: time <= 0.50 -> {_verdict(rt, 0.5)}")
+            if kind == "time+bytes":
+                out.append(f"  target: bytes <= 0.33 -> tool counters {_verdict(rb, 1 / 3)}, "
+                           f"TCP {_verdict(rtcp, 1 / 3)}")
+        out.append("")
+    mem = [e for e in entries if e.get("rss_kib")]
+    if mem:
+        out.append("== memory: peak RSS (VmHWM) of each daemon after the run")
+        out.append(f"  {'data set':<10} {'tool':<10} {'sender MiB':>11} {'receiver MiB':>13}  target")
+        for e in mem:
+            sm, rm = (x / 1024 for x in e["rss_kib"][:2])
+            tgt = ""
+            if e["tool"] == "cairn" and e["dataset"] == "small100k":
+                tgt = "< 200 MiB -> " + ("PASS" if max(sm, rm) < 200 else "FAIL")
+            elif e["tool"] == "cairn":
+                tgt = "(target is for 100,000 files)"
+            out.append(f"  {e['dataset']:<10} {e['tool']:<10} {sm:>11.1f} {rm:>13.1f}  {tgt}")
+        out.append("")
+    print("\n".join(out))
+
+
+# ---------------------------------------------------------------------------------------
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("gen")
+    s.add_argument("base")
+    s.add_argument("--with-100k", action="store_true")
+    s.set_defaults(fn=gen)
+
+    s = sub.add_parser("stats")
+    s.add_argument("dir")
+    s.set_defaults(fn=stats)
+
+    s = sub.add_parser("free-ports")
+    s.add_argument("ports", type=int, nargs="+")
+    s.set_defaults(fn=free_ports)
+
+    s = sub.add_parser("cairn-config")
+    for arg in ("--home", "--peer-id", "--peer-name", "--folder"):
+        s.add_argument(arg, required=True)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--peer-port", type=int, required=True)
+    s.set_defaults(fn=cairn_config)
+
+    s = sub.add_parser("st-config")
+    for arg in ("--home", "--name", "--apikey", "--peer-id", "--peer-name", "--folder"):
+        s.add_argument(arg, required=True)
+    for arg in ("--port", "--gui-port", "--peer-port", "--watch-delay"):
+        s.add_argument(arg, type=int, required=True)
+    s.set_defaults(fn=st_config)
+
+    s = sub.add_parser("pair")
+    s.add_argument("--out", required=True)
+    s.add_argument("--tool", choices=["cairn", "syncthing"], required=True)
+    s.add_argument("--ports", type=int, nargs=2, required=True)
+    for side in ("sender", "receiver"):
+        for field in ("home", "dir", "id", "log"):
+            s.add_argument(f"--{side}-{field}", required=True)
+        s.add_argument(f"--{side}-gui", default="")
+    s.add_argument("--apikey", default="")
+    s.set_defaults(fn=pair_cmd)
+
+    s = sub.add_parser("ready")
+    s.add_argument("--pair", required=True)
+    s.add_argument("--timeout", type=float, default=120)
+    s.set_defaults(fn=ready)
+
+    s = sub.add_parser("sync")
+    s.add_argument("--pair", required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--copy", help="directory whose contents are copied into the sender")
+    g.add_argument("--replace", help="TMP:NAME: rename TMP over NAME in the sender's folder")
+    s.add_argument("--expect", required=True, help="directory the receiver must match (count, bytes)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--timeout", type=float, default=600)
+    s.set_defaults(fn=sync)
+
+    s = sub.add_parser("latency")
+    s.add_argument("--pair", required=True)
+    s.add_argument("--runs", type=int, default=5)
+    s.add_argument("--out", required=True)
+    s.add_argument("--timeout", type=float, default=120)
+    s.set_defaults(fn=latency)
+
+    s = sub.add_parser("record")
+    s.add_argument("--results", required=True)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--tool", required=True)
+    s.add_argument("--result")
+    s.add_argument("--failed")
+    s.add_argument("--verify")
+    s.add_argument("--rss")
+    s.set_defaults(fn=record)
+
+    s = sub.add_parser("report")
+    s.add_argument("--results", required=True)
+    s.set_defaults(fn=report)
+
+    a = p.parse_args()
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()

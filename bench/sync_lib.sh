@@ -1,0 +1,203 @@
+# shellcheck shell=bash
+# Functions for bench/sync.sh: start and stop a cairn or Syncthing pair (sender "a",
+# receiver "b") in fresh homes and folders, by PID only. Sourced, not run.
+#
+# Expects from the caller: a helper function (python3 bench/sync_helper.py), CAIRND, WORK, LOGDIR,
+# PORT_BASE (first port to use), ST_WATCH_DELAY, READY_TIMEOUT.
+# Sets for the current pair: PAIR (its JSON description), PAIR_DIR, SENDER_DIR,
+# RECEIVER_DIR, SENDER_LOG, RECEIVER_LOG, PAIR_PIDS (sender pid, receiver pid).
+
+ALL_PIDS=()
+NEXT_PORT=""
+
+# take_ports N: the next N ports into PORTS. Every pair gets new ones, so no pair meets the
+# previous pair's sockets (TIME_WAIT) and cairn and Syncthing never share a port.
+take_ports() {
+  local i
+  [ -n "$NEXT_PORT" ] || NEXT_PORT=$PORT_BASE
+  PORTS=()
+  for i in $(seq "$1"); do
+    PORTS+=("$NEXT_PORT")
+    NEXT_PORT=$((NEXT_PORT + 1))
+  done
+}
+
+log() { printf '%s\n' "$*" >&2; }
+fail() { log "sync.sh: error: $*"; exit 1; }
+
+# pid_running PID: true while PID exists and is not a zombie.
+pid_running() {
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null || true)
+  [ -n "$state" ] && [ "${state:0:1}" != Z ]
+}
+
+# stop_pid PID: SIGTERM, up to 15 s, then SIGKILL; reaps it.
+stop_pid() {
+  local pid=$1 i
+  if pid_running "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 150); do
+      pid_running "$pid" || break
+      sleep 0.1
+    done
+    if pid_running "$pid"; then
+      log "  pid $pid did not stop after SIGTERM; SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# Stops every daemon this script started (EXIT trap).
+stop_all() {
+  local pid
+  for pid in "${ALL_PIDS[@]}"; do
+    stop_pid "$pid"
+  done
+  ALL_PIDS=()
+}
+
+# vmhwm PID: peak resident set in KiB (0 if unreadable).
+vmhwm() {
+  awk '/^VmHWM:/ {print $2; found=1} END {if (!found) print 0}' "/proc/$1/status" 2>/dev/null || echo 0
+}
+
+# tail_logs: the last lines of both daemons' logs, for error reports.
+tail_logs() {
+  local f
+  for f in "$SENDER_LOG" "$RECEIVER_LOG"; do
+    log "  --- last lines of $f"
+    tail -n "${1:-25}" "$f" >&2 2>/dev/null || true
+  done
+}
+
+# new_pair_dirs TOOL NAME: fresh homes and folders under $WORK/TOOL-NAME.
+new_pair_dirs() {
+  PAIR_DIR="$WORK/$1-$2"
+  rm -rf "$PAIR_DIR" || return 1
+  mkdir -p "$PAIR_DIR/a-home" "$PAIR_DIR/b-home" "$PAIR_DIR/a" "$PAIR_DIR/b" || return 1
+  SENDER_DIR="$PAIR_DIR/a"
+  RECEIVER_DIR="$PAIR_DIR/b"
+  SENDER_LOG="$LOGDIR/$1-$2-a.log"
+  RECEIVER_LOG="$LOGDIR/$1-$2-b.log"
+  PAIR="$PAIR_DIR/pair.json"
+  PAIR_PIDS=()
+}
+
+# start_cairn_pair NAME: two cairnd, connected, idle, with empty folders.
+start_cairn_pair() {
+  local name=$1 pa pb ida idb pid side
+  take_ports 2
+  pa=${PORTS[0]} pb=${PORTS[1]}
+  new_pair_dirs cairn "$name" || return 1
+  helper free-ports "$pa" "$pb" || return 1
+  ida=$("$CAIRND" --home "$PAIR_DIR/a-home" --print-id) || { log "cairnd --print-id failed"; return 1; }
+  idb=$("$CAIRND" --home "$PAIR_DIR/b-home" --print-id) || { log "cairnd --print-id failed"; return 1; }
+  helper cairn-config --home "$PAIR_DIR/a-home" --port "$pa" --peer-id "$idb" --peer-name b \
+    --peer-port "$pb" --folder "$SENDER_DIR" || return 1
+  helper cairn-config --home "$PAIR_DIR/b-home" --port "$pb" --peer-id "$ida" --peer-name a \
+    --peer-port "$pa" --folder "$RECEIVER_DIR" || return 1
+  helper pair --out "$PAIR" --tool cairn --ports "$pa" "$pb" \
+    --sender-home "$PAIR_DIR/a-home" --sender-dir "$SENDER_DIR" --sender-id "$ida" --sender-log "$SENDER_LOG" \
+    --receiver-home "$PAIR_DIR/b-home" --receiver-dir "$RECEIVER_DIR" --receiver-id "$idb" --receiver-log "$RECEIVER_LOG" || return 1
+  for side in a b; do
+    local logf=$SENDER_LOG
+    [ "$side" = b ] && logf=$RECEIVER_LOG
+    "$CAIRND" --home "$PAIR_DIR/$side-home" >"$logf" 2>&1 &
+    pid=$!
+    ALL_PIDS+=("$pid")
+    PAIR_PIDS+=("$pid")
+    echo "$pid" >"$PAIR_DIR/$side-home/bench.pid"
+  done
+  if ! helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT"; then
+    tail_logs
+    return 1
+  fi
+}
+
+# start_syncthing_pair NAME: two Syncthing instances, connected, idle, with empty folders.
+start_syncthing_pair() {
+  local name=$1 pa pb ga gb key ida idb pid side
+  take_ports 4
+  pa=${PORTS[0]} pb=${PORTS[1]} ga=${PORTS[2]} gb=${PORTS[3]}
+  new_pair_dirs syncthing "$name" || return 1
+  helper free-ports "$pa" "$pb" "$ga" "$gb" || return 1
+  key="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+  for side in a b; do
+    syncthing generate --home="$PAIR_DIR/$side-home" --no-default-folder --skip-port-probing \
+      >>"$LOGDIR/syncthing-generate.log" 2>&1 || { log "syncthing generate failed; see $LOGDIR/syncthing-generate.log"; return 1; }
+    # Syncthing's folder marker; it refuses to use a folder without it.
+    mkdir -p "$PAIR_DIR/$side/.stfolder" || return 1
+  done
+  ida=$(syncthing serve --home="$PAIR_DIR/a-home" --device-id) || { log "syncthing --device-id failed"; return 1; }
+  idb=$(syncthing serve --home="$PAIR_DIR/b-home" --device-id) || { log "syncthing --device-id failed"; return 1; }
+  helper st-config --home "$PAIR_DIR/a-home" --name a --apikey "$key" --port "$pa" --gui-port "$ga" \
+    --peer-id "$idb" --peer-name b --peer-port "$pb" --folder "$SENDER_DIR" --watch-delay "$ST_WATCH_DELAY" || return 1
+  helper st-config --home "$PAIR_DIR/b-home" --name b --apikey "$key" --port "$pb" --gui-port "$gb" \
+    --peer-id "$ida" --peer-name a --peer-port "$pa" --folder "$RECEIVER_DIR" --watch-delay "$ST_WATCH_DELAY" || return 1
+  helper pair --out "$PAIR" --tool syncthing --ports "$pa" "$pb" --apikey "$key" \
+    --sender-home "$PAIR_DIR/a-home" --sender-dir "$SENDER_DIR" --sender-id "$ida" --sender-log "$SENDER_LOG" \
+    --sender-gui "127.0.0.1:$ga" \
+    --receiver-home "$PAIR_DIR/b-home" --receiver-dir "$RECEIVER_DIR" --receiver-id "$idb" --receiver-log "$RECEIVER_LOG" \
+    --receiver-gui "127.0.0.1:$gb" || return 1
+  for side in a b; do
+    local logf=$SENDER_LOG
+    [ "$side" = b ] && logf=$RECEIVER_LOG
+    # --no-restart: no monitor process, so $! is the process that syncs (and its VmHWM).
+    STNODEFAULTFOLDER=1 STNOUPGRADE=1 syncthing serve --home="$PAIR_DIR/$side-home" \
+      --no-browser --no-restart --no-upgrade --logflags=3 >"$logf" 2>&1 &
+    pid=$!
+    ALL_PIDS+=("$pid")
+    PAIR_PIDS+=("$pid")
+    echo "$pid" >"$PAIR_DIR/$side-home/bench.pid"
+  done
+  if ! helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT"; then
+    tail_logs
+    return 1
+  fi
+}
+
+# start_pair TOOL NAME
+start_pair() {
+  sync  # flush the previous run's dirty pages before anything is timed
+  case $1 in
+    cairn) start_cairn_pair "$2" ;;
+    syncthing) start_syncthing_pair "$2" ;;
+    *) log "unknown tool $1"; return 1 ;;
+  esac
+}
+
+# pair_rss: "SENDER_KIB,RECEIVER_KIB" peak RSS of the current pair.
+pair_rss() {
+  echo "$(vmhwm "${PAIR_PIDS[0]}"),$(vmhwm "${PAIR_PIDS[1]}")"
+}
+
+# stop_pair: stops the current pair and deletes its homes and folders (unless BENCH_KEEP=1).
+stop_pair() {
+  local pid keep=() p
+  for pid in "${PAIR_PIDS[@]}"; do
+    stop_pid "$pid"
+  done
+  for p in "${ALL_PIDS[@]}"; do
+    case " ${PAIR_PIDS[*]} " in *" $p "*) ;; *) keep+=("$p") ;; esac
+  done
+  ALL_PIDS=("${keep[@]}")
+  PAIR_PIDS=()
+  if [ "${BENCH_KEEP:-0}" != 1 ]; then
+    rm -rf "$PAIR_DIR"
+  fi
+}
+
+# verify_pair: "ok" if the receiver's folder equals the sender's (content compared), else
+# "MISMATCH" (details on stderr).
+verify_pair() {
+  local out
+  if out=$(diff -rq -x .stfolder -x '.cairn-tmp.*' -x '.syncthing.*.tmp' "$SENDER_DIR" "$RECEIVER_DIR" 2>&1); then
+    echo ok
+  else
+    log "  receiver differs from sender:"
+    printf '%s\n' "$out" | head -n 10 >&2
+    echo MISMATCH
+  fi
+}

@@ -1,0 +1,432 @@
+//! What people change through the control API: sharing folders, accepting offers,
+//! pausing, and resolving conflicts. Every change is saved to `config.toml`.
+
+use std::path::PathBuf;
+
+use cairn_core::folder::tree::{CONFLICT_MARKER, is_conflict_name};
+use cairn_core::folder::{DeviceId, EntryValue};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::config::{FolderConfig, FolderType};
+use crate::engine::{Engine, load_folder};
+
+/// A folder a trusted peer wants to share with this device.
+#[derive(Clone, Debug, Serialize)]
+pub struct Offer {
+    /// Folder id.
+    pub folder: String,
+    /// The offering device.
+    pub from: String,
+    /// Its name.
+    pub from_name: String,
+}
+
+/// How to resolve a conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// Keep the version at the name; drop the conflict copy (it stays in history).
+    Local,
+    /// Put the conflict copy's version at the name.
+    Remote,
+    /// Keep both: the copy gets an ordinary name.
+    Both,
+}
+
+/// One conflict copy and the file it conflicts with.
+#[derive(Clone, Debug, Serialize)]
+pub struct Conflict {
+    pub folder: String,
+    /// The conflict copy.
+    pub copy: String,
+    /// The path it is a copy of.
+    pub original: String,
+    pub copy_device: String,
+    pub copy_mtime_ns: i64,
+    pub original_device: Option<String>,
+    pub original_mtime_ns: Option<i64>,
+}
+
+/// Requests that change or list configuration and folder state.
+pub enum AdminRequest {
+    Share {
+        folder: String,
+        device: Option<String>,
+        kind: Option<FolderType>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Accept {
+        folder: String,
+        path: PathBuf,
+        kind: Option<FolderType>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Pause {
+        folder: Option<String>,
+        paused: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Conflicts(oneshot::Sender<Vec<Conflict>>),
+    Resolve {
+        path: String,
+        keep: Keep,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+impl Engine {
+    /// Handles one admin request.
+    pub(crate) fn on_admin(&mut self, req: AdminRequest) {
+        match req {
+            AdminRequest::Share {
+                folder,
+                device,
+                kind,
+                reply,
+            } => {
+                let _ = reply.send(self.share(&folder, device.as_deref(), kind));
+            }
+            AdminRequest::Accept {
+                folder,
+                path,
+                kind,
+                reply,
+            } => {
+                let _ = reply.send(self.accept(&folder, path, kind));
+            }
+            AdminRequest::Pause {
+                folder,
+                paused,
+                reply,
+            } => {
+                let _ = reply.send(self.pause(folder.as_deref(), paused));
+            }
+            AdminRequest::Conflicts(reply) => {
+                let _ = reply.send(self.conflicts());
+            }
+            AdminRequest::Resolve { path, keep, reply } => {
+                let _ = reply.send(self.resolve(&path, keep));
+            }
+        }
+    }
+
+    pub(crate) fn save_config(&mut self) -> Result<(), String> {
+        self.config
+            .save(&self.config_path)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A trusted peer named by id or name.
+    pub(crate) fn find_peer(&self, device: &str) -> Result<PeerId, String> {
+        let found: Vec<PeerId> = self
+            .trusted
+            .iter()
+            .filter(|(id, (name, _))| id.to_string() == device || name == device)
+            .map(|(id, _)| *id)
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!(
+                "no paired device is called {device:?}; `cairn peers` lists them"
+            )),
+            _ => Err(format!(
+                "several devices are called {device:?}; use the device id"
+            )),
+        }
+    }
+
+    /// The folder named by id or by (absolute) path.
+    fn find_folder(&self, folder: &str) -> Option<String> {
+        if self.folders.contains_key(folder) {
+            return Some(folder.to_string());
+        }
+        let path = std::path::Path::new(folder).canonicalize().ok()?;
+        self.folders
+            .values()
+            .find(|f| f.record.root == path)
+            .map(|f| f.config.id.clone())
+    }
+
+    fn add_folder(&mut self, fc: FolderConfig) -> Result<(), String> {
+        let folder = load_folder(&self.index, &fc, self.device, &self.events_tx)
+            .map_err(|e| e.to_string())?;
+        self.folders.insert(fc.id.clone(), folder);
+        self.config.folders.push(fc);
+        self.save_config()
+    }
+
+    fn share(
+        &mut self,
+        folder: &str,
+        device: Option<&str>,
+        kind: Option<FolderType>,
+    ) -> Result<String, String> {
+        let peer = device.map(|d| self.find_peer(d)).transpose()?;
+        let id = match self.find_folder(folder) {
+            Some(id) => id,
+            None => {
+                let path = std::path::Path::new(folder);
+                if !path.is_absolute() || !path.is_dir() {
+                    return Err(format!(
+                        "{folder} is neither a folder id nor an existing absolute directory"
+                    ));
+                }
+                let base: String = path
+                    .file_name()
+                    .map(|n| {
+                        n.to_string_lossy()
+                            .chars()
+                            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut suffix = [0u8; 3];
+                rand::Rng::fill(&mut rand::rng(), &mut suffix);
+                let id = format!(
+                    "{}-{:02x}{:02x}{:02x}",
+                    if base.is_empty() { "folder" } else { &base },
+                    suffix[0],
+                    suffix[1],
+                    suffix[2]
+                );
+                self.add_folder(FolderConfig {
+                    id: id.clone(),
+                    path: path.to_path_buf(),
+                    peers: vec![],
+                    kind: kind.unwrap_or_default(),
+                    rescan_interval_s: 3600,
+                    paused: false,
+                })?;
+                id
+            }
+        };
+        let peer_s = peer.map(|p| p.to_string());
+        if let Some(f) = self.folders.get_mut(&id) {
+            if let Some(p) = &peer_s
+                && !f.config.peers.contains(p)
+            {
+                f.config.peers.push(p.clone());
+            }
+            if let Some(k) = kind {
+                f.config.kind = k;
+            }
+            let fc = f.config.clone();
+            if let Some(c) = self.config.folders.iter_mut().find(|c| c.id == id) {
+                *c = fc;
+            }
+        }
+        self.save_config()?;
+        if let Some(peer) = peer {
+            self.sync_with(&id, peer);
+        }
+        Ok(id)
+    }
+
+    fn accept(
+        &mut self,
+        folder: &str,
+        path: PathBuf,
+        kind: Option<FolderType>,
+    ) -> Result<(), String> {
+        let Some(offer) = self.offers.get(folder).cloned() else {
+            return Err(format!(
+                "no device offered a folder {folder:?}; `cairn status` lists offers"
+            ));
+        };
+        if self.folders.contains_key(folder) {
+            return Err(format!("folder {folder} is already here"));
+        }
+        if !path.is_absolute() {
+            return Err(format!("{} must be an absolute path", path.display()));
+        }
+        self.add_folder(FolderConfig {
+            id: folder.to_string(),
+            path,
+            peers: vec![offer.from.clone()],
+            kind: kind.unwrap_or_default(),
+            rescan_interval_s: 3600,
+            paused: false,
+        })?;
+        self.offers.remove(folder);
+        if let Ok(peer) = offer.from.parse::<PeerId>() {
+            self.sync_with(folder, peer);
+        }
+        Ok(())
+    }
+
+    fn pause(&mut self, folder: Option<&str>, paused: bool) -> Result<(), String> {
+        let ids: Vec<String> = match folder {
+            Some(f) => vec![
+                self.find_folder(f)
+                    .ok_or_else(|| format!("no folder {f:?}"))?,
+            ],
+            None => self.folders.keys().cloned().collect(),
+        };
+        for id in &ids {
+            if let Some(f) = self.folders.get_mut(id) {
+                f.config.paused = paused;
+                if !paused {
+                    f.needs_scan = true;
+                    f.needs_pull = true;
+                }
+            }
+            if let Some(c) = self.config.folders.iter_mut().find(|c| &c.id == id) {
+                c.paused = paused;
+            }
+        }
+        self.save_config()?;
+        if !paused {
+            for id in ids {
+                self.sync_folder(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// A device's name for people: this device, a paired peer, or its short id.
+    fn device_label(&self, device: DeviceId) -> String {
+        if device == self.device {
+            return format!("{} (this device)", self.config.device_name());
+        }
+        self.trusted
+            .iter()
+            .find(|(id, _)| DeviceId::from_identity(&id.to_bytes()) == device)
+            .map(|(_, (name, _))| name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| device.short())
+    }
+
+    fn value_at(&self, folder: &str, path: &str) -> Option<EntryValue> {
+        let f = self.folders.get(folder)?;
+        f.doc
+            .values(path)
+            .into_iter()
+            .filter(|v| !v.deleted)
+            .max_by_key(|v| v.mtime_ns)
+    }
+
+    fn conflicts(&self) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        for id in self.folders.keys() {
+            let Ok(entries) = self.index.entries(id) else {
+                continue;
+            };
+            let mut paths: Vec<&String> = entries.keys().filter(|p| is_conflict_name(p)).collect();
+            paths.sort();
+            for copy in paths {
+                let original = original_of(copy);
+                let copy_value = self.value_at(id, copy);
+                let orig_value = self.value_at(id, &original);
+                out.push(Conflict {
+                    folder: id.clone(),
+                    copy: copy.clone(),
+                    original,
+                    copy_device: copy_value
+                        .as_ref()
+                        .map(|v| self.device_label(v.device))
+                        .unwrap_or_default(),
+                    copy_mtime_ns: copy_value.as_ref().map_or(0, |v| v.mtime_ns),
+                    original_device: orig_value.as_ref().map(|v| self.device_label(v.device)),
+                    original_mtime_ns: orig_value.map(|v| v.mtime_ns),
+                });
+            }
+        }
+        out
+    }
+
+    fn resolve(&mut self, path: &str, keep: Keep) -> Result<String, String> {
+        let all = self.conflicts();
+        let matching: Vec<&Conflict> = all
+            .iter()
+            .filter(|c| c.copy == path || c.original == path)
+            .collect();
+        let c = match matching.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(format!(
+                    "{path} is not in conflict; `cairn conflicts` lists conflicts"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "{path} has several conflict copies; name the copy to resolve"
+                ));
+            }
+        };
+        let root = self
+            .folders
+            .get(&c.folder)
+            .map(|f| f.record.root.clone())
+            .ok_or("folder vanished")?;
+        let (copy, original) = (root.join(&c.copy), root.join(&c.original));
+        let what = match keep {
+            Keep::Local => {
+                std::fs::remove_file(&copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+                format!("kept {}, removed {}", c.original, c.copy)
+            }
+            Keep::Remote => {
+                std::fs::rename(&copy, &original)
+                    .map_err(|e| format!("{}: {e}", copy.display()))?;
+                format!("{} now has the version from {}", c.original, c.copy_device)
+            }
+            Keep::Both => {
+                let renamed = kept_name(&c.copy);
+                std::fs::rename(&copy, root.join(&renamed))
+                    .map_err(|e| format!("{}: {e}", copy.display()))?;
+                format!("kept both: {} and {renamed}", c.original)
+            }
+        };
+        if let Some(f) = self.folders.get_mut(&c.folder) {
+            f.needs_scan = true;
+        }
+        Ok(what)
+    }
+}
+
+/// `a/b.sync-conflict-20240101-120000-ABCDEFG.txt` -> `a/b.txt`.
+pub fn original_of(copy: &str) -> String {
+    let Some(i) = copy.rfind(CONFLICT_MARKER) else {
+        return copy.to_string();
+    };
+    let rest = &copy[i + CONFLICT_MARKER.len()..];
+    // YYYYMMDD-HHMMSS-DEVICE (23 characters), then the extension if any.
+    let ext = rest.get(23..).unwrap_or("");
+    format!("{}{}", &copy[..i], ext)
+}
+
+/// `b.sync-conflict-20240101-120000-ABCDEFG.txt` -> `b (ABCDEFG 20240101-120000).txt`.
+fn kept_name(copy: &str) -> String {
+    let Some(i) = copy.rfind(CONFLICT_MARKER) else {
+        return format!("{copy} (kept)");
+    };
+    let rest = &copy[i + CONFLICT_MARKER.len()..];
+    let (stamp, device, ext) = (
+        rest.get(..15).unwrap_or(""),
+        rest.get(16..23).unwrap_or(""),
+        rest.get(23..).unwrap_or(""),
+    );
+    format!("{} ({device} {stamp}){ext}", &copy[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names_map_back_to_their_original() {
+        assert_eq!(
+            original_of("docs/plan.sync-conflict-20231114-221321-AAAAAAA.txt"),
+            "docs/plan.txt"
+        );
+        assert_eq!(
+            original_of("Makefile.sync-conflict-20231114-221321-AAAAAAA"),
+            "Makefile"
+        );
+        assert_eq!(
+            kept_name("plan.sync-conflict-20231114-221321-AAAAAAA.txt"),
+            "plan (AAAAAAA 20231114-221321).txt"
+        );
+    }
+}

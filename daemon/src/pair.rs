@@ -1,0 +1,441 @@
+//! Pairing by short code, the daemon's side: invitations (`cairn pair`) and joins
+//! (`cairn pair <code>`), found through mDNS, connected peers, and Kademlia provider
+//! records keyed by the code's nameplate. The cryptography is `cairn_core::pairing`.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use cairn_core::pairing::{INVITATION_TTL_S, Inviter, Joiner, PairCode, PairRequest, PairResponse};
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{PeerId, kad};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::config::PeerConfig;
+use crate::engine::Engine;
+
+/// How long a join keeps looking for the inviting device.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Where an invitation stands, as `cairn pair` shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum InviteStatus {
+    Waiting { code: String, expires_in_s: u64 },
+    Paired { peer: String, name: String },
+    Failed { error: String },
+    Expired,
+    None,
+}
+
+/// The one open invitation of this device.
+pub struct Invitation {
+    code: PairCode,
+    expires: Instant,
+    status: InviteStatus,
+    attempt: Option<(PeerId, Inviter)>,
+}
+
+/// A result of joining: the paired device.
+#[derive(Clone, Debug, Serialize)]
+pub struct Paired {
+    pub peer: String,
+    pub name: String,
+}
+
+/// The one join in progress.
+pub struct Join {
+    code: PairCode,
+    candidates: VecDeque<PeerId>,
+    tried: HashSet<PeerId>,
+    current: Option<(PeerId, Option<Joiner>)>,
+    deadline: Instant,
+    reply: Option<oneshot::Sender<Result<Paired, String>>>,
+}
+
+/// Pairing requests from the control API.
+pub enum PairCtl {
+    Invite(oneshot::Sender<InviteStatus>),
+    InviteStatus(oneshot::Sender<InviteStatus>),
+    Join {
+        code: String,
+        reply: oneshot::Sender<Result<Paired, String>>,
+    },
+}
+
+fn key(nameplate: u16) -> kad::RecordKey {
+    kad::RecordKey::new(&format!("cairn-pair/{nameplate}"))
+}
+
+impl Engine {
+    /// Handles one pairing request from the control API.
+    pub(crate) fn on_pair_ctl(&mut self, ctl: PairCtl) {
+        match ctl {
+            PairCtl::Invite(reply) => {
+                if let Some(old) = self.invitation.take() {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .stop_providing(&key(old.code.nameplate));
+                }
+                let mut random = [0u8; 4];
+                rand::Rng::fill(&mut rand::rng(), &mut random);
+                let code = PairCode::from_random(random);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(key(code.nameplate));
+                let status = InviteStatus::Waiting {
+                    code: code.to_string(),
+                    expires_in_s: INVITATION_TTL_S,
+                };
+                self.invitation = Some(Invitation {
+                    code,
+                    expires: Instant::now() + Duration::from_secs(INVITATION_TTL_S),
+                    status: status.clone(),
+                    attempt: None,
+                });
+                tracing::info!("pair_invitation_created");
+                let _ = reply.send(status);
+            }
+            PairCtl::InviteStatus(reply) => {
+                let _ = reply.send(self.invite_status());
+            }
+            PairCtl::Join { code, reply } => {
+                let code = match PairCode::parse(&code) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                if let Some(mut old) = self.join.take()
+                    && let Some(r) = old.reply.take()
+                {
+                    let _ = r.send(Err("replaced by a newer join".into()));
+                }
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(key(code.nameplate));
+                let candidates: VecDeque<PeerId> = self.all_connected.iter().copied().collect();
+                self.join = Some(Join {
+                    code,
+                    candidates,
+                    tried: HashSet::new(),
+                    current: None,
+                    deadline: Instant::now() + JOIN_TIMEOUT,
+                    reply: Some(reply),
+                });
+                self.advance_join();
+            }
+        }
+    }
+
+    fn invite_status(&mut self) -> InviteStatus {
+        match &mut self.invitation {
+            None => InviteStatus::None,
+            Some(inv) => {
+                if let InviteStatus::Waiting { expires_in_s, .. } = &mut inv.status {
+                    let left = inv
+                        .expires
+                        .saturating_duration_since(Instant::now())
+                        .as_secs();
+                    if left == 0 {
+                        inv.status = InviteStatus::Expired;
+                    } else {
+                        *expires_in_s = left;
+                    }
+                }
+                inv.status.clone()
+            }
+        }
+    }
+
+    /// Adds a candidate inviter for the current join (from mDNS or the DHT).
+    pub(crate) fn join_candidate(&mut self, peer: PeerId) {
+        let Some(join) = &mut self.join else { return };
+        if peer != *self.swarm.local_peer_id()
+            && !join.tried.contains(&peer)
+            && !join.candidates.contains(&peer)
+        {
+            join.candidates.push_back(peer);
+        }
+        self.advance_join();
+    }
+
+    /// The DHT lookup for the join's nameplate has finished.
+    pub(crate) fn join_lookup_done(&mut self) {
+        if let Some(join) = &mut self.join
+            && join.current.is_none()
+            && join.candidates.is_empty()
+        {
+            join.deadline = join.deadline.min(Instant::now() + Duration::from_secs(3));
+        }
+    }
+
+    /// A connection came up: a join may have been waiting for it.
+    pub(crate) fn join_connected(&mut self, peer: PeerId) {
+        let waiting = self
+            .join
+            .as_ref()
+            .is_some_and(|j| matches!(&j.current, Some((p, None)) if *p == peer));
+        if waiting {
+            self.send_hello(peer);
+        }
+    }
+
+    fn advance_join(&mut self) {
+        let Some(join) = &mut self.join else { return };
+        if join.current.is_some() {
+            return;
+        }
+        let Some(peer) = join.candidates.pop_front() else {
+            return;
+        };
+        join.tried.insert(peer);
+        join.current = Some((peer, None));
+        if self.all_connected.contains(&peer) {
+            self.send_hello(peer);
+        } else {
+            let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
+        }
+    }
+
+    fn send_hello(&mut self, peer: PeerId) {
+        let local = self.swarm.local_peer_id().to_bytes();
+        let Some(join) = &mut self.join else { return };
+        let (joiner, spake) = Joiner::start(&join.code, &local, &peer.to_bytes());
+        join.current = Some((peer, Some(joiner)));
+        let req = PairRequest::Hello {
+            nameplate: join.code.nameplate,
+            spake,
+        }
+        .encode();
+        let rid = self.swarm.behaviour_mut().pair.send_request(&peer, req);
+        self.pair_pending.insert(rid, peer);
+    }
+
+    fn next_candidate(&mut self) {
+        if let Some(join) = &mut self.join {
+            join.current = None;
+            // Every device found so far said no: wait a little for more, not the full timeout.
+            if join.candidates.is_empty() {
+                join.deadline = join.deadline.min(Instant::now() + Duration::from_secs(4));
+            }
+        }
+        self.advance_join();
+    }
+
+    fn finish_join(&mut self, result: Result<Paired, String>) {
+        if let Some(mut join) = self.join.take() {
+            match &result {
+                Ok(p) => tracing::info!(peer = %p.peer, "paired_as_joiner"),
+                Err(e) => tracing::warn!(error = %e, "pair_join_failed"),
+            }
+            if let Some(r) = join.reply.take() {
+                let _ = r.send(result);
+            }
+        }
+    }
+
+    /// Timeouts of joins and invitations.
+    pub(crate) fn pair_tick(&mut self) {
+        let now = Instant::now();
+        if self.join.as_ref().is_some_and(|j| now >= j.deadline) {
+            self.finish_join(Err(
+                "no device answered with an invitation for this code: is `cairn pair` still running on the other device? (codes expire after 10 minutes)".into(),
+            ));
+        }
+        if let Some(inv) = &mut self.invitation
+            && matches!(inv.status, InviteStatus::Waiting { .. })
+            && now >= inv.expires
+        {
+            inv.status = InviteStatus::Expired;
+            let nameplate = inv.code.nameplate;
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .stop_providing(&key(nameplate));
+        }
+    }
+
+    /// Trusts `peer` from now on, and remembers it in the configuration.
+    fn trust(&mut self, peer: PeerId, name: &str) {
+        let addresses: Vec<libp2p::Multiaddr> = self
+            .peer_listen
+            .get(&peer)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| !a.to_string().contains("/p2p-circuit"))
+            .collect();
+        let id = peer.to_string();
+        self.config.peers.retain(|p| p.id != id);
+        self.config.peers.push(PeerConfig {
+            id: id.clone(),
+            name: name.to_string(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        });
+        self.trusted.insert(peer, (name.to_string(), addresses));
+        if let Err(e) = self.save_config() {
+            tracing::error!(error = %e, "config_save_failed");
+        }
+        if self.all_connected.contains(&peer) {
+            self.connected.insert(peer);
+        }
+    }
+
+    /// Pair protocol events.
+    pub(crate) fn on_pair(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let response = match PairRequest::decode(&request) {
+                    Err(_) => PairResponse::Failed,
+                    Ok(req) => self.answer_pair(peer, req),
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .pair
+                    .send_response(channel, response.encode());
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.pair_pending.remove(&request_id);
+                let current = self
+                    .join
+                    .as_ref()
+                    .and_then(|j| j.current.as_ref())
+                    .map(|(p, _)| *p);
+                if current != Some(peer) {
+                    return;
+                }
+                match PairResponse::decode(&response) {
+                    Ok(PairResponse::Hello { spake, proof }) => {
+                        let name = self.config.device_name();
+                        let Some(join) = &mut self.join else { return };
+                        let Some((_, Some(joiner))) = &mut join.current else {
+                            return;
+                        };
+                        let (mine, result) = match joiner.finish(&spake, &proof) {
+                            Ok(p) => (p, Ok(())),
+                            Err((p, e)) => (p, Err(e)),
+                        };
+                        // Send our proof either way, so the inviter learns how it ended.
+                        let req = PairRequest::Finish { proof: mine, name }.encode();
+                        let rid = self.swarm.behaviour_mut().pair.send_request(&peer, req);
+                        self.pair_pending.insert(rid, peer);
+                        if let Err(e) = result {
+                            self.finish_join(Err(e.to_string()));
+                        }
+                    }
+                    Ok(PairResponse::Done { name }) => {
+                        self.trust(peer, &name);
+                        self.finish_join(Ok(Paired {
+                            peer: peer.to_string(),
+                            name,
+                        }));
+                    }
+                    Ok(PairResponse::Failed) => {
+                        self.finish_join(Err(
+                            "the code is wrong (the other device says so); nothing was paired"
+                                .into(),
+                        ));
+                    }
+                    Ok(PairResponse::NoInvitation) | Err(_) => self.next_candidate(),
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, peer, ..
+            } => {
+                self.pair_pending.remove(&request_id);
+                let current = self
+                    .join
+                    .as_ref()
+                    .and_then(|j| j.current.as_ref())
+                    .map(|(p, _)| *p);
+                if current == Some(peer) {
+                    self.next_candidate();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn answer_pair(&mut self, peer: PeerId, req: PairRequest) -> PairResponse {
+        let local = self.swarm.local_peer_id().to_bytes();
+        let Some(inv) = &mut self.invitation else {
+            return PairResponse::NoInvitation;
+        };
+        let waiting =
+            matches!(inv.status, InviteStatus::Waiting { .. }) && Instant::now() < inv.expires;
+        match req {
+            PairRequest::Hello { nameplate, spake } => {
+                if !waiting || nameplate != inv.code.nameplate || inv.attempt.is_some() {
+                    return PairResponse::NoInvitation;
+                }
+                match Inviter::answer(&inv.code, &peer.to_bytes(), &local, &spake) {
+                    Ok((inviter, spake, proof)) => {
+                        inv.attempt = Some((peer, inviter));
+                        PairResponse::Hello { spake, proof }
+                    }
+                    Err(_) => PairResponse::Failed,
+                }
+            }
+            PairRequest::Finish { proof, name } => {
+                let Some((attempt_peer, inviter)) = inv.attempt.take() else {
+                    return PairResponse::Failed;
+                };
+                if attempt_peer != peer || !waiting {
+                    return PairResponse::Failed;
+                }
+                let nameplate = inv.code.nameplate;
+                // One attempt per code, right or wrong.
+                let result = inviter.verify(&proof);
+                inv.status = match &result {
+                    Ok(()) => InviteStatus::Paired {
+                        peer: peer.to_string(),
+                        name: name.clone(),
+                    },
+                    Err(e) => InviteStatus::Failed {
+                        error: e.to_string(),
+                    },
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .stop_providing(&key(nameplate));
+                match result {
+                    Ok(()) => {
+                        tracing::info!(peer = %peer, "paired_as_inviter");
+                        self.trust(peer, &name);
+                        PairResponse::Done {
+                            name: self.config.device_name(),
+                        }
+                    }
+                    Err(_) => {
+                        tracing::warn!(peer = %peer, "pair_wrong_code");
+                        PairResponse::Failed
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The `cairn` CLI driving real daemons: up, pair, share, accept, status, conflicts,
+//! resolve, pause/resume, ignore, down; JSON output and exit codes.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use cairn_tests::{bin, free_port, wait_until};
+use serde_json::Value;
+
+struct Device {
+    home: PathBuf,
+    folder: PathBuf,
+    port: u16,
+}
+
+impl Device {
+    fn new(base: &Path, name: &str, bootstrap: Option<(&Device, &str)>) -> Self {
+        let home = base.join(format!("{name}-home"));
+        let folder = base.join(format!("{name}-folder"));
+        fs::create_dir_all(&home).unwrap();
+        fs::create_dir_all(&folder).unwrap();
+        let port = free_port();
+        let boot = bootstrap
+            .map(|(d, id)| format!("\"/ip4/127.0.0.1/tcp/{}/p2p/{id}\"", d.port))
+            .unwrap_or_default();
+        fs::write(
+            home.join("config.toml"),
+            format!("[device]\nname = \"{name}\"\n\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\nbootstrap = [{boot}]\n"),
+        )
+        .unwrap();
+        Device { home, folder, port }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(bin("cairn"));
+        c.arg("--home")
+            .arg(&self.home)
+            .env("CAIRN_LOG", "info,libp2p=warn");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs with --json, expects success, parses stdout.
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.cmd().arg("--json").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed ({:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(self.home.join("cairnd.log")).unwrap_or_default()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "cairn {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    fn id(&self) -> String {
+        self.json(&["id"])["device_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd()
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // Stop the daemon by its PID (from control.json) if a test left it running.
+        if let Ok(text) = fs::read_to_string(self.home.join("control.json"))
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+            && let Some(pid) = v["pid"].as_u64()
+        {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// Starts `cairn pair` on `inviter` and returns the child and the code it printed.
+fn invite(inviter: &Device) -> (Child, String) {
+    let mut child = inviter.spawn(&["pair"]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("first line is not JSON: {line:?}"));
+    (child, v["code"].as_str().unwrap().to_string())
+}
+
+fn two_devices(base: &Path) -> (Device, Device) {
+    let a = Device::new(base, "alpha", None);
+    let a_id = a.id();
+    let b = Device::new(base, "beta", Some((&a, &a_id)));
+    a.json(&["up"]);
+    b.json(&["up"]);
+    (a, b)
+}
+
+#[test]
+fn pair_share_accept_sync_and_resolve_a_conflict_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_devices(tmp.path());
+
+    // Pair with a code.
+    let (child, code) = invite(&a);
+    let joined = b.json(&["pair", &code]);
+    assert_eq!(joined["name"], "alpha");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "inviter: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peers_a = a.json(&["peers"]);
+    assert_eq!(peers_a[0]["name"], "beta");
+    assert!(wait_until(20, || a.json(&["peers"])[0]["connected"] == true));
+
+    // Share a folder; the other side sees the offer and accepts it.
+    let shared = a.json(&["share", a.folder.to_str().unwrap(), "beta"]);
+    let folder_id = shared["folder"].as_str().unwrap().to_string();
+    assert!(wait_until(20, || b.json(&["status"])["offers"]
+        .as_array()
+        .is_some_and(|o| !o.is_empty())));
+    let accepted = b.json(&["accept", &folder_id, b.folder.to_str().unwrap()]);
+    assert_eq!(accepted["ok"], true);
+    fs::write(a.folder.join("hello.txt"), b"hello beta").unwrap();
+    assert!(wait_until(20, || fs::read(b.folder.join("hello.txt"))
+        .ok()
+        .as_deref()
+        == Some(&b"hello beta"[..])));
+    let folders = b.json(&["folders"]);
+    assert_eq!(folders[0]["id"], folder_id.as_str());
+    for field in [
+        "id",
+        "path",
+        "type",
+        "state",
+        "in_sync",
+        "files",
+        "bytes",
+        "last_error",
+        "watcher",
+    ] {
+        assert!(folders[0].get(field).is_some(), "folders[].{field} missing");
+    }
+
+    // Pause b, edit on both sides, resume: one conflict.
+    b.json(&["pause", &folder_id]);
+    assert_eq!(b.json(&["folders"])[0]["state"], "paused");
+    fs::write(a.folder.join("hello.txt"), b"alpha's edit").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs::write(b.folder.join("hello.txt"), b"beta's edit, later").unwrap();
+    b.json(&["resume", &folder_id]);
+    assert!(wait_until(30, || a
+        .json(&["conflicts"])
+        .as_array()
+        .is_some_and(|c| c.len() == 1)));
+    let c = a.json(&["conflicts"])[0].clone();
+    for field in [
+        "folder",
+        "copy",
+        "original",
+        "copy_device",
+        "copy_mtime_ns",
+        "original_device",
+        "original_mtime_ns",
+    ] {
+        assert!(c.get(field).is_some(), "conflicts[].{field} missing");
+    }
+    assert_eq!(c["original"], "hello.txt");
+    assert_eq!(c["copy_device"], "alpha (this device)");
+    assert_eq!(c["original_device"], "beta");
+
+    // Keep the remote (the conflict copy's) version: the resolution reaches b too.
+    a.json(&["resolve", c["copy"].as_str().unwrap(), "--keep", "remote"]);
+    assert!(wait_until(30, || {
+        fs::read(b.folder.join("hello.txt")).ok().as_deref() == Some(&b"alpha's edit"[..])
+            && b.json(&["conflicts"])
+                .as_array()
+                .is_some_and(|c| c.is_empty())
+            && a.json(&["conflicts"])
+                .as_array()
+                .is_some_and(|c| c.is_empty())
+    }));
+
+    // Ignore patterns.
+    let ig = a.json(&["ignore", &folder_id, "*.tmp"]);
+    assert_eq!(ig["patterns"][0], "*.tmp");
+    fs::write(a.folder.join("scratch.tmp"), b"local only").unwrap();
+    fs::write(a.folder.join("after.txt"), b"synced").unwrap();
+    assert!(wait_until(20, || b.folder.join("after.txt").exists()));
+    assert!(!b.folder.join("scratch.tmp").exists());
+
+    // Status JSON fields, then stop both.
+    let s = a.json(&["status"]);
+    for field in [
+        "device_id",
+        "device_name",
+        "uptime_s",
+        "listen",
+        "peers",
+        "folders",
+        "offers",
+    ] {
+        assert!(s.get(field).is_some(), "status.{field} missing");
+    }
+    a.json(&["down"]);
+    b.json(&["down"]);
+    let out = a.run(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "status with no daemon exits 3");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
+
+#[test]
+fn a_wrong_code_fails_cleanly_and_pairs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_devices(tmp.path());
+    let (child, code) = invite(&a);
+    // Same nameplate, wrong words.
+    let nameplate = code.split('-').next().unwrap();
+    let wrong = if code.ends_with("-acid") {
+        format!("{nameplate}-acid-acorn")
+    } else {
+        format!("{nameplate}-acid-acid")
+    };
+    let out = b.run(&["pair", &wrong]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "the inviter reports the failure too"
+    );
+    assert!(a.json(&["peers"]).as_array().unwrap().is_empty());
+    assert!(b.json(&["peers"]).as_array().unwrap().is_empty());
+    // The code is used up: even the right code no longer works.
+    let out = b.run(&["pair", &code]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(b.json(&["peers"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_device_that_never_paired_cannot_join_or_get_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_devices(tmp.path());
+    let a_id = a.id();
+    let c = Device::new(tmp.path(), "gamma", Some((&a, &a_id)));
+    c.json(&["up"]);
+    let t = std::time::Instant::now();
+    let (child, code) = invite(&a);
+    b.json(&["pair", &code]);
+    assert!(child.wait_with_output().unwrap().status.success());
+    eprintln!("pairing took {:?}", t.elapsed());
+    a.json(&["share", a.folder.to_str().unwrap(), "beta"]);
+    fs::write(a.folder.join("private.txt"), b"for beta only").unwrap();
+    // gamma guesses a code and is refused; it has no peers and no offers.
+    let t = std::time::Instant::now();
+    let out = c.run(&["pair", &code]);
+    eprintln!("gamma's attempt took {:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(4));
+    let s = c.json(&["status"]);
+    assert!(s["peers"].as_array().unwrap().is_empty());
+    assert!(s["offers"].as_array().unwrap().is_empty());
+    assert!(!c.folder.join("private.txt").exists());
+}
+
+#[test]
+fn errors_name_the_problem_and_exit_non_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::new(tmp.path(), "solo", None);
+    let out = a.run(&["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = a.cmd().args(["--json", "status"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exit_code"], 3);
+    assert!(v["error"].as_str().unwrap().contains("not running"));
+    a.json(&["up"]);
+    let again = a.json(&["up"]);
+    assert_eq!(again["running"], true);
+    for (args, needle) in [
+        (vec!["accept", "nope", "/tmp/x"], "offered"),
+        (
+            vec!["resolve", "nothing.txt", "--keep", "local"],
+            "not in conflict",
+        ),
+        (vec!["share", "/definitely/not/here", "nobody"], "nobody"),
+        (vec!["pause", "no-such-folder"], "no-such-folder"),
+        (vec!["pair", "not a code"], "not a pairing code"),
+    ] {
+        let out = a.run(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = a.run(&["resolve", "x"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    a.json(&["down"]);
+}
+
+#[test]
+fn completions_and_the_systemd_unit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("cairn"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cairn"));
+    let out = Command::new(bin("cairn"))
+        .args(["--json", "service", "install"])
+        .env("XDG_CONFIG_HOME", tmp.path())
+        .env("CAIRN_HOME", tmp.path().join("home"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = fs::read_to_string(tmp.path().join("systemd/user/cairnd.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=")
+            && unit.contains("cairnd")
+            && unit.contains("WantedBy=default.target"),
+        "{unit}"
+    );
+}
