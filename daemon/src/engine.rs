@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cairn_core::folder::doc::DEFAULT_SHARDS;
@@ -114,6 +115,12 @@ pub struct FolderStatus {
     pub files: u64,
     pub bytes: u64,
     pub pull_queue: u64,
+    /// Bytes the running pull writes in all.
+    pub pull_bytes_total: u64,
+    /// Bytes written so far by the running pull.
+    pub pull_bytes_done: u64,
+    /// Current pull rate, bytes per second.
+    pub rate_bytes_per_s: u64,
     pub last_error: Option<String>,
     /// ok, or fallback when the watcher failed and periodic rescans took over
     pub watcher: String,
@@ -140,6 +147,9 @@ pub(crate) struct Folder {
     pub(crate) last_error: Option<String>,
     pub(crate) _watcher: Option<Watcher>,
     pub(crate) watcher_failed: bool,
+    pub(crate) progress: Option<Arc<crate::puller::PullProgress>>,
+    /// (when, bytes done) at the last tick, and the smoothed rate in bytes/s.
+    pub(crate) rate: (Instant, u64, f64),
 }
 
 /// The device's stores, as the planner sees them.
@@ -301,6 +311,14 @@ impl Engine {
     fn on_tick(&mut self) {
         self.pair_tick();
         let now = Instant::now();
+        for f in self.folders.values_mut() {
+            if let Some(p) = &f.progress {
+                let done = p.done_bytes.load(Ordering::Relaxed);
+                let dt = (now - f.rate.0).as_secs_f64().max(1e-3);
+                let instant = done.saturating_sub(f.rate.1) as f64 / dt;
+                f.rate = (now, done, 0.5 * f.rate.2 + 0.5 * instant);
+            }
+        }
         if self.last_dial.is_none_or(|t| now - t >= REDIAL) {
             self.last_dial = Some(now);
             self.dial_missing();
@@ -516,7 +534,10 @@ impl Engine {
             peers,
             net: self.net_tx.clone(),
             metrics: self.metrics.clone(),
+            progress: Arc::new(crate::puller::PullProgress::default()),
         };
+        f.progress = Some(puller.progress.clone());
+        f.rate = (Instant::now(), 0, 0.0);
         let (tx, folder) = (self.events_tx.clone(), id.to_string());
         tracing::debug!(folder = id, actions = ?plan.actions, "pull_started");
         std::thread::spawn(move || {
@@ -530,6 +551,7 @@ impl Engine {
             return;
         };
         f.busy = Busy::Idle;
+        f.progress = None;
         tracing::info!(
             folder = id,
             done = outcome.done,
@@ -919,10 +941,20 @@ impl Engine {
                     in_sync: f.in_sync && f.busy == Busy::Idle && !f.needs_pull && !f.needs_scan,
                     files: totals.files,
                     bytes: totals.bytes,
-                    pull_queue: if f.busy == Busy::Pulling {
-                        self.metrics
-                            .pull_queue
-                            .load(std::sync::atomic::Ordering::Relaxed)
+                    pull_queue: f
+                        .progress
+                        .as_ref()
+                        .map_or(0, |p| p.actions_left.load(Ordering::Relaxed)),
+                    pull_bytes_total: f
+                        .progress
+                        .as_ref()
+                        .map_or(0, |p| p.total_bytes.load(Ordering::Relaxed)),
+                    pull_bytes_done: f
+                        .progress
+                        .as_ref()
+                        .map_or(0, |p| p.done_bytes.load(Ordering::Relaxed)),
+                    rate_bytes_per_s: if f.progress.is_some() {
+                        f.rate.2 as u64
                     } else {
                         0
                     },
@@ -1127,5 +1159,7 @@ pub(crate) fn load_folder(
         last_error: None,
         _watcher: watcher,
         watcher_failed,
+        progress: None,
+        rate: (Instant::now(), 0, 0.0),
     })
 }

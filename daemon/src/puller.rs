@@ -13,6 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use cairn_core::folder::EntryValue;
@@ -61,6 +62,17 @@ pub enum PullError {
     Corrupt { path: String },
 }
 
+/// How far the running pull of a folder is, shared with the status.
+#[derive(Debug, Default)]
+pub struct PullProgress {
+    /// Bytes of all files the plan writes.
+    pub total_bytes: AtomicU64,
+    /// Bytes written so far (from local chunks or peers).
+    pub done_bytes: AtomicU64,
+    /// Actions not yet done.
+    pub actions_left: AtomicU64,
+}
+
 /// What a pull did.
 #[derive(Debug, Default)]
 pub struct PullOutcome {
@@ -84,6 +96,7 @@ pub struct Puller {
     pub peers: Vec<PeerId>,
     pub net: mpsc::UnboundedSender<NetCommand>,
     pub metrics: Arc<Metrics>,
+    pub progress: Arc<PullProgress>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
@@ -98,10 +111,26 @@ impl Puller {
     pub fn run(&self, plan: &Plan, values: &HashMap<String, EntryValue>) -> PullOutcome {
         let mut out = PullOutcome::default();
         let total = plan.actions.len() as u64;
+        let bytes: u64 = plan
+            .actions
+            .iter()
+            .map(|a| {
+                if let Action::WriteFile { size, .. } = a {
+                    *size
+                } else {
+                    0
+                }
+            })
+            .sum();
+        self.progress.total_bytes.store(bytes, Ordering::Relaxed);
+        self.progress.done_bytes.store(0, Ordering::Relaxed);
         for (i, action) in plan.actions.iter().enumerate() {
             self.metrics
                 .pull_queue
-                .store(total - i as u64, std::sync::atomic::Ordering::Relaxed);
+                .store(total - i as u64, Ordering::Relaxed);
+            self.progress
+                .actions_left
+                .store(total - i as u64, Ordering::Relaxed);
             let result = match action {
                 Action::KeepInHistory { path, content } => self.keep_in_history(path, content),
                 Action::FetchManifest { content } => self.fetch_manifest(content),
@@ -122,9 +151,8 @@ impl Puller {
                 }
             }
         }
-        self.metrics
-            .pull_queue
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.pull_queue.store(0, Ordering::Relaxed);
+        self.progress.actions_left.store(0, Ordering::Relaxed);
         out
     }
 
@@ -399,6 +427,7 @@ impl Puller {
                             .map_err(io_err(&tmp))?;
                         Metrics::add(&self.metrics.dedup_hits, 1);
                         Metrics::add(&self.metrics.dedup_bytes, u64::from(c.len));
+                        Metrics::add(&self.progress.done_bytes, u64::from(c.len));
                     }
                     None => missing.push(i),
                 }
@@ -530,6 +559,7 @@ impl Puller {
                                 Some(data) => {
                                     for &i in &by_id[&id] {
                                         file.write_all_at(data, offsets[i]).map_err(io_err(tmp))?;
+                                        Metrics::add(&self.progress.done_bytes, data.len() as u64);
                                     }
                                     self.metrics.peer(&peer_s, |c| {
                                         c.chunks_received += 1;

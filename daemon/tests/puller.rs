@@ -114,6 +114,7 @@ fn setup(
         peers: vec![peer],
         net: tx,
         metrics: Arc::new(Metrics::default()),
+        progress: Arc::new(cairn_daemon::puller::PullProgress::default()),
     };
     let value = EntryValue {
         kind: EntryKind::File,

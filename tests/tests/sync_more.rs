@@ -146,6 +146,9 @@ fn killed_receiver_resumes_and_never_shows_a_partial_file() {
             })
     });
     assert!(started, "no transfer started:\n{}", d[1].log());
+    let f = &d[1].status()["folders"][0];
+    assert_eq!(f["state"], "syncing", "{f}");
+    assert_eq!(f["pull_bytes_total"].as_u64(), Some(size), "{f}");
     std::thread::sleep(std::time::Duration::from_millis(300));
     d[1].kill();
     assert!(
