@@ -1,11 +1,10 @@
 //! `cairn-tray`, the desktop tray app.
 //!
-//! Not built yet: it needs the daemon's control API, which does not exist yet. Until then
-//! this binary says so instead of pretending.
+//! The view-model (status -> what the tray shows) is built and tested in `view.rs`; the
+//! tray icon, menu and status window are not built yet. Until they are, this binary says
+//! so instead of pretending.
 
 fn main() -> std::process::ExitCode {
-    eprintln!(
-        "cairn-tray: the desktop tray app is not built yet; use `cairn scan <folder>` for now."
-    );
+    eprintln!("cairn-tray: the tray icon and window are not built yet; use `cairn status`.");
     std::process::ExitCode::from(2)
 }

@@ -1,0 +1,252 @@
+//! The view-model: daemon status JSON (`/v1/status`, `/v1/conflicts`) -> what the tray
+//! shows. One overall state is picked from a ranked list, as syncthingtray does: the most
+//! urgent thing wins the icon.
+
+use serde_json::Value;
+
+/// The one state the icon shows, most urgent first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Overall {
+    /// The daemon does not answer.
+    DaemonDown,
+    /// A folder has an error.
+    Error(String),
+    /// Every folder is paused.
+    Paused,
+    /// Something is being scanned or pulled; percent when known.
+    Syncing(Option<u8>),
+    /// Paired devices exist but none is online.
+    Offline,
+    /// Everything is in sync.
+    UpToDate,
+}
+
+impl Overall {
+    /// Freedesktop icon name for the state.
+    pub fn icon(&self) -> &'static str {
+        match self {
+            Overall::DaemonDown => "network-offline",
+            Overall::Error(_) => "dialog-error",
+            Overall::Paused => "media-playback-pause",
+            Overall::Syncing(_) => "emblem-synchronizing",
+            Overall::Offline => "network-idle",
+            Overall::UpToDate => "emblem-default",
+        }
+    }
+
+    /// The state in words, for the first menu line and the tooltip.
+    pub fn words(&self) -> String {
+        match self {
+            Overall::DaemonDown => "cairn is not running".into(),
+            Overall::Error(e) => format!("Error: {e}"),
+            Overall::Paused => "Paused".into(),
+            Overall::Syncing(Some(p)) => format!("Syncing… {p}%"),
+            Overall::Syncing(None) => "Syncing…".into(),
+            Overall::Offline => "No device online".into(),
+            Overall::UpToDate => "Up to date".into(),
+        }
+    }
+}
+
+/// One folder line of the menu and window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderItem {
+    pub id: String,
+    pub path: String,
+    pub words: String,
+    pub paused: bool,
+}
+
+/// Everything the tray shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrayView {
+    pub overall: Overall,
+    pub folders: Vec<FolderItem>,
+    pub peers_online: usize,
+    pub peers_total: usize,
+    /// "Pause" when anything runs, "Resume" when everything is paused.
+    pub pause_label: &'static str,
+    pub conflicts: usize,
+    pub offers: usize,
+}
+
+fn folder_words(f: &Value) -> String {
+    match f["state"].as_str().unwrap_or("") {
+        "paused" => "paused".into(),
+        "error" => format!("error: {}", f["last_error"].as_str().unwrap_or("unknown")),
+        "scanning" => "scanning".into(),
+        "syncing" => match percent(f) {
+            Some(p) => format!("syncing {p}%"),
+            None => "syncing".into(),
+        },
+        _ if f["in_sync"] == true => "up to date".into(),
+        _ => "waiting for peers".into(),
+    }
+}
+
+fn percent(f: &Value) -> Option<u8> {
+    let total = f["pull_bytes_total"].as_u64()?;
+    let done = f["pull_bytes_done"].as_u64()?;
+    (total > 0).then(|| (done.saturating_mul(100) / total).min(100) as u8)
+}
+
+/// The view for a status answer (None: the daemon did not answer) and the conflict list.
+pub fn view(status: Option<&Value>, conflicts: Option<&Value>) -> TrayView {
+    let Some(s) = status else {
+        return TrayView {
+            overall: Overall::DaemonDown,
+            folders: vec![],
+            peers_online: 0,
+            peers_total: 0,
+            pause_label: "Pause",
+            conflicts: 0,
+            offers: 0,
+        };
+    };
+    let folders: Vec<&Value> = s["folders"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let peers: Vec<&Value> = s["peers"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let peers_online = peers.iter().filter(|p| p["connected"] == true).count();
+    let items: Vec<FolderItem> = folders
+        .iter()
+        .map(|f| FolderItem {
+            id: f["id"].as_str().unwrap_or("").into(),
+            path: f["path"].as_str().unwrap_or("").into(),
+            words: folder_words(f),
+            paused: f["state"] == "paused",
+        })
+        .collect();
+    let all_paused = !folders.is_empty() && folders.iter().all(|f| f["state"] == "paused");
+    let error = folders.iter().find(|f| f["state"] == "error").map(|f| {
+        format!(
+            "{}: {}",
+            f["id"].as_str().unwrap_or(""),
+            f["last_error"].as_str().unwrap_or("unknown")
+        )
+    });
+    let syncing: Vec<&&Value> = folders
+        .iter()
+        .filter(|f| matches!(f["state"].as_str(), Some("syncing" | "scanning")))
+        .collect();
+    let overall = if let Some(e) = error {
+        Overall::Error(e)
+    } else if all_paused {
+        Overall::Paused
+    } else if !syncing.is_empty() {
+        let (done, total) = syncing.iter().fold((0u64, 0u64), |(d, t), f| {
+            (
+                d + f["pull_bytes_done"].as_u64().unwrap_or(0),
+                t + f["pull_bytes_total"].as_u64().unwrap_or(0),
+            )
+        });
+        Overall::Syncing((total > 0).then(|| (done * 100 / total).min(100) as u8))
+    } else if !peers.is_empty() && peers_online == 0 {
+        Overall::Offline
+    } else {
+        Overall::UpToDate
+    };
+    TrayView {
+        overall,
+        folders: items,
+        peers_online,
+        peers_total: peers.len(),
+        pause_label: if all_paused { "Resume" } else { "Pause" },
+        conflicts: conflicts.and_then(|c| c.as_array()).map_or(0, Vec::len),
+        offers: s["offers"].as_array().map_or(0, Vec::len),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn status(folders: Value, peers: Value) -> Value {
+        json!({ "device_id": "x", "device_name": "desk", "folders": folders, "peers": peers, "offers": [] })
+    }
+
+    fn folder(state: &str, in_sync: bool) -> Value {
+        json!({ "id": "docs", "path": "/home/me/docs", "state": state, "in_sync": in_sync,
+                "pull_bytes_total": 0, "pull_bytes_done": 0, "last_error": null })
+    }
+
+    fn online() -> Value {
+        json!([{ "id": "p", "name": "laptop", "connected": true }])
+    }
+
+    #[test]
+    fn no_answer_means_the_daemon_is_down() {
+        let v = view(None, None);
+        assert_eq!(v.overall, Overall::DaemonDown);
+        assert_eq!(v.overall.words(), "cairn is not running");
+    }
+
+    #[test]
+    fn everything_in_sync_is_up_to_date() {
+        let v = view(
+            Some(&status(json!([folder("idle", true)]), online())),
+            Some(&json!([])),
+        );
+        assert_eq!(v.overall, Overall::UpToDate);
+        assert_eq!(v.folders[0].words, "up to date");
+        assert_eq!((v.peers_online, v.peers_total), (1, 1));
+        assert_eq!(v.pause_label, "Pause");
+    }
+
+    #[test]
+    fn syncing_shows_the_percentage() {
+        let mut f = folder("syncing", false);
+        f["pull_bytes_total"] = json!(200);
+        f["pull_bytes_done"] = json!(50);
+        let v = view(Some(&status(json!([f]), online())), None);
+        assert_eq!(v.overall, Overall::Syncing(Some(25)));
+        assert_eq!(v.overall.words(), "Syncing… 25%");
+        assert_eq!(v.folders[0].words, "syncing 25%");
+    }
+
+    #[test]
+    fn all_folders_paused_is_paused_and_offers_resume() {
+        let v = view(
+            Some(&status(json!([folder("paused", false)]), online())),
+            None,
+        );
+        assert_eq!(v.overall, Overall::Paused);
+        assert_eq!(v.pause_label, "Resume");
+        assert!(v.folders[0].paused);
+    }
+
+    #[test]
+    fn an_error_outranks_everything_else() {
+        let mut bad = folder("error", false);
+        bad["last_error"] = json!("disk full");
+        let v = view(
+            Some(&status(json!([folder("syncing", false), bad]), online())),
+            None,
+        );
+        assert_eq!(v.overall, Overall::Error("docs: disk full".into()));
+        assert_eq!(v.overall.icon(), "dialog-error");
+    }
+
+    #[test]
+    fn no_peer_online_is_offline() {
+        let peers = json!([{ "id": "p", "name": "laptop", "connected": false }]);
+        let v = view(Some(&status(json!([folder("idle", true)]), peers)), None);
+        assert_eq!(v.overall, Overall::Offline);
+    }
+
+    #[test]
+    fn conflicts_and_offers_are_counted() {
+        let mut s = status(json!([folder("idle", true)]), online());
+        s["offers"] = json!([{ "folder": "photos", "from": "p", "from_name": "laptop" }]);
+        let v = view(
+            Some(&s),
+            Some(&json!([{ "copy": "a.sync-conflict-x" }, { "copy": "b.sync-conflict-y" }])),
+        );
+        assert_eq!((v.conflicts, v.offers), (2, 1));
+    }
+}
