@@ -29,9 +29,11 @@
 # rescan interval. setLowPriority is off (cairn does not renice itself either) and
 # reconnectionIntervalS is 5 (only matters if a first dial fails).
 #
-# Other settings: BENCH_TIMEOUT (600 s, every wait for a data set), BENCH_ONLY (comma list
-# of data sets), BENCH_PORT_BASE (42100; each pair takes the next free-checked ports
-# from there: 2 for cairn, 4 for Syncthing, about 70 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_NO_BUILD=1,
+# Other settings: BENCH_TIMEOUT (600 s, every wait for a data set), BENCH_SETTLE_TIMEOUT
+# (60 s: after the receiver is done, how long to wait for the sender to say in sync before
+# the bytes are counted anyway), BENCH_ONLY (comma list
+# of data sets), BENCH_PORT_BASE (27100, below the kernel's ephemeral range; each pair
+# takes the next free ports from there: 2 for cairn, 4 for Syncthing, about 50 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_NO_BUILD=1,
 # CAIRN_LOG (default warn; daemon logs go to bench/results/sync-DATE-logs/).
 #
 # Output: one table per data set, printed and written to bench/results/sync-DATE.txt.
@@ -45,9 +47,10 @@ helper() { python3 "$BENCH/sync_helper.py" "$@"; }
 source "$BENCH/sync_lib.sh"
 
 TIMEOUT=${BENCH_TIMEOUT:-600}
+SETTLE_TIMEOUT=${BENCH_SETTLE_TIMEOUT:-60}
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-120}
 ST_WATCH_DELAY=${BENCH_ST_WATCH_DELAY:-10}
-PORT_BASE=${BENCH_PORT_BASE:-42100}
+PORT_BASE=${BENCH_PORT_BASE:-27100}
 LATENCY_RUNS=${BENCH_LATENCY_RUNS:-5}
 BENCH_100K=${BENCH_100K:-0}
 ONLY=${BENCH_ONLY:-large,small10k,edit,identical,latency}
@@ -119,15 +122,19 @@ setup: 2 daemons per tool on 127.0.0.1 TCP, fresh homes and empty folders for ev
   tools run one after the other; data copied into the sender's folder, the watcher picks it up.
 Syncthing: discovery, relays, NAT, usage/crash reporting, upgrades off; static addresses;
   fsWatcher on, fsWatcherDelayS=$ST_WATCH_DELAY (default 10); rescanIntervalS 3600; setLowPriority false.
-seconds: end of the copy -> receiver has every file with the right size AND says in sync
+seconds: end of the copy -> receiver has every file with the right size (stat of each
+  expected path; no directory listing or open, which a watcher could see) AND says in sync
   (cairn /v1/status in_sync+idle; Syncthing /rest/db/status idle, need 0, local = global).
+copy s: how long the copy into the sender took (not in "seconds"; the tools may start
+  during it). CPU s: CPU time both daemons used during "seconds" (utime+stime, /proc).
 wire bytes (tool): what each tool counts itself. cairn: chunk bytes + folder metadata bytes
   (/metrics) - payload only, not Noise/yamux/TCP framing nor chunk requests. Syncthing:
   in+out bytes of the protocol connection (/rest/system/connections), above TLS.
 TCP bytes (ss): payload of every TCP socket between the two peers, both directions, from the
   kernel (ss -ti bytes_received), so it includes TLS/Noise/yamux framing; same for both tools.
 (files s): when the receiver's files were all there, before the in-sync signal.
-check: the receiver's folder compared with the sender's (diff -r) after the run.
+check: the receiver's folder compared with the sender's (diff -r) after the run; also notes
+  if the sender never reported in sync, or if other processes used CPU during the run.
 EOF
 }
 
@@ -147,7 +154,7 @@ run_one() {
       local init="$WORK/$ds-$tool-initial.json"
       log "[$ds] $tool: first sync of the 256 MiB original"
       helper sync --pair "$PAIR" --copy "$DATA/edit/base" --expect "$DATA/edit/base" \
-        --out "$init" --timeout "$TIMEOUT" || rc=$?
+        --out "$init" --timeout "$TIMEOUT" --settle-timeout "$SETTLE_TIMEOUT" || rc=$?
       helper record --results "$RESULTS" --dataset edit-initial --tool "$tool" --result "$init"
       if [ "$rc" = 0 ]; then
         # The edited version is staged outside the folder, then renamed over the original.
@@ -155,7 +162,7 @@ run_one() {
         sync
         log "[$ds] $tool: edit (rename over)"
         helper sync --pair "$PAIR" --replace "$PAIR_DIR/edited.tmp:big.bin" \
-          --expect "$DATA/edit/edited" --out "$res" --timeout "$TIMEOUT" || rc=$?
+          --expect "$DATA/edit/edited" --out "$res" --timeout "$TIMEOUT" --settle-timeout "$SETTLE_TIMEOUT" || rc=$?
       fi
       ;;
     latency)
@@ -163,7 +170,7 @@ run_one() {
       ;;
     *)
       helper sync --pair "$PAIR" --copy "$DATA/$ds" --expect "$DATA/$ds" --out "$res" \
-        --timeout "$TIMEOUT" || rc=$?
+        --timeout "$TIMEOUT" --settle-timeout "$SETTLE_TIMEOUT" || rc=$?
       ;;
   esac
   if [ "$rc" != 0 ]; then

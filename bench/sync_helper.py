@@ -4,8 +4,7 @@ and everything that has to be timed or polled precisely (one process, no fork pe
 
 Subcommands (all called by bench/sync.sh; see --help of each):
   gen          generate the data sets under bench/data/sync (kept if already complete)
-  stats        "FILES BYTES" of a directory, as the completion check counts them
-  free-ports   fail unless every given 127.0.0.1 TCP port is free
+  pick-ports   N free 127.0.0.1 TCP ports from a start port on
   cairn-config write a cairnd config.toml for one side of a pair
   st-config    edit a generated Syncthing config.xml for one side of a pair
   pair         write the pair description (JSON) the other subcommands read
@@ -136,56 +135,32 @@ def gen(a):
 
 
 # ---------------------------------------------------------------------------------------
-# Tree statistics (the tool-independent half of the completion check)
+# Ports
 
-SKIP_DIRS = {".stfolder", ".stversions"}
-
-
-def _skip_file(name):
-    return name.startswith(".cairn-tmp.") or (name.startswith(".syncthing.") and name.endswith(".tmp")) \
-        or name.startswith("~syncthing~")
-
-
-def tree_stats(root):
-    """Regular files and their total size, without either tool's temp files or markers."""
-    files = total = 0
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except FileNotFoundError:
-            continue
-        with it:
-            for e in it:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        if e.name not in SKIP_DIRS:
-                            stack.append(e.path)
-                    elif e.is_file(follow_symlinks=False) and not _skip_file(e.name):
-                        files += 1
-                        total += e.stat(follow_symlinks=False).st_size
-                except FileNotFoundError:
-                    pass  # a temp file renamed away under us
-    return files, total
+def _port_free(p):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As the daemons do: a previous listener's TIME_WAIT sockets do not block the port.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
-def stats(a):
-    f, b = tree_stats(a.dir)
-    print(f, b)
-
-
-def free_ports(a):
-    for p in a.ports:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # As the daemons do: a previous run's TIME_WAIT sockets do not block the port.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", p))
-        except OSError:
-            die(f"port 127.0.0.1:{p} is in use; set BENCH_PORT_BASE to another range")
-        finally:
-            s.close()
+def pick_ports(a):
+    """Print N free 127.0.0.1 TCP ports, the first at or after START, skipping busy ones."""
+    ports = []
+    p = a.start
+    while len(ports) < a.count:
+        if p > a.start + 1000:
+            die(f"no {a.count} free ports in {a.start}..{a.start + 1000}; set BENCH_PORT_BASE")
+        if _port_free(p):
+            ports.append(p)
+        p += 1
+    print(" ".join(map(str, ports)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -475,18 +450,60 @@ def wait_ready(pair, timeout, quiet=False):
         if time.monotonic() - t0 > timeout:
             detail = [{k: v for k, v in s.items() if k != "raw"} for s in last] if last else "no API answer"
             die(f"{pair['tool']}: peers not connected+idle after {timeout:.0f} s: {detail}", 2)
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def ready(a):
     wait_ready(load_pair(a.pair), a.timeout)
 
 
+def expected_files(root):
+    """{relative path: size} of every regular file under root (a data set, not watched)."""
+    out = {}
+    for d, _dirs, files in os.walk(root):
+        for name in files:
+            full = os.path.join(d, name)
+            out[os.path.relpath(full, root)] = os.stat(full).st_size
+    return out
+
+
+def _jiffies(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (FileNotFoundError, TypeError, IndexError, ValueError):
+        return 0
+
+
+def cpu_snapshot(nodes):
+    """Busy CPU of the whole machine, of the two daemons and of this process (seconds)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+    hz = os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return {"busy": busy / hz, "daemons": sum(_jiffies(n.pid()) for n in nodes) / hz,
+            "self": t.user + t.system}
+
+
+def cpu_delta(c0, c1):
+    daemons = c1["daemons"] - c0["daemons"]
+    other = (c1["busy"] - c0["busy"]) - daemons - (c1["self"] - c0["self"])
+    return round(daemons, 2), round(max(other, 0.0), 2)
+
+
 def sync(a):
-    """Put the data into the sender, time until the receiver has it all, then settle."""
+    """Put the data into the sender, time until the receiver has it all, then settle.
+
+    The receiver is checked with stat() on the expected paths only: listing or opening files
+    in a watched folder is itself a file-system event for a watcher that listens to opens
+    (cairn's does), and the check must not make the tool under test do extra work."""
     pair = load_pair(a.pair)
-    sender, receiver = _both(pair)
-    exp_files, exp_bytes = tree_stats(a.expect)
+    nodes = _both(pair)
+    sender, receiver = nodes
+    expected = expected_files(a.expect)
+    exp_files, exp_bytes = len(expected), sum(expected.values())
     before = snapshot(pair)
     if a.copy:
         c0 = time.monotonic()
@@ -497,60 +514,81 @@ def sync(a):
         c0 = time.monotonic()
         os.replace(src, os.path.join(sender.dir, dst))
         copy_s = time.monotonic() - c0
+    cpu0 = cpu_snapshot(nodes)
     t0 = time.monotonic()
+    pending = dict(expected)
     seen = None
     api_s = None
     while True:
         w0 = time.monotonic()
-        files, nbytes = tree_stats(receiver.dir)
-        walk = time.monotonic() - w0
-        if (files, nbytes) == (exp_files, exp_bytes):
+        for rel, size in list(pending.items()):
+            try:
+                if os.stat(os.path.join(receiver.dir, rel)).st_size == size:
+                    del pending[rel]
+            except FileNotFoundError:
+                pass
+        if not pending:
             if seen is None:
                 seen = time.monotonic() - t0
             try:
                 if receiver.status()["idle"]:
                     api_s = time.monotonic() - t0
-                    break
+                    # Confirm nothing went away meanwhile (cheap: stat only).
+                    pending = {r: z for r, z in expected.items()
+                               if not os.path.exists(os.path.join(receiver.dir, r))
+                               or os.stat(os.path.join(receiver.dir, r)).st_size != z}
+                    if not pending:
+                        break
+                    seen = api_s = None
             except (OSError, urllib.error.URLError, KeyError, ValueError):
                 pass
+        walk = time.monotonic() - w0
         now = time.monotonic() - t0
         if now > a.timeout:
             try:
-                st = [{k: v for k, v in n.status().items() if k != "raw"} for n in (sender, receiver)]
+                st = [{k: v for k, v in n.status().items() if k != "raw"} for n in nodes]
             except Exception as e:  # noqa: BLE001 - diagnostics only
                 st = f"status unavailable: {e}"
-            sf, sb = tree_stats(sender.dir)
-            print(f"sync_helper: timeout after {a.timeout:.0f} s: receiver has {files} files / "
-                  f"{nbytes} bytes, expected {exp_files} / {exp_bytes} (sender has {sf} / {sb}); "
-                  f"status sender, receiver: {st}", file=sys.stderr)
+            print(f"sync_helper: timeout after {a.timeout:.0f} s: the receiver lacks "
+                  f"{len(pending)} of {exp_files} files (or has a wrong size)"
+                  f"{'' if seen is None else f'; all files were there at {seen:.2f} s but it never reported in sync'}"
+                  f"; status sender, receiver: {st}", file=sys.stderr)
             with open(a.out, "w") as f:
-                json.dump({"timeout": True, "seconds": None, "files_seen_s": seen, "copy_s": copy_s}, f)
+                json.dump({"timeout": True, "seconds": None, "files_seen_s": seen, "copy_s": copy_s,
+                           "missing": len(pending)}, f)
             sys.exit(2)
-        if not (sender.alive() and receiver.alive()):
-            _check_alive((sender, receiver))
-        time.sleep(max(0.02, 2 * walk))
-    # Settle: the sender also agrees, then give trailing index/ack messages a moment.
+        _check_alive(nodes)
+        # While files are missing, poll at a cost of at most a fifth of one core; once they
+        # are all there, ask the tool often (an in-sync moment can be short).
+        time.sleep(0.02 if not pending else max(0.05, 4 * walk))
+    cpu_daemons, cpu_other = cpu_delta(cpu0, cpu_snapshot(nodes))
+    # Settle: the sender agrees too, then trailing index/ack messages get a moment.
     s0 = time.monotonic()
-    while True:
+    settled = False
+    while time.monotonic() - s0 < a.settle_timeout:
         try:
-            if sender.status()["idle"] and receiver.status()["idle"] and sender.peer_done():
+            if sender.peer_done() and (pair["tool"] == "cairn" or sender.status()["idle"]):
+                settled = True
                 break
         except (OSError, urllib.error.URLError, KeyError, ValueError):
             pass
-        if time.monotonic() - s0 > a.timeout:
-            print("sync_helper: warning: sender never settled; bytes counted anyway", file=sys.stderr)
-            break
-        time.sleep(0.25)
+        time.sleep(0.05)
+    if not settled:
+        print(f"sync_helper: warning: the sender never reported in sync within {a.settle_timeout:.0f} s "
+              f"after the receiver was done; bytes counted anyway", file=sys.stderr)
     time.sleep(2)
     after = snapshot(pair)
     tool, tcp, lost, detail = wire_bytes(pair, before, after)
     res = {"timeout": False, "seconds": api_s, "files_seen_s": seen, "copy_s": copy_s,
            "tool_bytes": tool, "tcp_bytes": tcp, "tcp_sockets_lost": lost, "bytes_detail": detail,
-           "files": exp_files, "bytes": exp_bytes, "counters_before": before, "counters_after": after}
+           "files": exp_files, "bytes": exp_bytes, "settled": settled,
+           "cpu_daemons_s": cpu_daemons, "cpu_other_s": cpu_other,
+           "counters_before": before, "counters_after": after}
     with open(a.out, "w") as f:
         json.dump(res, f)
     print(f"  {pair['tool']:<9} {api_s:8.2f} s  (files complete at {seen:.2f} s, copy took {copy_s:.2f} s)"
-          f"  wire: {tool:,} B counted by the tool, {tcp:,} B TCP payload", flush=True)
+          f"  wire: {tool:,} B counted by the tool, {tcp:,} B TCP payload; daemons used "
+          f"{cpu_daemons:.1f} CPU-s, other processes {cpu_other:.1f} CPU-s", flush=True)
 
 
 def latency(a):
@@ -566,17 +604,19 @@ def latency(a):
             f.write(content)
         t0 = time.monotonic()
         target = os.path.join(receiver.dir, name)
+        # stat() until the size is right (no open: see sync()), then read it once.
         while True:
             try:
-                with open(target, "rb") as f:
-                    if f.read() == content:
-                        break
+                if os.stat(target).st_size == len(content):
+                    dt = time.monotonic() - t0
+                    with open(target, "rb") as f:
+                        if f.read() == content:
+                            break
             except FileNotFoundError:
                 pass
             if time.monotonic() - t0 > a.timeout:
                 die(f"{pair['tool']}: small write {i} not on the receiver after {a.timeout:.0f} s", 2)
             time.sleep(0.002)
-        dt = time.monotonic() - t0
         times.append(dt)
         print(f"  {pair['tool']:<9} write {i + 1}: {dt:.3f} s", flush=True)
     res = {"timeout": False, "seconds": statistics.median(times), "runs": times}
@@ -617,7 +657,8 @@ def record(a):
         with open(a.result) as f:
             r = json.load(f)
         for k in ("timeout", "seconds", "files_seen_s", "copy_s", "tool_bytes", "tcp_bytes",
-                  "tcp_sockets_lost", "bytes_detail", "files", "bytes", "runs"):
+                  "tcp_sockets_lost", "bytes_detail", "files", "bytes", "runs", "settled",
+                  "cpu_daemons_s", "cpu_other_s", "missing"):
             if k in r:
                 entry[k] = r[k]
     else:
@@ -632,14 +673,14 @@ def record(a):
         f.write(json.dumps(entry) + "\n")
 
 
-def _fmt_s(e):
+def _fmt_s(e, digits=2):
     if e is None:
         return "-"
     if e.get("failed"):
         return "FAILED"
     if e.get("timeout") or e.get("seconds") is None:
         return "TIMEOUT"
-    return f"{e['seconds']:.2f}"
+    return f"{e['seconds']:.{digits}f}"
 
 
 def _fmt_b(v):
@@ -683,22 +724,32 @@ def report(a):
                 if e is None:
                     continue
                 runs = ", ".join(f"{x:.3f}" for x in e.get("runs", []))
-                out.append(f"  {name:<10} {_fmt_s(e):>9}   {runs}")
+                out.append(f"  {name:<10} {_fmt_s(e, 3):>9}   {runs}")
             med = c.get("seconds") if c and not c.get("timeout") and not c.get("failed") else None
             r = _ratio(c, s, "seconds") if c and s else None
             out.append(f"  cairn/syncthing: {'-' if r is None else f'{r:.3f}'}; "
                        f"target: cairn < 0.5 s -> {'n/a' if med is None else ('PASS' if med < 0.5 else 'FAIL')}")
             out.append("")
             continue
-        out.append(f"  {'tool':<10} {'seconds':>8} {'(files s)':>9} {'wire bytes (tool)':>18} "
-                   f"{'TCP bytes (ss)':>15}  check")
+        out.append(f"  {'tool':<10} {'seconds':>8} {'(files s)':>9} {'copy s':>6} {'CPU s':>6} "
+                   f"{'wire bytes (tool)':>18} {'TCP bytes (ss)':>15}  check")
         for name, e in (("cairn", c), ("syncthing", s)):
             if e is None:
                 continue
             fs = e.get("files_seen_s")
+            cpu = e.get("cpu_daemons_s")
+            notes = [e.get("verify", "-")]
+            if e.get("settled") is False:
+                notes.append("sender never said in sync")
+            if e.get("missing"):
+                notes.append(f"{e['missing']} files missing")
+            if (e.get("cpu_other_s") or 0) > 0.5:
+                notes.append(f"other processes used {e['cpu_other_s']:.1f} CPU-s meanwhile")
+            cp = e.get("copy_s")
             out.append(f"  {name:<10} {_fmt_s(e):>8} {'-' if fs is None else f'{fs:.2f}':>9} "
+                       f"{'-' if cp is None else f'{cp:.2f}':>6} {'-' if cpu is None else f'{cpu:.1f}':>6} "
                        f"{_fmt_b(e.get('tool_bytes')):>18} {_fmt_b(e.get('tcp_bytes')):>15}  "
-                       f"{e.get('verify', '-')}")
+                       f"{'; '.join(notes)}")
         for name, e in (("cairn", c), ("syncthing", s)):
             if e and e.get("bytes_detail"):
                 parts = ", ".join(f"{k} {v:,}" for k, v in e["bytes_detail"].items())
@@ -742,13 +793,10 @@ def main():
     s.add_argument("--with-100k", action="store_true")
     s.set_defaults(fn=gen)
 
-    s = sub.add_parser("stats")
-    s.add_argument("dir")
-    s.set_defaults(fn=stats)
-
-    s = sub.add_parser("free-ports")
-    s.add_argument("ports", type=int, nargs="+")
-    s.set_defaults(fn=free_ports)
+    s = sub.add_parser("pick-ports")
+    s.add_argument("start", type=int)
+    s.add_argument("count", type=int)
+    s.set_defaults(fn=pick_ports)
 
     s = sub.add_parser("cairn-config")
     for arg in ("--home", "--peer-id", "--peer-name", "--folder"):
@@ -788,6 +836,7 @@ def main():
     s.add_argument("--expect", required=True, help="directory the receiver must match (count, bytes)")
     s.add_argument("--out", required=True)
     s.add_argument("--timeout", type=float, default=600)
+    s.add_argument("--settle-timeout", type=float, default=60)
     s.set_defaults(fn=sync)
 
     s = sub.add_parser("latency")

@@ -10,16 +10,13 @@
 ALL_PIDS=()
 NEXT_PORT=""
 
-# take_ports N: the next N ports into PORTS. Every pair gets new ones, so no pair meets the
-# previous pair's sockets (TIME_WAIT) and cairn and Syncthing never share a port.
+# take_ports N: the next N free ports (from PORT_BASE on) into PORTS. Every pair gets new
+# ones, so no pair meets an earlier pair's sockets and cairn and Syncthing never share one.
 take_ports() {
-  local i
   [ -n "$NEXT_PORT" ] || NEXT_PORT=$PORT_BASE
-  PORTS=()
-  for i in $(seq "$1"); do
-    PORTS+=("$NEXT_PORT")
-    NEXT_PORT=$((NEXT_PORT + 1))
-  done
+  read -r -a PORTS <<<"$(helper pick-ports "$NEXT_PORT" "$1")" || return 1
+  [ "${#PORTS[@]}" = "$1" ] || return 1
+  NEXT_PORT=$((PORTS[${#PORTS[@]} - 1] + 1))
 }
 
 log() { printf '%s\n' "$*" >&2; }
@@ -88,10 +85,9 @@ new_pair_dirs() {
 # start_cairn_pair NAME: two cairnd, connected, idle, with empty folders.
 start_cairn_pair() {
   local name=$1 pa pb ida idb pid side
-  take_ports 2
+  take_ports 2 || return 1
   pa=${PORTS[0]} pb=${PORTS[1]}
   new_pair_dirs cairn "$name" || return 1
-  helper free-ports "$pa" "$pb" || return 1
   ida=$("$CAIRND" --home "$PAIR_DIR/a-home" --print-id) || { log "cairnd --print-id failed"; return 1; }
   idb=$("$CAIRND" --home "$PAIR_DIR/b-home" --print-id) || { log "cairnd --print-id failed"; return 1; }
   helper cairn-config --home "$PAIR_DIR/a-home" --port "$pa" --peer-id "$idb" --peer-name b \
@@ -119,10 +115,9 @@ start_cairn_pair() {
 # start_syncthing_pair NAME: two Syncthing instances, connected, idle, with empty folders.
 start_syncthing_pair() {
   local name=$1 pa pb ga gb key ida idb pid side
-  take_ports 4
+  take_ports 4 || return 1
   pa=${PORTS[0]} pb=${PORTS[1]} ga=${PORTS[2]} gb=${PORTS[3]}
   new_pair_dirs syncthing "$name" || return 1
-  helper free-ports "$pa" "$pb" "$ga" "$gb" || return 1
   key="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
   for side in a b; do
     syncthing generate --home="$PAIR_DIR/$side-home" --no-default-folder --skip-port-probing \
@@ -144,8 +139,9 @@ start_syncthing_pair() {
   for side in a b; do
     local logf=$SENDER_LOG
     [ "$side" = b ] && logf=$RECEIVER_LOG
-    # --no-restart: no monitor process, so $! is the process that syncs (and its VmHWM).
-    STNODEFAULTFOLDER=1 STNOUPGRADE=1 syncthing serve --home="$PAIR_DIR/$side-home" \
+    # STMONITORED=yes: run the syncing process itself, not a monitor that forks it (1.19
+    # forks even with --no-restart), so $! is the process that syncs and its VmHWM counts.
+    STMONITORED=yes STNODEFAULTFOLDER=1 STNOUPGRADE=1 syncthing serve --home="$PAIR_DIR/$side-home" \
       --no-browser --no-restart --no-upgrade --logflags=3 >"$logf" 2>&1 &
     pid=$!
     ALL_PIDS+=("$pid")

@@ -87,13 +87,19 @@ impl Engine {
                     .behaviour_mut()
                     .kad
                     .start_providing(key(code.nameplate));
+                // CAIRN_PAIR_TTL_S can only shorten the lifetime (tests of expiry).
+                let ttl = std::env::var("CAIRN_PAIR_TTL_S")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(INVITATION_TTL_S)
+                    .min(INVITATION_TTL_S);
                 let status = InviteStatus::Waiting {
                     code: code.to_string(),
-                    expires_in_s: INVITATION_TTL_S,
+                    expires_in_s: ttl,
                 };
                 self.invitation = Some(Invitation {
                     code,
-                    expires: Instant::now() + Duration::from_secs(INVITATION_TTL_S),
+                    expires: Instant::now() + Duration::from_secs(ttl),
                     status: status.clone(),
                     attempt: None,
                 });

@@ -268,6 +268,30 @@ fn a_wrong_code_fails_cleanly_and_pairs_nothing() {
 }
 
 #[test]
+fn an_expired_code_pairs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::new(tmp.path(), "alpha", None);
+    let a_id = a.id();
+    let b = Device::new(tmp.path(), "beta", Some((&a, &a_id)));
+    let up = a
+        .cmd()
+        .args(["--json", "up"])
+        .env("CAIRN_PAIR_TTL_S", "2")
+        .output()
+        .unwrap();
+    assert!(up.status.success());
+    b.json(&["up"]);
+    let (child, code) = invite(&a);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "the inviter reports the expiry");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
+    let out = b.run(&["pair", &code]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(a.json(&["peers"]).as_array().unwrap().is_empty());
+    assert!(b.json(&["peers"]).as_array().unwrap().is_empty());
+}
+
+#[test]
 fn a_device_that_never_paired_cannot_join_or_get_folders() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = two_devices(tmp.path());
