@@ -535,6 +535,7 @@ impl Engine {
             net: self.net_tx.clone(),
             metrics: self.metrics.clone(),
             progress: Arc::new(crate::puller::PullProgress::default()),
+            dirty_dirs: Default::default(),
         };
         f.progress = Some(puller.progress.clone());
         f.rate = (Instant::now(), 0, 0.0);

@@ -337,6 +337,13 @@ impl Index {
         }
     }
 
+    /// Makes every earlier non-durable commit durable.
+    pub fn flush(&self) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// The saved shards of a folder's document, or None if it has none yet.
     pub fn folder_shards(&self, folder: &str) -> Result<Option<Vec<Vec<u8>>>> {
         let txn = self.db.begin_read()?;
@@ -484,10 +491,25 @@ impl Index {
 
     /// Applies `updates` to `folder` in one transaction: all of them, or none.
     pub fn apply(&self, folder: &str, updates: &[Update]) -> Result<()> {
+        self.apply_with(folder, updates, true)
+    }
+
+    /// Like [`Index::apply`]; a non-durable commit is atomic and visible at once but reaches
+    /// the disk only with the next durable one ([`Index::flush`]). The puller uses it for
+    /// each file it writes: after a crash the index may lag the disk, which the next scan
+    /// repairs (the files' stamps no longer match), never the reverse.
+    pub fn apply_with(&self, folder: &str, updates: &[Update], durable: bool) -> Result<()> {
         if updates.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| IndexError::Corrupt {
+                    what: "durability".into(),
+                    detail: e.to_string(),
+                })?;
+        }
         {
             if txn.open_table(FOLDERS)?.get(folder)?.is_none() {
                 return Err(IndexError::UnknownFolder(folder.to_string()));

@@ -97,6 +97,8 @@ pub struct Puller {
     pub net: mpsc::UnboundedSender<NetCommand>,
     pub metrics: Arc<Metrics>,
     pub progress: Arc<PullProgress>,
+    /// Directories with renames not yet fsynced (done once per directory per pull).
+    pub dirty_dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
@@ -151,9 +153,33 @@ impl Puller {
                 }
             }
         }
+        self.flush();
         self.metrics.pull_queue.store(0, Ordering::Relaxed);
         self.progress.actions_left.store(0, Ordering::Relaxed);
         out
+    }
+
+    fn dirty_dir(&self, full: &Path) {
+        if let (Some(dir), Ok(mut dirs)) = (full.parent(), self.dirty_dirs.lock()) {
+            dirs.insert(dir.to_path_buf());
+        }
+    }
+
+    /// Makes the pull durable: fsyncs the directories it renamed into, then the index.
+    fn flush(&self) {
+        let dirs: Vec<PathBuf> = self
+            .dirty_dirs
+            .lock()
+            .map(|mut d| d.drain().collect())
+            .unwrap_or_default();
+        for dir in dirs {
+            if let Ok(d) = File::open(&dir) {
+                let _ = d.sync_all();
+            }
+        }
+        if let Err(e) = self.index.flush() {
+            tracing::error!(error = %e, "index_flush_failed");
+        }
     }
 
     fn full(&self, path: &str) -> PathBuf {
@@ -204,13 +230,14 @@ impl Puller {
             content,
             link_target: link,
         };
-        self.index.apply(
+        self.index.apply_with(
             &self.folder,
             &[Update::Put {
                 path: path.into(),
                 entry,
                 manifest,
             }],
+            false,
         )?;
         Ok(())
     }
@@ -346,7 +373,7 @@ impl Puller {
             Err(e) => return Err(io_err(&full)(e)),
         }
         self.index
-            .apply(&self.folder, &[Update::Remove { path: path.into() }])?;
+            .apply_with(&self.folder, &[Update::Remove { path: path.into() }], false)?;
         Ok(())
     }
 
@@ -417,6 +444,7 @@ impl Puller {
             })
             .collect();
         let mut start = resume;
+        let mut recorded_progress = resume > 0;
         while start < manifest.chunks.len() {
             let end = (start + WINDOW).min(manifest.chunks.len());
             let mut missing = Vec::new();
@@ -433,9 +461,14 @@ impl Puller {
                 }
             }
             self.fetch_into(&file, &tmp, &manifest, &offsets, &missing)?;
-            file.sync_data().map_err(io_err(&tmp))?;
-            self.index
-                .set_pull_progress(&self.folder, path, Some((*content, end as u64)))?;
+            // Progress is worth recording (and fsyncing) only between windows of a file
+            // that has more than one; the last window is covered by the final fsync.
+            if end < manifest.chunks.len() {
+                file.sync_data().map_err(io_err(&tmp))?;
+                self.index
+                    .set_pull_progress(&self.folder, path, Some((*content, end as u64)))?;
+                recorded_progress = true;
+            }
             start = end;
         }
         // Verify the whole file against its content id before it gets the name.
@@ -444,7 +477,9 @@ impl Puller {
             FileRead::Stable { content: got, .. } if got == *content => {}
             _ => {
                 let _ = fs::remove_file(&tmp);
-                self.index.set_pull_progress(&self.folder, path, None)?;
+                if recorded_progress {
+                    self.index.set_pull_progress(&self.folder, path, None)?;
+                }
                 return Err(PullError::Corrupt { path: path.into() });
             }
         }
@@ -473,8 +508,10 @@ impl Puller {
             });
         }
         fs::rename(&tmp, &target).map_err(io_err(&target))?;
-        sync_dir(&target);
-        self.index.set_pull_progress(&self.folder, path, None)?;
+        self.dirty_dir(&target);
+        if recorded_progress {
+            self.index.set_pull_progress(&self.folder, path, None)?;
+        }
         if target_path == path {
             self.record(
                 path,

@@ -115,6 +115,7 @@ fn setup(
         net: tx,
         metrics: Arc::new(Metrics::default()),
         progress: Arc::new(cairn_daemon::puller::PullProgress::default()),
+        dirty_dirs: Default::default(),
     };
     let value = EntryValue {
         kind: EntryKind::File,
