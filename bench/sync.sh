@@ -32,7 +32,7 @@
 # Other settings: BENCH_TIMEOUT (600 s, every wait for a data set), BENCH_SETTLE_TIMEOUT
 # (60 s: after the receiver is done, how long to wait for the sender to say in sync before
 # the bytes are counted anyway), BENCH_ONLY (comma list
-# of data sets), BENCH_PORT_BASE (27100, below the kernel's ephemeral range; each pair
+# of data sets), BENCH_TOOLS ("cairn syncthing"; one of them to diagnose), BENCH_PORT_BASE (27100, below the kernel's ephemeral range; each pair
 # takes the next free ports from there: 2 for cairn, 4 for Syncthing, about 50 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_NO_BUILD=1,
 # CAIRN_LOG (default warn; daemon logs go to bench/results/sync-DATE-logs/).
 #
@@ -52,6 +52,7 @@ READY_TIMEOUT=${BENCH_READY_TIMEOUT:-120}
 ST_WATCH_DELAY=${BENCH_ST_WATCH_DELAY:-10}
 PORT_BASE=${BENCH_PORT_BASE:-27100}
 LATENCY_RUNS=${BENCH_LATENCY_RUNS:-5}
+TOOLS=${BENCH_TOOLS:-cairn syncthing}
 BENCH_100K=${BENCH_100K:-0}
 ONLY=${BENCH_ONLY:-large,small10k,edit,identical,latency}
 if [ "$BENCH_100K" = 1 ] && [ -z "${BENCH_ONLY:-}" ]; then
@@ -202,8 +203,11 @@ for ds in "${sets[@]}"; do
     latency) ;;
     *) fail "unknown data set '$ds' in BENCH_ONLY (large, small10k, edit, identical, latency, small100k)" ;;
   esac
+  for tool in $TOOLS; do
+    case $tool in cairn | syncthing) ;; *) fail "unknown tool '$tool' in BENCH_TOOLS" ;; esac
+  done
   [ "$ds" = small100k ] && [ ! -e "$DATA/.small100k.complete" ] && fail "small100k needs BENCH_100K=1"
-  for tool in cairn syncthing; do
+  for tool in $TOOLS; do
     run_one "$ds" "$tool"
   done
 done

@@ -553,9 +553,11 @@ def sync(a):
                   f"{len(pending)} of {exp_files} files (or has a wrong size)"
                   f"{'' if seen is None else f'; all files were there at {seen:.2f} s but it never reported in sync'}"
                   f"; status sender, receiver: {st}", file=sys.stderr)
+            cpu_daemons, cpu_other = cpu_delta(cpu0, cpu_snapshot(nodes))
             with open(a.out, "w") as f:
                 json.dump({"timeout": True, "seconds": None, "files_seen_s": seen, "copy_s": copy_s,
-                           "missing": len(pending)}, f)
+                           "missing": len(pending), "cpu_daemons_s": cpu_daemons,
+                           "cpu_other_s": cpu_other}, f)
             sys.exit(2)
         _check_alive(nodes)
         # While files are missing, poll at a cost of at most a fifth of one core; once they
