@@ -59,16 +59,25 @@ macro_rules! hash_newtype {
             }
         }
 
+        // Hex in human-readable formats (JSON), raw 32 bytes in binary ones (the index).
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.to_hex())
+                if s.is_human_readable() {
+                    s.serialize_str(&self.to_hex())
+                } else {
+                    self.0.serialize(s)
+                }
             }
         }
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
+                if d.is_human_readable() {
+                    let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                    s.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; 32]>::deserialize(d).map($name)
+                }
             }
         }
     };

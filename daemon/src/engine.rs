@@ -148,6 +148,8 @@ pub(crate) struct Folder {
     pub(crate) _watcher: Option<Watcher>,
     pub(crate) watcher_failed: bool,
     pub(crate) progress: Option<Arc<crate::puller::PullProgress>>,
+    pub(crate) last_scan_took: Duration,
+    pub(crate) scan_done_at: Option<Instant>,
     /// (when, bytes done) at the last tick, and the smoothed rate in bytes/s.
     pub(crate) rate: (Instant, u64, f64),
 }
@@ -367,7 +369,14 @@ impl Engine {
             if f.busy != Busy::Idle || f.config.paused {
                 continue;
             }
-            if f.needs_scan {
+            // While changes keep coming (a big copy), leave at least twice the last scan's
+            // duration between scans, so scanning takes at most a third of the time instead
+            // of walking the growing folder back to back. A lone change still gets scanned
+            // at once.
+            let gap_over = f
+                .scan_done_at
+                .is_none_or(|done| done.elapsed() >= 2 * f.last_scan_took);
+            if f.needs_scan && gap_over {
                 f.needs_scan = false;
                 self.start_scan(&id);
             } else if f.needs_pull && f.retry_pull_at.is_none() {
@@ -400,6 +409,8 @@ impl Engine {
             return;
         };
         f.busy = Busy::Idle;
+        f.last_scan_took = f.last_scan.elapsed();
+        f.scan_done_at = Some(Instant::now());
         let report = match result {
             Ok(r) => r,
             Err(e) => {
@@ -1162,5 +1173,7 @@ pub(crate) fn load_folder(
         watcher_failed,
         progress: None,
         rate: (Instant::now(), 0, 0.0),
+        last_scan_took: Duration::ZERO,
+        scan_done_at: None,
     })
 }

@@ -393,6 +393,23 @@ impl Index {
         }
     }
 
+    /// Stores manifests learnt from peers in one transaction; each was verified against
+    /// its content id by the caller.
+    pub fn put_remote_manifests(&self, manifests: &[(ContentId, Manifest)]) -> Result<()> {
+        if manifests.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(REMOTE_MANIFESTS)?;
+            for (content, m) in manifests {
+                t.insert(content.as_bytes(), m.encode().as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Stores a manifest learnt from a peer; the caller has verified it against `content`.
     pub fn put_remote_manifest(&self, content: &ContentId, manifest: &Manifest) -> Result<()> {
         let txn = self.db.begin_write()?;

@@ -126,6 +126,15 @@ impl Puller {
             .sum();
         self.progress.total_bytes.store(bytes, Ordering::Relaxed);
         self.progress.done_bytes.store(0, Ordering::Relaxed);
+        let wanted: Vec<ContentId> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::FetchManifest { content } => Some(*content),
+                _ => None,
+            })
+            .collect();
+        self.prefetch_manifests(&wanted);
         for (i, action) in plan.actions.iter().enumerate() {
             self.metrics
                 .pull_queue
@@ -293,6 +302,48 @@ impl Puller {
             reply,
         });
         rx
+    }
+
+    /// Fetches many manifests at once, many requests in flight, stored in one transaction.
+    /// Whatever fails here is fetched again, one peer after another, by its own action.
+    fn prefetch_manifests(&self, contents: &[ContentId]) {
+        const IN_FLIGHT_MANIFESTS: usize = 64;
+        if self.peers.is_empty() {
+            return;
+        }
+        for (wave, batch) in contents.chunks(IN_FLIGHT_MANIFESTS).enumerate() {
+            let pending: Vec<_> = batch
+                .iter()
+                .enumerate()
+                .map(|(k, content)| {
+                    let peer = self.peers[(wave + k) % self.peers.len()];
+                    let request = BlocksRequest::Manifest {
+                        folder: self.folder.clone(),
+                        content: *content,
+                    };
+                    (*content, peer, self.ask(peer, request))
+                })
+                .collect();
+            let mut verified = Vec::new();
+            for (content, peer, rx) in pending {
+                let Ok(Ok(BlocksResponse::Manifest(Some(bytes)))) = rx.blocking_recv() else {
+                    continue;
+                };
+                match Manifest::decode(&bytes).ok().filter(|m| {
+                    m.verify(&content).is_ok() && m.check_lengths(self.chunker.params().max).is_ok()
+                }) {
+                    Some(m) => verified.push((content, m)),
+                    None => {
+                        tracing::warn!(peer = %peer, content = %content, "protocol_violation_bad_manifest");
+                        self.metrics
+                            .peer(&peer.to_string(), |c| c.protocol_violations += 1);
+                    }
+                }
+            }
+            if let Err(e) = self.index.put_remote_manifests(&verified) {
+                tracing::warn!(error = %e, "manifest_store_failed");
+            }
+        }
     }
 
     fn fetch_manifest(&self, content: &ContentId) -> Result<(), PullError> {

@@ -29,6 +29,15 @@ impl Watcher {
     ) -> Result<Self, notify::Error> {
         let handler = move |result: DebounceEventResult| {
             let event = match result {
+                // Opening or reading a file or directory (the scanner itself, serving
+                // chunks, `ls`) is not a change; reacting to it would rescan forever.
+                Ok(events)
+                    if events
+                        .iter()
+                        .all(|e| matches!(e.kind, notify::EventKind::Access(_))) =>
+                {
+                    return;
+                }
                 Ok(_) => Event::FsChanged {
                     folder: folder.clone(),
                 },
