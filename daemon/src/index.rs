@@ -170,6 +170,25 @@ impl ChunkLocation {
     }
 }
 
+/// Where each chunk of `manifest` lies in the file `path` of `folder`.
+fn locations_in<'m>(
+    folder: &str,
+    path: &str,
+    manifest: &'m Manifest,
+) -> impl Iterator<Item = (&'m cairn_core::ChunkRef, ChunkLocation)> + 'm {
+    let (folder, path) = (folder.to_string(), path.to_string());
+    manifest.chunks.iter().scan(0u64, move |offset, c| {
+        let loc = ChunkLocation {
+            folder: folder.clone(),
+            path: path.clone(),
+            offset: *offset,
+            len: c.len,
+        };
+        *offset += u64::from(c.len);
+        Some((c, loc))
+    })
+}
+
 /// One change to a path, applied by [`Index::apply`].
 #[derive(Clone, Debug)]
 pub enum Update {
@@ -474,16 +493,8 @@ impl Index {
             txn.open_table(HISTORY)?
                 .insert((folder, path, time_ns), content.as_bytes())?;
             let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
-            let mut offset = 0u64;
-            for c in &manifest.chunks {
-                let loc = ChunkLocation {
-                    folder: HISTORY_FOLDER.into(),
-                    path: content.to_hex(),
-                    offset,
-                    len: c.len,
-                };
+            for (c, loc) in locations_in(HISTORY_FOLDER, &content.to_hex(), manifest) {
                 locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
-                offset += u64::from(c.len);
             }
         }
         txn.commit()?;
@@ -652,14 +663,7 @@ impl Writer<'_> {
         self.manifests
             .insert(content.as_bytes(), (refs + 1, bytes.as_slice()))?;
         let manifest = self.decode_manifest(content, &bytes)?;
-        let mut offset = 0u64;
-        for c in &manifest.chunks {
-            let loc = ChunkLocation {
-                folder: self.folder.into(),
-                path: path.into(),
-                offset,
-                len: c.len,
-            };
+        for (c, loc) in locations_in(self.folder, path, &manifest) {
             self.locations
                 .insert(c.id.as_bytes(), loc.encode().as_slice())?;
             let key = (self.folder, c.id.as_bytes());
@@ -670,7 +674,6 @@ impl Writer<'_> {
                 self.totals.unique_chunks += 1;
                 self.totals.unique_bytes += u64::from(c.len);
             }
-            offset += u64::from(c.len);
         }
         Ok(())
     }
@@ -692,14 +695,7 @@ impl Writer<'_> {
                 .insert(content.as_bytes(), (refs - 1, bytes.as_slice()))?;
         }
         let manifest = self.decode_manifest(content, &bytes)?;
-        let mut offset = 0u64;
-        for c in &manifest.chunks {
-            let loc = ChunkLocation {
-                folder: self.folder.into(),
-                path: path.into(),
-                offset,
-                len: c.len,
-            };
+        for (c, loc) in locations_in(self.folder, path, &manifest) {
             self.locations
                 .remove(c.id.as_bytes(), loc.encode().as_slice())?;
             let key = (self.folder, c.id.as_bytes());
@@ -713,7 +709,6 @@ impl Writer<'_> {
             } else {
                 self.folder_chunks.insert(key, n - 1)?;
             }
-            offset += u64::from(c.len);
         }
         Ok(())
     }
