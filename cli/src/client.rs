@@ -46,11 +46,19 @@ pub struct Client {
     address: String,
     token: String,
     pub pid: u32,
+    timeout: Duration,
 }
 
 impl Client {
     /// Connects to the daemon whose home is `home`, if it runs.
     pub fn connect(home: &Path) -> Result<Self, CliError> {
+        Self::connect_with(home, Duration::from_secs(90))
+    }
+
+    /// As [`Client::connect`], with `timeout` as the longest any request may wait (long
+    /// calls such as waiting for a pairing need the default; front ends that poll use a
+    /// short one so a wedged daemon reads as "not responding").
+    pub fn connect_with(home: &Path, timeout: Duration) -> Result<Self, CliError> {
         let not_running = || {
             CliError::new(
                 exit::NOT_RUNNING,
@@ -66,6 +74,7 @@ impl Client {
             address: info["address"].as_str().unwrap_or_default().to_string(),
             token: info["token"].as_str().unwrap_or_default().to_string(),
             pid: info["pid"].as_u64().unwrap_or(0) as u32,
+            timeout,
         };
         client.get("/v1/status").map_err(|_| not_running())?;
         Ok(client)
@@ -106,13 +115,20 @@ impl Client {
         body: Option<Value>,
     ) -> Result<(u16, String), CliError> {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut s = TcpStream::connect(&self.address).map_err(|e| {
+        let address = self.address.parse().map_err(|_| {
+            CliError::new(
+                exit::NOT_RUNNING,
+                format!("bad control address {:?}", self.address),
+            )
+        })?;
+        let mut s = TcpStream::connect_timeout(&address, self.timeout).map_err(|e| {
             CliError::new(
                 exit::NOT_RUNNING,
                 format!("cannot reach the daemon at {}: {e}", self.address),
             )
         })?;
-        s.set_read_timeout(Some(Duration::from_secs(90)))?;
+        s.set_read_timeout(Some(self.timeout))?;
+        s.set_write_timeout(Some(self.timeout))?;
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.address,

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::client::{CliError, Client, exit};
 use crate::format;
+use cairn_cli::client::{CliError, Client, exit};
 
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -100,7 +100,9 @@ pub fn share(
     json_out: bool,
 ) -> Result<(), CliError> {
     let folder_arg = if folder.exists() {
-        crate::daemon_cmd::absolute(folder)?.display().to_string()
+        cairn_cli::daemon_cmd::absolute(folder)?
+            .display()
+            .to_string()
     } else {
         folder.display().to_string()
     };
@@ -129,7 +131,7 @@ pub fn accept(
     json_out: bool,
 ) -> Result<(), CliError> {
     let path = match path {
-        Some(p) => crate::daemon_cmd::absolute(p)?,
+        Some(p) => cairn_cli::daemon_cmd::absolute(p)?,
         None => std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/"))

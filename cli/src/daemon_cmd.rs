@@ -25,6 +25,51 @@ fn home_args(home: &Path, explicit: bool) -> Vec<String> {
     }
 }
 
+/// Starts the daemon of `home` in the background unless it runs, and waits until its
+/// control API answers. Returns a client and, when this call started it, the new pid.
+pub fn start(home: &Path, explicit_home: bool) -> Result<(Client, Option<u32>), CliError> {
+    if let Ok(c) = Client::connect(home) {
+        return Ok((c, None));
+    }
+    std::fs::create_dir_all(home)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("cairnd.log"))?;
+    let _ = std::fs::remove_file(home.join("control.json"));
+    let mut cmd = Command::new(cairnd_path());
+    cmd.args(home_args(home, explicit_home))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().map_err(|e| {
+        CliError::new(
+            exit::ERROR,
+            format!("cannot start {}: {e}", cairnd_path().display()),
+        )
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(c) = Client::connect(home) {
+            // Reap the child when it exits so it never lingers as a zombie.
+            let pid = child.id();
+            std::thread::spawn(move || child.wait());
+            return Ok((c, Some(pid)));
+        }
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            return Err(CliError::new(
+                exit::ERROR,
+                format!(
+                    "cairnd did not start; see {}",
+                    home.join("cairnd.log").display()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Starts the daemon in the background unless it runs; adds `folder` if given.
 pub fn up(
     home: &Path,
@@ -32,62 +77,18 @@ pub fn up(
     folder: Option<&Path>,
     json_out: bool,
 ) -> Result<(), CliError> {
-    let client = match Client::connect(home) {
-        Ok(c) => {
-            if !json_out && folder.is_none() {
-                println!(
-                    "cairnd is already running (pid {}, home {})",
-                    c.pid,
-                    home.display()
-                );
-            }
-            c
+    let (client, started) = start(home, explicit_home)?;
+    if !json_out {
+        match started {
+            Some(pid) => println!("started cairnd (pid {pid}, home {})", home.display()),
+            None if folder.is_none() => println!(
+                "cairnd is already running (pid {}, home {})",
+                client.pid,
+                home.display()
+            ),
+            None => {}
         }
-        Err(_) => {
-            std::fs::create_dir_all(home)?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(home.join("cairnd.log"))?;
-            let _ = std::fs::remove_file(home.join("control.json"));
-            let mut cmd = Command::new(cairnd_path());
-            cmd.args(home_args(home, explicit_home))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log);
-            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            let child = cmd.spawn().map_err(|e| {
-                CliError::new(
-                    exit::ERROR,
-                    format!("cannot start {}: {e}", cairnd_path().display()),
-                )
-            })?;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let client = loop {
-                if let Ok(c) = Client::connect(home) {
-                    break c;
-                }
-                if Instant::now() > deadline {
-                    return Err(CliError::new(
-                        exit::ERROR,
-                        format!(
-                            "cairnd did not start; see {}",
-                            home.join("cairnd.log").display()
-                        ),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            if !json_out {
-                println!(
-                    "started cairnd (pid {}, home {})",
-                    child.id(),
-                    home.display()
-                );
-            }
-            client
-        }
-    };
+    }
     let mut added = None;
     if let Some(folder) = folder {
         let abs = absolute(folder)?;

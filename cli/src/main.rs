@@ -1,11 +1,11 @@
 //! `cairn`, the command line of cairn. Every command except `scan` talks to the daemon's
 //! control API; none holds logic the daemon owns.
 
-mod client;
 mod commands;
-mod daemon_cmd;
 mod format;
 mod scan;
+
+use cairn_cli::{client, daemon_cmd};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -92,6 +92,24 @@ pub struct Status {
     pub listen: Vec<String>,
     pub peers: Vec<PeerStatus>,
     pub folders: Vec<FolderStatus>,
+    /// The last changes to any folder, newest first (at most [`RECENT_MAX`]).
+    pub recent: Vec<RecentChange>,
+}
+
+/// How many recent changes the daemon remembers (in memory: a feed, not a log).
+pub const RECENT_MAX: usize = 100;
+
+/// One change to a folder, made here or received from a peer.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecentChange {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub folder: String,
+    pub path: String,
+    /// "added", "modified", "deleted", "updated", "folder created", "conflict copy".
+    pub change: String,
+    /// "local" (seen by the scanner) or "remote" (written by the puller).
+    pub origin: &'static str,
 }
 
 /// One trusted peer.
@@ -196,6 +214,7 @@ pub struct Engine {
     pub(crate) invitation: Option<crate::pair::Invitation>,
     pub(crate) join: Option<crate::pair::Join>,
     pub(crate) pair_pending: HashMap<OutboundRequestId, PeerId>,
+    pub(crate) recent: std::collections::VecDeque<RecentChange>,
 }
 
 /// Errors starting the daemon.
@@ -275,6 +294,7 @@ impl Engine {
             events_tx,
             events_rx,
             started: Instant::now(),
+            recent: std::collections::VecDeque::new(),
             last_dial: None,
             listen: Vec::new(),
             shutdown: false,
@@ -445,6 +465,18 @@ impl Engine {
                 }
             }
         }
+        let local: Vec<(String, String)> = report
+            .changes
+            .iter()
+            .rev()
+            .take(RECENT_MAX)
+            .rev()
+            .map(|c| (c.path.clone(), format!("{:?}", c.change).to_lowercase()))
+            .collect();
+        self.remember(id, local, "local");
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
         if !touched.is_empty() {
             f.doc.commit();
             tracing::info!(
@@ -564,6 +596,15 @@ impl Engine {
         };
         f.busy = Busy::Idle;
         f.progress = None;
+        let recent: Vec<(String, String)> = outcome
+            .recent
+            .iter()
+            .map(|(p, w)| (p.clone(), w.to_string()))
+            .collect();
+        self.remember(id, recent, "remote");
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
         tracing::info!(
             folder = id,
             done = outcome.done,
@@ -579,6 +620,25 @@ impl Engine {
         } else {
             f.last_error = outcome.failed.first().cloned();
             f.retry_pull_at = Some(Instant::now() + PULL_RETRY);
+        }
+    }
+
+    /// Adds changes (oldest first) to the recent-changes feed.
+    fn remember(&mut self, folder: &str, changes: Vec<(String, String)>, origin: &'static str) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (path, change) in changes {
+            if self.recent.len() == RECENT_MAX {
+                self.recent.pop_back();
+            }
+            self.recent.push_front(RecentChange {
+                at,
+                folder: folder.to_string(),
+                path,
+                change,
+                origin,
+            });
         }
     }
 
@@ -993,6 +1053,7 @@ impl Engine {
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             peers,
             folders,
+            recent: self.recent.iter().cloned().collect(),
         }
     }
 

@@ -82,6 +82,31 @@ pub struct PullOutcome {
     pub failed: Vec<String>,
     /// Paths written as conflict copies because a local change raced the write.
     pub raced: Vec<String>,
+    /// The last [`RECENT_PER_PULL`] paths this pull changed, oldest first, with what it did.
+    pub recent: std::collections::VecDeque<(String, &'static str)>,
+}
+
+/// How many changed paths one pull reports for "recent changes".
+pub const RECENT_PER_PULL: usize = 50;
+
+/// What an action did to its path, in words, for "recent changes"; None for steps that
+/// change no path of the folder.
+fn action_words(action: &Action) -> Option<(&str, &'static str)> {
+    match action {
+        Action::WriteFile {
+            path,
+            conflict_of: Some(_),
+            ..
+        } => Some((path, "conflict copy")),
+        Action::WriteFile { path, .. } | Action::WriteSymlink { path, .. } => {
+            Some((path, "updated"))
+        }
+        Action::MakeDir { path } => Some((path, "folder created")),
+        Action::Delete { path, .. } => Some((path, "deleted")),
+        Action::KeepInHistory { .. }
+        | Action::FetchManifest { .. }
+        | Action::FetchChunks { .. } => None,
+    }
 }
 
 /// Everything one pull needs.
@@ -155,7 +180,15 @@ impl Puller {
                 Action::Delete { path, kind } => self.delete(path, *kind),
             };
             match result {
-                Ok(()) => out.done += 1,
+                Ok(()) => {
+                    out.done += 1;
+                    if let Some((path, what)) = action_words(action) {
+                        if out.recent.len() == RECENT_PER_PULL {
+                            out.recent.pop_front();
+                        }
+                        out.recent.push_back((path.to_string(), what));
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(folder = %self.folder, error = %e, "pull_action_failed");
                     out.failed.push(e.to_string());

@@ -34,6 +34,18 @@ impl Overall {
         }
     }
 
+    /// The colour of the state's dot (icon and window): green, blue, grey, red.
+    pub fn rgb(&self) -> [u8; 3] {
+        match self {
+            Overall::DaemonDown => [110, 110, 110],
+            Overall::Error(_) => [210, 45, 45],
+            Overall::Paused => [150, 150, 150],
+            Overall::Syncing(_) => [40, 120, 220],
+            Overall::Offline => [200, 150, 40],
+            Overall::UpToDate => [40, 170, 80],
+        }
+    }
+
     /// The state in words, for the first menu line and the tooltip.
     pub fn words(&self) -> String {
         match self {
@@ -161,6 +173,96 @@ pub fn view(status: Option<&Value>, conflicts: Option<&Value>) -> TrayView {
     }
 }
 
+/// A desktop notification to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub summary: String,
+    pub body: String,
+}
+
+/// Turns successive daemon answers into notifications: a conflict copy that was not there
+/// before, a device that was not paired before. What exists when the tray first sees the
+/// daemon is the baseline, so starting the tray never floods the desktop.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    conflicts: Option<std::collections::HashSet<String>>,
+    peers: Option<std::collections::HashSet<String>>,
+}
+
+impl Notifier {
+    /// The notifications `status` and `conflicts` call for (None: not answered, which
+    /// changes nothing).
+    pub fn observe(&mut self, status: Option<&Value>, conflicts: Option<&Value>) -> Vec<Notice> {
+        let mut out = Vec::new();
+        if let Some(list) = conflicts.and_then(Value::as_array) {
+            let now: std::collections::HashSet<String> = list
+                .iter()
+                .filter_map(|c| Some(format!("{}/{}", c["folder"].as_str()?, c["copy"].as_str()?)))
+                .collect();
+            if let Some(before) = &self.conflicts {
+                for c in list {
+                    let key = format!(
+                        "{}/{}",
+                        c["folder"].as_str().unwrap_or(""),
+                        c["copy"].as_str().unwrap_or("")
+                    );
+                    if !before.contains(&key) {
+                        out.push(Notice {
+                            summary: format!(
+                                "Conflict in {}",
+                                c["original"].as_str().unwrap_or("a file")
+                            ),
+                            body: format!(
+                                "Both {} and this device changed it; the other version is kept as {}.",
+                                c["copy_device"].as_str().unwrap_or("another device"),
+                                c["copy"].as_str().unwrap_or("a conflict copy")
+                            ),
+                        });
+                    }
+                }
+            }
+            self.conflicts = Some(now);
+        }
+        if let Some(peers) = status.and_then(|s| s["peers"].as_array()) {
+            let now: std::collections::HashSet<String> = peers
+                .iter()
+                .filter_map(|p| p["id"].as_str().map(str::to_string))
+                .collect();
+            if let Some(before) = &self.peers {
+                for p in peers {
+                    if p["id"].as_str().is_some_and(|id| !before.contains(id)) {
+                        out.push(Notice {
+                            summary: format!(
+                                "Paired with {}",
+                                p["name"].as_str().unwrap_or("a new device")
+                            ),
+                            body: "You can now share folders with it.".into(),
+                        });
+                    }
+                }
+            }
+            self.peers = Some(now);
+        }
+        out
+    }
+}
+
+/// "12.5 MB" for a byte count.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +350,53 @@ mod tests {
             Some(&json!([{ "copy": "a.sync-conflict-x" }, { "copy": "b.sync-conflict-y" }])),
         );
         assert_eq!((v.conflicts, v.offers), (2, 1));
+    }
+
+    #[test]
+    fn notices_only_for_what_is_new() {
+        let mut n = Notifier::default();
+        let peers = |ids: &[(&str, &str)]| {
+            let list: Vec<Value> = ids
+                .iter()
+                .map(|(id, name)| json!({ "id": id, "name": name, "connected": true }))
+                .collect();
+            status(json!([]), json!(list))
+        };
+        let conflict = |copy: &str| json!({ "folder": "docs", "copy": copy, "original": "a.txt", "copy_device": "laptop" });
+        // The first answer is the baseline.
+        assert!(
+            n.observe(
+                Some(&peers(&[("p1", "laptop")])),
+                Some(&json!([conflict("a.sync-conflict-1.txt")]))
+            )
+            .is_empty()
+        );
+        // The daemon being down changes nothing.
+        assert!(n.observe(None, None).is_empty());
+        let got = n.observe(
+            Some(&peers(&[("p1", "laptop"), ("p2", "phone")])),
+            Some(&json!([
+                conflict("a.sync-conflict-1.txt"),
+                conflict("a.sync-conflict-2.txt")
+            ])),
+        );
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].summary, "Conflict in a.txt");
+        assert!(got[0].body.contains("a.sync-conflict-2.txt"));
+        assert_eq!(got[1].summary, "Paired with phone");
+        // Seen once, never again.
+        assert!(
+            n.observe(
+                Some(&peers(&[("p1", "laptop"), ("p2", "phone")])),
+                Some(&json!([conflict("a.sync-conflict-2.txt")]))
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn byte_counts_read_well() {
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(12_500_000), "12.5 MB");
     }
 }
