@@ -122,9 +122,10 @@ fn status_page(ui: &mut Ui, st: &mut WindowState) {
             for (f, item) in folders.iter().zip(items) {
                 ui.label(text(f, "id"));
                 ui.label(item.words);
+                let files = f["files"].as_u64().unwrap_or(0);
                 ui.label(format!(
-                    "{} files, {}",
-                    f["files"].as_u64().unwrap_or(0),
+                    "{files} file{}, {}",
+                    if files == 1 { "" } else { "s" },
                     bytes(f["bytes"].as_u64().unwrap_or(0))
                 ));
                 let rate = f["rate_bytes_per_s"].as_u64().unwrap_or(0);

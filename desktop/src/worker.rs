@@ -164,10 +164,10 @@ impl Inner {
                     s.status = Some(status);
                     s.conflicts = conflicts;
                     s.down = None;
-                    if let Some(p) = invite.and_then(|i| invite_pairing(&i)) {
-                        if matches!(s.pairing, Pairing::Waiting { .. } | Pairing::Starting) {
-                            s.pairing = p;
-                        }
+                    if let Some(p) = invite.and_then(|i| invite_pairing(&i))
+                        && matches!(s.pairing, Pairing::Waiting { .. } | Pairing::Starting)
+                    {
+                        s.pairing = p;
                     }
                 }
                 Err(e) => {

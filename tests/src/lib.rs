@@ -19,6 +19,8 @@ pub fn bin(name: &str) -> PathBuf {
                 "cairn-cli",
                 "-p",
                 "cairn-daemon",
+                "-p",
+                "cairn-desktop",
             ])
             .current_dir(workspace_root())
             .status()
