@@ -1,15 +1,17 @@
 //! `cairn-tray` end to end: a real daemon, the real tray binary on a private X server
 //! (Xvfb) and D-Bus session bus. The menu is read and pressed over dbusmenu exactly as a
 //! desktop's tray host does; the daemon's own state must change; the status window is
-//! captured as a PNG under `target/`; a pairing must raise a desktop notification.
+//! captured as a PNG under `target/`; a pairing must raise a desktop notification, seen by
+//! a notification server this test puts on the bus.
 //!
-//! Needs Xvfb, dbus-daemon, dbus-monitor, busctl, xdotool and ImageMagick: `.ci/deps`
-//! installs them.
+//! Needs Xvfb, dbus-daemon, busctl, xdotool and ImageMagick: `.ci/deps` installs them.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use cairn_tests::{DaemonSpec, bin, free_port, wait_until, workspace_root};
 use serde_json::Value;
@@ -37,7 +39,6 @@ impl Desktop {
         for tool in [
             "Xvfb",
             "dbus-daemon",
-            "dbus-monitor",
             "busctl",
             "xdotool",
             "import",
@@ -114,11 +115,69 @@ struct Tray(Child);
 
 impl Drop for Tray {
     fn drop(&mut self) {
+        // procps' kill reads `-KILL -PID` as two signals: the group needs `-s KILL -- -PID`.
         let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0.id())])
+            .args(["-s", "KILL", "--", &format!("-{}", self.0.id())])
             .status();
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A desktop notification server (`org.freedesktop.Notifications`) on the test's bus that
+/// records what it is asked to show, as a desktop's notification daemon would receive it.
+struct Notifications(Arc<Mutex<Vec<String>>>);
+
+#[zbus::interface(name = "org.freedesktop.Notifications")]
+impl Notifications {
+    #[allow(clippy::too_many_arguments)]
+    fn notify(
+        &self,
+        _app_name: String,
+        _replaces_id: u32,
+        _app_icon: String,
+        summary: String,
+        body: String,
+        _actions: Vec<String>,
+        _hints: HashMap<String, zbus::zvariant::OwnedValue>,
+        _expire_timeout: i32,
+    ) -> u32 {
+        let mut shown = self.0.lock().unwrap();
+        shown.push(format!("{summary}: {body}"));
+        shown.len() as u32
+    }
+
+    fn get_capabilities(&self) -> Vec<String> {
+        vec!["body".into()]
+    }
+
+    fn get_server_information(&self) -> (String, String, String, String) {
+        (
+            "cairn-test".into(),
+            "cairn".into(),
+            "0".into(),
+            "1.2".into(),
+        )
+    }
+
+    fn close_notification(&self, _id: u32) {}
+}
+
+/// Starts the notification server on `bus`; keep the connection alive while it is needed.
+fn notification_server(bus: &str) -> (zbus::blocking::Connection, Arc<Mutex<Vec<String>>>) {
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let connection = zbus::blocking::connection::Builder::address(bus)
+        .unwrap()
+        .name("org.freedesktop.Notifications")
+        .unwrap()
+        .serve_at(
+            "/org/freedesktop/Notifications",
+            Notifications(shown.clone()),
+        )
+        .unwrap()
+        .build()
+        .expect("the notification server joins the bus");
+    (connection, shown)
 }
 
 /// A daemon started with `cairn up`, killed by the PID in its control.json when dropped.
@@ -248,15 +307,7 @@ fn tray_pauses_and_resumes_the_daemon_shows_its_window_and_notifies_a_pairing() 
     let daemon = DaemonSpec::new(tmp.path(), "alpha").start(&[]);
     fs::write(daemon.folder.join("hello.txt"), b"hello").unwrap();
     let desktop = Desktop::start();
-    let monitor_log = tmp.path().join("notifications.log");
-    let mut monitor = desktop
-        .cmd("dbus-monitor")
-        .arg(format!("--address={}", desktop.bus))
-        .arg("type='method_call',interface='org.freedesktop.Notifications',member='Notify'")
-        .stdout(fs::File::create(&monitor_log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dbus-monitor starts");
+    let (_server, shown) = notification_server(&desktop.bus);
     let mut cmd = desktop.cmd(bin("cairn-tray").to_str().unwrap());
     cmd.arg("--home")
         .arg(&daemon.home)
@@ -423,14 +474,16 @@ fn tray_pauses_and_resumes_the_daemon_shows_its_window_and_notifies_a_pairing() 
         String::from_utf8_lossy(&joined.stderr)
     );
     let notified = wait_until(20, || {
-        fs::read_to_string(&monitor_log).is_ok_and(|l| l.contains("Paired with beta"))
+        shown
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("Paired with beta"))
     });
-    let _ = monitor.kill();
-    let _ = monitor.wait();
     assert!(
         notified,
-        "no notification seen on the bus: {}\ntray log: {}",
-        fs::read_to_string(&monitor_log).unwrap_or_default(),
+        "no pairing notification; shown: {:?}\ntray log: {}",
+        shown.lock().unwrap(),
         tray_log()
     );
     assert!(
