@@ -24,6 +24,10 @@ pub const MAX_CHUNKS_PER_REQUEST: usize = 32;
 pub const MAX_BLOCKS_BYTES: usize = MAX_MANIFEST_BYTES + (1 << 20);
 /// Largest manifest in a response (about 1.8 M chunks, a file of over 100 GiB).
 pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+/// Largest base signature in a delta request (a base of over 1 MiB at 512-byte blocks).
+pub const MAX_SIGNATURE_BYTES: usize = 32 << 10;
+/// Largest delta in a response: a maximal chunk sent as literals, plus framing.
+pub const MAX_DELTA_BYTES: usize = (256 << 10) + 4096;
 /// Longest folder id accepted.
 pub const MAX_FOLDER_ID: usize = 64;
 
@@ -60,6 +64,12 @@ pub enum BlocksRequest {
         folder: String,
         chunks: Vec<ChunkId>,
     },
+    /// One chunk as a delta from a base the requester has ([`crate::delta`]).
+    Delta {
+        folder: String,
+        chunk: ChunkId,
+        signature: Vec<u8>,
+    },
 }
 
 /// The answer to a [`BlocksRequest`].
@@ -69,6 +79,9 @@ pub enum BlocksResponse {
     Manifest(Option<Vec<u8>>),
     /// Each requested chunk's bytes, or None where the responder does not have it.
     Chunks(Vec<(ChunkId, Option<Vec<u8>>)>),
+    /// The chunk as a delta from the requester's base, or None if the responder does not
+    /// have the chunk or cannot use the signature.
+    Delta(Option<Vec<u8>>),
     /// Not paired, not a member, or no such folder.
     Denied,
 }
@@ -202,7 +215,9 @@ impl BlocksRequest {
     /// The folder the request is about.
     pub fn folder(&self) -> &str {
         match self {
-            BlocksRequest::Manifest { folder, .. } | BlocksRequest::Chunks { folder, .. } => folder,
+            BlocksRequest::Manifest { folder, .. }
+            | BlocksRequest::Chunks { folder, .. }
+            | BlocksRequest::Delta { folder, .. } => folder,
         }
     }
     /// Wire form.
@@ -221,6 +236,17 @@ impl BlocksRequest {
                 for c in chunks {
                     w.hash(c.as_bytes());
                 }
+                w.0
+            }
+            BlocksRequest::Delta {
+                folder,
+                chunk,
+                signature,
+            } => {
+                let mut w = W::new(3);
+                w.bytes(folder.as_bytes());
+                w.hash(chunk.as_bytes());
+                w.bytes(signature);
                 w.0
             }
         }
@@ -244,6 +270,11 @@ impl BlocksRequest {
                     .collect::<Result<_, _>>()?;
                 BlocksRequest::Chunks { folder, chunks }
             }
+            3 => BlocksRequest::Delta {
+                folder: r.folder()?,
+                chunk: ChunkId(r.hash()?),
+                signature: r.bytes(MAX_SIGNATURE_BYTES)?.to_vec(),
+            },
             _ => return Err(WireError("not a blocks request")),
         };
         r.end()?;
@@ -270,6 +301,11 @@ impl BlocksResponse {
                 w.0
             }
             BlocksResponse::Denied => vec![3],
+            BlocksResponse::Delta(d) => {
+                let mut w = W::new(4);
+                w.opt(d.as_deref());
+                w.0
+            }
         }
     }
     /// Parses the wire form.
@@ -290,6 +326,7 @@ impl BlocksResponse {
                 BlocksResponse::Chunks(chunks)
             }
             3 => BlocksResponse::Denied,
+            4 => BlocksResponse::Delta(r.opt(MAX_DELTA_BYTES)?),
             _ => return Err(WireError("not a blocks response")),
         };
         r.end()?;
@@ -333,6 +370,18 @@ mod tests {
             (ChunkId([2; 32]), None),
         ]);
         assert_eq!(BlocksResponse::decode(&r.encode()).unwrap(), r);
+        let b = BlocksRequest::Delta {
+            folder: "f".into(),
+            chunk: ChunkId([4; 32]),
+            signature: vec![7; 40],
+        };
+        assert_eq!(BlocksRequest::decode(&b.encode()).unwrap(), b);
+        for r in [
+            BlocksResponse::Delta(Some(vec![1, 2])),
+            BlocksResponse::Delta(None),
+        ] {
+            assert_eq!(BlocksResponse::decode(&r.encode()).unwrap(), r);
+        }
     }
 
     #[test]
@@ -350,6 +399,14 @@ mod tests {
             message: None,
         };
         assert!(MetaRequest::decode(&long_folder.encode()).is_err());
+        let long_signature = BlocksRequest::Delta {
+            folder: "f".into(),
+            chunk: ChunkId([0; 32]),
+            signature: vec![0; MAX_SIGNATURE_BYTES + 1],
+        };
+        assert!(BlocksRequest::decode(&long_signature.encode()).is_err());
+        let long_delta = BlocksResponse::Delta(Some(vec![0; MAX_DELTA_BYTES + 1]));
+        assert!(BlocksResponse::decode(&long_delta.encode()).is_err());
     }
 
     proptest! {

@@ -935,14 +935,18 @@ impl Engine {
                 peer,
                 response,
             } => {
-                if let BlocksResponse::Chunks(items) = &response {
-                    let (n, bytes) = items
+                let sent = match &response {
+                    BlocksResponse::Chunks(items) => items
                         .iter()
                         .filter_map(|(_, d)| d.as_ref())
-                        .fold((0, 0), |(n, b), d| (n + 1, b + d.len() as u64));
+                        .fold((0, 0), |(n, b), d| (n + 1, b + d.len() as u64)),
+                    BlocksResponse::Delta(Some(d)) => (1, d.len() as u64),
+                    _ => (0, 0),
+                };
+                if sent.0 > 0 {
                     self.metrics.peer(&peer.to_string(), |c| {
-                        c.chunks_sent += n;
-                        c.bytes_sent += bytes;
+                        c.chunks_sent += sent.0;
+                        c.bytes_sent += sent.1;
                     });
                 }
                 let _ = self

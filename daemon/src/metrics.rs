@@ -22,6 +22,8 @@ pub struct Metrics {
     pub peers_connected: AtomicU64,
     pub dedup_hits: AtomicU64,
     pub dedup_bytes: AtomicU64,
+    pub delta_chunks: AtomicU64,
+    pub delta_saved_bytes: AtomicU64,
     pub scan_files: AtomicU64,
     pub scan_bytes: AtomicU64,
     pub pull_files: AtomicU64,
@@ -91,7 +93,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {}", f(c));
             }
         }
-        let plain: [(&str, &str, &str, &AtomicU64); 11] = [
+        let plain: [(&str, &str, &str, &AtomicU64); 13] = [
             (
                 "cairn_peers_connected",
                 "gauge",
@@ -109,6 +111,18 @@ impl Metrics {
                 "counter",
                 "Bytes taken from local files instead of the network.",
                 &self.dedup_bytes,
+            ),
+            (
+                "cairn_delta_chunks_total",
+                "counter",
+                "Chunks received as a delta from a local base instead of whole.",
+                &self.delta_chunks,
+            ),
+            (
+                "cairn_delta_saved_bytes_total",
+                "counter",
+                "Chunk bytes not sent thanks to deltas (chunk size minus signature and delta).",
+                &self.delta_saved_bytes,
             ),
             (
                 "cairn_scan_files_total",

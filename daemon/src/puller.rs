@@ -3,7 +3,7 @@
 //!
 //! Every file is written to a temp file beside its target (`.cairn-tmp.<name>.<content>`),
 //! chunk by chunk, each chunk verified against its id; progress is recorded so a restart
-//! resumes; then the whole temp file is verified against the content id, fsynced, checked
+//! resumes (a resumed file is verified whole against its content id); then fsynced, checked
 //! against a local change that may have raced it (the local version then keeps the name and
 //! the incoming one becomes a conflict copy), renamed into place, and the directory fsynced.
 //! Only then is the index updated, so the scanner never mistakes the write for a user edit.
@@ -13,9 +13,10 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
+use cairn_core::delta;
 use cairn_core::folder::EntryValue;
 use cairn_core::folder::tree::conflict_name;
 use cairn_core::planner::{Action, Plan};
@@ -33,6 +34,13 @@ use crate::scanner::{FileRead, read_file, stamp_of};
 const WINDOW: usize = 256;
 /// Blocks requests in flight at once during one file's pull.
 const IN_FLIGHT: usize = 8;
+/// Delta requests in flight at once per window (each holds its base, <= 264 KiB).
+const DELTAS_IN_FLIGHT: usize = 32;
+/// Files up to this size are written by several workers at once.
+const SMALL_FILE: u64 = 1 << 20;
+/// Workers writing small files at once: each has at most one file's chunks (<= 1 MiB) in
+/// memory and one request in flight, so round trips, disk writes and fsyncs overlap.
+const PARALLEL_WRITES: usize = 16;
 
 /// A request the puller needs the network loop to send.
 pub enum NetCommand {
@@ -42,6 +50,12 @@ pub enum NetCommand {
         request: BlocksRequest,
         reply: oneshot::Sender<Result<BlocksResponse, String>>,
     },
+}
+
+/// The previous local version of a file being replaced, for deltas.
+struct DeltaBase {
+    anchors: delta::Anchors,
+    file: File,
 }
 
 /// Why one action failed; the rest of the plan goes on.
@@ -160,45 +174,115 @@ impl Puller {
             })
             .collect();
         self.prefetch_manifests(&wanted);
-        for (i, action) in plan.actions.iter().enumerate() {
-            self.metrics
-                .pull_queue
-                .store(total - i as u64, Ordering::Relaxed);
-            self.progress
-                .actions_left
-                .store(total - i as u64, Ordering::Relaxed);
-            let result = match action {
-                Action::KeepInHistory { path, content } => self.keep_in_history(path, content),
-                Action::FetchManifest { content } => self.fetch_manifest(content),
-                Action::FetchChunks { .. } => Ok(()), // fetched per file, straight into place
-                Action::MakeDir { path } => self.make_dir(path),
-                Action::WriteFile { path, content, .. } => match values.get(path) {
-                    Some(v) => self.write_file(path, content, v, &mut out),
-                    None => Ok(()),
-                },
-                Action::WriteSymlink { path, target } => self.write_symlink(path, target),
-                Action::Delete { path, kind } => self.delete(path, *kind),
-            };
-            match result {
-                Ok(()) => {
-                    out.done += 1;
-                    if let Some((path, what)) = action_words(action) {
-                        if out.recent.len() == RECENT_PER_PULL {
-                            out.recent.pop_front();
-                        }
-                        out.recent.push_back((path.to_string(), what));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(folder = %self.folder, error = %e, "pull_action_failed");
-                    out.failed.push(e.to_string());
-                }
+        let left = AtomicU64::new(total);
+        let mut i = 0;
+        while i < plan.actions.len() {
+            // A run of small-file writes is independent work (distinct paths, parents made
+            // before it): spread it over workers so round trips and fsyncs overlap.
+            let run = plan.actions[i..]
+                .iter()
+                .take_while(|a| matches!(a, Action::WriteFile { size, .. } if *size <= SMALL_FILE))
+                .count();
+            if run >= 2 {
+                self.run_parallel(&plan.actions[i..i + run], values, &left, &mut out);
+                i += run;
+                continue;
             }
+            let action = &plan.actions[i];
+            let result = self.run_one(action, values, &left, &mut out);
+            Self::tally(action, result, &self.folder, &mut out);
+            i += 1;
         }
         self.flush();
         self.metrics.pull_queue.store(0, Ordering::Relaxed);
         self.progress.actions_left.store(0, Ordering::Relaxed);
         out
+    }
+
+    /// Carries out one action.
+    fn run_one(
+        &self,
+        action: &Action,
+        values: &HashMap<String, EntryValue>,
+        left: &AtomicU64,
+        out: &mut PullOutcome,
+    ) -> Result<(), PullError> {
+        let now = left.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.pull_queue.store(now, Ordering::Relaxed);
+        self.progress.actions_left.store(now, Ordering::Relaxed);
+        match action {
+            Action::KeepInHistory { path, content } => self.keep_in_history(path, content),
+            Action::FetchManifest { content } => self.fetch_manifest(content),
+            Action::FetchChunks { .. } => Ok(()), // fetched per file, straight into place
+            Action::MakeDir { path } => self.make_dir(path),
+            Action::WriteFile { path, content, .. } => match values.get(path) {
+                Some(v) => self.write_file(path, content, v, out),
+                None => Ok(()),
+            },
+            Action::WriteSymlink { path, target } => self.write_symlink(path, target),
+            Action::Delete { path, kind } => self.delete(path, *kind),
+        }
+    }
+
+    /// Carries out independent actions on [`PARALLEL_WRITES`] workers.
+    fn run_parallel(
+        &self,
+        actions: &[Action],
+        values: &HashMap<String, EntryValue>,
+        left: &AtomicU64,
+        out: &mut PullOutcome,
+    ) {
+        let next = AtomicUsize::new(0);
+        let outcomes: Vec<PullOutcome> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..PARALLEL_WRITES.min(actions.len()))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = PullOutcome::default();
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(action) = actions.get(k) else { break };
+                            let result = self.run_one(action, values, left, &mut mine);
+                            Self::tally(action, result, &self.folder, &mut mine);
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        for o in outcomes {
+            out.done += o.done;
+            out.failed.extend(o.failed);
+            out.raced.extend(o.raced);
+            for r in o.recent {
+                if out.recent.len() == RECENT_PER_PULL {
+                    out.recent.pop_front();
+                }
+                out.recent.push_back(r);
+            }
+        }
+    }
+
+    /// Counts an action's result into `out`.
+    fn tally(action: &Action, result: Result<(), PullError>, folder: &str, out: &mut PullOutcome) {
+        match result {
+            Ok(()) => {
+                out.done += 1;
+                if let Some((path, what)) = action_words(action) {
+                    if out.recent.len() == RECENT_PER_PULL {
+                        out.recent.pop_front();
+                    }
+                    out.recent.push_back((path.to_string(), what));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(folder = %folder, error = %e, "pull_action_failed");
+                out.failed.push(e.to_string());
+            }
+        }
     }
 
     fn dirty_dir(&self, full: &Path) {
@@ -527,6 +611,7 @@ impl Puller {
                 Some(at)
             })
             .collect();
+        let base = self.delta_base(path, content, &manifest);
         let mut start = resume;
         let mut recorded_progress = resume > 0;
         while start < manifest.chunks.len() {
@@ -544,6 +629,10 @@ impl Puller {
                     None => missing.push(i),
                 }
             }
+            let missing = match &base {
+                Some(base) => self.fetch_deltas(&file, &tmp, &manifest, &offsets, missing, base),
+                None => missing,
+            };
             self.fetch_into(&file, &tmp, &manifest, &offsets, &missing)?;
             // Progress is worth recording (and fsyncing) only between windows of a file
             // that has more than one; the last window is covered by the final fsync.
@@ -555,11 +644,19 @@ impl Puller {
             }
             start = end;
         }
-        // Verify the whole file against its content id before it gets the name.
+        // Every chunk written by this process was verified against its id, and the
+        // manifest against the content id, so the file is right by construction. Bytes a
+        // previous run left in a resumed temp file were not seen by this process: verify
+        // the whole file against its content id before it gets the name.
         let mut buf = Vec::new();
-        match read_file(&tmp, &self.chunker, &mut buf).map_err(io_err(&tmp))? {
-            FileRead::Stable { content: got, .. } if got == *content => {}
-            _ => {
+        match (resume > 0)
+            .then(|| read_file(&tmp, &self.chunker, &mut buf))
+            .transpose()
+            .map_err(io_err(&tmp))?
+        {
+            None => {}
+            Some(FileRead::Stable { content: got, .. }) if got == *content => {}
+            Some(_) => {
                 let _ = fs::remove_file(&tmp);
                 if recorded_progress {
                     self.index.set_pull_progress(&self.folder, path, None)?;
@@ -608,6 +705,110 @@ impl Puller {
         Metrics::add(&self.metrics.pull_files, 1);
         Metrics::add(&self.metrics.pull_bytes, manifest.size());
         Ok(())
+    }
+
+    /// The previous version of `path` on this disk, lined up against the incoming
+    /// `manifest`, when the two share chunks: the base that edited chunks are fetched as
+    /// deltas from.
+    fn delta_base(
+        &self,
+        path: &str,
+        content: &ContentId,
+        manifest: &Manifest,
+    ) -> Option<DeltaBase> {
+        let entry = self.index.entry(&self.folder, path).ok()??;
+        let old = entry
+            .content
+            .filter(|c| c != content && entry.kind == EntryKind::File)?;
+        let old_manifest = self.index.any_manifest(&old).ok()??;
+        let anchors = delta::anchors(&old_manifest, manifest);
+        if !(0..manifest.chunks.len()).any(|i| anchors.at_edge(i)) {
+            return None;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.full(path))
+            .ok()?;
+        Some(DeltaBase { anchors, file })
+    }
+
+    /// Fetches the chunks at the edges of edited regions as deltas from the old version
+    /// ([`cairn_core::delta`]); returns the indices still missing (no base, no answer, or
+    /// a delta that did not rebuild the chunk: those are fetched whole).
+    fn fetch_deltas(
+        &self,
+        file: &File,
+        tmp: &Path,
+        manifest: &Manifest,
+        offsets: &[u64],
+        missing: Vec<usize>,
+        base: &DeltaBase,
+    ) -> Vec<usize> {
+        if self.peers.is_empty() {
+            return missing;
+        }
+        let mut still = Vec::new();
+        let mut pending = Vec::new();
+        for (k, i) in missing.into_iter().enumerate() {
+            let chunk = manifest.chunks[i];
+            let window = base
+                .anchors
+                .at_edge(i)
+                .then(|| base.anchors.base_window(i, chunk.len))
+                .flatten();
+            let Some(window) = window.filter(|_| pending.len() < DELTAS_IN_FLIGHT) else {
+                still.push(i);
+                continue;
+            };
+            let mut bytes = vec![0u8; (window.end - window.start) as usize];
+            if base.file.read_exact_at(&mut bytes, window.start).is_err() {
+                still.push(i);
+                continue;
+            }
+            let signature = delta::signature(&bytes);
+            let peer = self.peers[k % self.peers.len()];
+            let sent = signature.len() as u64;
+            let request = BlocksRequest::Delta {
+                folder: self.folder.clone(),
+                chunk: chunk.id,
+                signature,
+            };
+            pending.push((i, peer, bytes, sent, self.ask(peer, request)));
+        }
+        for (i, peer, bytes, sent, rx) in pending {
+            let chunk = manifest.chunks[i];
+            let Ok(Ok(BlocksResponse::Delta(Some(d)))) = rx.blocking_recv() else {
+                still.push(i);
+                continue;
+            };
+            let rebuilt = delta::apply(&bytes, &d, &chunk);
+            self.metrics
+                .peer(&peer.to_string(), |c| c.bytes_received += d.len() as u64);
+            match rebuilt {
+                Ok(data) => {
+                    if let Err(e) = file.write_all_at(&data, offsets[i]) {
+                        tracing::warn!(error = %io_err(tmp)(e), "delta_write_failed");
+                        still.push(i);
+                        continue;
+                    }
+                    self.metrics
+                        .peer(&peer.to_string(), |c| c.chunks_received += 1);
+                    Metrics::add(&self.metrics.delta_chunks, 1);
+                    Metrics::add(
+                        &self.metrics.delta_saved_bytes,
+                        u64::from(chunk.len).saturating_sub(sent + d.len() as u64),
+                    );
+                    Metrics::add(&self.progress.done_bytes, u64::from(chunk.len));
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer, chunk = %chunk.id, error = %e, "delta_not_used");
+                    still.push(i);
+                }
+            }
+        }
+        still.sort_unstable();
+        still
     }
 
     /// Fetches the chunks at `missing` (indices into the manifest) from peers, pipelined,

@@ -1,5 +1,6 @@
 //! Answers peers' blocks requests from the files of one folder, re-verifying every chunk
-//! as it is read (the file may have changed since it was indexed).
+//! as it is read (the file may have changed since it was indexed); an edited chunk can
+//! go out as a delta from the requester's base.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -30,6 +31,16 @@ pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse
                 .iter()
                 .map(|id| (*id, read_chunk(index, root, folder, id)))
                 .collect(),
+        ),
+        // A signature the delta code refuses is answered like a missing chunk: the
+        // requester then asks for the chunk whole.
+        BlocksRequest::Delta {
+            folder,
+            chunk,
+            signature,
+        } => BlocksResponse::Delta(
+            read_chunk(index, root, folder, chunk)
+                .and_then(|data| cairn_core::delta::diff(signature, &data).ok()),
         ),
     }
 }

@@ -1,9 +1,11 @@
 //! The puller against a peer that lies: chunks whose bytes do not match their id are
 //! refused and counted, nothing partial reaches the real name, and an honest peer then
-//! completes the file.
+//! completes the file. Edited chunks travel as deltas from the old version; a delta that
+//! does not rebuild its chunk is never written.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use cairn_core::folder::{DeviceId, EntryValue};
 use cairn_core::planner::{Action, Plan};
@@ -59,6 +61,16 @@ fn fake_peer(
                         .collect(),
                 ),
                 BlocksRequest::Manifest { .. } => BlocksResponse::Manifest(Some(manifest.encode())),
+                BlocksRequest::Delta {
+                    chunk, signature, ..
+                } => {
+                    let (o, l) = offsets[&chunk];
+                    let mut wanted = bytes[o..o + l].to_vec();
+                    if answered < lies {
+                        wanted[l / 2] ^= 0xff; // a well-formed delta to the wrong bytes
+                    }
+                    BlocksResponse::Delta(cairn_core::delta::diff(&signature, &wanted).ok())
+                }
             };
             answered += 1;
             let _ = reply.send(Ok(response));
@@ -106,11 +118,11 @@ fn setup(
     let handle = fake_peer(rx, bytes.clone(), manifest.clone(), lies);
     let puller = Puller {
         folder: "f".into(),
-        root,
+        root: root.clone(),
         chunker,
         index,
         history_dir: dir.path().join("history"),
-        roots: HashMap::new(),
+        roots: HashMap::from([("f".to_string(), root.clone())]),
         peers: vec![peer],
         net: tx,
         metrics: Arc::new(Metrics::default()),
@@ -196,6 +208,58 @@ fn a_local_edit_that_races_the_write_keeps_the_name_and_the_incoming_version_bec
     assert_eq!(
         std::fs::read(puller.root.join(&outcome.raced[0])).unwrap(),
         data()
+    );
+    drop(puller);
+    handle.join().unwrap();
+}
+
+/// Puts an older version of `got.bin` (100 bytes differ in the middle) on the disk and in
+/// the index, as a scan would have; returns how many chunks of the new version it lacks.
+fn old_version_on_disk(puller: &Puller) -> usize {
+    let mut old = data();
+    old[700_000..700_100].copy_from_slice(&[0x55; 100]);
+    std::fs::write(puller.root.join("got.bin"), &old).unwrap();
+    let record = puller.index.folders().unwrap().remove(0);
+    cairn_daemon::scanner::scan_folder(&puller.index, &record, &|_| {}).unwrap();
+    let new = data();
+    puller
+        .chunker
+        .chunk_slice(&new)
+        .filter(|(_, c)| !puller.index.has_chunk(&cairn_core::ChunkId::of(c)).unwrap())
+        .count()
+}
+
+#[test]
+fn edited_chunks_arrive_as_small_deltas_from_the_old_version() {
+    let (_dir, puller, plan, values, handle, peer) = setup(0);
+    let changed = old_version_on_disk(&puller);
+    assert!(changed >= 1);
+    let outcome = puller.run(&plan, &values);
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    assert_eq!(std::fs::read(puller.root.join("got.bin")).unwrap(), data());
+    let m = &puller.metrics;
+    assert_eq!(m.delta_chunks.load(Ordering::Relaxed), changed as u64);
+    // Whole chunks are at least 16 KiB; a 100-byte edit's delta is a few hundred bytes.
+    let received = m.peer_counters(&peer.to_string()).bytes_received;
+    assert!(
+        received < 4096 * changed as u64,
+        "{received} bytes received"
+    );
+    drop(puller);
+    handle.join().unwrap();
+}
+
+#[test]
+fn a_delta_that_does_not_rebuild_its_chunk_is_refused_and_the_chunk_fetched_whole() {
+    let (_dir, puller, plan, values, handle, _peer) = setup(1);
+    let changed = old_version_on_disk(&puller);
+    let outcome = puller.run(&plan, &values);
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    assert_eq!(std::fs::read(puller.root.join("got.bin")).unwrap(), data());
+    // The first delta lied: that chunk came whole, any other by an honest delta.
+    assert_eq!(
+        puller.metrics.delta_chunks.load(Ordering::Relaxed),
+        changed as u64 - 1
     );
     drop(puller);
     handle.join().unwrap();

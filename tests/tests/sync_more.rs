@@ -86,7 +86,7 @@ fn changes_made_while_a_daemon_was_down_arrive_after_restart() {
 }
 
 #[test]
-fn identical_files_transfer_once_and_an_edit_transfers_only_changed_chunks() {
+fn identical_files_transfer_once_and_edits_travel_as_small_deltas() {
     let tmp = tempfile::tempdir().unwrap();
     let d = mesh(tmp.path(), &["a", "b"]);
     let received = |d: &cairn_tests::Daemon, from: &str| {
@@ -114,16 +114,42 @@ fn identical_files_transfer_once_and_an_edit_transfers_only_changed_chunks() {
         .as_deref()
         == Some(&big[..])));
     let before_edit = received(&d[1], &d[0].peer_id);
+    // Saved as editors do (a new file renamed over the old one), so the scanner never
+    // sees a half-written version.
+    let save = |data: &[u8]| {
+        let staged = tmp.path().join("staged.bin");
+        fs::write(&staged, data).unwrap();
+        fs::rename(&staged, d[0].folder.join("big.bin")).unwrap();
+    };
     big[2_000_000..2_000_100].copy_from_slice(&[0xAB; 100]);
-    fs::write(d[0].folder.join("big.bin"), &big).unwrap();
+    save(&big);
     assert!(wait_until(30, || content(&d[1].folder.join("big.bin"))
         .as_deref()
         == Some(&big[..])));
     let edit_cost = received(&d[1], &d[0].peer_id) - before_edit;
+    // The edited chunk (16-256 KiB) travels as a delta from the old version: less than
+    // the smallest whole chunk.
     assert!(
-        edit_cost > 0.0 && edit_cost <= 2.0 * 262_144.0,
+        edit_cost > 0.0 && edit_cost < 16_384.0,
         "a 100-byte edit cost {edit_cost} bytes"
     );
+    assert!(d[1].metric("cairn_delta_chunks_total") >= 1.0);
+
+    // Two 100-byte insertions shift everything after them; each costs a small delta.
+    let before_insert = received(&d[1], &d[0].peer_id);
+    let deltas_before = d[1].metric("cairn_delta_chunks_total");
+    big.splice(3_000_000..3_000_000, [0x11; 100]);
+    big.splice(1_000_000..1_000_000, [0x22; 100]);
+    save(&big);
+    assert!(wait_until(30, || content(&d[1].folder.join("big.bin"))
+        .as_deref()
+        == Some(&big[..])));
+    let insert_cost = received(&d[1], &d[0].peer_id) - before_insert;
+    assert!(
+        insert_cost > 0.0 && insert_cost < 2.0 * 16_384.0,
+        "two 100-byte insertions cost {insert_cost} bytes"
+    );
+    assert!(d[1].metric("cairn_delta_chunks_total") >= deltas_before + 2.0);
 }
 
 #[test]
