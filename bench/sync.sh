@@ -34,7 +34,8 @@
 # the bytes are counted anyway), BENCH_ONLY (comma list
 # of data sets), BENCH_TOOLS ("cairn syncthing"; one of them to diagnose), BENCH_PORT_BASE (27100, below the kernel's ephemeral range; each pair
 # takes the next free ports from there: 2 for cairn, 4 for Syncthing, about 50 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_NO_BUILD=1,
-# CAIRN_LOG (default warn; daemon logs go to bench/results/sync-DATE-logs/).
+# CAIRN_LOG (default warn; daemon logs go to bench/results/sync-DATE-logs/), BENCH_CAIRND (the
+# cairnd to run, e.g. a wrapper that starts it under heaptrack).
 #
 # Output: one table per data set, printed and written to bench/results/sync-DATE.txt.
 set -euo pipefail
@@ -77,7 +78,7 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
   log "building target/release/cairnd..."
   cargo build --release --quiet -p cairn-daemon || fail "cargo build --release -p cairn-daemon failed"
 fi
-CAIRND=$ROOT/target/release/cairnd
+CAIRND=${BENCH_CAIRND:-$ROOT/target/release/cairnd}
 [ -x "$CAIRND" ] || fail "$CAIRND not found (build it: cargo build --release -p cairn-daemon)"
 
 # ---- data (not timed)

@@ -425,6 +425,11 @@ impl Engine {
     }
 
     fn on_scan_done(&mut self, id: &str, result: Result<ScanReport, String>) {
+        self.on_scan_report(id, result);
+        crate::memory::trim();
+    }
+
+    fn on_scan_report(&mut self, id: &str, result: Result<ScanReport, String>) {
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
@@ -506,6 +511,13 @@ impl Engine {
     }
 
     fn start_pull(&mut self, id: &str) {
+        self.plan_and_pull(id);
+        // The tree, the index snapshot and the plan were just freed (or moved to the
+        // puller's thread).
+        crate::memory::trim();
+    }
+
+    fn plan_and_pull(&mut self, id: &str) {
         let roots: HashMap<String, PathBuf> = self
             .folders
             .iter()
@@ -591,6 +603,7 @@ impl Engine {
     }
 
     fn on_pull_done(&mut self, id: &str, outcome: PullOutcome) {
+        crate::memory::trim();
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };

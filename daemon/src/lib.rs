@@ -8,6 +8,7 @@ pub mod engine;
 pub mod folders;
 pub mod identity;
 pub mod index;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod pair;

@@ -24,6 +24,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    cairn_daemon::memory::limit_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
