@@ -366,15 +366,26 @@ impl FolderDoc {
     /// become ordinary paths everyone can edit, delete or resolve. Every device writes the
     /// same bytes, so devices that do this concurrently agree. Returns the paths written.
     pub fn materialize(&mut self, tree: &Tree) -> Vec<String> {
-        let recorded = self.recorded().entries;
+        // Only keys automerge flags as conflicted can hold several values: look at those
+        // alone rather than decoding the whole folder (100,000 paths: ~50 MB at once).
+        let mut conflicted: Vec<String> = self
+            .shards
+            .iter()
+            .flat_map(|doc| {
+                doc.map_range(ROOT, ..)
+                    .filter(|item| item.conflict)
+                    .map(|item| item.key.to_string())
+            })
+            .collect();
+        conflicted.sort_unstable();
         let mut written = Vec::new();
-        for (path, values) in &recorded {
-            if values.len() > 1
-                && let Some(entry) = tree.get(path)
+        for path in conflicted {
+            if self.values(&path).len() > 1
+                && let Some(entry) = tree.get(&path)
                 && entry.origin == Origin::Recorded
             {
-                self.put(path, &entry.value);
-                written.push(path.clone());
+                self.put(&path, &entry.value);
+                written.push(path);
             }
         }
         for (path, entry) in &tree.entries {
