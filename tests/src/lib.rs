@@ -94,6 +94,8 @@ pub struct Daemon {
     pub folder: PathBuf,
     pub peer_id: String,
     pub port: u16,
+    /// Run as this user id (through `setpriv`) instead of the test's own.
+    run_as: Option<u32>,
     child: Option<std::process::Child>,
 }
 
@@ -112,6 +114,7 @@ pub struct DaemonSpec {
     pub folder: PathBuf,
     pub port: u16,
     pub peer_id: String,
+    pub run_as: Option<u32>,
 }
 
 impl DaemonSpec {
@@ -139,7 +142,24 @@ impl DaemonSpec {
             folder,
             port: free_port(),
             peer_id,
+            run_as: None,
         }
+    }
+
+    /// Runs the daemon as user `uid` (needs root and `setpriv`); its home and folder are
+    /// handed to that user.
+    pub fn as_user(mut self, uid: u32) -> Self {
+        for dir in [&self.home, &self.folder] {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{uid}"))
+                .arg(dir)
+                .status()
+                .expect("chown runs");
+            assert!(status.success(), "chown {}", dir.display());
+        }
+        self.run_as = Some(uid);
+        self
     }
 
     /// Writes a config trusting `peers` and sharing folder `shared` with them, then starts.
@@ -187,6 +207,7 @@ impl DaemonSpec {
             folder: self.folder,
             peer_id: self.peer_id,
             port: self.port,
+            run_as: self.run_as,
             child: None,
         };
         d.restart();
@@ -213,7 +234,18 @@ impl Daemon {
             .append(true)
             .open(self.home.join("cairnd.log"))
             .expect("log file");
-        let child = Command::new(bin("cairnd"))
+        let mut command = match self.run_as {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(bin("cairnd"));
+                c
+            }
+            None => Command::new(bin("cairnd")),
+        };
+        let child = command
             .arg("--home")
             .arg(&self.home)
             .env(

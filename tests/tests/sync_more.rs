@@ -230,3 +230,96 @@ fn a_peer_that_is_not_trusted_gets_nothing() {
         0.0
     );
 }
+
+/// Holds every inotify instance user `uid` may have (the kernel's per-user limit), as a
+/// desktop full of watching programs can; killed by PID when dropped.
+struct InotifyHog(std::process::Child);
+
+impl InotifyHog {
+    fn start(uid: u32) -> Option<InotifyHog> {
+        let script = "import ctypes, sys, time\n\
+            libc = ctypes.CDLL(None, use_errno=True)\n\
+            n = 0\n\
+            while libc.inotify_init() >= 0:\n    n += 1\n\
+            print(n, flush=True)\n\
+            time.sleep(600)\n";
+        let mut child = std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                // The system's Python: a per-user one (pyenv) is not readable by `uid`.
+                "/usr/bin/python3",
+                "-c",
+                script,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take()?),
+            &mut line,
+        )
+        .ok()?;
+        let hog = InotifyHog(child);
+        line.trim().parse::<u32>().ok().filter(|&n| n > 0)?;
+        Some(hog)
+    }
+}
+
+impl Drop for InotifyHog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn with_no_inotify_left_the_daemon_says_so_and_periodic_rescans_still_sync() {
+    // A user of its own whose inotify instances are all taken: the daemon's watcher
+    // cannot start. Needs root, setpriv and /usr/bin/python3 (.ci/deps installs them).
+    const UID: u32 = 47_123;
+    let probe = std::process::Command::new("setpriv")
+        .args([&format!("--reuid={UID}"), "--clear-groups", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("cannot switch users here (not root, or no setpriv); skipping");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-watch")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _hog = InotifyHog::start(UID).expect("the inotify hog starts");
+    let a = DaemonSpec::new(tmp.path(), "a").as_user(UID);
+    let b = DaemonSpec::new(tmp.path(), "b");
+    let (ra, rb) = (a.peer(), b.peer());
+    let a = a.start(&[rb]);
+    let b = b.start(&[ra]);
+    assert!(
+        wait_until(30, || a.status()["folders"][0]["watcher"] == "fallback"),
+        "status: {}\nlog: {}",
+        a.status(),
+        a.log()
+    );
+    assert!(
+        a.log()
+            .contains("watcher_unavailable_falling_back_to_rescans")
+    );
+    // No inotify: the change is found by the next periodic rescan (every 10 s).
+    fs::write(a.folder.join("found-by-rescan.txt"), b"no watcher needed").unwrap();
+    assert!(
+        wait_until(60, || content(&b.folder.join("found-by-rescan.txt"))
+            .as_deref()
+            == Some(&b"no watcher needed"[..])),
+        "a: {}\nb: {}",
+        a.log(),
+        b.log()
+    );
+}
