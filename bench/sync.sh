@@ -14,6 +14,7 @@
 #   latency    a few bytes written to a new file on the sender, until it is on the receiver;
 #              BENCH_LATENCY_RUNS times (default 5), median
 #   small100k  100,000 files of 1-8 KiB, only with BENCH_100K=1 (peak RSS, target < 200 MiB)
+#   huge10g    one 10 GiB file, only with BENCH_HUGE=1 (needs ~31 GB of disk; peak RSS)
 #
 # For every data set and tool: fresh homes and empty folders, two daemons ("a" sends, "b"
 # receives) on 127.0.0.1, started and waited for until connected and idle. Then the data
@@ -55,9 +56,13 @@ PORT_BASE=${BENCH_PORT_BASE:-27100}
 LATENCY_RUNS=${BENCH_LATENCY_RUNS:-5}
 TOOLS=${BENCH_TOOLS:-cairn syncthing}
 BENCH_100K=${BENCH_100K:-0}
+BENCH_HUGE=${BENCH_HUGE:-0}
 ONLY=${BENCH_ONLY:-large,small10k,edit,identical,latency}
 if [ "$BENCH_100K" = 1 ] && [ -z "${BENCH_ONLY:-}" ]; then
   ONLY="$ONLY,small100k"
+fi
+if [ "$BENCH_HUGE" = 1 ] && [ -z "${BENCH_ONLY:-}" ]; then
+  ONLY="$ONLY,huge10g"
 fi
 export CAIRN_LOG=${CAIRN_LOG:-warn}
 DATA=$BENCH/data/sync
@@ -84,6 +89,7 @@ CAIRND=${BENCH_CAIRND:-$ROOT/target/release/cairnd}
 # ---- data (not timed)
 gen_args=("$DATA")
 [ "$BENCH_100K" = 1 ] && gen_args+=(--with-100k)
+[ "$BENCH_HUGE" = 1 ] && gen_args+=(--with-huge)
 helper gen "${gen_args[@]}" || fail "data generation failed"
 
 STAMP=$(date +%Y-%m-%d-%H%M%S)
@@ -181,7 +187,7 @@ run_one() {
   elif [ "$ds" != latency ]; then
     verify=$(verify_pair)
   fi
-  case $ds in small10k | small100k) rss=$(pair_rss) ;; esac
+  case $ds in small10k | small100k | huge10g) rss=$(pair_rss) ;; esac
   local extra=()
   [ -n "$verify" ] && extra+=(--verify "$verify")
   [ -n "$rss" ] && extra+=(--rss "$rss")
@@ -201,13 +207,14 @@ for ds in "${sets[@]}"; do
   case $ds in
     large | small10k | identical | small100k) warm "$DATA/$ds" ;;
     edit) warm "$DATA/edit" ;;
-    latency) ;;
-    *) fail "unknown data set '$ds' in BENCH_ONLY (large, small10k, edit, identical, latency, small100k)" ;;
+    latency | huge10g) ;;
+    *) fail "unknown data set '$ds' in BENCH_ONLY (large, small10k, edit, identical, latency, small100k, huge10g)" ;;
   esac
   for tool in $TOOLS; do
     case $tool in cairn | syncthing) ;; *) fail "unknown tool '$tool' in BENCH_TOOLS" ;; esac
   done
   [ "$ds" = small100k ] && [ ! -e "$DATA/.small100k.complete" ] && fail "small100k needs BENCH_100K=1"
+  [ "$ds" = huge10g ] && [ ! -e "$DATA/.huge10g.complete" ] && fail "huge10g needs BENCH_HUGE=1"
   for tool in $TOOLS; do
     run_one "$ds" "$tool"
   done

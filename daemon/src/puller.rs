@@ -194,6 +194,15 @@ impl Puller {
             i += 1;
         }
         self.flush();
+        if let Some(first) = out.failed.first() {
+            tracing::warn!(
+                folder = %self.folder,
+                failed = out.failed.len(),
+                done = out.done,
+                first = %first,
+                "pull_incomplete"
+            );
+        }
         self.metrics.pull_queue.store(0, Ordering::Relaxed);
         self.progress.actions_left.store(0, Ordering::Relaxed);
         out
@@ -277,6 +286,12 @@ impl Puller {
                     }
                     out.recent.push_back((path.to_string(), what));
                 }
+            }
+            // A peer that went away fails every remaining file the same way: those are
+            // summed up in one line at the end of the pull, not logged one by one.
+            Err(e @ PullError::Unavailable(_)) => {
+                tracing::debug!(folder = %folder, error = %e, "pull_action_failed");
+                out.failed.push(e.to_string());
             }
             Err(e) => {
                 tracing::warn!(folder = %folder, error = %e, "pull_action_failed");
