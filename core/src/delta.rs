@@ -29,8 +29,9 @@ pub const BLOCK_SIZE: u32 = 512;
 pub const HASH_BYTES: u32 = 8;
 /// Bytes of old data taken on each side of the aligned position.
 pub const SLACK: u64 = 4096;
-/// Smallest and largest block size accepted from a peer.
-const BLOCK_SIZES: std::ops::RangeInclusive<u32> = 64..=65536;
+/// Most blocks in a signature: a base of the largest chunk (256 KiB) plus slack both sides.
+pub const MAX_SIGNATURE_BLOCKS: usize =
+    ((256 << 10) + 2 * SLACK as usize) / BLOCK_SIZE as usize + 1;
 
 /// Why a delta could not be made or used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -56,27 +57,28 @@ pub fn signature(base: &[u8]) -> Vec<u8> {
 }
 
 /// The delta that turns the base behind `signature` (untrusted, from a peer) into `chunk`.
-pub fn diff(signature: &[u8], chunk: &[u8]) -> Result<Vec<u8>, DeltaError> {
-    let sig = Signature::deserialize(signature.to_vec()).map_err(|_| DeltaError::BadSignature)?;
-    // The crate loops forever on a zero block size and trusts the rest: check it here.
-    let header_block = u32::from_be_bytes(
+///
+/// Only signatures this crate makes are accepted ([`BLOCK_SIZE`], [`HASH_BYTES`], at most
+/// [`MAX_SIGNATURE_BLOCKS`] blocks): the diff hashes one block per rolling-checksum match,
+/// so a peer free to pick a large block size could make one small request cost seconds
+/// of CPU. Returns `None` when the delta would not be smaller than the chunk.
+pub fn diff(signature: &[u8], chunk: &[u8]) -> Result<Option<Vec<u8>>, DeltaError> {
+    let field = |at: usize| {
         signature
-            .get(4..8)
+            .get(at..at + 4)
             .and_then(|b| b.try_into().ok())
-            .ok_or(DeltaError::BadSignature)?,
-    );
-    let header_hash = u32::from_be_bytes(
-        signature
-            .get(8..12)
-            .and_then(|b| b.try_into().ok())
-            .ok_or(DeltaError::BadSignature)?,
-    );
-    if !BLOCK_SIZES.contains(&header_block) || !(4..=16).contains(&header_hash) {
+            .map(u32::from_be_bytes)
+            .ok_or(DeltaError::BadSignature)
+    };
+    let (block, hash) = (field(4)?, field(8)?);
+    let blocks = signature.len().saturating_sub(12) / (4 + HASH_BYTES as usize);
+    if block != BLOCK_SIZE || hash != HASH_BYTES || blocks > MAX_SIGNATURE_BLOCKS {
         return Err(DeltaError::BadSignature);
     }
+    let sig = Signature::deserialize(signature.to_vec()).map_err(|_| DeltaError::BadSignature)?;
     let mut out = Vec::with_capacity(chunk.len() / 8 + 64);
     fast_rsync::diff(&sig.index(), chunk, &mut out).map_err(|_| DeltaError::BadSignature)?;
-    Ok(out)
+    Ok((out.len() < chunk.len()).then_some(out))
 }
 
 /// Rebuilds `chunk` from `base` and a peer's `delta`; the result is checked against the
@@ -147,7 +149,14 @@ impl Anchors {
             .find_map(|k| self.old_offset[k].map(|o| (k, o)));
         let after = (i + 1..self.old_offset.len()).find_map(|k| self.old_offset[k].map(|o| (k, o)));
         // old position = new position + (old - new) of the anchor
+        // Line up on the shared neighbour next to this chunk: after an insertion before
+        // the chunk, only the chunk after it still knows where the old bytes are.
+        let next_is_shared = self.old_offset.get(i + 1).is_some_and(Option::is_some);
+        let prev_is_shared = i > 0 && self.old_offset[i - 1].is_some();
         let old_at = match (before, after) {
+            (_, Some((k, o))) if next_is_shared && !prev_is_shared => {
+                (new_at + o).saturating_sub(self.new_offsets[k])
+            }
             (Some((k, o)), _) => (new_at + o).checked_sub(self.new_offsets[k])?,
             (None, Some((k, o))) => (new_at + o).saturating_sub(self.new_offsets[k]),
             (None, None) => new_at,
@@ -207,7 +216,7 @@ mod tests {
             let at = a.new_offsets[i] as usize;
             let chunk = &new[at..at + c.len as usize];
             let sig = signature(base);
-            let delta = diff(&sig, chunk).unwrap();
+            let delta = diff(&sig, chunk).unwrap().expect("smaller than the chunk");
             assert_eq!(apply(base, &delta, &c).unwrap(), chunk);
             total += sig.len() + delta.len();
         }
@@ -216,14 +225,43 @@ mod tests {
     }
 
     #[test]
+    fn a_long_insertion_is_lined_up_from_both_sides() {
+        let old = random(1 << 20, 11);
+        let mut new = old.clone();
+        let inserted = 20_000;
+        new.splice(400_000..400_000, random(inserted, 12));
+        let (om, nm) = (manifest_of(&old), manifest_of(&new));
+        let a = anchors(&om, &nm);
+        let mut sent = 0;
+        for i in (0..nm.chunks.len()).filter(|&i| a.at_edge(i)) {
+            let c = nm.chunks[i];
+            let w = a.base_window(i, c.len).unwrap();
+            let base = &old[w.start as usize..w.end as usize];
+            let at = a.new_offsets[i] as usize;
+            let chunk = &new[at..at + c.len as usize];
+            let delta = diff(&signature(base), chunk)
+                .unwrap()
+                .expect("a delta smaller than the chunk");
+            assert_eq!(apply(base, &delta, &c).unwrap(), chunk);
+            sent += delta.len();
+        }
+        // The new bytes must travel; the old bytes around them must not.
+        assert!(
+            sent < inserted + 8192,
+            "{sent} bytes for a {inserted}-byte insertion"
+        );
+    }
+
+    #[test]
     fn a_wrong_delta_or_base_is_refused_not_trusted() {
         let base = random(70_000, 3);
-        let chunk = random(65_000, 4);
+        let mut chunk = base[1000..66_000].to_vec();
+        chunk[30_000] ^= 1;
         let c = ChunkRef {
             id: ChunkId::of(&chunk),
             len: chunk.len() as u32,
         };
-        let delta = diff(&signature(&base), &chunk).unwrap();
+        let delta = diff(&signature(&base), &chunk).unwrap().unwrap();
         assert_eq!(apply(&base, &delta, &c).unwrap(), chunk);
         // The same delta against other claims: length and id are checked.
         let other = ChunkRef {
@@ -251,6 +289,13 @@ mod tests {
         assert!(diff(&sig, &chunk).is_ok());
         sig[4..8].copy_from_slice(&0u32.to_be_bytes()); // block size 0 would loop forever
         assert_eq!(diff(&sig, &chunk), Err(DeltaError::BadSignature));
+        // A large block size would make every checksum match hash 64 KiB.
+        let mut sig = signature(&random(4096, 6));
+        sig[4..8].copy_from_slice(&65_536u32.to_be_bytes());
+        assert_eq!(diff(&sig, &chunk), Err(DeltaError::BadSignature));
+        // More blocks than any real base needs.
+        let big = signature(&random(MAX_SIGNATURE_BLOCKS * BLOCK_SIZE as usize + 1, 7));
+        assert_eq!(diff(&big, &chunk), Err(DeltaError::BadSignature));
         let mut sig = signature(&random(4096, 6));
         sig[8..12].copy_from_slice(&17u32.to_be_bytes());
         assert_eq!(diff(&sig, &chunk), Err(DeltaError::BadSignature));

@@ -79,6 +79,8 @@ pub enum ManifestError {
     Malformed(&'static str),
     #[error("chunk {index} has length {len}, outside 1..={max}")]
     BadChunkLength { index: usize, len: u32, max: u32 },
+    #[error("chunk {index} repeats an earlier chunk id with another length")]
+    InconsistentLength { index: usize },
 }
 
 /// A file's content as its ordered chunks.
@@ -116,16 +118,24 @@ impl Manifest {
         }
     }
 
-    /// Checks every chunk length is possible under a chunker whose largest chunk is `max`.
+    /// Checks every chunk length is possible under a chunker whose largest chunk is `max`,
+    /// and that a chunk id that appears twice has the same length both times (a chunk id
+    /// is the hash of the bytes, so anything else is a forged manifest).
     pub fn check_lengths(&self, max: u32) -> Result<(), ManifestError> {
-        match self.chunks.iter().position(|c| c.len == 0 || c.len > max) {
-            Some(index) => Err(ManifestError::BadChunkLength {
+        if let Some(index) = self.chunks.iter().position(|c| c.len == 0 || c.len > max) {
+            return Err(ManifestError::BadChunkLength {
                 index,
                 len: self.chunks[index].len,
                 max,
-            }),
-            None => Ok(()),
+            });
         }
+        let mut seen = std::collections::HashMap::with_capacity(self.chunks.len());
+        for (index, c) in self.chunks.iter().enumerate() {
+            if *seen.entry(c.id).or_insert(c.len) != c.len {
+                return Err(ManifestError::InconsistentLength { index });
+            }
+        }
+        Ok(())
     }
 
     /// A proof that chunk `index` belongs to this content at that position.
@@ -366,6 +376,19 @@ mod tests {
         assert!(m.check_lengths(2000).is_ok());
         m.chunks[2].len = 0;
         assert!(m.check_lengths(2000).is_err());
+    }
+
+    #[test]
+    fn one_chunk_id_with_two_lengths_is_refused() {
+        let mut m = manifest(3);
+        m.chunks[2].id = m.chunks[0].id;
+        m.chunks[2].len = m.chunks[0].len;
+        assert!(m.check_lengths(2000).is_ok(), "a repeated chunk is fine");
+        m.chunks[2].len = m.chunks[0].len + 1;
+        assert_eq!(
+            m.check_lengths(2000),
+            Err(ManifestError::InconsistentLength { index: 2 })
+        );
     }
 
     proptest! {

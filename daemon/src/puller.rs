@@ -38,8 +38,9 @@ const IN_FLIGHT: usize = 8;
 const DELTAS_IN_FLIGHT: usize = 32;
 /// Files up to this size are written by several workers at once.
 const SMALL_FILE: u64 = 1 << 20;
-/// Workers writing small files at once: each has at most one file's chunks (<= 1 MiB) in
-/// memory and one request in flight, so round trips, disk writes and fsyncs overlap.
+/// Workers writing small files at once, so round trips, disk writes and fsyncs overlap.
+/// Each keeps one chunk request (<= 8 MiB) and four deltas in flight, whatever size a
+/// peer claims for the file.
 const PARALLEL_WRITES: usize = 16;
 
 /// A request the puller needs the network loop to send.
@@ -189,7 +190,7 @@ impl Puller {
                 continue;
             }
             let action = &plan.actions[i];
-            let result = self.run_one(action, values, &left, &mut out);
+            let result = self.run_one(action, values, &left, &mut out, false);
             Self::tally(action, result, &self.folder, &mut out);
             i += 1;
         }
@@ -208,13 +209,15 @@ impl Puller {
         out
     }
 
-    /// Carries out one action.
+    /// Carries out one action; `parallel` when other workers run beside it (each then
+    /// keeps fewer requests in flight, so memory stays bounded whatever sizes peers claim).
     fn run_one(
         &self,
         action: &Action,
         values: &HashMap<String, EntryValue>,
         left: &AtomicU64,
         out: &mut PullOutcome,
+        parallel: bool,
     ) -> Result<(), PullError> {
         let now = left.fetch_sub(1, Ordering::Relaxed);
         self.metrics.pull_queue.store(now, Ordering::Relaxed);
@@ -225,7 +228,7 @@ impl Puller {
             Action::FetchChunks { .. } => Ok(()), // fetched per file, straight into place
             Action::MakeDir { path } => self.make_dir(path),
             Action::WriteFile { path, content, .. } => match values.get(path) {
-                Some(v) => self.write_file(path, content, v, out),
+                Some(v) => self.write_file(path, content, v, out, parallel),
                 None => Ok(()),
             },
             Action::WriteSymlink { path, target } => self.write_symlink(path, target),
@@ -250,7 +253,7 @@ impl Puller {
                         loop {
                             let k = next.fetch_add(1, Ordering::Relaxed);
                             let Some(action) = actions.get(k) else { break };
-                            let result = self.run_one(action, values, left, &mut mine);
+                            let result = self.run_one(action, values, left, &mut mine, true);
                             Self::tally(action, result, &self.folder, &mut mine);
                         }
                         mine
@@ -592,8 +595,14 @@ impl Puller {
         content: &ContentId,
         value: &EntryValue,
         out: &mut PullOutcome,
+        parallel: bool,
     ) -> Result<(), PullError> {
         self.check_ancestors(path)?;
+        let (in_flight, deltas_in_flight) = if parallel {
+            (1, 4)
+        } else {
+            (IN_FLIGHT, DELTAS_IN_FLIGHT)
+        };
         let manifest = self
             .index
             .any_manifest(content)?
@@ -645,10 +654,17 @@ impl Puller {
                 }
             }
             let missing = match &base {
-                Some(base) => self.fetch_deltas(&file, &tmp, &manifest, &offsets, missing, base),
+                Some(base) => self.fetch_deltas(
+                    &file,
+                    &tmp,
+                    &manifest,
+                    &offsets,
+                    missing,
+                    (base, deltas_in_flight),
+                ),
                 None => missing,
             };
-            self.fetch_into(&file, &tmp, &manifest, &offsets, &missing)?;
+            self.fetch_into(&file, &tmp, &manifest, &offsets, &missing, in_flight)?;
             // Progress is worth recording (and fsyncing) only between windows of a file
             // that has more than one; the last window is covered by the final fsync.
             if end < manifest.chunks.len() {
@@ -758,7 +774,7 @@ impl Puller {
         manifest: &Manifest,
         offsets: &[u64],
         missing: Vec<usize>,
-        base: &DeltaBase,
+        (base, max_in_flight): (&DeltaBase, usize),
     ) -> Vec<usize> {
         if self.peers.is_empty() {
             return missing;
@@ -772,7 +788,11 @@ impl Puller {
                 .at_edge(i)
                 .then(|| base.anchors.base_window(i, chunk.len))
                 .flatten();
-            let Some(window) = window.filter(|_| pending.len() < DELTAS_IN_FLIGHT) else {
+            let Some(window) = window.filter(|w| {
+                pending.len() < max_in_flight
+                    && w.end - w.start
+                        <= (delta::MAX_SIGNATURE_BLOCKS as u64 - 1) * u64::from(delta::BLOCK_SIZE)
+            }) else {
                 still.push(i);
                 continue;
             };
@@ -835,6 +855,7 @@ impl Puller {
         manifest: &Manifest,
         offsets: &[u64],
         missing: &[usize],
+        in_flight: usize,
     ) -> Result<(), PullError> {
         if missing.is_empty() {
             return Ok(());
@@ -857,7 +878,7 @@ impl Puller {
         let mut failures = 0usize;
         let mut turn = 0usize;
         while !queue.is_empty() {
-            let wave: Vec<Vec<ChunkId>> = queue.drain(..queue.len().min(IN_FLIGHT)).collect();
+            let wave: Vec<Vec<ChunkId>> = queue.drain(..queue.len().min(in_flight)).collect();
             let pending: Vec<_> = wave
                 .into_iter()
                 .enumerate()

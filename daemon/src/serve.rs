@@ -5,6 +5,7 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cairn_core::wire::{BlocksRequest, BlocksResponse};
 use cairn_core::{ChunkId, Manifest};
@@ -32,16 +33,17 @@ pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse
                 .map(|id| (*id, read_chunk(index, root, folder, id)))
                 .collect(),
         ),
-        // A signature the delta code refuses is answered like a missing chunk: the
-        // requester then asks for the chunk whole.
+        // A signature the delta code refuses, a delta no smaller than the chunk, or too
+        // many diffs at once are answered like a missing chunk: the requester then asks
+        // for the chunk whole.
         BlocksRequest::Delta {
             folder,
             chunk,
             signature,
-        } => BlocksResponse::Delta(
+        } => BlocksResponse::Delta(DiffPermit::try_take().and_then(|_permit| {
             read_chunk(index, root, folder, chunk)
-                .and_then(|data| cairn_core::delta::diff(signature, &data).ok()),
-        ),
+                .and_then(|data| cairn_core::delta::diff(signature, &data).ok().flatten())
+        })),
     }
 }
 
@@ -63,4 +65,29 @@ fn read_chunk(index: &Index, root: &Path, folder: &str, id: &ChunkId) -> Option<
         }
     }
     None
+}
+
+/// Diffs running at once, across all peers: each costs CPU the requester chose to spend,
+/// so at most [`DiffPermit::MAX`] run and the rest are told to fetch whole chunks.
+static DIFFS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+struct DiffPermit;
+
+impl DiffPermit {
+    const MAX: usize = 4;
+
+    fn try_take() -> Option<DiffPermit> {
+        DIFFS_RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < Self::MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| DiffPermit)
+    }
+}
+
+impl Drop for DiffPermit {
+    fn drop(&mut self) {
+        DIFFS_RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
 }

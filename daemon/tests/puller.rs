@@ -69,7 +69,9 @@ fn fake_peer(
                     if answered < lies {
                         wanted[l / 2] ^= 0xff; // a well-formed delta to the wrong bytes
                     }
-                    BlocksResponse::Delta(cairn_core::delta::diff(&signature, &wanted).ok())
+                    BlocksResponse::Delta(
+                        cairn_core::delta::diff(&signature, &wanted).ok().flatten(),
+                    )
                 }
             };
             answered += 1;

@@ -147,9 +147,12 @@ impl DaemonSpec {
     }
 
     /// Runs the daemon as user `uid` (needs root and `setpriv`); its home and folder are
-    /// handed to that user.
+    /// handed to that user, and the binary is copied beside them (the build directory may
+    /// not be readable by other users).
     pub fn as_user(mut self, uid: u32) -> Self {
-        for dir in [&self.home, &self.folder] {
+        let exe = self.home.with_file_name(format!("cairnd-{uid}"));
+        std::fs::copy(bin("cairnd"), &exe).expect("copy cairnd");
+        for dir in [&self.home, &self.folder, &exe] {
             let status = Command::new("chown")
                 .arg("-R")
                 .arg(format!("{uid}:{uid}"))
@@ -240,7 +243,9 @@ impl Daemon {
                 c.arg(format!("--reuid={uid}"))
                     .arg(format!("--regid={uid}"))
                     .arg("--clear-groups")
-                    .arg(bin("cairnd"));
+                    // Dies with the test even if the test is killed before its Drop.
+                    .args(["--pdeathsig", "KILL"])
+                    .arg(self.home.with_file_name(format!("cairnd-{uid}")));
                 c
             }
             None => Command::new(bin("cairnd")),

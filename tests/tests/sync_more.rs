@@ -232,22 +232,29 @@ fn a_peer_that_is_not_trusted_gets_nothing() {
 }
 
 /// Holds every inotify instance user `uid` may have (the kernel's per-user limit), as a
-/// desktop full of watching programs can; killed by PID when dropped.
+/// desktop full of watching programs can; killed by PID when dropped, and by the kernel
+/// if the test dies first.
 struct InotifyHog(std::process::Child);
 
 impl InotifyHog {
+    /// None when the user's instances could not all be taken (another limit came first).
     fn start(uid: u32) -> Option<InotifyHog> {
-        let script = "import ctypes, sys, time\n\
+        let script = "import ctypes, resource, time\n\
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n\
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n\
             libc = ctypes.CDLL(None, use_errno=True)\n\
             n = 0\n\
             while libc.inotify_init() >= 0:\n    n += 1\n\
-            print(n, flush=True)\n\
+            err = ctypes.get_errno()\n\
+            print(n, err, flush=True)\n\
             time.sleep(600)\n";
         let mut child = std::process::Command::new("setpriv")
             .args([
                 &format!("--reuid={uid}"),
                 &format!("--regid={uid}"),
                 "--clear-groups",
+                "--pdeathsig",
+                "KILL",
                 // The system's Python: a per-user one (pyenv) is not readable by `uid`.
                 "/usr/bin/python3",
                 "-c",
@@ -256,15 +263,23 @@ impl InotifyHog {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .ok()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take()?),
-            &mut line,
-        )
-        .ok()?;
+        let stdout = child.stdout.take();
         let hog = InotifyHog(child);
-        line.trim().parse::<u32>().ok().filter(|&n| n > 0)?;
-        Some(hog)
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout?), &mut line).ok()?;
+        // inotify_init fails with EMFILE (24) at the per-user instance limit; the
+        // file-descriptor limit gives the same errno, so also check the count reached it
+        // (0 means a leftover process of this user holds them: exhausted all the same).
+        let max: u32 = fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let mut fields = line.split_whitespace().map(str::parse::<u32>);
+        let (Some(Ok(n)), Some(Ok(24))) = (fields.next(), fields.next()) else {
+            return None;
+        };
+        (n == 0 || n == max).then_some(hog)
     }
 }
 
@@ -279,9 +294,11 @@ impl Drop for InotifyHog {
 fn with_no_inotify_left_the_daemon_says_so_and_periodic_rescans_still_sync() {
     // A user of its own whose inotify instances are all taken: the daemon's watcher
     // cannot start. Needs root, setpriv and /usr/bin/python3 (.ci/deps installs them).
-    const UID: u32 = 47_123;
+    // A user id of its own (inotify limits are per user), so tests running at once on
+    // the machine do not share it.
+    let uid = 40_000 + std::process::id() % 20_000;
     let probe = std::process::Command::new("setpriv")
-        .args([&format!("--reuid={UID}"), "--clear-groups", "true"])
+        .args([&format!("--reuid={uid}"), "--clear-groups", "true"])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
         eprintln!("cannot switch users here (not root, or no setpriv); skipping");
@@ -296,8 +313,11 @@ fn with_no_inotify_left_the_daemon_says_so_and_periodic_rescans_still_sync() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let _hog = InotifyHog::start(UID).expect("the inotify hog starts");
-    let a = DaemonSpec::new(tmp.path(), "a").as_user(UID);
+    let Some(_hog) = InotifyHog::start(uid) else {
+        eprintln!("could not take every inotify instance of a test user; skipping");
+        return;
+    };
+    let a = DaemonSpec::new(tmp.path(), "a").as_user(uid);
     let b = DaemonSpec::new(tmp.path(), "b");
     let (ra, rb) = (a.peer(), b.peer());
     let a = a.start(&[rb]);
