@@ -104,17 +104,10 @@ pub struct Anchors {
 /// Lines `new` up against `old` by the chunks they share.
 pub fn anchors(old: &Manifest, new: &Manifest) -> Anchors {
     let mut in_old: HashMap<ChunkId, u64> = HashMap::with_capacity(old.chunks.len());
-    let mut at = 0u64;
-    for c in &old.chunks {
+    for (c, at) in old.chunks.iter().zip(old.offsets()) {
         in_old.entry(c.id).or_insert(at);
-        at += u64::from(c.len);
     }
-    let mut new_offsets = Vec::with_capacity(new.chunks.len());
-    let mut at = 0u64;
-    for c in &new.chunks {
-        new_offsets.push(at);
-        at += u64::from(c.len);
-    }
+    let new_offsets = new.offsets().collect();
     Anchors {
         new_offsets,
         old_offset: new
@@ -141,7 +134,8 @@ impl Anchors {
 
     /// The range of the old version to use as the base for chunk `i` (of `len` bytes) of
     /// the new version: aligned by the nearest shared chunk before it (or after it, for
-    /// an edit at the start), widened by [`SLACK`] on each side.
+    /// an edit at the start), widened by [`SLACK`] on each side; None when there is no
+    /// old byte there or the window is larger than a signature may cover.
     pub fn base_window(&self, i: usize, len: u32) -> Option<Range<u64>> {
         let new_at = *self.new_offsets.get(i)?;
         let before = (0..i)
@@ -163,7 +157,9 @@ impl Anchors {
         };
         let start = old_at.saturating_sub(SLACK);
         let end = (old_at + u64::from(len) + SLACK).min(self.old_size);
-        (start < end).then_some(start..end)
+        // A base whose signature a peer would refuse is no base.
+        let fits = end - start <= (MAX_SIGNATURE_BLOCKS as u64 - 1) * u64::from(BLOCK_SIZE);
+        (start < end && fits).then_some(start..end)
     }
 }
 

@@ -91,6 +91,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Where each chunk starts in the content, in order.
+    pub fn offsets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.chunks.iter().scan(0u64, |at, c| {
+            let start = *at;
+            *at += u64::from(c.len);
+            Some(start)
+        })
+    }
+
     /// Total size of the content in bytes.
     pub fn size(&self) -> u64 {
         self.chunks.iter().map(|c| u64::from(c.len)).sum()

@@ -177,16 +177,19 @@ fn locations_in<'m>(
     manifest: &'m Manifest,
 ) -> impl Iterator<Item = (&'m cairn_core::ChunkRef, ChunkLocation)> + 'm {
     let (folder, path) = (folder.to_string(), path.to_string());
-    manifest.chunks.iter().scan(0u64, move |offset, c| {
-        let loc = ChunkLocation {
-            folder: folder.clone(),
-            path: path.clone(),
-            offset: *offset,
-            len: c.len,
-        };
-        *offset += u64::from(c.len);
-        Some((c, loc))
-    })
+    manifest
+        .chunks
+        .iter()
+        .zip(manifest.offsets())
+        .map(move |(c, offset)| {
+            let loc = ChunkLocation {
+                folder: folder.clone(),
+                path: path.clone(),
+                offset,
+                len: c.len,
+            };
+            (c, loc)
+        })
 }
 
 /// One change to a path, applied by [`Index::apply`].

@@ -3,7 +3,7 @@
 //! glibc's malloc gives each thread that allocates an arena of its own (up to eight per
 //! core) and hands little of the freed memory back to the system. With rayon's scanner
 //! threads, tokio's blocking pool and the puller's workers, a daemon syncing 100,000
-//! files peaked at 550 MiB resident for a 150 MiB heap. One arena, and a trim after
+//! files peaked at 546 MiB resident for a 152 MiB heap (heaptrack). One arena, and a trim after
 //! each scan and pull (the moments big transient maps are freed), keep it close.
 
 /// Limits malloc to one arena. Call once, first thing in `main`, before threads start.

@@ -104,6 +104,16 @@ pub struct PullOutcome {
 /// How many changed paths one pull reports for "recent changes".
 pub const RECENT_PER_PULL: usize = 50;
 
+impl PullOutcome {
+    /// Notes a changed path, keeping only the last [`RECENT_PER_PULL`].
+    fn remember(&mut self, change: (String, &'static str)) {
+        if self.recent.len() == RECENT_PER_PULL {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(change);
+    }
+}
+
 /// What an action did to its path, in words, for "recent changes"; None for steps that
 /// change no path of the folder.
 fn action_words(action: &Action) -> Option<(&str, &'static str)> {
@@ -269,12 +279,7 @@ impl Puller {
             out.done += o.done;
             out.failed.extend(o.failed);
             out.raced.extend(o.raced);
-            for r in o.recent {
-                if out.recent.len() == RECENT_PER_PULL {
-                    out.recent.pop_front();
-                }
-                out.recent.push_back(r);
-            }
+            o.recent.into_iter().for_each(|r| out.remember(r));
         }
     }
 
@@ -284,10 +289,7 @@ impl Puller {
             Ok(()) => {
                 out.done += 1;
                 if let Some((path, what)) = action_words(action) {
-                    if out.recent.len() == RECENT_PER_PULL {
-                        out.recent.pop_front();
-                    }
-                    out.recent.push_back((path.to_string(), what));
+                    out.remember((path.to_string(), what));
                 }
             }
             // A peer that went away fails every remaining file the same way: those are
@@ -626,15 +628,7 @@ impl Puller {
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         file.set_len(manifest.size()).map_err(io_err(&tmp))?;
-        let offsets: Vec<u64> = manifest
-            .chunks
-            .iter()
-            .scan(0u64, |o, c| {
-                let at = *o;
-                *o += u64::from(c.len);
-                Some(at)
-            })
-            .collect();
+        let offsets: Vec<u64> = manifest.offsets().collect();
         let base = self.delta_base(path, content, &manifest);
         let mut start = resume;
         let mut recorded_progress = resume > 0;
@@ -788,11 +782,7 @@ impl Puller {
                 .at_edge(i)
                 .then(|| base.anchors.base_window(i, chunk.len))
                 .flatten();
-            let Some(window) = window.filter(|w| {
-                pending.len() < max_in_flight
-                    && w.end - w.start
-                        <= (delta::MAX_SIGNATURE_BLOCKS as u64 - 1) * u64::from(delta::BLOCK_SIZE)
-            }) else {
+            let Some(window) = window.filter(|_| pending.len() < max_in_flight) else {
                 still.push(i);
                 continue;
             };

@@ -37,6 +37,26 @@ pub fn bin(name: &str) -> PathBuf {
     target_dir().join(name)
 }
 
+/// Whether this process may run commands as user `uid` (it needs root and `setpriv`).
+pub fn can_run_as(uid: u32) -> bool {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Fails the test with the command's stderr unless it exited successfully.
+#[track_caller]
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

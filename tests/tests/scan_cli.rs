@@ -198,15 +198,8 @@ fn killing_a_scan_midway_leaves_a_usable_index() {
 #[test]
 fn unreadable_files_are_reported_and_skipped() {
     // Root reads everything, so run the scan as `nobody` with one file closed to it.
-    let Ok(probe) = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
-        .output()
-    else {
-        eprintln!("setpriv is not installed; skipping");
-        return;
-    };
-    if !probe.status.success() {
-        eprintln!("cannot drop privileges here; skipping");
+    if !cairn_tests::can_run_as(65534) {
+        eprintln!("cannot switch users here (not root, or no setpriv); skipping");
         return;
     }
     let tmp = tempfile::Builder::new()

@@ -297,10 +297,7 @@ fn with_no_inotify_left_the_daemon_says_so_and_periodic_rescans_still_sync() {
     // A user id of its own (inotify limits are per user), so tests running at once on
     // the machine do not share it.
     let uid = 40_000 + std::process::id() % 20_000;
-    let probe = std::process::Command::new("setpriv")
-        .args([&format!("--reuid={uid}"), "--clear-groups", "true"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
+    if !cairn_tests::can_run_as(uid) {
         eprintln!("cannot switch users here (not root, or no setpriv); skipping");
         return;
     }

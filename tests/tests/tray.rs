@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use cairn_tests::{DaemonSpec, bin, free_port, wait_until, workspace_root};
+use cairn_tests::{DaemonSpec, assert_success, bin, free_port, wait_until, workspace_root};
 use serde_json::Value;
 
 fn require(tool: &str) {
@@ -281,11 +281,7 @@ fn click(d: &Desktop, item: &str, label: &str) {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 fn folder_state(daemon: &cairn_tests::Daemon) -> String {
@@ -512,11 +508,7 @@ fn install_writes_an_autostart_entry() {
         .env("XDG_CONFIG_HOME", tmp.path().join("config"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let entry = fs::read_to_string(tmp.path().join("config/autostart/cairn-tray.desktop")).unwrap();
     assert!(entry.starts_with("[Desktop Entry]\n"), "{entry}");
     let exec = entry.lines().find(|l| l.starts_with("Exec=")).unwrap();
