@@ -15,6 +15,8 @@ use std::str::FromStr;
 
 use fastcdc::v2020::{self, Normalization};
 
+use crate::manifest::ChunkRef;
+
 /// The chunking rule of a folder. Two peers can share a folder only if these are equal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ChunkerParams {
@@ -258,6 +260,69 @@ impl<'a> Iterator for SliceChunks<'a, '_> {
     }
 }
 
+/// The chunks of one segment of a file, cut as if a chunk started at the segment's first
+/// byte, which need not be a real cut. See [`stitch`].
+#[derive(Clone, Debug, Default)]
+pub struct SegmentCuts {
+    /// Offset of the segment's first byte in the file.
+    pub start: u64,
+    /// Consecutive chunks from `start` that begin before the segment's end.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Joins the chunks of consecutive segments, each cut on its own (in parallel), into exactly
+/// the chunks one pass from offset 0 gives.
+///
+/// A segment's own cuts are wrong until they meet a real cut: from a shared cut on, both
+/// passes see the same bytes and cut alike. So walking from the real end of the previous
+/// segment, `chunk_at(offset)` supplies real chunks one at a time until one ends where a
+/// chunk of the segment starts; the rest of the segment is then taken as it is. On real data
+/// the passes meet within a chunk or two; on data where they never meet, `chunk_at` covers
+/// the whole segment and the result is still exact.
+///
+/// `segments` must be in file order, the first starting at 0 and each starting where the
+/// previous one's segment (not its last chunk) ended. `chunk_at` returns the real chunk
+/// starting at an offset, or an empty one at the end of the data; an empty chunk stops the
+/// walk, so a file that shrank while it was read comes out short, never in an endless loop.
+pub fn stitch<E>(
+    segments: impl IntoIterator<Item = SegmentCuts>,
+    mut chunk_at: impl FnMut(u64) -> Result<ChunkRef, E>,
+) -> Result<Vec<ChunkRef>, E> {
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    for segment in segments {
+        let mut offset = segment.start;
+        let mut chunks = segment.chunks.into_iter().peekable();
+        loop {
+            // Drop this segment's chunks that start before the real position.
+            while offset < pos {
+                match chunks.next() {
+                    Some(c) => offset += u64::from(c.len),
+                    None => break,
+                }
+            }
+            if chunks.peek().is_none() && offset <= pos {
+                // The real chunks already cover this segment.
+                break;
+            }
+            if offset == pos {
+                for c in chunks {
+                    pos += u64::from(c.len);
+                    out.push(c);
+                }
+                break;
+            }
+            let c = chunk_at(pos)?;
+            if c.len == 0 {
+                return Ok(out);
+            }
+            pos += u64::from(c.len);
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,12 +501,110 @@ mod tests {
         );
     }
 
+    fn chunk_ref(bytes: &[u8]) -> ChunkRef {
+        ChunkRef {
+            id: crate::ChunkId::of(bytes),
+            len: bytes.len() as u32,
+        }
+    }
+
+    /// Cuts `data` in segments of `segment` bytes the way a parallel reader does, and stitches.
+    fn stitched(data: &[u8], segment: usize) -> Vec<ChunkRef> {
+        let c = chunker();
+        let segments = (0..data.len().div_ceil(segment)).map(|k| {
+            let start = k * segment;
+            let end = (start + segment).min(data.len());
+            let window = &data[start..(end + c.max_chunk()).min(data.len())];
+            SegmentCuts {
+                start: start as u64,
+                chunks: c
+                    .chunk_slice(window)
+                    .take_while(|(o, _)| start + o < end)
+                    .map(|(_, bytes)| chunk_ref(bytes))
+                    .collect(),
+            }
+        });
+        stitch::<std::convert::Infallible>(segments, |pos| {
+            let rest = &data[pos as usize..];
+            Ok(chunk_ref(&rest[..c.cut(rest)]))
+        })
+        .unwrap()
+    }
+
+    fn sequential(data: &[u8]) -> Vec<ChunkRef> {
+        chunker()
+            .chunk_slice(data)
+            .map(|(_, b)| chunk_ref(b))
+            .collect()
+    }
+
+    #[test]
+    fn stitched_segments_equal_one_pass() {
+        let data = random_bytes(6 << 20, 7);
+        for segment in [1 << 20, 1_000_003, 300_000, 16_384, 5_000] {
+            assert_eq!(
+                stitched(&data, segment),
+                sequential(&data),
+                "segment {segment}"
+            );
+        }
+    }
+
+    #[test]
+    fn stitching_is_exact_where_segment_cuts_never_meet_the_real_ones() {
+        // Uniform data is cut at max every time; segments offset by an odd amount never meet
+        // the real cuts, so the real chunks must be computed across whole segments.
+        let mut data = vec![0u8; 3 << 20];
+        data[..100_001].copy_from_slice(&random_bytes(100_001, 3));
+        assert_eq!(stitched(&data, 777_777), sequential(&data));
+    }
+
+    #[test]
+    fn stitching_stops_when_the_data_ends_early() {
+        let data = random_bytes(2 << 20, 9);
+        let c = chunker();
+        let segments = vec![
+            SegmentCuts {
+                start: 0,
+                chunks: vec![chunk_ref(&data[..c.cut(&data)])],
+            },
+            SegmentCuts {
+                start: 1 << 20,
+                chunks: vec![chunk_ref(&data[1 << 20..(1 << 20) + 100])],
+            },
+        ];
+        // The file "shrank": every chunk after the first is empty.
+        let out = stitch::<std::convert::Infallible>(segments, |_| {
+            Ok(ChunkRef {
+                id: crate::ChunkId::of(b""),
+                len: 0,
+            })
+        })
+        .unwrap();
+        assert_eq!(out.len(), 1);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn streaming_equals_slicing_for_any_size(len in 0usize..1_500_000, seed: u64, step in 1usize..400_000) {
             let data = random_bytes(len, seed);
             prop_assert_eq!(stream_cuts(&data, step), cuts(&data));
+        }
+
+        #[test]
+        fn stitched_segments_equal_one_pass_for_any_split(
+            len in 0usize..3_000_000,
+            seed: u64,
+            segment in 1usize..1_500_000,
+            zeros in 0usize..600_000,
+        ) {
+            // Random data with a run of zeros somewhere, where cuts fall at max.
+            let mut data = random_bytes(len, seed);
+            let at = (seed as usize) % (len + 1);
+            let run = zeros.min(len - at);
+            data[at..at + run].fill(0);
+            prop_assert_eq!(stitched(&data, segment), sequential(&data));
         }
     }
 }

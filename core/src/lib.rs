@@ -10,7 +10,7 @@ pub mod hash;
 pub mod manifest;
 pub mod scan;
 
-pub use chunker::{Chunker, ChunkerParams};
+pub use chunker::{Chunker, ChunkerParams, SegmentCuts, stitch};
 pub use hash::{ChunkId, ContentId};
 pub use manifest::{ChunkRef, ContentIdBuilder, Manifest};
 pub mod folder;

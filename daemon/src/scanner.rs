@@ -9,8 +9,8 @@
 
 use std::collections::HashSet;
 use std::fs::{File, Metadata, OpenOptions};
-use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use cairn_core::scan::{
     Change, ChangeKind, EntryKind, IGNORE_FILE, IndexedEntry, Stamp, is_internal_name,
 };
-use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, ContentIdBuilder, Manifest};
+use cairn_core::{
+    ChunkId, ChunkRef, Chunker, ContentId, ContentIdBuilder, Manifest, SegmentCuts, stitch,
+};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -526,17 +528,13 @@ pub fn read_file(path: &Path, chunker: &Chunker, buf: &mut Vec<u8>) -> io::Resul
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     let before = stamp_of(&file.metadata()?);
+    let chunks = chunks_of(&file, before.size, chunker, buf)?;
     let mut builder = ContentIdBuilder::default();
-    let mut chunks = Vec::new();
-    let read = chunker.chunk_reader::<&File, io::Error>(&file, buf, |_, bytes| {
-        let chunk = ChunkRef {
-            id: ChunkId::of(bytes),
-            len: bytes.len() as u32,
-        };
-        builder.push(&chunk);
-        chunks.push(chunk);
-        Ok(())
-    })?;
+    let mut read = 0u64;
+    for chunk in &chunks {
+        builder.push(chunk);
+        read += u64::from(chunk.len);
+    }
     let after = stamp_of(&file.metadata()?);
     if before != after || read != after.size {
         return Ok(FileRead::ChangedWhileReading);
@@ -546,4 +544,114 @@ pub fn read_file(path: &Path, chunker: &Chunker, buf: &mut Vec<u8>) -> io::Resul
         manifest: Manifest { chunks },
         content: builder.finish(),
     })
+}
+
+/// Files at least this large are cut in segments on all cores and stitched together, so one
+/// large file is not read by a single core while the others idle.
+const PARALLEL_FILE: u64 = 32 << 20;
+/// The segment a core cuts at once when a file is cut in parallel.
+const SEGMENT: u64 = 16 << 20;
+
+fn chunk_ref(bytes: &[u8]) -> ChunkRef {
+    ChunkRef {
+        id: ChunkId::of(bytes),
+        len: bytes.len() as u32,
+    }
+}
+
+/// The chunks of `file`, whose size was `size` when it was opened. A file that changes
+/// meanwhile may come out with a different total length; the caller checks.
+fn chunks_of(
+    file: &File,
+    size: u64,
+    chunker: &Chunker,
+    buf: &mut Vec<u8>,
+) -> io::Result<Vec<ChunkRef>> {
+    if size < PARALLEL_FILE {
+        let mut chunks = Vec::new();
+        chunker.chunk_reader::<&File, io::Error>(file, buf, |_, bytes| {
+            chunks.push(chunk_ref(bytes));
+            Ok(())
+        })?;
+        return Ok(chunks);
+    }
+    let segments = (0..size.div_ceil(SEGMENT))
+        .into_par_iter()
+        .map_init(Vec::new, |buf, k| {
+            segment_cuts(
+                file,
+                k * SEGMENT,
+                ((k + 1) * SEGMENT).min(size),
+                chunker,
+                buf,
+            )
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    buf.resize(buf.len().max(chunker.max_chunk()), 0);
+    stitch(segments, |pos| {
+        let window = read_at_most(file, &mut buf[..chunker.max_chunk()], pos)?;
+        Ok(chunk_ref(&window[..chunker.cut(window)]))
+    })
+}
+
+/// The chunks of `file` from `start` as if a chunk began there, up to the first that begins
+/// at or after `end`.
+fn segment_cuts(
+    file: &File,
+    start: u64,
+    end: u64,
+    chunker: &Chunker,
+    buf: &mut Vec<u8>,
+) -> io::Result<SegmentCuts> {
+    enum Stop {
+        Io(io::Error),
+        SegmentEnd,
+    }
+    impl From<io::Error> for Stop {
+        fn from(e: io::Error) -> Self {
+            Stop::Io(e)
+        }
+    }
+    // A chunk that begins before `end` reaches at most `max_chunk` past it.
+    let reader = FileAt { file, pos: start }.take(end - start + chunker.max_chunk() as u64);
+    let mut chunks = Vec::new();
+    let cut = chunker.chunk_reader::<_, Stop>(reader, buf, |offset, bytes| {
+        if start + offset >= end {
+            return Err(Stop::SegmentEnd);
+        }
+        chunks.push(chunk_ref(bytes));
+        Ok(())
+    });
+    match cut {
+        Ok(_) | Err(Stop::SegmentEnd) => Ok(SegmentCuts { start, chunks }),
+        Err(Stop::Io(e)) => Err(e),
+    }
+}
+
+/// Reads from `pos` until `buf` is full or the file ends; returns what was read.
+fn read_at_most<'b>(file: &File, buf: &'b mut [u8], pos: u64) -> io::Result<&'b [u8]> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], pos + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(&buf[..filled])
+}
+
+/// A reader over `file` from `pos` that uses positioned reads, so several can share a file.
+struct FileAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for FileAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }

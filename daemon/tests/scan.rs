@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use cairn_core::scan::{ChangeKind, EntryKind};
-use cairn_core::{Chunker, ChunkerParams};
+use cairn_core::{ChunkId, Chunker, ChunkerParams};
 use cairn_daemon::folders::folder_for_root;
 use cairn_daemon::index::{FolderRecord, Index};
 use cairn_daemon::scanner::{FileRead, ScanReport, read_file, scan_folder};
@@ -281,6 +281,38 @@ fn chunk_locations_point_at_the_right_bytes() {
         assert_eq!(l.path, "f");
         assert!(c.id.matches(&data[l.offset as usize..l.offset as usize + l.len as usize]));
     }
+}
+
+#[test]
+fn a_large_file_cut_on_all_cores_gives_the_one_pass_manifest() {
+    // Large enough to be cut in parallel segments and stitched; with a run of zeros (cut at
+    // max, where a segment's own cuts may never meet the real ones) and a repeated block.
+    let s = setup();
+    let mut data = pseudo_random(70 << 20, 11);
+    data[20 << 20..(20 << 20) + 5_000_001].fill(0);
+    let block = data[..3 << 20].to_vec();
+    data[40 << 20..(43 << 20)].copy_from_slice(&block);
+    let path = s.root.join("big.img");
+    fs::write(&path, &data).unwrap();
+
+    let chunker = Chunker::new(ChunkerParams::V1_DEFAULT).unwrap();
+    let expected: Vec<(u32, ChunkId)> = chunker
+        .chunk_slice(&data)
+        .map(|(_, b)| (b.len() as u32, ChunkId::of(b)))
+        .collect();
+    let FileRead::Stable {
+        stamp,
+        manifest,
+        content,
+    } = read_file(&path, &chunker, &mut Vec::new()).unwrap()
+    else {
+        panic!("the file did not change while it was read");
+    };
+    let got: Vec<(u32, ChunkId)> = manifest.chunks.iter().map(|c| (c.len, c.id)).collect();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "parallel cut differs from one pass");
+    assert_eq!(stamp.size, data.len() as u64);
+    assert_eq!(content, manifest.content_id());
 }
 
 #[test]
