@@ -345,6 +345,75 @@ pub fn resolve(c: &Client, path: &str, keep: &str, json_out: bool) -> Result<(),
     Ok(())
 }
 
+/// `cairn history [PATH] [--folder F]`.
+pub fn history(
+    c: &Client,
+    folder: Option<&str>,
+    path: Option<&str>,
+    json_out: bool,
+) -> Result<(), CliError> {
+    let query: Vec<(&str, &str)> = [("folder", folder), ("path", path)]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    let query = serde_urlencoded::to_string(query).unwrap_or_default();
+    let list = c.get(&format!("/v1/history?{query}"))?;
+    if json_out {
+        print_json(&list);
+        return Ok(());
+    }
+    let items = list.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!(
+            "No kept versions{}.",
+            path.map(|p| format!(" of {p}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!("{:<23}  {:>10}  {:<12}  PATH", "KEPT", "SIZE", "VERSION");
+    for v in items {
+        let id = v["content"].as_str().unwrap_or("?");
+        println!(
+            "{:<23}  {:>10}  {:<12}  {}{}",
+            when(v["kept_ns"].as_i64().unwrap_or(0)),
+            format::bytes(v["size"].as_u64().unwrap_or(0)),
+            id.get(..12).unwrap_or(id),
+            v["path"].as_str().unwrap_or("?"),
+            if v["available"] == true {
+                ""
+            } else {
+                "  (bytes gone from the store)"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `cairn restore PATH [--version V] [--to P] [--folder F]`.
+pub fn restore(c: &Client, request: Value, json_out: bool) -> Result<(), CliError> {
+    let r = c.post("/v1/restore", request)?;
+    if json_out {
+        print_json(&r);
+        return Ok(());
+    }
+    let id = r["content"].as_str().unwrap_or("?");
+    let path = r["path"].as_str().unwrap_or("?");
+    match r["kept_current"].as_str() {
+        Some(old) => println!(
+            "Restored {path} to version {} ({}); the version it replaced ({}) is kept in history.",
+            id.get(..12).unwrap_or(id),
+            format::bytes(r["size"].as_u64().unwrap_or(0)),
+            old.get(..12).unwrap_or(old)
+        ),
+        None => println!(
+            "Restored {path} to version {} ({}).",
+            id.get(..12).unwrap_or(id),
+            format::bytes(r["size"].as_u64().unwrap_or(0))
+        ),
+    }
+    Ok(())
+}
+
 /// `cairn ignore FOLDER [PATTERN] [--remove]`: edits the folder's top `.cairnignore`.
 pub fn ignore(
     c: &Client,

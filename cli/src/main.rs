@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::json;
 
 use crate::client::{CliError, Client};
 
@@ -112,6 +113,29 @@ enum Command {
         /// Which version to keep.
         #[arg(long, value_enum)]
         keep: KeepWhich,
+    },
+    /// Versions kept when another device replaced or deleted a file, newest first.
+    History {
+        /// Only versions of this path, or of everything under it (folder-relative).
+        path: Option<String>,
+        /// Only this folder (id).
+        #[arg(long)]
+        folder: Option<String>,
+    },
+    /// Put a kept version back; it syncs to every device, and the version it replaces is kept.
+    #[command(disable_version_flag = true)]
+    Restore {
+        /// The path the version was kept from (folder-relative), as `cairn history` shows it.
+        path: String,
+        /// Which version: its id or a unique prefix [default: the newest].
+        #[arg(long)]
+        version: Option<String>,
+        /// Put it here instead (folder-relative), leaving the file at PATH alone.
+        #[arg(long, value_name = "PATH")]
+        to: Option<String>,
+        /// The folder (id), when several have versions of PATH.
+        #[arg(long)]
+        folder: Option<String>,
     },
     /// Pause syncing a folder (or all).
     Pause {
@@ -224,6 +248,19 @@ fn run(
             };
             commands::resolve(&connect()?, &path, keep, json)
         }
+        Command::History { path, folder } => {
+            commands::history(&connect()?, folder.as_deref(), path.as_deref(), json)
+        }
+        Command::Restore {
+            path,
+            version,
+            to,
+            folder,
+        } => commands::restore(
+            &connect()?,
+            json!({ "path": path, "version": version, "to": to, "folder": folder }),
+            json,
+        ),
         Command::Pause { folder } => commands::pause(&connect()?, folder.as_deref(), true, json),
         Command::Resume { folder } => commands::pause(&connect()?, folder.as_deref(), false, json),
         Command::Ignore {

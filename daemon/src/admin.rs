@@ -1,5 +1,6 @@
 //! What people change through the control API: sharing folders, accepting offers,
-//! pausing, and resolving conflicts. Every change is saved to `config.toml`.
+//! pausing, resolving conflicts, and (in `history.rs`) listing and restoring kept versions.
+//! Every configuration change is saved to `config.toml`.
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::config::{FolderConfig, FolderType};
 use crate::engine::{Engine, load_folder};
+use crate::history::{RestoreRequest, Restored, Version};
 
 /// A folder a trusted peer wants to share with this device.
 #[derive(Clone, Debug, Serialize)]
@@ -74,6 +76,15 @@ pub enum AdminRequest {
         keep: Keep,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    History {
+        folder: Option<String>,
+        path: Option<String>,
+        reply: oneshot::Sender<Result<Vec<Version>, String>>,
+    },
+    Restore {
+        request: RestoreRequest,
+        reply: oneshot::Sender<Result<Restored, String>>,
+    },
 }
 
 impl Engine {
@@ -109,6 +120,14 @@ impl Engine {
             AdminRequest::Resolve { path, keep, reply } => {
                 let _ = reply.send(self.resolve(&path, keep));
             }
+            AdminRequest::History {
+                folder,
+                path,
+                reply,
+            } => {
+                let _ = reply.send(self.history(folder.as_deref(), path.as_deref()));
+            }
+            AdminRequest::Restore { request, reply } => self.restore(request, reply),
         }
     }
 

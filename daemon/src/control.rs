@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin::{AdminRequest, Keep};
 use crate::config::FolderType;
 use crate::engine::{ControlRequest, Event};
+use crate::history::RestoreRequest;
 use crate::pair::{InviteStatus, PairCtl};
 
 /// What clients read to reach the daemon.
@@ -303,6 +304,46 @@ async fn resolve(
     reply(result, StatusCode::UNPROCESSABLE_ENTITY)
 }
 
+#[derive(Deserialize)]
+struct HistoryQuery {
+    folder: Option<String>,
+    path: Option<String>,
+}
+
+async fn history(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    let result = ask(&ctx, |reply| {
+        ControlRequest::Admin(AdminRequest::History {
+            folder: q.folder,
+            path: q.path,
+            reply,
+        })
+    })
+    .await;
+    reply(result, StatusCode::NOT_FOUND)
+}
+
+async fn restore(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(request): Json<RestoreRequest>,
+) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
+    let result = ask(&ctx, |reply| {
+        ControlRequest::Admin(AdminRequest::Restore { request, reply })
+    })
+    .await;
+    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
+}
+
 async fn shutdown(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
@@ -358,6 +399,8 @@ pub async fn serve(
         .route("/v1/resume", post(resume))
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/resolve", post(resolve))
+        .route("/v1/history", get(history))
+        .route("/v1/restore", post(restore))
         .with_state(Ctx { token, events });
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

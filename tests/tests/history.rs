@@ -1,0 +1,197 @@
+//! `cairn history` and `cairn restore` against real daemons: versions replaced or deleted by
+//! a peer are listed, survive a restart, come back on every device, and a restore loses
+//! nothing itself.
+
+use std::fs;
+use std::path::Path;
+
+use cairn_tests::{Daemon, cairn, mesh, wait_until};
+use serde_json::Value;
+
+fn run(d: &Daemon, args: &[&str]) -> std::process::Output {
+    cairn(&d.home).args(args).output().expect("cairn runs")
+}
+
+fn json(d: &Daemon, args: &[&str]) -> Value {
+    let out = cairn(&d.home)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("cairn runs");
+    assert!(
+        out.status.success(),
+        "cairn {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+fn read(p: &Path) -> Option<Vec<u8>> {
+    fs::read(p).ok()
+}
+
+/// The kept versions of `path` on `d`, newest first, as (content id, size).
+fn versions(d: &Daemon, path: &str) -> Vec<(String, u64)> {
+    json(d, &["history", path])
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|v| {
+            assert_eq!(v["path"], path);
+            assert_eq!(v["available"], true, "{v}");
+            (
+                v["content"].as_str().unwrap().to_string(),
+                v["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn kept_versions_are_listed_and_a_restore_syncs_everywhere_losing_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut daemons = mesh(tmp.path(), &["a", "b"]);
+    let (v1, v2) = (b"first version of the plan".to_vec(), b"second".to_vec());
+    let gone = b"a file that will be deleted".to_vec();
+    {
+        let (a, b) = (&daemons[0], &daemons[1]);
+        fs::create_dir_all(a.folder.join("docs")).unwrap();
+        fs::write(a.folder.join("docs/plan.txt"), &v1).unwrap();
+        fs::write(a.folder.join("gone.txt"), &gone).unwrap();
+        assert!(
+            wait_until(30, || read(&b.folder.join("docs/plan.txt"))
+                == Some(v1.clone())
+                && read(&b.folder.join("gone.txt")) == Some(gone.clone())),
+            "first versions did not arrive:\n{}",
+            b.log()
+        );
+        // a replaces one file and deletes the other: b keeps what it had.
+        fs::write(a.folder.join("docs/plan.txt"), &v2).unwrap();
+        fs::remove_file(a.folder.join("gone.txt")).unwrap();
+        assert!(
+            wait_until(30, || read(&b.folder.join("docs/plan.txt"))
+                == Some(v2.clone())
+                && !b.folder.join("gone.txt").exists()),
+            "changes did not arrive:\n{}",
+            b.log()
+        );
+        assert!(
+            wait_until(10, || json(b, &["history"]).as_array().unwrap().len() == 2),
+            "b's history: {}",
+            json(b, &["history"])
+        );
+    }
+
+    // The history survives a restart of the daemon.
+    daemons[1].restart();
+    let (a, b) = (&daemons[0], &daemons[1]);
+    let plan = versions(b, "docs/plan.txt");
+    assert_eq!(plan.len(), 1, "{plan:?}");
+    assert_eq!(plan[0].1, v1.len() as u64);
+    // A path filter that names a directory lists what is under it.
+    assert_eq!(json(b, &["history", "docs"]).as_array().unwrap().len(), 1);
+    let text = run(b, &["history"]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("docs/plan.txt")
+            && text.contains("gone.txt")
+            && text.contains(&plan[0].0[..12]),
+        "{text}"
+    );
+
+    // Restore v1 on b by a prefix of its id: b and then a have v1 again, and both keep v2.
+    let restored = json(
+        b,
+        &["restore", "docs/plan.txt", "--version", &plan[0].0[..10]],
+    );
+    assert_eq!(restored["content"], plan[0].0.as_str());
+    assert!(restored["kept_current"].is_string(), "{restored}");
+    assert_eq!(read(&b.folder.join("docs/plan.txt")), Some(v1.clone()));
+    assert!(
+        wait_until(30, || read(&a.folder.join("docs/plan.txt"))
+            == Some(v1.clone())),
+        "the restore did not sync to a:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    let kept_v2 = restored["kept_current"].as_str().unwrap().to_string();
+    assert!(
+        versions(b, "docs/plan.txt")
+            .iter()
+            .any(|(c, s)| *c == kept_v2 && *s == v2.len() as u64),
+        "b did not keep the version its restore replaced"
+    );
+    assert!(
+        wait_until(10, || versions(a, "docs/plan.txt")
+            .iter()
+            .any(|(c, _)| *c == kept_v2)),
+        "a did not keep the version the restore replaced: {}",
+        json(a, &["history"])
+    );
+
+    // A deleted file comes back under another name (the newest version by default).
+    let out = json(b, &["restore", "gone.txt", "--to", "back/gone-again.txt"]);
+    assert_eq!(out["path"], "back/gone-again.txt");
+    assert!(
+        wait_until(30, || read(&a.folder.join("back/gone-again.txt"))
+            == Some(gone.clone())),
+        "the restored deleted file did not sync to a:\n{}",
+        b.log()
+    );
+    assert!(!a.folder.join("gone.txt").exists());
+
+    // Bad requests fail clearly and write nothing.
+    let escape = run(b, &["restore", "gone.txt", "--to", "../escaped.txt"]);
+    assert!(!escape.status.success());
+    assert!(
+        String::from_utf8_lossy(&escape.stderr).contains(".."),
+        "{}",
+        String::from_utf8_lossy(&escape.stderr)
+    );
+    assert!(!b.folder.parent().unwrap().join("escaped.txt").exists());
+
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, b.folder.join("link")).unwrap();
+    let through_link = run(b, &["restore", "gone.txt", "--to", "link/x.txt"]);
+    assert!(!through_link.status.success());
+    assert!(
+        String::from_utf8_lossy(&through_link.stderr).contains("symlink"),
+        "{}",
+        String::from_utf8_lossy(&through_link.stderr)
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+
+    let unknown = run(
+        b,
+        &["restore", "docs/plan.txt", "--version", "ffffffffffff"],
+    );
+    assert!(!unknown.status.success());
+    let none = run(b, &["restore", "never-existed.txt"]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no kept versions"));
+
+    // A damaged copy in the store is refused, not restored.
+    let store = b.home.join("history").join(&kept_v2);
+    fs::remove_file(&store).unwrap(); // a hard link: write a new file, not through it
+    fs::write(&store, b"tampered").unwrap();
+    let damaged = run(
+        b,
+        &["restore", "docs/plan.txt", "--version", &kept_v2[..12]],
+    );
+    assert!(!damaged.status.success());
+    assert!(
+        String::from_utf8_lossy(&damaged.stderr).contains("damaged"),
+        "{}",
+        String::from_utf8_lossy(&damaged.stderr)
+    );
+    assert_eq!(read(&b.folder.join("docs/plan.txt")), Some(v1));
+    let leftovers: Vec<_> = fs::read_dir(b.folder.join("docs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".cairn-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
