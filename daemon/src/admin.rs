@@ -125,7 +125,7 @@ impl Engine {
                 path,
                 reply,
             } => {
-                let _ = reply.send(self.history(folder.as_deref(), path.as_deref()));
+                self.history(folder, path, reply);
             }
             AdminRequest::Restore { request, reply } => self.restore(request, reply),
         }

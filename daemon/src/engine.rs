@@ -56,6 +56,10 @@ pub enum Event {
     FsChanged {
         folder: String,
     },
+    RestoreDone {
+        folder: String,
+        changed: bool,
+    },
     WatcherFailed {
         folder: String,
         error: String,
@@ -149,6 +153,8 @@ pub(crate) enum Busy {
     Idle,
     Scanning,
     Pulling,
+    /// Copying a kept version back (`history.rs`).
+    Restoring,
 }
 
 pub(crate) struct Folder {
@@ -170,6 +176,8 @@ pub(crate) struct Folder {
     pub(crate) scan_done_at: Option<Instant>,
     /// (when, bytes done) at the last tick, and the smoothed rate in bytes/s.
     pub(crate) rate: (Instant, u64, f64),
+    /// `cairn restore` requests waiting for the folder to be idle.
+    pub(crate) restores: std::collections::VecDeque<crate::history::PendingRestore>,
 }
 
 /// The device's stores, as the planner sees them.
@@ -386,7 +394,15 @@ impl Engine {
             let Some(f) = self.folders.get_mut(&id) else {
                 continue;
             };
-            if f.busy != Busy::Idle || f.config.paused {
+            if f.busy != Busy::Idle {
+                continue;
+            }
+            // A restore goes first, and also runs in a paused folder (it syncs on resume).
+            if !f.restores.is_empty() {
+                self.start_restore(&id);
+                continue;
+            }
+            if f.config.paused {
                 continue;
             }
             // While changes keep coming (a big copy), leave at least twice the last scan's
@@ -930,6 +946,7 @@ impl Engine {
         match event {
             Event::ScanDone { folder, result } => self.on_scan_done(&folder, result),
             Event::PullDone { folder, outcome } => self.on_pull_done(&folder, outcome),
+            Event::RestoreDone { folder, changed } => self.on_restore_done(&folder, changed),
             Event::FsChanged { folder } => {
                 if let Some(f) = self.folders.get_mut(&folder) {
                     f.needs_scan = true;
@@ -1018,6 +1035,7 @@ impl Engine {
                     match f.busy {
                         Busy::Scanning => "scanning",
                         Busy::Pulling => "syncing",
+                        Busy::Restoring => "restoring",
                         Busy::Idle if f.last_error.is_some() => "error",
                         Busy::Idle => "idle",
                     }
@@ -1241,6 +1259,7 @@ pub(crate) fn load_folder(
         doc,
         peers: HashMap::new(),
         busy: Busy::Idle,
+        restores: Default::default(),
         needs_scan: true,
         needs_pull: true,
         in_sync: false,

@@ -6,18 +6,25 @@
 //! into the folder as a local change, so it syncs to every device like an edit; the version
 //! it replaces is kept in history first, here and (through the usual pull) on every peer.
 //! Nothing is lost by a restore.
+//!
+//! A restore runs only while its folder neither scans nor pulls (`Busy::Restoring`), so the
+//! puller cannot swap the file or a directory under it meanwhile; a user editing the file
+//! during the restore is caught by comparing its stamp before anything is replaced.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use cairn_core::scan::TEMP_PREFIX;
-use cairn_core::{Chunker, ContentId, path as folder_path};
+use cairn_core::{Chunker, ContentId, Manifest, path as folder_path};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::engine::{Engine, Event};
+use crate::config::FolderType;
+use crate::engine::{Busy, Engine, Event};
 use crate::index::Index;
 use crate::scanner::{FileRead, read_file};
 
@@ -42,7 +49,7 @@ pub struct RestoreRequest {
     pub folder: Option<String>,
     /// The folder-relative path the version was kept from.
     pub path: String,
-    /// A content id or a unique prefix of one; the newest version if left out.
+    /// A content id or a unique prefix of one; the newest kept version if left out.
     pub version: Option<String>,
     /// Where to put it instead of `path` (folder-relative).
     pub to: Option<String>,
@@ -59,152 +66,195 @@ pub struct Restored {
     /// The version that was at `path` before, now kept in history; none if there was none
     /// or it was already this version.
     pub kept_current: Option<String>,
+    /// Something the user should know, e.g. that the folder is paused.
+    pub note: Option<String>,
+}
+
+/// A restore waiting for its folder to be idle.
+pub(crate) struct PendingRestore {
+    request: RestoreRequest,
+    reply: oneshot::Sender<Result<Restored, String>>,
 }
 
 impl Engine {
     /// Kept versions, newest first: of one folder or all, of one path (or everything under
-    /// it) or all.
+    /// it) or all. Read on a blocking thread; the reply comes from there.
     pub(crate) fn history(
         &self,
-        folder: Option<&str>,
-        path: Option<&str>,
-    ) -> Result<Vec<Version>, String> {
-        if let Some(id) = folder
+        folder: Option<String>,
+        path: Option<String>,
+        reply: oneshot::Sender<Result<Vec<Version>, String>>,
+    ) {
+        if let Some(id) = &folder
+            && !self.folders.contains_key(id)
+        {
+            let _ = reply.send(Err(format!("no folder {id}; `cairn folders` lists them")));
+            return;
+        }
+        let ids: Vec<String> = self
+            .folders
+            .keys()
+            .filter(|id| folder.as_ref().is_none_or(|f| f == *id))
+            .cloned()
+            .collect();
+        let (index, history_dir) = (self.index.clone(), self.home.history());
+        tokio::task::spawn_blocking(move || {
+            let list = || -> Result<Vec<Version>, String> {
+                let mut out = Vec::new();
+                for id in &ids {
+                    let rows = index.history(id).map_err(|e| e.to_string())?;
+                    for (p, kept_ns, content) in rows {
+                        if path.as_deref().is_none_or(|want| is_at_or_under(&p, want)) {
+                            out.push(version(&index, &history_dir, id, p, kept_ns, content)?);
+                        }
+                    }
+                }
+                out.sort_by(|a, b| b.kept_ns.cmp(&a.kept_ns).then(a.path.cmp(&b.path)));
+                Ok(out)
+            };
+            let _ = reply.send(list());
+        });
+    }
+
+    /// Finds the folder with versions of the path and queues the restore there; it runs
+    /// when the folder is idle (see [`Engine::start_restore`]).
+    pub(crate) fn restore(
+        &mut self,
+        request: RestoreRequest,
+        reply: oneshot::Sender<Result<Restored, String>>,
+    ) {
+        match self.restore_folder(&request) {
+            Ok(id) => {
+                if let Some(f) = self.folders.get_mut(&id) {
+                    f.restores.push_back(PendingRestore { request, reply });
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn restore_folder(&self, req: &RestoreRequest) -> Result<String, String> {
+        folder_path::validate(&req.path).map_err(|e| e.to_string())?;
+        if let Some(to) = &req.to {
+            folder_path::validate(to).map_err(|e| e.to_string())?;
+        }
+        if let Some(id) = &req.folder
             && !self.folders.contains_key(id)
         {
             return Err(format!("no folder {id}; `cairn folders` lists them"));
         }
-        let history_dir = self.home.history();
-        let mut out = Vec::new();
+        let mut with_versions = Vec::new();
         for id in self.folders.keys() {
-            if folder.is_some_and(|f| f != id) {
+            if req.folder.as_ref().is_some_and(|f| f != id) {
                 continue;
             }
-            for (p, kept_ns, content) in self.index.history(id).map_err(|e| e.to_string())? {
-                if path.is_some_and(|want| !is_at_or_under(&p, want)) {
-                    continue;
-                }
-                let size = self
-                    .index
-                    .any_manifest(&content)
-                    .map_err(|e| e.to_string())?
-                    .map_or(0, |m| m.size());
-                out.push(Version {
-                    folder: id.clone(),
-                    path: p,
-                    kept_ns,
-                    content: content.to_hex(),
-                    size,
-                    available: history_dir.join(content.to_hex()).is_file(),
-                });
+            if !self
+                .index
+                .history_of(id, &req.path)
+                .map_err(|e| e.to_string())?
+                .is_empty()
+            {
+                with_versions.push(id.clone());
             }
         }
-        out.sort_by(|a, b| b.kept_ns.cmp(&a.kept_ns).then(a.path.cmp(&b.path)));
-        Ok(out)
-    }
-
-    /// Picks the version, then copies it back on a blocking thread; the reply comes from
-    /// there, and the folder is rescanned so the restore syncs.
-    pub(crate) fn restore(
-        &mut self,
-        req: RestoreRequest,
-        reply: oneshot::Sender<Result<Restored, String>>,
-    ) {
-        let picked = self.pick_version(&req);
-        let (version, root, chunker) = match picked {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
-        let dest = req.to.unwrap_or_else(|| version.path.clone());
-        let job = RestoreJob {
-            index: self.index.clone(),
-            root,
-            history_dir: self.home.history(),
-            folder: version.folder.clone(),
-            dest,
-            content: version.content.clone(),
-            size: version.size,
-            chunker,
-        };
-        let events = self.events_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = job.run();
-            if result.is_ok() {
-                let _ = events.send(Event::FsChanged { folder: job.folder });
-            }
-            let _ = reply.send(result);
-        });
-    }
-
-    fn pick_version(&self, req: &RestoreRequest) -> Result<(Version, PathBuf, Chunker), String> {
-        folder_path::validate(&req.path).map_err(|e| format!("{}: {e}", req.path))?;
-        let versions: Vec<Version> = self
-            .history(req.folder.as_deref(), None)?
-            .into_iter()
-            .filter(|v| v.path == req.path)
-            .collect();
-        let folders: std::collections::BTreeSet<&str> =
-            versions.iter().map(|v| v.folder.as_str()).collect();
-        if folders.len() > 1 {
-            return Err(format!(
-                "{} has versions in several folders ({}); name one with --folder",
-                req.path,
-                folders.into_iter().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        let matching: Vec<&Version> = match &req.version {
-            None => versions.first().into_iter().collect(),
-            Some(prefix) => {
-                let prefix = prefix.to_ascii_lowercase();
-                let mut seen = std::collections::BTreeSet::new();
-                versions
-                    .iter()
-                    .filter(|v| v.content.starts_with(&prefix) && seen.insert(&v.content))
-                    .collect()
-            }
-        };
-        let version = match matching.as_slice() {
-            [one] => (*one).clone(),
-            [] if versions.is_empty() => {
+        let id = match with_versions.as_slice() {
+            [one] => one.clone(),
+            [] => {
                 return Err(format!(
                     "no kept versions of {}; `cairn history` lists them",
                     req.path
                 ));
             }
-            [] => {
-                return Err(format!(
-                    "no version of {} starts with {}; `cairn history {}` lists them",
-                    req.path,
-                    req.version.as_deref().unwrap_or(""),
-                    req.path
-                ));
-            }
             _ => {
                 return Err(format!(
-                    "{} matches several versions of {}; give more of the id",
-                    req.version.as_deref().unwrap_or(""),
-                    req.path
+                    "{} has versions in several folders ({}); name one with --folder",
+                    req.path,
+                    with_versions.join(", ")
                 ));
             }
         };
-        if !version.available {
+        if self.folders[&id].config.kind == FolderType::ReceiveOnly {
             return Err(format!(
-                "version {} of {} is no longer in the history store",
-                &version.content[..12],
-                req.path
+                "folder {id} only receives on this device, so a restore here would not sync; \
+                 restore it on a device that sends"
             ));
         }
-        let folder = self.folders.get(&version.folder).ok_or("folder vanished")?;
-        let chunker = folder
+        Ok(id)
+    }
+
+    /// Starts the first queued restore of an idle folder on a blocking thread.
+    pub(crate) fn start_restore(&mut self, id: &str) {
+        let history_dir = self.home.history();
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        let Some(PendingRestore { request, reply }) = f.restores.pop_front() else {
+            return;
+        };
+        let chunker = match f
             .record
             .chunker_params()
             .map_err(|e| e.to_string())
-            .and_then(|p| Chunker::new(p).map_err(|e| e.to_string()))?;
-        Ok((version, folder.record.root.clone(), chunker))
+            .and_then(|p| Chunker::new(p).map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        f.busy = Busy::Restoring;
+        let job = RestoreJob {
+            index: self.index.clone(),
+            root: f.record.root.clone(),
+            history_dir,
+            folder: id.to_string(),
+            paused: f.config.paused,
+            request,
+            chunker,
+        };
+        let events = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = job.run();
+            let _ = events.send(Event::RestoreDone {
+                folder: job.folder,
+                changed: result.is_ok(),
+            });
+            let _ = reply.send(result);
+        });
     }
+
+    /// A restore ended: the folder is free again, and is rescanned so the restore syncs.
+    pub(crate) fn on_restore_done(&mut self, id: &str, changed: bool) {
+        if let Some(f) = self.folders.get_mut(id) {
+            f.busy = Busy::Idle;
+            f.needs_scan |= changed;
+        }
+    }
+}
+
+fn version(
+    index: &Index,
+    history_dir: &Path,
+    folder: &str,
+    path: String,
+    kept_ns: i64,
+    content: ContentId,
+) -> Result<Version, String> {
+    let size = index
+        .any_manifest(&content)
+        .map_err(|e| e.to_string())?
+        .map_or(0, |m| m.size());
+    Ok(Version {
+        folder: folder.to_string(),
+        path,
+        kept_ns,
+        available: history_dir.join(content.to_hex()).is_file(),
+        content: content.to_hex(),
+        size,
+    })
 }
 
 /// `p` is `dir` or lies under it.
@@ -215,26 +265,58 @@ fn is_at_or_under(p: &str, dir: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// The part of a stamp that a write or a replacement changes (a new hard link changes only
+/// the ctime, and the restore makes one itself).
+fn identity(m: &fs::Metadata) -> (u64, u64, i64, i64) {
+    (m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+}
+
+/// A temp file that is removed unless it was renamed into place.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
 /// The disk side of one restore.
 struct RestoreJob {
-    index: std::sync::Arc<Index>,
+    index: Arc<Index>,
     root: PathBuf,
     history_dir: PathBuf,
     folder: String,
-    dest: String,
-    content: String,
-    size: u64,
+    paused: bool,
+    request: RestoreRequest,
     chunker: Chunker,
 }
 
 impl RestoreJob {
     fn run(&self) -> Result<Restored, String> {
-        folder_path::validate(&self.dest).map_err(|e| format!("{}: {e}", self.dest))?;
-        let content: ContentId = self.content.parse().map_err(|_| "bad content id")?;
-        let dest = self.root.join(&self.dest);
+        let req = &self.request;
+        let (content, size) = self.pick()?;
+        let hex = content.to_hex();
+        let dest_rel = req.to.clone().unwrap_or_else(|| req.path.clone());
+        let dest = self.root.join(&dest_rel);
+        let note = self.paused.then(|| {
+            format!(
+                "folder {} is paused; the restore syncs when it is resumed",
+                self.folder
+            )
+        });
+        let done = |kept_current| Restored {
+            folder: self.folder.clone(),
+            path: dest_rel.clone(),
+            content: hex.clone(),
+            size,
+            kept_current,
+            note: note.clone(),
+        };
         // Every existing ancestor inside the folder must be a real directory: restoring
         // through a symlink could write outside the folder.
-        for anc in folder_path::ancestors(&self.dest) {
+        for anc in folder_path::ancestors(&dest_rel) {
             match fs::symlink_metadata(self.root.join(anc)) {
                 Ok(m) if m.file_type().is_symlink() => {
                     return Err(format!(
@@ -247,74 +329,175 @@ impl RestoreJob {
                 Err(e) => return Err(format!("{anc}: {e}")),
             }
         }
+        // What is at the name now: nothing, or a regular file that will be kept first.
         let current = match fs::symlink_metadata(&dest) {
-            Ok(m) if m.is_dir() => return Err(format!("{} is a directory", self.dest)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{dest_rel}: {e}")),
             Ok(m) if m.is_file() => Some(self.read(&dest)?),
-            Ok(_) | Err(_) => None,
+            Ok(m) if m.is_dir() => return Err(format!("{dest_rel} is a directory")),
+            Ok(_) => {
+                return Err(format!(
+                    "{dest_rel} is a symlink or special file; move it away first"
+                ));
+            }
         };
-        if current.as_ref().is_some_and(|(c, _)| *c == content) {
-            return Ok(self.done(None));
+        if current.as_ref().is_some_and(|(c, _, _)| *c == content) {
+            return Ok(done(None));
         }
         let parent = dest.parent().ok_or("no parent directory")?;
         fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
 
-        // Copy next to the destination under a temp name the scanner ignores, check the
-        // copy is the version asked for, then rename it over the name.
-        let src = self.history_dir.join(&self.content);
-        let tmp = parent.join(format!("{TEMP_PREFIX}restore.{}", &self.content[..16]));
-        let staged = fs::copy(&src, &tmp)
-            .and_then(|_| fs::File::open(&tmp)?.sync_all())
-            .map_err(|e| {
-                format!(
-                    "copying version {} out of history: {e}",
-                    &self.content[..12]
-                )
-            })
-            .and_then(|()| self.read(&tmp));
-        match staged {
-            Ok((c, _)) if c == content => {}
-            Ok(_) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(format!(
-                    "the kept copy of version {} is damaged; nothing was changed",
-                    &self.content[..12]
-                ));
+        // Copy next to the destination under a fresh temp name the scanner ignores, and
+        // check the copy is the version asked for.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let tmp = parent.join(format!("{TEMP_PREFIX}restore.{}.{nanos}", &hex[..16]));
+        let mut staged = Staged(None);
+        let copied = (|| -> io::Result<()> {
+            let mut src = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(self.history_dir.join(&hex))?;
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            staged.0 = Some(tmp.clone());
+            io::copy(&mut src, &mut out)?;
+            out.sync_all()
+        })();
+        copied.map_err(|e| format!("copying version {} out of history: {e}", &hex[..12]))?;
+        if self.read(&tmp)?.0 != content {
+            return Err(format!(
+                "the kept copy of version {} is damaged; nothing was changed",
+                &hex[..12]
+            ));
+        }
+
+        // Keep the version at the name (if the user did not change it meanwhile), then
+        // rename the copy over the name.
+        let unchanged = |seen: &fs::Metadata| {
+            fs::symlink_metadata(&dest).is_ok_and(|now| identity(&now) == identity(seen))
+        };
+        let mut linked = None;
+        if let Some((cur, _, seen)) = &current {
+            let changed =
+                || format!("{dest_rel} changed while restoring; nothing was changed, try again");
+            if !unchanged(seen) {
+                return Err(changed());
             }
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
+            linked = self.keep_bytes(&dest, cur).map_err(|e| {
+                format!(
+                    "could not keep the current {dest_rel} in history, so it was left as it is: {e}"
+                )
+            })?;
+            if !unchanged(seen) {
+                if let Some(l) = linked {
+                    let _ = fs::remove_file(l);
+                }
+                return Err(changed());
             }
         }
-        let kept_current = match current {
-            Some((cur, manifest)) => match self.keep(&dest, &cur, &manifest) {
-                Ok(()) => Some(cur.to_hex()),
-                Err(e) => {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(format!(
-                        "could not keep the current {} in history, so it was left as it is: {e}",
-                        self.dest
-                    ));
-                }
-            },
-            None => None,
-        };
-        fs::rename(&tmp, &dest).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            format!("{}: {e}", self.dest)
-        })?;
-        if let Ok(dir) = fs::File::open(parent) {
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            if let Some(l) = linked {
+                let _ = fs::remove_file(l);
+            }
+            return Err(format!("{dest_rel}: {e}"));
+        }
+        staged.0 = None;
+        if let Ok(dir) = File::open(parent) {
             let _ = dir.sync_all();
         }
-        Ok(self.done(kept_current))
+        let Some((cur, manifest, _)) = current else {
+            return Ok(done(None));
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        self.index
+            .add_history(&self.folder, &dest_rel, now, &cur, &manifest)
+            .map_err(|e| {
+                format!(
+                    "{dest_rel} was restored, but recording the version it replaced failed \
+                     (its bytes are in {}): {e}",
+                    self.history_dir.join(cur.to_hex()).display()
+                )
+            })?;
+        Ok(done(Some(cur.to_hex())))
     }
 
-    /// Content id and manifest of a file, read now.
-    fn read(&self, path: &Path) -> Result<(ContentId, cairn_core::Manifest), String> {
+    /// The version asked for: by id prefix, or the newest whose bytes are still kept.
+    fn pick(&self) -> Result<(ContentId, u64), String> {
+        let req = &self.request;
+        let mut versions = self
+            .index
+            .history_of(&self.folder, &req.path)
+            .map_err(|e| e.to_string())?;
+        versions.reverse(); // newest first
+        let available = |c: &ContentId| self.history_dir.join(c.to_hex()).is_file();
+        let content = match &req.version {
+            None => versions
+                .iter()
+                .map(|(_, c)| *c)
+                .find(available)
+                .ok_or_else(|| {
+                    format!(
+                        "no kept version of {} is left in the history store",
+                        req.path
+                    )
+                })?,
+            Some(prefix) => {
+                let prefix = prefix.to_ascii_lowercase();
+                let mut matching: Vec<ContentId> = versions
+                    .iter()
+                    .map(|(_, c)| *c)
+                    .filter(|c| c.to_hex().starts_with(&prefix))
+                    .collect();
+                matching.sort();
+                matching.dedup();
+                match matching.as_slice() {
+                    [one] if available(one) => *one,
+                    [one] => {
+                        return Err(format!(
+                            "version {} of {} is no longer in the history store",
+                            &one.to_hex()[..12],
+                            req.path
+                        ));
+                    }
+                    [] => {
+                        return Err(format!(
+                            "no version of {} starts with {prefix}; `cairn history {}` lists them",
+                            req.path, req.path
+                        ));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{prefix} matches several versions of {}; give more of the id",
+                            req.path
+                        ));
+                    }
+                }
+            }
+        };
+        let size = self
+            .index
+            .any_manifest(&content)
+            .map_err(|e| e.to_string())?
+            .map_or(0, |m| m.size());
+        Ok((content, size))
+    }
+
+    /// Content id, manifest and metadata of a file, read now.
+    fn read(&self, path: &Path) -> Result<(ContentId, Manifest, fs::Metadata), String> {
         for _ in 0..3 {
+            let before =
+                fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
             match read_file(path, &self.chunker, &mut Vec::new()) {
                 Ok(FileRead::Stable {
                     content, manifest, ..
-                }) => return Ok((content, manifest)),
+                }) => return Ok((content, manifest, before)),
                 Ok(FileRead::ChangedWhileReading) => continue,
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             }
@@ -322,41 +505,25 @@ impl RestoreJob {
         Err(format!("{} keeps changing; try again", path.display()))
     }
 
-    /// Puts the version now at `dest` into the history store and records it.
-    fn keep(
-        &self,
-        dest: &Path,
-        content: &ContentId,
-        manifest: &cairn_core::Manifest,
-    ) -> io::Result<()> {
+    /// Puts the bytes now at `dest` (version `content`) into the history store. Returns
+    /// the store path if this call created it (so a failed restore can take it back).
+    fn keep_bytes(&self, dest: &Path, content: &ContentId) -> io::Result<Option<PathBuf>> {
         fs::create_dir_all(&self.history_dir)?;
         let kept = self.history_dir.join(content.to_hex());
-        if !kept.exists() {
-            // The rename that follows unlinks the name, not the inode: a hard link keeps it.
-            if fs::hard_link(dest, &kept).is_err() {
-                let tmp = self
-                    .history_dir
-                    .join(format!("{TEMP_PREFIX}{}", content.to_hex()));
-                fs::copy(dest, &tmp)?;
-                fs::rename(&tmp, &kept)?;
-            }
+        if kept.exists() {
+            return Ok(None);
         }
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
-        self.index
-            .add_history(&self.folder, &self.dest, now, content, manifest)
-            .map_err(io::Error::other)
-    }
-
-    fn done(&self, kept_current: Option<String>) -> Restored {
-        Restored {
-            folder: self.folder.clone(),
-            path: self.dest.clone(),
-            content: self.content.clone(),
-            size: self.size,
-            kept_current,
+        // The rename that follows unlinks the name, not the inode: a hard link keeps it.
+        if fs::hard_link(dest, &kept).is_err() {
+            let path = self
+                .history_dir
+                .join(format!("{TEMP_PREFIX}{}", content.to_hex()));
+            let mut tmp = Staged(Some(path.clone()));
+            fs::copy(dest, &path)?;
+            fs::rename(&path, &kept)?;
+            tmp.0 = None;
         }
+        Ok(Some(kept))
     }
 }
 

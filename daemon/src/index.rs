@@ -489,8 +489,8 @@ impl Index {
         Ok(())
     }
 
-    /// Records that the version `content` of `path` was kept in the history store, and
-    /// makes its chunks available for dedup and for peers.
+    /// Records that the version `content` of `path` was kept in the history store, keeps
+    /// its manifest, and makes its chunks available for dedup and for peers.
     pub fn add_history(
         &self,
         folder: &str,
@@ -503,6 +503,10 @@ impl Index {
         {
             txn.open_table(HISTORY)?
                 .insert((folder, path, time_ns), content.as_bytes())?;
+            // The folder's own manifest goes when no path holds that content any more; a
+            // kept version needs its manifest for as long as it is kept (size, serving).
+            txn.open_table(REMOTE_MANIFESTS)?
+                .insert(content.as_bytes(), manifest.encode().as_slice())?;
             let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
             for (c, loc) in locations_in(HISTORY_FOLDER, &content.to_hex(), manifest) {
                 locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
@@ -524,6 +528,18 @@ impl Index {
                 break;
             }
             out.push((path.to_string(), time, ContentId(*v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Versions of one path of `folder` kept in history: (time ns, content), oldest first.
+    pub fn history_of(&self, folder: &str, path: &str) -> Result<Vec<(i64, ContentId)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(HISTORY)?;
+        let mut out = Vec::new();
+        for row in t.range((folder, path, i64::MIN)..=(folder, path, i64::MAX))? {
+            let (k, v) = row?;
+            out.push((k.value().2, ContentId(*v.value())));
         }
         Ok(out)
     }

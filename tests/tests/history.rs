@@ -141,6 +141,18 @@ fn kept_versions_are_listed_and_a_restore_syncs_everywhere_losing_nothing() {
         b.log()
     );
     assert!(!a.folder.join("gone.txt").exists());
+    // Restoring over a file that differs keeps that file's version first.
+    fs::write(b.folder.join("back/other.txt"), b"something else").unwrap();
+    let over = json(b, &["restore", "gone.txt", "--to", "back/other.txt"]);
+    assert_eq!(read(&b.folder.join("back/other.txt")), Some(gone.clone()));
+    let other = versions(b, "back/other.txt");
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert_eq!(over["kept_current"], other[0].0.as_str());
+    assert_eq!(other[0].1, b"something else".len() as u64);
+    // Restoring the version a file already has changes nothing and keeps nothing.
+    let same = json(b, &["restore", "gone.txt", "--to", "back/other.txt"]);
+    assert!(same["kept_current"].is_null(), "{same}");
+    assert_eq!(versions(b, "back/other.txt").len(), 1);
 
     // Bad requests fail clearly and write nothing.
     let escape = run(b, &["restore", "gone.txt", "--to", "../escaped.txt"]);
@@ -164,11 +176,27 @@ fn kept_versions_are_listed_and_a_restore_syncs_everywhere_losing_nothing() {
     );
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
 
+    let at_link = run(b, &["restore", "gone.txt", "--to", "link"]);
+    assert!(!at_link.status.success());
+    assert!(String::from_utf8_lossy(&at_link.stderr).contains("symlink or special file"));
+    assert!(
+        fs::symlink_metadata(b.folder.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
     let unknown = run(
         b,
         &["restore", "docs/plan.txt", "--version", "ffffffffffff"],
     );
     assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("no version of docs/plan.txt starts with"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
     let none = run(b, &["restore", "never-existed.txt"]);
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("no kept versions"));
