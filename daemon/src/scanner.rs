@@ -546,10 +546,10 @@ pub fn read_file(path: &Path, chunker: &Chunker, buf: &mut Vec<u8>) -> io::Resul
     })
 }
 
-/// Files at least this large are cut in segments on all cores and stitched together, so one
-/// large file is not read by a single core while the others idle.
-const PARALLEL_FILE: u64 = 32 << 20;
-/// The segment a core cuts at once when a file is cut in parallel.
+/// The segment a core cuts at once when a file is cut in parallel (at least 16 largest
+/// chunks, so the chunks cut twice where segments meet stay a small share). Files of two
+/// segments or more are cut in segments on all cores and stitched together, so one large
+/// file is not read by a single core while the others idle.
 const SEGMENT: u64 = 16 << 20;
 
 fn chunk_ref(bytes: &[u8]) -> ChunkRef {
@@ -567,7 +567,8 @@ fn chunks_of(
     chunker: &Chunker,
     buf: &mut Vec<u8>,
 ) -> io::Result<Vec<ChunkRef>> {
-    if size < PARALLEL_FILE {
+    let segment = SEGMENT.max(16 * chunker.max_chunk() as u64);
+    if size < 2 * segment {
         let mut chunks = Vec::new();
         chunker.chunk_reader::<&File, io::Error>(file, buf, |_, bytes| {
             chunks.push(chunk_ref(bytes));
@@ -575,13 +576,13 @@ fn chunks_of(
         })?;
         return Ok(chunks);
     }
-    let segments = (0..size.div_ceil(SEGMENT))
+    let segments = (0..size.div_ceil(segment))
         .into_par_iter()
         .map_init(Vec::new, |buf, k| {
             segment_cuts(
                 file,
-                k * SEGMENT,
-                ((k + 1) * SEGMENT).min(size),
+                k * segment,
+                ((k + 1) * segment).min(size),
                 chunker,
                 buf,
             )
