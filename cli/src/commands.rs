@@ -411,6 +411,9 @@ pub fn restore(c: &Client, request: Value, json_out: bool) -> Result<(), CliErro
             format::bytes(r["size"].as_u64().unwrap_or(0))
         ),
     }
+    if let Some(note) = r["note"].as_str() {
+        println!("Note: {note}.");
+    }
     Ok(())
 }
 

@@ -201,21 +201,46 @@ fn kept_versions_are_listed_and_a_restore_syncs_everywhere_losing_nothing() {
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("no kept versions"));
 
-    // A damaged copy in the store is refused, not restored.
-    let store = b.home.join("history").join(&kept_v2);
-    fs::remove_file(&store).unwrap(); // a hard link: write a new file, not through it
-    fs::write(&store, b"tampered").unwrap();
-    let damaged = run(
+    // In a paused folder a restore happens at once, says so, and syncs on resume.
+    json(b, &["pause"]);
+    let paused = json(
         b,
         &["restore", "docs/plan.txt", "--version", &kept_v2[..12]],
     );
+    assert!(
+        paused["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("paused")),
+        "{paused}"
+    );
+    assert_eq!(read(&b.folder.join("docs/plan.txt")), Some(v2.clone()));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        read(&a.folder.join("docs/plan.txt")),
+        Some(v1.clone()),
+        "a paused folder sent its restore"
+    );
+    json(b, &["resume"]);
+    assert!(
+        wait_until(30, || read(&a.folder.join("docs/plan.txt"))
+            == Some(v2.clone())),
+        "the restore did not sync after resume:\n{}",
+        b.log()
+    );
+
+    // A damaged copy in the store is refused, not restored.
+    let v1_id = &plan[0].0;
+    let store = b.home.join("history").join(v1_id);
+    fs::remove_file(&store).unwrap(); // a hard link: write a new file, not through it
+    fs::write(&store, b"tampered").unwrap();
+    let damaged = run(b, &["restore", "docs/plan.txt", "--version", &v1_id[..12]]);
     assert!(!damaged.status.success());
     assert!(
         String::from_utf8_lossy(&damaged.stderr).contains("damaged"),
         "{}",
         String::from_utf8_lossy(&damaged.stderr)
     );
-    assert_eq!(read(&b.folder.join("docs/plan.txt")), Some(v1));
+    assert_eq!(read(&b.folder.join("docs/plan.txt")), Some(v2));
     let leftovers: Vec<_> = fs::read_dir(b.folder.join("docs"))
         .unwrap()
         .flatten()
