@@ -24,7 +24,7 @@ struct Cli {
     /// Open only the status window (no tray icon).
     #[arg(long)]
     window: bool,
-    /// The page the status window opens on: status, pair or conflicts.
+    /// The page the status window opens on: status, pair, conflicts or history.
     #[arg(long, default_value = "status", value_parser = parse_page)]
     page: Page,
     #[command(subcommand)]
@@ -38,7 +38,7 @@ enum Cmd {
 }
 
 fn parse_page(s: &str) -> Result<Page, String> {
-    Page::parse(s).ok_or_else(|| format!("no page {s:?}; pages: status, pair, conflicts"))
+    Page::parse(s).ok_or_else(|| format!("no page {s:?}; pages: status, pair, conflicts, history"))
 }
 
 fn main() -> ExitCode {

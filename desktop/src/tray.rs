@@ -18,6 +18,7 @@ pub enum Page {
     Status,
     Pair,
     Conflicts,
+    History,
 }
 
 impl Page {
@@ -26,11 +27,12 @@ impl Page {
             Page::Status => "status",
             Page::Pair => "pair",
             Page::Conflicts => "conflicts",
+            Page::History => "history",
         }
     }
 
     pub fn parse(s: &str) -> Option<Page> {
-        [Page::Status, Page::Pair, Page::Conflicts]
+        [Page::Status, Page::Pair, Page::Conflicts, Page::History]
             .into_iter()
             .find(|p| p.name() == s)
     }
@@ -188,6 +190,7 @@ impl ksni::Tray for CairnTray {
             "Conflicts…".into()
         };
         menu.push(item(conflicts, |t| t.open_window(Page::Conflicts)));
+        menu.push(item("Versions…", |t| t.open_window(Page::History)));
         menu.push(item("Open status window", |t| t.open_window(Page::Status)));
         menu.push(MenuItem::Separator);
         menu.push(item("Quit tray", |t| {

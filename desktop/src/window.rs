@@ -93,6 +93,7 @@ pub fn draw(ui: &mut Ui, st: &mut WindowState) {
             "Conflicts".into()
         };
         ui.selectable_value(&mut st.page, Page::Conflicts, conflicts);
+        ui.selectable_value(&mut st.page, Page::History, "Versions");
     });
     ui.separator();
     egui::ScrollArea::vertical()
@@ -101,6 +102,7 @@ pub fn draw(ui: &mut Ui, st: &mut WindowState) {
             Page::Status => status_page(ui, st),
             Page::Pair => pair_page(ui, st),
             Page::Conflicts => conflicts_page(ui, st),
+            Page::History => history_page(ui, st),
         });
 }
 
@@ -298,6 +300,55 @@ fn conflicts_page(ui: &mut Ui, st: &mut WindowState) {
     }
 }
 
+fn history_page(ui: &mut Ui, st: &mut WindowState) {
+    let Some(list) = st.snap.history.as_ref().and_then(Value::as_array).cloned() else {
+        ui.label("Asking the daemon for kept versions…");
+        return;
+    };
+    ui.label(
+        "When another device replaces or deletes a file, the version this device had is \
+         kept here. Restoring puts it back on every device and keeps the version it replaces.",
+    );
+    if list.is_empty() {
+        ui.label("No kept versions yet.");
+        return;
+    }
+    egui::Grid::new("history")
+        .striped(true)
+        .num_columns(5)
+        .show(ui, |ui| {
+            for v in &list {
+                let id = text(v, "content");
+                ui.label(text(v, "path"));
+                ui.label(format!("folder {}", text(v, "folder")));
+                ui.label(kept_at(v["kept_ns"].as_i64().unwrap_or(0)));
+                ui.label(bytes(v["size"].as_u64().unwrap_or(0)));
+                let available = v["available"] == true;
+                let button = ui.add_enabled(
+                    available,
+                    egui::Button::new(format!("Restore {}", id.get(..8).unwrap_or(id))),
+                );
+                if button.clicked() {
+                    st.outbox.push(Command::Restore {
+                        folder: text(v, "folder").to_string(),
+                        path: text(v, "path").to_string(),
+                        version: id.to_string(),
+                    });
+                }
+                ui.end_row();
+            }
+        });
+}
+
+/// `2026-11-30 06:22 UTC`.
+fn kept_at(ns: i64) -> String {
+    let t = cairn_core::folder::tree::UtcTime::from_ns(ns);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year, t.month, t.day, t.hour, t.minute
+    )
+}
+
 /// The eframe app: the worker plus the window state.
 pub struct StatusWindow {
     pub worker: Worker,
@@ -436,6 +487,39 @@ mod tests {
             vec![Command::Resolve {
                 path: "a.sync-conflict-20261122-101010-ABCD.txt".into(),
                 keep: "both".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn versions_are_listed_and_restored_as_the_cli_does() {
+        let mut st = WindowState::new(Page::History);
+        st.snap.status = Some(up_status(false));
+        let id = "619e7b5eb7".to_string() + &"0".repeat(54);
+        st.snap.history = Some(json!([
+            { "folder": "docs", "path": "plan.txt", "kept_ns": 1_764_483_720_000_000_000i64,
+              "content": id, "size": 25, "available": true },
+            { "folder": "docs", "path": "gone.txt", "kept_ns": 1_764_483_000_000_000_000i64,
+              "content": "ab".repeat(32), "size": 7, "available": false }
+        ]));
+        let mut h = harness(st);
+        h.get_by_label("plan.txt");
+        h.get_by_label("gone.txt");
+        h.get_by_label("2025-11-30 06:22 UTC");
+        h.get_by_label("Restore abababab").click();
+        h.run();
+        assert!(
+            h.state().outbox.is_empty(),
+            "a version whose bytes are gone restored"
+        );
+        h.get_by_label("Restore 619e7b5e").click();
+        h.run();
+        assert_eq!(
+            h.state().outbox,
+            vec![Command::Restore {
+                folder: "docs".into(),
+                path: "plan.txt".into(),
+                version: id
             }]
         );
     }

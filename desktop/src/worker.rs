@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 /// How often the daemon is asked for its status.
 pub const POLL: Duration = Duration::from_secs(1);
+/// Kept versions change only when a peer replaces or deletes a file: asked for every few
+/// polls, and at once after a restore.
+const HISTORY_EVERY: u64 = 5;
 /// The longest one poll may wait: a daemon slower than this reads as "not responding".
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -33,6 +36,12 @@ pub enum Command {
     Join(String),
     /// Resolve a conflict (`keep` is "local", "remote" or "both"), as `cairn resolve` does.
     Resolve { path: String, keep: String },
+    /// Put a kept version back, as `cairn restore --folder F PATH --version V` does.
+    Restore {
+        folder: String,
+        path: String,
+        version: String,
+    },
 }
 
 /// Where pairing stands, as the window shows it.
@@ -62,6 +71,8 @@ pub struct Snapshot {
     pub status: Option<Value>,
     /// `/v1/conflicts`.
     pub conflicts: Option<Value>,
+    /// `/v1/history`: kept versions, newest first.
+    pub history: Option<Value>,
     /// Why the daemon did not answer.
     pub down: Option<String>,
     pub pairing: Pairing,
@@ -151,18 +162,28 @@ impl Inner {
     }
 
     fn poll(&self) {
+        let (polls, stale) = self
+            .shared
+            .lock()
+            .map(|s| (s.polls, s.history.is_none()))
+            .unwrap_or((0, true));
+        let want_history = stale || polls.is_multiple_of(HISTORY_EVERY);
         let polled = self.client().and_then(|c| {
             let status = c.get("/v1/status").map_err(|e| e.message)?;
             let conflicts = c.get("/v1/conflicts").ok();
             let invite = c.get("/v1/pair/invite").ok();
-            Ok((status, conflicts, invite))
+            let history = want_history.then(|| c.get("/v1/history").ok()).flatten();
+            Ok((status, conflicts, invite, history))
         });
         self.update(|s| {
             s.polls += 1;
             match polled {
-                Ok((status, conflicts, invite)) => {
+                Ok((status, conflicts, invite, history)) => {
                     s.status = Some(status);
                     s.conflicts = conflicts;
+                    if history.is_some() {
+                        s.history = history;
+                    }
                     s.down = None;
                     if let Some(p) = invite.and_then(|i| invite_pairing(&i))
                         && matches!(s.pairing, Pairing::Waiting { .. } | Pairing::Starting)
@@ -173,6 +194,7 @@ impl Inner {
                 Err(e) => {
                     s.status = None;
                     s.conflicts = None;
+                    s.history = None;
                     s.down = Some(e);
                 }
             }
@@ -250,6 +272,30 @@ impl Inner {
             Command::Resolve { path, keep } => {
                 post("/v1/resolve", json!({ "path": path, "keep": keep }))
                     .map(|r| format!("Resolved: {}", r["resolved"].as_str().unwrap_or(path)))
+            }
+            Command::Restore {
+                folder,
+                path,
+                version,
+            } => {
+                let r = post(
+                    "/v1/restore",
+                    json!({ "folder": folder, "path": path, "version": version }),
+                );
+                // The restore kept the version it replaced: show it.
+                self.update(|s| s.history = None);
+                r.map(|r| {
+                    let id = r["content"].as_str().unwrap_or("?");
+                    let mut m = format!(
+                        "Restored {} to version {}",
+                        r["path"].as_str().unwrap_or(path),
+                        id.get(..12).unwrap_or(id)
+                    );
+                    if let Some(note) = r["note"].as_str() {
+                        m.push_str(&format!(" ({note})"));
+                    }
+                    m
+                })
             }
         };
         self.update(|s| {

@@ -339,6 +339,7 @@ fn tray_pauses_and_resumes_the_daemon_shows_its_window_and_notifies_a_pairing() 
         "Pause",
         "Pair a new device…",
         "Conflicts…",
+        "Versions…",
         "Open status window",
         "Quit tray",
     ] {
