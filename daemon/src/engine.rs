@@ -38,6 +38,8 @@ use crate::watcher::Watcher;
 const TICK: Duration = Duration::from_millis(500);
 /// Redial trusted peers that are not connected this often.
 const REDIAL: Duration = Duration::from_secs(5);
+/// Addresses remembered per paired device (newest first).
+const MAX_KNOWN_ADDRS: usize = 8;
 /// Retry a pull that failed after this long.
 const PULL_RETRY: Duration = Duration::from_secs(3);
 /// Rescan interval when the watcher does not work.
@@ -381,9 +383,14 @@ impl Engine {
                 // Ask the DHT where the peer is; a found address is dialled on the result.
                 self.swarm.behaviour_mut().kad.get_closest_peers(peer);
             } else {
-                let _ = self
-                    .swarm
-                    .dial(DialOpts::peer_id(peer).addresses(addrs).build());
+                // Also every address Kademlia and mDNS know: the remembered ones go
+                // stale when the peer restarts on a new port.
+                let _ = self.swarm.dial(
+                    DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .extend_addresses_through_behaviour()
+                        .build(),
+                );
             }
         }
     }
@@ -1174,15 +1181,35 @@ impl Engine {
                 self.peer_listen.insert(peer_id, info.listen_addrs);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
                     self.swarm
                         .behaviour_mut()
                         .kad
                         .add_address(&peer, addr.clone());
-                    if self.trusted.contains_key(&peer) && !self.connected.contains(&peer) {
-                        let _ = self
-                            .swarm
-                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    let Some((_, known)) = self.trusted.get_mut(&peer) else {
+                        continue;
+                    };
+                    // Where the LAN says a paired device is now (its port changes when it
+                    // restarts): remembered first, so the periodic redial uses it too.
+                    for a in addrs.iter().rev() {
+                        known.retain(|k| k != a);
+                        known.insert(0, a.clone());
+                    }
+                    known.truncate(MAX_KNOWN_ADDRS);
+                    if !self.connected.contains(&peer) {
+                        // One dial with every address: dials of one address each would
+                        // be dropped while the first (perhaps a loopback address of the
+                        // other host) is still pending.
+                        let _ = self.swarm.dial(
+                            DialOpts::peer_id(peer)
+                                .addresses(addrs)
+                                .extend_addresses_through_behaviour()
+                                .build(),
+                        );
                     }
                 }
             }

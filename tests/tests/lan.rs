@@ -1,0 +1,233 @@
+//! Two fresh devices on one LAN, as a user sets them up: nothing configured about each other,
+//! default network settings (mDNS on, listening on every interface). They find each other by
+//! mDNS, pair with a short code, share a folder and sync.
+//!
+//! The LAN is two network namespaces this test creates, joined by a veth pair (10.77.0.1 and
+//! 10.77.0.2, addresses that exist only inside them); everything, the CLI included, runs
+//! inside them through `ip netns exec`. Needs root and iproute2; elsewhere it says so and
+//! passes without running.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use cairn_tests::{bin, wait_until};
+use serde_json::Value;
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Two namespaces and the cable between them; removed on drop.
+struct Lan {
+    names: [String; 2],
+}
+
+impl Lan {
+    fn create() -> Result<Lan, String> {
+        let tag = std::process::id() % 1_000_000;
+        let lan = Lan {
+            names: [format!("cairn-lan-a{tag}"), format!("cairn-lan-b{tag}")],
+        };
+        let veth = [format!("cla{tag}"), format!("clb{tag}")];
+        for ns in &lan.names {
+            ip(&["netns", "add", ns])?; // fails without root: the test is skipped
+        }
+        ip(&[
+            "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
+        ])?;
+        for (i, (ns, dev)) in lan.names.iter().zip(&veth).enumerate() {
+            let addr = format!("10.77.0.{}/24", i + 1);
+            ip(&["link", "set", dev, "netns", ns])?;
+            ip(&["-n", ns, "addr", "add", &addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            // mDNS goes to 224.0.0.251; a namespace has no route there until given one.
+            ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", dev])?;
+        }
+        Ok(lan)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// A device: a home and a folder, its daemon and CLI inside namespace `ns`.
+struct Device {
+    ns: String,
+    home: PathBuf,
+    folder: PathBuf,
+}
+
+impl Device {
+    fn new(base: &Path, ns: &str, name: &str) -> Device {
+        let home = base.join(format!("{name}-home"));
+        let folder = base.join(format!("{name}-folder"));
+        fs::create_dir_all(&home).unwrap();
+        fs::create_dir_all(&folder).unwrap();
+        // Only a name: every network setting is the default a new user gets.
+        fs::write(
+            home.join("config.toml"),
+            format!("[device]\nname = \"{name}\"\n"),
+        )
+        .unwrap();
+        Device {
+            ns: ns.into(),
+            home,
+            folder,
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns])
+            .arg(bin("cairn"))
+            .arg("--home")
+            .arg(&self.home)
+            .env("CAIRN_LOG", "info,libp2p=warn");
+        c
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.home.join("cairnd.log")).unwrap_or_default()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out: Output = self.cmd().arg("--json").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cairn {args:?} in {} failed ({:?}): {}\n{}",
+            self.ns,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd()
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // The daemon, by the PID it wrote (it runs inside the namespace).
+        if let Ok(text) = fs::read_to_string(self.home.join("control.json"))
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+            && let Some(pid) = v["pid"].as_u64()
+        {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+#[test]
+fn fresh_devices_on_a_lan_find_each_other_by_mdns_pair_and_sync() {
+    let lan = match Lan::create() {
+        Ok(lan) => lan,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot build a LAN of network namespaces here: {why}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::new(tmp.path(), &lan.names[0], "alpha");
+    let b = Device::new(tmp.path(), &lan.names[1], "beta");
+    a.json(&["up"]);
+    b.json(&["up"]);
+
+    // Each daemon listens on its own LAN address (defaults: every interface).
+    let listen = |d: &Device| d.json(&["status"])["listen"].to_string();
+    assert!(
+        wait_until(10, || listen(&a).contains("10.77.0.1")),
+        "{}",
+        listen(&a)
+    );
+
+    // Pair with the code alone: beta has no address of alpha, and no bootstrap peer.
+    let mut inviter = a.spawn(&["pair"]);
+    let mut line = String::new();
+    BufReader::new(inviter.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let code = serde_json::from_str::<Value>(&line).unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let joined = b.json(&["pair", &code]);
+    assert_eq!(joined["name"], "alpha", "{joined}");
+    let out = inviter.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "inviter: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(20, || a.json(&["peers"])[0]["connected"] == true),
+        "alpha: {}\nbeta: {}",
+        a.log(),
+        b.log()
+    );
+
+    // Share, accept, sync over the LAN.
+    let shared = a.json(&["share", a.folder.to_str().unwrap(), "beta"]);
+    let folder = shared["folder"].as_str().unwrap().to_string();
+    assert!(wait_until(20, || b.json(&["status"])["offers"]
+        .as_array()
+        .is_some_and(|o| !o.is_empty())));
+    b.json(&["accept", &folder, b.folder.to_str().unwrap()]);
+    fs::write(a.folder.join("over-the-lan.txt"), b"found by mdns").unwrap();
+    assert!(
+        wait_until(30, || fs::read(b.folder.join("over-the-lan.txt"))
+            .ok()
+            .as_deref()
+            == Some(&b"found by mdns"[..])),
+        "alpha: {}\nbeta: {}",
+        a.log(),
+        b.log()
+    );
+
+    // After both restart, they find each other again with nothing but mDNS.
+    a.json(&["down"]);
+    b.json(&["down"]);
+    a.json(&["up"]);
+    b.json(&["up"]);
+    assert!(
+        wait_until(30, || a.json(&["peers"])[0]["connected"] == true),
+        "no reconnect after restart:\nalpha: {}\nbeta: {}",
+        a.log(),
+        b.log()
+    );
+    fs::write(b.folder.join("back.txt"), b"and back").unwrap();
+    assert!(wait_until(30, || fs::read(a.folder.join("back.txt"))
+        .ok()
+        .as_deref()
+        == Some(&b"and back"[..])));
+    a.json(&["down"]);
+    b.json(&["down"]);
+}
