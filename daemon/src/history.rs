@@ -508,23 +508,45 @@ impl RestoreJob {
     /// Puts the bytes now at `dest` (version `content`) into the history store. Returns
     /// the store path if this call created it (so a failed restore can take it back).
     fn keep_bytes(&self, dest: &Path, content: &ContentId) -> io::Result<Option<PathBuf>> {
-        fs::create_dir_all(&self.history_dir)?;
-        let kept = self.history_dir.join(content.to_hex());
-        if kept.exists() {
-            return Ok(None);
-        }
-        // The rename that follows unlinks the name, not the inode: a hard link keeps it.
-        if fs::hard_link(dest, &kept).is_err() {
-            let path = self
-                .history_dir
-                .join(format!("{TEMP_PREFIX}{}", content.to_hex()));
-            let mut tmp = Staged(Some(path.clone()));
-            fs::copy(dest, &path)?;
-            fs::rename(&path, &kept)?;
-            tmp.0 = None;
-        }
-        Ok(Some(kept))
+        Ok(match store_version(&self.history_dir, dest, content)? {
+            Stored::Already => None,
+            Stored::Linked(p) | Stored::Copied(p) => Some(p),
+        })
     }
+}
+
+/// How [`store_version`] kept a version.
+pub(crate) enum Stored {
+    /// The store had it already.
+    Already,
+    /// As a hard link to the file (whose ctime that changes).
+    Linked(PathBuf),
+    /// As a copy (the store is on another filesystem).
+    Copied(PathBuf),
+}
+
+/// Puts the bytes of the file at `src`, version `content`, into the history store as
+/// `<content id>`. A hard link when it can be made: the rename that then replaces the name
+/// unlinks the name, not the inode, so the old bytes stay in the store at no cost.
+pub(crate) fn store_version(
+    history_dir: &Path,
+    src: &Path,
+    content: &ContentId,
+) -> io::Result<Stored> {
+    fs::create_dir_all(history_dir)?;
+    let kept = history_dir.join(content.to_hex());
+    if kept.exists() {
+        return Ok(Stored::Already);
+    }
+    if fs::hard_link(src, &kept).is_ok() {
+        return Ok(Stored::Linked(kept));
+    }
+    let path = history_dir.join(format!("{TEMP_PREFIX}{}", content.to_hex()));
+    let mut tmp = Staged(Some(path.clone()));
+    fs::copy(src, &path)?;
+    fs::rename(&path, &kept)?;
+    tmp.0 = None;
+    Ok(Stored::Copied(kept))
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::history::{Stored, store_version};
 use crate::index::{HISTORY_FOLDER, Index, IndexError, Update};
 use crate::metrics::Metrics;
 use crate::scanner::{FileRead, read_file, stamp_of};
@@ -401,22 +402,12 @@ impl Puller {
             tracing::debug!(path, "history_skip_no_manifest");
             return Ok(());
         };
-        fs::create_dir_all(&self.history_dir).map_err(io_err(&self.history_dir))?;
-        let kept = self.history_dir.join(content.to_hex());
-        if !kept.exists() {
-            let src = self.full(path);
-            // A hard link keeps the old bytes when the new version is renamed over the name.
-            if fs::hard_link(&src, &kept).is_ok() {
-                // The new link changed the file's ctime: remember the new stamp, or the
-                // write that follows would take it for a local edit.
-                self.record(path, EntryKind::File, Some(*content), None, None)?;
-            } else {
-                let tmp = self
-                    .history_dir
-                    .join(format!("{TEMP_PREFIX}{}", content.to_hex()));
-                fs::copy(&src, &tmp).map_err(io_err(&src))?;
-                fs::rename(&tmp, &kept).map_err(io_err(&kept))?;
-            }
+        let src = self.full(path);
+        let stored = store_version(&self.history_dir, &src, content).map_err(io_err(&src))?;
+        if let Stored::Linked(_) = stored {
+            // The new link changed the file's ctime: remember the new stamp, or the write
+            // that follows would take it for a local edit.
+            self.record(path, EntryKind::File, Some(*content), None, None)?;
         }
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -414,3 +414,26 @@ pub fn mesh(base: &Path, names: &[&str]) -> Vec<Daemon> {
     }
     daemons
 }
+
+/// Kills (by PID, SIGKILL) the daemon whose `control.json` is in `home`, if one is running:
+/// for tests that start daemons through `cairn up`.
+pub fn kill_daemon_of(home: &Path) {
+    if let Ok(text) = std::fs::read_to_string(home.join("control.json"))
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(pid) = v["pid"].as_u64()
+    {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+}
+
+/// The code a running `cairn --json pair` printed on its first line.
+pub fn read_pair_code(inviter: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(inviter.stdout.as_mut().expect("stdout is piped"))
+        .read_line(&mut line)
+        .expect("read the inviter's first line");
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("first line is not JSON: {line:?}"));
+    v["code"].as_str().expect("a code").to_string()
+}

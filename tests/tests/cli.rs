@@ -2,11 +2,10 @@
 //! resolve, pause/resume, ignore, down; JSON output and exit codes.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use cairn_tests::{bin, free_port, wait_until};
+use cairn_tests::{bin, free_port, kill_daemon_of, read_pair_code, wait_until};
 use serde_json::Value;
 
 struct Device {
@@ -83,26 +82,16 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        // Stop the daemon by its PID (from control.json) if a test left it running.
-        if let Ok(text) = fs::read_to_string(self.home.join("control.json"))
-            && let Ok(v) = serde_json::from_str::<Value>(&text)
-            && let Some(pid) = v["pid"].as_u64()
-        {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+        // Stop the daemon by its PID if a test left it running.
+        kill_daemon_of(&self.home);
     }
 }
 
 /// Starts `cairn pair` on `inviter` and returns the child and the code it printed.
 fn invite(inviter: &Device) -> (Child, String) {
     let mut child = inviter.spawn(&["pair"]);
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value =
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("first line is not JSON: {line:?}"));
-    (child, v["code"].as_str().unwrap().to_string())
+    let code = read_pair_code(&mut child);
+    (child, code)
 }
 
 fn two_devices(base: &Path) -> (Device, Device) {

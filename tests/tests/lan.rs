@@ -8,11 +8,10 @@
 //! passes without running.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use cairn_tests::{bin, wait_until};
+use cairn_tests::{bin, kill_daemon_of, read_pair_code, wait_until};
 use serde_json::Value;
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -137,12 +136,7 @@ impl Device {
 impl Drop for Device {
     fn drop(&mut self) {
         // The daemon, by the PID it wrote (it runs inside the namespace).
-        if let Ok(text) = fs::read_to_string(self.home.join("control.json"))
-            && let Ok(v) = serde_json::from_str::<Value>(&text)
-            && let Some(pid) = v["pid"].as_u64()
-        {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+        kill_daemon_of(&self.home);
     }
 }
 
@@ -171,14 +165,7 @@ fn fresh_devices_on_a_lan_find_each_other_by_mdns_pair_and_sync() {
 
     // Pair with the code alone: beta has no address of alpha, and no bootstrap peer.
     let mut inviter = a.spawn(&["pair"]);
-    let mut line = String::new();
-    BufReader::new(inviter.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let code = serde_json::from_str::<Value>(&line).unwrap()["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let code = read_pair_code(&mut inviter);
     let joined = b.json(&["pair", &code]);
     assert_eq!(joined["name"], "alpha", "{joined}");
     let out = inviter.wait_with_output().unwrap();

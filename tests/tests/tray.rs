@@ -185,12 +185,7 @@ struct Background(PathBuf);
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Ok(text) = fs::read_to_string(self.0.join("control.json"))
-            && let Ok(v) = serde_json::from_str::<Value>(&text)
-            && let Some(pid) = v["pid"].as_u64()
-        {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+        cairn_tests::kill_daemon_of(&self.0);
     }
 }
 
@@ -455,14 +450,7 @@ fn tray_pauses_and_resumes_the_daemon_shows_its_window_and_notifies_a_pairing() 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(invite.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let code = serde_json::from_str::<Value>(&line).unwrap()["code"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let code = cairn_tests::read_pair_code(&mut invite);
     let joined = beta(&["pair", &code]);
     let _ = invite.wait();
     assert!(
