@@ -345,6 +345,12 @@ pub fn resolve(c: &Client, path: &str, keep: &str, json_out: bool) -> Result<(),
     Ok(())
 }
 
+/// The first 12 hex digits of a content id, as `cairn history` shows versions.
+fn short_id(id: &Value) -> &str {
+    let id = id.as_str().unwrap_or("?");
+    id.get(..12).unwrap_or(id)
+}
+
 /// `cairn history [PATH] [--folder F]`.
 pub fn history(
     c: &Client,
@@ -372,12 +378,11 @@ pub fn history(
     }
     println!("{:<23}  {:>10}  {:<12}  PATH", "KEPT", "SIZE", "VERSION");
     for v in items {
-        let id = v["content"].as_str().unwrap_or("?");
         println!(
             "{:<23}  {:>10}  {:<12}  {}{}",
             when(v["kept_ns"].as_i64().unwrap_or(0)),
             format::bytes(v["size"].as_u64().unwrap_or(0)),
-            id.get(..12).unwrap_or(id),
+            short_id(&v["content"]),
             v["path"].as_str().unwrap_or("?"),
             if v["available"] == true {
                 ""
@@ -396,21 +401,19 @@ pub fn restore(c: &Client, request: Value, json_out: bool) -> Result<(), CliErro
         print_json(&r);
         return Ok(());
     }
-    let id = r["content"].as_str().unwrap_or("?");
-    let path = r["path"].as_str().unwrap_or("?");
-    match r["kept_current"].as_str() {
-        Some(old) => println!(
-            "Restored {path} to version {} ({}); the version it replaced ({}) is kept in history.",
-            id.get(..12).unwrap_or(id),
-            format::bytes(r["size"].as_u64().unwrap_or(0)),
-            old.get(..12).unwrap_or(old)
-        ),
-        None => println!(
-            "Restored {path} to version {} ({}).",
-            id.get(..12).unwrap_or(id),
-            format::bytes(r["size"].as_u64().unwrap_or(0))
-        ),
+    let mut line = format!(
+        "Restored {} to version {} ({})",
+        r["path"].as_str().unwrap_or("?"),
+        short_id(&r["content"]),
+        format::bytes(r["size"].as_u64().unwrap_or(0))
+    );
+    if r["kept_current"].is_string() {
+        line += &format!(
+            "; the version it replaced ({}) is kept in history",
+            short_id(&r["kept_current"])
+        );
     }
+    println!("{line}.");
     if let Some(note) = r["note"].as_str() {
         println!("Note: {note}.");
     }

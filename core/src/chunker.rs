@@ -501,13 +501,6 @@ mod tests {
         );
     }
 
-    fn chunk_ref(bytes: &[u8]) -> ChunkRef {
-        ChunkRef {
-            id: crate::ChunkId::of(bytes),
-            len: bytes.len() as u32,
-        }
-    }
-
     /// Cuts `data` in segments of `segment` bytes the way a parallel reader does, and stitches.
     fn stitched(data: &[u8], segment: usize) -> Vec<ChunkRef> {
         let c = chunker();
@@ -520,13 +513,13 @@ mod tests {
                 chunks: c
                     .chunk_slice(window)
                     .take_while(|(o, _)| start + o < end)
-                    .map(|(_, bytes)| chunk_ref(bytes))
+                    .map(|(_, bytes)| ChunkRef::of(bytes))
                     .collect(),
             }
         });
         stitch::<std::convert::Infallible>(segments, |pos| {
             let rest = &data[pos as usize..];
-            Ok(chunk_ref(&rest[..c.cut(rest)]))
+            Ok(ChunkRef::of(&rest[..c.cut(rest)]))
         })
         .unwrap()
     }
@@ -534,7 +527,7 @@ mod tests {
     fn sequential(data: &[u8]) -> Vec<ChunkRef> {
         chunker()
             .chunk_slice(data)
-            .map(|(_, b)| chunk_ref(b))
+            .map(|(_, b)| ChunkRef::of(b))
             .collect()
     }
 
@@ -566,21 +559,15 @@ mod tests {
         let segments = vec![
             SegmentCuts {
                 start: 0,
-                chunks: vec![chunk_ref(&data[..c.cut(&data)])],
+                chunks: vec![ChunkRef::of(&data[..c.cut(&data)])],
             },
             SegmentCuts {
                 start: 1 << 20,
-                chunks: vec![chunk_ref(&data[1 << 20..(1 << 20) + 100])],
+                chunks: vec![ChunkRef::of(&data[1 << 20..(1 << 20) + 100])],
             },
         ];
         // The file "shrank": every chunk after the first is empty.
-        let out = stitch::<std::convert::Infallible>(segments, |_| {
-            Ok(ChunkRef {
-                id: crate::ChunkId::of(b""),
-                len: 0,
-            })
-        })
-        .unwrap();
+        let out = stitch::<std::convert::Infallible>(segments, |_| Ok(ChunkRef::of(b""))).unwrap();
         assert_eq!(out.len(), 1);
     }
 

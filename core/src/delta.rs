@@ -184,10 +184,7 @@ mod tests {
         let chunker = Chunker::new(ChunkerParams::default()).unwrap();
         let chunks = chunker
             .chunk_slice(data)
-            .map(|(_, c)| ChunkRef {
-                id: ChunkId::of(c),
-                len: c.len() as u32,
-            })
+            .map(|(_, c)| ChunkRef::of(c))
             .collect();
         Manifest { chunks }
     }
@@ -253,10 +250,7 @@ mod tests {
         let base = random(70_000, 3);
         let mut chunk = base[1000..66_000].to_vec();
         chunk[30_000] ^= 1;
-        let c = ChunkRef {
-            id: ChunkId::of(&chunk),
-            len: chunk.len() as u32,
-        };
+        let c = ChunkRef::of(&chunk);
         let delta = diff(&signature(&base), &chunk).unwrap().unwrap();
         assert_eq!(apply(&base, &delta, &c).unwrap(), chunk);
         // The same delta against other claims: length and id are checked.
@@ -322,7 +316,7 @@ mod tests {
         ) {
             let chunk = random(3000, 9);
             let _ = diff(&sig, &chunk);
-            let c = ChunkRef { id: ChunkId::of(&chunk), len: 3000 };
+            let c = ChunkRef::of(&chunk);
             let _ = apply(&chunk, &delta, &c);
         }
     }

@@ -30,6 +30,14 @@ pub struct ChunkRef {
 }
 
 impl ChunkRef {
+    /// Names `bytes` as a chunk: its BLAKE3 id and length.
+    pub fn of(bytes: &[u8]) -> Self {
+        ChunkRef {
+            id: ChunkId::of(bytes),
+            len: bytes.len() as u32,
+        }
+    }
+
     /// The Merkle leaf for this chunk: BLAKE3(0x00 || id || len as little-endian u64).
     pub fn leaf(&self) -> [u8; 32] {
         let mut h = blake3::Hasher::new();

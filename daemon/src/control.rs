@@ -91,19 +91,17 @@ async fn rescan(
     headers: HeaderMap,
     Query(q): Query<FolderQuery>,
 ) -> Response {
-    if !authorized(&ctx, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
-    }
-    match ask(&ctx, |reply| ControlRequest::Rescan {
-        folder: q.folder,
-        reply,
-    })
+    answer(
+        &ctx,
+        &headers,
+        StatusCode::NOT_FOUND,
+        |reply| ControlRequest::Rescan {
+            folder: q.folder,
+            reply,
+        },
+        |()| serde_json::json!({ "ok": true }),
+    )
     .await
-    {
-        Ok(Ok(())) => Json(serde_json::json!({ "ok": true })).into_response(),
-        Ok(Err(e)) => error(StatusCode::NOT_FOUND, &e),
-        Err(r) => r,
-    }
 }
 
 /// The 401 response for a request without the right token.
@@ -111,12 +109,20 @@ fn denied(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
     (!authorized(ctx, headers)).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong token"))
 }
 
-fn reply<T: Serialize>(
-    result: Result<Result<T, String>, Response>,
+/// Authorizes, asks the engine, and answers with `ok` of its reply, or with its error and
+/// `status`: the shape of every request that changes something.
+async fn answer<T, U: Serialize>(
+    ctx: &Ctx,
+    headers: &HeaderMap,
     status: StatusCode,
+    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> ControlRequest,
+    ok: impl FnOnce(T) -> U,
 ) -> Response {
-    match result {
-        Ok(Ok(v)) => Json(v).into_response(),
+    if let Some(r) = denied(ctx, headers) {
+        return r;
+    }
+    match ask(ctx, make).await {
+        Ok(Ok(v)) => Json(ok(v)).into_response(),
         Ok(Err(e)) => error(status, &e),
         Err(r) => r,
     }
@@ -167,17 +173,20 @@ struct JoinBody {
 }
 
 async fn join(State(ctx): State<Ctx>, headers: HeaderMap, Json(body): Json<JoinBody>) -> Response {
-    if let Some(r) = denied(&ctx, &headers) {
-        return r;
-    }
-    let result = ask(&ctx, |reply| {
+    let join = |reply| {
         ControlRequest::Pair(PairCtl::Join {
             code: body.code,
             reply,
         })
-    })
-    .await;
-    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
+    };
+    answer(
+        &ctx,
+        &headers,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        join,
+        |p| p,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -189,20 +198,16 @@ struct ShareBody {
 }
 
 async fn share(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<ShareBody>) -> Response {
-    if let Some(r) = denied(&ctx, &headers) {
-        return r;
-    }
-    let result = ask(&ctx, |reply| {
+    let share = |reply| {
         ControlRequest::Admin(AdminRequest::Share {
             folder: b.folder,
             device: b.device,
             kind: b.kind,
             reply,
         })
-    })
-    .await
-    .map(|r| r.map(|folder| serde_json::json!({ "folder": folder })));
-    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
+    };
+    let ok = |folder| serde_json::json!({ "folder": folder });
+    answer(&ctx, &headers, StatusCode::UNPROCESSABLE_ENTITY, share, ok).await
 }
 
 #[derive(Deserialize)]
@@ -214,20 +219,16 @@ struct AcceptBody {
 }
 
 async fn accept(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<AcceptBody>) -> Response {
-    if let Some(r) = denied(&ctx, &headers) {
-        return r;
-    }
-    let result = ask(&ctx, |reply| {
+    let accept = |reply| {
         ControlRequest::Admin(AdminRequest::Accept {
             folder: b.folder,
             path: b.path,
             kind: b.kind,
             reply,
         })
-    })
-    .await
-    .map(|r| r.map(|()| serde_json::json!({ "ok": true })));
-    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
+    };
+    let ok = |()| serde_json::json!({ "ok": true });
+    answer(&ctx, &headers, StatusCode::UNPROCESSABLE_ENTITY, accept, ok).await
 }
 
 #[derive(Deserialize)]
@@ -241,19 +242,15 @@ async fn pause_or_resume(
     folder: Option<String>,
     paused: bool,
 ) -> Response {
-    if let Some(r) = denied(&ctx, &headers) {
-        return r;
-    }
-    let result = ask(&ctx, |reply| {
+    let pause = |reply| {
         ControlRequest::Admin(AdminRequest::Pause {
             folder,
             paused,
             reply,
         })
-    })
-    .await
-    .map(|r| r.map(|()| serde_json::json!({ "ok": true, "paused": paused })));
-    reply(result, StatusCode::NOT_FOUND)
+    };
+    let ok = |()| serde_json::json!({ "ok": true, "paused": paused });
+    answer(&ctx, &headers, StatusCode::NOT_FOUND, pause, ok).await
 }
 
 async fn pause(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<FolderBody>) -> Response {
@@ -289,19 +286,22 @@ async fn resolve(
     headers: HeaderMap,
     Json(b): Json<ResolveBody>,
 ) -> Response {
-    if let Some(r) = denied(&ctx, &headers) {
-        return r;
-    }
-    let result = ask(&ctx, |reply| {
+    let resolve = |reply| {
         ControlRequest::Admin(AdminRequest::Resolve {
             path: b.path,
             keep: b.keep,
             reply,
         })
-    })
+    };
+    let ok = |what| serde_json::json!({ "resolved": what });
+    answer(
+        &ctx,
+        &headers,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        resolve,
+        ok,
+    )
     .await
-    .map(|r| r.map(|what| serde_json::json!({ "resolved": what })));
-    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
 }
 
 #[derive(Deserialize)]
@@ -315,18 +315,14 @@ async fn history(
     headers: HeaderMap,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    if let Some(r) = denied(&ctx, &headers) {
-        return r;
-    }
-    let result = ask(&ctx, |reply| {
+    let history = |reply| {
         ControlRequest::Admin(AdminRequest::History {
             folder: q.folder,
             path: q.path,
             reply,
         })
-    })
-    .await;
-    reply(result, StatusCode::NOT_FOUND)
+    };
+    answer(&ctx, &headers, StatusCode::NOT_FOUND, history, |list| list).await
 }
 
 async fn restore(
@@ -334,14 +330,15 @@ async fn restore(
     headers: HeaderMap,
     Json(request): Json<RestoreRequest>,
 ) -> Response {
-    if let Some(r) = denied(&ctx, &headers) {
-        return r;
-    }
-    let result = ask(&ctx, |reply| {
-        ControlRequest::Admin(AdminRequest::Restore { request, reply })
-    })
-    .await;
-    reply(result, StatusCode::UNPROCESSABLE_ENTITY)
+    let restore = |reply| ControlRequest::Admin(AdminRequest::Restore { request, reply });
+    answer(
+        &ctx,
+        &headers,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        restore,
+        |r| r,
+    )
+    .await
 }
 
 async fn shutdown(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {

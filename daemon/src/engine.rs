@@ -17,7 +17,7 @@ use cairn_core::folder::{
 };
 use cairn_core::planner::{LocalStore, plan};
 use cairn_core::wire::{BlocksRequest, BlocksResponse, MetaRequest, MetaResponse};
-use cairn_core::{ChunkId, Chunker, ContentId, Manifest};
+use cairn_core::{ChunkId, ContentId, Manifest};
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
@@ -38,8 +38,6 @@ use crate::watcher::Watcher;
 const TICK: Duration = Duration::from_millis(500);
 /// Redial trusted peers that are not connected this often.
 const REDIAL: Duration = Duration::from_secs(5);
-/// Addresses remembered per paired device (newest first).
-const MAX_KNOWN_ADDRS: usize = 8;
 /// Retry a pull that failed after this long.
 const PULL_RETRY: Duration = Duration::from_secs(3);
 /// Rescan interval when the watcher does not work.
@@ -586,12 +584,7 @@ impl Engine {
             .into_iter()
             .map(|(p, e)| (p, e.value))
             .collect();
-        let Ok(chunker) = f
-            .record
-            .chunker_params()
-            .map_err(|e| e.to_string())
-            .and_then(|p| Chunker::new(p).map_err(|e| e.to_string()))
-        else {
+        let Ok(chunker) = f.record.chunker() else {
             f.busy = Busy::Idle;
             return;
         };
@@ -972,7 +965,7 @@ impl Engine {
                 peer,
                 response,
             } => {
-                let sent = match &response {
+                let (chunks, bytes) = match &response {
                     BlocksResponse::Chunks(items) => items
                         .iter()
                         .filter_map(|(_, d)| d.as_ref())
@@ -980,10 +973,10 @@ impl Engine {
                     BlocksResponse::Delta(Some(d)) => (1, d.len() as u64),
                     _ => (0, 0),
                 };
-                if sent.0 > 0 {
+                if chunks > 0 {
                     self.metrics.peer(&peer.to_string(), |c| {
-                        c.chunks_sent += sent.0;
-                        c.bytes_sent += sent.1;
+                        c.chunks_sent += chunks;
+                        c.bytes_sent += bytes;
                     });
                 }
                 let _ = self
@@ -1189,27 +1182,15 @@ impl Engine {
                         .add_address(&peer, addr.clone());
                     by_peer.entry(peer).or_default().push(addr);
                 }
+                // A paired device seen on the LAN is dialled at once, with every address it
+                // announced in one dial: dials of one address each are dropped while the
+                // first (perhaps a loopback address of the other host) is pending. Kademlia
+                // and mDNS keep the addresses for the periodic redial.
                 for (peer, addrs) in by_peer {
-                    let Some((_, known)) = self.trusted.get_mut(&peer) else {
-                        continue;
-                    };
-                    // Where the LAN says a paired device is now (its port changes when it
-                    // restarts): remembered first, so the periodic redial uses it too.
-                    for a in addrs.iter().rev() {
-                        known.retain(|k| k != a);
-                        known.insert(0, a.clone());
-                    }
-                    known.truncate(MAX_KNOWN_ADDRS);
-                    if !self.connected.contains(&peer) {
-                        // One dial with every address: dials of one address each would
-                        // be dropped while the first (perhaps a loopback address of the
-                        // other host) is still pending.
-                        let _ = self.swarm.dial(
-                            DialOpts::peer_id(peer)
-                                .addresses(addrs)
-                                .extend_addresses_through_behaviour()
-                                .build(),
-                        );
+                    if self.trusted.contains_key(&peer) && !self.connected.contains(&peer) {
+                        let _ = self
+                            .swarm
+                            .dial(DialOpts::peer_id(peer).addresses(addrs).build());
                     }
                 }
             }

@@ -13,12 +13,12 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use cairn_core::scan::TEMP_PREFIX;
+use cairn_core::scan::{Stamp, TEMP_PREFIX};
 use cairn_core::{Chunker, ContentId, Manifest, path as folder_path};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use crate::config::FolderType;
 use crate::engine::{Busy, Engine, Event};
 use crate::index::Index;
-use crate::scanner::{FileRead, read_file};
+use crate::scanner::{FileRead, READ_ATTEMPTS, read_file, stamp_of};
 
 /// One kept version.
 #[derive(Clone, Debug, Serialize)]
@@ -88,7 +88,7 @@ impl Engine {
         if let Some(id) = &folder
             && !self.folders.contains_key(id)
         {
-            let _ = reply.send(Err(format!("no folder {id}; `cairn folders` lists them")));
+            let _ = reply.send(Err(no_folder(id)));
             return;
         }
         let ids: Vec<String> = self
@@ -143,7 +143,7 @@ impl Engine {
         if let Some(id) = &req.folder
             && !self.folders.contains_key(id)
         {
-            return Err(format!("no folder {id}; `cairn folders` lists them"));
+            return Err(no_folder(id));
         }
         let mut with_versions = Vec::new();
         for id in self.folders.keys() {
@@ -193,15 +193,10 @@ impl Engine {
         let Some(PendingRestore { request, reply }) = f.restores.pop_front() else {
             return;
         };
-        let chunker = match f
-            .record
-            .chunker_params()
-            .map_err(|e| e.to_string())
-            .and_then(|p| Chunker::new(p).map_err(|e| e.to_string()))
-        {
+        let chunker = match f.record.chunker() {
             Ok(c) => c,
             Err(e) => {
-                let _ = reply.send(Err(e));
+                let _ = reply.send(Err(e.to_string()));
                 return;
             }
         };
@@ -235,6 +230,10 @@ impl Engine {
     }
 }
 
+fn no_folder(id: &str) -> String {
+    format!("no folder {id}; `cairn folders` lists them")
+}
+
 fn version(
     index: &Index,
     history_dir: &Path,
@@ -260,15 +259,13 @@ fn version(
 /// `p` is `dir` or lies under it.
 fn is_at_or_under(p: &str, dir: &str) -> bool {
     let dir = dir.trim_end_matches('/');
-    p == dir
-        || p.strip_prefix(dir)
-            .is_some_and(|rest| rest.starts_with('/'))
+    p == dir || folder_path::ancestors(p).any(|a| a == dir)
 }
 
-/// The part of a stamp that a write or a replacement changes (a new hard link changes only
-/// the ctime, and the restore makes one itself).
-fn identity(m: &fs::Metadata) -> (u64, u64, i64, i64) {
-    (m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+/// Whether the file at a name is still the one read: same inode, size and mtime (a new
+/// hard link, which the restore makes itself, changes only the ctime).
+fn unchanged_since(read: &Stamp, now: &Stamp) -> bool {
+    (read.inode, read.size, read.mtime_ns) == (now.inode, now.size, now.mtime_ns)
 }
 
 /// A temp file that is removed unless it was renamed into place.
@@ -296,8 +293,10 @@ struct RestoreJob {
 impl RestoreJob {
     fn run(&self) -> Result<Restored, String> {
         let req = &self.request;
-        let (content, size) = self.pick()?;
-        let hex = content.to_hex();
+        let Version {
+            content: hex, size, ..
+        } = self.pick()?;
+        let content: ContentId = hex.parse().map_err(|_| "bad content id")?;
         let dest_rel = req.to.clone().unwrap_or_else(|| req.path.clone());
         let dest = self.root.join(&dest_rel);
         let note = self.paused.then(|| {
@@ -378,8 +377,8 @@ impl RestoreJob {
 
         // Keep the version at the name (if the user did not change it meanwhile), then
         // rename the copy over the name.
-        let unchanged = |seen: &fs::Metadata| {
-            fs::symlink_metadata(&dest).is_ok_and(|now| identity(&now) == identity(seen))
+        let unchanged = |seen: &Stamp| {
+            fs::symlink_metadata(&dest).is_ok_and(|now| unchanged_since(seen, &stamp_of(&now)))
         };
         let mut linked = None;
         if let Some((cur, _, seen)) = &current {
@@ -388,11 +387,16 @@ impl RestoreJob {
             if !unchanged(seen) {
                 return Err(changed());
             }
-            linked = self.keep_bytes(&dest, cur).map_err(|e| {
-                format!(
-                    "could not keep the current {dest_rel} in history, so it was left as it is: {e}"
-                )
-            })?;
+            // Kept before the rename unlinks the name; taken back if the restore fails.
+            linked = match store_version(&self.history_dir, &dest, cur) {
+                Ok(Stored::Already) => None,
+                Ok(Stored::Linked(p) | Stored::Copied(p)) => Some(p),
+                Err(e) => {
+                    return Err(format!(
+                        "could not keep the current {dest_rel} in history, so it was left as it is: {e}"
+                    ));
+                }
+            };
             if !unchanged(seen) {
                 if let Some(l) = linked {
                     let _ = fs::remove_file(l);
@@ -413,11 +417,8 @@ impl RestoreJob {
         let Some((cur, manifest, _)) = current else {
             return Ok(done(None));
         };
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
         self.index
-            .add_history(&self.folder, &dest_rel, now, &cur, &manifest)
+            .add_history(&self.folder, &dest_rel, &cur, &manifest)
             .map_err(|e| {
                 format!(
                     "{dest_rel} was restored, but recording the version it replaced failed \
@@ -429,89 +430,75 @@ impl RestoreJob {
     }
 
     /// The version asked for: by id prefix, or the newest whose bytes are still kept.
-    fn pick(&self) -> Result<(ContentId, u64), String> {
+    fn pick(&self) -> Result<Version, String> {
         let req = &self.request;
-        let mut versions = self
+        let mut versions = Vec::new();
+        for (kept_ns, content) in self
             .index
             .history_of(&self.folder, &req.path)
-            .map_err(|e| e.to_string())?;
-        versions.reverse(); // newest first
-        let available = |c: &ContentId| self.history_dir.join(c.to_hex()).is_file();
-        let content = match &req.version {
-            None => versions
-                .iter()
-                .map(|(_, c)| *c)
-                .find(available)
-                .ok_or_else(|| {
-                    format!(
-                        "no kept version of {} is left in the history store",
-                        req.path
-                    )
-                })?,
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .rev()
+        {
+            let v = version(
+                &self.index,
+                &self.history_dir,
+                &self.folder,
+                req.path.clone(),
+                kept_ns,
+                content,
+            )?;
+            versions.push(v);
+        }
+        match &req.version {
+            None => versions.into_iter().find(|v| v.available).ok_or_else(|| {
+                format!(
+                    "no kept version of {} is left in the history store",
+                    req.path
+                )
+            }),
             Some(prefix) => {
                 let prefix = prefix.to_ascii_lowercase();
-                let mut matching: Vec<ContentId> = versions
-                    .iter()
-                    .map(|(_, c)| *c)
-                    .filter(|c| c.to_hex().starts_with(&prefix))
+                let mut matching: Vec<Version> = versions
+                    .into_iter()
+                    .filter(|v| v.content.starts_with(&prefix))
                     .collect();
-                matching.sort();
-                matching.dedup();
+                matching.sort_by(|a, b| a.content.cmp(&b.content));
+                matching.dedup_by(|a, b| a.content == b.content);
                 match matching.as_slice() {
-                    [one] if available(one) => *one,
-                    [one] => {
-                        return Err(format!(
-                            "version {} of {} is no longer in the history store",
-                            &one.to_hex()[..12],
-                            req.path
-                        ));
-                    }
-                    [] => {
-                        return Err(format!(
-                            "no version of {} starts with {prefix}; `cairn history {}` lists them",
-                            req.path, req.path
-                        ));
-                    }
-                    _ => {
-                        return Err(format!(
-                            "{prefix} matches several versions of {}; give more of the id",
-                            req.path
-                        ));
-                    }
+                    [one] if one.available => Ok(one.clone()),
+                    [one] => Err(format!(
+                        "version {} of {} is no longer in the history store",
+                        &one.content[..12],
+                        req.path
+                    )),
+                    [] => Err(format!(
+                        "no version of {} starts with {prefix}; `cairn history {}` lists them",
+                        req.path, req.path
+                    )),
+                    _ => Err(format!(
+                        "{prefix} matches several versions of {}; give more of the id",
+                        req.path
+                    )),
                 }
             }
-        };
-        let size = self
-            .index
-            .any_manifest(&content)
-            .map_err(|e| e.to_string())?
-            .map_or(0, |m| m.size());
-        Ok((content, size))
+        }
     }
 
-    /// Content id, manifest and metadata of a file, read now.
-    fn read(&self, path: &Path) -> Result<(ContentId, Manifest, fs::Metadata), String> {
-        for _ in 0..3 {
-            let before =
-                fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    /// Content id, manifest and stamp of a file, read now.
+    fn read(&self, path: &Path) -> Result<(ContentId, Manifest, Stamp), String> {
+        for _ in 0..READ_ATTEMPTS {
             match read_file(path, &self.chunker, &mut Vec::new()) {
                 Ok(FileRead::Stable {
-                    content, manifest, ..
-                }) => return Ok((content, manifest, before)),
+                    content,
+                    manifest,
+                    stamp,
+                }) => return Ok((content, manifest, stamp)),
                 Ok(FileRead::ChangedWhileReading) => continue,
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             }
         }
         Err(format!("{} keeps changing; try again", path.display()))
-    }
-
-    /// Puts the bytes now at `dest` (version `content`) into the history store. Returns
-    /// the store path if this call created it (so a failed restore can take it back).
-    fn keep_bytes(&self, dest: &Path, content: &ContentId) -> io::Result<Option<PathBuf>> {
-        Ok(match store_version(&self.history_dir, dest, content)? {
-            Stored::Already => None,
-            Stored::Linked(p) | Stored::Copied(p) => Some(p),
-        })
     }
 }
 

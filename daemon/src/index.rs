@@ -106,6 +106,14 @@ impl FolderRecord {
                 detail: e.to_string(),
             })
     }
+
+    /// The folder's cut rule, ready to use.
+    pub fn chunker(&self) -> Result<cairn_core::Chunker> {
+        cairn_core::Chunker::new(self.chunker_params()?).map_err(|e| IndexError::Corrupt {
+            what: format!("folder {}", self.id),
+            detail: e.to_string(),
+        })
+    }
 }
 
 /// Running totals of a folder's current content, kept up to date by every change.
@@ -489,16 +497,18 @@ impl Index {
         Ok(())
     }
 
-    /// Records that the version `content` of `path` was kept in the history store, keeps
-    /// its manifest, and makes its chunks available for dedup and for peers.
+    /// Records that the version `content` of `path` was kept in the history store now,
+    /// keeps its manifest, and makes its chunks available for dedup and for peers.
     pub fn add_history(
         &self,
         folder: &str,
         path: &str,
-        time_ns: i64,
         content: &ContentId,
         manifest: &Manifest,
     ) -> Result<()> {
+        let time_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
         let txn = self.db.begin_write()?;
         {
             txn.open_table(HISTORY)?

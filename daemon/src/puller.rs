@@ -409,11 +409,8 @@ impl Puller {
             // that follows would take it for a local edit.
             self.record(path, EntryKind::File, Some(*content), None, None)?;
         }
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
         self.index
-            .add_history(&self.folder, path, now, content, &manifest)?;
+            .add_history(&self.folder, path, content, &manifest)?;
         Ok(())
     }
 

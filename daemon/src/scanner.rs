@@ -18,16 +18,14 @@ use std::time::{Duration, Instant};
 use cairn_core::scan::{
     Change, ChangeKind, EntryKind, IGNORE_FILE, IndexedEntry, Stamp, is_internal_name,
 };
-use cairn_core::{
-    ChunkId, ChunkRef, Chunker, ContentId, ContentIdBuilder, Manifest, SegmentCuts, stitch,
-};
+use cairn_core::{ChunkRef, Chunker, ContentId, ContentIdBuilder, Manifest, SegmentCuts, stitch};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::index::{FolderRecord, FolderTotals, Index, IndexError, Update};
 
 /// How often a file that keeps changing while it is read is tried again in one scan.
-const READ_ATTEMPTS: usize = 3;
+pub(crate) const READ_ATTEMPTS: usize = 3;
 /// A batch of results is committed when it holds this many paths...
 const BATCH_PATHS: usize = 2_000;
 /// ...or this many bytes of newly read content...
@@ -552,13 +550,6 @@ pub fn read_file(path: &Path, chunker: &Chunker, buf: &mut Vec<u8>) -> io::Resul
 /// file is not read by a single core while the others idle.
 const SEGMENT: u64 = 16 << 20;
 
-fn chunk_ref(bytes: &[u8]) -> ChunkRef {
-    ChunkRef {
-        id: ChunkId::of(bytes),
-        len: bytes.len() as u32,
-    }
-}
-
 /// The chunks of `file`, whose size was `size` when it was opened. A file that changes
 /// meanwhile may come out with a different total length; the caller checks.
 fn chunks_of(
@@ -571,7 +562,7 @@ fn chunks_of(
     if size < 2 * segment {
         let mut chunks = Vec::new();
         chunker.chunk_reader::<&File, io::Error>(file, buf, |_, bytes| {
-            chunks.push(chunk_ref(bytes));
+            chunks.push(ChunkRef::of(bytes));
             Ok(())
         })?;
         return Ok(chunks);
@@ -591,7 +582,7 @@ fn chunks_of(
     buf.resize(buf.len().max(chunker.max_chunk()), 0);
     stitch(segments, |pos| {
         let window = read_at_most(file, &mut buf[..chunker.max_chunk()], pos)?;
-        Ok(chunk_ref(&window[..chunker.cut(window)]))
+        Ok(ChunkRef::of(&window[..chunker.cut(window)]))
     })
 }
 
@@ -620,7 +611,7 @@ fn segment_cuts(
         if start + offset >= end {
             return Err(Stop::SegmentEnd);
         }
-        chunks.push(chunk_ref(bytes));
+        chunks.push(ChunkRef::of(bytes));
         Ok(())
     });
     match cut {

@@ -107,10 +107,7 @@ fn setup(
     let manifest = Manifest {
         chunks: chunker
             .chunk_slice(&bytes)
-            .map(|(_, c)| ChunkRef {
-                id: cairn_core::ChunkId::of(c),
-                len: c.len() as u32,
-            })
+            .map(|(_, c)| ChunkRef::of(c))
             .collect(),
     };
     let content = manifest.content_id();

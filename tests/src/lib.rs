@@ -437,3 +437,97 @@ pub fn read_pair_code(inviter: &mut std::process::Child) -> String {
         serde_json::from_str(&line).unwrap_or_else(|_| panic!("first line is not JSON: {line:?}"));
     v["code"].as_str().expect("a code").to_string()
 }
+
+/// A device driven only through the `cairn` CLI (its daemon started with `cairn up`), run
+/// inside network namespace `netns` when one is given. Its daemon is killed by PID on drop.
+pub struct CliDevice {
+    pub home: PathBuf,
+    pub folder: PathBuf,
+    pub netns: Option<String>,
+}
+
+impl CliDevice {
+    /// Creates `base/name-home` with `config` as its config.toml, and `base/name-folder`.
+    pub fn create(base: &Path, name: &str, config: &str, netns: Option<&str>) -> Self {
+        let home = base.join(format!("{name}-home"));
+        let folder = base.join(format!("{name}-folder"));
+        std::fs::create_dir_all(&home).expect("home");
+        std::fs::create_dir_all(&folder).expect("folder");
+        std::fs::write(home.join("config.toml"), config).expect("config");
+        CliDevice {
+            home,
+            folder,
+            netns: netns.map(str::to_string),
+        }
+    }
+
+    /// `cairn --home HOME`, inside the namespace if there is one.
+    pub fn cmd(&self) -> Command {
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("cairn"));
+                c
+            }
+            None => Command::new(bin("cairn")),
+        };
+        c.arg("--home")
+            .arg(&self.home)
+            .env("CAIRN_LOG", "info,libp2p=warn");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd().args(args).output().expect("cairn runs")
+    }
+
+    /// Runs with --json, expects success, parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .cmd()
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("cairn runs");
+        assert!(
+            out.status.success(),
+            "cairn {args:?}{} failed ({:?}): {}{}",
+            self.netns
+                .as_ref()
+                .map(|ns| format!(" in {ns}"))
+                .unwrap_or_default(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "cairn {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Starts `cairn --json ARGS` with stdout and stderr piped.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cmd()
+            .arg("--json")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cairn starts")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("cairnd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for CliDevice {
+    fn drop(&mut self) {
+        // The daemon, by the PID it wrote, if a test left it running.
+        kill_daemon_of(&self.home);
+    }
+}

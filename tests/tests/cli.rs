@@ -2,64 +2,38 @@
 //! resolve, pause/resume, ignore, down; JSON output and exit codes.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 
-use cairn_tests::{bin, free_port, kill_daemon_of, read_pair_code, wait_until};
+use cairn_tests::{CliDevice, bin, free_port, read_pair_code, wait_until};
 use serde_json::Value;
 
+/// A device on loopback, found by the others through its Kademlia bootstrap address.
 struct Device {
-    home: PathBuf,
-    folder: PathBuf,
+    cli: CliDevice,
     port: u16,
+}
+
+impl std::ops::Deref for Device {
+    type Target = CliDevice;
+    fn deref(&self) -> &CliDevice {
+        &self.cli
+    }
 }
 
 impl Device {
     fn new(base: &Path, name: &str, bootstrap: Option<(&Device, &str)>) -> Self {
-        let home = base.join(format!("{name}-home"));
-        let folder = base.join(format!("{name}-folder"));
-        fs::create_dir_all(&home).unwrap();
-        fs::create_dir_all(&folder).unwrap();
         let port = free_port();
         let boot = bootstrap
             .map(|(d, id)| format!("\"/ip4/127.0.0.1/tcp/{}/p2p/{id}\"", d.port))
             .unwrap_or_default();
-        fs::write(
-            home.join("config.toml"),
-            format!("[device]\nname = \"{name}\"\n\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\nbootstrap = [{boot}]\n"),
-        )
-        .unwrap();
-        Device { home, folder, port }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(bin("cairn"));
-        c.arg("--home")
-            .arg(&self.home)
-            .env("CAIRN_LOG", "info,libp2p=warn");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    /// Runs with --json, expects success, parses stdout.
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.cmd().arg("--json").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "cairn {args:?} failed ({:?}): {}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr),
-            fs::read_to_string(self.home.join("cairnd.log")).unwrap_or_default()
+        let config = format!(
+            "[device]\nname = \"{name}\"\n\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\nbootstrap = [{boot}]\n"
         );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "cairn {args:?}: not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        Device {
+            cli: CliDevice::create(base, name, &config, None),
+            port,
+        }
     }
 
     fn id(&self) -> String {
@@ -67,23 +41,6 @@ impl Device {
             .as_str()
             .unwrap()
             .to_string()
-    }
-
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd()
-            .arg("--json")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        // Stop the daemon by its PID if a test left it running.
-        kill_daemon_of(&self.home);
     }
 }
 

@@ -27,6 +27,15 @@ fn json(d: &Daemon, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
+/// Runs `cairn ARGS` on `d`, expects it to fail, and its error to mention `why`.
+#[track_caller]
+fn refused(d: &Daemon, args: &[&str], why: &str) {
+    let out = run(d, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "cairn {args:?} succeeded");
+    assert!(stderr.contains(why), "cairn {args:?}: {stderr}");
+}
+
 fn read(p: &Path) -> Option<Vec<u8>> {
     fs::read(p).ok()
 }
@@ -155,30 +164,20 @@ fn kept_versions_are_listed_and_a_restore_syncs_everywhere_losing_nothing() {
     assert_eq!(versions(b, "back/other.txt").len(), 1);
 
     // Bad requests fail clearly and write nothing.
-    let escape = run(b, &["restore", "gone.txt", "--to", "../escaped.txt"]);
-    assert!(!escape.status.success());
-    assert!(
-        String::from_utf8_lossy(&escape.stderr).contains(".."),
-        "{}",
-        String::from_utf8_lossy(&escape.stderr)
-    );
+    refused(b, &["restore", "gone.txt", "--to", "../escaped.txt"], "..");
     assert!(!b.folder.parent().unwrap().join("escaped.txt").exists());
 
     let outside = tmp.path().join("outside");
     fs::create_dir(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, b.folder.join("link")).unwrap();
-    let through_link = run(b, &["restore", "gone.txt", "--to", "link/x.txt"]);
-    assert!(!through_link.status.success());
-    assert!(
-        String::from_utf8_lossy(&through_link.stderr).contains("symlink"),
-        "{}",
-        String::from_utf8_lossy(&through_link.stderr)
-    );
+    refused(b, &["restore", "gone.txt", "--to", "link/x.txt"], "symlink");
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
 
-    let at_link = run(b, &["restore", "gone.txt", "--to", "link"]);
-    assert!(!at_link.status.success());
-    assert!(String::from_utf8_lossy(&at_link.stderr).contains("symlink or special file"));
+    refused(
+        b,
+        &["restore", "gone.txt", "--to", "link"],
+        "symlink or special file",
+    );
     assert!(
         fs::symlink_metadata(b.folder.join("link"))
             .unwrap()
@@ -186,20 +185,12 @@ fn kept_versions_are_listed_and_a_restore_syncs_everywhere_losing_nothing() {
             .is_symlink()
     );
 
-    let unknown = run(
+    refused(
         b,
         &["restore", "docs/plan.txt", "--version", "ffffffffffff"],
+        "no version of docs/plan.txt starts with",
     );
-    assert!(!unknown.status.success());
-    assert!(
-        String::from_utf8_lossy(&unknown.stderr)
-            .contains("no version of docs/plan.txt starts with"),
-        "{}",
-        String::from_utf8_lossy(&unknown.stderr)
-    );
-    let none = run(b, &["restore", "never-existed.txt"]);
-    assert!(!none.status.success());
-    assert!(String::from_utf8_lossy(&none.stderr).contains("no kept versions"));
+    refused(b, &["restore", "never-existed.txt"], "no kept versions");
 
     // In a paused folder a restore happens at once, says so, and syncs on resume.
     json(b, &["pause"]);
@@ -233,12 +224,10 @@ fn kept_versions_are_listed_and_a_restore_syncs_everywhere_losing_nothing() {
     let store = b.home.join("history").join(v1_id);
     fs::remove_file(&store).unwrap(); // a hard link: write a new file, not through it
     fs::write(&store, b"tampered").unwrap();
-    let damaged = run(b, &["restore", "docs/plan.txt", "--version", &v1_id[..12]]);
-    assert!(!damaged.status.success());
-    assert!(
-        String::from_utf8_lossy(&damaged.stderr).contains("damaged"),
-        "{}",
-        String::from_utf8_lossy(&damaged.stderr)
+    refused(
+        b,
+        &["restore", "docs/plan.txt", "--version", &v1_id[..12]],
+        "damaged",
     );
     assert_eq!(read(&b.folder.join("docs/plan.txt")), Some(v2));
     let leftovers: Vec<_> = fs::read_dir(b.folder.join("docs"))

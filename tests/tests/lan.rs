@@ -8,11 +8,10 @@
 //! passes without running.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-use cairn_tests::{bin, kill_daemon_of, read_pair_code, wait_until};
-use serde_json::Value;
+use cairn_tests::{CliDevice, read_pair_code, wait_until};
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -69,75 +68,15 @@ impl Drop for Lan {
     }
 }
 
-/// A device: a home and a folder, its daemon and CLI inside namespace `ns`.
-struct Device {
-    ns: String,
-    home: PathBuf,
-    folder: PathBuf,
-}
-
-impl Device {
-    fn new(base: &Path, ns: &str, name: &str) -> Device {
-        let home = base.join(format!("{name}-home"));
-        let folder = base.join(format!("{name}-folder"));
-        fs::create_dir_all(&home).unwrap();
-        fs::create_dir_all(&folder).unwrap();
-        // Only a name: every network setting is the default a new user gets.
-        fs::write(
-            home.join("config.toml"),
-            format!("[device]\nname = \"{name}\"\n"),
-        )
-        .unwrap();
-        Device {
-            ns: ns.into(),
-            home,
-            folder,
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns])
-            .arg(bin("cairn"))
-            .arg("--home")
-            .arg(&self.home)
-            .env("CAIRN_LOG", "info,libp2p=warn");
-        c
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.home.join("cairnd.log")).unwrap_or_default()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out: Output = self.cmd().arg("--json").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "cairn {args:?} in {} failed ({:?}): {}\n{}",
-            self.ns,
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd()
-            .arg("--json")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        // The daemon, by the PID it wrote (it runs inside the namespace).
-        kill_daemon_of(&self.home);
-    }
+/// A fresh device inside namespace `ns`: only a name is configured, so every network
+/// setting is the default a new user gets.
+fn device(base: &Path, ns: &str, name: &str) -> CliDevice {
+    CliDevice::create(
+        base,
+        name,
+        &format!("[device]\nname = \"{name}\"\n"),
+        Some(ns),
+    )
 }
 
 #[test]
@@ -150,13 +89,13 @@ fn fresh_devices_on_a_lan_find_each_other_by_mdns_pair_and_sync() {
         }
     };
     let tmp = tempfile::tempdir().unwrap();
-    let a = Device::new(tmp.path(), &lan.names[0], "alpha");
-    let b = Device::new(tmp.path(), &lan.names[1], "beta");
+    let a = device(tmp.path(), &lan.names[0], "alpha");
+    let b = device(tmp.path(), &lan.names[1], "beta");
     a.json(&["up"]);
     b.json(&["up"]);
 
     // Each daemon listens on its own LAN address (defaults: every interface).
-    let listen = |d: &Device| d.json(&["status"])["listen"].to_string();
+    let listen = |d: &CliDevice| d.json(&["status"])["listen"].to_string();
     assert!(
         wait_until(10, || listen(&a).contains("10.77.0.1")),
         "{}",
