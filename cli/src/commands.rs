@@ -179,6 +179,10 @@ fn state_word(f: &Value) -> String {
     match state {
         "idle" if f["in_sync"] == true => "up to date".into(),
         "idle" => "waiting".into(),
+        "waiting" => format!(
+            "waiting for {} files from other devices",
+            f["waiting"].as_array().map_or(0, Vec::len)
+        ),
         "syncing" => format!(
             "syncing ({} steps left)",
             f["pull_queue"].as_u64().unwrap_or(0)
@@ -231,6 +235,17 @@ pub fn status(c: &Client, json_out: bool) -> Result<(), CliError> {
                 "      fix the cause, then `cairn resume {}` or wait for the next retry",
                 f["id"].as_str().unwrap_or("")
             );
+        }
+        let waiting = f["waiting"].as_array().cloned().unwrap_or_default();
+        for w in waiting.iter().take(10) {
+            println!(
+                "      waiting for {}: {}",
+                w["device"].as_str().unwrap_or("?"),
+                w["path"].as_str().unwrap_or("?")
+            );
+        }
+        if waiting.len() > 10 {
+            println!("      ... and {} more files waiting", waiting.len() - 10);
         }
         if f["watcher"] == "fallback" {
             println!(

@@ -51,6 +51,11 @@ enum Op {
     Apply {
         r: usize,
     },
+    /// The replica applies only the first `steps` actions of its plan, then crashes.
+    Crash {
+        r: usize,
+        steps: usize,
+    },
 }
 
 fn op(replicas: usize) -> impl Strategy<Value = Op> {
@@ -64,7 +69,8 @@ fn op(replicas: usize) -> impl Strategy<Value = Op> {
         1 => (r.clone(), p.clone()).prop_map(|(r, path)| Op::Symlink { r, path }),
         5 => (r.clone(), r.clone(), prop::bool::weighted(0.15), prop::bool::weighted(0.15))
             .prop_map(|(from, to, lose, duplicate)| Op::Sync { from, to, lose, duplicate }),
-        3 => r.prop_map(|r| Op::Apply { r }),
+        3 => r.clone().prop_map(|r| Op::Apply { r }),
+        1 => (r, 0usize..6).prop_map(|(r, steps)| Op::Crash { r, steps }),
     ]
 }
 
@@ -91,6 +97,7 @@ fn run(n: usize, case_insensitive: bool, ops: &[Op]) -> World {
                 w.sync_once(from, to, lose, duplicate);
             }
             Op::Apply { r } => w.apply(r),
+            Op::Crash { r, steps } => w.apply_steps(r, steps),
         }
     }
     w.settle();
@@ -119,28 +126,52 @@ fn check(w: &mut World) -> Result<(), TestCaseError> {
             i
         );
     }
-    // Nothing is lost: every version is in the tree, or was explicitly superseded.
+    // Nothing is lost: every version is in the tree, in some history store, or was
+    // superseded or destroyed by a user (which, without timing, may happen before any
+    // other replica fetched it).
     let in_tree: HashSet<_> = tree
         .entries
         .values()
         .filter_map(|e| e.value.content)
         .collect();
+    let kept: HashSet<_> = w.replicas.iter().flat_map(|r| r.history.iter()).collect();
     for c in &w.written {
         prop_assert!(
-            in_tree.contains(c) || w.superseded.contains(c),
+            in_tree.contains(c)
+                || kept.contains(c)
+                || w.superseded.contains(c)
+                || w.destroyed_by_user.contains(c),
             "version {:?} was lost",
             c
         );
     }
-    // History holds only superseded versions: a version that lost a conflict is a copy.
+    // Only versions a user superseded or destroyed are ever dropped as unavailable.
+    for c in &w.dropped {
+        prop_assert!(
+            w.superseded.contains(c) || w.destroyed_by_user.contains(c),
+            "{:?} was dropped without being superseded",
+            c
+        );
+    }
+    // History holds superseded versions, and versions the puller kept because they were
+    // the only copy (a conflict's losing side, written as its copy from there).
     for r in &w.replicas {
         for c in &r.history {
             prop_assert!(
-                w.superseded.contains(c),
+                w.superseded.contains(c) || in_tree.contains(c),
                 "{:?} went to history without being superseded",
                 c
             );
         }
+    }
+    // Nothing waits once everyone settled.
+    for (i, r) in w.replicas.iter().enumerate() {
+        prop_assert!(
+            r.waiting.is_empty(),
+            "replica {} still waits for {:?}",
+            i,
+            r.waiting
+        );
     }
     // A conflict copy exists once, not once per device.
     let mut copies = HashSet::new();

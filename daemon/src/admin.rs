@@ -305,7 +305,7 @@ impl Engine {
     }
 
     /// A device's name for people: this device, a paired peer, or its short id.
-    fn device_label(&self, device: DeviceId) -> String {
+    pub(crate) fn device_label(&self, device: DeviceId) -> String {
         if device == self.device {
             return format!("{} (this device)", self.config.device_name());
         }

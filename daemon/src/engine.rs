@@ -146,6 +146,16 @@ pub struct FolderStatus {
     pub last_error: Option<String>,
     /// ok, or fallback when the watcher failed and periodic rescans took over
     pub watcher: String,
+    /// Files whose version no connected device has yet, and who is expected to have it.
+    pub waiting: Vec<WaitingPath>,
+}
+
+/// A file waiting for a version that only another device has.
+#[derive(Clone, Debug, Serialize)]
+pub struct WaitingPath {
+    pub path: String,
+    /// The device that made the version (a name for people).
+    pub device: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +188,10 @@ pub(crate) struct Folder {
     pub(crate) rate: (Instant, u64, f64),
     /// `cairn restore` requests waiting for the folder to be idle.
     pub(crate) restores: std::collections::VecDeque<crate::history::PendingRestore>,
+    /// Files the last pull could not get because no connected peer has their version.
+    pub(crate) waiting: Vec<WaitingPath>,
+    /// The last pull failed only for versions no connected peer has.
+    pub(crate) waiting_only: bool,
 }
 
 /// The device's stores, as the planner sees them.
@@ -420,7 +434,9 @@ impl Engine {
             if f.needs_scan && gap_over {
                 f.needs_scan = false;
                 self.start_scan(&id);
-            } else if f.needs_pull && f.retry_pull_at.is_none() {
+            } else if f.needs_pull && (f.retry_pull_at.is_none() || f.waiting_only) {
+                // A pull that only waits for versions other devices have does not hold
+                // back new changes; one that failed otherwise backs off until its retry.
                 f.needs_pull = false;
                 self.start_pull(&id);
             }
@@ -467,14 +483,29 @@ impl Engine {
         };
         Metrics::add(&self.metrics.scan_files, report.read_files);
         Metrics::add(&self.metrics.scan_bytes, report.read_bytes);
+        // A file still being written is normal, not an error: it is scanned again.
         f.last_error = report
             .issues
-            .first()
+            .iter()
+            .find(|i| !i.changing)
             .map(|i| format!("{}: {}", i.path, i.problem));
         let mut touched = HashSet::new();
+        // Every change the index holds that the document has not recorded: this scan's,
+        // and any a killed process committed to the index but never recorded.
+        let unrecorded = match self.index.unrecorded(id) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(folder = id, error = %e, "unrecorded_changes_unreadable");
+                report
+                    .changes
+                    .iter()
+                    .map(|c| (c.path.clone(), c.previous))
+                    .collect()
+            }
+        };
         if f.config.kind != FolderType::ReceiveOnly {
-            for change in &report.changes {
-                let local = match self.index.entry(id, &change.path) {
+            for (path, previous) in &unrecorded {
+                let local = match self.index.entry(id, path) {
                     Ok(Some(e)) => LocalChange::Present {
                         kind: e.kind,
                         content: e.content,
@@ -486,8 +517,8 @@ impl Engine {
                     Ok(None) => LocalChange::Deleted,
                     Err(_) => continue,
                 };
-                if f.doc.record_local(&change.path, &local, change.previous) {
-                    touched.insert(f.doc.shard_of(&change.path));
+                if f.doc.record_local(path, &local, *previous) {
+                    touched.insert(f.doc.shard_of(path));
                 }
             }
         }
@@ -503,6 +534,7 @@ impl Engine {
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
+        let paths: Vec<String> = unrecorded.iter().map(|(p, _)| p.clone()).collect();
         if !touched.is_empty() {
             f.doc.commit();
             tracing::info!(
@@ -510,15 +542,30 @@ impl Engine {
                 changes = report.changes.len(),
                 "local_changes_recorded"
             );
-            self.persist(id, touched);
+            self.persist_recording(id, touched, &paths);
             self.sync_folder(id);
+        } else if let Err(e) = self.index.clear_unrecorded(id, &paths) {
+            tracing::error!(folder = id, error = %e, "unrecorded_changes_not_cleared");
         }
-        if let Some(f) = self.folders.get_mut(id) {
+        // A scan that found nothing new leaves nothing new to pull.
+        if (!report.changes.is_empty() || !paths.is_empty())
+            && let Some(f) = self.folders.get_mut(id)
+        {
             f.needs_pull = true;
         }
     }
 
     pub(crate) fn persist(&mut self, id: &str, shards: impl IntoIterator<Item = usize>) {
+        self.persist_recording(id, shards, &[]);
+    }
+
+    /// Saves shards that record the scan changes of `paths` (see `Index::unrecorded`).
+    fn persist_recording(
+        &mut self,
+        id: &str,
+        shards: impl IntoIterator<Item = usize>,
+        paths: &[String],
+    ) {
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
@@ -526,7 +573,7 @@ impl Engine {
             .into_iter()
             .map(|s| (s as u16, f.doc.save_shard(s)))
             .collect();
-        if let Err(e) = self.index.put_folder_shards(id, &saved) {
+        if let Err(e) = self.index.put_folder_shards_recording(id, &saved, paths) {
             tracing::error!(folder = id, error = %e, "persist_failed");
         }
     }
@@ -575,6 +622,8 @@ impl Engine {
         }
         if plan.is_empty() {
             f.in_sync = true;
+            f.waiting.clear();
+            crate::puller::forget_abandoned_pulls(&self.index, id, &f.record.root, &plan);
             return;
         }
         f.in_sync = false;
@@ -607,6 +656,8 @@ impl Engine {
             metrics: self.metrics.clone(),
             progress: Arc::new(crate::puller::PullProgress::default()),
             dirty_dirs: Default::default(),
+            keeps: Default::default(),
+            preserving: Default::default(),
         };
         f.progress = Some(puller.progress.clone());
         f.rate = (Instant::now(), 0, 0.0);
@@ -643,13 +694,106 @@ impl Engine {
         if !outcome.raced.is_empty() {
             f.needs_scan = true;
         }
+        let (waiting, dropped) = self.sort_waiting(id, &outcome.waiting);
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.waiting = waiting;
+        let error = outcome.failed.iter().find(|e| !e.is_unavailable());
+        f.waiting_only = !outcome.failed.is_empty() && error.is_none();
         if outcome.failed.is_empty() {
             f.last_error = None;
             f.needs_pull = outcome.done > 0;
         } else {
-            f.last_error = outcome.failed.first().cloned();
+            // Versions no connected peer has are waiting, not an error.
+            f.last_error = error.map(ToString::to_string);
             f.retry_pull_at = Some(Instant::now() + PULL_RETRY);
         }
+        if !dropped.is_empty() {
+            self.drop_unavailable(id, &dropped);
+        }
+    }
+
+    /// Splits files a pull could not get into those waiting for a device (with who is
+    /// expected to have them) and versions this device authored but no longer has, which
+    /// nobody can ever provide.
+    fn sort_waiting(
+        &self,
+        id: &str,
+        missing: &[(String, ContentId)],
+    ) -> (Vec<WaitingPath>, Vec<(String, ContentId)>) {
+        let Some(f) = self.folders.get(id) else {
+            return Default::default();
+        };
+        let mut waiting = Vec::new();
+        let mut dropped = Vec::new();
+        let all_members_connected = f
+            .config
+            .peers
+            .iter()
+            .filter_map(|p| p.parse::<PeerId>().ok())
+            .filter(|p| self.trusted.contains_key(p))
+            .all(|p| self.connected.contains(&p));
+        for (path, content) in missing {
+            let Some(author) = f
+                .doc
+                .values(path)
+                .into_iter()
+                .find(|v| v.content == Some(*content))
+                .map(|v| v.device)
+            else {
+                continue; // changed meanwhile: the next pull sees what is wanted now
+            };
+            // Only when every member is connected (and none had it) can nobody have it.
+            if author == self.device && all_members_connected && !self.holds(content) {
+                dropped.push((path.clone(), *content));
+            } else {
+                waiting.push(WaitingPath {
+                    path: path.clone(),
+                    device: self.device_label(author),
+                });
+            }
+        }
+        waiting.sort_by(|a, b| a.path.cmp(&b.path));
+        (waiting, dropped)
+    }
+
+    /// Whether this device has every byte of `content` (in a file or in history).
+    fn holds(&self, content: &ContentId) -> bool {
+        match self.index.any_manifest(content) {
+            Ok(Some(m)) => m
+                .chunks
+                .iter()
+                .all(|c| self.index.has_chunk(&c.id).unwrap_or(true)),
+            Ok(None) => false,
+            Err(_) => true, // unsure: keep waiting rather than drop
+        }
+    }
+
+    /// Drops versions this device authored and no longer has, so no device waits for them
+    /// forever (see [`FolderDoc::record_unavailable`]); logged and counted.
+    fn drop_unavailable(&mut self, id: &str, dropped: &[(String, ContentId)]) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        let mut touched = HashSet::new();
+        for (path, content) in dropped {
+            if f.doc.record_unavailable(path, *content) {
+                tracing::warn!(folder = id, path = %path, content = %content.short(), "version_unavailable");
+                Metrics::add(&self.metrics.versions_unavailable, 1);
+                touched.insert(f.doc.shard_of(path));
+            }
+        }
+        if touched.is_empty() {
+            return;
+        }
+        f.doc.commit();
+        f.waiting
+            .retain(|w| !dropped.iter().any(|(p, _)| p == &w.path));
+        f.needs_pull = true;
+        f.retry_pull_at = None;
+        self.persist(id, touched);
+        self.sync_folder(id);
     }
 
     /// Adds changes (oldest first) to the recent-changes feed.
@@ -1037,6 +1181,7 @@ impl Engine {
                         Busy::Pulling => "syncing",
                         Busy::Restoring => "restoring",
                         Busy::Idle if f.last_error.is_some() => "error",
+                        Busy::Idle if !f.waiting.is_empty() => "waiting",
                         Busy::Idle => "idle",
                     }
                 };
@@ -1067,6 +1212,7 @@ impl Engine {
                     },
                     last_error: f.last_error.clone(),
                     watcher: if f.watcher_failed { "fallback" } else { "ok" }.into(),
+                    waiting: f.waiting.clone(),
                 }
             })
             .collect();
@@ -1268,6 +1414,8 @@ pub(crate) fn load_folder(
         peers: HashMap::new(),
         busy: Busy::Idle,
         restores: Default::default(),
+        waiting: Vec::new(),
+        waiting_only: false,
         needs_scan: true,
         needs_pull: true,
         in_sync: false,

@@ -38,6 +38,12 @@ const PULL_PROGRESS: TableDefinition<(&str, &str), (&[u8; 32], u64)> =
 /// (folder id, path, time ns) -> content id of a version kept in the history store
 const HISTORY: TableDefinition<(&str, &str, i64), &[u8; 32]> = TableDefinition::new("history");
 
+/// (folder id, path) -> content the path had before a change the scanner committed to the
+/// index but the folder document has not recorded yet (empty: none). Written in the same
+/// transaction as the change, cleared once the document is saved: a process killed in
+/// between records the change on restart instead of forgetting it.
+const UNRECORDED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("unrecorded");
+
 /// The pseudo-folder under which chunk locations of the history store are recorded.
 pub const HISTORY_FOLDER: &str = "@history";
 
@@ -266,6 +272,7 @@ impl Index {
         txn.open_table(REMOTE_MANIFESTS)?;
         txn.open_table(PULL_PROGRESS)?;
         txn.open_table(HISTORY)?;
+        txn.open_table(UNRECORDED)?;
         txn.commit()?;
         Ok(Index {
             db,
@@ -306,17 +313,30 @@ impl Index {
 
     /// Every indexed path of `folder` with its entry.
     pub fn entries(&self, folder: &str) -> Result<HashMap<String, IndexedEntry>> {
+        self.rows_of(ENTRIES, folder, |path, bytes| {
+            let entry = decode(bytes, || format!("entry {folder}/{path}"))?;
+            Ok((path.to_string(), entry))
+        })
+        .map(|rows| rows.into_iter().collect())
+    }
+
+    /// Every row of a `(folder, path)`-keyed table for `folder`, mapped by `row`.
+    fn rows_of<V: redb::Value + 'static, T>(
+        &self,
+        table: TableDefinition<(&str, &str), V>,
+        folder: &str,
+        mut row: impl FnMut(&str, V::SelfType<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(ENTRIES)?;
-        let mut out = HashMap::new();
-        for row in table.range((folder, "")..)? {
-            let (key, value) = row?;
-            let (f, path) = key.value();
+        let t = txn.open_table(table)?;
+        let mut out = Vec::new();
+        for item in t.range((folder, "")..)? {
+            let (k, v) = item?;
+            let (f, path) = k.value();
             if f != folder {
                 break;
             }
-            let entry = decode(value.value(), || format!("entry {folder}/{path}"))?;
-            out.insert(path.to_string(), entry);
+            out.push(row(path, v.value())?);
         }
         Ok(out)
     }
@@ -402,11 +422,27 @@ impl Index {
 
     /// Stores saved shards of a folder's document.
     pub fn put_folder_shards(&self, folder: &str, shards: &[(u16, Vec<u8>)]) -> Result<()> {
+        self.put_folder_shards_recording(folder, shards, &[])
+    }
+
+    /// Stores saved shards of a folder's document that record the scan changes of `paths`,
+    /// and forgets those as unrecorded, in one transaction: either the document has them
+    /// or they stay to be recorded again.
+    pub fn put_folder_shards_recording(
+        &self,
+        folder: &str,
+        shards: &[(u16, Vec<u8>)],
+        paths: &[String],
+    ) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(FOLDER_SHARDS)?;
             for (i, bytes) in shards {
                 t.insert((folder, *i), bytes.as_slice())?;
+            }
+            let mut u = txn.open_table(UNRECORDED)?;
+            for p in paths {
+                u.remove((folder, p.as_str()))?;
             }
         }
         txn.commit()?;
@@ -472,6 +508,13 @@ impl Index {
             let (c, n) = v.value();
             (ContentId(*c), n)
         }))
+    }
+
+    /// Every pull of `folder` with recorded progress: (path, content being pulled).
+    pub fn pulls_in_progress(&self, folder: &str) -> Result<Vec<(String, ContentId)>> {
+        self.rows_of(PULL_PROGRESS, folder, |path, (content, _)| {
+            Ok((path.to_string(), ContentId(*content)))
+        })
     }
 
     /// Records (Some) or clears (None) the progress of a pull.
@@ -564,7 +607,53 @@ impl Index {
     /// each file it writes: after a crash the index may lag the disk, which the next scan
     /// repairs (the files' stamps no longer match), never the reverse.
     pub fn apply_with(&self, folder: &str, updates: &[Update], durable: bool) -> Result<()> {
-        if updates.is_empty() {
+        self.apply_txn(folder, updates, durable, &[])
+    }
+
+    /// Like [`Index::apply`], for a scan: also remembers `changes` (path, content before)
+    /// as not yet recorded in the folder document, in the same transaction.
+    pub fn apply_scan(
+        &self,
+        folder: &str,
+        updates: &[Update],
+        changes: &[(String, Option<ContentId>)],
+    ) -> Result<()> {
+        self.apply_txn(folder, updates, true, changes)
+    }
+
+    /// Changes the scanner committed that the folder document may not have recorded yet:
+    /// (path, content before the first of them).
+    pub fn unrecorded(&self, folder: &str) -> Result<Vec<(String, Option<ContentId>)>> {
+        self.rows_of(UNRECORDED, folder, |path, before| {
+            let before = <[u8; 32]>::try_from(before).ok().map(ContentId);
+            Ok((path.to_string(), before))
+        })
+    }
+
+    /// Forgets unrecorded changes once the folder document that records them is saved.
+    pub fn clear_unrecorded(&self, folder: &str, paths: &[String]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(UNRECORDED)?;
+            for p in paths {
+                t.remove((folder, p.as_str()))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn apply_txn(
+        &self,
+        folder: &str,
+        updates: &[Update],
+        durable: bool,
+        changes: &[(String, Option<ContentId>)],
+    ) -> Result<()> {
+        if updates.is_empty() && changes.is_empty() {
             return Ok(());
         }
         let mut txn = self.db.begin_write()?;
@@ -607,6 +696,14 @@ impl Index {
             let totals = encode(&w.totals);
             txn.open_table(FOLDER_TOTALS)?
                 .insert(folder, totals.as_slice())?;
+            let mut unrecorded = txn.open_table(UNRECORDED)?;
+            for (path, before) in changes {
+                // The content before the first unrecorded change is what the document knew.
+                if unrecorded.get((folder, path.as_str()))?.is_none() {
+                    let bytes = before.map(|c| c.0.to_vec()).unwrap_or_default();
+                    unrecorded.insert((folder, path.as_str()), bytes.as_slice())?;
+                }
+            }
         }
         txn.commit()?;
         Ok(())

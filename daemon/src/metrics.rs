@@ -32,6 +32,8 @@ pub struct Metrics {
     pub meta_bytes_received: AtomicU64,
     pub pull_queue: AtomicU64,
     pub watcher_fallbacks: AtomicU64,
+    pub versions_unavailable: AtomicU64,
+    pub versions_preserved: AtomicU64,
 }
 
 impl Metrics {
@@ -93,7 +95,19 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {}", f(c));
             }
         }
-        let plain: [(&str, &str, &str, &AtomicU64); 13] = [
+        let plain: [(&str, &str, &str, &AtomicU64); 15] = [
+            (
+                "cairn_versions_unavailable_total",
+                "counter",
+                "Versions this device authored but no longer has, dropped from the folder (nobody can ever provide them).",
+                &self.versions_unavailable,
+            ),
+            (
+                "cairn_versions_preserved_total",
+                "counter",
+                "Local versions kept in history by the puller because no other copy was on this device.",
+                &self.versions_preserved,
+            ),
             (
                 "cairn_peers_connected",
                 "gauge",

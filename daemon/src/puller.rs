@@ -26,7 +26,7 @@ use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::history::{Stored, store_version};
+use crate::history::store_version;
 use crate::index::{HISTORY_FOLDER, Index, IndexError, Update};
 use crate::metrics::Metrics;
 use crate::scanner::{FileRead, read_file, stamp_of};
@@ -78,6 +78,14 @@ pub enum PullError {
     Corrupt { path: String },
 }
 
+impl PullError {
+    /// Only that no connected peer has what was needed: the folder waits, it is not in
+    /// error.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, PullError::Unavailable(_))
+    }
+}
+
 /// How far the running pull of a folder is, shared with the status.
 #[derive(Debug, Default)]
 pub struct PullProgress {
@@ -95,9 +103,11 @@ pub struct PullOutcome {
     /// Actions carried out.
     pub done: usize,
     /// Actions that failed, with why.
-    pub failed: Vec<String>,
+    pub failed: Vec<PullError>,
     /// Paths written as conflict copies because a local change raced the write.
     pub raced: Vec<String>,
+    /// Files not written because no connected peer has their version (path, version).
+    pub waiting: Vec<(String, ContentId)>,
     /// The last [`RECENT_PER_PULL`] paths this pull changed, oldest first, with what it did.
     pub recent: std::collections::VecDeque<(String, &'static str)>,
 }
@@ -150,6 +160,10 @@ pub struct Puller {
     pub progress: Arc<PullProgress>,
     /// Directories with renames not yet fsynced (done once per directory per pull).
     pub dirty_dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// Versions the plan asked to keep in history, by path, kept when they are replaced.
+    pub keeps: std::sync::Mutex<HashMap<String, ContentId>>,
+    /// Held while a version is being preserved.
+    pub preserving: std::sync::Mutex<()>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
@@ -205,6 +219,7 @@ impl Puller {
             Self::tally(action, result, &self.folder, &mut out);
             i += 1;
         }
+        forget_abandoned_pulls(&self.index, &self.folder, &self.root, plan);
         self.flush();
         if let Some(first) = out.failed.first() {
             tracing::warn!(
@@ -234,16 +249,21 @@ impl Puller {
         self.metrics.pull_queue.store(now, Ordering::Relaxed);
         self.progress.actions_left.store(now, Ordering::Relaxed);
         match action {
-            Action::KeepInHistory { path, content } => self.keep_in_history(path, content),
+            // Kept right before the step that replaces or removes it (see `preserve`).
+            Action::KeepInHistory { path, content } => {
+                if let Ok(mut keeps) = self.keeps.lock() {
+                    keeps.insert(path.clone(), *content);
+                }
+                Ok(())
+            }
             Action::FetchManifest { content } => self.fetch_manifest(content),
             Action::FetchChunks { .. } => Ok(()), // fetched per file, straight into place
             Action::MakeDir { path } => self.make_dir(path),
-            Action::WriteFile { path, content, .. } => match values.get(path) {
-                Some(v) => self.write_file(path, content, v, out, parallel),
-                None => Ok(()),
-            },
-            Action::WriteSymlink { path, target } => self.write_symlink(path, target),
-            Action::Delete { path, kind } => self.delete(path, *kind),
+            Action::WriteFile { path, content, .. } => {
+                self.write_file(path, content, values, out, parallel)
+            }
+            Action::WriteSymlink { path, target } => self.write_symlink(path, target, values),
+            Action::Delete { path, kind } => self.delete(path, *kind, values),
         }
     }
 
@@ -280,6 +300,7 @@ impl Puller {
             out.done += o.done;
             out.failed.extend(o.failed);
             out.raced.extend(o.raced);
+            out.waiting.extend(o.waiting);
             o.recent.into_iter().for_each(|r| out.remember(r));
         }
     }
@@ -297,11 +318,14 @@ impl Puller {
             // summed up in one line at the end of the pull, not logged one by one.
             Err(e @ PullError::Unavailable(_)) => {
                 tracing::debug!(folder = %folder, error = %e, "pull_action_failed");
-                out.failed.push(e.to_string());
+                if let Action::WriteFile { path, content, .. } = action {
+                    out.waiting.push((path.clone(), *content));
+                }
+                out.failed.push(e);
             }
             Err(e) => {
                 tracing::warn!(folder = %folder, error = %e, "pull_action_failed");
-                out.failed.push(e.to_string());
+                out.failed.push(e);
             }
         }
     }
@@ -389,29 +413,102 @@ impl Puller {
         Ok(())
     }
 
-    fn keep_in_history(&self, path: &str, content: &ContentId) -> Result<(), PullError> {
+    /// Makes sure the local version at `path`, about to be replaced or removed, survives:
+    /// it goes to the history store when the plan asked to keep it, or when no other path
+    /// of this device holds its content. So the puller never destroys the only copy of a
+    /// version, e.g. this device's side of a concurrent edit that lost the name, whose
+    /// conflict copy is written from here afterwards. Called right before the rename or
+    /// unlink (not earlier: the history copy is a hard link, and an in-place edit of the
+    /// file meanwhile would change it too).
+    fn preserve(&self, path: &str, tree: &HashMap<String, EntryValue>) -> Result<(), PullError> {
         let Some(entry) = self.index.entry(&self.folder, path)? else {
-            tracing::debug!(path, "history_skip_not_indexed");
             return Ok(());
         };
-        if entry.content != Some(*content) || !self.unchanged_since_scan(path)? {
-            tracing::debug!(path, "history_skip_changed_locally");
-            return Ok(()); // changed locally since: the scanner will record that version
-        }
-        let Some(manifest) = self.index.any_manifest(content)? else {
+        let (EntryKind::File, Some(content)) = (entry.kind, entry.content) else {
+            return Ok(());
+        };
+        let asked = self
+            .keeps
+            .lock()
+            .ok()
+            .and_then(|mut k| k.remove(path))
+            .is_some_and(|c| c == content);
+        let Some(manifest) = self.index.any_manifest(&content)? else {
             tracing::debug!(path, "history_skip_no_manifest");
             return Ok(());
         };
-        let src = self.full(path);
-        let stored = store_version(&self.history_dir, &src, content).map_err(io_err(&src))?;
-        if let Stored::Linked(_) = stored {
-            // The new link changed the file's ctime: remember the new stamp, or the write
-            // that follows would take it for a local edit.
-            self.record(path, EntryKind::File, Some(*content), None, None)?;
+        // One at a time: two workers replacing two copies of one version must not both
+        // count on the other, nor race on the store's file.
+        let _one = self.preserving.lock().unwrap_or_else(|e| e.into_inner());
+        if !asked && self.held_elsewhere(path, &content, &manifest, tree)? {
+            return Ok(());
         }
+        let kept = self.history_dir.join(content.to_hex());
+        if self.in_history(&content, &manifest)? {
+            if asked {
+                self.index
+                    .add_history(&self.folder, path, &content, &manifest)?;
+            }
+            return Ok(());
+        }
+        // A store file the index does not know (a kill between the link and its record)
+        // may not hold these bytes: make it anew.
+        if fs::symlink_metadata(&kept).is_ok() {
+            let _ = fs::remove_file(&kept);
+        }
+        let src = self.full(path);
+        store_version(&self.history_dir, &src, &content).map_err(io_err(&src))?;
         self.index
-            .add_history(&self.folder, path, content, &manifest)?;
+            .add_history(&self.folder, path, &content, &manifest)?;
+        if !asked {
+            Metrics::add(&self.metrics.versions_preserved, 1);
+            tracing::info!(folder = %self.folder, path, content = %content.short(), "version_preserved");
+        }
         Ok(())
+    }
+
+    /// Whether another path of this folder holds `content` and keeps it: indexed with it,
+    /// unchanged on disk since its scan, and the tree wants it there (so it is not about to
+    /// be replaced by this pull as well). The index alone is not enough: its other copy may
+    /// have been edited and not scanned yet.
+    fn held_elsewhere(
+        &self,
+        path: &str,
+        content: &ContentId,
+        manifest: &Manifest,
+        tree: &HashMap<String, EntryValue>,
+    ) -> Result<bool, PullError> {
+        let Some(first) = manifest.chunks.first() else {
+            return Ok(false);
+        };
+        for loc in self.index.chunk_locations(&first.id)? {
+            if loc.folder != self.folder || loc.path == path || loc.offset != 0 {
+                continue;
+            }
+            if tree.get(&loc.path).and_then(|v| v.content) == Some(*content)
+                && self
+                    .index
+                    .entry(&self.folder, &loc.path)?
+                    .is_some_and(|e| e.content == Some(*content))
+                && self.unchanged_since_scan(&loc.path)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether the history store holds `content` as the index knows it.
+    fn in_history(&self, content: &ContentId, manifest: &Manifest) -> Result<bool, PullError> {
+        let Some(first) = manifest.chunks.first() else {
+            return Ok(self.history_dir.join(content.to_hex()).exists());
+        };
+        let hex = content.to_hex();
+        Ok(self
+            .index
+            .chunk_locations(&first.id)?
+            .iter()
+            .any(|l| l.folder == HISTORY_FOLDER && l.path == hex && l.offset == 0))
     }
 
     /// Sends one blocks request and waits for its answer.
@@ -518,7 +615,12 @@ impl Puller {
         self.record(path, EntryKind::Dir, None, None, None)
     }
 
-    fn write_symlink(&self, path: &str, target: &str) -> Result<(), PullError> {
+    fn write_symlink(
+        &self,
+        path: &str,
+        target: &str,
+        tree: &HashMap<String, EntryValue>,
+    ) -> Result<(), PullError> {
         self.check_ancestors(path)?;
         if !self.unchanged_since_scan(path)? {
             return Ok(());
@@ -527,14 +629,23 @@ impl Puller {
         let tmp = temp_path(&full, "link");
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(target, &tmp).map_err(io_err(&tmp))?;
+        self.preserve(path, tree)?;
         fs::rename(&tmp, &full).map_err(io_err(&full))?;
         sync_dir(&full);
         self.record(path, EntryKind::Symlink, None, None, Some(target.into()))
     }
 
-    fn delete(&self, path: &str, kind: EntryKind) -> Result<(), PullError> {
+    fn delete(
+        &self,
+        path: &str,
+        kind: EntryKind,
+        tree: &HashMap<String, EntryValue>,
+    ) -> Result<(), PullError> {
         if !self.unchanged_since_scan(path)? {
             return Ok(()); // changed locally: modify beats delete, the scanner records it
+        }
+        if kind == EntryKind::File {
+            self.preserve(path, tree)?;
         }
         let full = self.full(path);
         let result = match kind {
@@ -579,11 +690,32 @@ impl Puller {
         None
     }
 
+    /// Writes one file; a temp file that cannot be resumed is removed when the write fails
+    /// (the peer that had the version left, the disk is full, ...), so none is left behind.
     fn write_file(
         &self,
         path: &str,
         content: &ContentId,
+        tree: &HashMap<String, EntryValue>,
+        out: &mut PullOutcome,
+        parallel: bool,
+    ) -> Result<(), PullError> {
+        let Some(value) = tree.get(path) else {
+            return Ok(());
+        };
+        let result = self.write_file_via_temp(path, content, value, tree, out, parallel);
+        if result.is_err() && !resumes(&self.index, &self.folder, path, &content.short()) {
+            remove_temp(&temp_path(&self.full(path), &content.short()));
+        }
+        result
+    }
+
+    fn write_file_via_temp(
+        &self,
+        path: &str,
+        content: &ContentId,
         value: &EntryValue,
+        tree: &HashMap<String, EntryValue>,
         out: &mut PullOutcome,
         parallel: bool,
     ) -> Result<(), PullError> {
@@ -700,6 +832,9 @@ impl Puller {
                 path: path.into(),
                 source: std::io::Error::other("a directory is in the way"),
             });
+        }
+        if target_path == path {
+            self.preserve(path, tree)?;
         }
         fs::rename(&tmp, &target).map_err(io_err(&target))?;
         self.dirty_dir(&target);
@@ -918,6 +1053,71 @@ impl Puller {
             }
         }
         Ok(())
+    }
+}
+
+/// Removes the temp file and progress of every resumable pull that `plan` no longer wants
+/// (its entry was deleted or changed to another version meanwhile, perhaps while this device
+/// was down), so no temp file is left behind for ever.
+pub fn forget_abandoned_pulls(index: &Index, folder: &str, root: &Path, plan: &Plan) {
+    let wanted: std::collections::HashSet<(&str, &ContentId)> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WriteFile { path, content, .. } => Some((path.as_str(), content)),
+            _ => None,
+        })
+        .collect();
+    let Ok(pulls) = index.pulls_in_progress(folder) else {
+        return;
+    };
+    for (path, content) in pulls {
+        if wanted.contains(&(path.as_str(), &content)) {
+            continue;
+        }
+        remove_temp(&temp_path(&root.join(&path), &content.short()));
+        let _ = index.set_pull_progress(folder, &path, None);
+        tracing::info!(folder, path, "abandoned_pull_removed");
+    }
+}
+
+/// Whether the index records progress of a pull of `path` whose temp file is tagged `tag`
+/// (the short id of the version being pulled): that temp file is resumed, not removed.
+fn resumes(index: &Index, folder: &str, path: &str, tag: &str) -> bool {
+    index
+        .pull_progress(folder, path)
+        .ok()
+        .flatten()
+        .is_some_and(|(c, _)| c.short() == tag)
+}
+
+/// Whether `tmp`, a temp file the scanner found in the folder at `root`, will be resumed by
+/// a pull; the inverse of [`temp_path`].
+pub(crate) fn temp_resumes(index: &Index, folder: &str, root: &Path, tmp: &Path) -> bool {
+    let Some((target, tag)) = tmp
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+        .and_then(|n| n.rsplit_once('.'))
+    else {
+        return false;
+    };
+    let Some(path) = tmp
+        .with_file_name(target)
+        .strip_prefix(root)
+        .ok()
+        .and_then(|p| p.to_str())
+        .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
+    else {
+        return false;
+    };
+    resumes(index, folder, &path, tag)
+}
+
+/// Removes a temp file, if it is one (never a directory or link of the same name).
+fn remove_temp(tmp: &Path) {
+    if fs::symlink_metadata(tmp).is_ok_and(|m| m.is_file()) {
+        let _ = fs::remove_file(tmp);
     }
 }
 

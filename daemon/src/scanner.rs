@@ -12,7 +12,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use cairn_core::scan::{
@@ -51,6 +51,26 @@ pub struct ScanIssue {
     pub path: String,
     /// What went wrong, in words.
     pub problem: String,
+    /// The file was still changing: not an error, the next scan reads it again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub changing: bool,
+}
+
+impl ScanIssue {
+    fn new(path: String, problem: impl Into<String>) -> Self {
+        ScanIssue {
+            path,
+            problem: problem.into(),
+            changing: false,
+        }
+    }
+
+    fn changing(path: String, problem: &str) -> Self {
+        ScanIssue {
+            changing: true,
+            ..ScanIssue::new(path, problem)
+        }
+    }
 }
 
 /// Where a running scan is, for progress bars.
@@ -139,7 +159,8 @@ pub fn scan_folder(
     let mut unreadable_dirs = Vec::new();
     let mut seen = HashSet::new();
     let mut to_read = Vec::new();
-    for item in walk(&folder.root) {
+    let temps = Arc::new(Mutex::new(Vec::new()));
+    for item in walk(&folder.root, temps.clone()) {
         match item {
             Ok(obs) => {
                 prog.walked += 1;
@@ -166,12 +187,14 @@ pub fn scan_folder(
                 if unreadable_dir {
                     unreadable_dirs.push(path.clone());
                 }
-                issues.push(ScanIssue { path, problem });
+                issues.push(ScanIssue::new(path, problem));
             }
         }
     }
     prog.walk_done = true;
     progress(&prog);
+    let temps = std::mem::take(&mut *temps.lock().unwrap_or_else(|e| e.into_inner()));
+    remove_stale_temps(index, folder, &temps);
 
     // Read changed paths in parallel, largest first; commit results in batches here.
     let mut changes = Vec::new();
@@ -193,7 +216,8 @@ pub fn scan_folder(
         let mut batch = Vec::new();
         let mut batch_bytes = 0u64;
         let mut batch_started = Instant::now();
-        for outcome in rx {
+        let mut committed = 0;
+        let mut accept = |outcome: ReadOutcome| -> Result<(), ScanError> {
             match outcome {
                 ReadOutcome::Done {
                     path,
@@ -240,11 +264,69 @@ pub fn scan_folder(
                 || batch_bytes >= BATCH_BYTES
                 || batch_started.elapsed() >= BATCH_AGE
             {
-                index.apply(&folder.id, &batch)?;
+                index.apply_scan(&folder.id, &batch, &unrecorded(&changes[committed..]))?;
+                committed = changes.len();
                 batch.clear();
                 batch_bytes = 0;
                 batch_started = Instant::now();
                 progress(&prog);
+            }
+            Ok(())
+        };
+        // A file changed in the last moments may still be being written (truncated, then
+        // written; appended to): it is recorded only once it stayed the same for SETTLE.
+        let mut settling = Vec::new();
+        for outcome in rx {
+            settle_or_accept(outcome, &mut settling, &mut accept)?;
+        }
+        let mut buf = Vec::new();
+        for _ in 0..READ_ATTEMPTS {
+            if settling.is_empty() {
+                break;
+            }
+            // Zero when the rest of the scan already outlasted the settle time.
+            let wait = settling
+                .iter()
+                .filter_map(|o| match o {
+                    ReadOutcome::Done { entry, .. } => settle_left(&entry.stamp),
+                    ReadOutcome::Skipped(_) => None,
+                })
+                .max()
+                .unwrap_or_default();
+            std::thread::sleep(wait);
+            for outcome in std::mem::take(&mut settling) {
+                let ReadOutcome::Done { path, entry, .. } = &outcome else {
+                    accept(outcome)?;
+                    continue;
+                };
+                let now = std::fs::symlink_metadata(root.join(path)).map(|m| stamp_of(&m));
+                match now {
+                    Ok(stamp) if stamp == entry.stamp => accept(outcome)?,
+                    Ok(stamp) => {
+                        let obs = Observed {
+                            path: path.clone(),
+                            kind: EntryKind::File,
+                            stamp,
+                        };
+                        settle_or_accept(
+                            read_path(&root, &chunker, obs, &mut buf),
+                            &mut settling,
+                            &mut accept,
+                        )?;
+                    }
+                    Err(_) => accept(ReadOutcome::Skipped(ScanIssue::new(
+                        path.clone(),
+                        "file vanished while scanning",
+                    )))?,
+                }
+            }
+        }
+        for outcome in settling {
+            if let ReadOutcome::Done { path, .. } = outcome {
+                accept(ReadOutcome::Skipped(ScanIssue::changing(
+                    path,
+                    "file is still being written; it will be scanned again",
+                )))?;
             }
         }
         // Whatever is left in `previous` and was not seen is gone, unless it lies under a
@@ -266,7 +348,7 @@ pub fn scan_folder(
             });
             batch.push(Update::Remove { path: path.clone() });
         }
-        index.apply(&folder.id, &batch)?;
+        index.apply_scan(&folder.id, &batch, &unrecorded(&changes[committed..]))?;
         Ok(())
     })?;
     progress(&prog);
@@ -296,6 +378,64 @@ pub fn scan_folder(
     })
 }
 
+/// Changes as the index remembers them until the folder document records them.
+fn unrecorded(changes: &[Change]) -> Vec<(String, Option<ContentId>)> {
+    changes
+        .iter()
+        .map(|c| (c.path.clone(), c.previous))
+        .collect()
+}
+
+/// How long a file must stay unchanged before a scan records it.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// How long a file last changed at `stamp` still has to settle, if at all.
+fn settle_left(stamp: &Stamp) -> Option<Duration> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let changed = stamp.ctime_ns.min(now);
+    let left = changed + SETTLE.as_nanos() as i64 - now;
+    (left > 0).then(|| Duration::from_nanos(left as u64))
+}
+
+/// Accepts a fresh read of a file unless it changed too recently again.
+fn settle_or_accept(
+    outcome: ReadOutcome,
+    settling: &mut Vec<ReadOutcome>,
+    accept: &mut impl FnMut(ReadOutcome) -> Result<(), ScanError>,
+) -> Result<(), ScanError> {
+    match &outcome {
+        ReadOutcome::Done { entry, .. }
+            if entry.kind == EntryKind::File && settle_left(&entry.stamp).is_some() =>
+        {
+            settling.push(outcome);
+            Ok(())
+        }
+        _ => accept(outcome),
+    }
+}
+
+/// Removes cairn's temp files that no pull will resume: left by a process killed
+/// mid-write, or for a version that is no longer wanted. Scans never overlap a pull or a
+/// restore of their folder, so no temp file seen here is being written. A temp file is
+/// kept only when the index records progress of its pull (a large file resumes).
+fn remove_stale_temps(index: &Index, folder: &FolderRecord, temps: &[PathBuf]) {
+    for tmp in temps {
+        if crate::puller::temp_resumes(index, &folder.id, &folder.root, tmp) {
+            continue;
+        }
+        match std::fs::remove_file(tmp) {
+            Ok(()) => {
+                tracing::info!(folder = %folder.id, temp = %tmp.display(), "stale_temp_removed")
+            }
+            Err(e) => {
+                tracing::warn!(folder = %folder.id, temp = %tmp.display(), error = %e, "stale_temp_not_removed")
+            }
+        }
+    }
+}
+
 fn is_under(path: &str, dir: &str) -> bool {
     dir.is_empty()
         || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
@@ -311,12 +451,24 @@ struct WalkIssue {
 
 /// Walks `root` without following symlinks, honouring `.cairnignore` files and skipping
 /// cairn's own temp files. Yields every path below the root.
-fn walk(root: &Path) -> impl Iterator<Item = Result<Observed, WalkIssue>> + '_ {
+fn walk(
+    root: &Path,
+    temps: Arc<Mutex<Vec<PathBuf>>>,
+) -> impl Iterator<Item = Result<Observed, WalkIssue>> + '_ {
     let walker = ignore::WalkBuilder::new(root)
         .standard_filters(false)
         .add_custom_ignore_filename(IGNORE_FILE)
         .follow_links(false)
-        .filter_entry(|e| !e.file_name().to_str().is_some_and(is_internal_name))
+        .filter_entry(move |e| {
+            let internal = e.file_name().to_str().is_some_and(is_internal_name);
+            if internal
+                && e.file_type().is_some_and(|t| t.is_file())
+                && let Ok(mut t) = temps.lock()
+            {
+                t.push(e.path().to_path_buf());
+            }
+            !internal
+        })
         .build();
     walker.filter_map(move |item| {
         let entry = match item {
@@ -432,12 +584,7 @@ pub fn stamp_of(meta: &Metadata) -> Stamp {
 /// Reads one changed path: the content of a file, the target of a symlink.
 fn read_path(root: &Path, chunker: &Chunker, obs: Observed, buf: &mut Vec<u8>) -> ReadOutcome {
     let full = root.join(&obs.path);
-    let skipped = |problem: String| {
-        ReadOutcome::Skipped(ScanIssue {
-            path: obs.path.clone(),
-            problem,
-        })
-    };
+    let skipped = |problem: String| ReadOutcome::Skipped(ScanIssue::new(obs.path.clone(), problem));
     match obs.kind {
         EntryKind::Dir => ReadOutcome::Done {
             entry: IndexedEntry {
@@ -468,7 +615,6 @@ fn read_path(root: &Path, chunker: &Chunker, obs: Observed, buf: &mut Vec<u8>) -
             Err(e) => skipped(format!("cannot read symlink: {e}")),
         },
         EntryKind::File => {
-            let mut last_problem = String::new();
             for _ in 0..READ_ATTEMPTS {
                 match read_file(&full, chunker, buf) {
                     Ok(FileRead::Stable {
@@ -489,17 +635,17 @@ fn read_path(root: &Path, chunker: &Chunker, obs: Observed, buf: &mut Vec<u8>) -
                             bytes,
                         };
                     }
-                    Ok(FileRead::ChangedWhileReading) => {
-                        last_problem =
-                            "file kept changing while it was read; it will be scanned again".into();
-                    }
+                    Ok(FileRead::ChangedWhileReading) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         return skipped("file vanished while scanning".into());
                     }
                     Err(e) => return skipped(format!("cannot read file: {e}")),
                 }
             }
-            skipped(last_problem)
+            ReadOutcome::Skipped(ScanIssue::changing(
+                obs.path,
+                "file kept changing while it was read; it will be scanned again",
+            ))
         }
     }
 }

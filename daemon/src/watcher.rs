@@ -15,6 +15,12 @@ use crate::engine::Event;
 /// Debounce window: short, so that changes propagate well under a second.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
+fn is_temp(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(cairn_core::scan::is_internal_name)
+}
+
 /// A running watcher; dropping it stops watching.
 pub struct Watcher {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
@@ -31,10 +37,13 @@ impl Watcher {
             let event = match result {
                 // Opening or reading a file or directory (the scanner itself, serving
                 // chunks, `ls`) is not a change; reacting to it would rescan forever.
+                // Nor is the puller writing its own temp files (`.cairn-tmp.*`): a pull that
+                // waits would otherwise retrigger a scan, and the scan a pull, forever.
                 Ok(events)
-                    if events
-                        .iter()
-                        .all(|e| matches!(e.kind, notify::EventKind::Access(_))) =>
+                    if events.iter().all(|e| {
+                        matches!(e.kind, notify::EventKind::Access(_))
+                            || (!e.paths.is_empty() && e.paths.iter().all(|p| is_temp(p)))
+                    }) =>
                 {
                     return;
                 }

@@ -127,6 +127,8 @@ fn setup(
         metrics: Arc::new(Metrics::default()),
         progress: Arc::new(cairn_daemon::puller::PullProgress::default()),
         dirty_dirs: Default::default(),
+        keeps: Default::default(),
+        preserving: Default::default(),
     };
     let value = EntryValue {
         kind: EntryKind::File,

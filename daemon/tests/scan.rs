@@ -355,3 +355,116 @@ fn a_second_process_gets_a_clear_error_while_the_index_is_open() {
     let err = Index::open(&s.db).err().expect("second open must fail");
     assert!(err.to_string().contains("in use"), "{err}");
 }
+
+#[test]
+fn stale_temp_files_are_removed_and_resumable_ones_kept() {
+    let s = setup();
+    write(&s.root, "sub/a.txt", b"a");
+    scan(&s);
+    // Left by a process killed mid-write: nothing records progress for them.
+    write(
+        &s.root,
+        ".cairn-tmp.report.pdf.9f2c0a1b",
+        b"partial download",
+    );
+    write(&s.root, "sub/.cairn-tmp.gone.txt.00aa11bb", b"partial copy");
+    // A large pull that recorded its progress resumes from its temp file.
+    let index = Index::open(&s.db).unwrap();
+    let folder = folder_for_root(&index, &s.root).unwrap();
+    let content = cairn_core::ContentId([7; 32]);
+    index
+        .set_pull_progress(&folder.id, "sub/big.iso", Some((content, 256)))
+        .unwrap();
+    let resumable = format!("sub/.cairn-tmp.big.iso.{}", content.short());
+    write(&s.root, &resumable, b"first windows");
+    let r = scan_folder(&index, &folder, &|_| {}).unwrap();
+    assert!(r.changes.is_empty(), "temp files are never changes: {r:?}");
+    assert!(!s.root.join(".cairn-tmp.report.pdf.9f2c0a1b").exists());
+    assert!(!s.root.join("sub/.cairn-tmp.gone.txt.00aa11bb").exists());
+    assert!(
+        s.root.join(&resumable).exists(),
+        "a resumable pull keeps its temp file"
+    );
+}
+
+#[test]
+fn a_file_truncated_then_written_is_recorded_only_once_settled() {
+    let s = setup();
+    write(&s.root, "log.db", b"");
+    let final_bytes = pseudo_random(50_000, 3);
+    let path = s.root.join("log.db");
+    let writer = {
+        let bytes = final_bytes.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            fs::write(path, bytes).unwrap();
+        })
+    };
+    // The scan starts while the file is empty and about to be written.
+    let r = scan(&s);
+    writer.join().unwrap();
+    let index = Index::open(&s.db).unwrap();
+    let folder = folder_for_root(&index, &s.root).unwrap();
+    let entry = index
+        .entry(&folder.id, "log.db")
+        .unwrap()
+        .expect("recorded");
+    let expected = {
+        let chunker = Chunker::new(ChunkerParams::default()).unwrap();
+        let mut buf = Vec::new();
+        match read_file(&s.root.join("log.db"), &chunker, &mut buf).unwrap() {
+            FileRead::Stable { content, .. } => content,
+            FileRead::ChangedWhileReading => panic!("file still changing"),
+        }
+    };
+    assert_eq!(
+        entry.content,
+        Some(expected),
+        "the empty state seen mid-write was published: {r:?}"
+    );
+}
+
+#[test]
+fn a_change_committed_to_the_index_stays_unrecorded_until_cleared() {
+    let s = setup();
+    write(&s.root, "a.txt", b"one");
+    scan(&s);
+    let index = Index::open(&s.db).unwrap();
+    let folder = folder_for_root(&index, &s.root).unwrap();
+    let first = index.entry(&folder.id, "a.txt").unwrap().unwrap().content;
+    let paths: Vec<String> = index
+        .unrecorded(&folder.id)
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(paths, vec!["a.txt".to_string()]);
+    index.clear_unrecorded(&folder.id, &paths).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    write(&s.root, "a.txt", b"two");
+    scan_folder(&index, &folder, &|_| {}).unwrap();
+    write(&s.root, "a.txt", b"three!");
+    scan_folder(&index, &folder, &|_| {}).unwrap();
+    // Two scans before the document recorded anything: the content before the first of
+    // them is what the document knew.
+    assert_eq!(
+        index.unrecorded(&folder.id).unwrap(),
+        vec![("a.txt".to_string(), first)]
+    );
+}
+
+#[test]
+fn a_fresh_file_whose_settle_time_passed_during_the_scan_is_recorded() {
+    let s = setup();
+    // Settled files that take well over the settle time to read...
+    for i in 0..2000 {
+        write(&s.root, &format!("old/f{i}"), &pseudo_random(16 << 10, i));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // ...and a fresh one, the largest, so it is read first: by the end of the scan it has
+    // settled, and must be recorded (it was skipped as "still being written").
+    write(&s.root, "fresh.bin", &pseudo_random(64 << 10, 99));
+    let r = scan(&s);
+    assert!(r.issues.is_empty(), "{:?}", r.issues.first());
+    assert_eq!(r.totals.files, 2001);
+}

@@ -17,6 +17,8 @@ pub enum Overall {
     Syncing(Option<u8>),
     /// Paired devices exist but none is online.
     Offline,
+    /// Files wait for a version that only a device that is not connected has.
+    Waiting(String),
     /// Everything is in sync.
     UpToDate,
 }
@@ -30,6 +32,7 @@ impl Overall {
             Overall::Paused => "media-playback-pause",
             Overall::Syncing(_) => "emblem-synchronizing",
             Overall::Offline => "network-idle",
+            Overall::Waiting(_) => "network-idle",
             Overall::UpToDate => "emblem-default",
         }
     }
@@ -42,6 +45,7 @@ impl Overall {
             Overall::Paused => [150, 150, 150],
             Overall::Syncing(_) => [40, 120, 220],
             Overall::Offline => [200, 150, 40],
+            Overall::Waiting(_) => [200, 150, 40],
             Overall::UpToDate => [40, 170, 80],
         }
     }
@@ -55,6 +59,7 @@ impl Overall {
             Overall::Syncing(Some(p)) => format!("Syncing… {p}%"),
             Overall::Syncing(None) => "Syncing…".into(),
             Overall::Offline => "No device online".into(),
+            Overall::Waiting(w) => format!("Waiting: {w}"),
             Overall::UpToDate => "Up to date".into(),
         }
     }
@@ -91,6 +96,18 @@ fn folder_words(f: &Value) -> String {
             Some(p) => format!("syncing {p}%"),
             None => "syncing".into(),
         },
+        "waiting" => {
+            let waiting = f["waiting"].as_array().cloned().unwrap_or_default();
+            match waiting.first() {
+                Some(w) => format!(
+                    "waiting for {} ({} files, e.g. {})",
+                    w["device"].as_str().unwrap_or("another device"),
+                    waiting.len(),
+                    w["path"].as_str().unwrap_or("?")
+                ),
+                None => "waiting for peers".into(),
+            }
+        }
         _ if f["in_sync"] == true => "up to date".into(),
         _ => "waiting for peers".into(),
     }
@@ -159,6 +176,8 @@ pub fn view(status: Option<&Value>, conflicts: Option<&Value>) -> TrayView {
         Overall::Syncing((total > 0).then(|| (done * 100 / total).min(100) as u8))
     } else if !peers.is_empty() && peers_online == 0 {
         Overall::Offline
+    } else if let Some(f) = folders.iter().find(|f| f["state"] == "waiting") {
+        Overall::Waiting(folder_words(f))
     } else {
         Overall::UpToDate
     };
@@ -309,6 +328,22 @@ mod tests {
         assert_eq!(v.overall, Overall::Syncing(Some(25)));
         assert_eq!(v.overall.words(), "Syncing… 25%");
         assert_eq!(v.folders[0].words, "syncing 25%");
+    }
+
+    #[test]
+    fn a_waiting_folder_names_the_device_and_a_file() {
+        let mut f = folder("waiting", false);
+        f["waiting"] = json!([{ "path": "report.pdf", "device": "laptop" },
+                              { "path": "b.txt", "device": "laptop" }]);
+        let v = view(Some(&status(json!([f]), online())), None);
+        assert_eq!(
+            v.folders[0].words,
+            "waiting for laptop (2 files, e.g. report.pdf)"
+        );
+        assert!(
+            !matches!(v.overall, Overall::Error(_)),
+            "waiting is not an error"
+        );
     }
 
     #[test]

@@ -295,7 +295,11 @@ impl FolderDoc {
                 TreeOptions::default(),
             );
             for (copy, entry) in &here.entries {
-                if matches!(entry.origin, Origin::ConflictCopy { .. }) {
+                // The version this device had on disk was seen and replaced by the user
+                // here: the new value supersedes it, it is not a conflict.
+                if matches!(entry.origin, Origin::ConflictCopy { .. })
+                    && (base.is_none() || entry.value.content != base)
+                {
                     self.put(copy, &entry.value);
                 }
             }
@@ -345,20 +349,32 @@ impl FolderDoc {
                 if unseen.is_some() {
                     return false;
                 }
-                EntryValue {
-                    kind: w.kind,
-                    deleted: true,
-                    content: None,
-                    size: 0,
-                    mtime_ns: w.mtime_ns,
-                    mode: w.mode,
-                    link_target: None,
-                    device: self.device,
-                    replaces: w.content,
-                }
+                w.deleted_by(self.device)
             }
         };
         self.put(path, &value);
+        true
+    }
+
+    /// Drops the version `content` at `path` that this device authored but no longer has
+    /// anywhere (it was rewritten or removed before any peer fetched it), so no device
+    /// waits for it forever: a tombstone that replaces it, which every device derives the
+    /// same way. Only when it is the path's one value (after `materialize`), so no
+    /// concurrent version is touched. Returns whether the document changed.
+    pub fn record_unavailable(&mut self, path: &str, content: ContentId) -> bool {
+        let doc = &self.shards[self.shard_of(path)];
+        if doc.get_all(ROOT, path).map_or(0, |all| all.len()) != 1 {
+            return false; // concurrent values, undecodable ones included: not touched
+        }
+        let current = self.values(path);
+        let [v] = current.as_slice() else {
+            return false;
+        };
+        if v.deleted || v.content != Some(content) || v.device != self.device {
+            return false;
+        }
+        let tombstone = v.deleted_by(self.device);
+        self.put(path, &tombstone);
         true
     }
 
@@ -514,6 +530,63 @@ mod tests {
         let mut bad = recorded.undecodable;
         bad.sort();
         assert_eq!(bad, vec!["bytes", "junk"]);
+    }
+
+    fn file(content: u8) -> LocalChange {
+        LocalChange::Present {
+            kind: EntryKind::File,
+            content: Some(ContentId([content; 32])),
+            size: 10,
+            mtime_ns: 1_000,
+            mode: 0o644,
+            link_target: None,
+        }
+    }
+
+    /// Syncs `from` into `to` until neither has anything to say (bounded).
+    fn sync(from: &mut FolderDoc, to: &mut FolderDoc) {
+        let (mut a, mut b) = (from.new_peer(), to.new_peer());
+        for _ in 0..20 {
+            let there = from.generate_sync_message(&mut a);
+            if let Some(m) = &there {
+                to.receive_sync_message(&mut b, m).unwrap();
+            }
+            let back = to.generate_sync_message(&mut b);
+            if let Some(m) = &back {
+                from.receive_sync_message(&mut a, m).unwrap();
+            }
+            if there.is_none() && back.is_none() {
+                return;
+            }
+        }
+        panic!("sync did not settle");
+    }
+
+    #[test]
+    fn an_unavailable_version_is_dropped_only_by_its_author_and_only_alone() {
+        let mut mine = FolderDoc::new(DeviceId([1; 8]), 4).unwrap();
+        let mut theirs = FolderDoc::new(DeviceId([2; 8]), 4).unwrap();
+        mine.record_local("a.txt", &file(7), None);
+        theirs.record_local("b.txt", &file(8), None);
+        theirs.record_local("c.txt", &file(5), None);
+        mine.record_local("c.txt", &file(6), None);
+        sync(&mut theirs, &mut mine);
+        // Another device's version: never dropped here.
+        assert!(!mine.record_unavailable("b.txt", ContentId([8; 32])));
+        // Concurrent versions at the path: not touched.
+        assert_eq!(mine.values("c.txt").len(), 2);
+        assert!(!mine.record_unavailable("c.txt", ContentId([6; 32])));
+        // Not the version recorded there: nothing happens.
+        assert!(!mine.record_unavailable("a.txt", ContentId([9; 32])));
+        // Its own, sole version: a tombstone that replaces it.
+        assert!(mine.record_unavailable("a.txt", ContentId([7; 32])));
+        let v = mine.values("a.txt");
+        assert!(v[0].deleted && v[0].replaces == Some(ContentId([7; 32])));
+        assert!(mine.tree(TreeOptions::default()).get("a.txt").is_none());
+        assert!(
+            !mine.record_unavailable("a.txt", ContentId([7; 32])),
+            "once"
+        );
     }
 
     #[test]

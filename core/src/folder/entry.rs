@@ -73,6 +73,22 @@ pub struct EntryValue {
 pub struct EntryDecodeError(pub &'static str);
 
 impl EntryValue {
+    /// The deletion of this value by `device`, which saw it: a tombstone that replaces its
+    /// content.
+    pub fn deleted_by(&self, device: DeviceId) -> EntryValue {
+        EntryValue {
+            kind: self.kind,
+            deleted: true,
+            content: None,
+            size: 0,
+            mtime_ns: self.mtime_ns,
+            mode: self.mode,
+            link_target: None,
+            device,
+            replaces: self.content,
+        }
+    }
+
     /// True when both values describe the same thing on disk (kind, content, link target),
     /// whoever wrote them and whenever.
     pub fn same_data(&self, other: &EntryValue) -> bool {

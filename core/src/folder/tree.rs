@@ -8,9 +8,9 @@
 //!   device id) keeps the name, every other version becomes a conflict copy named
 //!   `name.sync-conflict-YYYYMMDD-HHMMSS-<device>.ext` from its own mtime and device, so the
 //!   name is the same on every device and the copy exists once;
-//! - modify beats delete: tombstones lose against any live value;
-//! - a value whose content another concurrent value explicitly replaced is superseded, not
-//!   a conflict;
+//! - modify beats delete: tombstones lose against any live value of other content;
+//! - a value whose content another concurrent value (a rewrite or a delete) explicitly
+//!   replaced is superseded, not a conflict;
 //! - a path that is needed as a directory (something lives below it) is one: a file or
 //!   symlink there is moved to a conflict copy, and missing parents are implied, so a
 //!   directory deleted on one side keeps a file added inside it on the other;
@@ -201,15 +201,18 @@ pub fn derive_tree(
             continue;
         }
         let mut live: Vec<&EntryValue> = values.iter().filter(|v| !v.deleted).collect();
-        // A rewrite that another concurrent value explicitly replaced is superseded.
-        let superseded = |v: &EntryValue, all: &[&EntryValue]| {
+        // A version that another concurrent value explicitly replaced is superseded: by a
+        // rewrite, or by a delete (whose device saw exactly that version). A concurrent
+        // write of the *same* version (a device materializing a conflict copy while its
+        // author dropped it, or a touch) must not bring back what was deleted knowingly;
+        // a concurrent write of other content still beats the delete.
+        let superseded = |v: &EntryValue| {
             v.content.is_some()
-                && all
+                && values
                     .iter()
                     .any(|w| w.replaces == v.content && w.content != v.content)
         };
-        let snapshot = live.clone();
-        live.retain(|v| !superseded(v, &snapshot));
+        live.retain(|v| !superseded(v));
         if live.is_empty() {
             continue;
         }

@@ -2,10 +2,17 @@
 //! scanner would index), a history store and a chunk store. User edits are recorded in
 //! the document as a scan would; sync messages travel between replicas (and can be lost
 //! or duplicated); `apply` runs the planner and carries out its actions on the disk.
+//!
+//! Bytes are where they are in reality: a replica holds a content only while its disk or
+//! its history store has it, and fetches chunks only from replicas that hold them at that
+//! moment. The executor keeps the rules the daemon's puller keeps: a version about to be
+//! replaced or removed goes to history when the plan asks or when no other path holds it;
+//! a write whose version no replica holds waits; a version the replica authored and no
+//! longer has is dropped from the document (`FolderDoc::record_unavailable`).
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cairn_core::folder::{DeviceId, FolderDoc, LocalChange, PeerSync, TreeOptions};
 use cairn_core::manifest::{ChunkRef, Manifest};
@@ -35,9 +42,40 @@ pub struct Replica {
     pub doc: FolderDoc,
     pub disk: BTreeMap<String, IndexedEntry>,
     pub history: HashSet<ContentId>,
-    pub chunks: HashSet<ChunkId>,
     pub peers: Vec<PeerSync>,
     pub fetched_chunks: usize,
+    /// Files the last apply could not write: no replica held their version.
+    pub waiting: Vec<(String, ContentId)>,
+}
+
+impl Replica {
+    /// Whether this replica has the bytes of `chunk` (one chunk per content here).
+    pub fn holds(&self, chunk: &ChunkId) -> bool {
+        self.disk
+            .values()
+            .any(|e| e.content.is_some_and(|c| c.0 == chunk.0))
+            || self.history.iter().any(|c| c.0 == chunk.0)
+    }
+
+    /// The puller's rule before a version is replaced or removed (see `Puller::preserve`).
+    fn preserve(&mut self, path: &str, keeps: &mut HashMap<String, ContentId>) {
+        let Some(c) = self
+            .disk
+            .get(path)
+            .filter(|e| e.kind == EntryKind::File)
+            .and_then(|e| e.content)
+        else {
+            return;
+        };
+        let asked = keeps.remove(path) == Some(c);
+        let elsewhere = self
+            .disk
+            .iter()
+            .any(|(p, e)| p != path && e.content == Some(c));
+        if asked || !elsewhere {
+            self.history.insert(c);
+        }
+    }
 }
 
 impl LocalStore for Replica {
@@ -45,7 +83,7 @@ impl LocalStore for Replica {
         Some(manifest_of(content))
     }
     fn has_chunk(&self, chunk: &ChunkId) -> bool {
-        self.chunks.contains(chunk)
+        self.holds(chunk)
     }
 }
 
@@ -57,6 +95,13 @@ pub struct World {
     pub written: HashSet<ContentId>,
     /// Every content some recorded change marked as superseded (`replaces`).
     pub superseded: HashSet<ContentId>,
+    /// Versions dropped because their author no longer had them.
+    pub dropped: HashSet<ContentId>,
+    /// Versions a user overwrote or deleted on a replica (gone there, by the user's hand;
+    /// without timing in the simulation, maybe before any other replica fetched them).
+    pub destroyed_by_user: HashSet<ContentId>,
+    /// Replicas that are switched off: nothing can be fetched from them.
+    pub offline: HashSet<usize>,
 }
 
 fn entry(
@@ -89,9 +134,9 @@ impl World {
                     doc,
                     disk: BTreeMap::new(),
                     history: HashSet::new(),
-                    chunks: HashSet::new(),
                     peers,
                     fetched_chunks: 0,
+                    waiting: Vec::new(),
                 }
             })
             .collect();
@@ -101,6 +146,9 @@ impl World {
             clock: 1_700_000_000_000_000_000,
             written: HashSet::new(),
             superseded: HashSet::new(),
+            dropped: HashSet::new(),
+            destroyed_by_user: HashSet::new(),
+            offline: HashSet::new(),
         }
     }
 
@@ -197,9 +245,9 @@ impl World {
         let t = self.tick();
         let rep = &mut self.replicas[r];
         let base = rep.disk.get(&path).and_then(|e| e.content);
+        self.destroyed_by_user.extend(base);
         rep.disk
             .insert(path.clone(), entry(EntryKind::File, Some(c), None, t));
-        rep.chunks.insert(ChunkId(c.0));
         self.written.insert(c);
         self.record(r, &path, base);
         self.replicas[r].doc.commit();
@@ -249,6 +297,7 @@ impl World {
         for p in &doomed {
             self.replicas[r].disk.remove(p);
         }
+        self.destroyed_by_user.extend(bases.iter().flatten());
         for (p, base) in doomed.iter().zip(bases) {
             self.record(r, p, base);
         }
@@ -274,6 +323,7 @@ impl World {
         }
         // rename(2) keeps the mtime and changes the ctime.
         let to_base = self.replicas[r].disk.get(&to).and_then(|x| x.content);
+        self.destroyed_by_user.extend(to_base);
         self.replicas[r].disk.remove(&from);
         self.replicas[r].disk.insert(to.clone(), e.clone());
         self.record(r, &from, e.content);
@@ -323,7 +373,28 @@ impl World {
 
     /// Runs the planner on replica `r` and carries out its actions on the disk.
     pub fn apply(&mut self, r: usize) {
+        self.apply_steps(r, usize::MAX);
+    }
+
+    /// Like `apply`, but the replica crashes after `steps` actions (the rest never run;
+    /// nothing of the plan is remembered, as in the daemon).
+    pub fn apply_steps(&mut self, r: usize, steps: usize) {
         let options = self.options;
+        // What the other replicas hold right now: the only place chunks can come from.
+        let elsewhere: HashSet<ChunkId> = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != r && !self.offline.contains(i))
+            .flat_map(|(_, o)| {
+                o.disk
+                    .values()
+                    .filter_map(|e| e.content)
+                    .chain(o.history.iter().copied())
+                    .map(|c| ChunkId(c.0))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let rep = &mut self.replicas[r];
         let tree = rep.doc.tree(options);
         rep.doc.materialize(&tree);
@@ -334,15 +405,21 @@ impl World {
             "derived trees never pass through symlinks: {:?}",
             plan.rejected
         );
-        for action in plan.actions {
+        let mut keeps: HashMap<String, ContentId> = HashMap::new();
+        // Chunks fetched into temp files by this run of the plan.
+        let mut fetched: HashSet<ChunkId> = HashSet::new();
+        let mut missing = Vec::new();
+        for action in plan.actions.into_iter().take(steps) {
             match action {
-                Action::KeepInHistory { content, .. } => {
-                    rep.history.insert(content);
+                Action::KeepInHistory { path, content } => {
+                    keeps.insert(path, content);
                 }
                 Action::FetchManifest { .. } => {}
                 Action::FetchChunks { chunks } => {
-                    rep.fetched_chunks += chunks.len();
-                    rep.chunks.extend(chunks.iter().map(|c| c.id));
+                    for c in chunks.iter().filter(|c| elsewhere.contains(&c.id)) {
+                        rep.fetched_chunks += 1;
+                        fetched.insert(c.id);
+                    }
                 }
                 Action::MakeDir { path } => {
                     assert!(!rep.disk.contains_key(&path), "mkdir over {path}");
@@ -354,20 +431,23 @@ impl World {
                     mtime_ns,
                     ..
                 } => {
-                    assert!(
-                        rep.chunks.contains(&ChunkId(content.0)),
-                        "write of {path} without its chunks"
-                    );
+                    let chunk = ChunkId(content.0);
+                    if !rep.holds(&chunk) && !fetched.contains(&chunk) {
+                        missing.push((path, content));
+                        continue;
+                    }
                     assert!(
                         rep.disk.get(&path).is_none_or(|e| e.kind != EntryKind::Dir),
                         "file written over directory {path}"
                     );
                     parents_are_dirs(&rep.disk, &path);
+                    rep.preserve(&path, &mut keeps);
                     rep.disk
                         .insert(path, entry(EntryKind::File, Some(content), None, mtime_ns));
                 }
                 Action::WriteSymlink { path, target } => {
                     parents_are_dirs(&rep.disk, &path);
+                    rep.preserve(&path, &mut keeps);
                     rep.disk
                         .insert(path, entry(EntryKind::Symlink, None, Some(target), 0));
                 }
@@ -377,9 +457,35 @@ impl World {
                         !rep.disk.keys().any(|k| k.starts_with(&prefix)),
                         "rmdir of non-empty {path}"
                     );
+                    rep.preserve(&path, &mut keeps);
                     rep.disk.remove(&path);
                 }
             }
+        }
+        // A version this replica made and no longer has can never come: drop it, as the
+        // daemon does after a pull. Others wait for whoever has theirs.
+        let me = rep.doc.device();
+        let mut dropped = false;
+        rep.waiting.clear();
+        for (path, content) in missing {
+            let mine = tree
+                .get(&path)
+                .is_some_and(|e| e.value.device == me && e.value.content == Some(content));
+            if mine && !rep.holds(&ChunkId(content.0)) {
+                assert!(
+                    !elsewhere.contains(&ChunkId(content.0)) || !self.offline.is_empty(),
+                    "a version another replica still holds was declared unavailable"
+                );
+                if rep.doc.record_unavailable(&path, content) {
+                    self.dropped.insert(content);
+                    dropped = true;
+                }
+            } else {
+                rep.waiting.push((path, content));
+            }
+        }
+        if dropped {
+            rep.doc.commit();
         }
     }
 
@@ -409,7 +515,29 @@ impl World {
                 return;
             }
         }
-        panic!("replicas did not settle in 10 rounds");
+        let state: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let rec: Vec<String> = r
+                    .doc
+                    .recorded()
+                    .entries
+                    .iter()
+                    .map(|(p, vs)| format!("{p}={vs:?}"))
+                    .collect();
+                format!(
+                    "disk {:?}\n waiting {:?}\n history {:?}\n doc {rec:#?}",
+                    r.disk.keys().collect::<Vec<_>>(),
+                    r.waiting,
+                    r.history
+                )
+            })
+            .collect();
+        panic!(
+            "replicas did not settle in 10 rounds:\n{}",
+            state.join("\n")
+        );
     }
 }
 
