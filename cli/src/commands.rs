@@ -187,6 +187,7 @@ fn state_word(f: &Value) -> String {
             "syncing ({} steps left)",
             f["pull_queue"].as_u64().unwrap_or(0)
         ),
+        "no_space" => "not enough disk space (retrying)".into(),
         other => other.into(),
     }
 }
@@ -213,9 +214,10 @@ pub fn status(c: &Client, json_out: bool) -> Result<(), CliError> {
             "offline"
         };
         println!(
-            "  {dot}  {:<16} {}",
+            "  {dot}  {:<16} {}{}",
             p["name"].as_str().unwrap_or(""),
-            p["id"].as_str().unwrap_or("")
+            p["id"].as_str().unwrap_or(""),
+            conduct_note(p)
         );
     }
     let folders = s["folders"].as_array().cloned().unwrap_or_default();
@@ -246,6 +248,18 @@ pub fn status(c: &Client, json_out: bool) -> Result<(), CliError> {
         }
         if waiting.len() > 10 {
             println!("      ... and {} more files waiting", waiting.len() - 10);
+        }
+        let refused = f["refused"].as_array().cloned().unwrap_or_default();
+        for r in refused.iter().take(10) {
+            println!(
+                "      refused from {}: {} ({})",
+                r["device"].as_str().unwrap_or("?"),
+                r["path"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or("?")
+            );
+        }
+        if refused.len() > 10 {
+            println!("      ... and {} more entries refused", refused.len() - 10);
         }
         if f["watcher"] == "fallback" {
             println!(
@@ -278,13 +292,27 @@ pub fn peers(c: &Client, json_out: bool) -> Result<(), CliError> {
             "offline"
         };
         println!(
-            "{:<16} {:<8} {}",
+            "{:<16} {:<8} {}{}",
             p["name"].as_str().unwrap_or(""),
             state,
-            p["id"].as_str().unwrap_or("")
+            p["id"].as_str().unwrap_or(""),
+            conduct_note(&p)
         );
     }
     Ok(())
+}
+
+/// Protocol violations of a peer and its ban, for people; empty for a well-behaved peer.
+fn conduct_note(p: &Value) -> String {
+    let n = p["violations"].as_u64().unwrap_or(0);
+    if n == 0 {
+        return String::new();
+    }
+    let last = p["last_violation"].as_str().unwrap_or("?");
+    match p["banned_for_s"].as_u64() {
+        Some(s) => format!("  banned for {s} s after {n} protocol violations (last: {last})"),
+        None => format!("  {n} protocol violations (last: {last})"),
+    }
 }
 
 /// `cairn folders`.

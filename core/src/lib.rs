@@ -5,6 +5,7 @@
 //! sockets or clocks. `cairn-daemon` wires them to the real world.
 
 pub mod chunker;
+pub mod conduct;
 pub mod delta;
 pub mod hash;
 pub mod manifest;

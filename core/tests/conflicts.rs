@@ -71,6 +71,22 @@ fn conflict_copy_names_follow_syncthings_convention() {
         ".bashrc.sync-conflict-20231114-221321-AAAAAAA"
     );
     assert!(conflict_name("a.tar.gz", &v).starts_with(&format!("a.tar{CONFLICT_MARKER}")));
+    // The longest names the path rules accept still get a copy name that fits, cut at a
+    // character boundary, the extension kept.
+    for name in [
+        format!("{}.txt", "n".repeat(251)),
+        "é".repeat(127),
+        "x".repeat(255),
+    ] {
+        let copy = conflict_name(&format!("d/{name}"), &v);
+        let copy_name = copy.strip_prefix("d/").unwrap();
+        assert!(copy_name.len() <= 255, "{} bytes", copy_name.len());
+        cairn_core::path::validate(&copy).unwrap();
+        assert!(is_conflict_name(&copy));
+        if name.ends_with(".txt") {
+            assert!(copy.ends_with("-AAAAAAA.txt"), "{copy}");
+        }
+    }
 }
 
 #[test]

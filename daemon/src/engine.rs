@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use cairn_core::conduct::{Conduct, Verdict, Violation};
 use cairn_core::folder::doc::DEFAULT_SHARDS;
 use cairn_core::folder::{
     DeviceId, EntryValue, FolderDoc, FolderMessage, LocalChange, PeerSync, TreeOptions,
@@ -19,9 +20,9 @@ use cairn_core::planner::{LocalStore, plan};
 use cairn_core::wire::{BlocksRequest, BlocksResponse, MetaRequest, MetaResponse};
 use cairn_core::{ChunkId, ContentId, Manifest};
 use futures::StreamExt;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -29,8 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Config, FolderConfig, FolderType, Home};
 use crate::index::{FolderRecord, Index};
 use crate::metrics::Metrics;
-use crate::net::{Behaviour, BehaviourEvent};
-use crate::puller::{NetCommand, PullOutcome, Puller};
+use crate::net::{Behaviour, BehaviourEvent, FrameError};
+use crate::puller::{NetCommand, PullError, PullOutcome, Puller};
 use crate::scanner::{ScanReport, scan_folder};
 use crate::watcher::Watcher;
 
@@ -42,6 +43,25 @@ const REDIAL: Duration = Duration::from_secs(5);
 const PULL_RETRY: Duration = Duration::from_secs(3);
 /// Rescan interval when the watcher does not work.
 const FALLBACK_RESCAN: Duration = Duration::from_secs(10);
+/// After pairing on an open connection, reconnect this soon: the new connection is the
+/// first on which the peer is served meta and blocks (`net::Gated`).
+pub(crate) const RECONNECT_AFTER_PAIRING: Duration = Duration::from_secs(1);
+/// A stream that ended inside a frame counts as a violation only if the connection is
+/// still up this long after (a peer killed mid-frame is not hostile).
+const TRUNCATION_GRACE: Duration = Duration::from_secs(2);
+/// Blocks answers being read from disk at once for one peer.
+const SERVE_JOBS_PER_PEER: usize = 4;
+/// Bytes of blocks answers handed to the network and not yet sent, per peer; past it,
+/// further requests of the peer wait their turn.
+const SERVE_BYTES_PER_PEER: u64 = 16 << 20;
+/// Offers of folders remembered per peer, and in all.
+const MAX_OFFERS_PER_PEER: usize = 16;
+const MAX_OFFERS: usize = 64;
+/// An offer not repeated for this long is forgotten (it comes back when the peer offers
+/// again).
+const OFFER_TTL: Duration = Duration::from_secs(3600);
+/// Refused paths remembered per folder.
+const MAX_REFUSED: usize = 1000;
 
 /// Something that happened off the loop.
 pub enum Event {
@@ -67,6 +87,7 @@ pub enum Event {
     BlocksReady {
         channel: ResponseChannel<Vec<u8>>,
         peer: PeerId,
+        request_id: InboundRequestId,
         response: BlocksResponse,
     },
     Control(ControlRequest),
@@ -122,6 +143,34 @@ pub struct PeerStatus {
     pub id: String,
     pub name: String,
     pub connected: bool,
+    /// Protocol violations counted since the daemon started.
+    pub violations: u64,
+    /// The last violation's kind and reason.
+    pub last_violation: Option<String>,
+    /// Seconds the peer is still banned for (no redial, connections refused).
+    pub banned_for_s: Option<u64>,
+}
+
+/// A path of a folder document that this device refuses to write.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefusedPath {
+    pub path: String,
+    /// Why, for people.
+    pub reason: String,
+    /// The device that wrote the entry (a name for people).
+    pub device: String,
+    #[serde(skip)]
+    pub(crate) content: Option<ContentId>,
+}
+
+/// Blocks requests of one peer: answers being made, bytes handed to the network, and
+/// requests waiting for their turn.
+#[derive(Default)]
+pub(crate) struct Serving {
+    jobs: usize,
+    bytes: u64,
+    sent: HashMap<InboundRequestId, u64>,
+    queue: std::collections::VecDeque<(InboundRequestId, ResponseChannel<Vec<u8>>, BlocksRequest)>,
 }
 
 /// One folder.
@@ -148,6 +197,9 @@ pub struct FolderStatus {
     pub watcher: String,
     /// Files whose version no connected device has yet, and who is expected to have it.
     pub waiting: Vec<WaitingPath>,
+    /// Entries of the folder document this device refuses to write (invalid paths,
+    /// a claimed size that differs from the manifest).
+    pub refused: Vec<RefusedPath>,
 }
 
 /// A file waiting for a version that only another device has.
@@ -192,6 +244,10 @@ pub(crate) struct Folder {
     pub(crate) waiting: Vec<WaitingPath>,
     /// The last pull failed only for versions no connected peer has.
     pub(crate) waiting_only: bool,
+    /// Entries refused, by path (never retried while they stay as they are).
+    pub(crate) refused: BTreeMap<String, RefusedPath>,
+    /// The last pull stopped for lack of disk space.
+    pub(crate) no_space: bool,
 }
 
 /// The device's stores, as the planner sees them.
@@ -237,6 +293,14 @@ pub struct Engine {
     pub(crate) join: Option<crate::pair::Join>,
     pub(crate) pair_pending: HashMap<OutboundRequestId, PeerId>,
     pub(crate) recent: std::collections::VecDeque<RecentChange>,
+    pub(crate) conduct: Conduct<PeerId>,
+    pub(crate) reconnect_at: HashMap<PeerId, Instant>,
+    pub(crate) serving: HashMap<PeerId, Serving>,
+    /// Streams that ended inside a frame: (peer, connection, reason, when).
+    pub(crate) truncated: Vec<(PeerId, ConnectionId, String, Instant)>,
+    pub(crate) offered_at: HashMap<String, Instant>,
+    /// Connections open now, by peer.
+    pub(crate) connections: HashMap<PeerId, HashSet<ConnectionId>>,
 }
 
 /// Errors starting the daemon.
@@ -289,6 +353,8 @@ impl Engine {
                 for a in &addrs {
                     swarm.behaviour_mut().kad.add_address(&id, a.clone());
                 }
+                swarm.behaviour_mut().meta.allow(id);
+                swarm.behaviour_mut().blocks.allow(id);
                 trusted.insert(id, (p.name.clone(), addrs));
             }
         }
@@ -329,6 +395,12 @@ impl Engine {
             invitation: None,
             join: None,
             pair_pending: HashMap::new(),
+            conduct: Conduct::default(),
+            reconnect_at: HashMap::new(),
+            serving: HashMap::new(),
+            truncated: Vec::new(),
+            offered_at: HashMap::new(),
+            connections: HashMap::new(),
         })
     }
 
@@ -355,6 +427,7 @@ impl Engine {
     fn on_tick(&mut self) {
         self.pair_tick();
         let now = Instant::now();
+        self.conduct_tick(now);
         for f in self.folders.values_mut() {
             if let Some(p) = &f.progress {
                 let done = p.done_bytes.load(Ordering::Relaxed);
@@ -390,7 +463,11 @@ impl Engine {
             .filter(|(p, _)| !self.connected.contains(p))
             .map(|(p, (_, a))| (*p, a.clone()))
             .collect();
+        let now = Instant::now();
         for (peer, addrs) in missing {
+            if self.conduct.banned(&peer, now) {
+                continue;
+            }
             if addrs.is_empty() {
                 // Ask the DHT where the peer is; a found address is dialled on the result.
                 self.swarm.behaviour_mut().kad.get_closest_peers(peer);
@@ -600,6 +677,30 @@ impl Engine {
         }
         let options = TreeOptions::default();
         let tree = f.doc.tree(options);
+        // Invalid paths in the document are refused once each, and their authors counted.
+        let mut offenders = Vec::new();
+        for (path, why) in &tree.rejected {
+            if f.refused.contains_key(path) || f.refused.len() >= MAX_REFUSED {
+                continue;
+            }
+            let author = f.doc.values(path).first().map(|v| v.device);
+            offenders.push((author, format!("invalid path {path:?}: {why}")));
+            f.refused.insert(
+                path.clone(),
+                RefusedPath {
+                    path: path.clone(),
+                    reason: why.to_string(),
+                    device: author.map(|d| d.short()).unwrap_or_default(),
+                    content: None,
+                },
+            );
+        }
+        for (author, reason) in offenders {
+            self.device_violation(author, Violation::InvalidPath, &reason);
+        }
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
         let written = f.doc.materialize(&tree);
         if !written.is_empty() {
             let shards: HashSet<usize> = written.iter().map(|p| f.doc.shard_of(p)).collect();
@@ -609,30 +710,21 @@ impl Engine {
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
-        let local = match self.index.entries(id) {
-            Ok(e) => e.into_iter().collect::<BTreeMap<_, _>>(),
-            Err(e) => {
-                f.last_error = Some(e.to_string());
-                return;
-            }
-        };
-        let plan = plan(&tree, &local, &IndexStore(&self.index));
-        for (path, why) in &plan.rejected {
-            tracing::warn!(folder = id, path = %path, error = %why, "path_rejected");
-        }
-        if plan.is_empty() {
-            f.in_sync = true;
-            f.waiting.clear();
-            crate::puller::forget_abandoned_pulls(&self.index, id, &f.record.root, &plan);
-            return;
-        }
-        f.in_sync = false;
-        f.busy = Busy::Pulling;
-        let values: HashMap<String, EntryValue> = tree
-            .entries
-            .into_iter()
-            .map(|(p, e)| (p, e.value))
+        // Versions refused before stay refused (never fetched again) while the document
+        // asks for exactly them.
+        f.refused.retain(|path, r| {
+            r.content.is_none()
+                || tree
+                    .entries
+                    .get(path)
+                    .is_some_and(|e| e.value.content == r.content)
+        });
+        let refused: HashMap<String, ContentId> = f
+            .refused
+            .iter()
+            .filter_map(|(p, r)| Some((p.clone(), r.content?)))
             .collect();
+        f.busy = Busy::Pulling;
         let Ok(chunker) = f.record.chunker() else {
             f.busy = Busy::Idle;
             return;
@@ -662,11 +754,71 @@ impl Engine {
         f.progress = Some(puller.progress.clone());
         f.rate = (Instant::now(), 0, 0.0);
         let (tx, folder) = (self.events_tx.clone(), id.to_string());
-        tracing::debug!(folder = id, actions = ?plan.actions, "pull_started");
+        // Planning reads the whole index and every manifest the tree names: it runs on
+        // the puller's thread, never on the loop (the control API stays responsive
+        // whatever the size of a pull).
         std::thread::spawn(move || {
-            let outcome = puller.run(&plan, &values);
+            let outcome = match plan_pull(&puller, &tree, &refused) {
+                Ok(Some(plan)) => {
+                    tracing::debug!(folder, actions = ?plan.actions, "pull_started");
+                    let values: HashMap<String, EntryValue> = tree
+                        .entries
+                        .into_iter()
+                        .map(|(p, e)| (p, e.value))
+                        .collect();
+                    drop(refused);
+                    puller.run(&plan, &values)
+                }
+                Ok(None) => PullOutcome {
+                    planned_nothing: true,
+                    ..PullOutcome::default()
+                },
+                Err(e) => PullOutcome {
+                    failed: vec![e],
+                    ..PullOutcome::default()
+                },
+            };
             let _ = tx.send(Event::PullDone { folder, outcome });
         });
+    }
+
+    /// When every folder is in sync, manifests learnt from peers are no longer needed
+    /// (except those of kept versions): a peer cannot grow the index with them.
+    fn prune_manifests(&mut self) {
+        let all_in_sync = self
+            .folders
+            .values()
+            .all(|f| f.in_sync || f.config.kind == FolderType::SendOnly);
+        if !all_in_sync || self.index.remote_manifest_count().unwrap_or(0) == 0 {
+            return;
+        }
+        match self.index.prune_remote_manifests() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "remote_manifests_pruned"),
+            Err(e) => tracing::warn!(error = %e, "remote_manifest_prune_failed"),
+        }
+    }
+
+    /// A violation by the device that authored an entry: counted against its peer when
+    /// it is paired (and connected or not), else against `unpaired`.
+    fn device_violation(&mut self, author: Option<DeviceId>, kind: Violation, reason: &str) {
+        let peer = author.and_then(|d| {
+            self.trusted
+                .keys()
+                .find(|p| DeviceId::from_identity(&p.to_bytes()) == d)
+                .copied()
+        });
+        match peer {
+            Some(p) => self.violation(p, kind, reason),
+            None => {
+                self.metrics.violation("unpaired", kind.as_str());
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    reason,
+                    "protocol_violation_by_unpaired_author"
+                );
+            }
+        }
     }
 
     fn on_pull_done(&mut self, id: &str, outcome: PullOutcome) {
@@ -676,6 +828,14 @@ impl Engine {
         };
         f.busy = Busy::Idle;
         f.progress = None;
+        if outcome.planned_nothing {
+            f.in_sync = true;
+            f.waiting.clear();
+            f.no_space = false;
+            self.prune_manifests();
+            return;
+        }
+        f.in_sync = false;
         let recent: Vec<(String, String)> = outcome
             .recent
             .iter()
@@ -699,11 +859,42 @@ impl Engine {
             return;
         };
         f.waiting = waiting;
-        let error = outcome.failed.iter().find(|e| !e.is_unavailable());
+        let mut offenders = Vec::new();
+        for e in &outcome.failed {
+            if let PullError::Refused {
+                path,
+                content,
+                author,
+                why,
+            } = e
+                && f.refused.len() < MAX_REFUSED
+            {
+                offenders.push((*author, format!("{path}: {why}")));
+                f.refused.insert(
+                    path.clone(),
+                    RefusedPath {
+                        path: path.clone(),
+                        reason: why.clone(),
+                        device: author.short(),
+                        content: Some(*content),
+                    },
+                );
+            }
+        }
+        f.no_space = outcome.failed.iter().any(PullError::is_no_space);
+        let error = outcome
+            .failed
+            .iter()
+            .find(|e| !e.is_unavailable() && !matches!(e, PullError::Refused { .. }));
+        let only_refused = !outcome.failed.is_empty()
+            && outcome
+                .failed
+                .iter()
+                .all(|e| matches!(e, PullError::Refused { .. }));
         f.waiting_only = !outcome.failed.is_empty() && error.is_none();
-        if outcome.failed.is_empty() {
+        if outcome.failed.is_empty() || only_refused {
             f.last_error = None;
-            f.needs_pull = outcome.done > 0;
+            f.needs_pull = outcome.done > 0 || only_refused;
         } else {
             // Versions no connected peer has are waiting, not an error.
             f.last_error = error.map(ToString::to_string);
@@ -711,6 +902,9 @@ impl Engine {
         }
         if !dropped.is_empty() {
             self.drop_unavailable(id, &dropped);
+        }
+        for (author, reason) in offenders {
+            self.device_violation(Some(author), Violation::SizeMismatch, &reason);
         }
     }
 
@@ -889,40 +1083,170 @@ impl Engine {
         true
     }
 
-    pub(crate) fn violation(&mut self, peer: PeerId) {
-        self.metrics
-            .peer(&peer.to_string(), |c| c.protocol_violations += 1);
+    /// The one path of every protocol violation: counted by peer (`unpaired` for
+    /// strangers) and kind, logged with the reason, the peer disconnected, and banned for a
+    /// while when it keeps doing it ([`cairn_core::conduct`]).
+    pub(crate) fn violation(&mut self, peer: PeerId, kind: Violation, reason: &str) {
+        let now = Instant::now();
+        let label = if self.trusted.contains_key(&peer) {
+            peer.to_string()
+        } else {
+            "unpaired".to_string()
+        };
+        self.metrics.violation(&label, kind.as_str());
+        match self.conduct.record(&peer, kind, reason, now) {
+            Verdict::Disconnect => {
+                tracing::warn!(peer = %peer, kind = kind.as_str(), reason, "protocol_violation");
+            }
+            Verdict::Ban { until } => {
+                tracing::warn!(
+                    peer = %peer,
+                    kind = kind.as_str(),
+                    reason,
+                    banned_s = (until - now).as_secs(),
+                    "protocol_violation_peer_banned"
+                );
+            }
+        }
         let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// A failed inbound or outbound stream: a refused frame is a violation; one cut
+    /// short is, if the connection outlives it ([`TRUNCATION_GRACE`]).
+    pub(crate) fn stream_failed(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        error: &std::io::Error,
+    ) {
+        match FrameError::of(error) {
+            Some(FrameError::TooLarge { .. }) => {
+                self.violation(peer, Violation::FrameTooLarge, &error.to_string())
+            }
+            Some(FrameError::Truncated { .. }) if self.truncated.len() < 1024 => {
+                self.truncated
+                    .push((peer, connection, error.to_string(), Instant::now()));
+            }
+            _ => {}
+        }
+    }
+
+    /// A request the codec refused ([`FrameError::refused_request`]): counted, and not
+    /// answered. True if `request` was one.
+    pub(crate) fn refused_request(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        request: &[u8],
+    ) -> bool {
+        let Some(refused) = FrameError::refused_request(request) else {
+            return false;
+        };
+        let error = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
+        self.stream_failed(peer, connection, &error);
+        true
+    }
+
+    /// Timers of the conduct policy: truncations whose connection survived, reconnects
+    /// after pairing, stale offers.
+    fn conduct_tick(&mut self, now: Instant) {
+        let due: Vec<(PeerId, ConnectionId, String)> = self
+            .truncated
+            .iter()
+            .filter(|(.., at)| now - *at >= TRUNCATION_GRACE)
+            .map(|(p, c, r, _)| (*p, *c, r.clone()))
+            .collect();
+        self.truncated
+            .retain(|(.., at)| now - *at < TRUNCATION_GRACE);
+        for (peer, connection, reason) in due {
+            if self
+                .connections
+                .get(&peer)
+                .is_some_and(|c| c.contains(&connection))
+            {
+                self.violation(peer, Violation::Truncated, &reason);
+            }
+        }
+        let reconnect: Vec<PeerId> = self
+            .reconnect_at
+            .iter()
+            .filter(|(_, t)| now >= **t)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in reconnect {
+            self.reconnect_at.remove(&peer);
+            if !self.swarm.behaviour().meta.is_open_to(&peer) {
+                tracing::info!(peer = %peer, "reconnecting_after_pairing");
+                let _ = self.swarm.disconnect_peer_id(peer);
+                self.last_dial = None;
+            }
+        }
+        let stale: Vec<String> = self
+            .offered_at
+            .iter()
+            .filter(|(_, t)| now - **t >= OFFER_TTL)
+            .map(|(f, _)| f.clone())
+            .collect();
+        for f in stale {
+            self.offered_at.remove(&f);
+            self.offers.remove(&f);
+        }
+    }
+
+    /// Remembers a paired device's offer of a folder, within the caps.
+    fn remember_offer(&mut self, folder: &str, peer: PeerId) {
+        let Some((name, _)) = self.trusted.get(&peer) else {
+            return;
+        };
+        if self.folders.contains_key(folder) {
+            return;
+        }
+        if let Some(o) = self.offers.get(folder) {
+            if o.from == peer.to_string() {
+                self.offered_at.insert(folder.to_string(), Instant::now());
+            }
+            return;
+        }
+        let from = peer.to_string();
+        let of_peer = self.offers.values().filter(|o| o.from == from).count();
+        if of_peer >= MAX_OFFERS_PER_PEER || self.offers.len() >= MAX_OFFERS {
+            tracing::debug!(folder, peer = %peer, "folder_offer_ignored_over_cap");
+            return;
+        }
+        tracing::info!(folder, peer = %peer, "folder_offered");
+        self.offers.insert(
+            folder.to_string(),
+            crate::admin::Offer {
+                folder: folder.to_string(),
+                from,
+                from_name: name.clone(),
+            },
+        );
+        self.offered_at.insert(folder.to_string(), Instant::now());
     }
 
     fn on_meta(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                message,
+                connection_id,
+            } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    if self.refused_request(peer, connection_id, &request) {
+                        return;
+                    }
                     let response = match MetaRequest::decode(&request) {
-                        Err(_) => {
-                            self.violation(peer);
+                        Err(e) => {
+                            self.violation(peer, Violation::Malformed, &e.to_string());
                             MetaResponse::Denied
                         }
                         Ok(req) if !self.is_member(&req.folder, &peer) => {
                             // A paired device offering a folder we do not have: remember
                             // the offer for `cairn accept`. The answer is the same Denied.
-                            if let Some((name, _)) = self.trusted.get(&peer)
-                                && !self.folders.contains_key(&req.folder)
-                                && !self.offers.contains_key(&req.folder)
-                            {
-                                tracing::info!(folder = %req.folder, peer = %peer, "folder_offered");
-                                self.offers.insert(
-                                    req.folder.clone(),
-                                    crate::admin::Offer {
-                                        folder: req.folder.clone(),
-                                        from: peer.to_string(),
-                                        from_name: name.clone(),
-                                    },
-                                );
-                            }
+                            self.remember_offer(&req.folder, peer);
                             MetaResponse::Denied
                         }
                         Ok(req) => {
@@ -931,7 +1255,11 @@ impl Engine {
                                 .as_ref()
                                 .is_none_or(|m| self.apply_meta(&req.folder, peer, m));
                             if !ok {
-                                self.violation(peer);
+                                self.violation(
+                                    peer,
+                                    Violation::Malformed,
+                                    "a folder message that does not decode or apply",
+                                );
                                 MetaResponse::Denied
                             } else {
                                 let f = self.folders.get_mut(&req.folder);
@@ -965,7 +1293,11 @@ impl Engine {
                             if let Some(m) = message
                                 && !self.apply_meta(&id, peer, &m)
                             {
-                                self.violation(peer);
+                                self.violation(
+                                    peer,
+                                    Violation::Malformed,
+                                    "a folder message that does not decode or apply",
+                                );
                                 return;
                             }
                             self.sync_with(&id, peer);
@@ -973,16 +1305,25 @@ impl Engine {
                         Ok(MetaResponse::Denied) => {
                             tracing::info!(folder = %id, peer = %peer, "meta_denied_by_peer");
                         }
-                        Err(_) => self.violation(peer),
+                        Err(e) => self.violation(peer, Violation::Malformed, &e.to_string()),
                     }
                 }
             },
+            request_response::Event::InboundFailure {
+                peer,
+                connection_id,
+                error: request_response::InboundFailure::Io(e),
+                ..
+            } => self.stream_failed(peer, connection_id, &e),
             request_response::Event::OutboundFailure {
                 request_id,
                 peer,
                 error,
-                ..
+                connection_id,
             } => {
+                if let request_response::OutboundFailure::Io(e) = &error {
+                    self.stream_failed(peer, connection_id, e);
+                }
                 if let Some((id, _)) = self.meta_pending.remove(&request_id) {
                     self.meta_inflight.remove(&(id.clone(), peer));
                     // The message may be lost: start over with this peer.
@@ -991,7 +1332,15 @@ impl Engine {
                     {
                         s.reset();
                     }
-                    tracing::debug!(peer = %peer, error = %error, "meta_request_failed");
+                    if matches!(
+                        error,
+                        request_response::OutboundFailure::UnsupportedProtocols
+                    ) {
+                        // The peer does not serve us meta: it does not trust this device.
+                        tracing::info!(folder = %id, peer = %peer, "meta_refused_by_peer");
+                    } else {
+                        tracing::debug!(peer = %peer, error = %error, "meta_request_failed");
+                    }
                 }
             }
             _ => {}
@@ -1000,14 +1349,23 @@ impl Engine {
 
     fn on_blocks(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                message,
+                connection_id,
+            } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request,
+                    channel,
+                    request_id,
                 } => {
+                    if self.refused_request(peer, connection_id, &request) {
+                        return;
+                    }
                     let req = match BlocksRequest::decode(&request) {
                         Ok(r) => r,
-                        Err(_) => {
-                            self.violation(peer);
+                        Err(e) => {
+                            self.violation(peer, Violation::Malformed, &e.to_string());
                             let _ = self
                                 .swarm
                                 .behaviour_mut()
@@ -1024,22 +1382,12 @@ impl Engine {
                             .send_response(channel, BlocksResponse::Denied.encode());
                         return;
                     }
-                    let Some(root) = self
-                        .folders
-                        .get(req.folder())
-                        .map(|f| f.record.root.clone())
-                    else {
-                        return;
-                    };
-                    let (index, tx) = (self.index.clone(), self.events_tx.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let response = crate::serve::answer(&index, &root, &req);
-                        let _ = tx.send(Event::BlocksReady {
-                            channel,
-                            peer,
-                            response,
-                        });
-                    });
+                    self.serving
+                        .entry(peer)
+                        .or_default()
+                        .queue
+                        .push_back((request_id, channel, req));
+                    self.serve_next(peer);
                 }
                 request_response::Message::Response {
                     request_id,
@@ -1047,22 +1395,95 @@ impl Engine {
                 } => {
                     if let Some(reply) = self.blocks_pending.remove(&request_id) {
                         let decoded = BlocksResponse::decode(&response).map_err(|e| e.to_string());
-                        if decoded.is_err() {
-                            self.violation(peer);
+                        if let Err(e) = &decoded {
+                            self.violation(peer, Violation::Malformed, e);
                         }
                         let _ = reply.send(decoded);
                     }
                 }
             },
             request_response::Event::OutboundFailure {
-                request_id, error, ..
+                request_id,
+                error,
+                peer,
+                connection_id,
             } => {
+                if let request_response::OutboundFailure::Io(e) = &error {
+                    self.stream_failed(peer, connection_id, e);
+                }
                 if let Some(reply) = self.blocks_pending.remove(&request_id) {
                     let _ = reply.send(Err(error.to_string()));
                 }
             }
-            _ => {}
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                connection_id,
+            } => {
+                if let request_response::InboundFailure::Io(e) = &error {
+                    self.stream_failed(peer, connection_id, e);
+                }
+                self.served(peer, request_id);
+            }
+            request_response::Event::ResponseSent {
+                peer, request_id, ..
+            } => self.served(peer, request_id),
         }
+    }
+
+    /// Starts answering the next waiting blocks requests of `peer`, within its budget: at
+    /// most [`SERVE_JOBS_PER_PEER`] answers read at once, and none while more than
+    /// [`SERVE_BYTES_PER_PEER`] of its answers wait to be sent. A peer that asks for more
+    /// (or reads slowly) only waits longer; its requests hold nothing but a stream.
+    fn serve_next(&mut self, peer: PeerId) {
+        loop {
+            let Some(s) = self.serving.get_mut(&peer) else {
+                return;
+            };
+            if s.jobs >= SERVE_JOBS_PER_PEER || s.bytes >= SERVE_BYTES_PER_PEER {
+                return;
+            }
+            let Some((request_id, channel, req)) = s.queue.pop_front() else {
+                if s.jobs == 0 && s.sent.is_empty() {
+                    self.serving.remove(&peer);
+                }
+                return;
+            };
+            let Some(root) = self
+                .folders
+                .get(req.folder())
+                .map(|f| f.record.root.clone())
+            else {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_response(channel, BlocksResponse::Denied.encode());
+                continue;
+            };
+            s.jobs += 1;
+            let (index, tx) = (self.index.clone(), self.events_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let response = crate::serve::answer(&index, &root, &req);
+                let _ = tx.send(Event::BlocksReady {
+                    channel,
+                    peer,
+                    request_id,
+                    response,
+                });
+            });
+        }
+    }
+
+    /// An answer to `peer` was sent (or failed): its bytes leave the peer's budget.
+    fn served(&mut self, peer: PeerId, request_id: InboundRequestId) {
+        if let Some(s) = self.serving.get_mut(&peer)
+            && let Some(n) = s.sent.remove(&request_id)
+        {
+            s.bytes = s.bytes.saturating_sub(n);
+        }
+        self.serve_next(peer);
     }
 
     fn on_net_command(&mut self, cmd: NetCommand) {
@@ -1083,6 +1504,7 @@ impl Engine {
                     .send_request(&peer, request.encode());
                 self.blocks_pending.insert(rid, reply);
             }
+            NetCommand::Violation { peer, kind, reason } => self.violation(peer, kind, &reason),
         }
     }
 
@@ -1107,6 +1529,7 @@ impl Engine {
             Event::BlocksReady {
                 channel,
                 peer,
+                request_id,
                 response,
             } => {
                 let (chunks, bytes) = match &response {
@@ -1117,17 +1540,28 @@ impl Engine {
                     BlocksResponse::Delta(Some(d)) => (1, d.len() as u64),
                     _ => (0, 0),
                 };
-                if chunks > 0 {
+                if chunks > 0 && self.trusted.contains_key(&peer) {
                     self.metrics.peer(&peer.to_string(), |c| {
                         c.chunks_sent += chunks;
                         c.bytes_sent += bytes;
                     });
                 }
-                let _ = self
+                let encoded = response.encode();
+                let size = encoded.len() as u64;
+                let sent = self
                     .swarm
                     .behaviour_mut()
                     .blocks
-                    .send_response(channel, response.encode());
+                    .send_response(channel, encoded)
+                    .is_ok();
+                if let Some(s) = self.serving.get_mut(&peer) {
+                    s.jobs = s.jobs.saturating_sub(1);
+                    if sent {
+                        s.bytes += size;
+                        s.sent.insert(request_id, size);
+                    }
+                }
+                self.serve_next(peer);
             }
             Event::Control(req) => self.on_control(req),
         }
@@ -1141,6 +1575,10 @@ impl Engine {
             ControlRequest::Metrics(reply) => {
                 self.metrics.peers_connected.store(
                     self.connected.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                self.metrics.remote_manifests.store(
+                    self.index.remote_manifest_count().unwrap_or(0),
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 let _ = reply.send(self.metrics.render());
@@ -1180,6 +1618,7 @@ impl Engine {
                         Busy::Scanning => "scanning",
                         Busy::Pulling => "syncing",
                         Busy::Restoring => "restoring",
+                        Busy::Idle if f.no_space => "no_space",
                         Busy::Idle if f.last_error.is_some() => "error",
                         Busy::Idle if !f.waiting.is_empty() => "waiting",
                         Busy::Idle => "idle",
@@ -1213,16 +1652,27 @@ impl Engine {
                     last_error: f.last_error.clone(),
                     watcher: if f.watcher_failed { "fallback" } else { "ok" }.into(),
                     waiting: f.waiting.clone(),
+                    refused: f.refused.values().cloned().collect(),
                 }
             })
             .collect();
         let mut peers: Vec<PeerStatus> = self
             .trusted
             .iter()
-            .map(|(id, (name, _))| PeerStatus {
-                id: id.to_string(),
-                name: name.clone(),
-                connected: self.connected.contains(id),
+            .map(|(id, (name, _))| {
+                let record = self.conduct.get(id);
+                let now = Instant::now();
+                PeerStatus {
+                    id: id.to_string(),
+                    name: name.clone(),
+                    connected: self.connected.contains(id),
+                    violations: self.metrics.violations_of(&id.to_string()),
+                    last_violation: record.map(|r| format!("{}: {}", r.last.0.as_str(), r.last.1)),
+                    banned_for_s: record
+                        .and_then(|r| r.banned_until)
+                        .filter(|t| *t > now)
+                        .map(|t| (t - now).as_secs().max(1)),
+                }
             })
             .collect();
         peers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -1240,16 +1690,40 @@ impl Engine {
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match &event {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                if self.conduct.banned(peer_id, Instant::now()) {
+                    tracing::debug!(peer = %peer_id, "banned_peer_refused");
+                    let _ = self.swarm.close_connection(*connection_id);
+                    return;
+                }
+                self.connections
+                    .entry(*peer_id)
+                    .or_default()
+                    .insert(*connection_id);
                 self.all_connected.insert(*peer_id);
                 self.join_connected(*peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                self.all_connected.remove(peer_id);
+                if let Some(c) = self.connections.get_mut(peer_id) {
+                    c.remove(connection_id);
+                    if c.is_empty() {
+                        self.connections.remove(peer_id);
+                    }
+                }
+                if *num_established == 0 {
+                    self.all_connected.remove(peer_id);
+                    self.peer_listen.remove(peer_id);
+                    self.serving.remove(peer_id);
+                }
             }
             _ => {}
         }
@@ -1258,11 +1732,11 @@ impl Engine {
                 tracing::info!(address = %address, "listening");
                 self.listen.push(address);
             }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                ..
-            } if self.trusted.contains_key(&peer_id) && num_established.get() == 1 => {
+            SwarmEvent::ConnectionEstablished { peer_id, .. }
+                if self.trusted.contains_key(&peer_id)
+                    && !self.connected.contains(&peer_id)
+                    && self.swarm.behaviour().meta.is_open_to(&peer_id) =>
+            {
                 tracing::info!(peer = %peer_id, "peer_connected");
                 self.connected.insert(peer_id);
                 let ids: Vec<String> = self.folders.keys().cloned().collect();
@@ -1277,11 +1751,9 @@ impl Engine {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established: 0,
-                ..
-            } => {
+            SwarmEvent::ConnectionClosed { peer_id, .. }
+                if !self.swarm.behaviour().meta.is_open_to(&peer_id) =>
+            {
                 if self.connected.remove(&peer_id) {
                     tracing::info!(peer = %peer_id, "peer_disconnected");
                 }
@@ -1311,13 +1783,18 @@ impl Engine {
                 info,
                 ..
             })) => {
-                for a in &info.listen_addrs {
+                // At most a few addresses of a peer are believed (a stranger could list
+                // thousands), and kept only while it is connected.
+                let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
+                for a in &addrs {
                     self.swarm
                         .behaviour_mut()
                         .kad
                         .add_address(&peer_id, a.clone());
                 }
-                self.peer_listen.insert(peer_id, info.listen_addrs);
+                if self.all_connected.contains(&peer_id) {
+                    self.peer_listen.insert(peer_id, addrs);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
@@ -1333,7 +1810,10 @@ impl Engine {
                 // first (perhaps a loopback address of the other host) is pending. Kademlia
                 // and mDNS keep the addresses for the periodic redial.
                 for (peer, addrs) in by_peer {
-                    if self.trusted.contains_key(&peer) && !self.connected.contains(&peer) {
+                    if self.trusted.contains_key(&peer)
+                        && !self.connected.contains(&peer)
+                        && !self.conduct.banned(&peer, Instant::now())
+                    {
                         let _ = self
                             .swarm
                             .dial(DialOpts::peer_id(peer).addresses(addrs).build());
@@ -1362,6 +1842,32 @@ impl Engine {
             _ => {}
         }
     }
+}
+
+/// Plans a pull of `tree` against the index (on the puller's thread): None when there is
+/// nothing to do (abandoned pulls are then forgotten).
+fn plan_pull(
+    puller: &Puller,
+    tree: &cairn_core::folder::Tree,
+    refused: &HashMap<String, ContentId>,
+) -> Result<Option<cairn_core::planner::Plan>, PullError> {
+    let local: BTreeMap<_, _> = puller.index.entries(&puller.folder)?.into_iter().collect();
+    let mut plan = plan(tree, &local, &IndexStore(&puller.index));
+    drop(local);
+    plan.actions.retain(|a| match a {
+        cairn_core::planner::Action::WriteFile { path, content, .. } => {
+            refused.get(path) != Some(content)
+        }
+        _ => true,
+    });
+    for (path, why) in &plan.rejected {
+        tracing::warn!(folder = %puller.folder, path = %path, error = %why, "path_rejected");
+    }
+    if plan.is_empty() {
+        crate::puller::forget_abandoned_pulls(&puller.index, &puller.folder, &puller.root, &plan);
+        return Ok(None);
+    }
+    Ok(Some(plan))
 }
 
 pub(crate) fn load_folder(
@@ -1416,6 +1922,8 @@ pub(crate) fn load_folder(
         restores: Default::default(),
         waiting: Vec::new(),
         waiting_only: false,
+        refused: BTreeMap::new(),
+        no_space: false,
         needs_scan: true,
         needs_pull: true,
         in_sync: false,

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use cairn_core::scan::{EntryKind, IndexedEntry};
 use cairn_core::{ChunkId, ChunkerParams, ContentId, Manifest};
-use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 
 /// folder id -> FolderRecord (postcard)
@@ -491,6 +494,39 @@ impl Index {
             .insert(content.as_bytes(), manifest.encode().as_slice())?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Removes the manifests learnt from peers that nothing needs any more: every one not
+    /// of a version kept in history. Called when every folder is in sync (each file then
+    /// has its own manifest), so a peer cannot grow the index with manifests of versions
+    /// that came and went. Returns how many were removed.
+    pub fn prune_remote_manifests(&self) -> Result<usize> {
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let kept: std::collections::HashSet<[u8; 32]> = txn
+                .open_table(HISTORY)?
+                .iter()?
+                .map(|r| r.map(|(_, v)| *v.value()))
+                .collect::<std::result::Result<_, _>>()?;
+            let mut t = txn.open_table(REMOTE_MANIFESTS)?;
+            let stale: Vec<[u8; 32]> = t
+                .iter()?
+                .filter_map(|r| r.ok().map(|(k, _)| *k.value()))
+                .filter(|k| !kept.contains(k))
+                .collect();
+            for k in &stale {
+                t.remove(k)?;
+            }
+            stale.len()
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    /// Manifests learnt from peers, stored now.
+    pub fn remote_manifest_count(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(REMOTE_MANIFESTS)?.len()?)
     }
 
     /// Whether any local file or the history store holds `chunk`.

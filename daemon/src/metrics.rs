@@ -12,14 +12,15 @@ pub struct PeerCounters {
     pub bytes_sent: u64,
     pub chunks_received: u64,
     pub chunks_sent: u64,
-    pub protocol_violations: u64,
 }
 
 /// All of the daemon's counters.
 #[derive(Default)]
 pub struct Metrics {
     peers: Mutex<BTreeMap<String, PeerCounters>>,
+    violations: Mutex<BTreeMap<(String, &'static str), u64>>,
     pub peers_connected: AtomicU64,
+    pub remote_manifests: AtomicU64,
     pub dedup_hits: AtomicU64,
     pub dedup_bytes: AtomicU64,
     pub delta_chunks: AtomicU64,
@@ -44,6 +45,37 @@ impl Metrics {
         }
     }
 
+    /// Counts a protocol violation of `kind` by `peer` (a trusted peer's id, or
+    /// `unpaired` for every stranger together: strangers get no series of their own).
+    pub fn violation(&self, peer: &str, kind: &'static str) {
+        if let Ok(mut v) = self.violations.lock() {
+            *v.entry((peer.to_string(), kind)).or_default() += 1;
+        }
+    }
+
+    /// Violations counted for `peer`, of every kind.
+    pub fn violations_of(&self, peer: &str) -> u64 {
+        self.violations
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|((p, _), _)| p == peer)
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Forgets the series of `peer` (unpaired).
+    pub fn forget_peer(&self, peer: &str) {
+        if let Ok(mut p) = self.peers.lock() {
+            p.remove(peer);
+        }
+        if let Ok(mut v) = self.violations.lock() {
+            v.retain(|(p, _), _| p != peer);
+        }
+    }
+
     /// The counters of `peer`.
     pub fn peer_counters(&self, peer: &str) -> PeerCounters {
         self.peers
@@ -64,7 +96,7 @@ impl Metrics {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let peers = self.peers.lock().map(|p| p.clone()).unwrap_or_default();
         type Field = fn(&PeerCounters) -> u64;
-        let per_peer: [(&str, &str, Field); 5] = [
+        let per_peer: [(&str, &str, Field); 4] = [
             (
                 "cairn_bytes_received_total",
                 "Chunk bytes received from a peer.",
@@ -83,11 +115,6 @@ impl Metrics {
             ("cairn_chunks_sent_total", "Chunks sent to a peer.", |c| {
                 c.chunks_sent
             }),
-            (
-                "cairn_protocol_violations_total",
-                "Protocol violations by a peer.",
-                |c| c.protocol_violations,
-            ),
         ];
         for (name, help, f) in per_peer {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -95,7 +122,20 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {}", f(c));
             }
         }
-        let plain: [(&str, &str, &str, &AtomicU64); 15] = [
+        let name = "cairn_protocol_violations_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Protocol violations, by peer (`unpaired` for all strangers) and kind.\n# TYPE {name} counter"
+        );
+        let violations = self
+            .violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        for ((peer, kind), n) in &violations {
+            let _ = writeln!(out, "{name}{{peer=\"{peer}\",kind=\"{kind}\"}} {n}");
+        }
+        let plain: [(&str, &str, &str, &AtomicU64); 16] = [
             (
                 "cairn_versions_unavailable_total",
                 "counter",
@@ -113,6 +153,12 @@ impl Metrics {
                 "gauge",
                 "Trusted peers connected now.",
                 &self.peers_connected,
+            ),
+            (
+                "cairn_remote_manifests",
+                "gauge",
+                "Manifests learnt from peers and kept in the index (removed when every folder is in sync).",
+                &self.remote_manifests,
             ),
             (
                 "cairn_dedup_hits_total",
@@ -213,5 +259,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE cairn_dedup_hits_total counter\ncairn_dedup_hits_total 3"));
+    }
+
+    #[test]
+    fn violations_are_labelled_by_peer_and_kind_and_forgotten_with_the_peer() {
+        let m = Metrics::default();
+        m.violation("12D3Koo", "bad_chunk");
+        m.violation("12D3Koo", "bad_chunk");
+        m.violation("unpaired", "malformed");
+        let text = m.render();
+        assert!(
+            text.contains("cairn_protocol_violations_total{peer=\"12D3Koo\",kind=\"bad_chunk\"} 2"),
+            "{text}"
+        );
+        assert_eq!(m.violations_of("12D3Koo"), 2);
+        m.forget_peer("12D3Koo");
+        assert_eq!(m.violations_of("12D3Koo"), 0);
+        assert_eq!(m.violations_of("unpaired"), 1);
     }
 }

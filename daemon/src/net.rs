@@ -4,30 +4,107 @@
 //! a server, with configured bootstrap peers), relay client, DCUtR and AutoNAT. cairn's
 //! protocols carry opaque frames: the messages themselves are `cairn_core::wire`.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p::swarm::NetworkBehaviour;
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{
-    StreamProtocol, Swarm, autonat, dcutr, identify, identity::Keypair, kad, mdns, noise, ping,
-    relay, request_response, tcp, yamux,
+use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
+use libp2p::swarm::derive_prelude::Either;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
 };
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify,
+    identity::Keypair, kad, mdns, noise, ping, relay, request_response, tcp, yamux,
+};
+use tokio::sync::Semaphore;
 
 /// Frames of one cairn protocol: a u32 length and that many bytes, bounded.
+///
+/// A frame's buffer grows only as its bytes arrive (a length prefix alone allocates
+/// nothing), and frames over [`BIG_FRAME`] bytes take their length from a byte budget
+/// shared by every connection of the protocol first, so that peers together cannot make
+/// the daemon hold more than the budget in half-received large frames.
 #[derive(Clone)]
 pub struct FrameCodec {
     max_request: usize,
     max_response: usize,
+    budget: Option<Arc<Semaphore>>,
 }
 
+/// Frames up to this size are read without asking the budget.
+pub const BIG_FRAME: usize = 256 << 10;
+
+/// Why a frame was refused; carried inside the `io::Error` the codec returns, so the
+/// engine can count the violation by kind ([`FrameError::of`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame cut short after {got} of {len} bytes")]
+    Truncated { got: usize, len: usize },
+}
+
+impl FrameError {
+    /// The frame error inside `e`, if the codec refused a frame.
+    pub fn of(e: &io::Error) -> Option<&FrameError> {
+        e.get_ref().and_then(|e| e.downcast_ref::<FrameError>())
+    }
+
+    /// The frame error a request stands for, if the codec refused it.
+    ///
+    /// libp2p's request-response does not report a request that failed to be read (the
+    /// behaviour never learns of it), so the codec hands a refused request on as this
+    /// marker instead: a byte string no cairn message starts with. The engine counts the
+    /// violation against the peer and answers nothing.
+    pub fn refused_request(request: &[u8]) -> Option<FrameError> {
+        let rest = request.strip_prefix(REFUSED_MARKER)?;
+        let n = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize;
+        match rest {
+            [0, a @ ..] if a.len() == 8 => Some(FrameError::TooLarge {
+                len: n(&a[..4]),
+                max: n(&a[4..]),
+            }),
+            [1, a @ ..] if a.len() == 8 => Some(FrameError::Truncated {
+                got: n(&a[..4]),
+                len: n(&a[4..]),
+            }),
+            _ => None,
+        }
+    }
+
+    fn marker(&self) -> Vec<u8> {
+        let (tag, a, b) = match *self {
+            FrameError::TooLarge { len, max } => (0u8, len, max),
+            FrameError::Truncated { got, len } => (1u8, got, len),
+        };
+        let mut m = REFUSED_MARKER.to_vec();
+        m.push(tag);
+        m.extend_from_slice(&(a as u32).to_le_bytes());
+        m.extend_from_slice(&(b as u32).to_le_bytes());
+        m
+    }
+}
+
+/// Starts a refused request's marker ([`FrameError::refused_request`]); cairn messages
+/// start with a small tag byte, never 0xFF.
+const REFUSED_MARKER: &[u8] = b"\xFFcairn-refused-frame";
+
 impl FrameCodec {
-    /// A codec refusing requests over `max_request` and responses over `max_response` bytes.
-    pub fn new(max_request: usize, max_response: usize) -> Self {
+    /// A codec refusing requests over `max_request` and responses over `max_response`
+    /// bytes; large frames share `budget` bytes, if given.
+    pub fn new(max_request: usize, max_response: usize, budget: Option<usize>) -> Self {
         FrameCodec {
             max_request,
             max_response,
+            budget: budget.map(|b| Arc::new(Semaphore::new(b))),
         }
     }
 }
@@ -35,6 +112,7 @@ impl FrameCodec {
 async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
     io: &mut T,
     max: usize,
+    budget: Option<&Semaphore>,
 ) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -42,11 +120,32 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
     if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds {max}"),
+            FrameError::TooLarge { len, max },
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    let _permit = match budget {
+        Some(b) if len > BIG_FRAME => {
+            let want = u32::try_from(len).unwrap_or(u32::MAX);
+            let all = u32::try_from(b.available_permits().max(1)).unwrap_or(u32::MAX);
+            Some(
+                b.acquire_many(want.min(all.max(BIG_FRAME as u32)))
+                    .await
+                    .map_err(|_| io::Error::other("frame budget closed"))?,
+            )
+        }
+        _ => None,
+    };
+    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    (&mut *io).take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            FrameError::Truncated {
+                got: buf.len(),
+                len,
+            },
+        ));
+    }
     Ok(buf)
 }
 
@@ -69,7 +168,13 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io, self.max_request).await
+        match read_frame(io, self.max_request, self.budget.as_deref()).await {
+            Err(e) => match FrameError::of(&e) {
+                Some(refused) => Ok(refused.marker()),
+                None => Err(e),
+            },
+            ok => ok,
+        }
     }
 
     async fn read_response<T: futures::AsyncRead + Unpin + Send>(
@@ -77,7 +182,7 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io, self.max_response).await
+        read_frame(io, self.max_response, self.budget.as_deref()).await
     }
 
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
@@ -99,6 +204,184 @@ impl request_response::Codec for FrameCodec {
     }
 }
 
+/// A behaviour served only on connections to trusted peers.
+///
+/// A connection to a peer that is not [`Gated::allow`]ed at the moment it is established
+/// gets a handler that supports no protocol: the peer's streams for the wrapped protocol
+/// are refused during protocol negotiation, before a byte of a request is read, and the
+/// wrapped behaviour never hears of the connection. A peer that becomes trusted on an open
+/// connection (pairing) is served on its next connection.
+pub struct Gated<B> {
+    inner: B,
+    allowed: HashSet<PeerId>,
+    open: HashMap<ConnectionId, PeerId>,
+}
+
+impl<B> Gated<B> {
+    /// Wraps `inner`, serving nobody yet.
+    pub fn new(inner: B) -> Self {
+        Gated {
+            inner,
+            allowed: HashSet::new(),
+            open: HashMap::new(),
+        }
+    }
+
+    /// Serves `peer` on its connections established from now on.
+    pub fn allow(&mut self, peer: PeerId) {
+        self.allowed.insert(peer);
+    }
+
+    /// Stops serving `peer` on new connections.
+    pub fn deny(&mut self, peer: &PeerId) {
+        self.allowed.remove(peer);
+    }
+
+    /// Whether `peer` has a connection on which the wrapped protocol is served.
+    pub fn is_open_to(&self, peer: &PeerId) -> bool {
+        self.open.values().any(|p| p == peer)
+    }
+
+    fn open_count(&self, peer: &PeerId) -> usize {
+        self.open.values().filter(|p| *p == peer).count()
+    }
+}
+
+impl<B> std::ops::Deref for Gated<B> {
+    type Target = B;
+    fn deref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B> std::ops::DerefMut for Gated<B> {
+    fn deref_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for Gated<B> {
+    type ConnectionHandler = Either<THandler<B>, dummy::ConnectionHandler>;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !self.allowed.contains(&peer) {
+            return Ok(Either::Right(dummy::ConnectionHandler));
+        }
+        let handler = self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )?;
+        self.open.insert(connection_id, peer);
+        Ok(Either::Left(handler))
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !self.allowed.contains(&peer) {
+            return Ok(Either::Right(dummy::ConnectionHandler));
+        }
+        let handler = self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )?;
+        self.open.insert(connection_id, peer);
+        Ok(Either::Left(handler))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        // The wrapped behaviour sees only the connections it serves, counted among
+        // themselves.
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                if !self.open.contains_key(&e.connection_id) {
+                    return;
+                }
+                let other_established = self.open_count(&e.peer_id) - 1;
+                self.inner.on_swarm_event(FromSwarm::ConnectionEstablished(
+                    ConnectionEstablished {
+                        other_established,
+                        ..e
+                    },
+                ));
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                if self.open.remove(&e.connection_id).is_none() {
+                    return;
+                }
+                let remaining_established = self.open_count(&e.peer_id);
+                self.inner
+                    .on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                        remaining_established,
+                        ..e
+                    }));
+            }
+            FromSwarm::AddressChange(e) if !self.open.contains_key(&e.connection_id) => {}
+            other => self.inner.on_swarm_event(other),
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {
+            Either::Left(e) => self
+                .inner
+                .on_connection_handler_event(peer_id, connection_id, e),
+            Either::Right(never) => match never {},
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<B::ToSwarm, THandlerInEvent<Self>>> {
+        self.inner.poll(cx).map(|e| e.map_in(Either::Left))
+    }
+}
+
 /// Every behaviour of the daemon's swarm.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -109,10 +392,19 @@ pub struct Behaviour {
     pub relay: relay::client::Behaviour,
     pub dcutr: dcutr::Behaviour,
     pub autonat: autonat::Behaviour,
-    pub meta: request_response::Behaviour<FrameCodec>,
-    pub blocks: request_response::Behaviour<FrameCodec>,
+    pub limits: connection_limits::Behaviour,
+    pub meta: Gated<request_response::Behaviour<FrameCodec>>,
+    pub blocks: Gated<request_response::Behaviour<FrameCodec>>,
     pub pair: request_response::Behaviour<FrameCodec>,
 }
+
+/// Connections one peer may have at once: both sides may dial at the same moment, and a
+/// restarted peer's new connections arrive before the old ones are known to be dead.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Largest blocks request: a delta request with a maximal signature, plus framing.
+pub const MAX_BLOCKS_REQUEST: usize = cairn_core::wire::MAX_SIGNATURE_BYTES + 1024;
+/// Bytes of large meta or blocks frames being received at once, across all peers.
+pub const FRAME_BUDGET: usize = 48 << 20;
 
 /// Errors building the swarm.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +424,11 @@ pub fn build_swarm(key: Keypair, mdns_enabled: bool) -> Result<Swarm<Behaviour>,
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            || {
+                let mut c = yamux::Config::default();
+                c.set_max_num_streams(256);
+                c
+            },
         )
         .map_err(setup)?
         .with_quic()
@@ -149,12 +445,26 @@ pub fn build_swarm(key: Keypair, mdns_enabled: bool) -> Result<Swarm<Behaviour>,
             };
             let mut kad_config = kad::Config::new(StreamProtocol::new("/cairn/kad/1"));
             kad_config.set_query_timeout(Duration::from_secs(30));
-            let mut kad =
-                kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad_config);
+            // The DHT store is small and bounded: cairn publishes only provider records
+            // (pairing nameplates), never values.
+            let store = kad::store::MemoryStore::with_config(
+                id,
+                kad::store::MemoryStoreConfig {
+                    max_records: 64,
+                    max_value_bytes: 1024,
+                    max_providers_per_key: 8,
+                    max_provided_keys: 16,
+                },
+            );
+            let mut kad = kad::Behaviour::with_config(id, store, kad_config);
             kad.set_mode(Some(kad::Mode::Server));
-            let rr = |name: &'static str, req: usize, res: usize, concurrent: usize| {
+            let rr = |name: &'static str,
+                      req: usize,
+                      res: usize,
+                      concurrent: usize,
+                      budget: Option<usize>| {
                 request_response::Behaviour::with_codec(
-                    FrameCodec::new(req, res),
+                    FrameCodec::new(req, res, budget),
                     [(
                         StreamProtocol::new(name),
                         request_response::ProtocolSupport::Full,
@@ -175,23 +485,88 @@ pub fn build_swarm(key: Keypair, mdns_enabled: bool) -> Result<Swarm<Behaviour>,
                 relay,
                 dcutr: dcutr::Behaviour::new(id),
                 autonat: autonat::Behaviour::new(id, autonat::Config::default()),
-                meta: rr(
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                        .with_max_pending_incoming(Some(64))
+                        .with_max_established_incoming(Some(512)),
+                ),
+                // Only trusted peers reach meta and blocks ([`Gated`]); strangers reach
+                // identify, ping, the DHT and pairing, all with small frames.
+                meta: Gated::new(rr(
                     cairn_core::wire::META_PROTOCOL,
                     cairn_core::wire::MAX_META_BYTES,
                     cairn_core::wire::MAX_META_BYTES,
-                    16,
-                ),
-                blocks: rr(
+                    8,
+                    Some(FRAME_BUDGET),
+                )),
+                blocks: Gated::new(rr(
                     cairn_core::wire::BLOCKS_PROTOCOL,
-                    64 << 10,
+                    MAX_BLOCKS_REQUEST,
                     cairn_core::wire::MAX_BLOCKS_BYTES,
                     128,
-                ),
-                pair: rr(cairn_core::wire::PAIR_PROTOCOL, 1024, 1024, 4),
+                    Some(FRAME_BUDGET),
+                )),
+                pair: rr(cairn_core::wire::PAIR_PROTOCOL, 1024, 1024, 4, None),
             })
         })
         .map_err(setup)?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(300))
+                .with_max_negotiating_inbound_streams(32)
+        })
         .build();
     Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_frames_become_markers_no_message_can_be() {
+        for e in [
+            FrameError::TooLarge {
+                len: u32::MAX as usize,
+                max: 1024,
+            },
+            FrameError::Truncated { got: 10, len: 1000 },
+        ] {
+            let m = e.marker();
+            let back = FrameError::refused_request(&m).expect("a marker");
+            assert_eq!(back.to_string(), e.to_string());
+            assert!(cairn_core::wire::MetaRequest::decode(&m).is_err());
+            assert!(cairn_core::wire::BlocksRequest::decode(&m).is_err());
+            assert!(cairn_core::pairing::PairRequest::decode(&m).is_err());
+        }
+        assert!(FrameError::refused_request(b"\x01meta").is_none());
+        assert!(FrameError::refused_request(REFUSED_MARKER).is_none());
+    }
+
+    #[test]
+    fn a_length_prefix_alone_allocates_nothing_and_a_short_frame_is_refused() {
+        futures::executor::block_on(async {
+            let mut huge = futures::io::Cursor::new(u32::MAX.to_le_bytes().to_vec());
+            let e = read_frame(&mut huge, 1 << 20, None).await.unwrap_err();
+            assert!(matches!(
+                FrameError::of(&e),
+                Some(FrameError::TooLarge { .. })
+            ));
+            let mut short = 1000u32.to_le_bytes().to_vec();
+            short.extend([7u8; 10]);
+            let e = read_frame(&mut futures::io::Cursor::new(short), 1 << 20, None)
+                .await
+                .unwrap_err();
+            assert!(matches!(
+                FrameError::of(&e),
+                Some(FrameError::Truncated { got: 10, len: 1000 })
+            ));
+            let mut ok = 3u32.to_le_bytes().to_vec();
+            ok.extend(b"abc");
+            let got = read_frame(&mut futures::io::Cursor::new(ok), 1 << 20, None)
+                .await
+                .unwrap();
+            assert_eq!(got, b"abc");
+        });
+    }
 }

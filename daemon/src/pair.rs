@@ -286,11 +286,19 @@ impl Engine {
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
         });
         self.trusted.insert(peer, (name.to_string(), addresses));
+        self.conduct.forget(&peer);
+        self.swarm.behaviour_mut().meta.allow(peer);
+        self.swarm.behaviour_mut().blocks.allow(peer);
         if let Err(e) = self.save_config() {
             tracing::error!(error = %e, "config_save_failed");
         }
+        // The connection pairing ran on serves neither meta nor blocks (`net::Gated`):
+        // reconnect once the last pairing message is out.
         if self.all_connected.contains(&peer) {
-            self.connected.insert(peer);
+            self.reconnect_at.insert(
+                peer,
+                Instant::now() + crate::engine::RECONNECT_AFTER_PAIRING,
+            );
         }
     }
 
@@ -303,10 +311,20 @@ impl Engine {
                     Message::Request {
                         request, channel, ..
                     },
-                ..
+                connection_id,
             } => {
+                if self.refused_request(peer, connection_id, &request) {
+                    return;
+                }
                 let response = match PairRequest::decode(&request) {
-                    Err(_) => PairResponse::Failed,
+                    Err(e) => {
+                        self.violation(
+                            peer,
+                            cairn_core::conduct::Violation::Malformed,
+                            &e.to_string(),
+                        );
+                        PairResponse::Failed
+                    }
                     Ok(req) => self.answer_pair(peer, req),
                 };
                 let _ = self
@@ -381,6 +399,12 @@ impl Engine {
                     self.next_candidate();
                 }
             }
+            request_response::Event::InboundFailure {
+                peer,
+                connection_id,
+                error: request_response::InboundFailure::Io(e),
+                ..
+            } => self.stream_failed(peer, connection_id, &e),
             _ => {}
         }
     }

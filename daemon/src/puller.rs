@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
+use cairn_core::conduct::Violation;
 use cairn_core::delta;
-use cairn_core::folder::EntryValue;
 use cairn_core::folder::tree::conflict_name;
+use cairn_core::folder::{DeviceId, EntryValue};
 use cairn_core::planner::{Action, Plan};
 use cairn_core::scan::{EntryKind, IndexedEntry, TEMP_PREFIX};
 use cairn_core::wire::{BlocksRequest, BlocksResponse, MAX_CHUNKS_PER_REQUEST};
@@ -52,6 +53,12 @@ pub enum NetCommand {
         request: BlocksRequest,
         reply: oneshot::Sender<Result<BlocksResponse, String>>,
     },
+    /// `peer` broke the protocol: count it and disconnect it ([`cairn_core::conduct`]).
+    Violation {
+        peer: PeerId,
+        kind: Violation,
+        reason: String,
+    },
 }
 
 /// The previous local version of a file being replaced, for deltas.
@@ -76,6 +83,21 @@ pub enum PullError {
     ThroughSymlink { path: String, link: String },
     #[error("{path}: the written file does not match its content id; discarded")]
     Corrupt { path: String },
+    #[error("not enough disk space: {path} needs {needed} bytes, {available} available")]
+    NoSpace {
+        path: String,
+        needed: u64,
+        available: u64,
+    },
+    /// The version breaks the protocol (claimed size differs from its manifest): it is
+    /// never written, and its author is counted.
+    #[error("{path}: refused: {why}")]
+    Refused {
+        path: String,
+        content: ContentId,
+        author: DeviceId,
+        why: String,
+    },
 }
 
 impl PullError {
@@ -84,6 +106,26 @@ impl PullError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, PullError::Unavailable(_))
     }
+
+    /// The disk is too full for what the pull must write; it resumes when space frees up.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, PullError::NoSpace { .. })
+    }
+}
+
+/// Space left free on the disk beside what a pull writes.
+const MIN_FREE_BYTES: u64 = 64 << 20;
+
+/// Bytes an unprivileged writer may still use on the file system holding `path`.
+fn available_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// How far the running pull of a folder is, shared with the status.
@@ -110,6 +152,8 @@ pub struct PullOutcome {
     pub waiting: Vec<(String, ContentId)>,
     /// The last [`RECENT_PER_PULL`] paths this pull changed, oldest first, with what it did.
     pub recent: std::collections::VecDeque<(String, &'static str)>,
+    /// The plan was empty: the folder is in sync.
+    pub planned_nothing: bool,
 }
 
 /// How many changed paths one pull reports for "recent changes".
@@ -526,6 +570,12 @@ impl Puller {
         rx
     }
 
+    /// Reports a protocol violation by `peer` to the network loop, which counts it and
+    /// disconnects the peer.
+    fn violation(&self, peer: PeerId, kind: Violation, reason: String) {
+        let _ = self.net.send(NetCommand::Violation { peer, kind, reason });
+    }
+
     /// Fetches many manifests at once, many requests in flight, stored in one transaction.
     /// Whatever fails here is fetched again, one peer after another, by its own action.
     fn prefetch_manifests(&self, contents: &[ContentId]) {
@@ -555,11 +605,11 @@ impl Puller {
                     m.verify(&content).is_ok() && m.check_lengths(self.chunker.params().max).is_ok()
                 }) {
                     Some(m) => verified.push((content, m)),
-                    None => {
-                        tracing::warn!(peer = %peer, content = %content, "protocol_violation_bad_manifest");
-                        self.metrics
-                            .peer(&peer.to_string(), |c| c.protocol_violations += 1);
-                    }
+                    None => self.violation(
+                        peer,
+                        Violation::BadManifest,
+                        format!("manifest of {content} does not match it"),
+                    ),
                 }
             }
             if let Err(e) = self.index.put_remote_manifests(&verified) {
@@ -591,11 +641,11 @@ impl Puller {
                     self.index.put_remote_manifest(content, &m)?;
                     return Ok(());
                 }
-                None => {
-                    tracing::warn!(peer = %peer, content = %content, "protocol_violation_bad_manifest");
-                    self.metrics
-                        .peer(&peer.to_string(), |c| c.protocol_violations += 1);
-                }
+                None => self.violation(
+                    *peer,
+                    Violation::BadManifest,
+                    format!("manifest of {content} does not match it"),
+                ),
             }
         }
         Err(PullError::Unavailable(format!(
@@ -729,12 +779,40 @@ impl Puller {
             .index
             .any_manifest(content)?
             .ok_or_else(|| PullError::Unavailable(format!("the manifest of {path}")))?;
+        if manifest.size() != value.size {
+            return Err(PullError::Refused {
+                path: path.into(),
+                content: *content,
+                author: value.device,
+                why: format!(
+                    "claims {} bytes but its manifest holds {}",
+                    value.size,
+                    manifest.size()
+                ),
+            });
+        }
         let full = self.full(path);
         let tmp = temp_path(&full, &content.short());
         let resume = match self.index.pull_progress(&self.folder, path)? {
             Some((c, n)) if c == *content && tmp.exists() => n as usize,
             _ => 0,
         };
+        // Never start a file the disk cannot hold (a sparse temp file would only fail
+        // half-way): the pull says so and is retried, and resumes once space frees up.
+        let written: u64 = manifest.chunks[..resume]
+            .iter()
+            .map(|c| u64::from(c.len))
+            .sum();
+        let needed = manifest.size().saturating_sub(written);
+        if let Some(available) = full.parent().and_then(available_bytes)
+            && available < needed.saturating_add(MIN_FREE_BYTES)
+        {
+            return Err(PullError::NoSpace {
+                path: path.into(),
+                needed,
+                available,
+            });
+        }
         if resume > 0 {
             tracing::info!(folder = %self.folder, path, chunks_done = resume, "pull_resumed");
         }
@@ -811,7 +889,7 @@ impl Puller {
         }
         let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(value.mtime_ns.max(0) as u64);
         file.set_modified(mtime).map_err(io_err(&tmp))?;
-        file.set_permissions(fs::Permissions::from_mode(value.mode & 0o7777))
+        file.set_permissions(fs::Permissions::from_mode(value.local_mode()))
             .map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         drop(file);
@@ -1020,8 +1098,11 @@ impl Puller {
                                 if expected == Some(data.len() as u32) && id.matches(&data) {
                                     got.insert(id, data);
                                 } else {
-                                    tracing::warn!(peer = %peer, chunk = %id, "protocol_violation_bad_chunk");
-                                    self.metrics.peer(&peer_s, |c| c.protocol_violations += 1);
+                                    self.violation(
+                                        peer,
+                                        Violation::BadChunk,
+                                        format!("chunk {id} does not match its id"),
+                                    );
                                 }
                             }
                         }
@@ -1092,26 +1173,16 @@ fn resumes(index: &Index, folder: &str, path: &str, tag: &str) -> bool {
 }
 
 /// Whether `tmp`, a temp file the scanner found in the folder at `root`, will be resumed by
-/// a pull; the inverse of [`temp_path`].
+/// a pull: a pull in progress in the same directory whose name and version give exactly
+/// this temp name ([`temp_path`]).
 pub(crate) fn temp_resumes(index: &Index, folder: &str, root: &Path, tmp: &Path) -> bool {
-    let Some((target, tag)) = tmp
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix(TEMP_PREFIX))
-        .and_then(|n| n.rsplit_once('.'))
-    else {
+    let Ok(pulls) = index.pulls_in_progress(folder) else {
         return false;
     };
-    let Some(path) = tmp
-        .with_file_name(target)
-        .strip_prefix(root)
-        .ok()
-        .and_then(|p| p.to_str())
-        .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
-    else {
-        return false;
-    };
-    resumes(index, folder, &path, tag)
+    pulls.iter().any(|(path, content)| {
+        let full = root.join(path);
+        full.parent() == tmp.parent() && temp_path(&full, &content.short()) == tmp
+    })
 }
 
 /// Removes a temp file, if it is one (never a directory or link of the same name).
@@ -1121,12 +1192,16 @@ fn remove_temp(tmp: &Path) {
     }
 }
 
-fn temp_path(full: &Path, tag: &str) -> PathBuf {
+/// The temp file beside `full` for the version tagged `tag`: `.cairn-tmp.<name hash>.<tag>`,
+/// 36 bytes whatever the name, so every name the path rules accept (up to 255 bytes) has a
+/// temp name that fits.
+pub fn temp_path(full: &Path, tag: &str) -> PathBuf {
     let name = full
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(|n| n.as_encoded_bytes())
         .unwrap_or_default();
-    full.with_file_name(format!("{TEMP_PREFIX}{name}.{tag}"))
+    let hash = blake3::hash(name).to_hex();
+    full.with_file_name(format!("{TEMP_PREFIX}{}.{tag}", &hash[..16]))
 }
 
 fn sync_dir(full: &Path) {

@@ -27,12 +27,17 @@ pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse
             };
             BlocksResponse::Manifest(manifest.filter(in_folder).map(|m| m.encode()))
         }
-        BlocksRequest::Chunks { folder, chunks } => BlocksResponse::Chunks(
-            chunks
-                .iter()
-                .map(|id| (*id, read_chunk(index, root, folder, id)))
-                .collect(),
-        ),
+        // A chunk named twice is read and sent once.
+        BlocksRequest::Chunks { folder, chunks } => {
+            let mut seen = std::collections::HashSet::new();
+            BlocksResponse::Chunks(
+                chunks
+                    .iter()
+                    .filter(|id| seen.insert(**id))
+                    .map(|id| (*id, read_chunk(index, root, folder, id)))
+                    .collect(),
+            )
+        }
         // A signature the delta code refuses, a delta no smaller than the chunk, or too
         // many diffs at once are answered like a missing chunk: the requester then asks
         // for the chunk whole.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use cairn_core::conduct::Violation;
 use cairn_core::folder::{DeviceId, EntryValue};
 use cairn_core::planner::{Action, Plan};
 use cairn_core::scan::EntryKind;
@@ -31,13 +32,17 @@ fn data() -> Vec<u8> {
 }
 
 /// Answers blocks requests: with corrupted bytes while `lying`, then honestly.
+/// The fake peer's thread; it returns the violations the puller reported.
+type FakePeer = std::thread::JoinHandle<Vec<(PeerId, Violation)>>;
+
 fn fake_peer(
     mut rx: mpsc::UnboundedReceiver<NetCommand>,
     bytes: Vec<u8>,
     manifest: Manifest,
     lies: usize,
-) -> std::thread::JoinHandle<()> {
+) -> FakePeer {
     std::thread::spawn(move || {
+        let mut violations = Vec::new();
         let mut offsets = HashMap::new();
         let mut at = 0usize;
         for c in &manifest.chunks {
@@ -45,7 +50,14 @@ fn fake_peer(
             at += c.len as usize;
         }
         let mut answered = 0;
-        while let Some(NetCommand::Blocks { request, reply, .. }) = rx.blocking_recv() {
+        while let Some(cmd) = rx.blocking_recv() {
+            let (request, reply) = match cmd {
+                NetCommand::Blocks { request, reply, .. } => (request, reply),
+                NetCommand::Violation { peer, kind, .. } => {
+                    violations.push((peer, kind));
+                    continue;
+                }
+            };
             let response = match request {
                 BlocksRequest::Chunks { chunks, .. } => BlocksResponse::Chunks(
                     chunks
@@ -77,6 +89,7 @@ fn fake_peer(
             answered += 1;
             let _ = reply.send(Ok(response));
         }
+        violations
     })
 }
 
@@ -87,7 +100,7 @@ fn setup(
     Puller,
     Plan,
     HashMap<String, EntryValue>,
-    std::thread::JoinHandle<()>,
+    FakePeer,
     PeerId,
 ) {
     let dir = tempfile::tempdir().unwrap();
@@ -162,15 +175,13 @@ fn corrupt_chunks_are_refused_counted_and_fetched_again() {
     let outcome = puller.run(&plan, &values);
     assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
     assert_eq!(std::fs::read(puller.root.join("got.bin")).unwrap(), data());
-    assert!(
-        puller
-            .metrics
-            .peer_counters(&peer.to_string())
-            .protocol_violations
-            > 0
-    );
     drop(puller);
-    handle.join().unwrap();
+    let violations = handle.join().unwrap();
+    assert!(!violations.is_empty());
+    assert!(
+        violations.iter().all(|v| *v == (peer, Violation::BadChunk)),
+        "{violations:?}"
+    );
 }
 
 #[test]
@@ -179,15 +190,13 @@ fn a_peer_that_always_lies_leaves_no_file_under_the_real_name() {
     let outcome = puller.run(&plan, &values);
     assert_eq!(outcome.failed.len(), 1);
     assert!(!puller.root.join("got.bin").exists());
-    assert!(
-        puller
-            .metrics
-            .peer_counters(&peer.to_string())
-            .protocol_violations
-            > 0
-    );
     drop(puller);
-    handle.join().unwrap();
+    let violations = handle.join().unwrap();
+    assert!(!violations.is_empty());
+    assert!(
+        violations.iter().all(|v| *v == (peer, Violation::BadChunk)),
+        "{violations:?}"
+    );
 }
 
 #[test]

@@ -294,6 +294,11 @@ impl Daemon {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// SIGKILL, by PID.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -214,9 +214,9 @@ fn a_peer_that_is_not_trusted_gets_nothing() {
     let a = a.start(&[]); // a trusts nobody
     let eve = eve.start(&[a_ref]); // eve trusts a and claims to share "shared" with it
     fs::write(a.folder.join("secret.txt"), b"private").unwrap();
-    // eve reaches a and asks; a answers Denied, the same as for a folder it does not have.
+    // eve reaches a and asks; a does not even negotiate the protocol with a stranger.
     assert!(
-        wait_until(20, || eve.log().contains("meta_denied_by_peer")),
+        wait_until(20, || eve.log().contains("meta_refused_by_peer")),
         "{}",
         eve.log()
     );

@@ -89,6 +89,14 @@ impl EntryValue {
         }
     }
 
+    /// The permission bits to give a file written from this value: a peer may set the
+    /// executable bits and narrow who can read, nothing else. Setuid, setgid and sticky
+    /// bits are dropped, group and others never get write, and the owner can always read
+    /// and write (the daemon must be able to replace the file).
+    pub fn local_mode(&self) -> u32 {
+        (self.mode & 0o755) | 0o600
+    }
+
     /// True when both values describe the same thing on disk (kind, content, link target),
     /// whoever wrote them and whenever.
     pub fn same_data(&self, other: &EntryValue) -> bool {
@@ -323,6 +331,25 @@ mod tests {
         #[test]
         fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = EntryValue::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_peer_sets_only_executable_bits() {
+        let mut v = file();
+        for (claimed, written) in [
+            (0o6777, 0o755),
+            (0o4755, 0o755),
+            (0o1777, 0o755),
+            (0o644, 0o644),
+            (0o600, 0o600),
+            (0o000, 0o600),
+            (0o777, 0o755),
+            (0o700, 0o700),
+            (u32::MAX, 0o755),
+        ] {
+            v.mode = claimed;
+            assert_eq!(v.local_mode(), written, "claimed {claimed:o}");
         }
     }
 }

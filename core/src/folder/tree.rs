@@ -103,14 +103,22 @@ pub fn conflict_name(path: &str, value: &EntryValue) -> String {
         None => ("", path),
     };
     let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        Some(i) if i > 0 && name.len() - i <= 32 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    format!(
-        "{dir}{stem}{CONFLICT_MARKER}{}-{}{ext}",
+    let suffix = format!(
+        "{CONFLICT_MARKER}{}-{}",
         utc_stamp(value.mtime_ns),
         value.device.short()
-    )
+    );
+    // A long name is shortened (at a character boundary) so that the copy's name still
+    // fits in a file name.
+    let room = path::MAX_NAME_BYTES.saturating_sub(suffix.len() + ext.len());
+    let mut cut = stem.len().min(room);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{dir}{}{suffix}{ext}", &stem[..cut])
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC for a time in ns since the epoch.
