@@ -157,8 +157,10 @@ impl Anchors {
         };
         let start = old_at.saturating_sub(SLACK);
         let end = (old_at + u64::from(len) + SLACK).min(self.old_size);
-        // A base whose signature a peer would refuse is no base.
-        let fits = end - start <= (MAX_SIGNATURE_BLOCKS as u64 - 1) * u64::from(BLOCK_SIZE);
+        // A base whose signature a peer would refuse is no base. (`start` is past `end`
+        // when a peer's manifest gives a shared chunk another length than the old one.)
+        let fits =
+            end.saturating_sub(start) <= (MAX_SIGNATURE_BLOCKS as u64 - 1) * u64::from(BLOCK_SIZE);
         (start < end && fits).then_some(start..end)
     }
 }

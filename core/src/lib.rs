@@ -15,6 +15,8 @@ pub use chunker::{Chunker, ChunkerParams, SegmentCuts, stitch};
 pub use hash::{ChunkId, ContentId};
 pub use manifest::{ChunkRef, ContentIdBuilder, Manifest};
 pub mod folder;
+/// Fuzz targets for every decoder a peer reaches (run by `core/fuzz` and `tests/fuzz_smoke.rs`).
+pub mod fuzz_targets;
 pub mod pairing;
 pub mod path;
 pub mod planner;

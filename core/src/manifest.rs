@@ -146,13 +146,22 @@ impl Manifest {
                 max,
             });
         }
-        let mut seen = std::collections::HashMap::with_capacity(self.chunks.len());
-        for (index, c) in self.chunks.iter().enumerate() {
-            if *seen.entry(c.id).or_insert(c.len) != c.len {
-                return Err(ManifestError::InconsistentLength { index });
-            }
+        // Positions sorted by chunk id (4 bytes each, not a hash map of every id: a
+        // manifest of 1.8 M chunks checks in 7 MB, not 100): equal ids are neighbours.
+        let mut order: Vec<u32> = (0..self.chunks.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| (self.chunks[i as usize].id, i));
+        let conflict = order
+            .windows(2)
+            .filter(|w| {
+                let (a, b) = (&self.chunks[w[0] as usize], &self.chunks[w[1] as usize]);
+                a.id == b.id && a.len != b.len
+            })
+            .map(|w| w[1] as usize)
+            .min();
+        match conflict {
+            Some(index) => Err(ManifestError::InconsistentLength { index }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// A proof that chunk `index` belongs to this content at that position.

@@ -28,15 +28,16 @@ use tokio::sync::Semaphore;
 
 /// Frames of one cairn protocol: a u32 length and that many bytes, bounded.
 ///
-/// A frame's buffer grows only as its bytes arrive (a length prefix alone allocates
-/// nothing), and frames over [`BIG_FRAME`] bytes take their length from a byte budget
-/// shared by every connection of the protocol first, so that peers together cannot make
-/// the daemon hold more than the budget in half-received large frames.
+/// A length over the protocol's limit is refused before anything is allocated. Frames over
+/// [`BIG_FRAME`] bytes first take their length from a byte budget shared by every
+/// connection of the protocol (a frame larger than the budget takes all of it), so that
+/// peers together cannot make the daemon allocate more than the budget for large frames
+/// being received; then the frame is read into a buffer of its final size.
 #[derive(Clone)]
 pub struct FrameCodec {
     max_request: usize,
     max_response: usize,
-    budget: Option<Arc<Semaphore>>,
+    budget: Option<(Arc<Semaphore>, usize)>,
 }
 
 /// Frames up to this size are read without asking the budget.
@@ -104,15 +105,21 @@ impl FrameCodec {
         FrameCodec {
             max_request,
             max_response,
-            budget: budget.map(|b| Arc::new(Semaphore::new(b))),
+            budget: budget.map(|b| (Arc::new(Semaphore::new(b)), b)),
         }
+    }
+}
+
+impl FrameCodec {
+    fn budget(&self) -> Option<(&Semaphore, usize)> {
+        self.budget.as_ref().map(|(b, total)| (&**b, *total))
     }
 }
 
 async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
     io: &mut T,
     max: usize,
-    budget: Option<&Semaphore>,
+    budget: Option<(&Semaphore, usize)>,
 ) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -124,27 +131,30 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
         ));
     }
     let _permit = match budget {
-        Some(b) if len > BIG_FRAME => {
-            let want = u32::try_from(len).unwrap_or(u32::MAX);
-            let all = u32::try_from(b.available_permits().max(1)).unwrap_or(u32::MAX);
+        Some((b, total)) if len > BIG_FRAME => {
+            // A frame larger than the whole budget waits for all of it.
+            let want = len.min(total) as u32;
             Some(
-                b.acquire_many(want.min(all.max(BIG_FRAME as u32)))
+                b.acquire_many(want)
                     .await
                     .map_err(|_| io::Error::other("frame budget closed"))?,
             )
         }
         _ => None,
     };
-    let mut buf = Vec::with_capacity(len.min(64 << 10));
-    (&mut *io).take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            FrameError::Truncated {
-                got: buf.len(),
-                len,
-            },
-        ));
+    // Small frames, and large ones once the budget holds their size, are read straight
+    // into a buffer of their final size.
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let n = io.read(&mut buf[got..]).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                FrameError::Truncated { got, len },
+            ));
+        }
+        got += n;
     }
     Ok(buf)
 }
@@ -168,7 +178,7 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        match read_frame(io, self.max_request, self.budget.as_deref()).await {
+        match read_frame(io, self.max_request, self.budget()).await {
             Err(e) => match FrameError::of(&e) {
                 Some(refused) => Ok(refused.marker()),
                 None => Err(e),
@@ -182,7 +192,7 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io, self.max_response, self.budget.as_deref()).await
+        read_frame(io, self.max_response, self.budget()).await
     }
 
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
@@ -544,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn a_length_prefix_alone_allocates_nothing_and_a_short_frame_is_refused() {
+    fn a_length_over_the_limit_is_refused_before_allocating_and_a_short_frame_is_refused() {
         futures::executor::block_on(async {
             let mut huge = futures::io::Cursor::new(u32::MAX.to_le_bytes().to_vec());
             let e = read_frame(&mut huge, 1 << 20, None).await.unwrap_err();

@@ -863,6 +863,7 @@ impl Puller {
                 file.sync_data().map_err(io_err(&tmp))?;
                 self.index
                     .set_pull_progress(&self.folder, path, Some((*content, end as u64)))?;
+                tracing::debug!(folder = %self.folder, path, chunks_done = end, "pull_progress_saved");
                 recorded_progress = true;
             }
             start = end;
@@ -1122,7 +1123,10 @@ impl Puller {
                             }
                         }
                     }
-                    _ => retry = batch,
+                    other => {
+                        tracing::debug!(peer = %peer, answer = ?other.map(|r| r.map(|_| ())), "chunk_request_failed");
+                        retry = batch;
+                    }
                 }
                 if !retry.is_empty() {
                     failures += 1;

@@ -192,8 +192,9 @@ fn killed_receiver_resumes_and_never_shows_a_partial_file() {
     assert!(wait_until(10, || content(&target) == content(&d[0].folder.join(name))));
     assert!(
         d[1].log().contains("pull_resumed"),
-        "the restart did not resume the transfer:\n{}",
-        d[1].log()
+        "the restart did not resume the transfer:\n{}\n--- sender:\n{}",
+        d[1].log(),
+        d[0].log()
     );
     let sent = d[0].metric(&format!(
         "cairn_bytes_sent_total{{peer=\"{}\"}}",

@@ -486,6 +486,11 @@ impl FolderDoc {
             }
             let msg = sync::Message::decode(bytes)
                 .map_err(|_| FolderError::BadMessage("bad automerge sync message"))?;
+            if !msg.have.iter().all(|h| usable_bloom(&h.bloom)) {
+                return Err(FolderError::BadMessage(
+                    "unusable Bloom filter in a sync message",
+                ));
+            }
             let i = *shard as usize;
             self.shards[i]
                 .sync()
@@ -497,6 +502,41 @@ impl FolderDoc {
         }
         Ok(())
     }
+}
+
+/// Most bits per entry and probes accepted in a peer's Bloom filter (automerge writes 10
+/// and 7).
+const MAX_BLOOM_PARAMETER: u64 = 64;
+
+/// Whether automerge can use a peer's Bloom filter safely. automerge 0.12 takes every
+/// probe modulo the filter's bit count and computes one u32 per probe for each change it
+/// checks (`sync/bloom.rs`, `get_probes`), when it next generates a message: a filter with
+/// entries but 0 bits per entry panics (division by zero), one of 2^32 probes costs 16 GiB
+/// per change.
+fn usable_bloom(bloom: &sync::BloomFilter) -> bool {
+    // Wire form: LEB128 entries, bits per entry, probes, then the bits; empty when the
+    // filter has no entries (it is never probed then).
+    let bytes = bloom.to_bytes();
+    let mut rest = bytes.as_slice();
+    let mut leb128 = || -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..35).step_by(7) {
+            let (&b, tail) = rest.split_first()?;
+            rest = tail;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    if bytes.is_empty() {
+        return true;
+    }
+    let (Some(_entries), Some(bits), Some(probes)) = (leb128(), leb128(), leb128()) else {
+        return false;
+    };
+    (1..=MAX_BLOOM_PARAMETER).contains(&bits) && (1..=MAX_BLOOM_PARAMETER).contains(&probes)
 }
 
 fn decode_value(v: &Value<'_>) -> Option<EntryValue> {

@@ -111,14 +111,36 @@ pub fn conflict_name(path: &str, value: &EntryValue) -> String {
         utc_stamp(value.mtime_ns),
         value.device.short()
     );
+    // A stem such as `.cairn-tmp` would give a name cairn keeps for itself (its temp
+    // files), which every device refuses: such a copy's name starts with `_`.
+    let prefix = if path::is_reserved_name(&format!("{stem}{suffix}{ext}")) {
+        "_"
+    } else {
+        ""
+    };
     // A long name is shortened (at a character boundary) so that the copy's name still
-    // fits in a file name.
-    let room = path::MAX_NAME_BYTES.saturating_sub(suffix.len() + ext.len());
+    // fits in a file name, and its path in a path.
+    let fixed = prefix.len() + suffix.len() + ext.len();
+    let room = path::MAX_NAME_BYTES
+        .min(path::MAX_PATH_BYTES.saturating_sub(dir.len()))
+        .saturating_sub(fixed);
     let mut cut = stem.len().min(room);
     while !stem.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{dir}{}{suffix}{ext}", &stem[..cut])
+    format!("{dir}{prefix}{}{suffix}{ext}", &stem[..cut])
+}
+
+/// `name` with `-n` appended, its file name shortened first if it would not fit.
+fn numbered(name: &str, n: u32) -> String {
+    let tag = format!("-{n}");
+    let start = name.rfind('/').map_or(0, |i| i + 1);
+    let limit = (start + path::MAX_NAME_BYTES).min(path::MAX_PATH_BYTES);
+    let mut cut = name.len().min(limit.saturating_sub(tag.len()));
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{tag}", &name[..cut])
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC for a time in ns since the epoch.
@@ -283,7 +305,7 @@ fn insert_unique(
         match taken(entries, &candidate) {
             None => break,
             Some(true) => return, // the same version is already there
-            Some(false) => candidate = format!("{name}-{n}"),
+            Some(false) => candidate = numbered(&name, n),
         }
     }
     entries.insert(candidate, entry);
