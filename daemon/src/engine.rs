@@ -286,7 +286,6 @@ pub struct Engine {
     pub(crate) config: Config,
     pub(crate) config_path: PathBuf,
     pub(crate) device: DeviceId,
-    pub(crate) all_connected: HashSet<PeerId>,
     pub(crate) peer_listen: HashMap<PeerId, Vec<Multiaddr>>,
     pub(crate) offers: BTreeMap<String, crate::admin::Offer>,
     pub(crate) invitation: Option<crate::pair::Invitation>,
@@ -299,7 +298,7 @@ pub struct Engine {
     /// Streams that ended inside a frame: (peer, connection, reason, when).
     pub(crate) truncated: Vec<(PeerId, ConnectionId, String, Instant)>,
     pub(crate) offered_at: HashMap<String, Instant>,
-    /// Connections open now, by peer.
+    /// Connections open now, by peer (trusted or not).
     pub(crate) connections: HashMap<PeerId, HashSet<ConnectionId>>,
 }
 
@@ -389,7 +388,6 @@ impl Engine {
             config: config.clone(),
             config_path,
             device,
-            all_connected: HashSet::new(),
             peer_listen: HashMap::new(),
             offers: BTreeMap::new(),
             invitation: None,
@@ -678,25 +676,17 @@ impl Engine {
         let options = TreeOptions::default();
         let tree = f.doc.tree(options);
         // Invalid paths in the document are refused once each, and their authors counted.
-        let mut offenders = Vec::new();
-        for (path, why) in &tree.rejected {
-            if f.refused.contains_key(path) || f.refused.len() >= MAX_REFUSED {
-                continue;
-            }
-            let author = f.doc.values(path).first().map(|v| v.device);
-            offenders.push((author, format!("invalid path {path:?}: {why}")));
-            f.refused.insert(
-                path.clone(),
-                RefusedPath {
-                    path: path.clone(),
-                    reason: why.to_string(),
-                    device: author.map(|d| d.short()).unwrap_or_default(),
-                    content: None,
-                },
-            );
-        }
-        for (author, reason) in offenders {
-            self.device_violation(author, Violation::InvalidPath, &reason);
+        let invalid: Vec<(String, String, Option<DeviceId>)> = tree
+            .rejected
+            .iter()
+            .filter(|(path, _)| !f.refused.contains_key(path))
+            .map(|(path, why)| {
+                let author = f.doc.values(path).first().map(|v| v.device);
+                (path.clone(), why.to_string(), author)
+            })
+            .collect();
+        for (path, why, author) in invalid {
+            self.refuse(id, &path, None, author, Violation::InvalidPath, why);
         }
         let Some(f) = self.folders.get_mut(id) else {
             return;
@@ -859,28 +849,6 @@ impl Engine {
             return;
         };
         f.waiting = waiting;
-        let mut offenders = Vec::new();
-        for e in &outcome.failed {
-            if let PullError::Refused {
-                path,
-                content,
-                author,
-                why,
-            } = e
-                && f.refused.len() < MAX_REFUSED
-            {
-                offenders.push((*author, format!("{path}: {why}")));
-                f.refused.insert(
-                    path.clone(),
-                    RefusedPath {
-                        path: path.clone(),
-                        reason: why.clone(),
-                        device: author.short(),
-                        content: Some(*content),
-                    },
-                );
-            }
-        }
         f.no_space = outcome.failed.iter().any(PullError::is_no_space);
         let error = outcome
             .failed
@@ -903,9 +871,55 @@ impl Engine {
         if !dropped.is_empty() {
             self.drop_unavailable(id, &dropped);
         }
-        for (author, reason) in offenders {
-            self.device_violation(Some(author), Violation::SizeMismatch, &reason);
+        for e in outcome.failed {
+            if let PullError::Refused {
+                path,
+                content,
+                author,
+                why,
+            } = e
+            {
+                self.refuse(
+                    id,
+                    &path,
+                    Some(content),
+                    Some(author),
+                    Violation::SizeMismatch,
+                    why,
+                );
+            }
         }
+    }
+
+    /// Refuses an entry of folder `id`: listed in the status (never written, and never
+    /// fetched again while the document asks for that version), and counted against the
+    /// device that wrote it.
+    fn refuse(
+        &mut self,
+        id: &str,
+        path: &str,
+        content: Option<ContentId>,
+        author: Option<DeviceId>,
+        kind: Violation,
+        reason: String,
+    ) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        if f.refused.len() >= MAX_REFUSED {
+            return;
+        }
+        let counted = format!("{path}: {reason}");
+        f.refused.insert(
+            path.to_string(),
+            RefusedPath {
+                path: path.to_string(),
+                reason,
+                device: author.map(|d| d.short()).unwrap_or_default(),
+                content,
+            },
+        );
+        self.device_violation(author, kind, &counted);
     }
 
     /// Splits files a pull could not get into those waiting for a device (with who is
@@ -1119,15 +1133,8 @@ impl Engine {
         connection: ConnectionId,
         error: &std::io::Error,
     ) {
-        match FrameError::of(error) {
-            Some(FrameError::TooLarge { .. }) => {
-                self.violation(peer, Violation::FrameTooLarge, &error.to_string())
-            }
-            Some(FrameError::Truncated { .. }) if self.truncated.len() < 1024 => {
-                self.truncated
-                    .push((peer, connection, error.to_string(), Instant::now()));
-            }
-            _ => {}
+        if let Some(refused) = FrameError::of(error) {
+            self.frame_refused(peer, connection, refused, error.to_string());
         }
     }
 
@@ -1142,9 +1149,28 @@ impl Engine {
         let Some(refused) = FrameError::refused_request(request) else {
             return false;
         };
-        let error = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
-        self.stream_failed(peer, connection, &error);
+        let reason = refused.to_string();
+        self.frame_refused(peer, connection, &refused, reason);
         true
+    }
+
+    /// A frame over its limit is a violation at once; one cut short only if its connection
+    /// outlives it ([`TRUNCATION_GRACE`]).
+    fn frame_refused(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        refused: &FrameError,
+        reason: String,
+    ) {
+        match refused {
+            FrameError::TooLarge { .. } => self.violation(peer, Violation::FrameTooLarge, &reason),
+            FrameError::Truncated { .. } if self.truncated.len() < 1024 => {
+                self.truncated
+                    .push((peer, connection, reason, Instant::now()));
+            }
+            FrameError::Truncated { .. } => {}
+        }
     }
 
     /// Timers of the conduct policy: truncations whose connection survived, reconnects
@@ -1704,7 +1730,6 @@ impl Engine {
                     .entry(*peer_id)
                     .or_default()
                     .insert(*connection_id);
-                self.all_connected.insert(*peer_id);
                 self.join_connected(*peer_id);
             }
             SwarmEvent::ConnectionClosed {
@@ -1720,7 +1745,6 @@ impl Engine {
                     }
                 }
                 if *num_established == 0 {
-                    self.all_connected.remove(peer_id);
                     self.peer_listen.remove(peer_id);
                     self.serving.remove(peer_id);
                 }
@@ -1792,7 +1816,7 @@ impl Engine {
                         .kad
                         .add_address(&peer_id, a.clone());
                 }
-                if self.all_connected.contains(&peer_id) {
+                if self.connections.contains_key(&peer_id) {
                     self.peer_listen.insert(peer_id, addrs);
                 }
             }

@@ -242,11 +242,6 @@ impl<B> Gated<B> {
         self.allowed.insert(peer);
     }
 
-    /// Stops serving `peer` on new connections.
-    pub fn deny(&mut self, peer: &PeerId) {
-        self.allowed.remove(peer);
-    }
-
     /// Whether `peer` has a connection on which the wrapped protocol is served.
     pub fn is_open_to(&self, peer: &PeerId) -> bool {
         self.open.values().any(|p| p == peer)

@@ -126,7 +126,7 @@ impl Engine {
                     .behaviour_mut()
                     .kad
                     .get_providers(key(code.nameplate));
-                let candidates: VecDeque<PeerId> = self.all_connected.iter().copied().collect();
+                let candidates: VecDeque<PeerId> = self.connections.keys().copied().collect();
                 self.join = Some(Join {
                     code,
                     candidates,
@@ -203,7 +203,7 @@ impl Engine {
         };
         join.tried.insert(peer);
         join.current = Some((peer, None));
-        if self.all_connected.contains(&peer) {
+        if self.connections.contains_key(&peer) {
             self.send_hello(peer);
         } else {
             let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
@@ -294,7 +294,7 @@ impl Engine {
         }
         // The connection pairing ran on serves neither meta nor blocks (`net::Gated`):
         // reconnect once the last pairing message is out.
-        if self.all_connected.contains(&peer) {
+        if self.connections.contains_key(&peer) {
             self.reconnect_at.insert(
                 peer,
                 Instant::now() + crate::engine::RECONNECT_AFTER_PAIRING,
