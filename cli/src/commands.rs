@@ -152,6 +152,17 @@ pub fn accept(
     Ok(())
 }
 
+/// `cairn decline`.
+pub fn decline(c: &Client, folder: &str, json_out: bool) -> Result<(), CliError> {
+    let r = c.post("/v1/decline", json!({ "folder": folder }))?;
+    if json_out {
+        println!("{}", json!({ "ok": r["ok"], "folder": folder }));
+    } else {
+        println!("Declined folder {folder}; `cairn accept {folder} [path]` still takes it");
+    }
+    Ok(())
+}
+
 /// `cairn pause` / `cairn resume`.
 pub fn pause(
     c: &Client,
@@ -269,8 +280,9 @@ pub fn status(c: &Client, json_out: bool) -> Result<(), CliError> {
     }
     for o in s["offers"].as_array().cloned().unwrap_or_default() {
         println!(
-            "Offer: {} wants to share folder {}; accept with `cairn accept {} [path]`",
+            "Offer: {} wants to share folder {}; accept with `cairn accept {} [path]` or decline with `cairn decline {}`",
             o["from_name"].as_str().unwrap_or("?"),
+            o["folder"].as_str().unwrap_or("?"),
             o["folder"].as_str().unwrap_or("?"),
             o["folder"].as_str().unwrap_or("?")
         );

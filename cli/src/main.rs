@@ -98,6 +98,12 @@ enum Command {
         #[arg(long = "type", value_enum)]
         kind: Option<FolderKind>,
     },
+    /// Decline a folder a paired device offered; its later offers of it are not shown
+    /// (`cairn accept` still takes it).
+    Decline {
+        /// The offered folder's id.
+        folder: String,
+    },
     /// Folders, peers, sync state, errors and offers.
     Status,
     /// Paired devices and whether they are online.
@@ -236,6 +242,7 @@ fn run(
             kind.map(FolderKind::as_str),
             json,
         ),
+        Command::Decline { folder } => commands::decline(&connect()?, &folder, json),
         Command::Status => commands::status(&connect()?, json),
         Command::Peers => commands::peers(&connect()?, json),
         Command::Folders => commands::folders(&connect()?, json),

@@ -19,7 +19,7 @@ use crate::delta::{self, BLOCK_SIZE, MAX_SIGNATURE_BLOCKS};
 use crate::folder::tree::conflict_name;
 use crate::folder::{DeviceId, EntryValue, FolderDoc, FolderMessage, Tree, TreeOptions};
 use crate::hash::{ChunkId, ContentId};
-use crate::manifest::{ChunkRef, Manifest};
+use crate::manifest::{ChunkRef, Manifest, Outline};
 use crate::pairing::{Inviter, Joiner, PairCode, PairRequest, PairResponse};
 use crate::path::{self, RelPath, case_key};
 use crate::scan::EntryKind;
@@ -39,6 +39,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("folder_tree", folder_tree),
     ("entry_value", entry_value),
     ("manifest", manifest),
+    ("outline", outline),
     ("delta_anchors", delta_anchors),
     ("delta_diff", delta_diff),
     ("delta_apply", delta_apply),
@@ -98,7 +99,7 @@ pub fn blocks_request(data: &[u8]) {
             BlocksRequest::Delta { signature, .. } => {
                 assert!(signature.len() <= wire::MAX_SIGNATURE_BYTES)
             }
-            BlocksRequest::Manifest { .. } => {}
+            BlocksRequest::Manifest { .. } | BlocksRequest::ManifestPage { .. } => {}
         }
         assert!(r.folder().len() <= wire::MAX_FOLDER_ID);
         assert_canonical(data, &r, &r.encode());
@@ -289,6 +290,35 @@ pub fn manifest(data: &[u8]) {
             assert!(proof.verify(&id, &m.chunks[i]), "proof of chunk {i} of {n}");
         }
     }
+}
+
+/// `Outline::decode`, then what the puller does with a paged manifest: verify the outline
+/// against the content id, then pages against it. Input: an outline, or (after a 0xff
+/// byte) a one-page manifest whose outline is made from it and checked page by page.
+pub fn outline(data: &[u8]) {
+    if let Some((&0xff, page)) = data.split_first() {
+        let Ok(m) = Manifest::decode(page) else {
+            return;
+        };
+        if m.chunks.is_empty() {
+            return;
+        }
+        let o = Outline::of(&m);
+        assert!(o.verify(&m.content_id()).is_ok(), "outline of a manifest");
+        assert!(o.check_page(0, &m.page(0)).is_ok(), "its only page");
+        assert!(o.check_page(1, &m).is_err(), "a page past the end");
+        return;
+    }
+    let Ok(o) = Outline::decode(data) else {
+        return;
+    };
+    assert_canonical(data, &o, &o.encode());
+    assert!(o.pages() <= crate::manifest::MAX_PAGES);
+    assert!(o.verify(&o.content_id()).is_ok());
+    let other = ContentId(*blake3::hash(data).as_bytes());
+    assert_eq!(o.verify(&other).is_ok(), other == o.content_id());
+    assert!(o.check_page(o.pages(), &Manifest::default()).is_err());
+    assert!(o.page_len(0) <= crate::manifest::PAGE_CHUNKS);
 }
 
 /// `delta::anchors` and `base_window` over a new manifest from a peer (verified against
@@ -597,6 +627,12 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 signature,
             }
             .encode(),
+            BlocksRequest::ManifestPage {
+                folder: "f".into(),
+                content: manifest.content_id(),
+                page: 1,
+            }
+            .encode(),
         ],
         "blocks_response" => vec![
             BlocksResponse::Manifest(Some(manifest.encode())).encode(),
@@ -609,6 +645,9 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             BlocksResponse::Delta(Some(vec![0x72, 0x73, 0x02, 0x36, 0])).encode(),
             BlocksResponse::Delta(None).encode(),
             BlocksResponse::Denied.encode(),
+            BlocksResponse::Outline(Outline::of(&manifest).encode()).encode(),
+            BlocksResponse::Page(Some(manifest.encode())).encode(),
+            BlocksResponse::Page(None).encode(),
         ],
         "folder_message" | "folder_sync" => folder_message(),
         "folder_tree" => {
@@ -660,6 +699,17 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             }
             .encode(),
         ],
+        "outline" => {
+            let big = Outline {
+                count: crate::manifest::PAGE_CHUNKS as u64 + 2,
+                roots: vec![[1; 32], [2; 32]],
+            };
+            vec![
+                big.encode(),
+                Outline::of(&manifest).encode(),
+                [&[0xff][..], &manifest.encode()].concat(),
+            ]
+        }
         "delta_anchors" => {
             // [old count] then (id, length) per chunk: an edit, an insertion, a deletion.
             let chunks =

@@ -13,7 +13,7 @@ pub mod scan;
 
 pub use chunker::{Chunker, ChunkerParams, SegmentCuts, stitch};
 pub use hash::{ChunkId, ContentId};
-pub use manifest::{ChunkRef, ContentIdBuilder, Manifest};
+pub use manifest::{ChunkRef, ContentIdBuilder, Manifest, Outline};
 pub mod folder;
 /// Fuzz targets for every decoder a peer reaches (run by `core/fuzz` and `tests/fuzz_smoke.rs`).
 pub mod fuzz_targets;

@@ -9,6 +9,14 @@
 //! A manifest that arrives from a peer is trusted only after [`Manifest::verify`] against
 //! the `ContentId` from the folder metadata; one chunk can be proven to belong to a file
 //! with a [`ChunkProof`] without the whole manifest.
+//!
+//! A manifest of more than [`PAGE_CHUNKS`] chunks travels and is stored in pages: its
+//! [`Outline`] (the chunk count and the Merkle root of each page of `PAGE_CHUNKS` chunks)
+//! is verified against the `ContentId` first, then each page against its root in the
+//! outline. A page is a perfect subtree of the file's Merkle tree (the last one a left-aligned
+//! partial one), so the roots of the pages fold to the content id exactly as the leaves do.
+//! A receiver therefore never holds more than one page (2.25 MiB) of a manifest a peer
+//! sent, however large the file claims to be.
 
 use rs_merkle::{Hasher, MerkleProof, MerkleTree};
 
@@ -18,7 +26,18 @@ const LEAF_PREFIX: u8 = 0x00;
 const NODE_PREFIX: u8 = 0x01;
 const EMPTY_CONTENT: &[u8] = b"cairn/content/empty/v1";
 const ENCODING_VERSION: u8 = 1;
+const OUTLINE_VERSION: u8 = 2;
 const ENTRY_BYTES: usize = 32 + 4;
+
+/// Chunks in one page of a paged manifest; a manifest of at most this many chunks is sent
+/// and stored whole.
+pub const PAGE_CHUNKS: usize = 1 << 16;
+/// Most pages in one manifest: 2^28 chunks, 16 TiB of 64 KiB chunks.
+pub const MAX_PAGES: usize = 1 << 12;
+/// Largest encoding of a page or of a whole (unpaged) manifest.
+pub const MAX_PAGE_BYTES: usize = 5 + PAGE_CHUNKS * ENTRY_BYTES;
+/// Largest encoding of an [`Outline`].
+pub const MAX_OUTLINE_BYTES: usize = 13 + MAX_PAGES * 32;
 
 /// One chunk of a file: its id and length in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,6 +127,23 @@ impl Manifest {
         })
     }
 
+    /// Whether this manifest travels and is stored in pages (more than [`PAGE_CHUNKS`]).
+    pub fn is_paged(&self) -> bool {
+        self.chunks.len() > PAGE_CHUNKS
+    }
+
+    /// Page `page` (of [`PAGE_CHUNKS`] chunks) as a manifest of its own; empty past the end.
+    pub fn page(&self, page: usize) -> Manifest {
+        Manifest {
+            chunks: self
+                .chunks
+                .chunks(PAGE_CHUNKS)
+                .nth(page)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
+        }
+    }
+
     /// Total size of the content in bytes.
     pub fn size(&self) -> u64 {
         self.chunks.iter().map(|c| u64::from(c.len)).sum()
@@ -124,15 +160,7 @@ impl Manifest {
 
     /// Accepts this manifest only if it is the content named by `expected`.
     pub fn verify(&self, expected: &ContentId) -> Result<(), ManifestError> {
-        let actual = self.content_id();
-        if &actual == expected {
-            Ok(())
-        } else {
-            Err(ManifestError::ContentIdMismatch {
-                expected: *expected,
-                actual,
-            })
-        }
+        same_content(self.content_id(), expected)
     }
 
     /// Checks every chunk length is possible under a chunker whose largest chunk is `max`,
@@ -226,6 +254,162 @@ impl Manifest {
     }
 }
 
+/// The top of a paged manifest: how many chunks the file has and the Merkle root of each
+/// page of [`PAGE_CHUNKS`] chunks, enough to verify every page on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outline {
+    /// Chunks in the whole file.
+    pub count: u64,
+    /// Merkle root of each page, in order.
+    pub roots: Vec<[u8; 32]>,
+}
+
+impl Outline {
+    /// The outline of `manifest` (any size; a manifest that fits one page has one root).
+    pub fn of(manifest: &Manifest) -> Outline {
+        Self::with_page(manifest, PAGE_CHUNKS)
+    }
+
+    fn with_page(manifest: &Manifest, page: usize) -> Outline {
+        Outline {
+            count: manifest.chunks.len() as u64,
+            roots: manifest
+                .chunks
+                .chunks(page.max(1))
+                .map(|p| subtree_root(p.iter().map(ChunkRef::leaf)))
+                .collect(),
+        }
+    }
+
+    /// Pages in the file.
+    pub fn pages(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// Chunks in page `page` (all but the last hold [`PAGE_CHUNKS`]).
+    pub fn page_len(&self, page: usize) -> usize {
+        Self::len_with(self.count, page, PAGE_CHUNKS)
+    }
+
+    fn len_with(count: u64, page: usize, per_page: usize) -> usize {
+        let start = (page as u64).saturating_mul(per_page as u64);
+        count.saturating_sub(start).min(per_page as u64) as usize
+    }
+
+    /// The content id the page roots fold to.
+    pub fn content_id(&self) -> ContentId {
+        ContentId(subtree_root(self.roots.iter().copied()))
+    }
+
+    /// Accepts this outline only if its pages fold to `expected` and their number fits
+    /// the chunk count.
+    pub fn verify(&self, expected: &ContentId) -> Result<(), ManifestError> {
+        self.verify_with(expected, PAGE_CHUNKS)
+    }
+
+    fn verify_with(&self, expected: &ContentId, page: usize) -> Result<(), ManifestError> {
+        if self.count == 0 || self.roots.len() as u64 != self.count.div_ceil(page as u64) {
+            return Err(ManifestError::Malformed(
+                "page count does not fit chunk count",
+            ));
+        }
+        same_content(self.content_id(), expected)
+    }
+
+    /// Accepts `chunks` as page `page` of a file with this (verified) outline.
+    pub fn check_page(&self, page: usize, chunks: &Manifest) -> Result<(), ManifestError> {
+        self.check_page_with(page, chunks, PAGE_CHUNKS)
+    }
+
+    fn check_page_with(
+        &self,
+        page: usize,
+        chunks: &Manifest,
+        per_page: usize,
+    ) -> Result<(), ManifestError> {
+        let Some(root) = self.roots.get(page) else {
+            return Err(ManifestError::Malformed("no such page"));
+        };
+        if chunks.chunks.len() != Self::len_with(self.count, page, per_page) {
+            return Err(ManifestError::Malformed(
+                "page has the wrong number of chunks",
+            ));
+        }
+        let actual = subtree_root(chunks.chunks.iter().map(ChunkRef::leaf));
+        if &actual == root {
+            Ok(())
+        } else {
+            Err(ManifestError::Malformed("page does not match its root"))
+        }
+    }
+
+    /// Compact binary form: version 2, chunk count, page count, roots.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(13 + self.roots.len() * 32);
+        out.push(OUTLINE_VERSION);
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&(self.roots.len() as u32).to_le_bytes());
+        for r in &self.roots {
+            out.extend_from_slice(r);
+        }
+        out
+    }
+
+    /// Parses [`Outline::encode`] output: at most [`MAX_PAGES`] pages, exactly as many as
+    /// the chunk count needs; not verified (use `verify`).
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let Some((&OUTLINE_VERSION, rest)) = bytes.split_first() else {
+            return Err(ManifestError::Malformed("not an outline"));
+        };
+        if rest.len() < 12 {
+            return Err(ManifestError::Malformed("truncated header"));
+        }
+        let (head, body) = rest.split_at(12);
+        let count = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+        let pages = u32::from_le_bytes(head[8..].try_into().unwrap_or_default()) as usize;
+        if pages > MAX_PAGES || pages as u64 != count.div_ceil(PAGE_CHUNKS as u64) {
+            return Err(ManifestError::Malformed(
+                "page count does not fit chunk count",
+            ));
+        }
+        if body.len() != pages * 32 {
+            return Err(ManifestError::Malformed(
+                "body length does not match page count",
+            ));
+        }
+        let roots = body
+            .chunks_exact(32)
+            .map(|r| {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(r);
+                a
+            })
+            .collect();
+        Ok(Outline { count, roots })
+    }
+}
+
+fn same_content(actual: ContentId, expected: &ContentId) -> Result<(), ManifestError> {
+    if &actual == expected {
+        Ok(())
+    } else {
+        Err(ManifestError::ContentIdMismatch {
+            expected: *expected,
+            actual,
+        })
+    }
+}
+
+/// The root of a left-aligned subtree over `nodes` (leaf hashes, or roots of perfect
+/// subtrees of equal height), as [`ContentIdBuilder`] computes it.
+fn subtree_root(nodes: impl Iterator<Item = [u8; 32]>) -> [u8; 32] {
+    let mut b = ContentIdBuilder::default();
+    for n in nodes {
+        b.push_node(n);
+    }
+    b.finish().0
+}
+
 /// Computes a [`ContentId`] chunk by chunk in O(log n) memory, for files of any size.
 ///
 /// Gives the same root as `rs_merkle::MerkleTree::from_leaves` over the same leaves: both
@@ -241,7 +425,12 @@ pub struct ContentIdBuilder {
 impl ContentIdBuilder {
     /// Adds the next chunk of the file.
     pub fn push(&mut self, chunk: &ChunkRef) {
-        let mut entry = (0u32, chunk.leaf());
+        self.push_node(chunk.leaf());
+        self.size += u64::from(chunk.len);
+    }
+
+    fn push_node(&mut self, hash: [u8; 32]) {
+        let mut entry = (0u32, hash);
         while let Some(&(height, left)) = self.stack.last() {
             if height != entry.0 {
                 break;
@@ -251,7 +440,6 @@ impl ContentIdBuilder {
         }
         self.stack.push(entry);
         self.count += 1;
-        self.size += u64::from(chunk.len);
     }
 
     /// Chunks pushed so far.
@@ -315,6 +503,52 @@ mod tests {
         Manifest {
             chunks: (0..n).map(chunk).collect(),
         }
+    }
+
+    proptest! {
+        /// The page roots of any manifest fold to its content id, whatever the page size
+        /// and however the chunk count falls on page boundaries; every page checks against
+        /// its root, and a page from elsewhere or of the wrong length does not.
+        #[test]
+        fn pages_fold_to_the_content_id(n in 1u32..300, shift in 0u32..6) {
+            let per_page = 1usize << shift;
+            let m = manifest(n);
+            let id = m.content_id();
+            let outline = Outline::with_page(&m, per_page);
+            prop_assert!(outline.verify_with(&id, per_page).is_ok());
+            for (p, chunks) in m.chunks.chunks(per_page).enumerate() {
+                let page = Manifest { chunks: chunks.to_vec() };
+                prop_assert!(outline.check_page_with(p, &page, per_page).is_ok());
+                let mut forged = page.clone();
+                forged.chunks[0].len += 1;
+                prop_assert!(outline.check_page_with(p, &forged, per_page).is_err());
+                let mut short = page.clone();
+                short.chunks.pop();
+                prop_assert!(outline.check_page_with(p, &short, per_page).is_err());
+            }
+            let mut lying = outline.clone();
+            lying.count += per_page as u64;
+            prop_assert!(lying.verify_with(&id, per_page).is_err());
+            let other = manifest(n + 1).content_id();
+            prop_assert!(outline.verify_with(&other, per_page).is_err());
+        }
+    }
+
+    #[test]
+    fn a_large_manifest_is_paged_and_its_outline_round_trips() {
+        let m = manifest(PAGE_CHUNKS as u32 * 2 + 3);
+        assert!(m.is_paged());
+        let outline = Outline::of(&m);
+        assert_eq!(outline.pages(), 3);
+        assert_eq!(outline.page_len(2), 3);
+        assert_eq!(Outline::decode(&outline.encode()).unwrap(), outline);
+        outline.verify(&m.content_id()).unwrap();
+        outline.check_page(1, &m.page(1)).unwrap();
+        assert!(outline.check_page(0, &m.page(1)).is_err());
+        let mut bad = outline.encode();
+        bad[9] = 9; // page count no longer fits the chunk count
+        assert!(Outline::decode(&bad).is_err());
+        assert!(Outline::decode(&m.page(0).encode()).is_err());
     }
 
     #[test]

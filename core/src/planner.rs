@@ -1,30 +1,30 @@
 //! The planner: what this device must do to make its disk match the folder's tree.
 //!
 //! [`plan`] is a pure function of the derived [`Tree`], the local index (what the last scan
-//! found on disk) and what the device already stores (manifests, chunks). Nothing is
+//! found on disk) and which manifests the device already stores. Nothing is
 //! queued: run it again after any change and it says what is still left, so the work can
 //! never drift from the state it was derived from.
 //!
 //! Actions come in a safe order: superseded versions are kept in history before anything
-//! is overwritten or removed; manifests and chunks are fetched; new directories and files
-//! are written while the files they may copy chunks from still exist; then removals
+//! is overwritten or removed; unknown manifests are fetched; new directories and files
+//! are written (each write fetches the chunks no local file holds, window by window, as it
+//! goes: a plan never lists chunks, so planning costs the same for a file of any size) while
+//! the files they may copy chunks from still exist; then removals
 //! (deepest first); then whatever had to wait for a removal (a file where a directory was,
 //! a directory where a symlink was).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::folder::tree::{Origin, Tree};
-use crate::hash::{ChunkId, ContentId};
-use crate::manifest::{ChunkRef, Manifest};
+use crate::hash::ContentId;
 use crate::path::{self, PathError};
 use crate::scan::{EntryKind, IndexedEntry};
 
 /// What the device already has, as far as the planner needs to know.
 pub trait LocalStore {
-    /// The manifest of `content`, if this device knows it.
-    fn manifest(&self, content: &ContentId) -> Option<Manifest>;
-    /// Whether this device holds the bytes of `chunk` (in any file or in history).
-    fn has_chunk(&self, chunk: &ChunkId) -> bool;
+    /// Whether this device knows the manifest of `content` (whole, or the outline of a
+    /// paged one).
+    fn has_manifest(&self, content: &ContentId) -> bool;
 }
 
 /// One step of a plan.
@@ -34,11 +34,10 @@ pub enum Action {
     KeepInHistory { path: String, content: ContentId },
     /// Get the manifest of `content` from a peer (then plan again).
     FetchManifest { content: ContentId },
-    /// Get these chunks from peers; every other chunk a write needs is local.
-    FetchChunks { chunks: Vec<ChunkRef> },
     /// Create a directory.
     MakeDir { path: String },
-    /// Write a file with `content` (via a temp file, verified, renamed into place).
+    /// Write a file with `content` (via a temp file, verified, renamed into place): its
+    /// chunks come from local files where they exist, from peers otherwise.
     WriteFile {
         path: String,
         content: ContentId,
@@ -64,18 +63,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Chunks that must come from peers.
-    pub fn chunks_to_fetch(&self) -> Vec<ChunkRef> {
-        self.actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::FetchChunks { chunks } => Some(chunks.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect()
-    }
-
     /// True when the disk already matches the tree.
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
@@ -92,7 +79,6 @@ pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn Loc
     let mut out = Plan::default();
     let mut history = Vec::new();
     let mut manifests = BTreeSet::new();
-    let mut fetch: BTreeMap<ChunkId, ChunkRef> = BTreeMap::new();
     let mut blocked: BTreeSet<String> = BTreeSet::new();
     let mut writes: Vec<(String, Action)> = Vec::new();
     let mut deletes: Vec<(String, EntryKind)> = Vec::new();
@@ -152,15 +138,8 @@ pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn Loc
             },
             EntryKind::File => {
                 let Some(content) = v.content else { continue };
-                match store.manifest(&content) {
-                    Some(m) => {
-                        for c in m.chunks.iter().filter(|c| !store.has_chunk(&c.id)) {
-                            fetch.insert(c.id, *c);
-                        }
-                    }
-                    None => {
-                        manifests.insert(content);
-                    }
+                if !store.has_manifest(&content) {
+                    manifests.insert(content);
                 }
                 Action::WriteFile {
                     path: p.clone(),
@@ -197,11 +176,6 @@ pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn Loc
             .into_iter()
             .map(|content| Action::FetchManifest { content }),
     );
-    if !fetch.is_empty() {
-        out.actions.push(Action::FetchChunks {
-            chunks: fetch.into_values().collect(),
-        });
-    }
     out.actions.extend(now.into_iter().map(|(_, a)| a));
     out.actions.extend(
         deletes
@@ -214,36 +188,17 @@ pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn Loc
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
     use crate::folder::entry::{DeviceId, EntryValue};
     use crate::folder::tree::{TreeEntry, TreeOptions, derive_tree};
     use crate::scan::Stamp;
 
-    struct Store {
-        manifests: HashMap<ContentId, Manifest>,
-        chunks: HashSet<ChunkId>,
-    }
+    /// The manifests this device knows.
+    struct Store(HashSet<ContentId>);
 
     impl LocalStore for Store {
-        fn manifest(&self, content: &ContentId) -> Option<Manifest> {
-            self.manifests.get(content).cloned()
-        }
-        fn has_chunk(&self, chunk: &ChunkId) -> bool {
-            self.chunks.contains(chunk)
-        }
-    }
-
-    fn manifest(chunks: &[u8]) -> Manifest {
-        Manifest {
-            chunks: chunks
-                .iter()
-                .map(|&c| ChunkRef {
-                    id: ChunkId([c; 32]),
-                    len: 100,
-                })
-                .collect(),
+        fn has_manifest(&self, content: &ContentId) -> bool {
+            self.0.contains(content)
         }
     }
 
@@ -286,37 +241,35 @@ mod tests {
     }
 
     #[test]
-    fn an_edit_in_the_middle_fetches_only_the_changed_chunks() {
-        let (old, new) = (manifest(&[1, 2, 3, 4, 5]), manifest(&[1, 2, 9, 4, 5]));
-        let (old_id, new_id) = (old.content_id(), new.content_id());
-        let store = Store {
-            manifests: HashMap::from([(old_id, old.clone()), (new_id, new.clone())]),
-            chunks: old.chunks.iter().map(|c| c.id).collect(),
-        };
+    fn an_edit_keeps_the_old_version_then_writes_the_new() {
+        let (old_id, new_id) = (ContentId([1; 32]), ContentId([2; 32]));
+        let store = Store([old_id, new_id].into());
         let t = tree(&[("f", value(EntryKind::File, Some(new_id)))]);
         let disk = BTreeMap::from([("f".to_string(), local(EntryKind::File, Some(old_id)))]);
         let p = plan(&t, &disk, &store);
         assert_eq!(
-            p.chunks_to_fetch().iter().map(|c| c.id).collect::<Vec<_>>(),
-            vec![ChunkId([9; 32])]
-        );
-        assert_eq!(
-            p.actions[0],
-            Action::KeepInHistory {
-                path: "f".into(),
-                content: old_id
-            }
+            p.actions,
+            vec![
+                Action::KeepInHistory {
+                    path: "f".into(),
+                    content: old_id
+                },
+                Action::WriteFile {
+                    path: "f".into(),
+                    content: new_id,
+                    size: 0,
+                    mtime_ns: 5,
+                    mode: 0o644,
+                    conflict_of: None,
+                }
+            ]
         );
     }
 
     #[test]
-    fn identical_files_fetch_their_content_once() {
-        let m = manifest(&[7, 8]);
-        let id = m.content_id();
-        let store = Store {
-            manifests: HashMap::from([(id, m)]),
-            chunks: HashSet::new(),
-        };
+    fn identical_files_fetch_their_manifest_once() {
+        let id = ContentId([7; 32]);
+        let store = Store(HashSet::new());
         let entries: Vec<(String, EntryValue)> = (0..8)
             .map(|i| (format!("copy{i}"), value(EntryKind::File, Some(id))))
             .collect();
@@ -327,7 +280,14 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         let p = plan(&t, &BTreeMap::new(), &store);
-        assert_eq!(p.chunks_to_fetch().len(), 2);
+        assert_eq!(p.actions[0], Action::FetchManifest { content: id });
+        assert_eq!(
+            p.actions
+                .iter()
+                .filter(|a| matches!(a, Action::FetchManifest { .. }))
+                .count(),
+            1
+        );
         assert_eq!(
             p.actions
                 .iter()
@@ -339,10 +299,7 @@ mod tests {
 
     #[test]
     fn unknown_manifests_are_fetched_first() {
-        let store = Store {
-            manifests: HashMap::new(),
-            chunks: HashSet::new(),
-        };
+        let store = Store(HashSet::new());
         let c = ContentId([3; 32]);
         let p = plan(
             &tree(&[("f", value(EntryKind::File, Some(c)))]),
@@ -370,10 +327,7 @@ mod tests {
                 origin: Origin::Recorded,
             },
         );
-        let store = Store {
-            manifests: HashMap::new(),
-            chunks: HashSet::new(),
-        };
+        let store = Store(HashSet::new());
         let p = plan(&t, &BTreeMap::new(), &store);
         assert!(
             matches!(&p.rejected[..], [(path, PathError::ThroughSymlink { link, .. })] if path == "link/passwd" && link == "link")
@@ -387,12 +341,8 @@ mod tests {
 
     #[test]
     fn a_directory_replaced_by_a_file_is_emptied_first() {
-        let m = manifest(&[1]);
-        let id = m.content_id();
-        let store = Store {
-            manifests: HashMap::from([(id, m)]),
-            chunks: [ChunkId([1; 32])].into(),
-        };
+        let id = ContentId([1; 32]);
+        let store = Store([id].into());
         let t = tree(&[("x", value(EntryKind::File, Some(id)))]);
         let disk = BTreeMap::from([
             ("x".to_string(), local(EntryKind::Dir, None)),
@@ -426,10 +376,7 @@ mod tests {
             ("d".to_string(), local(EntryKind::Dir, None)),
             ("d/f".to_string(), local(EntryKind::File, Some(id))),
         ]);
-        let store = Store {
-            manifests: HashMap::new(),
-            chunks: HashSet::new(),
-        };
+        let store = Store(HashSet::new());
         assert!(plan(&t, &disk, &store).is_empty());
     }
 }

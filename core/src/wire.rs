@@ -20,10 +20,17 @@ pub const PAIR_PROTOCOL: &str = "/cairn/pair/1";
 pub const MAX_META_BYTES: usize = crate::folder::doc::MAX_MESSAGE_BYTES + 1024;
 /// Most chunks asked for in one blocks request.
 pub const MAX_CHUNKS_PER_REQUEST: usize = 32;
-/// Largest blocks response: a full batch of maximal chunks plus framing.
-pub const MAX_BLOCKS_BYTES: usize = MAX_MANIFEST_BYTES + (1 << 20);
-/// Largest manifest in a response (about 1.8 M chunks, a file of over 100 GiB).
-pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+/// Most chunk bytes in one blocks response (one maximal chunk, or 64 default ones): a
+/// requester batches its chunks to fit, a responder answers the rest as missing.
+pub const MAX_CHUNK_BYTES_PER_RESPONSE: usize = 16 << 20;
+/// Largest blocks response: a full batch of chunks plus framing.
+pub const MAX_BLOCKS_BYTES: usize = MAX_CHUNK_BYTES_PER_RESPONSE + (64 << 10);
+/// Largest manifest (or page of a manifest) in a response: [`PAGE_CHUNKS`] chunks; a
+/// larger manifest travels as an [`Outline`] and its pages.
+///
+/// [`PAGE_CHUNKS`]: crate::manifest::PAGE_CHUNKS
+/// [`Outline`]: crate::manifest::Outline
+pub const MAX_MANIFEST_BYTES: usize = crate::manifest::MAX_PAGE_BYTES;
 /// Largest base signature in a delta request (a base of over 1 MiB at 512-byte blocks).
 pub const MAX_SIGNATURE_BYTES: usize = 32 << 10;
 /// Largest delta in a response: a maximal chunk sent as literals, plus framing.
@@ -57,8 +64,14 @@ pub enum MetaResponse {
 /// What a blocks request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BlocksRequest {
-    /// The manifest of a content of the folder.
+    /// The manifest of a content of the folder (its outline if it is paged).
     Manifest { folder: String, content: ContentId },
+    /// One page of a paged manifest.
+    ManifestPage {
+        folder: String,
+        content: ContentId,
+        page: u32,
+    },
     /// Chunks of the folder's files.
     Chunks {
         folder: String,
@@ -77,6 +90,10 @@ pub enum BlocksRequest {
 pub enum BlocksResponse {
     /// The encoded manifest, or None if the responder does not have it.
     Manifest(Option<Vec<u8>>),
+    /// The encoded [`crate::manifest::Outline`] of a manifest too large to send whole.
+    Outline(Vec<u8>),
+    /// One encoded page of a paged manifest, or None if the responder does not have it.
+    Page(Option<Vec<u8>>),
     /// Each requested chunk's bytes, or None where the responder does not have it.
     Chunks(Vec<(ChunkId, Option<Vec<u8>>)>),
     /// The chunk as a delta from the requester's base, or None if the responder does not
@@ -217,7 +234,8 @@ impl BlocksRequest {
         match self {
             BlocksRequest::Manifest { folder, .. }
             | BlocksRequest::Chunks { folder, .. }
-            | BlocksRequest::Delta { folder, .. } => folder,
+            | BlocksRequest::Delta { folder, .. }
+            | BlocksRequest::ManifestPage { folder, .. } => folder,
         }
     }
     /// Wire form.
@@ -249,6 +267,17 @@ impl BlocksRequest {
                 w.bytes(signature);
                 w.0
             }
+            BlocksRequest::ManifestPage {
+                folder,
+                content,
+                page,
+            } => {
+                let mut w = W::new(4);
+                w.bytes(folder.as_bytes());
+                w.hash(content.as_bytes());
+                w.0.extend_from_slice(&page.to_le_bytes());
+                w.0
+            }
         }
     }
     /// Parses the wire form.
@@ -274,6 +303,11 @@ impl BlocksRequest {
                 folder: r.folder()?,
                 chunk: ChunkId(r.hash()?),
                 signature: r.bytes(MAX_SIGNATURE_BYTES)?.to_vec(),
+            },
+            4 => BlocksRequest::ManifestPage {
+                folder: r.folder()?,
+                content: ContentId(r.hash()?),
+                page: r.u32()?,
             },
             _ => return Err(WireError("not a blocks request")),
         };
@@ -306,6 +340,16 @@ impl BlocksResponse {
                 w.opt(d.as_deref());
                 w.0
             }
+            BlocksResponse::Outline(o) => {
+                let mut w = W::new(5);
+                w.bytes(o);
+                w.0
+            }
+            BlocksResponse::Page(p) => {
+                let mut w = W::new(6);
+                w.opt(p.as_deref());
+                w.0
+            }
         }
     }
     /// Parses the wire form.
@@ -321,12 +365,14 @@ impl BlocksResponse {
                 let mut chunks = Vec::with_capacity(n);
                 for _ in 0..n {
                     let id = ChunkId(r.hash()?);
-                    chunks.push((id, r.opt(16 << 20)?));
+                    chunks.push((id, r.opt(MAX_CHUNK_BYTES_PER_RESPONSE)?));
                 }
                 BlocksResponse::Chunks(chunks)
             }
             3 => BlocksResponse::Denied,
             4 => BlocksResponse::Delta(r.opt(MAX_DELTA_BYTES)?),
+            5 => BlocksResponse::Outline(r.bytes(crate::manifest::MAX_OUTLINE_BYTES)?.to_vec()),
+            6 => BlocksResponse::Page(r.opt(MAX_MANIFEST_BYTES)?),
             _ => return Err(WireError("not a blocks response")),
         };
         r.end()?;
@@ -376,9 +422,18 @@ mod tests {
             signature: vec![7; 40],
         };
         assert_eq!(BlocksRequest::decode(&b.encode()).unwrap(), b);
+        let b = BlocksRequest::ManifestPage {
+            folder: "f".into(),
+            content: ContentId([5; 32]),
+            page: 7,
+        };
+        assert_eq!(BlocksRequest::decode(&b.encode()).unwrap(), b);
         for r in [
             BlocksResponse::Delta(Some(vec![1, 2])),
             BlocksResponse::Delta(None),
+            BlocksResponse::Outline(vec![2, 3]),
+            BlocksResponse::Page(Some(vec![1])),
+            BlocksResponse::Page(None),
         ] {
             assert_eq!(BlocksResponse::decode(&r.encode()).unwrap(), r);
         }

@@ -325,10 +325,7 @@ fn hostile_paths_from_a_peer_never_reach_the_planner() {
 
     struct Nothing;
     impl cairn_core::planner::LocalStore for Nothing {
-        fn manifest(&self, _: &cairn_core::ContentId) -> Option<cairn_core::Manifest> {
-            None
-        }
-        fn has_chunk(&self, _: &cairn_core::ChunkId) -> bool {
+        fn has_manifest(&self, _: &cairn_core::ContentId) -> bool {
             false
         }
     }

@@ -10,7 +10,10 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::config::{FolderConfig, FolderType};
+use crate::config::{DeclinedOffer, FolderConfig, FolderType};
+
+/// Declined offers remembered; the oldest are forgotten past this.
+const MAX_DECLINED: usize = 256;
 use crate::engine::{Engine, load_folder};
 use crate::history::{RestoreRequest, Restored, Version};
 
@@ -65,6 +68,10 @@ pub enum AdminRequest {
         kind: Option<FolderType>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    Decline {
+        folder: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Pause {
         folder: Option<String>,
         paused: bool,
@@ -106,6 +113,9 @@ impl Engine {
                 reply,
             } => {
                 let _ = reply.send(self.accept(&folder, path, kind));
+            }
+            AdminRequest::Decline { folder, reply } => {
+                let _ = reply.send(self.decline(&folder));
             }
             AdminRequest::Pause {
                 folder,
@@ -249,7 +259,23 @@ impl Engine {
         path: PathBuf,
         kind: Option<FolderType>,
     ) -> Result<(), String> {
-        let Some(offer) = self.offers.get(folder).cloned() else {
+        // A declined offer can still be accepted: the decline is undone.
+        let declined = self
+            .config
+            .declined
+            .iter()
+            .rev()
+            .find(|d| d.folder == folder)
+            .and_then(|d| {
+                let peer = d.device.parse::<PeerId>().ok()?;
+                let (name, _) = self.trusted.get(&peer)?;
+                Some(Offer {
+                    folder: folder.to_string(),
+                    from: d.device.clone(),
+                    from_name: name.clone(),
+                })
+            });
+        let Some(offer) = self.offers.get(folder).cloned().or(declined) else {
             return Err(format!(
                 "no device offered a folder {folder:?}; `cairn status` lists offers"
             ));
@@ -269,10 +295,35 @@ impl Engine {
             paused: false,
         })?;
         self.offers.remove(folder);
+        self.offered_at.remove(folder);
+        if self.config.declined.iter().any(|d| d.folder == folder) {
+            self.config.declined.retain(|d| d.folder != folder);
+            self.save_config()?;
+        }
         if let Ok(peer) = offer.from.parse::<PeerId>() {
             self.sync_with(folder, peer);
         }
         Ok(())
+    }
+
+    /// Declines an offer: it goes, and the device's later offers of the folder are not
+    /// shown again (remembered in `config.toml`; `cairn accept` still takes it).
+    fn decline(&mut self, folder: &str) -> Result<(), String> {
+        let Some(offer) = self.offers.remove(folder) else {
+            return Err(format!(
+                "no device offered a folder {folder:?}; `cairn status` lists offers"
+            ));
+        };
+        self.offered_at.remove(folder);
+        self.config.declined.retain(|d| d.folder != folder);
+        self.config.declined.push(DeclinedOffer {
+            folder: folder.to_string(),
+            device: offer.from.clone(),
+        });
+        let over = self.config.declined.len().saturating_sub(MAX_DECLINED);
+        self.config.declined.drain(..over);
+        tracing::info!(folder, peer = %offer.from, "folder_offer_declined");
+        self.save_config()
     }
 
     fn pause(&mut self, folder: Option<&str>, paused: bool) -> Result<(), String> {

@@ -78,6 +78,16 @@ pub struct PeerConfig {
     pub addresses: Vec<String>,
 }
 
+/// A folder offer the user declined (`cairn decline`): the device's later offers of that
+/// folder are not shown again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclinedOffer {
+    /// Folder id.
+    pub folder: String,
+    /// The offering device's PeerId (base58).
+    pub device: String,
+}
+
 /// Network settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkConfig {
@@ -159,6 +169,9 @@ pub struct Config {
     /// Synced folders.
     #[serde(default)]
     pub folders: Vec<FolderConfig>,
+    /// Folder offers declined, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declined: Vec<DeclinedOffer>,
 }
 
 impl Config {

@@ -232,6 +232,33 @@ async fn accept(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<Accept
 }
 
 #[derive(Deserialize)]
+struct DeclineBody {
+    folder: String,
+}
+
+async fn decline(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(b): Json<DeclineBody>,
+) -> Response {
+    let decline = |reply| {
+        ControlRequest::Admin(AdminRequest::Decline {
+            folder: b.folder,
+            reply,
+        })
+    };
+    let ok = |()| serde_json::json!({ "ok": true });
+    answer(
+        &ctx,
+        &headers,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        decline,
+        ok,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
 struct FolderBody {
     folder: Option<String>,
 }
@@ -392,6 +419,7 @@ pub async fn serve(
         .route("/v1/pair/join", post(join))
         .route("/v1/share", post(share))
         .route("/v1/accept", post(accept))
+        .route("/v1/decline", post(decline))
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
         .route("/v1/conflicts", get(conflicts))

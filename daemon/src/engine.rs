@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use cairn_core::ContentId;
 use cairn_core::conduct::{Conduct, Verdict, Violation};
 use cairn_core::folder::doc::DEFAULT_SHARDS;
 use cairn_core::folder::{
@@ -18,7 +19,6 @@ use cairn_core::folder::{
 };
 use cairn_core::planner::{LocalStore, plan};
 use cairn_core::wire::{BlocksRequest, BlocksResponse, MetaRequest, MetaResponse};
-use cairn_core::{ChunkId, ContentId, Manifest};
 use futures::StreamExt;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
@@ -254,11 +254,8 @@ pub(crate) struct Folder {
 struct IndexStore<'a>(&'a Index);
 
 impl LocalStore for IndexStore<'_> {
-    fn manifest(&self, content: &ContentId) -> Option<Manifest> {
-        self.0.any_manifest(content).ok().flatten()
-    }
-    fn has_chunk(&self, chunk: &ChunkId) -> bool {
-        self.0.has_chunk(chunk).unwrap_or(false)
+    fn has_manifest(&self, content: &ContentId) -> bool {
+        self.0.has_manifest(content).unwrap_or(false)
     }
 }
 
@@ -968,12 +965,16 @@ impl Engine {
 
     /// Whether this device has every byte of `content` (in a file or in history).
     fn holds(&self, content: &ContentId) -> bool {
-        match self.index.any_manifest(content) {
-            Ok(Some(m)) => m
+        let mut all = true;
+        let known = self.index.each_page(content, |m, _| {
+            all = m
                 .chunks
                 .iter()
-                .all(|c| self.index.has_chunk(&c.id).unwrap_or(true)),
-            Ok(None) => false,
+                .all(|c| self.index.has_chunk(&c.id).unwrap_or(true));
+            all
+        });
+        match known {
+            Ok(known) => known && all,
             Err(_) => true, // unsure: keep waiting rather than drop
         }
     }
@@ -1227,13 +1228,21 @@ impl Engine {
         if self.folders.contains_key(folder) {
             return;
         }
+        let from = peer.to_string();
+        if self
+            .config
+            .declined
+            .iter()
+            .any(|d| d.folder == folder && d.device == from)
+        {
+            return;
+        }
         if let Some(o) = self.offers.get(folder) {
             if o.from == peer.to_string() {
                 self.offered_at.insert(folder.to_string(), Instant::now());
             }
             return;
         }
-        let from = peer.to_string();
         let of_peer = self.offers.values().filter(|o| o.from == from).count();
         if of_peer >= MAX_OFFERS_PER_PEER || self.offers.len() >= MAX_OFFERS {
             tracing::debug!(folder, peer = %peer, "folder_offer_ignored_over_cap");

@@ -243,9 +243,9 @@ fn version(
     content: ContentId,
 ) -> Result<Version, String> {
     let size = index
-        .any_manifest(&content)
+        .content_size(&content)
         .map_err(|e| e.to_string())?
-        .map_or(0, |m| m.size());
+        .unwrap_or(0);
     Ok(Version {
         folder: folder.to_string(),
         path,

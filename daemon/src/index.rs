@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use cairn_core::manifest::PAGE_CHUNKS;
 use cairn_core::scan::{EntryKind, IndexedEntry};
-use cairn_core::{ChunkId, ChunkerParams, ContentId, Manifest};
+use cairn_core::{ChunkId, ChunkRef, ChunkerParams, ContentId, Manifest, Outline};
 use redb::{
     Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -20,8 +21,11 @@ use serde::{Deserialize, Serialize};
 const FOLDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("folders");
 /// (folder id, path) -> IndexedEntry (postcard)
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
-/// content id -> (paths referring to it, encoded manifest)
+/// content id -> (paths referring to it, encoded manifest, or the outline of a paged one)
 const MANIFESTS: TableDefinition<&[u8; 32], (u64, &[u8])> = TableDefinition::new("manifests");
+/// (content id, page) -> encoded page of a paged manifest in MANIFESTS
+const MANIFEST_PAGES: TableDefinition<(&[u8; 32], u32), &[u8]> =
+    TableDefinition::new("manifest_pages");
 /// chunk id -> encoded ChunkLocation, one per place the chunk occurs
 const CHUNK_LOCATIONS: MultimapTableDefinition<&[u8; 32], &[u8]> =
     MultimapTableDefinition::new("chunk_locations");
@@ -32,9 +36,14 @@ const FOLDER_CHUNKS: TableDefinition<(&str, &[u8; 32]), u64> =
 const FOLDER_TOTALS: TableDefinition<&str, &[u8]> = TableDefinition::new("folder_totals");
 /// (folder id, shard) -> saved automerge document of that shard
 const FOLDER_SHARDS: TableDefinition<(&str, u16), &[u8]> = TableDefinition::new("folder_shards");
-/// content id -> encoded manifest learnt from a peer (verified before it is stored)
+/// content id -> encoded manifest (or outline) learnt from a peer, verified before it is
+/// stored
 const REMOTE_MANIFESTS: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("remote_manifests");
+/// (content id, page) -> encoded page of a paged manifest in REMOTE_MANIFESTS, verified
+/// against its outline; a paged manifest's pages arrive one by one as the pull needs them
+const REMOTE_PAGES: TableDefinition<(&[u8; 32], u32), &[u8]> =
+    TableDefinition::new("remote_manifest_pages");
 /// (folder id, path) -> (content id being pulled, chunks already written in order)
 const PULL_PROGRESS: TableDefinition<(&str, &str), (&[u8; 32], u64)> =
     TableDefinition::new("pull_progress");
@@ -209,6 +218,113 @@ fn locations_in<'m>(
         })
 }
 
+/// A manifest as the index stores it: whole, or (more than [`PAGE_CHUNKS`] chunks) its
+/// outline, with the pages in a table of their own, so that no reader or writer holds
+/// more than one page of a large manifest at a time.
+#[derive(Clone, Debug)]
+pub enum Stored {
+    Whole(Manifest),
+    Paged(Outline),
+}
+
+impl Stored {
+    fn decode(content: &ContentId, bytes: &[u8]) -> Result<Stored> {
+        let stored = match bytes.first() {
+            Some(2) => Outline::decode(bytes).map(Stored::Paged),
+            _ => Manifest::decode(bytes).map(Stored::Whole),
+        };
+        stored.map_err(|e| IndexError::Corrupt {
+            what: format!("manifest {content}"),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Chunks in the content.
+    pub fn count(&self) -> u64 {
+        match self {
+            Stored::Whole(m) => m.chunks.len() as u64,
+            Stored::Paged(o) => o.count,
+        }
+    }
+}
+
+/// Encodes `manifest` for a manifests table; a paged one's pages go to `pages` and its
+/// outline is returned.
+fn store_manifest(
+    pages: &mut redb::Table<(&'static [u8; 32], u32), &'static [u8]>,
+    content: &ContentId,
+    manifest: &Manifest,
+) -> Result<Vec<u8>> {
+    if !manifest.is_paged() {
+        return Ok(manifest.encode());
+    }
+    for (p, chunks) in manifest.chunks.chunks(PAGE_CHUNKS).enumerate() {
+        let page = Manifest {
+            chunks: chunks.to_vec(),
+        };
+        pages.insert((content.as_bytes(), p as u32), page.encode().as_slice())?;
+    }
+    Ok(Outline::of(manifest).encode())
+}
+
+fn read_page(
+    pages: &impl ReadableTable<(&'static [u8; 32], u32), &'static [u8]>,
+    content: &ContentId,
+    page: usize,
+) -> Result<Option<Manifest>> {
+    let Some(v) = pages.get((content.as_bytes(), page as u32))? else {
+        return Ok(None);
+    };
+    Manifest::decode(v.value())
+        .map(Some)
+        .map_err(|e| IndexError::Corrupt {
+            what: format!("page {page} of manifest {content}"),
+            detail: e.to_string(),
+        })
+}
+
+/// Calls `f` with each page of `stored` (a whole manifest is one page) and the offset of
+/// its first chunk in the content; stops early when `f` says so. A missing page is an error.
+fn each_page(
+    pages: &impl ReadableTable<(&'static [u8; 32], u32), &'static [u8]>,
+    content: &ContentId,
+    stored: &Stored,
+    mut f: impl FnMut(&Manifest, u64) -> Result<bool>,
+) -> Result<()> {
+    match stored {
+        Stored::Whole(m) => {
+            f(m, 0)?;
+        }
+        Stored::Paged(o) => {
+            let mut offset = 0;
+            for p in 0..o.pages() {
+                let page = read_page(pages, content, p)?.ok_or_else(|| IndexError::Corrupt {
+                    what: format!("manifest {content}"),
+                    detail: format!("page {p} is missing"),
+                })?;
+                if !f(&page, offset)? {
+                    break;
+                }
+                offset += page.size();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_pages(
+    pages: &mut redb::Table<(&'static [u8; 32], u32), &'static [u8]>,
+    content: &ContentId,
+    stored: &Stored,
+) -> Result<()> {
+    if let Stored::Paged(o) = stored {
+        for p in 0..o.pages() {
+            pages.remove((content.as_bytes(), p as u32))?;
+        }
+    }
+    Ok(())
+}
+
 /// One change to a path, applied by [`Index::apply`].
 #[derive(Clone, Debug)]
 pub enum Update {
@@ -268,6 +384,8 @@ impl Index {
         txn.open_table(FOLDERS)?;
         txn.open_table(ENTRIES)?;
         txn.open_table(MANIFESTS)?;
+        txn.open_table(MANIFEST_PAGES)?;
+        txn.open_table(REMOTE_PAGES)?;
         txn.open_multimap_table(CHUNK_LOCATIONS)?;
         txn.open_table(FOLDER_CHUNKS)?;
         txn.open_table(FOLDER_TOTALS)?;
@@ -363,13 +481,18 @@ impl Index {
         let Some(v) = table.get(content.as_bytes())? else {
             return Ok(None);
         };
-        let (_, bytes) = v.value();
-        Manifest::decode(bytes)
-            .map(Some)
-            .map_err(|e| IndexError::Corrupt {
-                what: format!("manifest {content}"),
-                detail: e.to_string(),
-            })
+        let stored = Stored::decode(content, v.value().1)?;
+        let mut chunks = Vec::new();
+        each_page(
+            &txn.open_table(MANIFEST_PAGES)?,
+            content,
+            &stored,
+            |m, _| {
+                chunks.extend_from_slice(&m.chunks);
+                Ok(true)
+            },
+        )?;
+        Ok(Some(Manifest { chunks }))
     }
 
     /// Every place on this device where `chunk` is known to be.
@@ -452,22 +575,137 @@ impl Index {
         Ok(())
     }
 
-    /// A manifest this device knows: from its own files, or verified from a peer.
-    pub fn any_manifest(&self, content: &ContentId) -> Result<Option<Manifest>> {
-        if let Some(m) = self.manifest(content)? {
-            return Ok(Some(m));
-        }
+    /// A manifest this device knows, as stored: from its own files, or verified from a
+    /// peer (a paged one's outline).
+    pub fn stored(&self, content: &ContentId) -> Result<Option<Stored>> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(REMOTE_MANIFESTS)?;
-        match t.get(content.as_bytes())? {
-            Some(v) => Manifest::decode(v.value())
-                .map(Some)
-                .map_err(|e| IndexError::Corrupt {
-                    what: format!("remote manifest {content}"),
-                    detail: e.to_string(),
-                }),
+        if let Some(v) = txn.open_table(MANIFESTS)?.get(content.as_bytes())? {
+            return Stored::decode(content, v.value().1).map(Some);
+        }
+        match txn.open_table(REMOTE_MANIFESTS)?.get(content.as_bytes())? {
+            Some(v) => Stored::decode(content, v.value()).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Whether this device knows the manifest of `content` (a paged one's outline is
+    /// enough: its pages come as the pull needs them).
+    pub fn has_manifest(&self, content: &ContentId) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        Ok(txn
+            .open_table(MANIFESTS)?
+            .get(content.as_bytes())?
+            .is_some()
+            || txn
+                .open_table(REMOTE_MANIFESTS)?
+                .get(content.as_bytes())?
+                .is_some())
+    }
+
+    /// Page `page` of the paged manifest of `content`, if this device has it.
+    pub fn page(&self, content: &ContentId, page: usize) -> Result<Option<Manifest>> {
+        let txn = self.db.begin_read()?;
+        if txn
+            .open_table(MANIFESTS)?
+            .get(content.as_bytes())?
+            .is_some()
+        {
+            return read_page(&txn.open_table(MANIFEST_PAGES)?, content, page);
+        }
+        read_page(&txn.open_table(REMOTE_PAGES)?, content, page)
+    }
+
+    /// Calls `f` with each page of the manifest of `content` (a whole one is one page) and
+    /// the offset of its first chunk, holding one page at a time; false when this device
+    /// does not have all of it.
+    pub fn each_page(
+        &self,
+        content: &ContentId,
+        f: impl FnMut(&Manifest, u64) -> bool,
+    ) -> Result<bool> {
+        let mut f = f;
+        let txn = self.db.begin_read()?;
+        let (stored, pages) = match txn.open_table(MANIFESTS)?.get(content.as_bytes())? {
+            Some(v) => (
+                Stored::decode(content, v.value().1)?,
+                txn.open_table(MANIFEST_PAGES)?,
+            ),
+            None => match txn.open_table(REMOTE_MANIFESTS)?.get(content.as_bytes())? {
+                Some(v) => (
+                    Stored::decode(content, v.value())?,
+                    txn.open_table(REMOTE_PAGES)?,
+                ),
+                None => return Ok(false),
+            },
+        };
+        match each_page(&pages, content, &stored, |m, at| Ok(f(m, at))) {
+            Ok(()) => Ok(true),
+            Err(IndexError::Corrupt { .. }) if matches!(stored, Stored::Paged(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A manifest this device knows, whole (a paged one assembled from all its pages;
+    /// for local work on files this device holds, never for what a peer sent).
+    pub fn any_manifest(&self, content: &ContentId) -> Result<Option<Manifest>> {
+        let mut chunks = Vec::new();
+        let complete = self.each_page(content, |m, _| {
+            chunks.extend_from_slice(&m.chunks);
+            true
+        })?;
+        Ok(complete.then_some(Manifest { chunks }))
+    }
+
+    /// The size of `content` in bytes, if this device knows all of its manifest.
+    pub fn content_size(&self, content: &ContentId) -> Result<Option<u64>> {
+        let mut size = 0;
+        let complete = self.each_page(content, |m, _| {
+            size += m.size();
+            true
+        })?;
+        Ok(complete.then_some(size))
+    }
+
+    /// The first chunk of `content`, if this device knows its manifest.
+    pub fn first_chunk(&self, content: &ContentId) -> Result<Option<ChunkRef>> {
+        let mut first = None;
+        self.each_page(content, |m, _| {
+            first = m.chunks.first().copied();
+            false
+        })?;
+        Ok(first)
+    }
+
+    /// Stores the outline of a paged manifest learnt from a peer; the caller has verified
+    /// it against `content`. Its pages follow with [`Index::put_remote_page`].
+    pub fn put_remote_outline(&self, content: &ContentId, outline: &Outline) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(REMOTE_MANIFESTS)?
+            .insert(content.as_bytes(), outline.encode().as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Stores page `page` of a paged manifest learnt from a peer; the caller has verified
+    /// it against the stored outline.
+    pub fn put_remote_page(
+        &self,
+        content: &ContentId,
+        page: usize,
+        chunks: &Manifest,
+    ) -> Result<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| IndexError::Corrupt {
+                what: "durability".into(),
+                detail: e.to_string(),
+            })?;
+        txn.open_table(REMOTE_PAGES)?.insert(
+            (content.as_bytes(), page as u32),
+            chunks.encode().as_slice(),
+        )?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// Stores manifests learnt from peers in one transaction; each was verified against
@@ -479,8 +717,10 @@ impl Index {
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(REMOTE_MANIFESTS)?;
+            let mut pages = txn.open_table(REMOTE_PAGES)?;
             for (content, m) in manifests {
-                t.insert(content.as_bytes(), m.encode().as_slice())?;
+                let bytes = store_manifest(&mut pages, content, m)?;
+                t.insert(content.as_bytes(), bytes.as_slice())?;
             }
         }
         txn.commit()?;
@@ -489,11 +729,7 @@ impl Index {
 
     /// Stores a manifest learnt from a peer; the caller has verified it against `content`.
     pub fn put_remote_manifest(&self, content: &ContentId, manifest: &Manifest) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(REMOTE_MANIFESTS)?
-            .insert(content.as_bytes(), manifest.encode().as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.put_remote_manifests(&[(*content, manifest.clone())])
     }
 
     /// Removes the manifests learnt from peers that nothing needs any more: every one not
@@ -509,13 +745,30 @@ impl Index {
                 .map(|r| r.map(|(_, v)| *v.value()))
                 .collect::<std::result::Result<_, _>>()?;
             let mut t = txn.open_table(REMOTE_MANIFESTS)?;
+            let mut pages = txn.open_table(REMOTE_PAGES)?;
             let stale: Vec<[u8; 32]> = t
                 .iter()?
                 .filter_map(|r| r.ok().map(|(k, _)| *k.value()))
                 .filter(|k| !kept.contains(k))
                 .collect();
             for k in &stale {
-                t.remove(k)?;
+                let content = ContentId(*k);
+                let stored = t
+                    .remove(k)?
+                    .map(|v| Stored::decode(&content, v.value()))
+                    .transpose()?;
+                if let Some(stored) = stored {
+                    remove_pages(&mut pages, &content, &stored)?;
+                }
+            }
+            // Pages whose outline is gone (a kill between the two writes).
+            let orphans: Vec<([u8; 32], u32)> = pages
+                .iter()?
+                .filter_map(|r| r.ok().map(|(k, _)| (*k.value().0, k.value().1)))
+                .filter(|(c, _)| !kept.contains(c))
+                .collect();
+            for (c, p) in &orphans {
+                pages.remove((c, *p))?;
             }
             stale.len()
         };
@@ -594,8 +847,9 @@ impl Index {
                 .insert((folder, path, time_ns), content.as_bytes())?;
             // The folder's own manifest goes when no path holds that content any more; a
             // kept version needs its manifest for as long as it is kept (size, serving).
+            let bytes = store_manifest(&mut txn.open_table(REMOTE_PAGES)?, content, manifest)?;
             txn.open_table(REMOTE_MANIFESTS)?
-                .insert(content.as_bytes(), manifest.encode().as_slice())?;
+                .insert(content.as_bytes(), bytes.as_slice())?;
             let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
             for (c, loc) in locations_in(HISTORY_FOLDER, &content.to_hex(), manifest) {
                 locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
@@ -708,6 +962,9 @@ impl Index {
                 folder,
                 entries: txn.open_table(ENTRIES)?,
                 manifests: txn.open_table(MANIFESTS)?,
+                pages: txn.open_table(MANIFEST_PAGES)?,
+                remote: txn.open_table(REMOTE_MANIFESTS)?,
+                remote_pages: txn.open_table(REMOTE_PAGES)?,
                 locations: txn.open_multimap_table(CHUNK_LOCATIONS)?,
                 folder_chunks: txn.open_table(FOLDER_CHUNKS)?,
                 totals: {
@@ -751,6 +1008,9 @@ struct Writer<'t> {
     folder: &'t str,
     entries: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
     manifests: redb::Table<'t, &'static [u8; 32], (u64, &'static [u8])>,
+    pages: redb::Table<'t, (&'static [u8; 32], u32), &'static [u8]>,
+    remote: redb::Table<'t, &'static [u8; 32], &'static [u8]>,
+    remote_pages: redb::Table<'t, (&'static [u8; 32], u32), &'static [u8]>,
     locations: redb::MultimapTable<'t, &'static [u8; 32], &'static [u8]>,
     folder_chunks: redb::Table<'t, (&'static str, &'static [u8; 32]), u64>,
     totals: FolderTotals,
@@ -822,30 +1082,42 @@ impl Writer<'_> {
         });
         let (refs, bytes) = match (existing, manifest) {
             (Some((refs, bytes)), _) => (refs, bytes),
-            (None, Some(m)) => (0, m.encode()),
-            (None, None) => {
-                return Err(IndexError::Corrupt {
-                    what: format!("entry {}/{path}", self.folder),
-                    detail: format!("content {content} has no manifest"),
-                });
-            }
+            (None, Some(m)) => (0, store_manifest(&mut self.pages, content, m)?),
+            (None, None) => (0, self.adopt_remote(path, content)?),
         };
         self.manifests
             .insert(content.as_bytes(), (refs + 1, bytes.as_slice()))?;
-        let manifest = self.decode_manifest(content, &bytes)?;
-        for (c, loc) in locations_in(self.folder, path, &manifest) {
-            self.locations
-                .insert(c.id.as_bytes(), loc.encode().as_slice())?;
-            let key = (self.folder, c.id.as_bytes());
-            let n = self.folder_chunks.get(key)?.map_or(0, |v| v.value());
-            self.folder_chunks.insert(key, n + 1)?;
-            self.totals.chunks += 1;
-            if n == 0 {
-                self.totals.unique_chunks += 1;
-                self.totals.unique_bytes += u64::from(c.len);
+        let stored = Stored::decode(content, &bytes)?;
+        self.locations_of(path, content, &stored, true)
+    }
+
+    /// Copies the manifest of `content` learnt from a peer (whole, or outline and pages)
+    /// to this device's own: a pulled file whose manifest is paged is recorded without
+    /// ever holding the whole manifest.
+    fn adopt_remote(&mut self, path: &str, content: &ContentId) -> Result<Vec<u8>> {
+        let Some(bytes) = self
+            .remote
+            .get(content.as_bytes())?
+            .map(|v| v.value().to_vec())
+        else {
+            return Err(IndexError::Corrupt {
+                what: format!("entry {}/{path}", self.folder),
+                detail: format!("content {content} has no manifest"),
+            });
+        };
+        if let Stored::Paged(o) = Stored::decode(content, &bytes)? {
+            for p in 0..o.pages() {
+                let page = read_page(&self.remote_pages, content, p)?.ok_or_else(|| {
+                    IndexError::Corrupt {
+                        what: format!("manifest {content}"),
+                        detail: format!("page {p} is missing"),
+                    }
+                })?;
+                self.pages
+                    .insert((content.as_bytes(), p as u32), page.encode().as_slice())?;
             }
         }
-        Ok(())
+        Ok(bytes)
     }
 
     fn release_content(&mut self, path: &str, old: &IndexedEntry) -> Result<()> {
@@ -858,35 +1130,59 @@ impl Writer<'_> {
         }) else {
             return Ok(());
         };
+        let stored = Stored::decode(content, &bytes)?;
+        self.locations_of(path, content, &stored, false)?;
         if refs <= 1 {
             self.manifests.remove(content.as_bytes())?;
+            remove_pages(&mut self.pages, content, &stored)?;
         } else {
             self.manifests
                 .insert(content.as_bytes(), (refs - 1, bytes.as_slice()))?;
         }
-        let manifest = self.decode_manifest(content, &bytes)?;
-        for (c, loc) in locations_in(self.folder, path, &manifest) {
-            self.locations
-                .remove(c.id.as_bytes(), loc.encode().as_slice())?;
-            let key = (self.folder, c.id.as_bytes());
-            let n = self.folder_chunks.get(key)?.map_or(0, |v| v.value());
-            self.totals.chunks = self.totals.chunks.saturating_sub(1);
-            if n <= 1 {
-                self.folder_chunks.remove(key)?;
-                self.totals.unique_chunks = self.totals.unique_chunks.saturating_sub(1);
-                self.totals.unique_bytes =
-                    self.totals.unique_bytes.saturating_sub(u64::from(c.len));
-            } else {
-                self.folder_chunks.insert(key, n - 1)?;
-            }
-        }
         Ok(())
     }
 
-    fn decode_manifest(&self, content: &ContentId, bytes: &[u8]) -> Result<Manifest> {
-        Manifest::decode(bytes).map_err(|e| IndexError::Corrupt {
-            what: format!("manifest {content}"),
-            detail: e.to_string(),
+    /// Adds (or removes) the locations of every chunk of `content` at `path`, and the
+    /// folder's chunk counts, one page at a time.
+    fn locations_of(
+        &mut self,
+        path: &str,
+        content: &ContentId,
+        stored: &Stored,
+        add: bool,
+    ) -> Result<()> {
+        let folder = self.folder;
+        let (locations, folder_chunks, totals) = (
+            &mut self.locations,
+            &mut self.folder_chunks,
+            &mut self.totals,
+        );
+        each_page(&self.pages, content, stored, |page, start| {
+            for (c, mut loc) in locations_in(folder, path, page) {
+                loc.offset += start;
+                let key = (folder, c.id.as_bytes());
+                let n = folder_chunks.get(key)?.map_or(0, |v| v.value());
+                if add {
+                    locations.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+                    folder_chunks.insert(key, n + 1)?;
+                    totals.chunks += 1;
+                    if n == 0 {
+                        totals.unique_chunks += 1;
+                        totals.unique_bytes += u64::from(c.len);
+                    }
+                    continue;
+                }
+                locations.remove(c.id.as_bytes(), loc.encode().as_slice())?;
+                totals.chunks = totals.chunks.saturating_sub(1);
+                if n <= 1 {
+                    folder_chunks.remove(key)?;
+                    totals.unique_chunks = totals.unique_chunks.saturating_sub(1);
+                    totals.unique_bytes = totals.unique_bytes.saturating_sub(u64::from(c.len));
+                } else {
+                    folder_chunks.insert(key, n - 1)?;
+                }
+            }
+            Ok(true)
         })
     }
 }

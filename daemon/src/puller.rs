@@ -20,15 +20,18 @@ use cairn_core::conduct::Violation;
 use cairn_core::delta;
 use cairn_core::folder::tree::conflict_name;
 use cairn_core::folder::{DeviceId, EntryValue};
+use cairn_core::manifest::PAGE_CHUNKS;
 use cairn_core::planner::{Action, Plan};
 use cairn_core::scan::{EntryKind, IndexedEntry, TEMP_PREFIX};
-use cairn_core::wire::{BlocksRequest, BlocksResponse, MAX_CHUNKS_PER_REQUEST};
-use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest};
+use cairn_core::wire::{
+    BlocksRequest, BlocksResponse, MAX_CHUNK_BYTES_PER_RESPONSE, MAX_CHUNKS_PER_REQUEST,
+};
+use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest, Outline};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::store_version;
-use crate::index::{HISTORY_FOLDER, Index, IndexError, Update};
+use crate::index::{HISTORY_FOLDER, Index, IndexError, Stored, Update};
 use crate::metrics::Metrics;
 use crate::scanner::{FileRead, read_file, stamp_of};
 
@@ -183,9 +186,7 @@ fn action_words(action: &Action) -> Option<(&str, &'static str)> {
         }
         Action::MakeDir { path } => Some((path, "folder created")),
         Action::Delete { path, .. } => Some((path, "deleted")),
-        Action::KeepInHistory { .. }
-        | Action::FetchManifest { .. }
-        | Action::FetchChunks { .. } => None,
+        Action::KeepInHistory { .. } | Action::FetchManifest { .. } => None,
     }
 }
 
@@ -301,7 +302,6 @@ impl Puller {
                 Ok(())
             }
             Action::FetchManifest { content } => self.fetch_manifest(content),
-            Action::FetchChunks { .. } => Ok(()), // fetched per file, straight into place
             Action::MakeDir { path } => self.make_dir(path),
             Action::WriteFile { path, content, .. } => {
                 self.write_file(path, content, values, out, parallel)
@@ -477,21 +477,25 @@ impl Puller {
             .ok()
             .and_then(|mut k| k.remove(path))
             .is_some_and(|c| c == content);
-        let Some(manifest) = self.index.any_manifest(&content)? else {
+        if !self.index.has_manifest(&content)? {
             tracing::debug!(path, "history_skip_no_manifest");
             return Ok(());
+        }
+        let first = self.index.first_chunk(&content)?;
+        let manifest = || -> Result<Manifest, PullError> {
+            Ok(self.index.any_manifest(&content)?.unwrap_or_default())
         };
         // One at a time: two workers replacing two copies of one version must not both
         // count on the other, nor race on the store's file.
         let _one = self.preserving.lock().unwrap_or_else(|e| e.into_inner());
-        if !asked && self.held_elsewhere(path, &content, &manifest, tree)? {
+        if !asked && self.held_elsewhere(path, &content, first, tree)? {
             return Ok(());
         }
         let kept = self.history_dir.join(content.to_hex());
-        if self.in_history(&content, &manifest)? {
+        if self.in_history(&content, first)? {
             if asked {
                 self.index
-                    .add_history(&self.folder, path, &content, &manifest)?;
+                    .add_history(&self.folder, path, &content, &manifest()?)?;
             }
             return Ok(());
         }
@@ -503,7 +507,7 @@ impl Puller {
         let src = self.full(path);
         store_version(&self.history_dir, &src, &content).map_err(io_err(&src))?;
         self.index
-            .add_history(&self.folder, path, &content, &manifest)?;
+            .add_history(&self.folder, path, &content, &manifest()?)?;
         if !asked {
             Metrics::add(&self.metrics.versions_preserved, 1);
             tracing::info!(folder = %self.folder, path, content = %content.short(), "version_preserved");
@@ -519,10 +523,10 @@ impl Puller {
         &self,
         path: &str,
         content: &ContentId,
-        manifest: &Manifest,
+        first: Option<ChunkRef>,
         tree: &HashMap<String, EntryValue>,
     ) -> Result<bool, PullError> {
-        let Some(first) = manifest.chunks.first() else {
+        let Some(first) = first else {
             return Ok(false);
         };
         for loc in self.index.chunk_locations(&first.id)? {
@@ -543,8 +547,8 @@ impl Puller {
     }
 
     /// Whether the history store holds `content` as the index knows it.
-    fn in_history(&self, content: &ContentId, manifest: &Manifest) -> Result<bool, PullError> {
-        let Some(first) = manifest.chunks.first() else {
+    fn in_history(&self, content: &ContentId, first: Option<ChunkRef>) -> Result<bool, PullError> {
+        let Some(first) = first else {
             return Ok(self.history_dir.join(content.to_hex()).exists());
         };
         let hex = content.to_hex();
@@ -596,30 +600,26 @@ impl Puller {
                     (*content, peer, self.ask(peer, request))
                 })
                 .collect();
-            let mut verified = Vec::new();
+            let mut whole = Vec::new();
             for (content, peer, rx) in pending {
-                let Ok(Ok(BlocksResponse::Manifest(Some(bytes)))) = rx.blocking_recv() else {
-                    continue;
-                };
-                match Manifest::decode(&bytes).ok().filter(|m| {
-                    m.verify(&content).is_ok() && m.check_lengths(self.chunker.params().max).is_ok()
-                }) {
-                    Some(m) => verified.push((content, m)),
-                    None => self.violation(
-                        peer,
-                        Violation::BadManifest,
-                        format!("manifest of {content} does not match it"),
-                    ),
+                match self.accept_manifest(peer, &content, rx.blocking_recv()) {
+                    Some(Stored::Whole(m)) => whole.push((content, m)),
+                    Some(Stored::Paged(o)) => {
+                        if let Err(e) = self.index.put_remote_outline(&content, &o) {
+                            tracing::warn!(error = %e, "manifest_store_failed");
+                        }
+                    }
+                    None => {}
                 }
             }
-            if let Err(e) = self.index.put_remote_manifests(&verified) {
+            if let Err(e) = self.index.put_remote_manifests(&whole) {
                 tracing::warn!(error = %e, "manifest_store_failed");
             }
         }
     }
 
     fn fetch_manifest(&self, content: &ContentId) -> Result<(), PullError> {
-        if self.index.any_manifest(content)?.is_some() {
+        if self.index.has_manifest(content)? {
             return Ok(());
         }
         for peer in &self.peers {
@@ -630,26 +630,98 @@ impl Puller {
                     content: *content,
                 },
             );
-            let Ok(Ok(BlocksResponse::Manifest(Some(bytes)))) = rx.blocking_recv() else {
-                continue;
-            };
-            let valid = Manifest::decode(&bytes).ok().filter(|m| {
-                m.verify(content).is_ok() && m.check_lengths(self.chunker.params().max).is_ok()
-            });
-            match valid {
-                Some(m) => {
+            match self.accept_manifest(*peer, content, rx.blocking_recv()) {
+                Some(Stored::Whole(m)) => {
                     self.index.put_remote_manifest(content, &m)?;
                     return Ok(());
                 }
-                None => self.violation(
-                    *peer,
-                    Violation::BadManifest,
-                    format!("manifest of {content} does not match it"),
-                ),
+                Some(Stored::Paged(o)) => {
+                    self.index.put_remote_outline(content, &o)?;
+                    return Ok(());
+                }
+                None => {}
             }
         }
         Err(PullError::Unavailable(format!(
             "the manifest of {}",
+            content.short()
+        )))
+    }
+
+    /// A peer's answer to a manifest request, verified against `content`: a whole
+    /// manifest, or the outline of a paged one (its pages are verified as they come). A
+    /// manifest or outline that does not match is a violation of `peer`; no answer is
+    /// None without one.
+    fn accept_manifest(
+        &self,
+        peer: PeerId,
+        content: &ContentId,
+        answer: Result<Result<BlocksResponse, String>, oneshot::error::RecvError>,
+    ) -> Option<Stored> {
+        let max = self.chunker.params().max;
+        let accepted = match answer {
+            Ok(Ok(BlocksResponse::Manifest(Some(bytes)))) => Manifest::decode(&bytes)
+                .ok()
+                .filter(|m| m.verify(content).is_ok() && m.check_lengths(max).is_ok())
+                .map(Stored::Whole),
+            // Only a manifest too large to send whole may come as an outline.
+            Ok(Ok(BlocksResponse::Outline(bytes))) => Outline::decode(&bytes)
+                .ok()
+                .filter(|o| o.count > PAGE_CHUNKS as u64 && o.verify(content).is_ok())
+                .map(Stored::Paged),
+            _ => return None,
+        };
+        if accepted.is_none() {
+            self.violation(
+                peer,
+                Violation::BadManifest,
+                format!("manifest of {content} does not match it"),
+            );
+        }
+        accepted
+    }
+
+    /// Page `page` of the paged manifest of `content`: stored, or fetched from a peer and
+    /// verified against the outline (a page that does not match is a violation).
+    fn manifest_page(
+        &self,
+        content: &ContentId,
+        outline: &Outline,
+        page: usize,
+    ) -> Result<Manifest, PullError> {
+        if let Some(m) = self.index.page(content, page)? {
+            return Ok(m);
+        }
+        let max = self.chunker.params().max;
+        for peer in &self.peers {
+            let rx = self.ask(
+                *peer,
+                BlocksRequest::ManifestPage {
+                    folder: self.folder.clone(),
+                    content: *content,
+                    page: page as u32,
+                },
+            );
+            let Ok(Ok(BlocksResponse::Page(Some(bytes)))) = rx.blocking_recv() else {
+                continue;
+            };
+            match Manifest::decode(&bytes)
+                .ok()
+                .filter(|m| outline.check_page(page, m).is_ok() && m.check_lengths(max).is_ok())
+            {
+                Some(m) => {
+                    self.index.put_remote_page(content, page, &m)?;
+                    return Ok(m);
+                }
+                None => self.violation(
+                    *peer,
+                    Violation::BadManifest,
+                    format!("page {page} of the manifest of {content} does not match it"),
+                ),
+            }
+        }
+        Err(PullError::Unavailable(format!(
+            "page {page} of the manifest of {}",
             content.short()
         )))
     }
@@ -775,35 +847,66 @@ impl Puller {
         } else {
             (IN_FLIGHT, DELTAS_IN_FLIGHT)
         };
-        let manifest = self
+        let stored = self
             .index
-            .any_manifest(content)?
+            .stored(content)?
             .ok_or_else(|| PullError::Unavailable(format!("the manifest of {path}")))?;
-        if manifest.size() != value.size {
-            return Err(PullError::Refused {
-                path: path.into(),
-                content: *content,
-                author: value.device,
-                why: format!(
+        let refused = |why: String| PullError::Refused {
+            path: path.into(),
+            content: *content,
+            author: value.device,
+            why,
+        };
+        // A whole manifest's size is known; a paged one's is summed as its pages arrive,
+        // within what its chunk count allows.
+        let max_len = u64::from(self.chunker.params().max);
+        match &stored {
+            Stored::Whole(m) if m.size() != value.size => {
+                return Err(refused(format!(
                     "claims {} bytes but its manifest holds {}",
                     value.size,
-                    manifest.size()
-                ),
-            });
+                    m.size()
+                )));
+            }
+            Stored::Paged(o) if value.size < o.count || value.size > o.count * max_len => {
+                return Err(refused(format!(
+                    "claims {} bytes, impossible in {} chunks",
+                    value.size, o.count
+                )));
+            }
+            _ => {}
         }
+        let count = stored.count() as usize;
+        let per_page = match &stored {
+            Stored::Whole(_) => count.max(1),
+            Stored::Paged(_) => PAGE_CHUNKS,
+        };
+        let page_of = |p: usize| -> Result<std::borrow::Cow<'_, Manifest>, PullError> {
+            Ok(match &stored {
+                Stored::Whole(m) => std::borrow::Cow::Borrowed(m),
+                Stored::Paged(o) => std::borrow::Cow::Owned(self.manifest_page(content, o, p)?),
+            })
+        };
         let full = self.full(path);
         let tmp = temp_path(&full, &content.short());
         let resume = match self.index.pull_progress(&self.folder, path)? {
-            Some((c, n)) if c == *content && tmp.exists() => n as usize,
+            Some((c, n)) if c == *content && tmp.exists() && (n as usize) < count => n as usize,
             _ => 0,
         };
+        // Where the first page to write starts, and the bytes before `resume`.
+        let first_page = resume / per_page;
+        let mut page_offset = 0u64;
+        for p in 0..first_page {
+            page_offset += page_of(p)?.size();
+        }
+        let written = page_offset
+            + page_of(first_page)?.chunks[..resume - first_page * per_page]
+                .iter()
+                .map(|c| u64::from(c.len))
+                .sum::<u64>();
         // Never start a file the disk cannot hold (a sparse temp file would only fail
         // half-way): the pull says so and is retried, and resumes once space frees up.
-        let written: u64 = manifest.chunks[..resume]
-            .iter()
-            .map(|c| u64::from(c.len))
-            .sum();
-        let needed = manifest.size().saturating_sub(written);
+        let needed = value.size.saturating_sub(written);
         if let Some(available) = full.parent().and_then(available_bytes)
             && available < needed.saturating_add(MIN_FREE_BYTES)
         {
@@ -825,48 +928,83 @@ impl Puller {
             .mode(0o600)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
-        file.set_len(manifest.size()).map_err(io_err(&tmp))?;
-        let offsets: Vec<u64> = manifest.offsets().collect();
-        let base = self.delta_base(path, content, &manifest);
-        let mut start = resume;
+        file.set_len(value.size).map_err(io_err(&tmp))?;
+        let base = match &stored {
+            Stored::Whole(m) => self.delta_base(path, content, m),
+            Stored::Paged(_) => None,
+        };
         let mut recorded_progress = resume > 0;
-        while start < manifest.chunks.len() {
-            let end = (start + WINDOW).min(manifest.chunks.len());
-            let mut missing = Vec::new();
-            for (i, c) in manifest.chunks.iter().enumerate().take(end).skip(start) {
-                match self.local_chunk(c) {
-                    Some(bytes) => {
-                        file.write_all_at(&bytes, offsets[i])
-                            .map_err(io_err(&tmp))?;
-                        Metrics::add(&self.metrics.dedup_hits, 1);
-                        Metrics::add(&self.metrics.dedup_bytes, u64::from(c.len));
-                        Metrics::add(&self.progress.done_bytes, u64::from(c.len));
+        let mut page_no = first_page;
+        // One page at a time (a whole manifest is one page): never more of a large
+        // manifest in memory than a page, whatever size the file claims.
+        while page_no * per_page < count {
+            let page = page_of(page_no)?;
+            let first = page_no * per_page;
+            if page_offset + page.size() > value.size {
+                let _ = fs::remove_file(&tmp);
+                self.index.set_pull_progress(&self.folder, path, None)?;
+                return Err(refused(format!(
+                    "claims {} bytes but its manifest holds more",
+                    value.size
+                )));
+            }
+            let offsets: Vec<u64> = page.offsets().map(|o| o + page_offset).collect();
+            let mut start = resume.max(first) - first;
+            while start < page.chunks.len() {
+                let end = (start + WINDOW).min(page.chunks.len());
+                let mut missing = Vec::new();
+                for (i, c) in page.chunks.iter().enumerate().take(end).skip(start) {
+                    match self.local_chunk(c) {
+                        Some(bytes) => {
+                            file.write_all_at(&bytes, offsets[i])
+                                .map_err(io_err(&tmp))?;
+                            Metrics::add(&self.metrics.dedup_hits, 1);
+                            Metrics::add(&self.metrics.dedup_bytes, u64::from(c.len));
+                            Metrics::add(&self.progress.done_bytes, u64::from(c.len));
+                        }
+                        None => missing.push(i),
                     }
-                    None => missing.push(i),
                 }
+                let missing = match &base {
+                    Some(base) => self.fetch_deltas(
+                        &file,
+                        &tmp,
+                        &page,
+                        &offsets,
+                        missing,
+                        (base, deltas_in_flight),
+                    ),
+                    None => missing,
+                };
+                self.fetch_into(&file, &tmp, &page, &offsets, &missing, in_flight)?;
+                // Progress is worth recording (and fsyncing) only between windows of a
+                // file that has more than one; the last window is covered by the final
+                // fsync.
+                let done = first + end;
+                if done < count {
+                    file.sync_data().map_err(io_err(&tmp))?;
+                    self.index.set_pull_progress(
+                        &self.folder,
+                        path,
+                        Some((*content, done as u64)),
+                    )?;
+                    tracing::debug!(folder = %self.folder, path, chunks_done = done, "pull_progress_saved");
+                    recorded_progress = true;
+                }
+                start = end;
             }
-            let missing = match &base {
-                Some(base) => self.fetch_deltas(
-                    &file,
-                    &tmp,
-                    &manifest,
-                    &offsets,
-                    missing,
-                    (base, deltas_in_flight),
-                ),
-                None => missing,
-            };
-            self.fetch_into(&file, &tmp, &manifest, &offsets, &missing, in_flight)?;
-            // Progress is worth recording (and fsyncing) only between windows of a file
-            // that has more than one; the last window is covered by the final fsync.
-            if end < manifest.chunks.len() {
-                file.sync_data().map_err(io_err(&tmp))?;
-                self.index
-                    .set_pull_progress(&self.folder, path, Some((*content, end as u64)))?;
-                tracing::debug!(folder = %self.folder, path, chunks_done = end, "pull_progress_saved");
-                recorded_progress = true;
+            page_offset += page.size();
+            page_no += 1;
+        }
+        if page_offset != value.size {
+            let _ = fs::remove_file(&tmp);
+            if recorded_progress {
+                self.index.set_pull_progress(&self.folder, path, None)?;
             }
-            start = end;
+            return Err(refused(format!(
+                "claims {} bytes but its manifest holds {page_offset}",
+                value.size
+            )));
         }
         // Every chunk written by this process was verified against its id, and the
         // manifest against the content id, so the file is right by construction. Bytes a
@@ -921,16 +1059,16 @@ impl Puller {
             self.index.set_pull_progress(&self.folder, path, None)?;
         }
         if target_path == path {
-            self.record(
-                path,
-                EntryKind::File,
-                Some(*content),
-                Some(manifest.clone()),
-                None,
-            )?;
+            // A paged manifest is copied from the peer's pages in the index, never
+            // assembled here.
+            let manifest = match stored {
+                Stored::Whole(m) => Some(m),
+                Stored::Paged(_) => None,
+            };
+            self.record(path, EntryKind::File, Some(*content), manifest, None)?;
         }
         Metrics::add(&self.metrics.pull_files, 1);
-        Metrics::add(&self.metrics.pull_bytes, manifest.size());
+        Metrics::add(&self.metrics.pull_bytes, value.size);
         Ok(())
     }
 
@@ -947,7 +1085,10 @@ impl Puller {
         let old = entry
             .content
             .filter(|c| c != content && entry.kind == EntryKind::File)?;
-        let old_manifest = self.index.any_manifest(&old).ok()??;
+        // A paged old version is not lined up (it would be assembled whole in memory).
+        let Stored::Whole(old_manifest) = self.index.stored(&old).ok()?? else {
+            return None;
+        };
         let anchors = delta::anchors(&old_manifest, manifest);
         if !(0..manifest.chunks.len()).any(|i| anchors.at_edge(i)) {
             return None;
@@ -1060,13 +1201,25 @@ impl Puller {
         for &i in missing {
             by_id.entry(manifest.chunks[i].id).or_default().push(i);
         }
-        let mut queue: Vec<Vec<ChunkId>> = by_id
-            .keys()
-            .copied()
-            .collect::<Vec<_>>()
-            .chunks(MAX_CHUNKS_PER_REQUEST)
-            .map(<[_]>::to_vec)
-            .collect();
+        // Batches a response can carry: at most so many chunks and so many bytes.
+        let mut queue: Vec<Vec<ChunkId>> = Vec::new();
+        let mut bytes = 0usize;
+        for (id, is) in &by_id {
+            let len = manifest.chunks[is[0]].len as usize;
+            match queue.last_mut() {
+                Some(batch)
+                    if batch.len() < MAX_CHUNKS_PER_REQUEST
+                        && bytes + len <= MAX_CHUNK_BYTES_PER_RESPONSE =>
+                {
+                    batch.push(*id);
+                    bytes += len;
+                }
+                _ => {
+                    queue.push(vec![*id]);
+                    bytes = len;
+                }
+            }
+        }
         let mut failures = 0usize;
         let mut turn = 0usize;
         while !queue.is_empty() {

@@ -7,34 +7,47 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cairn_core::wire::{BlocksRequest, BlocksResponse};
-use cairn_core::{ChunkId, Manifest};
+use cairn_core::wire::{BlocksRequest, BlocksResponse, MAX_CHUNK_BYTES_PER_RESPONSE};
+use cairn_core::{ChunkId, ContentId};
 
-use crate::index::Index;
+use crate::index::{Index, Stored};
 
 /// The answer to `req`, which names a folder the peer may see, rooted at `root`.
 pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse {
     match req {
-        BlocksRequest::Manifest { folder, content } => {
-            let manifest = index.any_manifest(content).ok().flatten();
-            // Only a manifest of content that this folder actually holds.
-            let in_folder = |m: &Manifest| {
-                m.chunks.first().is_none_or(|c| {
-                    index
-                        .chunk_locations(&c.id)
-                        .is_ok_and(|locs| locs.iter().any(|l| &l.folder == folder))
-                })
-            };
-            BlocksResponse::Manifest(manifest.filter(in_folder).map(|m| m.encode()))
-        }
-        // A chunk named twice is read and sent once.
+        BlocksRequest::Manifest { folder, content } => match index.stored(content).ok().flatten() {
+            Some(_) if !in_folder(index, folder, content) => BlocksResponse::Manifest(None),
+            Some(Stored::Whole(m)) => BlocksResponse::Manifest(Some(m.encode())),
+            Some(Stored::Paged(o)) => BlocksResponse::Outline(o.encode()),
+            None => BlocksResponse::Manifest(None),
+        },
+        BlocksRequest::ManifestPage {
+            folder,
+            content,
+            page,
+        } => BlocksResponse::Page(
+            in_folder(index, folder, content)
+                .then(|| index.page(content, *page as usize).ok().flatten())
+                .flatten()
+                .map(|m| m.encode()),
+        ),
+        // A chunk named twice is read and sent once; past the response's byte limit the
+        // rest are answered as missing (the requester asks again).
         BlocksRequest::Chunks { folder, chunks } => {
             let mut seen = std::collections::HashSet::new();
+            let mut bytes = 0;
             BlocksResponse::Chunks(
                 chunks
                     .iter()
                     .filter(|id| seen.insert(**id))
-                    .map(|id| (*id, read_chunk(index, root, folder, id)))
+                    .map(|id| {
+                        let data = (bytes < MAX_CHUNK_BYTES_PER_RESPONSE)
+                            .then(|| read_chunk(index, root, folder, id))
+                            .flatten()
+                            .filter(|d| bytes + d.len() <= MAX_CHUNK_BYTES_PER_RESPONSE);
+                        bytes += data.as_ref().map_or(0, Vec::len);
+                        (*id, data)
+                    })
                     .collect(),
             )
         }
@@ -49,6 +62,18 @@ pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse
             read_chunk(index, root, folder, chunk)
                 .and_then(|data| cairn_core::delta::diff(signature, &data).ok().flatten())
         })),
+    }
+}
+
+/// Whether `content` is held by a file of `folder` (or nothing at all: the empty file): a
+/// peer learns only manifests of what the folder it may see holds.
+fn in_folder(index: &Index, folder: &str, content: &ContentId) -> bool {
+    match index.first_chunk(content) {
+        Ok(Some(c)) => index
+            .chunk_locations(&c.id)
+            .is_ok_and(|locs| locs.iter().any(|l| l.folder == folder)),
+        Ok(None) => index.stored(content).is_ok_and(|s| s.is_some()),
+        Err(_) => false,
     }
 }
 

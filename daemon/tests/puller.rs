@@ -12,7 +12,7 @@ use cairn_core::folder::{DeviceId, EntryValue};
 use cairn_core::planner::{Action, Plan};
 use cairn_core::scan::EntryKind;
 use cairn_core::wire::{BlocksRequest, BlocksResponse};
-use cairn_core::{ChunkRef, Chunker, ChunkerParams, Manifest};
+use cairn_core::{ChunkRef, Chunker, ChunkerParams, Manifest, Outline};
 use cairn_daemon::index::{FolderRecord, Index};
 use cairn_daemon::metrics::Metrics;
 use cairn_daemon::puller::{NetCommand, Puller};
@@ -20,8 +20,12 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 fn data() -> Vec<u8> {
-    let mut x = 0x9E3779B97F4A7C15u64;
-    (0..1_500_000)
+    pseudo_random(1_500_000, 0x9E3779B97F4A7C15)
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -31,7 +35,9 @@ fn data() -> Vec<u8> {
         .collect()
 }
 
-/// Answers blocks requests: with corrupted bytes while `lying`, then honestly.
+/// Answers blocks requests for one file: its first `lies` answers corrupt the chunk or
+/// delta, then honestly; a paged manifest comes as its outline and pages (page `forged`
+/// altered).
 /// The fake peer's thread; it returns the violations the puller reported.
 type FakePeer = std::thread::JoinHandle<Vec<(PeerId, Violation)>>;
 
@@ -39,7 +45,7 @@ fn fake_peer(
     mut rx: mpsc::UnboundedReceiver<NetCommand>,
     bytes: Vec<u8>,
     manifest: Manifest,
-    lies: usize,
+    (lies, forged): (usize, Option<usize>),
 ) -> FakePeer {
     std::thread::spawn(move || {
         let mut violations = Vec::new();
@@ -72,7 +78,17 @@ fn fake_peer(
                         })
                         .collect(),
                 ),
+                BlocksRequest::Manifest { .. } if manifest.is_paged() => {
+                    BlocksResponse::Outline(Outline::of(&manifest).encode())
+                }
                 BlocksRequest::Manifest { .. } => BlocksResponse::Manifest(Some(manifest.encode())),
+                BlocksRequest::ManifestPage { page, .. } => {
+                    let mut m = manifest.page(page as usize);
+                    if forged == Some(page as usize) {
+                        m.chunks.swap(0, 1);
+                    }
+                    BlocksResponse::Page(Some(m.encode()))
+                }
                 BlocksRequest::Delta {
                     chunk, signature, ..
                 } => {
@@ -93,6 +109,88 @@ fn fake_peer(
     })
 }
 
+/// A puller of folder "f" at `dir/folder` with one peer, whose requests go to `net`.
+fn puller(
+    dir: &tempfile::TempDir,
+    chunker: Chunker,
+    index: Arc<Index>,
+    peer: PeerId,
+    net: mpsc::UnboundedSender<NetCommand>,
+) -> Puller {
+    let root = dir.path().join("folder");
+    Puller {
+        folder: "f".into(),
+        root: root.clone(),
+        chunker,
+        index,
+        history_dir: dir.path().join("history"),
+        roots: HashMap::from([("f".to_string(), root)]),
+        peers: vec![peer],
+        net,
+        metrics: Arc::new(Metrics::default()),
+        progress: Arc::new(cairn_daemon::puller::PullProgress::default()),
+        dirty_dirs: Default::default(),
+        keeps: Default::default(),
+        preserving: Default::default(),
+    }
+}
+
+fn file_value(content: cairn_core::ContentId, size: u64) -> EntryValue {
+    EntryValue {
+        kind: EntryKind::File,
+        deleted: false,
+        content: Some(content),
+        size,
+        mtime_ns: 1_700_000_000_000_000_000,
+        mode: 0o644,
+        link_target: None,
+        device: DeviceId([1; 8]),
+        replaces: None,
+    }
+}
+
+/// A plan that writes `value` at `path`, after fetching its manifest when asked.
+fn write_plan(
+    path: &str,
+    value: EntryValue,
+    fetch_manifest: bool,
+) -> (Plan, HashMap<String, EntryValue>) {
+    let content = value.content.unwrap();
+    let mut actions = Vec::new();
+    if fetch_manifest {
+        actions.push(Action::FetchManifest { content });
+    }
+    actions.push(Action::WriteFile {
+        path: path.into(),
+        content,
+        size: value.size,
+        mtime_ns: value.mtime_ns,
+        mode: value.mode,
+        conflict_of: None,
+    });
+    let plan = Plan {
+        actions,
+        rejected: vec![],
+    };
+    (plan, HashMap::from([(path.to_string(), value)]))
+}
+
+/// A temp dir with an index that has folder "f" at `dir/folder`, cut with `params`.
+fn folder_index(params: ChunkerParams) -> (tempfile::TempDir, Arc<Index>) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("folder");
+    std::fs::create_dir(&root).unwrap();
+    let index = Arc::new(Index::open(&dir.path().join("index.redb")).unwrap());
+    index
+        .put_folder(&FolderRecord {
+            id: "f".into(),
+            root,
+            chunker: params.to_string(),
+        })
+        .unwrap();
+    (dir, index)
+}
+
 fn setup(
     lies: usize,
 ) -> (
@@ -103,18 +201,8 @@ fn setup(
     FakePeer,
     PeerId,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("folder");
-    std::fs::create_dir(&root).unwrap();
-    let index = Arc::new(Index::open(&dir.path().join("index.redb")).unwrap());
     let params = ChunkerParams::V1_DEFAULT;
-    index
-        .put_folder(&FolderRecord {
-            id: "f".into(),
-            root: root.clone(),
-            chunker: params.to_string(),
-        })
-        .unwrap();
+    let (dir, index) = folder_index(params);
     let bytes = data();
     let chunker = Chunker::new(params).unwrap();
     let manifest = Manifest {
@@ -127,45 +215,9 @@ fn setup(
     index.put_remote_manifest(&content, &manifest).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let peer = PeerId::random();
-    let handle = fake_peer(rx, bytes.clone(), manifest.clone(), lies);
-    let puller = Puller {
-        folder: "f".into(),
-        root: root.clone(),
-        chunker,
-        index,
-        history_dir: dir.path().join("history"),
-        roots: HashMap::from([("f".to_string(), root.clone())]),
-        peers: vec![peer],
-        net: tx,
-        metrics: Arc::new(Metrics::default()),
-        progress: Arc::new(cairn_daemon::puller::PullProgress::default()),
-        dirty_dirs: Default::default(),
-        keeps: Default::default(),
-        preserving: Default::default(),
-    };
-    let value = EntryValue {
-        kind: EntryKind::File,
-        deleted: false,
-        content: Some(content),
-        size: bytes.len() as u64,
-        mtime_ns: 1_700_000_000_000_000_000,
-        mode: 0o644,
-        link_target: None,
-        device: DeviceId([1; 8]),
-        replaces: None,
-    };
-    let plan = Plan {
-        actions: vec![Action::WriteFile {
-            path: "got.bin".into(),
-            content,
-            size: value.size,
-            mtime_ns: value.mtime_ns,
-            mode: value.mode,
-            conflict_of: None,
-        }],
-        rejected: vec![],
-    };
-    let values = HashMap::from([("got.bin".to_string(), value)]);
+    let handle = fake_peer(rx, bytes.clone(), manifest.clone(), (lies, None));
+    let puller = puller(&dir, chunker, index, peer, tx);
+    let (plan, values) = write_plan("got.bin", file_value(content, bytes.len() as u64), false);
     (dir, puller, plan, values, handle, peer)
 }
 
@@ -273,4 +325,97 @@ fn a_delta_that_does_not_rebuild_its_chunk_is_refused_and_the_chunk_fetched_whol
     );
     drop(puller);
     handle.join().unwrap();
+}
+
+/// Chunker parameters that cut 16 MB into more than one page of chunks (about 100,000).
+const TINY_CHUNKS: ChunkerParams = ChunkerParams {
+    version: 1,
+    min: 64,
+    avg: 128,
+    max: 256,
+    normalization: 1,
+};
+
+fn paged_data() -> Vec<u8> {
+    pseudo_random(16_000_000, 0x2545F4914F6CDD1D)
+}
+
+fn paged_setup(
+    forged: Option<usize>,
+) -> (
+    tempfile::TempDir,
+    Puller,
+    Plan,
+    HashMap<String, EntryValue>,
+    FakePeer,
+    Manifest,
+) {
+    let (dir, index) = folder_index(TINY_CHUNKS);
+    let bytes = paged_data();
+    let chunker = Chunker::new(TINY_CHUNKS).unwrap();
+    let manifest = Manifest {
+        chunks: chunker
+            .chunk_slice(&bytes)
+            .map(|(_, c)| ChunkRef::of(c))
+            .collect(),
+    };
+    assert!(manifest.is_paged(), "{} chunks", manifest.chunks.len());
+    let content = manifest.content_id();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = fake_peer(rx, bytes.clone(), manifest.clone(), (0, forged));
+    let puller = puller(&dir, chunker, index, PeerId::random(), tx);
+    let (plan, values) = write_plan("big.bin", file_value(content, bytes.len() as u64), true);
+    (dir, puller, plan, values, handle, manifest)
+}
+
+/// A manifest of more than one page arrives as an outline and pages, each verified, and
+/// the file is written and recorded with every chunk where it is (the local manifest is
+/// copied page by page, never assembled).
+#[test]
+fn a_paged_manifest_arrives_page_by_page_and_the_file_is_recorded() {
+    let (_dir, puller, plan, values, handle, manifest) = paged_setup(None);
+    let outcome = puller.run(&plan, &values);
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    assert_eq!(
+        std::fs::read(puller.root.join("big.bin")).unwrap(),
+        paged_data()
+    );
+    let content = manifest.content_id();
+    let index = &puller.index;
+    assert_eq!(index.manifest(&content).unwrap().as_ref(), Some(&manifest));
+    assert_eq!(index.content_size(&content).unwrap(), Some(16_000_000));
+    let last = manifest.chunks.last().unwrap();
+    let locs = index.chunk_locations(&last.id).unwrap();
+    assert!(
+        locs.iter()
+            .any(|l| l.path == "big.bin" && l.offset == 16_000_000 - u64::from(last.len)),
+        "{locs:?}"
+    );
+    // Removing the file releases its pages too.
+    index
+        .apply(
+            "f",
+            &[cairn_daemon::index::Update::Remove {
+                path: "big.bin".into(),
+            }],
+        )
+        .unwrap();
+    assert_eq!(index.manifest(&content).unwrap(), None);
+    assert!(index.chunk_locations(&last.id).unwrap().is_empty());
+    drop(puller);
+    assert!(handle.join().unwrap().is_empty());
+}
+
+/// A page that does not match its root in the outline is refused and counted; nothing
+/// reaches the real name.
+#[test]
+fn a_forged_page_is_refused_and_counted() {
+    let (_dir, puller, plan, values, handle, _manifest) = paged_setup(Some(1));
+    let outcome = puller.run(&plan, &values);
+    assert_eq!(outcome.failed.len(), 1, "{:?}", outcome.failed);
+    assert!(!puller.root.join("big.bin").exists());
+    drop(puller);
+    let violations = handle.join().unwrap();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].1, Violation::BadManifest);
 }

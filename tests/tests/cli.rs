@@ -262,6 +262,53 @@ fn a_device_that_never_paired_cannot_join_or_get_folders() {
     assert!(!c.folder.join("private.txt").exists());
 }
 
+/// `cairn decline` removes an offer, and the device's later offers of that folder are not
+/// shown again, across a restart; `cairn accept` still takes the folder afterwards.
+#[test]
+fn a_declined_offer_stays_declined_across_a_restart_and_can_still_be_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_devices(tmp.path());
+    let (child, code) = invite(&a);
+    b.json(&["pair", &code]);
+    assert!(child.wait_with_output().unwrap().status.success());
+    let shared = a.json(&["share", a.folder.to_str().unwrap(), "beta"]);
+    let folder_id = shared["folder"].as_str().unwrap().to_string();
+    let offers = |d: &Device| d.json(&["status"])["offers"].as_array().cloned().unwrap();
+    assert!(wait_until(20, || !offers(&b).is_empty()), "{}", b.log());
+    assert_eq!(b.json(&["decline", &folder_id])["ok"], true);
+    assert!(offers(&b).is_empty());
+    let text = String::from_utf8(b.run(&["status"]).stdout).unwrap();
+    assert!(!text.contains("Offer:"), "{text}");
+
+    // alpha offers again on every connection: after beta restarts, beta denies alpha's
+    // meta round for the folder, and shows no offer.
+    let denied = |a: &Device| a.log().matches("meta_denied_by_peer").count();
+    b.json(&["down"]);
+    let before = denied(&a);
+    b.json(&["up"]);
+    assert!(
+        wait_until(30, || denied(&a) > before),
+        "alpha never offered again: {}\n--- beta:\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(offers(&b).is_empty(), "{:?}", offers(&b));
+    let config = fs::read_to_string(b.home.join("config.toml")).unwrap();
+    assert!(config.contains(&folder_id), "{config}");
+
+    // Changing one's mind: accept takes the declined folder, and it syncs.
+    let accepted = b.json(&["accept", &folder_id, b.folder.to_str().unwrap()]);
+    assert_eq!(accepted["ok"], true);
+    fs::write(a.folder.join("after.txt"), b"accepted after all").unwrap();
+    assert!(
+        wait_until(30, || fs::read(b.folder.join("after.txt")).is_ok()),
+        "{}",
+        b.log()
+    );
+    a.json(&["down"]);
+    b.json(&["down"]);
+}
+
 #[test]
 fn errors_name_the_problem_and_exit_non_zero() {
     let tmp = tempfile::tempdir().unwrap();
@@ -277,6 +324,7 @@ fn errors_name_the_problem_and_exit_non_zero() {
     assert_eq!(again["running"], true);
     for (args, needle) in [
         (vec!["accept", "nope", "/tmp/x"], "offered"),
+        (vec!["decline", "nope"], "offered"),
         (
             vec!["resolve", "nothing.txt", "--keep", "local"],
             "not in conflict",

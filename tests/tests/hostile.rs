@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_core::folder::{DeviceId, EntryValue, FolderDoc, FolderMessage, PeerSync};
+use cairn_core::manifest::{ChunkRef, MAX_PAGES, PAGE_CHUNKS};
 use cairn_core::scan::EntryKind;
 use cairn_core::wire::{
     BLOCKS_PROTOCOL, BlocksRequest, BlocksResponse, META_PROTOCOL, MetaRequest, MetaResponse,
     PAIR_PROTOCOL,
 };
-use cairn_core::{ChunkId, Chunker, ChunkerParams, ContentId, Manifest, manifest::ChunkRef};
+use cairn_core::{ChunkId, Chunker, ChunkerParams, ContentId, Manifest, Outline};
 use cairn_daemon::net::FrameCodec;
 use cairn_tests::{Daemon, DaemonSpec, PeerRef, pseudo_random, wait_until};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -125,6 +126,9 @@ enum Proto {
 #[derive(Default)]
 struct Served {
     manifests: HashMap<ContentId, Vec<u8>>,
+    /// Outlines of paged manifests, and their pages by number.
+    outlines: HashMap<ContentId, Vec<u8>>,
+    pages: HashMap<(ContentId, u32), Vec<u8>>,
     chunks: HashMap<ChunkId, Vec<u8>>,
 }
 
@@ -161,6 +165,11 @@ where
 
 impl Hostile {
     fn new(key: Keypair, victim: &Daemon) -> Hostile {
+        Hostile::to(key, &victim.peer_id, victim.port)
+    }
+
+    /// An attacker of the daemon `peer_id` listening on 127.0.0.1:`port`.
+    fn to(key: Keypair, peer_id: &str, port: u16) -> Hostile {
         let stall = Arc::new(AtomicBool::new(false));
         let codec = RawCodec {
             stall: stall.clone(),
@@ -193,10 +202,8 @@ impl Hostile {
             .build();
         Hostile {
             swarm,
-            victim: victim.peer_id.parse().unwrap(),
-            addr: format!("/ip4/127.0.0.1/tcp/{}", victim.port)
-                .parse()
-                .unwrap(),
+            victim: peer_id.parse().unwrap(),
+            addr: format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap(),
             stall,
             served: Served::default(),
             pending: HashMap::new(),
@@ -278,7 +285,15 @@ impl Hostile {
                 self.victim_asked += 1;
                 let response = match BlocksRequest::decode(&request) {
                     Ok(BlocksRequest::Manifest { content, .. }) => {
-                        BlocksResponse::Manifest(self.served.manifests.get(&content).cloned())
+                        match self.served.outlines.get(&content) {
+                            Some(o) => BlocksResponse::Outline(o.clone()),
+                            None => BlocksResponse::Manifest(
+                                self.served.manifests.get(&content).cloned(),
+                            ),
+                        }
+                    }
+                    Ok(BlocksRequest::ManifestPage { content, page, .. }) => {
+                        BlocksResponse::Page(self.served.pages.get(&(content, page)).cloned())
                     }
                     Ok(BlocksRequest::Chunks { chunks, .. }) => BlocksResponse::Chunks(
                         chunks
@@ -606,6 +621,136 @@ fn a_paired_peer_is_bounded_in_memory_and_offers() {
     assert!(offers <= 16, "{offers} offers kept");
 }
 
+/// CPU seconds (user + system) the process `pid` has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+/// How long each of `n` chunk requests (one at a time, 32 distinct chunks each) takes.
+async fn timed_requests(h: &mut Hostile, ids: &[ChunkId], n: usize) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for i in 0..n {
+        let batch: Vec<ChunkId> = ids.iter().cycle().skip(i * 32).take(32).copied().collect();
+        let req = BlocksRequest::Chunks {
+            folder: "shared".into(),
+            chunks: batch,
+        }
+        .encode();
+        let t = Instant::now();
+        let resp = h.ask(Proto::Blocks, &req).await.expect("an answer");
+        let Ok(BlocksResponse::Chunks(items)) = BlocksResponse::decode(&resp) else {
+            panic!("not chunks");
+        };
+        assert!(items.iter().all(|(_, d)| d.is_some()), "a chunk missing");
+        times.push(t.elapsed());
+    }
+    times
+}
+
+fn median(mut t: Vec<Duration>) -> Duration {
+    t.sort();
+    t[t.len() / 2]
+}
+
+/// A paired peer that asks for as much as it can (128 requests always in flight, three in
+/// four of them deltas: CPU on the victim, little on the wire) does not starve another
+/// paired peer: the other's requests are all
+/// answered, and how much slower they get is printed beside the victim's CPU use.
+#[test]
+fn a_flooding_peer_gets_its_share_and_another_peer_is_still_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (flooder, honest) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let v = victim(tmp.path(), &[&flooder, &honest]);
+    let data = pseudo_random(32 << 20, 11);
+    std::fs::write(v.folder.join("data.bin"), &data).unwrap();
+    let manifest = manifest_of(&data);
+    let ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+    assert!(
+        wait_until(30, || v.status()["folders"][0]["files"] == 1),
+        "{}",
+        v.log()
+    );
+    let pid = v.pid().unwrap();
+    let (peer_id, port) = (v.peer_id.clone(), v.port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (stop, ids, peer_id) = (stop.clone(), ids.clone(), peer_id.clone());
+        let base = data[..256 << 10].to_vec();
+        move || {
+            runtime().block_on(async move {
+                let mut h = Hostile::to(flooder, &peer_id, port);
+                assert!(h.connect(10).await);
+                let signature = cairn_core::delta::signature(&base);
+                let (mut sent, mut k) = (0usize, 0usize);
+                while !stop.load(Ordering::Relaxed) {
+                    while h.pending.len() < 128 {
+                        let chunks: Vec<ChunkId> =
+                            ids.iter().cycle().skip(k).take(32).copied().collect();
+                        let req = if k % 4 == 0 {
+                            BlocksRequest::Chunks {
+                                folder: "shared".into(),
+                                chunks,
+                            }
+                        } else {
+                            BlocksRequest::Delta {
+                                folder: "shared".into(),
+                                chunk: chunks[0],
+                                signature: signature.clone(),
+                            }
+                        };
+                        h.send(Proto::Blocks, frame(&req.encode()), false);
+                        k += 1;
+                        sent += 1;
+                    }
+                    if !h.connected {
+                        h.connect(3).await;
+                    }
+                    h.run_until(1, |h| h.pending.len() < 64).await;
+                }
+                let answered = h.results.iter().filter(|(_, r)| r.is_ok()).count();
+                (sent, answered)
+            })
+        }
+    };
+    let rt = runtime();
+    let mut h = rt.block_on(async {
+        let mut h = Hostile::to(honest, &peer_id, port);
+        assert!(h.connect(10).await, "{}", v.log());
+        h
+    });
+    let alone = rt.block_on(timed_requests(&mut h, &ids, 20));
+    let cpu_before = cpu_secs(pid);
+    let started = Instant::now();
+    let flooding = std::thread::spawn(flood);
+    std::thread::sleep(Duration::from_secs(3));
+    let contended = rt.block_on(timed_requests(&mut h, &ids, 20));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, answered) = flooding.join().unwrap();
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs(pid) - cpu_before;
+    let (alone, contended) = (median(alone), median(contended));
+    println!(
+        "honest peer, 32 chunks per request: median alone {alone:?}, during the flood {contended:?} ({:.1}x); flooder sent {sent} requests, {answered} answered in {wall:.1} s; victim CPU {cpu:.1} s in {wall:.1} s ({:.0}% of one core)",
+        contended.as_secs_f64() / alone.as_secs_f64(),
+        100.0 * cpu / wall
+    );
+    assert!(answered > 0, "the flooder is served too");
+    // The flooder is a paired peer asking for real chunks: nothing it did is a violation.
+    let counted: Vec<String> = metric_lines(&v)
+        .into_iter()
+        .filter(|l| l.starts_with("cairn_protocol_violations_total{"))
+        .collect();
+    assert!(counted.is_empty(), "{counted:?}");
+}
+
 #[test]
 fn violations_are_counted_disconnect_and_repeated_ones_ban() {
     let tmp = tempfile::tempdir().unwrap();
@@ -839,27 +984,35 @@ fn a_huge_manifest_waits_for_disk_space_and_leaves_nothing_behind() {
     let key = Keypair::generate_ed25519();
     let device = DeviceId::from_identity(&key.public().to_peer_id().to_bytes());
     let v = victim(tmp.path(), &[&key]);
-    // The largest manifest the protocol accepts: 1.8 M maximal chunks, 471 GB, more than
-    // this disk holds; the attacker never serves a chunk.
+    // The largest manifest the protocol accepts: 4096 pages of 65,536 maximal chunks
+    // (2^28 chunks, 64 TiB), far more than this disk holds. Its first page is real (so it
+    // verifies against the outline); the attacker never serves a chunk.
     let max = ChunkerParams::V1_DEFAULT.max;
-    let manifest = Manifest {
-        chunks: (0u64..1_800_000)
+    let first = Manifest {
+        chunks: (0u64..PAGE_CHUNKS as u64)
             .map(|i| ChunkRef {
                 id: ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes()),
                 len: max,
             })
             .collect(),
     };
-    let content = manifest.content_id();
-    let size = manifest.size();
+    let mut outline = Outline {
+        count: (MAX_PAGES * PAGE_CHUNKS) as u64,
+        roots: (0..MAX_PAGES as u32)
+            .map(|p| *blake3::hash(&p.to_le_bytes()).as_bytes())
+            .collect(),
+    };
+    outline.roots[0] = Outline::of(&first).roots[0];
+    let content = outline.content_id();
+    let size = outline.count * u64::from(max);
     std::thread::sleep(Duration::from_secs(1));
     let pid = v.pid().unwrap();
     let rss_before = rss_kib(pid);
     let rt = runtime();
     let (state, rss_peak, slowest) = rt.block_on(async {
         let mut h = Hostile::new(key, &v);
-        h.served.manifests.insert(content, manifest.encode());
-        drop(manifest);
+        h.served.outlines.insert(content, outline.encode());
+        h.served.pages.insert((content, 0), first.encode());
         let mut doc = FolderDoc::new(device, cairn_core::folder::doc::DEFAULT_SHARDS).unwrap();
         let value = file_value(content, size, 0o644, device);
         doc.put("huge.img", &value);
@@ -896,7 +1049,9 @@ fn a_huge_manifest_waits_for_disk_space_and_leaves_nothing_behind() {
     });
     let grew_mib = rss_peak.saturating_sub(rss_before) as f64 / 1024.0;
     println!(
-        "manifest of 1.8 M chunks claiming {size} bytes: state={state} rss_before_kib={rss_before} rss_peak_kib={rss_peak} grew_mib={grew_mib:.1} slowest /v1/status {slowest:?}"
+        "manifest of {} chunks in {} pages claiming {size} bytes: state={state} rss_before_kib={rss_before} rss_peak_kib={rss_peak} grew_mib={grew_mib:.1} slowest /v1/status {slowest:?}",
+        outline.count,
+        outline.pages()
     );
     assert_eq!(state, "no_space", "{}", v.log());
     let status = v.status();
@@ -915,4 +1070,5 @@ fn a_huge_manifest_waits_for_disk_space_and_leaves_nothing_behind() {
     assert!(litter.is_empty(), "{litter:?}");
     // Loose on purpose (shared machines): planning 1.8 M chunks on the loop took 4.3 s.
     assert!(slowest < Duration::from_secs(2), "status took {slowest:?}");
+    assert!(grew_mib < 64.0, "RSS grew {grew_mib:.1} MiB");
 }

@@ -79,11 +79,8 @@ impl Replica {
 }
 
 impl LocalStore for Replica {
-    fn manifest(&self, content: &ContentId) -> Option<Manifest> {
-        Some(manifest_of(content))
-    }
-    fn has_chunk(&self, chunk: &ChunkId) -> bool {
-        self.holds(chunk)
+    fn has_manifest(&self, _: &ContentId) -> bool {
+        true
     }
 }
 
@@ -406,8 +403,6 @@ impl World {
             plan.rejected
         );
         let mut keeps: HashMap<String, ContentId> = HashMap::new();
-        // Chunks fetched into temp files by this run of the plan.
-        let mut fetched: HashSet<ChunkId> = HashSet::new();
         let mut missing = Vec::new();
         for action in plan.actions.into_iter().take(steps) {
             match action {
@@ -415,12 +410,6 @@ impl World {
                     keeps.insert(path, content);
                 }
                 Action::FetchManifest { .. } => {}
-                Action::FetchChunks { chunks } => {
-                    for c in chunks.iter().filter(|c| elsewhere.contains(&c.id)) {
-                        rep.fetched_chunks += 1;
-                        fetched.insert(c.id);
-                    }
-                }
                 Action::MakeDir { path } => {
                     assert!(!rep.disk.contains_key(&path), "mkdir over {path}");
                     rep.disk.insert(path, entry(EntryKind::Dir, None, None, 0));
@@ -431,10 +420,15 @@ impl World {
                     mtime_ns,
                     ..
                 } => {
+                    // As the puller: what no local file holds comes from a reachable
+                    // peer (a content is one chunk here), or the path waits.
                     let chunk = ChunkId(content.0);
-                    if !rep.holds(&chunk) && !fetched.contains(&chunk) {
-                        missing.push((path, content));
-                        continue;
+                    if !rep.holds(&chunk) {
+                        if !elsewhere.contains(&chunk) {
+                            missing.push((path, content));
+                            continue;
+                        }
+                        rep.fetched_chunks += 1;
                     }
                     assert!(
                         rep.disk.get(&path).is_none_or(|e| e.kind != EntryKind::Dir),
