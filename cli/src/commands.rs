@@ -141,13 +141,27 @@ pub fn accept(
         "/v1/accept",
         json!({ "folder": folder, "path": path, "type": kind }),
     )?;
+    let joined: Vec<String> = r["joined"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     if json_out {
         println!(
             "{}",
-            json!({ "ok": r["ok"], "folder": folder, "path": path })
+            json!({ "ok": r["ok"], "folder": folder, "path": path, "joined": joined })
         );
     } else {
         println!("Accepted folder {folder} into {}", path.display());
+        if !joined.is_empty() {
+            println!(
+                "The files already there join it (folder {} retired): they sync as this device's changes; a file that differs from the other device's becomes a conflict copy",
+                joined.join(", ")
+            );
+        }
     }
     Ok(())
 }

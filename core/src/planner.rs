@@ -47,6 +47,18 @@ pub enum Action {
         /// Set when this file is a conflict copy of that path.
         conflict_of: Option<String>,
     },
+    /// Move the local file at `from`, which holds `content` and leaves the tree, to `path`
+    /// (where nothing is): a rename on a peer, carried out as one here. If `from` changed
+    /// since its scan, or something appeared at `path`, it is written as `WriteFile`
+    /// instead, and `from` stays.
+    Rename {
+        from: String,
+        path: String,
+        content: ContentId,
+        size: u64,
+        mtime_ns: i64,
+        mode: u32,
+    },
     /// Create a symlink.
     WriteSymlink { path: String, target: String },
     /// Remove a path (a directory is empty by then).
@@ -165,6 +177,7 @@ pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn Loc
 
     let is_blocked =
         |p: &str| blocked.contains(p) || path::ancestors(p).any(|a| blocked.contains(a));
+    renames(&mut writes, &mut deletes, local, &is_blocked);
     let (later, now): (Vec<_>, Vec<_>) = writes.into_iter().partition(|(p, _)| is_blocked(p));
     // Deepest first, so directories are empty when they go.
     deletes.sort_by(|a, b| b.0.cmp(&a.0));
@@ -184,6 +197,58 @@ pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn Loc
     );
     out.actions.extend(later.into_iter().map(|(_, a)| a));
     out
+}
+
+/// Turns a write of new content at a free path into a rename of a local file that leaves
+/// the tree with exactly that content (a file or directory renamed on a peer): no bytes
+/// are copied, and the delete of the source goes.
+fn renames(
+    writes: &mut [(String, Action)],
+    deletes: &mut Vec<(String, EntryKind)>,
+    local: &BTreeMap<String, IndexedEntry>,
+    is_blocked: &dyn Fn(&str) -> bool,
+) {
+    let mut leaving: BTreeMap<ContentId, Vec<String>> = BTreeMap::new();
+    for (p, kind) in deletes.iter() {
+        if *kind == EntryKind::File
+            && let Some(c) = local.get(p).and_then(|l| l.content)
+        {
+            leaving.entry(c).or_default().push(p.clone());
+        }
+    }
+    if leaving.is_empty() {
+        return;
+    }
+    let mut moved = HashSet::new();
+    for (p, action) in writes.iter_mut() {
+        let Action::WriteFile {
+            path,
+            content,
+            size,
+            mtime_ns,
+            mode,
+            conflict_of: None,
+        } = action
+        else {
+            continue;
+        };
+        if local.contains_key(p.as_str()) || is_blocked(p) {
+            continue;
+        }
+        let Some(from) = leaving.get_mut(content).and_then(Vec::pop) else {
+            continue;
+        };
+        moved.insert(from.clone());
+        *action = Action::Rename {
+            from,
+            path: std::mem::take(path),
+            content: *content,
+            size: *size,
+            mtime_ns: *mtime_ns,
+            mode: *mode,
+        };
+    }
+    deletes.retain(|(p, _)| !moved.contains(p));
 }
 
 #[cfg(test)]
@@ -363,6 +428,54 @@ mod tests {
             })
             .collect();
         assert_eq!(order, vec!["keep x/a", "rm x/a", "rm x", "write x"]);
+    }
+
+    #[test]
+    fn a_renamed_directory_is_carried_out_as_renames() {
+        let (c1, c2) = (ContentId([1; 32]), ContentId([2; 32]));
+        let t = tree(&[
+            ("new", value(EntryKind::Dir, None)),
+            ("new/a", value(EntryKind::File, Some(c1))),
+            ("new/b", value(EntryKind::File, Some(c2))),
+        ]);
+        let disk = BTreeMap::from([
+            ("old".to_string(), local(EntryKind::Dir, None)),
+            ("old/a".to_string(), local(EntryKind::File, Some(c1))),
+            ("old/b".to_string(), local(EntryKind::File, Some(c2))),
+        ]);
+        let p = plan(&t, &disk, &Store([c1, c2].into()));
+        let order: Vec<String> = p
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::MakeDir { path } => format!("mkdir {path}"),
+                Action::Rename { from, path, .. } => format!("mv {from} {path}"),
+                Action::Delete { path, .. } => format!("rm {path}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            ["mkdir new", "mv old/a new/a", "mv old/b new/b", "rm old"]
+        );
+        // A path that still exists locally is written, not renamed over.
+        let disk = BTreeMap::from([
+            ("new".to_string(), local(EntryKind::Dir, None)),
+            ("new/a".to_string(), local(EntryKind::File, Some(c2))),
+            ("old".to_string(), local(EntryKind::Dir, None)),
+            ("old/a".to_string(), local(EntryKind::File, Some(c1))),
+        ]);
+        let t = tree(&[
+            ("new", value(EntryKind::Dir, None)),
+            ("new/a", value(EntryKind::File, Some(c1))),
+        ]);
+        let p = plan(&t, &disk, &Store([c1, c2].into()));
+        assert!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::WriteFile { path, .. } if path == "new/a"))
+        );
+        assert!(!p.actions.iter().any(|a| matches!(a, Action::Rename { .. })));
     }
 
     #[test]

@@ -4,18 +4,18 @@
 
 use std::path::PathBuf;
 
-use cairn_core::folder::tree::{CONFLICT_MARKER, is_conflict_name};
+use cairn_core::folder::tree::{ConflictCopyName, winner};
 use cairn_core::folder::{DeviceId, EntryValue};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::config::{DeclinedOffer, FolderConfig, FolderType};
+use crate::engine::{Engine, load_folder};
+use crate::history::{RestoreRequest, Restored, Version};
 
 /// Declined offers remembered; the oldest are forgotten past this.
 const MAX_DECLINED: usize = 256;
-use crate::engine::{Engine, load_folder};
-use crate::history::{RestoreRequest, Restored, Version};
 
 /// A folder a trusted peer wants to share with this device.
 #[derive(Clone, Debug, Serialize)]
@@ -26,6 +26,71 @@ pub struct Offer {
     pub from: String,
     /// Its name.
     pub from_name: String,
+}
+
+/// Why an admin request failed, mapped to one HTTP status in one place
+/// ([`ApiError::status`]), and from there to the CLI's exit code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// No such folder, device, offer, conflict or version: HTTP 404, exit code 5.
+    NotFound(String),
+    /// The request cannot be carried out as asked: HTTP 422, exit code 1.
+    Refused(String),
+}
+
+impl ApiError {
+    /// The HTTP status the control API answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::NotFound(_) => 404,
+            ApiError::Refused(_) => 422,
+        }
+    }
+
+    /// What went wrong, for people.
+    pub fn message(&self) -> &str {
+        match self {
+            ApiError::NotFound(m) | ApiError::Refused(m) => m,
+        }
+    }
+}
+
+impl From<String> for ApiError {
+    fn from(message: String) -> Self {
+        ApiError::Refused(message)
+    }
+}
+
+impl From<&str> for ApiError {
+    fn from(message: &str) -> Self {
+        ApiError::Refused(message.to_string())
+    }
+}
+
+/// How a new folder's directory relates to an existing folder's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overlap {
+    Same,
+    /// The existing folder is inside the new one.
+    Contains,
+    /// The new folder would be inside the existing one.
+    Inside,
+}
+
+impl Overlap {
+    fn describe(self) -> &'static str {
+        match self {
+            Overlap::Same => "already is",
+            Overlap::Contains => "contains",
+            Overlap::Inside => "is inside",
+        }
+    }
+}
+
+fn no_offer(folder: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no device offered a folder {folder:?}; `cairn status` lists offers"
+    ))
 }
 
 /// How to resolve a conflict.
@@ -60,37 +125,38 @@ pub enum AdminRequest {
         folder: String,
         device: Option<String>,
         kind: Option<FolderType>,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<String, ApiError>>,
     },
     Accept {
         folder: String,
         path: PathBuf,
         kind: Option<FolderType>,
-        reply: oneshot::Sender<Result<(), String>>,
+        /// The ids of this device's folders that the accepted one joined (retired).
+        reply: oneshot::Sender<Result<Vec<String>, ApiError>>,
     },
     Decline {
         folder: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ApiError>>,
     },
     Pause {
         folder: Option<String>,
         paused: bool,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ApiError>>,
     },
     Conflicts(oneshot::Sender<Vec<Conflict>>),
     Resolve {
         path: String,
         keep: Keep,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<String, ApiError>>,
     },
     History {
         folder: Option<String>,
         path: Option<String>,
-        reply: oneshot::Sender<Result<Vec<Version>, String>>,
+        reply: oneshot::Sender<Result<Vec<Version>, ApiError>>,
     },
     Restore {
         request: RestoreRequest,
-        reply: oneshot::Sender<Result<Restored, String>>,
+        reply: oneshot::Sender<Result<Restored, ApiError>>,
     },
 }
 
@@ -148,7 +214,7 @@ impl Engine {
     }
 
     /// A trusted peer named by id or name.
-    pub(crate) fn find_peer(&self, device: &str) -> Result<PeerId, String> {
+    pub(crate) fn find_peer(&self, device: &str) -> Result<PeerId, ApiError> {
         let found: Vec<PeerId> = self
             .trusted
             .iter()
@@ -157,12 +223,12 @@ impl Engine {
             .collect();
         match found.as_slice() {
             [one] => Ok(*one),
-            [] => Err(format!(
+            [] => Err(ApiError::NotFound(format!(
                 "no paired device is called {device:?}; `cairn peers` lists them"
-            )),
-            _ => Err(format!(
+            ))),
+            _ => Err(ApiError::Refused(format!(
                 "several devices are called {device:?}; use the device id"
-            )),
+            ))),
         }
     }
 
@@ -178,6 +244,51 @@ impl Engine {
             .map(|f| f.config.id.clone())
     }
 
+    /// This device's folders that a folder at `path` would overlap: the same directory,
+    /// one inside it, or one it is inside.
+    fn overlapping(&self, path: &std::path::Path) -> Vec<(String, Overlap)> {
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        self.folders
+            .values()
+            .filter_map(|f| {
+                let root = &f.record.root;
+                let how = if *root == path {
+                    Overlap::Same
+                } else if root.starts_with(&path) {
+                    Overlap::Contains
+                } else if path.starts_with(root) {
+                    Overlap::Inside
+                } else {
+                    return None;
+                };
+                Some((f.config.id.clone(), how))
+            })
+            .collect()
+    }
+
+    /// Refuses a new folder at `path` that overlaps one of this device's folders.
+    fn refuse_overlap(&self, path: &std::path::Path) -> Result<(), String> {
+        match self.overlapping(path).first() {
+            None => Ok(()),
+            Some((id, how)) => Err(format!(
+                "{} {} folder {id} ({}); a directory can be in one folder only",
+                path.display(),
+                how.describe(),
+                self.folders[id].record.root.display()
+            )),
+        }
+    }
+
+    /// Retires a folder of this device: it stops syncing and the index forgets it (its
+    /// files stay where they are, its kept versions in history).
+    fn retire_folder(&mut self, id: &str) -> Result<(), String> {
+        self.folders.remove(id);
+        self.config.folders.retain(|c| c.id != id);
+        self.index.remove_folder(id).map_err(|e| e.to_string())?;
+        tracing::info!(folder = id, "folder_retired");
+        Ok(())
+    }
+
     fn add_folder(&mut self, fc: FolderConfig) -> Result<(), String> {
         let folder = load_folder(&self.index, &fc, self.device, &self.events_tx)
             .map_err(|e| e.to_string())?;
@@ -191,17 +302,18 @@ impl Engine {
         folder: &str,
         device: Option<&str>,
         kind: Option<FolderType>,
-    ) -> Result<String, String> {
+    ) -> Result<String, ApiError> {
         let peer = device.map(|d| self.find_peer(d)).transpose()?;
         let id = match self.find_folder(folder) {
             Some(id) => id,
             None => {
                 let path = std::path::Path::new(folder);
                 if !path.is_absolute() || !path.is_dir() {
-                    return Err(format!(
+                    return Err(ApiError::NotFound(format!(
                         "{folder} is neither a folder id nor an existing absolute directory"
-                    ));
+                    )));
                 }
+                self.refuse_overlap(path)?;
                 let base: String = path
                     .file_name()
                     .map(|n| {
@@ -253,12 +365,16 @@ impl Engine {
         Ok(id)
     }
 
+    /// Accepts an offer into `path`. A folder of this device at that path (or inside it)
+    /// that no other device shares is joined: it is retired and its files merge into the
+    /// accepted folder as local changes (a file that differs becomes a conflict copy).
+    /// Returns the retired folders' ids.
     fn accept(
         &mut self,
         folder: &str,
         path: PathBuf,
         kind: Option<FolderType>,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, ApiError> {
         // A declined offer can still be accepted: the decline is undone.
         let declined = self
             .config
@@ -276,15 +392,33 @@ impl Engine {
                 })
             });
         let Some(offer) = self.offers.get(folder).cloned().or(declined) else {
-            return Err(format!(
-                "no device offered a folder {folder:?}; `cairn status` lists offers"
-            ));
+            return Err(no_offer(folder));
         };
         if self.folders.contains_key(folder) {
-            return Err(format!("folder {folder} is already here"));
+            return Err(format!("folder {folder} is already here").into());
         }
         if !path.is_absolute() {
-            return Err(format!("{} must be an absolute path", path.display()));
+            return Err(format!("{} must be an absolute path", path.display()).into());
+        }
+        let overlaps = self.overlapping(&path);
+        for (id, how) in &overlaps {
+            let shared = &self.folders[id].config.peers;
+            if *how == Overlap::Inside || !shared.is_empty() {
+                let with = match shared.len() {
+                    0 => String::new(),
+                    n => format!(", shared with {n} device(s)"),
+                };
+                return Err(ApiError::Refused(format!(
+                    "{} {} folder {id} ({}{with}); accept into another path",
+                    path.display(),
+                    how.describe(),
+                    self.folders[id].record.root.display()
+                )));
+            }
+        }
+        let joined: Vec<String> = overlaps.into_iter().map(|(id, _)| id).collect();
+        for id in &joined {
+            self.retire_folder(id)?;
         }
         self.add_folder(FolderConfig {
             id: folder.to_string(),
@@ -303,16 +437,17 @@ impl Engine {
         if let Ok(peer) = offer.from.parse::<PeerId>() {
             self.sync_with(folder, peer);
         }
-        Ok(())
+        if !joined.is_empty() {
+            tracing::info!(folder, joined = ?joined, "folder_joined_existing");
+        }
+        Ok(joined)
     }
 
     /// Declines an offer: it goes, and the device's later offers of the folder are not
     /// shown again (remembered in `config.toml`; `cairn accept` still takes it).
-    fn decline(&mut self, folder: &str) -> Result<(), String> {
+    fn decline(&mut self, folder: &str) -> Result<(), ApiError> {
         let Some(offer) = self.offers.remove(folder) else {
-            return Err(format!(
-                "no device offered a folder {folder:?}; `cairn status` lists offers"
-            ));
+            return Err(no_offer(folder));
         };
         self.offered_at.remove(folder);
         self.config.declined.retain(|d| d.folder != folder);
@@ -323,15 +458,14 @@ impl Engine {
         let over = self.config.declined.len().saturating_sub(MAX_DECLINED);
         self.config.declined.drain(..over);
         tracing::info!(folder, peer = %offer.from, "folder_offer_declined");
-        self.save_config()
+        Ok(self.save_config()?)
     }
 
-    fn pause(&mut self, folder: Option<&str>, paused: bool) -> Result<(), String> {
+    fn pause(&mut self, folder: Option<&str>, paused: bool) -> Result<(), ApiError> {
         let ids: Vec<String> = match folder {
-            Some(f) => vec![
-                self.find_folder(f)
-                    .ok_or_else(|| format!("no folder {f:?}"))?,
-            ],
+            Some(f) => vec![self.find_folder(f).ok_or_else(|| {
+                ApiError::NotFound(format!("no folder {f:?}; `cairn folders` lists them"))
+            })?],
             None => self.folders.keys().cloned().collect(),
         };
         for id in &ids {
@@ -370,11 +504,7 @@ impl Engine {
 
     fn value_at(&self, folder: &str, path: &str) -> Option<EntryValue> {
         let f = self.folders.get(folder)?;
-        f.doc
-            .values(path)
-            .into_iter()
-            .filter(|v| !v.deleted)
-            .max_by_key(|v| v.mtime_ns)
+        winner(&f.doc.values(path)).cloned()
     }
 
     fn conflicts(&self) -> Vec<Conflict> {
@@ -383,10 +513,13 @@ impl Engine {
             let Ok(entries) = self.index.entries(id) else {
                 continue;
             };
-            let mut paths: Vec<&String> = entries.keys().filter(|p| is_conflict_name(p)).collect();
-            paths.sort();
-            for copy in paths {
-                let original = original_of(copy);
+            let mut copies: Vec<(&String, ConflictCopyName)> = entries
+                .keys()
+                .filter_map(|p| Some((p, ConflictCopyName::parse(p)?)))
+                .collect();
+            copies.sort_by(|a, b| a.0.cmp(b.0));
+            for (copy, name) in copies {
+                let original = name.original;
                 let copy_value = self.value_at(id, copy);
                 let orig_value = self.value_at(id, &original);
                 out.push(Conflict {
@@ -406,7 +539,7 @@ impl Engine {
         out
     }
 
-    fn resolve(&mut self, path: &str, keep: Keep) -> Result<String, String> {
+    fn resolve(&mut self, path: &str, keep: Keep) -> Result<String, ApiError> {
         let all = self.conflicts();
         let matching: Vec<&Conflict> = all
             .iter()
@@ -415,14 +548,14 @@ impl Engine {
         let c = match matching.as_slice() {
             [one] => *one,
             [] => {
-                return Err(format!(
+                return Err(ApiError::NotFound(format!(
                     "{path} is not in conflict; `cairn conflicts` lists conflicts"
-                ));
+                )));
             }
             _ => {
-                return Err(format!(
+                return Err(ApiError::Refused(format!(
                     "{path} has several conflict copies; name the copy to resolve"
-                ));
+                )));
             }
         };
         let root = self
@@ -442,7 +575,8 @@ impl Engine {
                 format!("{} now has the version from {}", c.original, c.copy_device)
             }
             Keep::Both => {
-                let renamed = kept_name(&c.copy);
+                let renamed = ConflictCopyName::parse(&c.copy)
+                    .map_or_else(|| format!("{} (kept)", c.copy), |n| n.kept_name());
                 std::fs::rename(&copy, root.join(&renamed))
                     .map_err(|e| format!("{}: {e}", copy.display()))?;
                 format!("kept both: {} and {renamed}", c.original)
@@ -452,51 +586,5 @@ impl Engine {
             f.needs_scan = true;
         }
         Ok(what)
-    }
-}
-
-/// `a/b.sync-conflict-20240101-120000-ABCDEFG.txt` -> `a/b.txt`.
-pub fn original_of(copy: &str) -> String {
-    let Some(i) = copy.rfind(CONFLICT_MARKER) else {
-        return copy.to_string();
-    };
-    let rest = &copy[i + CONFLICT_MARKER.len()..];
-    // YYYYMMDD-HHMMSS-DEVICE (23 characters), then the extension if any.
-    let ext = rest.get(23..).unwrap_or("");
-    format!("{}{}", &copy[..i], ext)
-}
-
-/// `b.sync-conflict-20240101-120000-ABCDEFG.txt` -> `b (ABCDEFG 20240101-120000).txt`.
-fn kept_name(copy: &str) -> String {
-    let Some(i) = copy.rfind(CONFLICT_MARKER) else {
-        return format!("{copy} (kept)");
-    };
-    let rest = &copy[i + CONFLICT_MARKER.len()..];
-    let (stamp, device, ext) = (
-        rest.get(..15).unwrap_or(""),
-        rest.get(16..23).unwrap_or(""),
-        rest.get(23..).unwrap_or(""),
-    );
-    format!("{} ({device} {stamp}){ext}", &copy[..i])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conflict_names_map_back_to_their_original() {
-        assert_eq!(
-            original_of("docs/plan.sync-conflict-20231114-221321-AAAAAAA.txt"),
-            "docs/plan.txt"
-        );
-        assert_eq!(
-            original_of("Makefile.sync-conflict-20231114-221321-AAAAAAA"),
-            "Makefile"
-        );
-        assert_eq!(
-            kept_name("plan.sync-conflict-20231114-221321-AAAAAAA.txt"),
-            "plan (AAAAAAA 20231114-221321).txt"
-        );
     }
 }

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::admin::{AdminRequest, Keep};
+use crate::admin::{AdminRequest, ApiError, Keep};
 use crate::config::FolderType;
 use crate::engine::{ControlRequest, Event};
 use crate::history::RestoreRequest;
@@ -94,7 +94,6 @@ async fn rescan(
     answer(
         &ctx,
         &headers,
-        StatusCode::NOT_FOUND,
         |reply| ControlRequest::Rescan {
             folder: q.folder,
             reply,
@@ -111,11 +110,10 @@ fn denied(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
 
 /// Authorizes, asks the engine, and answers with `ok` of its reply, or with its error and
 /// `status`: the shape of every request that changes something.
-async fn answer<T, U: Serialize>(
+async fn answer<T, E: Into<ApiError>, U: Serialize>(
     ctx: &Ctx,
     headers: &HeaderMap,
-    status: StatusCode,
-    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> ControlRequest,
+    make: impl FnOnce(oneshot::Sender<Result<T, E>>) -> ControlRequest,
     ok: impl FnOnce(T) -> U,
 ) -> Response {
     if let Some(r) = denied(ctx, headers) {
@@ -123,7 +121,12 @@ async fn answer<T, U: Serialize>(
     }
     match ask(ctx, make).await {
         Ok(Ok(v)) => Json(ok(v)).into_response(),
-        Ok(Err(e)) => error(status, &e),
+        Ok(Err(e)) => {
+            let e: ApiError = e.into();
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(status, e.message())
+        }
         Err(r) => r,
     }
 }
@@ -179,14 +182,7 @@ async fn join(State(ctx): State<Ctx>, headers: HeaderMap, Json(body): Json<JoinB
             reply,
         })
     };
-    answer(
-        &ctx,
-        &headers,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        join,
-        |p| p,
-    )
-    .await
+    answer(&ctx, &headers, join, |p| p).await
 }
 
 #[derive(Deserialize)]
@@ -207,7 +203,7 @@ async fn share(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<ShareBo
         })
     };
     let ok = |folder| serde_json::json!({ "folder": folder });
-    answer(&ctx, &headers, StatusCode::UNPROCESSABLE_ENTITY, share, ok).await
+    answer(&ctx, &headers, share, ok).await
 }
 
 #[derive(Deserialize)]
@@ -227,8 +223,8 @@ async fn accept(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<Accept
             reply,
         })
     };
-    let ok = |()| serde_json::json!({ "ok": true });
-    answer(&ctx, &headers, StatusCode::UNPROCESSABLE_ENTITY, accept, ok).await
+    let ok = |joined: Vec<String>| serde_json::json!({ "ok": true, "joined": joined });
+    answer(&ctx, &headers, accept, ok).await
 }
 
 #[derive(Deserialize)]
@@ -248,14 +244,7 @@ async fn decline(
         })
     };
     let ok = |()| serde_json::json!({ "ok": true });
-    answer(
-        &ctx,
-        &headers,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        decline,
-        ok,
-    )
-    .await
+    answer(&ctx, &headers, decline, ok).await
 }
 
 #[derive(Deserialize)]
@@ -277,7 +266,7 @@ async fn pause_or_resume(
         })
     };
     let ok = |()| serde_json::json!({ "ok": true, "paused": paused });
-    answer(&ctx, &headers, StatusCode::NOT_FOUND, pause, ok).await
+    answer(&ctx, &headers, pause, ok).await
 }
 
 async fn pause(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<FolderBody>) -> Response {
@@ -321,14 +310,7 @@ async fn resolve(
         })
     };
     let ok = |what| serde_json::json!({ "resolved": what });
-    answer(
-        &ctx,
-        &headers,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        resolve,
-        ok,
-    )
-    .await
+    answer(&ctx, &headers, resolve, ok).await
 }
 
 #[derive(Deserialize)]
@@ -349,7 +331,7 @@ async fn history(
             reply,
         })
     };
-    answer(&ctx, &headers, StatusCode::NOT_FOUND, history, |list| list).await
+    answer(&ctx, &headers, history, |list| list).await
 }
 
 async fn restore(
@@ -358,14 +340,7 @@ async fn restore(
     Json(request): Json<RestoreRequest>,
 ) -> Response {
     let restore = |reply| ControlRequest::Admin(AdminRequest::Restore { request, reply });
-    answer(
-        &ctx,
-        &headers,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        restore,
-        |r| r,
-    )
-    .await
+    answer(&ctx, &headers, restore, |r| r).await
 }
 
 async fn shutdown(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {

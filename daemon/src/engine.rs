@@ -99,7 +99,7 @@ pub enum ControlRequest {
     Metrics(oneshot::Sender<String>),
     Rescan {
         folder: Option<String>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), crate::admin::ApiError>>,
     },
     Shutdown,
     Admin(crate::admin::AdminRequest),
@@ -409,14 +409,36 @@ impl Engine {
         let mut tick = tokio::time::interval(TICK);
         while !self.shutdown {
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm(event),
-                Some(event) = self.events_rx.recv() => self.on_event(event),
-                Some(cmd) = self.net_rx.recv() => self.on_net_command(cmd),
-                _ = tick.tick() => self.on_tick(),
+                event = self.swarm.select_next_some() => {
+                    let t = Instant::now();
+                    self.on_swarm(event);
+                    self.turn_took(t);
+                }
+                Some(event) = self.events_rx.recv() => {
+                    let t = Instant::now();
+                    self.on_event(event);
+                    self.turn_took(t);
+                }
+                Some(cmd) = self.net_rx.recv() => {
+                    let t = Instant::now();
+                    self.on_net_command(cmd);
+                    self.turn_took(t);
+                }
+                _ = tick.tick() => {
+                    let t = Instant::now();
+                    self.on_tick();
+                    self.turn_took(t);
+                }
             }
-            self.schedule();
         }
         tracing::info!("daemon_stopped");
+    }
+
+    /// Schedules what the turn that started at `started` made due, and records how long
+    /// the whole turn kept the loop (`cairn_loop_stall_seconds`).
+    fn turn_took(&mut self, started: Instant) {
+        self.schedule();
+        self.metrics.loop_stall.observe(started.elapsed());
     }
 
     fn on_tick(&mut self) {
@@ -1625,7 +1647,9 @@ impl Engine {
                             f.needs_scan = true;
                             Ok(())
                         }
-                        None => Err(format!("no folder {id}")),
+                        None => Err(crate::admin::ApiError::NotFound(format!(
+                            "no folder {id}; `cairn folders` lists them"
+                        ))),
                     },
                     None => {
                         self.folders.values_mut().for_each(|f| f.needs_scan = true);

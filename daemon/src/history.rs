@@ -23,6 +23,7 @@ use cairn_core::{Chunker, ContentId, Manifest, path as folder_path};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::admin::ApiError;
 use crate::config::FolderType;
 use crate::engine::{Busy, Engine, Event};
 use crate::index::Index;
@@ -73,7 +74,7 @@ pub struct Restored {
 /// A restore waiting for its folder to be idle.
 pub(crate) struct PendingRestore {
     request: RestoreRequest,
-    reply: oneshot::Sender<Result<Restored, String>>,
+    reply: oneshot::Sender<Result<Restored, ApiError>>,
 }
 
 impl Engine {
@@ -83,7 +84,7 @@ impl Engine {
         &self,
         folder: Option<String>,
         path: Option<String>,
-        reply: oneshot::Sender<Result<Vec<Version>, String>>,
+        reply: oneshot::Sender<Result<Vec<Version>, ApiError>>,
     ) {
         if let Some(id) = &folder
             && !self.folders.contains_key(id)
@@ -112,7 +113,7 @@ impl Engine {
                 out.sort_by(|a, b| b.kept_ns.cmp(&a.kept_ns).then(a.path.cmp(&b.path)));
                 Ok(out)
             };
-            let _ = reply.send(list());
+            let _ = reply.send(list().map_err(ApiError::from));
         });
     }
 
@@ -121,7 +122,7 @@ impl Engine {
     pub(crate) fn restore(
         &mut self,
         request: RestoreRequest,
-        reply: oneshot::Sender<Result<Restored, String>>,
+        reply: oneshot::Sender<Result<Restored, ApiError>>,
     ) {
         match self.restore_folder(&request) {
             Ok(id) => {
@@ -135,7 +136,7 @@ impl Engine {
         }
     }
 
-    fn restore_folder(&self, req: &RestoreRequest) -> Result<String, String> {
+    fn restore_folder(&self, req: &RestoreRequest) -> Result<String, ApiError> {
         folder_path::validate(&req.path).map_err(|e| e.to_string())?;
         if let Some(to) = &req.to {
             folder_path::validate(to).map_err(|e| e.to_string())?;
@@ -162,24 +163,26 @@ impl Engine {
         let id = match with_versions.as_slice() {
             [one] => one.clone(),
             [] => {
-                return Err(format!(
+                return Err(ApiError::NotFound(format!(
                     "no kept versions of {}; `cairn history` lists them",
                     req.path
-                ));
+                )));
             }
             _ => {
                 return Err(format!(
                     "{} has versions in several folders ({}); name one with --folder",
                     req.path,
                     with_versions.join(", ")
-                ));
+                )
+                .into());
             }
         };
         if self.folders[&id].config.kind == FolderType::ReceiveOnly {
             return Err(format!(
                 "folder {id} only receives on this device, so a restore here would not sync; \
                  restore it on a device that sends"
-            ));
+            )
+            .into());
         }
         Ok(id)
     }
@@ -196,7 +199,7 @@ impl Engine {
         let chunker = match f.record.chunker() {
             Ok(c) => c,
             Err(e) => {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(e.to_string().into()));
                 return;
             }
         };
@@ -230,8 +233,8 @@ impl Engine {
     }
 }
 
-fn no_folder(id: &str) -> String {
-    format!("no folder {id}; `cairn folders` lists them")
+fn no_folder(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no folder {id}; `cairn folders` lists them"))
 }
 
 fn version(
@@ -291,11 +294,17 @@ struct RestoreJob {
 }
 
 impl RestoreJob {
-    fn run(&self) -> Result<Restored, String> {
+    fn run(&self) -> Result<Restored, ApiError> {
+        let version = self.pick()?;
+        Ok(self.put_back(version)?)
+    }
+
+    /// Puts `version` back at its path (or `to`), keeping what is there first.
+    fn put_back(&self, version: Version) -> Result<Restored, String> {
         let req = &self.request;
         let Version {
             content: hex, size, ..
-        } = self.pick()?;
+        } = version;
         let content: ContentId = hex.parse().map_err(|_| "bad content id")?;
         let dest_rel = req.to.clone().unwrap_or_else(|| req.path.clone());
         let dest = self.root.join(&dest_rel);
@@ -430,7 +439,7 @@ impl RestoreJob {
     }
 
     /// The version asked for: by id prefix, or the newest whose bytes are still kept.
-    fn pick(&self) -> Result<Version, String> {
+    fn pick(&self) -> Result<Version, ApiError> {
         let req = &self.request;
         let mut versions = Vec::new();
         for (kept_ns, content) in self
@@ -452,10 +461,10 @@ impl RestoreJob {
         }
         match &req.version {
             None => versions.into_iter().find(|v| v.available).ok_or_else(|| {
-                format!(
+                ApiError::NotFound(format!(
                     "no kept version of {} is left in the history store",
                     req.path
-                )
+                ))
             }),
             Some(prefix) => {
                 let prefix = prefix.to_ascii_lowercase();
@@ -467,19 +476,19 @@ impl RestoreJob {
                 matching.dedup_by(|a, b| a.content == b.content);
                 match matching.as_slice() {
                     [one] if one.available => Ok(one.clone()),
-                    [one] => Err(format!(
+                    [one] => Err(ApiError::NotFound(format!(
                         "version {} of {} is no longer in the history store",
                         &one.content[..12],
                         req.path
-                    )),
-                    [] => Err(format!(
+                    ))),
+                    [] => Err(ApiError::NotFound(format!(
                         "no version of {} starts with {prefix}; `cairn history {}` lists them",
                         req.path, req.path
-                    )),
-                    _ => Err(format!(
+                    ))),
+                    _ => Err(ApiError::Refused(format!(
                         "{prefix} matches several versions of {}; give more of the id",
                         req.path
-                    )),
+                    ))),
                 }
             }
         }

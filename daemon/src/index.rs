@@ -782,6 +782,34 @@ impl Index {
         Ok(txn.open_table(REMOTE_MANIFESTS)?.len()?)
     }
 
+    /// Forgets a folder: its entries (releasing their manifests and chunk locations), its
+    /// saved document, totals, pulls in progress and unrecorded changes. Kept versions stay
+    /// in history.
+    pub fn remove_folder(&self, folder: &str) -> Result<()> {
+        let updates: Vec<Update> = self
+            .entries(folder)?
+            .into_keys()
+            .map(|path| Update::Remove { path })
+            .collect();
+        self.apply(folder, &updates)?;
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(FOLDERS)?.remove(folder)?;
+            txn.open_table(FOLDER_TOTALS)?.remove(folder)?;
+            txn.open_table(FOLDER_SHARDS)?
+                .retain(|(f, _), _| f != folder)?;
+            txn.open_table(PULL_PROGRESS)?
+                .retain(|(f, _), _| f != folder)?;
+            txn.open_table(UNRECORDED)?
+                .retain(|(f, _), _| f != folder)?;
+            txn.open_table(ENTRIES)?.retain(|(f, _), _| f != folder)?;
+            txn.open_table(FOLDER_CHUNKS)?
+                .retain(|(f, _), _| f != folder)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Whether any local file or the history store holds `chunk`.
     pub fn has_chunk(&self, chunk: &ChunkId) -> Result<bool> {
         let txn = self.db.begin_read()?;

@@ -35,6 +35,52 @@ pub struct Metrics {
     pub watcher_fallbacks: AtomicU64,
     pub versions_unavailable: AtomicU64,
     pub versions_preserved: AtomicU64,
+    /// How long each turn of the event loop took (handling one event and scheduling).
+    pub loop_stall: Histogram,
+}
+
+/// A Prometheus histogram of durations in seconds, with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or below each of [`Histogram::BOUNDS`], and in all (last).
+    counts: [AtomicU64; 10],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in seconds.
+    pub const BOUNDS: [f64; 9] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0];
+
+    /// Records one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = Self::BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(Self::BOUNDS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}
+# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (i, bound) in Self::BOUNDS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[Self::BOUNDS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
 }
 
 impl Metrics {
@@ -240,6 +286,11 @@ impl Metrics {
                 get(c)
             );
         }
+        self.loop_stall.render(
+            &mut out,
+            "cairn_loop_stall_seconds",
+            "How long each turn of the event loop took: the longest the daemon kept the network and control API waiting.",
+        );
         out
     }
 }
@@ -247,6 +298,25 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loop_stall_histogram_is_cumulative() {
+        let m = Metrics::default();
+        for ms in [0, 3, 3, 40, 3000] {
+            m.loop_stall.observe(std::time::Duration::from_millis(ms));
+        }
+        let text = m.render();
+        assert!(text.contains("# TYPE cairn_loop_stall_seconds histogram"));
+        assert!(text.contains("cairn_loop_stall_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(text.contains("cairn_loop_stall_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(text.contains("cairn_loop_stall_seconds_bucket{le=\"0.05\"} 4\n"));
+        assert!(text.contains("cairn_loop_stall_seconds_bucket{le=\"+Inf\"} 5\n"));
+        assert!(text.contains("cairn_loop_stall_seconds_count 5\n"));
+        assert!(
+            text.contains("cairn_loop_stall_seconds_sum 3.046\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_prometheus_text_with_peer_labels() {

@@ -184,6 +184,7 @@ fn action_words(action: &Action) -> Option<(&str, &'static str)> {
         Action::WriteFile { path, .. } | Action::WriteSymlink { path, .. } => {
             Some((path, "updated"))
         }
+        Action::Rename { path, .. } => Some((path, "renamed")),
         Action::MakeDir { path } => Some((path, "folder created")),
         Action::Delete { path, .. } => Some((path, "deleted")),
         Action::KeepInHistory { .. } | Action::FetchManifest { .. } => None,
@@ -306,6 +307,12 @@ impl Puller {
             Action::WriteFile { path, content, .. } => {
                 self.write_file(path, content, values, out, parallel)
             }
+            Action::Rename {
+                from,
+                path,
+                content,
+                ..
+            } => self.rename(from, path, content, values, out, parallel),
             Action::WriteSymlink { path, target } => self.write_symlink(path, target, values),
             Action::Delete { path, kind } => self.delete(path, *kind, values),
         }
@@ -735,6 +742,67 @@ impl Puller {
             Err(e) => return Err(io_err(&full)(e)),
         }
         self.record(path, EntryKind::Dir, None, None, None)
+    }
+
+    /// Moves the local file `from` to `to` (a rename on a peer): no bytes are copied. When
+    /// `from` is no longer the version the plan saw, or something appeared at `to`, `to`
+    /// is written as usual and `from` stays (the scanner then records what happened to it).
+    fn rename(
+        &self,
+        from: &str,
+        to: &str,
+        content: &ContentId,
+        tree: &HashMap<String, EntryValue>,
+        out: &mut PullOutcome,
+        parallel: bool,
+    ) -> Result<(), PullError> {
+        self.check_ancestors(to)?;
+        let Some(value) = tree.get(to) else {
+            return Ok(());
+        };
+        let (src, dst) = (self.full(from), self.full(to));
+        let source_is_it = self
+            .index
+            .entry(&self.folder, from)?
+            .is_some_and(|e| e.kind == EntryKind::File && e.content == Some(*content))
+            && self.unchanged_since_scan(from)?;
+        if !source_is_it || fs::symlink_metadata(&dst).is_ok() {
+            return self.write_file(to, content, tree, out, parallel);
+        }
+        fs::rename(&src, &dst).map_err(io_err(&dst))?;
+        self.dirty_dir(&src);
+        self.dirty_dir(&dst);
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&dst)
+            .map_err(io_err(&dst))?;
+        let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(value.mtime_ns.max(0) as u64);
+        file.set_modified(mtime).map_err(io_err(&dst))?;
+        file.set_permissions(fs::Permissions::from_mode(value.local_mode()))
+            .map_err(io_err(&dst))?;
+        let meta = file.metadata().map_err(io_err(&dst))?;
+        let entry = IndexedEntry {
+            kind: EntryKind::File,
+            stamp: stamp_of(&meta),
+            content: Some(*content),
+            link_target: None,
+        };
+        // The new path takes the content before the old one lets go of it, in one
+        // transaction, so its manifest is never released in between.
+        self.index.apply_with(
+            &self.folder,
+            &[
+                Update::Put {
+                    path: to.into(),
+                    entry,
+                    manifest: None,
+                },
+                Update::Remove { path: from.into() },
+            ],
+            false,
+        )?;
+        Ok(())
     }
 
     fn write_symlink(

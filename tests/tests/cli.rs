@@ -262,6 +262,91 @@ fn a_device_that_never_paired_cannot_join_or_get_folders() {
     assert!(!c.folder.join("private.txt").exists());
 }
 
+/// The README's flow on two devices: `cairn up ~/Sync` on both, pair, share, then accept
+/// into the same ~/Sync. The laptop's own folder is joined (retired), its files merge
+/// with the shared folder's (a file that differs becomes a conflict copy), and it has one
+/// folder, not two indexing the same files. Overlapping folders are refused.
+#[test]
+fn accepting_into_a_synced_directory_joins_it_and_overlaps_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::new(tmp.path(), "alpha", None);
+    let a_id = a.id();
+    let b = Device::new(tmp.path(), "beta", Some((&a, &a_id)));
+    fs::write(a.folder.join("same.txt"), b"same on both").unwrap();
+    fs::write(a.folder.join("alpha-only.txt"), b"alpha").unwrap();
+    fs::write(a.folder.join("differs.txt"), b"alpha's version").unwrap();
+    fs::write(b.folder.join("same.txt"), b"same on both").unwrap();
+    fs::write(b.folder.join("beta-only.txt"), b"beta").unwrap();
+    fs::write(b.folder.join("differs.txt"), b"beta's version").unwrap();
+    let a_folder = a.json(&["up", a.folder.to_str().unwrap()])["folder"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_own = b.json(&["up", b.folder.to_str().unwrap()])["folder"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Overlaps are refused: a folder inside one, or one that contains one.
+    let inside = b.folder.join("sub");
+    fs::create_dir(&inside).unwrap();
+    for path in [inside.as_path(), tmp.path()] {
+        let out = b.run(&["up", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "{path:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("one folder only"), "{err}");
+    }
+    fs::remove_dir(&inside).unwrap();
+
+    let (child, code) = invite(&a);
+    b.json(&["pair", &code]);
+    assert!(child.wait_with_output().unwrap().status.success());
+    a.json(&["share", &a_folder, "beta"]);
+    assert!(wait_until(20, || !b.json(&["status"])["offers"]
+        .as_array()
+        .unwrap()
+        .is_empty()));
+    let accepted = b.json(&["accept", &a_folder, b.folder.to_str().unwrap()]);
+    assert_eq!(accepted["joined"], serde_json::json!([b_own]));
+    let folders = b.json(&["folders"]);
+    assert_eq!(folders.as_array().unwrap().len(), 1, "{folders}");
+    assert_eq!(folders[0]["id"], a_folder.as_str());
+
+    // Both end with every file, and one conflict copy of the file that differs.
+    let names = |d: &Device| -> Vec<String> {
+        let mut n: Vec<String> = fs::read_dir(&d.folder)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let settled = |d: &Device| {
+        let n = names(d);
+        ["alpha-only.txt", "beta-only.txt", "same.txt", "differs.txt"]
+            .iter()
+            .all(|f| n.iter().any(|x| x == f))
+            && n.iter().filter(|x| x.contains("sync-conflict")).count() == 1
+    };
+    assert!(
+        wait_until(40, || settled(&a) && settled(&b) && names(&a) == names(&b)),
+        "alpha {:?}\nbeta {:?}\n{}",
+        names(&a),
+        names(&b),
+        b.log()
+    );
+    assert_eq!(
+        fs::read(b.folder.join("same.txt")).unwrap(),
+        b"same on both"
+    );
+    // The joined folder survives a restart as the only one.
+    b.json(&["down"]);
+    b.json(&["up"]);
+    assert_eq!(b.json(&["folders"]).as_array().unwrap().len(), 1);
+    a.json(&["down"]);
+    b.json(&["down"]);
+}
+
 /// `cairn decline` removes an offer, and the device's later offers of that folder are not
 /// shown again, across a restart; `cairn accept` still takes the folder afterwards.
 #[test]
@@ -322,21 +407,25 @@ fn errors_name_the_problem_and_exit_non_zero() {
     a.json(&["up"]);
     let again = a.json(&["up"]);
     assert_eq!(again["running"], true);
-    for (args, needle) in [
-        (vec!["accept", "nope", "/tmp/x"], "offered"),
-        (vec!["decline", "nope"], "offered"),
+    // Exit codes as README promises: 5 for no such folder, device, offer, conflict or
+    // version; 4 for pairing; 1 for other errors.
+    for (args, needle, code) in [
+        (vec!["accept", "nope", "/tmp/x"], "offered", 5),
+        (vec!["decline", "nope"], "offered", 5),
         (
             vec!["resolve", "nothing.txt", "--keep", "local"],
             "not in conflict",
+            5,
         ),
-        (vec!["share", "/definitely/not/here", "nobody"], "nobody"),
-        (vec!["pause", "no-such-folder"], "no-such-folder"),
-        (vec!["pair", "not a code"], "not a pairing code"),
+        (vec!["share", "/definitely/not/here", "nobody"], "nobody", 5),
+        (vec!["pause", "no-such-folder"], "no-such-folder", 5),
+        (vec!["restore", "nothing.txt"], "no kept versions", 5),
+        (vec!["pair", "not a code"], "not a pairing code", 4),
     ] {
         let out = a.run(&args);
-        assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
     }
     let out = a.run(&["resolve", "x"]);
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");

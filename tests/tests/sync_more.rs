@@ -341,3 +341,68 @@ fn with_no_inotify_left_the_daemon_says_so_and_periodic_rescans_still_sync() {
         b.log()
     );
 }
+
+/// A directory renamed on one device is renamed on the other: every file keeps its inode
+/// there (moved, not written again), and the old directory goes. Prints how long the
+/// rename took to converge.
+#[test]
+fn a_renamed_directory_is_moved_on_the_peer_not_copied() {
+    use std::os::unix::fs::MetadataExt;
+    const FILES: usize = 2000;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = mesh(tmp.path(), &["a", "b"]);
+    let old = d[0].folder.join("old");
+    fs::create_dir_all(old.join("sub")).unwrap();
+    for i in 0..FILES {
+        let dir = if i % 2 == 0 {
+            old.clone()
+        } else {
+            old.join("sub")
+        };
+        fs::write(dir.join(format!("f{i}.txt")), format!("file {i}")).unwrap();
+    }
+    let last = |root: &Path, top: &str| {
+        root.join(top)
+            .join("sub")
+            .join(format!("f{}.txt", FILES - 1))
+    };
+    assert!(
+        wait_until(60, || d[1].folder.join("old/f0.txt").exists()
+            && last(&d[1].folder, "old").exists()),
+        "{}",
+        d[1].log()
+    );
+    assert!(wait_until(30, || d[1].status()["folders"][0]["in_sync"] == true));
+    let inode = |p: &Path| fs::metadata(p).map(|m| m.ino()).unwrap_or(0);
+    let before: Vec<u64> = (0..FILES)
+        .map(|i| {
+            let dir = if i % 2 == 0 { "old" } else { "old/sub" };
+            inode(&d[1].folder.join(dir).join(format!("f{i}.txt")))
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    fs::rename(&old, d[0].folder.join("new")).unwrap();
+    assert!(
+        wait_until(60, || last(&d[1].folder, "new").exists()
+            && !d[1].folder.join("old").exists()),
+        "{}",
+        d[1].log()
+    );
+    let took = started.elapsed();
+    let after: Vec<u64> = (0..FILES)
+        .map(|i| {
+            let dir = if i % 2 == 0 { "new" } else { "new/sub" };
+            inode(&d[1].folder.join(dir).join(format!("f{i}.txt")))
+        })
+        .collect();
+    let moved = before.iter().zip(&after).filter(|(b, a)| b == a).count();
+    println!("renamed a directory of {FILES} files: converged in {took:?}; {moved} moved in place");
+    assert_eq!(moved, FILES, "files written again instead of moved");
+    for i in [0, FILES - 1] {
+        let dir = if i % 2 == 0 { "new" } else { "new/sub" };
+        assert_eq!(
+            fs::read(d[1].folder.join(dir).join(format!("f{i}.txt"))).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+    }
+}

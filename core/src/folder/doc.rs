@@ -14,7 +14,7 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value};
 
 use crate::folder::entry::{DeviceId, EntryValue};
-use crate::folder::tree::{Origin, Tree, TreeOptions, derive_tree};
+use crate::folder::tree::{Origin, Tree, TreeOptions, derive_tree, winner};
 use crate::hash::ContentId;
 use crate::scan::EntryKind;
 
@@ -304,11 +304,7 @@ impl FolderDoc {
                 }
             }
         }
-        let winner = current
-            .iter()
-            .filter(|v| !v.deleted)
-            .max_by(|a, b| a.mtime_ns.cmp(&b.mtime_ns).then(a.device.cmp(&b.device)))
-            .cloned();
+        let winner = winner(&current).cloned();
         let unseen = winner
             .clone()
             .filter(|w| w.content.is_some() && w.content != base);

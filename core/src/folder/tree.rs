@@ -96,6 +96,104 @@ pub fn is_conflict_name(path: &str) -> bool {
         .is_some_and(|name| name.contains(CONFLICT_MARKER))
 }
 
+/// A conflict copy's name taken apart: what [`conflict_name`] put together (the one place
+/// that parses it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictCopyName {
+    /// The path it is a copy of. A name that was shortened to fit gives the shortened
+    /// stem: the name alone cannot say more.
+    pub original: String,
+    /// `YYYYMMDD-HHMMSS` (UTC) of the copy's version.
+    pub stamp: String,
+    /// The short id of the device that wrote the copy's version.
+    pub device: String,
+}
+
+impl ConflictCopyName {
+    /// Takes a conflict copy's path apart; None when it is not one.
+    pub fn parse(copy: &str) -> Option<ConflictCopyName> {
+        let start = copy.rfind('/').map_or(0, |i| i + 1);
+        let (dir, name) = copy.split_at(start);
+        let i = name.rfind(CONFLICT_MARKER)?;
+        let (mut stem, rest) = (&name[..i], &name[i + CONFLICT_MARKER.len()..]);
+        let (stamp, device) = (rest.get(..15)?, rest.get(16..23)?);
+        let stamp_ok = stamp.bytes().enumerate().all(|(k, b)| {
+            if k == 8 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+        if !stamp_ok || rest.as_bytes()[15] != b'-' {
+            return None;
+        }
+        // What follows is the extension, and a `-n` that made the name unique.
+        let mut ext = &rest[23..];
+        if let Some(j) = ext.rfind('-')
+            && j + 1 < ext.len()
+            && ext[j + 1..].bytes().all(|b| b.is_ascii_digit())
+        {
+            ext = &ext[..j];
+        }
+        // `_` was put before a copy's name that cairn would keep for itself.
+        if let Some(unprefixed) = stem.strip_prefix('_')
+            && path::is_reserved_name(&name[1..])
+        {
+            stem = unprefixed;
+        }
+        Some(ConflictCopyName {
+            original: format!("{dir}{stem}{ext}"),
+            stamp: stamp.to_string(),
+            device: device.to_string(),
+        })
+    }
+
+    /// The name the copy gets when the user keeps both versions:
+    /// `plan (AAAAAAA 20231114-221321).txt` beside `plan.txt`.
+    pub fn kept_name(&self) -> String {
+        let start = self.original.rfind('/').map_or(0, |i| i + 1);
+        let name = &self.original[start..];
+        let (stem, ext) = match name.rfind('.') {
+            Some(i) if i > 0 && name.len() - i <= 32 => (&name[..i], &name[i..]),
+            _ => (name, ""),
+        };
+        format!(
+            "{}{stem} ({} {}){ext}",
+            &self.original[..start],
+            self.device,
+            self.stamp
+        )
+    }
+}
+
+/// The version of a path every device shows: among `values` (a path's concurrent
+/// values), the live ones not superseded by another, ranked by [`rank`]. The one rule for
+/// the winner, used by the tree, the document and the control API.
+pub fn winner(values: &[EntryValue]) -> Option<&EntryValue> {
+    ranked(values).into_iter().next()
+}
+
+/// The live values of a path that no concurrent value superseded, best first.
+fn ranked(values: &[EntryValue]) -> Vec<&EntryValue> {
+    // A version that another concurrent value explicitly replaced is superseded: by a
+    // rewrite, or by a delete (whose device saw exactly that version). A concurrent
+    // write of the *same* version (a device materializing a conflict copy while its
+    // author dropped it, or a touch) must not bring back what was deleted knowingly;
+    // a concurrent write of other content still beats the delete.
+    let superseded = |v: &EntryValue| {
+        v.content.is_some()
+            && values
+                .iter()
+                .any(|w| w.replaces == v.content && w.content != v.content)
+    };
+    let mut live: Vec<&EntryValue> = values
+        .iter()
+        .filter(|v| !v.deleted && !superseded(v))
+        .collect();
+    live.sort_by(|a, b| rank(a, b));
+    live
+}
+
 /// The conflict copy name of `value`, a losing version of `path`.
 pub fn conflict_name(path: &str, value: &EntryValue) -> String {
     let (dir, name) = match path.rfind('/') {
@@ -230,23 +328,10 @@ pub fn derive_tree(
             tree.rejected.push((p, e));
             continue;
         }
-        let mut live: Vec<&EntryValue> = values.iter().filter(|v| !v.deleted).collect();
-        // A version that another concurrent value explicitly replaced is superseded: by a
-        // rewrite, or by a delete (whose device saw exactly that version). A concurrent
-        // write of the *same* version (a device materializing a conflict copy while its
-        // author dropped it, or a touch) must not bring back what was deleted knowingly;
-        // a concurrent write of other content still beats the delete.
-        let superseded = |v: &EntryValue| {
-            v.content.is_some()
-                && values
-                    .iter()
-                    .any(|w| w.replaces == v.content && w.content != v.content)
-        };
-        live.retain(|v| !superseded(v));
+        let live = ranked(&values);
         if live.is_empty() {
             continue;
         }
-        live.sort_by(|a, b| rank(a, b));
         let winner = live[0].clone();
         let mut kept: Vec<&EntryValue> = vec![live[0]];
         for v in &live[1..] {
@@ -373,5 +458,88 @@ fn separate_case_clashes(entries: &mut BTreeMap<String, TreeEntry>, options: Tre
                 insert_unique(entries, name, moved, options);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::ContentId;
+
+    fn value(kind: EntryKind, mtime_ns: i64, device: u8) -> EntryValue {
+        EntryValue {
+            kind,
+            deleted: false,
+            content: (kind == EntryKind::File).then_some(ContentId([device; 32])),
+            size: 0,
+            mtime_ns,
+            mode: 0o644,
+            link_target: None,
+            device: DeviceId([device; 8]),
+            replaces: None,
+        }
+    }
+
+    #[test]
+    fn conflict_copy_names_parse_back_to_their_original() {
+        let v = value(EntryKind::File, 1_700_000_000_000_000_000, 7);
+        for original in [
+            "docs/plan.txt",
+            "Makefile",
+            "a/b/archive.tar.gz",
+            ".hidden",
+            "dir.with.dots/x",
+            "x-2.txt",
+        ] {
+            let copy = conflict_name(original, &v);
+            let parsed = ConflictCopyName::parse(&copy).expect(&copy);
+            assert_eq!(parsed.original, original, "{copy}");
+            assert_eq!(parsed.device, v.device.short());
+            assert_eq!(parsed.stamp, utc_stamp(v.mtime_ns));
+            // A second copy of the same name is numbered: still the same original.
+            let second = numbered(&copy, 2);
+            assert_eq!(
+                ConflictCopyName::parse(&second).unwrap().original,
+                original,
+                "{second}"
+            );
+        }
+        // A name cairn keeps for itself gets a `_` before it; parsing takes it off.
+        let copy = conflict_name(".cairn-tmp", &v);
+        assert!(copy.starts_with('_'), "{copy}");
+        assert_eq!(
+            ConflictCopyName::parse(&copy).unwrap().original,
+            ".cairn-tmp"
+        );
+        assert_eq!(
+            ConflictCopyName::parse("plan.sync-conflict-20231114-221321-AAAAAAA.txt")
+                .unwrap()
+                .kept_name(),
+            "plan (AAAAAAA 20231114-221321).txt"
+        );
+        for not_a_copy in [
+            "plan.txt",
+            "a.sync-conflict-2023.txt",
+            "a.sync-conflict-x/y",
+        ] {
+            assert_eq!(ConflictCopyName::parse(not_a_copy), None, "{not_a_copy}");
+        }
+    }
+
+    #[test]
+    fn one_winner_rule_for_tree_document_and_api() {
+        let newer = value(EntryKind::File, 20, 1);
+        let older_higher_device = value(EntryKind::File, 10, 9);
+        let dir = value(EntryKind::Dir, 5, 2);
+        let values = vec![older_higher_device, newer.clone()];
+        assert_eq!(winner(&values), Some(&newer));
+        let tree = derive_tree([("p".to_string(), values)], TreeOptions::default());
+        assert_eq!(tree.get("p").unwrap().value, newer);
+        // A directory beats any file (it keeps its children).
+        assert_eq!(winner(&[newer.clone(), dir.clone()]), Some(&dir));
+        // A superseded version never wins, however new.
+        let mut rewrite = value(EntryKind::File, 1, 3);
+        rewrite.replaces = newer.content;
+        assert_eq!(winner(&[newer, rewrite.clone()]), Some(&rewrite));
     }
 }

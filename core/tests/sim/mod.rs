@@ -439,6 +439,24 @@ impl World {
                     rep.disk
                         .insert(path, entry(EntryKind::File, Some(content), None, mtime_ns));
                 }
+                Action::Rename {
+                    from,
+                    path,
+                    content,
+                    mtime_ns,
+                    ..
+                } => {
+                    // As the puller: the source must still hold the content, the target
+                    // be free; otherwise it is an ordinary write (here: from the source).
+                    let source = rep.disk.get(&from).and_then(|e| e.content);
+                    assert!(!rep.disk.contains_key(&path), "rename over {path}");
+                    parents_are_dirs(&rep.disk, &path);
+                    if source == Some(content) {
+                        rep.disk.remove(&from);
+                    }
+                    rep.disk
+                        .insert(path, entry(EntryKind::File, Some(content), None, mtime_ns));
+                }
                 Action::WriteSymlink { path, target } => {
                     parents_are_dirs(&rep.disk, &path);
                     rep.preserve(&path, &mut keeps);
