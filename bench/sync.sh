@@ -11,6 +11,8 @@
 #   edit       a 256 MiB file is synced first, then replaced (rename over) by a version with
 #              ten 100-byte insertions and one 1 MiB overwrite; the edit is what is measured
 #   identical  8 identical 32 MiB files
+#   dirrename  the 10,000 files of small10k are synced under old/, then old/ is renamed to
+#              new/ on the sender; the rename is what is measured
 #   latency    a few bytes written to a new file on the sender, until it is on the receiver;
 #              BENCH_LATENCY_RUNS times (default 5), median
 #   small100k  100,000 files of 1-8 KiB, only with BENCH_100K=1 (peak RSS, target < 200 MiB)
@@ -57,7 +59,7 @@ LATENCY_RUNS=${BENCH_LATENCY_RUNS:-5}
 TOOLS=${BENCH_TOOLS:-cairn syncthing}
 BENCH_100K=${BENCH_100K:-0}
 BENCH_HUGE=${BENCH_HUGE:-0}
-ONLY=${BENCH_ONLY:-large,small10k,edit,identical,latency}
+ONLY=${BENCH_ONLY:-large,small10k,edit,identical,dirrename,latency}
 if [ "$BENCH_100K" = 1 ] && [ -z "${BENCH_ONLY:-}" ]; then
   ONLY="$ONLY,small100k"
 fi
@@ -173,6 +175,22 @@ run_one() {
           --expect "$DATA/edit/edited" --out "$res" --timeout "$TIMEOUT" --settle-timeout "$SETTLE_TIMEOUT" || rc=$?
       fi
       ;;
+    dirrename)
+      local init="$WORK/$ds-$tool-initial.json" stage="$WORK/$ds-stage" after="$WORK/$ds-after"
+      rm -rf "$stage" "$after"
+      mkdir -p "$stage" "$after"
+      cp -al "$DATA/small10k" "$stage/old"
+      cp -al "$DATA/small10k" "$after/new"
+      log "[$ds] $tool: first sync of 10,000 files under old/"
+      helper sync --pair "$PAIR" --copy "$stage" --expect "$stage" \
+        --out "$init" --timeout "$TIMEOUT" --settle-timeout "$SETTLE_TIMEOUT" || rc=$?
+      helper record --results "$RESULTS" --dataset dirrename-initial --tool "$tool" --result "$init"
+      if [ "$rc" = 0 ]; then
+        log "[$ds] $tool: mv old new"
+        helper sync --pair "$PAIR" --rename "old:new" --expect "$after" --out "$res" \
+          --timeout "$TIMEOUT" --settle-timeout "$SETTLE_TIMEOUT" || rc=$?
+      fi
+      ;;
     latency)
       helper latency --pair "$PAIR" --runs "$LATENCY_RUNS" --out "$res" --timeout 120 || rc=$?
       ;;
@@ -206,9 +224,10 @@ IFS=, read -r -a sets <<<"$ONLY"
 for ds in "${sets[@]}"; do
   case $ds in
     large | small10k | identical | small100k) warm "$DATA/$ds" ;;
+    dirrename) warm "$DATA/small10k" ;;
     edit) warm "$DATA/edit" ;;
     latency | huge10g) ;;
-    *) fail "unknown data set '$ds' in BENCH_ONLY (large, small10k, edit, identical, latency, small100k, huge10g)" ;;
+    *) fail "unknown data set '$ds' in BENCH_ONLY (large, small10k, edit, identical, dirrename, latency, small100k, huge10g)" ;;
   esac
   for tool in $TOOLS; do
     case $tool in cairn | syncthing) ;; *) fail "unknown tool '$tool' in BENCH_TOOLS" ;; esac

@@ -513,6 +513,11 @@ def sync(a):
         c0 = time.monotonic()
         subprocess.run(["cp", "-R", "--", os.path.join(a.copy, "."), sender.dir + "/"], check=True)
         copy_s = time.monotonic() - c0
+    elif a.rename:
+        old, new = a.rename.split(":", 1)
+        c0 = time.monotonic()
+        os.rename(os.path.join(sender.dir, old), os.path.join(sender.dir, new))
+        copy_s = time.monotonic() - c0
     else:
         src, dst = a.replace.split(":", 1)
         c0 = time.monotonic()
@@ -652,6 +657,8 @@ DATASETS = {
     "edit-initial": ("256 MiB file, first sync (setup for the edit, not a target)", None),
     "edit": ("256 MiB file: ten 100-byte insertions + one 1 MiB overwrite", "time+bytes"),
     "identical": ("8 identical 32 MiB files", "time"),
+    "dirrename-initial": ("10,000 files under old/, first sync (setup, not a target)", None),
+    "dirrename": ("mv old new: a directory of 10,000 files renamed (target < 2 s)", "time"),
     "latency": ("small write propagation latency (median of runs)", "latency"),
     "small100k": ("100,000 files of 1-8 KiB (BENCH_100K=1)", "time"),
     "huge10g": ("one 10 GiB file (BENCH_HUGE=1; not a target: memory bounded by file size)", None),
@@ -843,6 +850,7 @@ def main():
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--copy", help="directory whose contents are copied into the sender")
     g.add_argument("--replace", help="TMP:NAME: rename TMP over NAME in the sender's folder")
+    g.add_argument("--rename", help="OLD:NEW: rename OLD to NEW inside the sender's folder")
     s.add_argument("--expect", required=True, help="directory the receiver must match (count, bytes)")
     s.add_argument("--out", required=True)
     s.add_argument("--timeout", type=float, default=600)

@@ -472,7 +472,7 @@ impl Engine {
             if let Some(f) = self.folders.get_mut(id) {
                 f.config.paused = paused;
                 if !paused {
-                    f.needs_scan = true;
+                    f.scan.all();
                     f.needs_pull = true;
                 }
             }
@@ -583,7 +583,7 @@ impl Engine {
             }
         };
         if let Some(f) = self.folders.get_mut(&c.folder) {
-            f.needs_scan = true;
+            f.scan.all();
         }
         Ok(what)
     }

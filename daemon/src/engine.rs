@@ -5,7 +5,7 @@
 //! Per folder, at most one scan or one pull runs at a time, so the scanner never sees a
 //! half-applied pull, and the index is updated by the puller before the scanner looks.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,7 +32,7 @@ use crate::index::{FolderRecord, Index};
 use crate::metrics::Metrics;
 use crate::net::{Behaviour, BehaviourEvent, FrameError};
 use crate::puller::{NetCommand, PullError, PullOutcome, Puller};
-use crate::scanner::{ScanReport, scan_folder};
+use crate::scanner::{ScanReport, scan_folder, scan_paths};
 use crate::watcher::Watcher;
 
 /// How often the loop looks at timers (rescans, redials, retries).
@@ -75,6 +75,8 @@ pub enum Event {
     },
     FsChanged {
         folder: String,
+        /// Absolute paths that changed; empty when everything must be scanned.
+        paths: Vec<std::path::PathBuf>,
     },
     RestoreDone {
         folder: String,
@@ -219,16 +221,60 @@ pub(crate) enum Busy {
     Restoring,
 }
 
+/// Paths scanned at most in one partial scan; more changes make it a full scan.
+const MAX_SCAN_PATHS: usize = 1000;
+
+/// What the next scan of a folder must cover.
+#[derive(Debug, Default)]
+pub(crate) enum ScanNeed {
+    #[default]
+    Nothing,
+    /// Only these folder-relative paths (and what lies under them) changed.
+    Paths(BTreeSet<String>),
+    /// Everything (start, periodic safety net, resume, a lost watcher event, ...).
+    All,
+}
+
+impl ScanNeed {
+    /// The whole folder must be scanned.
+    pub(crate) fn all(&mut self) {
+        *self = ScanNeed::All;
+    }
+
+    /// `paths` changed; a partial scan covers them unless a full one is due anyway.
+    pub(crate) fn paths(&mut self, paths: impl IntoIterator<Item = String>) {
+        match self {
+            ScanNeed::All => {}
+            ScanNeed::Nothing => {
+                *self = ScanNeed::Paths(paths.into_iter().collect());
+            }
+            ScanNeed::Paths(set) => set.extend(paths),
+        }
+        if let ScanNeed::Paths(set) = self
+            && (set.len() > MAX_SCAN_PATHS || set.contains(""))
+        {
+            *self = ScanNeed::All;
+        }
+    }
+
+    pub(crate) fn is_due(&self) -> bool {
+        !matches!(self, ScanNeed::Nothing)
+    }
+}
+
 pub(crate) struct Folder {
     pub(crate) config: FolderConfig,
     pub(crate) record: FolderRecord,
     pub(crate) doc: FolderDoc,
     pub(crate) peers: HashMap<PeerId, PeerSync>,
     pub(crate) busy: Busy,
-    pub(crate) needs_scan: bool,
+    pub(crate) scan: ScanNeed,
     pub(crate) needs_pull: bool,
     pub(crate) in_sync: bool,
+    /// When the last full scan started (the periodic rescan counts from it).
     pub(crate) last_scan: Instant,
+    /// When the scan running now (or the last one) started, full or partial.
+    pub(crate) scan_started: Instant,
     pub(crate) retry_pull_at: Option<Instant>,
     pub(crate) last_error: Option<String>,
     pub(crate) _watcher: Option<Watcher>,
@@ -464,7 +510,7 @@ impl Engine {
                 Duration::from_secs(f.config.rescan_interval_s.max(1))
             };
             if now - f.last_scan >= interval {
-                f.needs_scan = true;
+                f.scan.all();
             }
             if f.retry_pull_at.is_some_and(|t| now >= t) {
                 f.retry_pull_at = None;
@@ -525,9 +571,12 @@ impl Engine {
             let gap_over = f
                 .scan_done_at
                 .is_none_or(|done| done.elapsed() >= 2 * f.last_scan_took);
-            if f.needs_scan && gap_over {
-                f.needs_scan = false;
-                self.start_scan(&id);
+            if f.scan.is_due() && gap_over {
+                let scope = match std::mem::take(&mut f.scan) {
+                    ScanNeed::Paths(paths) => Some(paths),
+                    _ => None,
+                };
+                self.start_scan(&id, scope);
             } else if f.needs_pull && (f.retry_pull_at.is_none() || f.waiting_only) {
                 // A pull that only waits for versions other devices have does not hold
                 // back new changes; one that failed otherwise backs off until its retry.
@@ -537,21 +586,33 @@ impl Engine {
         }
     }
 
-    fn start_scan(&mut self, id: &str) {
+    /// Scans folder `id`: only `scope` (what the watcher saw change), or all of it.
+    fn start_scan(&mut self, id: &str, scope: Option<BTreeSet<String>>) {
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
         f.busy = Busy::Scanning;
-        f.last_scan = Instant::now();
+        f.scan_started = Instant::now();
+        if scope.is_none() {
+            // The periodic rescan counts from the last full one.
+            f.last_scan = f.scan_started;
+        }
         let (index, record, tx, folder) = (
             self.index.clone(),
             f.record.clone(),
             self.events_tx.clone(),
             id.to_string(),
         );
+        tracing::debug!(folder = id, scope = ?scope, "scan_started");
         tokio::task::spawn_blocking(move || {
-            let result = scan_folder(&index, &record, &|_| {}).map_err(|e| e.to_string());
-            let _ = tx.send(Event::ScanDone { folder, result });
+            let result = match &scope {
+                Some(paths) => scan_paths(&index, &record, paths),
+                None => scan_folder(&index, &record, &|_| {}),
+            };
+            let _ = tx.send(Event::ScanDone {
+                folder,
+                result: result.map_err(|e| e.to_string()),
+            });
         });
     }
 
@@ -565,7 +626,7 @@ impl Engine {
             return;
         };
         f.busy = Busy::Idle;
-        f.last_scan_took = f.last_scan.elapsed();
+        f.last_scan_took = f.scan_started.elapsed();
         f.scan_done_at = Some(Instant::now());
         let report = match result {
             Ok(r) => r,
@@ -861,7 +922,7 @@ impl Engine {
             "pull_finished"
         );
         if !outcome.raced.is_empty() {
-            f.needs_scan = true;
+            f.scan.all();
         }
         let (waiting, dropped) = self.sort_waiting(id, &outcome.waiting);
         let Some(f) = self.folders.get_mut(id) else {
@@ -1570,9 +1631,20 @@ impl Engine {
             Event::ScanDone { folder, result } => self.on_scan_done(&folder, result),
             Event::PullDone { folder, outcome } => self.on_pull_done(&folder, outcome),
             Event::RestoreDone { folder, changed } => self.on_restore_done(&folder, changed),
-            Event::FsChanged { folder } => {
+            Event::FsChanged { folder, paths } => {
                 if let Some(f) = self.folders.get_mut(&folder) {
-                    f.needs_scan = true;
+                    let root = &f.record.root;
+                    let relative: Option<Vec<String>> = paths
+                        .iter()
+                        .map(|p| {
+                            let rel = p.strip_prefix(root).ok()?.to_str()?;
+                            Some(rel.trim_end_matches('/').to_string())
+                        })
+                        .collect();
+                    match relative {
+                        Some(rel) if !rel.is_empty() => f.scan.paths(rel),
+                        _ => f.scan.all(),
+                    }
                 }
             }
             Event::WatcherFailed { folder, error } => {
@@ -1580,7 +1652,7 @@ impl Engine {
                 Metrics::add(&self.metrics.watcher_fallbacks, 1);
                 if let Some(f) = self.folders.get_mut(&folder) {
                     f.watcher_failed = true;
-                    f.needs_scan = true;
+                    f.scan.all();
                 }
             }
             Event::BlocksReady {
@@ -1644,7 +1716,7 @@ impl Engine {
                 let result = match folder {
                     Some(id) => match self.folders.get_mut(&id) {
                         Some(f) => {
-                            f.needs_scan = true;
+                            f.scan.all();
                             Ok(())
                         }
                         None => Err(crate::admin::ApiError::NotFound(format!(
@@ -1652,7 +1724,7 @@ impl Engine {
                         ))),
                     },
                     None => {
-                        self.folders.values_mut().for_each(|f| f.needs_scan = true);
+                        self.folders.values_mut().for_each(|f| f.scan.all());
                         Ok(())
                     }
                 };
@@ -1688,7 +1760,7 @@ impl Engine {
                     path: f.config.path.clone(),
                     kind: f.config.kind,
                     state: state.to_string(),
-                    in_sync: f.in_sync && f.busy == Busy::Idle && !f.needs_pull && !f.needs_scan,
+                    in_sync: f.in_sync && f.busy == Busy::Idle && !f.needs_pull && !f.scan.is_due(),
                     files: totals.files,
                     bytes: totals.bytes,
                     pull_queue: f
@@ -1981,10 +2053,11 @@ pub(crate) fn load_folder(
         waiting_only: false,
         refused: BTreeMap::new(),
         no_space: false,
-        needs_scan: true,
+        scan: ScanNeed::All,
         needs_pull: true,
         in_sync: false,
         last_scan: Instant::now(),
+        scan_started: Instant::now(),
         retry_pull_at: None,
         last_error: None,
         _watcher: watcher,

@@ -228,7 +228,9 @@ impl Engine {
     pub(crate) fn on_restore_done(&mut self, id: &str, changed: bool) {
         if let Some(f) = self.folders.get_mut(id) {
             f.busy = Busy::Idle;
-            f.needs_scan |= changed;
+            if changed {
+                f.scan.all();
+            }
         }
     }
 }

@@ -441,6 +441,40 @@ impl Index {
         .map(|rows| rows.into_iter().collect())
     }
 
+    /// The entries of `folder` at or under any of `dirs` (folder-relative; `""` is the
+    /// whole folder), read by key range, not by loading the folder.
+    pub fn entries_under(
+        &self,
+        folder: &str,
+        dirs: &std::collections::BTreeSet<String>,
+    ) -> Result<HashMap<String, IndexedEntry>> {
+        if dirs.contains("") {
+            return self.entries(folder);
+        }
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut out = HashMap::new();
+        for dir in dirs {
+            // `dir` itself, then everything from `dir/` up to `dir0` ('0' follows '/').
+            let below = format!("{dir}/");
+            let after = format!("{dir}0");
+            let exact = t.get((folder, dir.as_str()))?.map(|v| v.value().to_vec());
+            if let Some(bytes) = exact {
+                out.insert(
+                    dir.clone(),
+                    decode(&bytes, || format!("entry {folder}/{dir}"))?,
+                );
+            }
+            for item in t.range((folder, below.as_str())..(folder, after.as_str()))? {
+                let (k, v) = item?;
+                let path = k.value().1.to_string();
+                let entry = decode(v.value(), || format!("entry {folder}/{path}"))?;
+                out.insert(path, entry);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every row of a `(folder, path)`-keyed table for `folder`, mapped by `row`.
     fn rows_of<V: redb::Value + 'static, T>(
         &self,

@@ -7,7 +7,7 @@
 //! next scan picks up where it stopped. Deletions are committed last, only after the walk
 //! finished, and never under a directory that could not be read.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -145,6 +145,38 @@ pub fn scan_folder(
     folder: &FolderRecord,
     progress: &(dyn Fn(&ScanProgress) + Sync),
 ) -> Result<ScanReport, ScanError> {
+    scan_scoped(index, folder, progress, None)
+}
+
+/// Scans only the subtrees of `folder` at `dirs` (folder-relative directories; `""` is the
+/// whole folder): what the watcher saw change. The walk still starts at the root, so the
+/// ignore files on the way apply as in a full scan, but it descends only into the
+/// directories that lead to or lie in those subtrees, and only their entries can be found
+/// deleted. A path that is not a directory (any more) is scanned as its parent would be.
+pub fn scan_paths(
+    index: &Index,
+    folder: &FolderRecord,
+    dirs: &BTreeSet<String>,
+) -> Result<ScanReport, ScanError> {
+    scan_scoped(index, folder, &|_| {}, Some(dirs))
+}
+
+/// Whether `path` lies at or under one of `dirs`.
+fn in_scope(dirs: &BTreeSet<String>, path: &str) -> bool {
+    dirs.iter().any(|d| d == path || is_under(path, d))
+}
+
+/// Whether the walk must enter `path`: in scope, or on the way to a directory in scope.
+fn on_the_way(dirs: &BTreeSet<String>, path: &str) -> bool {
+    in_scope(dirs, path) || dirs.iter().any(|d| is_under(d, path))
+}
+
+fn scan_scoped(
+    index: &Index,
+    folder: &FolderRecord,
+    progress: &(dyn Fn(&ScanProgress) + Sync),
+    scope: Option<&BTreeSet<String>>,
+) -> Result<ScanReport, ScanError> {
     let started = Instant::now();
     let params = folder.chunker_params()?;
     let chunker = Chunker::new(params).map_err(|_| ScanError::Params(folder.id.clone()))?;
@@ -153,15 +185,20 @@ pub fn scan_folder(
         source,
     })?;
 
-    let mut previous = index.entries(&folder.id)?;
+    let mut previous = match scope {
+        Some(dirs) => index.entries_under(&folder.id, dirs)?,
+        None => index.entries(&folder.id)?,
+    };
     let mut prog = ScanProgress::default();
     let mut issues = Vec::new();
     let mut unreadable_dirs = Vec::new();
     let mut seen = HashSet::new();
     let mut to_read = Vec::new();
     let temps = Arc::new(Mutex::new(Vec::new()));
-    for item in walk(&folder.root, temps.clone()) {
+    for item in walk(&folder.root, temps.clone(), scope) {
         match item {
+            // A directory on the way to the scope is entered, not scanned.
+            Ok(obs) if scope.is_some_and(|dirs| !in_scope(dirs, &obs.path)) => {}
             Ok(obs) => {
                 prog.walked += 1;
                 if prog.walked % 4096 == 0 {
@@ -451,15 +488,31 @@ struct WalkIssue {
 
 /// Walks `root` without following symlinks, honouring `.cairnignore` files and skipping
 /// cairn's own temp files. Yields every path below the root.
-fn walk(
-    root: &Path,
+fn walk<'a>(
+    root: &'a Path,
     temps: Arc<Mutex<Vec<PathBuf>>>,
-) -> impl Iterator<Item = Result<Observed, WalkIssue>> + '_ {
+    scope: Option<&BTreeSet<String>>,
+) -> impl Iterator<Item = Result<Observed, WalkIssue>> + 'a {
+    let scope = scope.cloned();
+    let base = root.to_path_buf();
     let walker = ignore::WalkBuilder::new(root)
         .standard_filters(false)
         .add_custom_ignore_filename(IGNORE_FILE)
         .follow_links(false)
         .filter_entry(move |e| {
+            if let Some(dirs) = &scope
+                && e.depth() > 0
+            {
+                let rel = e
+                    .path()
+                    .strip_prefix(&base)
+                    .ok()
+                    .and_then(|p| p.to_str())
+                    .unwrap_or("");
+                if !on_the_way(dirs, rel) {
+                    return false;
+                }
+            }
             let internal = e.file_name().to_str().is_some_and(is_internal_name);
             if internal
                 && e.file_type().is_some_and(|t| t.is_file())

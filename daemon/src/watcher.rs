@@ -1,4 +1,5 @@
-//! Watches a folder with inotify (through `notify`), debounced, and tells the loop to scan.
+//! Watches a folder with inotify (through `notify`), debounced, and tells the loop which
+//! paths changed, so that it scans only those.
 //!
 //! Overflow and watch-limit errors are reported as `WatcherFailed`: the loop then falls
 //! back to frequent periodic rescans and says so in the status.
@@ -47,8 +48,19 @@ impl Watcher {
                 {
                     return;
                 }
-                Ok(_) => Event::FsChanged {
+                // The paths that changed, so that only they are scanned; none (a full
+                // scan) when the kernel dropped events or an event names no path.
+                Ok(events) => Event::FsChanged {
                     folder: folder.clone(),
+                    paths: if events.iter().any(|e| e.need_rescan() || e.paths.is_empty()) {
+                        Vec::new()
+                    } else {
+                        events
+                            .iter()
+                            .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
+                            .flat_map(|e| e.paths.iter().cloned())
+                            .collect()
+                    },
                 },
                 Err(errors) => Event::WatcherFailed {
                     folder: folder.clone(),

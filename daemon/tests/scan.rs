@@ -1,6 +1,6 @@
 //! The scanner and index against a real folder and a real redb file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -9,7 +9,7 @@ use cairn_core::scan::{ChangeKind, EntryKind};
 use cairn_core::{ChunkId, Chunker, ChunkerParams};
 use cairn_daemon::folders::folder_for_root;
 use cairn_daemon::index::{FolderRecord, Index};
-use cairn_daemon::scanner::{FileRead, ScanReport, read_file, scan_folder};
+use cairn_daemon::scanner::{FileRead, ScanReport, read_file, scan_folder, scan_paths};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -465,4 +465,49 @@ fn a_fresh_file_whose_settle_time_passed_during_the_scan_is_recorded() {
     let r = scan(&s);
     assert!(r.issues.is_empty(), "{:?}", r.issues.first());
     assert_eq!(r.totals.files, 2001);
+}
+
+/// A partial scan (what the watcher saw change) looks only at its paths: a change
+/// elsewhere waits for a scan that covers it, a deletion is found only in scope, and the
+/// ignore files on the way apply as in a full scan.
+#[test]
+fn a_partial_scan_covers_its_paths_only_and_honours_ignore_files() {
+    let s = setup();
+    write(&s.root, ".cairnignore", b"*.log\n");
+    write(&s.root, "a/x.txt", b"x");
+    write(&s.root, "b/deep/y.txt", b"y");
+    write(&s.root, "b/z.txt", b"z");
+    scan(&s);
+    let index = Index::open(&s.db).unwrap();
+    let folder = folder_for_root(&index, &s.root).unwrap();
+    let paths = |p: &[&str]| -> BTreeSet<String> { p.iter().map(|s| s.to_string()).collect() };
+
+    std::thread::sleep(Duration::from_millis(20));
+    write(&s.root, "b/deep/y.txt", b"y, edited");
+    fs::remove_file(s.root.join("a/x.txt")).unwrap();
+    write(&s.root, "b/deep/new.txt", b"new");
+    write(&s.root, "b/deep/noise.log", b"ignored");
+    std::thread::sleep(Duration::from_millis(150)); // past the settle time
+    let r = scan_paths(&index, &folder, &paths(&["b/deep"])).unwrap();
+    assert_eq!(
+        changes(&r),
+        BTreeMap::from([
+            ("b/deep/new.txt".to_string(), ChangeKind::Added),
+            ("b/deep/y.txt".to_string(), ChangeKind::Modified),
+        ])
+    );
+    // a/x.txt was not in scope: still indexed until a scan covers it.
+    assert!(index.entry(&folder.id, "a/x.txt").unwrap().is_some());
+    let r = scan_paths(&index, &folder, &paths(&["a/x.txt"])).unwrap();
+    assert_eq!(
+        changes(&r),
+        BTreeMap::from([("a/x.txt".to_string(), ChangeKind::Deleted)])
+    );
+    // A whole directory gone, named by itself.
+    fs::remove_dir_all(s.root.join("b")).unwrap();
+    let r = scan_paths(&index, &folder, &paths(&["b"])).unwrap();
+    assert_eq!(r.deleted, 5, "{:?}", changes(&r)); // b, b/deep, b/z.txt, y.txt, new.txt
+    // A full scan afterwards finds nothing left to do.
+    drop(index);
+    assert!(changes(&scan(&s)).is_empty());
 }

@@ -669,7 +669,7 @@ fn a_flooding_peer_gets_its_share_and_another_peer_is_still_served() {
     let tmp = tempfile::tempdir().unwrap();
     let (flooder, honest) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
     let v = victim(tmp.path(), &[&flooder, &honest]);
-    let data = pseudo_random(32 << 20, 11);
+    let data = pseudo_random(16 << 20, 11);
     std::fs::write(v.folder.join("data.bin"), &data).unwrap();
     let manifest = manifest_of(&data);
     let ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
@@ -726,12 +726,12 @@ fn a_flooding_peer_gets_its_share_and_another_peer_is_still_served() {
         assert!(h.connect(10).await, "{}", v.log());
         h
     });
-    let alone = rt.block_on(timed_requests(&mut h, &ids, 20));
+    let alone = rt.block_on(timed_requests(&mut h, &ids, 12));
     let cpu_before = cpu_secs(pid);
     let started = Instant::now();
     let flooding = std::thread::spawn(flood);
     std::thread::sleep(Duration::from_secs(3));
-    let contended = rt.block_on(timed_requests(&mut h, &ids, 20));
+    let contended = rt.block_on(timed_requests(&mut h, &ids, 12));
     stop.store(true, Ordering::Relaxed);
     let (sent, answered) = flooding.join().unwrap();
     let wall = started.elapsed().as_secs_f64();

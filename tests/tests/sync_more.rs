@@ -348,7 +348,7 @@ fn with_no_inotify_left_the_daemon_says_so_and_periodic_rescans_still_sync() {
 #[test]
 fn a_renamed_directory_is_moved_on_the_peer_not_copied() {
     use std::os::unix::fs::MetadataExt;
-    const FILES: usize = 2000;
+    const FILES: usize = 1000;
     let tmp = tempfile::tempdir().unwrap();
     let d = mesh(tmp.path(), &["a", "b"]);
     let old = d[0].folder.join("old");
@@ -404,5 +404,27 @@ fn a_renamed_directory_is_moved_on_the_peer_not_copied() {
             fs::read(d[1].folder.join(dir).join(format!("f{i}.txt"))).unwrap(),
             format!("file {i}").as_bytes()
         );
+    }
+}
+
+/// Regression (found by the chaos soak, seed 63, when scans became partial): the pause
+/// between scans was taken from the time since the last *full* scan, so a minute after
+/// start every edit waited minutes. Each edit must be scanned and arrive at once.
+#[test]
+fn every_edit_is_scanned_at_once_however_long_since_the_last_full_scan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = mesh(tmp.path(), &["a", "b"]);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    for i in 0..3 {
+        let text = format!("edit {i}");
+        fs::write(d[0].folder.join("edit.txt"), &text).unwrap();
+        let t = std::time::Instant::now();
+        assert!(
+            wait_until(5, || content(&d[1].folder.join("edit.txt")).as_deref()
+                == Some(text.as_bytes())),
+            "edit {i} did not arrive within 5 s:\n{}",
+            d[0].log()
+        );
+        println!("edit {i} arrived in {:?}", t.elapsed());
     }
 }
