@@ -175,6 +175,18 @@ fn write_plan(
     (plan, HashMap::from([(path.to_string(), value)]))
 }
 
+/// A chunker with `params`, and the manifest it cuts `bytes` into.
+fn cut(params: ChunkerParams, bytes: &[u8]) -> (Chunker, Manifest) {
+    let chunker = Chunker::new(params).unwrap();
+    let manifest = Manifest {
+        chunks: chunker
+            .chunk_slice(bytes)
+            .map(|(_, c)| ChunkRef::of(c))
+            .collect(),
+    };
+    (chunker, manifest)
+}
+
 /// A temp dir with an index that has folder "f" at `dir/folder`, cut with `params`.
 fn folder_index(params: ChunkerParams) -> (tempfile::TempDir, Arc<Index>) {
     let dir = tempfile::tempdir().unwrap();
@@ -204,13 +216,7 @@ fn setup(
     let params = ChunkerParams::V1_DEFAULT;
     let (dir, index) = folder_index(params);
     let bytes = data();
-    let chunker = Chunker::new(params).unwrap();
-    let manifest = Manifest {
-        chunks: chunker
-            .chunk_slice(&bytes)
-            .map(|(_, c)| ChunkRef::of(c))
-            .collect(),
-    };
+    let (chunker, manifest) = cut(params, &bytes);
     let content = manifest.content_id();
     index.put_remote_manifest(&content, &manifest).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -352,13 +358,7 @@ fn paged_setup(
 ) {
     let (dir, index) = folder_index(TINY_CHUNKS);
     let bytes = paged_data();
-    let chunker = Chunker::new(TINY_CHUNKS).unwrap();
-    let manifest = Manifest {
-        chunks: chunker
-            .chunk_slice(&bytes)
-            .map(|(_, c)| ChunkRef::of(c))
-            .collect(),
-    };
+    let (chunker, manifest) = cut(TINY_CHUNKS, &bytes);
     assert!(manifest.is_paged(), "{} chunks", manifest.chunks.len());
     let content = manifest.content_id();
     let (tx, rx) = mpsc::unbounded_channel();
