@@ -312,6 +312,34 @@ fn each_page(
     Ok(())
 }
 
+/// Commits `txn` without an fsync: a crash may lose it, never corrupt the index.
+fn not_durable(txn: &mut redb::WriteTransaction) -> Result<()> {
+    txn.set_durability(redb::Durability::None)
+        .map_err(|e| IndexError::Corrupt {
+            what: "durability".into(),
+            detail: e.to_string(),
+        })
+}
+
+/// A manifests-pages table, read-only.
+type PagesRead = redb::ReadOnlyTable<(&'static [u8; 32], u32), &'static [u8]>;
+
+/// Where the manifest of `content` is: this device's own (with its pages table), else one
+/// learnt from a peer.
+fn locate(txn: &redb::ReadTransaction, content: &ContentId) -> Result<Option<(Stored, PagesRead)>> {
+    if let Some(v) = txn.open_table(MANIFESTS)?.get(content.as_bytes())? {
+        let stored = Stored::decode(content, v.value().1)?;
+        return Ok(Some((stored, txn.open_table(MANIFEST_PAGES)?)));
+    }
+    match txn.open_table(REMOTE_MANIFESTS)?.get(content.as_bytes())? {
+        Some(v) => {
+            let stored = Stored::decode(content, v.value())?;
+            Ok(Some((stored, txn.open_table(REMOTE_PAGES)?)))
+        }
+        None => Ok(None),
+    }
+}
+
 fn remove_pages(
     pages: &mut redb::Table<(&'static [u8; 32], u32), &'static [u8]>,
     content: &ContentId,
@@ -613,17 +641,11 @@ impl Index {
     /// peer (a paged one's outline).
     pub fn stored(&self, content: &ContentId) -> Result<Option<Stored>> {
         let txn = self.db.begin_read()?;
-        if let Some(v) = txn.open_table(MANIFESTS)?.get(content.as_bytes())? {
-            return Stored::decode(content, v.value().1).map(Some);
-        }
-        match txn.open_table(REMOTE_MANIFESTS)?.get(content.as_bytes())? {
-            Some(v) => Stored::decode(content, v.value()).map(Some),
-            None => Ok(None),
-        }
+        Ok(locate(&txn, content)?.map(|(stored, _)| stored))
     }
 
     /// Whether this device knows the manifest of `content` (a paged one's outline is
-    /// enough: its pages come as the pull needs them).
+    /// enough: its pages come as the pull needs them). Nothing is decoded.
     pub fn has_manifest(&self, content: &ContentId) -> Result<bool> {
         let txn = self.db.begin_read()?;
         Ok(txn
@@ -639,14 +661,10 @@ impl Index {
     /// Page `page` of the paged manifest of `content`, if this device has it.
     pub fn page(&self, content: &ContentId, page: usize) -> Result<Option<Manifest>> {
         let txn = self.db.begin_read()?;
-        if txn
-            .open_table(MANIFESTS)?
-            .get(content.as_bytes())?
-            .is_some()
-        {
-            return read_page(&txn.open_table(MANIFEST_PAGES)?, content, page);
+        match locate(&txn, content)? {
+            Some((_, pages)) => read_page(&pages, content, page),
+            None => Ok(None),
         }
-        read_page(&txn.open_table(REMOTE_PAGES)?, content, page)
     }
 
     /// Calls `f` with each page of the manifest of `content` (a whole one is one page) and
@@ -655,22 +673,11 @@ impl Index {
     pub fn each_page(
         &self,
         content: &ContentId,
-        f: impl FnMut(&Manifest, u64) -> bool,
+        mut f: impl FnMut(&Manifest, u64) -> bool,
     ) -> Result<bool> {
-        let mut f = f;
         let txn = self.db.begin_read()?;
-        let (stored, pages) = match txn.open_table(MANIFESTS)?.get(content.as_bytes())? {
-            Some(v) => (
-                Stored::decode(content, v.value().1)?,
-                txn.open_table(MANIFEST_PAGES)?,
-            ),
-            None => match txn.open_table(REMOTE_MANIFESTS)?.get(content.as_bytes())? {
-                Some(v) => (
-                    Stored::decode(content, v.value())?,
-                    txn.open_table(REMOTE_PAGES)?,
-                ),
-                None => return Ok(false),
-            },
+        let Some((stored, pages)) = locate(&txn, content)? else {
+            return Ok(false);
         };
         match each_page(&pages, content, &stored, |m, at| Ok(f(m, at))) {
             Ok(()) => Ok(true),
@@ -710,16 +717,6 @@ impl Index {
         Ok(first)
     }
 
-    /// Stores the outline of a paged manifest learnt from a peer; the caller has verified
-    /// it against `content`. Its pages follow with [`Index::put_remote_page`].
-    pub fn put_remote_outline(&self, content: &ContentId, outline: &Outline) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(REMOTE_MANIFESTS)?
-            .insert(content.as_bytes(), outline.encode().as_slice())?;
-        txn.commit()?;
-        Ok(())
-    }
-
     /// Stores page `page` of a paged manifest learnt from a peer; the caller has verified
     /// it against the stored outline.
     pub fn put_remote_page(
@@ -729,11 +726,7 @@ impl Index {
         chunks: &Manifest,
     ) -> Result<()> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| IndexError::Corrupt {
-                what: "durability".into(),
-                detail: e.to_string(),
-            })?;
+        not_durable(&mut txn)?;
         txn.open_table(REMOTE_PAGES)?.insert(
             (content.as_bytes(), page as u32),
             chunks.encode().as_slice(),
@@ -742,9 +735,10 @@ impl Index {
         Ok(())
     }
 
-    /// Stores manifests learnt from peers in one transaction; each was verified against
-    /// its content id by the caller.
-    pub fn put_remote_manifests(&self, manifests: &[(ContentId, Manifest)]) -> Result<()> {
+    /// Stores manifests learnt from peers in one transaction, each verified against its
+    /// content id by the caller: whole, or a paged one's outline (its pages follow with
+    /// [`Index::put_remote_page`]).
+    pub fn put_remote_manifests(&self, manifests: &[(ContentId, Stored)]) -> Result<()> {
         if manifests.is_empty() {
             return Ok(());
         }
@@ -752,18 +746,16 @@ impl Index {
         {
             let mut t = txn.open_table(REMOTE_MANIFESTS)?;
             let mut pages = txn.open_table(REMOTE_PAGES)?;
-            for (content, m) in manifests {
-                let bytes = store_manifest(&mut pages, content, m)?;
+            for (content, stored) in manifests {
+                let bytes = match stored {
+                    Stored::Whole(m) => store_manifest(&mut pages, content, m)?,
+                    Stored::Paged(o) => o.encode(),
+                };
                 t.insert(content.as_bytes(), bytes.as_slice())?;
             }
         }
         txn.commit()?;
         Ok(())
-    }
-
-    /// Stores a manifest learnt from a peer; the caller has verified it against `content`.
-    pub fn put_remote_manifest(&self, content: &ContentId, manifest: &Manifest) -> Result<()> {
-        self.put_remote_manifests(&[(*content, manifest.clone())])
     }
 
     /// Removes the manifests learnt from peers that nothing needs any more: every one not
@@ -1010,11 +1002,7 @@ impl Index {
         }
         let mut txn = self.db.begin_write()?;
         if !durable {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| IndexError::Corrupt {
-                    what: "durability".into(),
-                    detail: e.to_string(),
-                })?;
+            not_durable(&mut txn)?;
         }
         {
             if txn.open_table(FOLDERS)?.get(folder)?.is_none() {

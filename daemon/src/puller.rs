@@ -607,19 +607,16 @@ impl Puller {
                     (*content, peer, self.ask(peer, request))
                 })
                 .collect();
-            let mut whole = Vec::new();
-            for (content, peer, rx) in pending {
-                match self.accept_manifest(peer, &content, rx.blocking_recv()) {
-                    Some(Stored::Whole(m)) => whole.push((content, m)),
-                    Some(Stored::Paged(o)) => {
-                        if let Err(e) = self.index.put_remote_outline(&content, &o) {
-                            tracing::warn!(error = %e, "manifest_store_failed");
-                        }
-                    }
-                    None => {}
-                }
-            }
-            if let Err(e) = self.index.put_remote_manifests(&whole) {
+            let accepted: Vec<(ContentId, Stored)> = pending
+                .into_iter()
+                .filter_map(|(content, peer, rx)| {
+                    Some((
+                        content,
+                        self.accept_manifest(peer, &content, rx.blocking_recv())?,
+                    ))
+                })
+                .collect();
+            if let Err(e) = self.index.put_remote_manifests(&accepted) {
                 tracing::warn!(error = %e, "manifest_store_failed");
             }
         }
@@ -637,16 +634,9 @@ impl Puller {
                     content: *content,
                 },
             );
-            match self.accept_manifest(*peer, content, rx.blocking_recv()) {
-                Some(Stored::Whole(m)) => {
-                    self.index.put_remote_manifest(content, &m)?;
-                    return Ok(());
-                }
-                Some(Stored::Paged(o)) => {
-                    self.index.put_remote_outline(content, &o)?;
-                    return Ok(());
-                }
-                None => {}
+            if let Some(stored) = self.accept_manifest(*peer, content, rx.blocking_recv()) {
+                self.index.put_remote_manifests(&[(*content, stored)])?;
+                return Ok(());
             }
         }
         Err(PullError::Unavailable(format!(

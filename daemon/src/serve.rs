@@ -16,7 +16,7 @@ use crate::index::{Index, Stored};
 pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse {
     match req {
         BlocksRequest::Manifest { folder, content } => match index.stored(content).ok().flatten() {
-            Some(_) if !in_folder(index, folder, content) => BlocksResponse::Manifest(None),
+            Some(s) if !in_folder(index, folder, content, &s) => BlocksResponse::Manifest(None),
             Some(Stored::Whole(m)) => BlocksResponse::Manifest(Some(m.encode())),
             Some(Stored::Paged(o)) => BlocksResponse::Outline(o.encode()),
             None => BlocksResponse::Manifest(None),
@@ -26,9 +26,12 @@ pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse
             content,
             page,
         } => BlocksResponse::Page(
-            in_folder(index, folder, content)
-                .then(|| index.page(content, *page as usize).ok().flatten())
+            index
+                .stored(content)
+                .ok()
                 .flatten()
+                .filter(|s| in_folder(index, folder, content, s))
+                .and_then(|_| index.page(content, *page as usize).ok().flatten())
                 .map(|m| m.encode()),
         ),
         // A chunk named twice is read and sent once; past the response's byte limit the
@@ -65,16 +68,23 @@ pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse
     }
 }
 
-/// Whether `content` is held by a file of `folder` (or nothing at all: the empty file): a
-/// peer learns only manifests of what the folder it may see holds.
-fn in_folder(index: &Index, folder: &str, content: &ContentId) -> bool {
-    match index.first_chunk(content) {
-        Ok(Some(c)) => index
+/// Whether `content`, whose manifest is `stored`, is held by a file of `folder` (or is the
+/// empty file): a peer learns only manifests of what the folder it may see holds. The
+/// manifest is decoded once per request, by the caller.
+fn in_folder(index: &Index, folder: &str, content: &ContentId, stored: &Stored) -> bool {
+    let first = match stored {
+        Stored::Whole(m) => m.chunks.first().copied(),
+        Stored::Paged(_) => index
+            .page(content, 0)
+            .ok()
+            .flatten()
+            .and_then(|p| p.chunks.first().copied()),
+    };
+    first.is_none_or(|c| {
+        index
             .chunk_locations(&c.id)
-            .is_ok_and(|locs| locs.iter().any(|l| l.folder == folder)),
-        Ok(None) => index.stored(content).is_ok_and(|s| s.is_some()),
-        Err(_) => false,
-    }
+            .is_ok_and(|locs| locs.iter().any(|l| l.folder == folder))
+    })
 }
 
 fn read_chunk(index: &Index, root: &Path, folder: &str, id: &ChunkId) -> Option<Vec<u8>> {

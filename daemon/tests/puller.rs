@@ -13,7 +13,7 @@ use cairn_core::planner::{Action, Plan};
 use cairn_core::scan::EntryKind;
 use cairn_core::wire::{BlocksRequest, BlocksResponse};
 use cairn_core::{ChunkRef, Chunker, ChunkerParams, Manifest, Outline};
-use cairn_daemon::index::{FolderRecord, Index};
+use cairn_daemon::index::{FolderRecord, Index, Stored};
 use cairn_daemon::metrics::Metrics;
 use cairn_daemon::puller::{NetCommand, Puller};
 use libp2p::PeerId;
@@ -218,7 +218,9 @@ fn setup(
     let bytes = data();
     let (chunker, manifest) = cut(params, &bytes);
     let content = manifest.content_id();
-    index.put_remote_manifest(&content, &manifest).unwrap();
+    index
+        .put_remote_manifests(&[(content, Stored::Whole(manifest.clone()))])
+        .unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let peer = PeerId::random();
     let handle = fake_peer(rx, bytes.clone(), manifest.clone(), (lies, None));
