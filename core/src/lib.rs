@@ -19,5 +19,6 @@ pub mod folder;
 pub mod fuzz_targets;
 pub mod pairing;
 pub mod path;
+pub mod node;
 pub mod planner;
 pub mod wire;

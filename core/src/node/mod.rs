@@ -1,0 +1,1161 @@
+//! The node: everything a device decides, as a state machine with no I/O (as
+//! `quinn-proto` is for QUIC).
+//!
+//! It owns the folder documents, each peer's sync state, who is trusted and connected,
+//! offers of folders, the conduct record of misbehaving peers, the schedule of scans and
+//! pulls per folder, and the recent-changes feed. Inputs are `handle_*` calls with the
+//! time passed in; outputs are [`Action`]s taken with [`Node::poll_action`]. The daemon
+//! carries actions out with real disks, sockets and threads; the simulation in
+//! `core/tests` carries them out on simulated ones, so both run the same decisions.
+//!
+//! Invariants:
+//! - Per folder at most one job (scan, pull or restore) runs at a time ([`Busy`]).
+//! - A change recorded in a document is persisted ([`Action::Persist`]) before any
+//!   message that carries it is sent ([`Action::SendMeta`]): actions are carried out in
+//!   the order they are polled.
+//! - At most one meta request is in flight per (folder, peer).
+//! - Everything a peer sends goes through [`Node::handle_meta_request`] /
+//!   [`Node::handle_meta_response`]; a message that does not decode or apply is a
+//!   [`Violation`], reported as an action, and its sender disconnected.
+
+mod folder;
+
+pub use folder::{
+    Busy, FolderKind, FolderSpec, FolderState, MAX_SCAN_PATHS, Refused, ScanNeed, Waiting,
+};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Display;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use crate::ContentId;
+use crate::conduct::{Conduct, Verdict, Violation};
+use crate::folder::{DeviceId, FolderMessage, LocalChange, Tree, TreeOptions};
+use crate::wire::{MetaRequest, MetaResponse};
+
+/// Redial trusted peers that are not connected this often.
+pub const REDIAL: Duration = Duration::from_secs(5);
+/// Retry a pull that failed after this long.
+pub const PULL_RETRY: Duration = Duration::from_secs(3);
+/// Rescan interval when the watcher does not work.
+pub const FALLBACK_RESCAN: Duration = Duration::from_secs(10);
+/// Offers of folders remembered per peer.
+pub const MAX_OFFERS_PER_PEER: usize = 16;
+/// Offers of folders remembered in all.
+pub const MAX_OFFERS: usize = 64;
+/// An offer not repeated for this long is forgotten (it comes back when the peer offers
+/// again).
+pub const OFFER_TTL: Duration = Duration::from_secs(3600);
+/// Refused paths remembered per folder.
+pub const MAX_REFUSED: usize = 1000;
+/// How many recent changes the node remembers (a feed, not a log).
+pub const RECENT_MAX: usize = 100;
+
+/// What the node asks its driver to do, in order.
+#[derive(Debug)]
+pub enum Action<P> {
+    /// Scan the folder: only `paths` (and what lies under them), or all of it. Answer with
+    /// [`Node::handle_scan_done`].
+    Scan {
+        folder: String,
+        paths: Option<BTreeSet<String>>,
+    },
+    /// Plan `tree` against the disk and carry the plan out, fetching from `peers`
+    /// (connected members, in this order); skip writing the versions in `refused`. Answer
+    /// with [`Node::handle_pull_done`].
+    Pull {
+        folder: String,
+        tree: Tree,
+        refused: HashMap<String, ContentId>,
+        peers: Vec<P>,
+    },
+    /// Run the first queued restore of the folder. Answer with
+    /// [`Node::handle_restore_done`].
+    Restore { folder: String },
+    /// Send a meta request (an encoded [`MetaRequest`]); answer with
+    /// [`Node::handle_meta_response`] or [`Node::handle_meta_failed`].
+    SendMeta {
+        peer: P,
+        folder: String,
+        request: Vec<u8>,
+    },
+    /// Store these saved shards of the folder's document; `recorded` are scanned paths
+    /// whose changes they record (cleared from the unrecorded list in the same write).
+    Persist {
+        folder: String,
+        shards: Vec<(u16, Vec<u8>)>,
+        recorded: Vec<String>,
+    },
+    /// Scanned paths whose changes needed no recording.
+    ClearUnrecorded { folder: String, paths: Vec<String> },
+    /// Connect to a trusted peer that is not connected.
+    Dial { peer: P },
+    /// Close every connection of the peer (it broke the protocol).
+    Disconnect { peer: P },
+    /// A protocol violation was counted: by `peer`, or (None) by the unpaired author of a
+    /// document entry. `paired` says whether the offender is a trusted peer.
+    Violation {
+        peer: Option<P>,
+        paired: bool,
+        kind: Violation,
+        reason: String,
+        banned_for: Option<Duration>,
+    },
+    /// A version this device authored and no longer has was dropped from the document.
+    VersionUnavailable {
+        folder: String,
+        path: String,
+        content: ContentId,
+    },
+    /// Every folder is in sync: manifests learnt from peers are no longer needed.
+    PruneRemoteManifests,
+}
+
+/// A trusted peer.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub name: String,
+    pub device: DeviceId,
+}
+
+/// A folder a trusted peer offered to this device.
+#[derive(Clone, Debug)]
+pub struct Offer<P> {
+    pub folder: String,
+    pub from: P,
+    /// When it was last offered.
+    pub(crate) at: Instant,
+}
+
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Seen by the scanner.
+    Local,
+    /// Written by a pull.
+    Remote,
+}
+
+impl Origin {
+    /// The word `cairn status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Local => "local",
+            Origin::Remote => "remote",
+        }
+    }
+}
+
+/// One change to a folder, for the recent-changes feed.
+#[derive(Clone, Debug)]
+pub struct RecentChange {
+    pub at: Instant,
+    pub folder: String,
+    pub path: String,
+    /// "added", "modified", "deleted", ...
+    pub change: String,
+    pub origin: Origin,
+}
+
+/// A scanned path whose change the index holds and the document has not recorded.
+#[derive(Clone, Debug)]
+pub struct Unrecorded {
+    pub path: String,
+    /// What is there now.
+    pub change: LocalChange,
+    /// The version it replaced, if any.
+    pub previous: Option<ContentId>,
+}
+
+/// What a scan found, as the driver reports it.
+#[derive(Clone, Debug, Default)]
+pub struct ScanDone {
+    /// Every change the index holds that the document has not recorded: this scan's,
+    /// and any a killed process committed to the index but never recorded.
+    pub unrecorded: Vec<Unrecorded>,
+    /// The scan's changes for the feed (path, what happened), oldest first.
+    pub changes: Vec<(String, String)>,
+    /// How many changes the scan saw.
+    pub changed: usize,
+    /// A problem worth showing (not a file still being written).
+    pub problem: Option<String>,
+}
+
+/// Why a pull did not write something.
+#[derive(Clone, Debug)]
+pub enum PullFailure {
+    /// No connected peer has what was needed: the folder waits, it is not in error.
+    Unavailable,
+    /// The disk is too full.
+    NoSpace(String),
+    /// The version breaks the protocol (a claimed size that differs from its manifest):
+    /// never written, its author counted.
+    Refused {
+        path: String,
+        content: ContentId,
+        author: DeviceId,
+        why: String,
+    },
+    /// Anything else (I/O, a corrupt write, ...).
+    Other(String),
+}
+
+/// A file a pull could not write because no connected peer had its version.
+#[derive(Clone, Debug)]
+pub struct Missing {
+    pub path: String,
+    pub content: ContentId,
+    /// This device has every byte of the version (in a file or in history).
+    pub held: bool,
+}
+
+/// What a pull did, as the driver reports it.
+#[derive(Clone, Debug, Default)]
+pub struct PullDone {
+    /// The plan was empty: the folder is in sync.
+    pub planned_nothing: bool,
+    /// Actions carried out.
+    pub done: usize,
+    pub failed: Vec<PullFailure>,
+    /// A local change raced a write (the folder is rescanned).
+    pub raced: bool,
+    pub missing: Vec<Missing>,
+    /// Paths the pull changed (path, what it did), oldest first.
+    pub changes: Vec<(String, String)>,
+}
+
+/// The node of one device.
+pub struct Node<P> {
+    device: DeviceId,
+    name: String,
+    options: TreeOptions,
+    folders: BTreeMap<String, FolderState<P>>,
+    peers: BTreeMap<P, Peer>,
+    connected: BTreeSet<P>,
+    meta_inflight: BTreeSet<(String, P)>,
+    offers: BTreeMap<String, Offer<P>>,
+    declined: BTreeSet<(String, P)>,
+    conduct: Conduct<P>,
+    recent: VecDeque<RecentChange>,
+    last_dial: Option<Instant>,
+    actions: VecDeque<Action<P>>,
+}
+
+impl<P: Copy + Ord + Hash + Display> Node<P> {
+    /// A node for device `device`, called `name` for people.
+    pub fn new(device: DeviceId, name: String, options: TreeOptions) -> Self {
+        Node {
+            device,
+            name,
+            options,
+            folders: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            connected: BTreeSet::new(),
+            meta_inflight: BTreeSet::new(),
+            offers: BTreeMap::new(),
+            declined: BTreeSet::new(),
+            conduct: Conduct::default(),
+            recent: VecDeque::new(),
+            last_dial: None,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    // ---- setup ----
+
+    /// Starts syncing a folder (at start, or when one is added or accepted): it is
+    /// scanned and pulled, and synced with its connected members.
+    pub fn add_folder(&mut self, now: Instant, spec: FolderSpec<P>, doc: crate::folder::FolderDoc) {
+        let id = spec.id.clone();
+        self.offers.remove(&id);
+        self.folders
+            .insert(id.clone(), FolderState::new(now, spec, doc));
+        self.sync_folder(&id);
+        self.schedule(now);
+    }
+
+    /// Stops syncing a folder (retired, or merged into another).
+    pub fn remove_folder(&mut self, id: &str) -> Option<FolderState<P>> {
+        self.meta_inflight.retain(|(f, _)| f != id);
+        self.folders.remove(id)
+    }
+
+    /// Trusts a peer (at start, or once paired): its conduct record starts clean.
+    pub fn add_peer(&mut self, peer: P, name: String, device: DeviceId) {
+        self.conduct.forget(&peer);
+        self.peers.insert(peer, Peer { name, device });
+    }
+
+    /// Shares folder `id` with `members`: new connected members are synced at once.
+    pub fn set_members(&mut self, now: Instant, id: &str, members: Vec<P>) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.spec.members = members;
+        let stale: Vec<P> = f
+            .peers
+            .keys()
+            .filter(|p| !f.spec.members.contains(p))
+            .copied()
+            .collect();
+        for p in stale {
+            f.peers.remove(&p);
+        }
+        self.sync_folder(id);
+        self.schedule(now);
+    }
+
+    /// Pauses or resumes a folder; a resumed folder is rescanned, pulled and synced.
+    pub fn set_paused(&mut self, now: Instant, id: &str, paused: bool) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.spec.paused = paused;
+        if !paused {
+            f.scan.all();
+            f.needs_pull = true;
+            self.sync_folder(id);
+        }
+        self.schedule(now);
+    }
+
+    /// Changes what the device does with a folder.
+    pub fn set_kind(&mut self, now: Instant, id: &str, kind: FolderKind) {
+        if let Some(f) = self.folders.get_mut(id) {
+            f.spec.kind = kind;
+            f.needs_pull = true;
+        }
+        self.schedule(now);
+    }
+
+    /// Remembers that the user declined `folder` from `peer`: it is not offered again.
+    pub fn decline(&mut self, folder: &str, peer: P) {
+        self.offers.remove(folder);
+        self.declined.insert((folder.to_string(), peer));
+    }
+
+    /// Forgets a declined offer (it was accepted after all).
+    pub fn undecline(&mut self, folder: &str) {
+        self.declined.retain(|(f, _)| f != folder);
+    }
+
+    /// Takes an offer away (accepted or declined).
+    pub fn take_offer(&mut self, folder: &str) -> Option<Offer<P>> {
+        self.offers.remove(folder)
+    }
+
+    // ---- views ----
+
+    /// This device's id.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// A folder's state.
+    pub fn folder(&self, id: &str) -> Option<&FolderState<P>> {
+        self.folders.get(id)
+    }
+
+    /// A folder's state, for changes to its document made outside the node (resolving a
+    /// conflict); call [`Node::changed`] after.
+    pub fn folder_mut(&mut self, id: &str) -> Option<&mut FolderState<P>> {
+        self.folders.get_mut(id)
+    }
+
+    /// Every folder, by id.
+    pub fn folders(&self) -> impl Iterator<Item = (&String, &FolderState<P>)> {
+        self.folders.iter()
+    }
+
+    /// Trusted peers.
+    pub fn peers(&self) -> &BTreeMap<P, Peer> {
+        &self.peers
+    }
+
+    /// Whether `peer` is connected (and its meta and blocks protocols open).
+    pub fn is_connected(&self, peer: &P) -> bool {
+        self.connected.contains(peer)
+    }
+
+    /// Connected trusted peers.
+    pub fn connected(&self) -> impl Iterator<Item = &P> {
+        self.connected.iter()
+    }
+
+    /// Offers waiting for `cairn accept`.
+    pub fn offers(&self) -> impl Iterator<Item = &Offer<P>> {
+        self.offers.values()
+    }
+
+    /// The recent-changes feed, newest first.
+    pub fn recent(&self) -> impl Iterator<Item = &RecentChange> {
+        self.recent.iter()
+    }
+
+    /// The conduct record of misbehaving peers.
+    pub fn conduct(&self) -> &Conduct<P> {
+        &self.conduct
+    }
+
+    /// Whether `peer` is banned now.
+    pub fn banned(&self, peer: &P, now: Instant) -> bool {
+        self.conduct.banned(peer, now)
+    }
+
+    /// Whether `peer` is trusted and shares folder `folder`.
+    pub fn is_member(&self, folder: &str, peer: &P) -> bool {
+        self.peers.contains_key(peer) && self.folders.get(folder).is_some_and(|f| f.has_member(peer))
+    }
+
+    /// A name for people: "name (this device)", a peer's name, or a short id.
+    pub fn device_label(&self, device: DeviceId) -> String {
+        if device == self.device {
+            return format!("{} (this device)", self.name);
+        }
+        self.peers
+            .values()
+            .find(|p| p.device == device)
+            .map_or_else(|| device.short(), |p| p.name.clone())
+    }
+
+    // ---- inputs: the watcher and the user ----
+
+    /// The watcher saw `paths` (folder-relative) change; None: anything may have.
+    pub fn handle_fs_changed(&mut self, now: Instant, id: &str, paths: Option<Vec<String>>) {
+        if let Some(f) = self.folders.get_mut(id) {
+            match paths {
+                Some(p) if !p.is_empty() => f.scan.paths(p),
+                _ => f.scan.all(),
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// The watcher stopped: periodic rescans take over.
+    pub fn handle_watcher_failed(&mut self, now: Instant, id: &str) {
+        if let Some(f) = self.folders.get_mut(id) {
+            f.spec.watcher_ok = false;
+            f.scan.all();
+        }
+        self.schedule(now);
+    }
+
+    /// `cairn rescan`: false if there is no such folder.
+    pub fn rescan(&mut self, now: Instant, id: Option<&str>) -> bool {
+        let found = match id {
+            Some(id) => match self.folders.get_mut(id) {
+                Some(f) => {
+                    f.scan.all();
+                    true
+                }
+                None => false,
+            },
+            None => {
+                self.folders.values_mut().for_each(|f| f.scan.all());
+                true
+            }
+        };
+        self.schedule(now);
+        found
+    }
+
+    /// Queues a restore; it runs when the folder is idle (also when paused).
+    pub fn queue_restore(&mut self, now: Instant, id: &str) {
+        if let Some(f) = self.folders.get_mut(id) {
+            f.restores += 1;
+        }
+        self.schedule(now);
+    }
+
+    /// The document of folder `id` was changed outside the node (`shards` touched):
+    /// persisted, sent to members, and pulled.
+    pub fn changed(&mut self, now: Instant, id: &str, shards: impl IntoIterator<Item = usize>) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.doc.commit();
+        f.needs_pull = true;
+        f.scan.all();
+        self.persist(id, shards, Vec::new());
+        self.sync_folder(id);
+        self.schedule(now);
+    }
+
+    // ---- inputs: jobs ----
+
+    /// A scan ended.
+    pub fn handle_scan_done(&mut self, now: Instant, id: &str, result: Result<ScanDone, String>) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.busy = Busy::Idle;
+        f.last_scan_took = now.saturating_duration_since(f.scan_started);
+        f.scan_done_at = Some(now);
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                f.last_error = Some(e);
+                self.schedule(now);
+                return;
+            }
+        };
+        f.last_error = report.problem;
+        let mut touched = BTreeSet::new();
+        if f.spec.kind != FolderKind::ReceiveOnly {
+            for u in &report.unrecorded {
+                if f.doc.record_local(&u.path, &u.change, u.previous) {
+                    touched.insert(f.doc.shard_of(&u.path));
+                }
+            }
+        }
+        let paths: Vec<String> = report.unrecorded.into_iter().map(|u| u.path).collect();
+        if report.changed > 0 || !paths.is_empty() {
+            // A scan that found nothing new leaves nothing new to pull.
+            f.needs_pull = true;
+        }
+        let start = report.changes.len().saturating_sub(RECENT_MAX);
+        self.remember(now, id, report.changes.into_iter().skip(start), Origin::Local);
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        if !touched.is_empty() {
+            f.doc.commit();
+            self.persist(id, touched, paths);
+            self.sync_folder(id);
+        } else if !paths.is_empty() {
+            self.actions.push_back(Action::ClearUnrecorded {
+                folder: id.to_string(),
+                paths,
+            });
+        }
+        self.schedule(now);
+    }
+
+    /// A pull ended.
+    pub fn handle_pull_done(&mut self, now: Instant, id: &str, outcome: PullDone) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.busy = Busy::Idle;
+        if outcome.planned_nothing {
+            f.in_sync = true;
+            f.waiting.clear();
+            f.no_space = false;
+            self.prune_if_all_in_sync();
+            self.schedule(now);
+            return;
+        }
+        f.in_sync = false;
+        if outcome.raced {
+            f.scan.all();
+        }
+        self.remember(now, id, outcome.changes, Origin::Remote);
+        let (waiting, dropped) = self.sort_missing(id, &outcome.missing);
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        f.waiting = waiting;
+        f.no_space = outcome
+            .failed
+            .iter()
+            .any(|e| matches!(e, PullFailure::NoSpace(_)));
+        let error = outcome.failed.iter().find_map(|e| match e {
+            PullFailure::NoSpace(m) | PullFailure::Other(m) => Some(m.clone()),
+            _ => None,
+        });
+        let only_refused = !outcome.failed.is_empty()
+            && outcome
+                .failed
+                .iter()
+                .all(|e| matches!(e, PullFailure::Refused { .. }));
+        f.waiting_only = !outcome.failed.is_empty() && error.is_none();
+        if outcome.failed.is_empty() || only_refused {
+            f.last_error = None;
+            f.needs_pull = outcome.done > 0 || only_refused;
+        } else {
+            // Versions no connected peer has are waiting, not an error.
+            f.last_error = error;
+            f.retry_pull_at = Some(now + PULL_RETRY);
+        }
+        if !dropped.is_empty() {
+            self.drop_unavailable(id, &dropped);
+        }
+        for e in outcome.failed {
+            if let PullFailure::Refused {
+                path,
+                content,
+                author,
+                why,
+            } = e
+            {
+                self.refuse(now, id, &path, Some(content), Some(author), Violation::SizeMismatch, why);
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// A restore ended: the folder is free again, and rescanned so the restore syncs.
+    pub fn handle_restore_done(&mut self, now: Instant, id: &str, changed: bool) {
+        if let Some(f) = self.folders.get_mut(id) {
+            f.busy = Busy::Idle;
+            if changed {
+                f.scan.all();
+            }
+        }
+        self.schedule(now);
+    }
+
+    // ---- inputs: the network ----
+
+    /// A trusted peer is connected with its meta and blocks protocols open: every shared
+    /// folder starts a fresh sync with it and is pulled.
+    pub fn handle_connected(&mut self, now: Instant, peer: P) {
+        if !self.peers.contains_key(&peer) || !self.connected.insert(peer) {
+            return;
+        }
+        let ids: Vec<String> = self
+            .folders
+            .iter()
+            .filter(|(_, f)| f.has_member(&peer))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(f) = self.folders.get_mut(&id) {
+                let fresh = f.doc.new_peer();
+                f.peers.insert(peer, fresh);
+                f.needs_pull = true;
+            }
+            self.sync_with(&id, peer);
+        }
+        self.schedule(now);
+    }
+
+    /// The peer's last connection closed (or its protocols closed).
+    pub fn handle_disconnected(&mut self, peer: P) -> bool {
+        self.meta_inflight.retain(|(_, p)| *p != peer);
+        self.connected.remove(&peer)
+    }
+
+    /// A meta request from `peer`: the encoded answer to send back. Offers of unknown
+    /// folders from trusted peers are remembered; anything malformed is a violation.
+    pub fn handle_meta_request(&mut self, now: Instant, peer: P, request: &[u8]) -> Vec<u8> {
+        let response = match MetaRequest::decode(request) {
+            Err(e) => {
+                self.violation(now, peer, Violation::Malformed, &e.to_string());
+                MetaResponse::Denied
+            }
+            Ok(req) if !self.is_member(&req.folder, &peer) => {
+                // A paired device offering a folder we do not have: remember the offer
+                // for `cairn accept`. The answer is the same Denied.
+                self.remember_offer(now, &req.folder, peer);
+                MetaResponse::Denied
+            }
+            Ok(req) => {
+                let ok = req
+                    .message
+                    .as_ref()
+                    .is_none_or(|m| self.apply_meta(&req.folder, peer, m));
+                if ok {
+                    let message = self.folders.get_mut(&req.folder).and_then(|f| {
+                        let state = f.peers.entry(peer).or_insert_with(|| f.doc.new_peer());
+                        f.doc.generate_sync_message(state).map(|m| m.encode())
+                    });
+                    MetaResponse::Ok { message }
+                } else {
+                    self.violation(
+                        now,
+                        peer,
+                        Violation::Malformed,
+                        "a folder message that does not decode or apply",
+                    );
+                    MetaResponse::Denied
+                }
+            }
+        };
+        self.schedule(now);
+        response.encode()
+    }
+
+    /// The answer to our meta request about `folder`.
+    pub fn handle_meta_response(&mut self, now: Instant, peer: P, folder: &str, response: &[u8]) {
+        self.meta_inflight.remove(&(folder.to_string(), peer));
+        match MetaResponse::decode(response) {
+            Ok(MetaResponse::Ok { message }) => {
+                if let Some(m) = message
+                    && !self.apply_meta(folder, peer, &m)
+                {
+                    self.violation(
+                        now,
+                        peer,
+                        Violation::Malformed,
+                        "a folder message that does not decode or apply",
+                    );
+                } else {
+                    self.sync_with(folder, peer);
+                }
+            }
+            Ok(MetaResponse::Denied) => {}
+            Err(e) => self.violation(now, peer, Violation::Malformed, &e.to_string()),
+        }
+        self.schedule(now);
+    }
+
+    /// Our meta request about `folder` got no answer: the message may be lost, so the
+    /// sync with this peer starts over.
+    pub fn handle_meta_failed(&mut self, now: Instant, peer: P, folder: &str) {
+        self.meta_inflight.remove(&(folder.to_string(), peer));
+        if let Some(f) = self.folders.get_mut(folder)
+            && let Some(s) = f.peers.get_mut(&peer)
+        {
+            s.reset();
+        }
+        self.schedule(now);
+    }
+
+    /// A violation the driver saw (a frame over its limit, a bad chunk, ...).
+    pub fn handle_violation(&mut self, now: Instant, peer: P, kind: Violation, reason: &str) {
+        self.violation(now, peer, kind, reason);
+    }
+
+    // ---- time ----
+
+    /// Timers: periodic rescans, pull retries, redials, stale offers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for f in self.folders.values_mut() {
+            let interval = if f.spec.watcher_ok {
+                f.spec.rescan_interval.max(Duration::from_secs(1))
+            } else {
+                FALLBACK_RESCAN
+            };
+            if now.saturating_duration_since(f.last_full_scan) >= interval {
+                f.scan.all();
+            }
+            if f.retry_pull_at.is_some_and(|t| now >= t) {
+                f.retry_pull_at = None;
+                f.needs_pull = true;
+            }
+        }
+        if self
+            .last_dial
+            .is_none_or(|t| now.saturating_duration_since(t) >= REDIAL)
+        {
+            self.last_dial = Some(now);
+            self.dial_missing(now);
+        }
+        self.offers
+            .retain(|_, o| now.saturating_duration_since(o.at) < OFFER_TTL);
+        self.schedule(now);
+    }
+
+    /// Redial at the next timeout (after a reconnect was forced).
+    pub fn redial_soon(&mut self) {
+        self.last_dial = None;
+    }
+
+    // ---- the schedule ----
+
+    /// Starts what is due on idle folders: a queued restore first, then a scan, then a
+    /// pull.
+    fn schedule(&mut self, now: Instant) {
+        let ids: Vec<String> = self.folders.keys().cloned().collect();
+        for id in ids {
+            let Some(f) = self.folders.get_mut(&id) else {
+                continue;
+            };
+            if f.busy != Busy::Idle {
+                continue;
+            }
+            // A restore goes first, and also runs in a paused folder (it syncs on resume).
+            if f.restores > 0 {
+                f.restores -= 1;
+                f.busy = Busy::Restoring;
+                self.actions.push_back(Action::Restore { folder: id });
+                continue;
+            }
+            if f.spec.paused {
+                continue;
+            }
+            if f.scan.is_due() && f.scan_gap_over(now) {
+                let paths = match std::mem::take(&mut f.scan) {
+                    ScanNeed::Paths(paths) => Some(paths),
+                    _ => {
+                        // The periodic rescan counts from the last full one.
+                        f.last_full_scan = now;
+                        None
+                    }
+                };
+                f.busy = Busy::Scanning;
+                f.scan_started = now;
+                self.actions.push_back(Action::Scan { folder: id, paths });
+            } else if f.needs_pull && (f.retry_pull_at.is_none() || f.waiting_only) {
+                // A pull that only waits for versions other devices have does not hold
+                // back new changes; one that failed otherwise backs off until its retry.
+                f.needs_pull = false;
+                self.start_pull(now, &id);
+            }
+        }
+    }
+
+    fn start_pull(&mut self, now: Instant, id: &str) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        if f.spec.kind == FolderKind::SendOnly {
+            f.in_sync = true;
+            return;
+        }
+        let tree = f.doc.tree(self.options);
+        // Invalid paths in the document are refused once each, and their authors counted.
+        let invalid: Vec<(String, String, Option<DeviceId>)> = tree
+            .rejected
+            .iter()
+            .filter(|(path, _)| !f.refused.contains_key(path))
+            .map(|(path, why)| {
+                let author = f.doc.values(path).first().map(|v| v.device);
+                (path.clone(), why.to_string(), author)
+            })
+            .collect();
+        for (path, why, author) in invalid {
+            self.refuse(now, id, &path, None, author, Violation::InvalidPath, why);
+        }
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        let written = f.doc.materialize(&tree);
+        if !written.is_empty() {
+            let shards: BTreeSet<usize> = written.iter().map(|p| f.doc.shard_of(p)).collect();
+            self.persist(id, shards, Vec::new());
+            self.sync_folder(id);
+        }
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        // Versions refused before stay refused (never fetched again) while the document
+        // asks for exactly them.
+        f.refused.retain(|path, r| {
+            r.content.is_none()
+                || tree
+                    .entries
+                    .get(path)
+                    .is_some_and(|e| e.value.content == r.content)
+        });
+        let refused: HashMap<String, ContentId> = f
+            .refused
+            .iter()
+            .filter_map(|(p, r)| Some((p.clone(), r.content?)))
+            .collect();
+        let peers: Vec<P> = f
+            .spec
+            .members
+            .iter()
+            .filter(|p| self.connected.contains(p))
+            .copied()
+            .collect();
+        f.busy = Busy::Pulling;
+        self.actions.push_back(Action::Pull {
+            folder: id.to_string(),
+            tree,
+            refused,
+            peers,
+        });
+    }
+
+    fn dial_missing(&mut self, now: Instant) {
+        let missing: Vec<P> = self
+            .peers
+            .keys()
+            .filter(|p| !self.connected.contains(p) && !self.conduct.banned(p, now))
+            .copied()
+            .collect();
+        for peer in missing {
+            self.actions.push_back(Action::Dial { peer });
+        }
+    }
+
+    // ---- the meta protocol ----
+
+    /// Sends what `peer` lacks of every folder they share.
+    fn sync_folder(&mut self, id: &str) {
+        let peers: Vec<P> = self
+            .connected
+            .iter()
+            .filter(|p| self.is_member(id, p))
+            .copied()
+            .collect();
+        for p in peers {
+            self.sync_with(id, p);
+        }
+    }
+
+    fn sync_with(&mut self, id: &str, peer: P) {
+        let key = (id.to_string(), peer);
+        if self.meta_inflight.contains(&key) || !self.connected.contains(&peer) {
+            return;
+        }
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        if f.spec.paused || !f.has_member(&peer) {
+            return;
+        }
+        let state = f.peers.entry(peer).or_insert_with(|| f.doc.new_peer());
+        let Some(msg) = f.doc.generate_sync_message(state) else {
+            return;
+        };
+        let request = MetaRequest {
+            folder: id.to_string(),
+            message: Some(msg.encode()),
+        }
+        .encode();
+        self.meta_inflight.insert(key);
+        self.actions.push_back(Action::SendMeta {
+            peer,
+            folder: id.to_string(),
+            request,
+        });
+    }
+
+    /// Applies a peer's folder message; false if it was malformed.
+    fn apply_meta(&mut self, id: &str, peer: P, bytes: &[u8]) -> bool {
+        let Some(f) = self.folders.get_mut(id) else {
+            return false;
+        };
+        let Ok(msg) = FolderMessage::decode(bytes) else {
+            return false;
+        };
+        let before = f.doc.heads();
+        let state = f.peers.entry(peer).or_insert_with(|| f.doc.new_peer());
+        if f.doc.receive_sync_message(state, &msg).is_err() {
+            state.reset();
+            return false;
+        }
+        if f.doc.heads() != before {
+            f.needs_pull = true;
+            let shards: Vec<usize> = msg.shards.iter().map(|(s, _)| *s as usize).collect();
+            self.persist(id, shards, Vec::new());
+        }
+        true
+    }
+
+    fn persist(&mut self, id: &str, shards: impl IntoIterator<Item = usize>, recorded: Vec<String>) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        let unique: BTreeSet<usize> = shards.into_iter().collect();
+        let saved = unique
+            .into_iter()
+            .map(|s| (s as u16, f.doc.save_shard(s)))
+            .collect();
+        self.actions.push_back(Action::Persist {
+            folder: id.to_string(),
+            shards: saved,
+            recorded,
+        });
+    }
+
+    /// Remembers a trusted peer's offer of a folder, within the caps.
+    fn remember_offer(&mut self, now: Instant, folder: &str, peer: P) {
+        if !self.peers.contains_key(&peer)
+            || self.folders.contains_key(folder)
+            || self.declined.contains(&(folder.to_string(), peer))
+        {
+            return;
+        }
+        if let Some(o) = self.offers.get_mut(folder) {
+            if o.from == peer {
+                o.at = now;
+            }
+            return;
+        }
+        let of_peer = self.offers.values().filter(|o| o.from == peer).count();
+        if of_peer >= MAX_OFFERS_PER_PEER || self.offers.len() >= MAX_OFFERS {
+            return;
+        }
+        self.offers.insert(
+            folder.to_string(),
+            Offer {
+                folder: folder.to_string(),
+                from: peer,
+                at: now,
+            },
+        );
+    }
+
+    // ---- violations, refusals, waiting ----
+
+    /// The one path of every protocol violation: counted (reported as an action), the
+    /// peer disconnected, and banned for a while when it keeps doing it.
+    fn violation(&mut self, now: Instant, peer: P, kind: Violation, reason: &str) {
+        let banned_for = match self.conduct.record(&peer, kind, reason, now) {
+            Verdict::Disconnect => None,
+            Verdict::Ban { until } => Some(until.saturating_duration_since(now)),
+        };
+        self.actions.push_back(Action::Violation {
+            peer: Some(peer),
+            paired: self.peers.contains_key(&peer),
+            kind,
+            reason: reason.to_string(),
+            banned_for,
+        });
+        self.actions.push_back(Action::Disconnect { peer });
+    }
+
+    /// A violation by the device that authored an entry: counted against its peer when it
+    /// is paired (connected or not), else against "unpaired".
+    fn device_violation(&mut self, now: Instant, author: Option<DeviceId>, kind: Violation, reason: &str) {
+        let peer = author.and_then(|d| {
+            self.peers
+                .iter()
+                .find(|(_, p)| p.device == d)
+                .map(|(id, _)| *id)
+        });
+        match peer {
+            Some(p) => self.violation(now, p, kind, reason),
+            None => self.actions.push_back(Action::Violation {
+                peer: None,
+                paired: false,
+                kind,
+                reason: reason.to_string(),
+                banned_for: None,
+            }),
+        }
+    }
+
+    /// Refuses an entry: listed in the status (never written, and never fetched again
+    /// while the document asks for that version), and counted against its author.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        now: Instant,
+        id: &str,
+        path: &str,
+        content: Option<ContentId>,
+        author: Option<DeviceId>,
+        kind: Violation,
+        reason: String,
+    ) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        if f.refused.len() >= MAX_REFUSED {
+            return;
+        }
+        let counted = format!("{path}: {reason}");
+        f.refused.insert(
+            path.to_string(),
+            Refused {
+                reason,
+                author,
+                content,
+            },
+        );
+        self.device_violation(now, author, kind, &counted);
+    }
+
+    /// Splits files a pull could not get into those waiting for a device, and versions
+    /// this device authored but no longer has, which nobody can ever provide.
+    fn sort_missing(&self, id: &str, missing: &[Missing]) -> (Vec<Waiting>, Vec<(String, ContentId)>) {
+        let Some(f) = self.folders.get(id) else {
+            return Default::default();
+        };
+        let all_members_connected = f
+            .spec
+            .members
+            .iter()
+            .filter(|p| self.peers.contains_key(p))
+            .all(|p| self.connected.contains(p));
+        let mut waiting = Vec::new();
+        let mut dropped = Vec::new();
+        for m in missing {
+            let Some(author) = f
+                .doc
+                .values(&m.path)
+                .into_iter()
+                .find(|v| v.content == Some(m.content))
+                .map(|v| v.device)
+            else {
+                continue; // changed meanwhile: the next pull sees what is wanted now
+            };
+            // Only when every member is connected (and none had it) can nobody have it.
+            if author == self.device && all_members_connected && !m.held {
+                dropped.push((m.path.clone(), m.content));
+            } else {
+                waiting.push(Waiting {
+                    path: m.path.clone(),
+                    author,
+                });
+            }
+        }
+        waiting.sort_by(|a, b| a.path.cmp(&b.path));
+        (waiting, dropped)
+    }
+
+    /// Drops versions this device authored and no longer has, so no device waits for them
+    /// forever (see [`crate::folder::FolderDoc::record_unavailable`]).
+    fn drop_unavailable(&mut self, id: &str, dropped: &[(String, ContentId)]) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        let mut touched = BTreeSet::new();
+        for (path, content) in dropped {
+            if f.doc.record_unavailable(path, *content) {
+                touched.insert(f.doc.shard_of(path));
+                self.actions.push_back(Action::VersionUnavailable {
+                    folder: id.to_string(),
+                    path: path.clone(),
+                    content: *content,
+                });
+            }
+        }
+        if touched.is_empty() {
+            return;
+        }
+        f.doc.commit();
+        f.waiting.retain(|w| !dropped.iter().any(|(p, _)| p == &w.path));
+        f.needs_pull = true;
+        f.retry_pull_at = None;
+        self.persist(id, touched, Vec::new());
+        self.sync_folder(id);
+    }
+
+    fn prune_if_all_in_sync(&mut self) {
+        if self
+            .folders
+            .values()
+            .all(|f| f.in_sync || f.spec.kind == FolderKind::SendOnly)
+        {
+            self.actions.push_back(Action::PruneRemoteManifests);
+        }
+    }
+
+    /// Adds changes (oldest first) to the recent-changes feed.
+    fn remember(
+        &mut self,
+        now: Instant,
+        folder: &str,
+        changes: impl IntoIterator<Item = (String, String)>,
+        origin: Origin,
+    ) {
+        for (path, change) in changes {
+            if self.recent.len() == RECENT_MAX {
+                self.recent.pop_back();
+            }
+            self.recent.push_front(RecentChange {
+                at: now,
+                folder: folder.to_string(),
+                path,
+                change,
+                origin,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,316 @@
+//! The node's decisions, one rule per test; `core/tests/nodes.rs` runs many nodes
+//! together over a lossy simulated network.
+
+use super::*;
+use crate::folder::FolderDoc;
+use crate::scan::EntryKind;
+
+const A: u8 = 1;
+const B: u8 = 2;
+
+fn dev(p: u8) -> DeviceId {
+    DeviceId([p; 8])
+}
+
+fn node(me: u8, peers: &[u8]) -> (Node<u8>, Instant) {
+    let now = Instant::now();
+    let mut n = Node::new(dev(me), format!("dev{me}"), TreeOptions::default());
+    for p in peers {
+        n.add_peer(*p, format!("dev{p}"), dev(*p));
+    }
+    let spec = FolderSpec {
+        id: "f".into(),
+        kind: FolderKind::SendReceive,
+        paused: false,
+        members: peers.to_vec(),
+        rescan_interval: Duration::from_secs(3600),
+        watcher_ok: true,
+    };
+    n.add_folder(now, spec, FolderDoc::new(dev(me), 4).unwrap());
+    (n, now)
+}
+
+fn drain(n: &mut Node<u8>) -> Vec<Action<u8>> {
+    std::iter::from_fn(|| n.poll_action()).collect()
+}
+
+fn file(path: &str, content: u8) -> Unrecorded {
+    Unrecorded {
+        path: path.into(),
+        change: LocalChange::Present {
+            kind: EntryKind::File,
+            content: Some(ContentId([content; 32])),
+            size: 1,
+            mtime_ns: 1,
+            mode: 0o644,
+            link_target: None,
+        },
+        previous: None,
+    }
+}
+
+/// Finishes the start-up scan and pull so the folder is idle.
+fn settle_start(n: &mut Node<u8>, now: Instant) {
+    let a = drain(n);
+    assert!(matches!(a.as_slice(), [Action::Scan { paths: None, .. }]), "{a:?}");
+    n.handle_scan_done(now, "f", Ok(ScanDone::default()));
+    let a = drain(n);
+    assert!(matches!(a.last(), Some(Action::Pull { .. })), "{a:?}");
+    n.handle_pull_done(
+        now,
+        "f",
+        PullDone {
+            planned_nothing: true,
+            ..PullDone::default()
+        },
+    );
+    drain(n);
+}
+
+#[test]
+fn a_new_folder_is_scanned_in_full_then_pulled_one_job_at_a_time() {
+    let (mut n, now) = node(A, &[B]);
+    let a = drain(&mut n);
+    assert!(matches!(a.as_slice(), [Action::Scan { paths: None, .. }]));
+    n.handle_fs_changed(now, "f", Some(vec!["x".into()]));
+    assert!(drain(&mut n).is_empty(), "no second job while scanning");
+    n.handle_scan_done(now, "f", Ok(ScanDone::default()));
+    let a = drain(&mut n);
+    assert!(
+        matches!(a.as_slice(), [Action::Scan { paths: Some(p), .. }] if p.contains("x")),
+        "the change seen while scanning is scanned next, alone: {a:?}"
+    );
+}
+
+#[test]
+fn a_recorded_change_is_persisted_before_it_is_sent() {
+    let (mut n, now) = node(A, &[B]);
+    settle_start(&mut n, now);
+    n.handle_connected(now, B);
+    drain(&mut n);
+    n.handle_meta_failed(now, B, "f");
+    n.handle_fs_changed(now, "f", Some(vec!["x".into()]));
+    drain(&mut n);
+    n.handle_scan_done(
+        now,
+        "f",
+        Ok(ScanDone {
+            unrecorded: vec![file("x", 7)],
+            changed: 1,
+            ..ScanDone::default()
+        }),
+    );
+    let a = drain(&mut n);
+    let persist = a
+        .iter()
+        .position(|a| matches!(a, Action::Persist { recorded, .. } if recorded == &["x".to_string()]));
+    let send = a.iter().position(|a| matches!(a, Action::SendMeta { peer: B, .. }));
+    assert!(persist.is_some() && send.is_some(), "{a:?}");
+    assert!(persist < send, "persisted first: {a:?}");
+}
+
+#[test]
+fn one_meta_request_in_flight_per_folder_and_peer() {
+    let (mut n, now) = node(A, &[B]);
+    settle_start(&mut n, now);
+    n.handle_connected(now, B);
+    let first = drain(&mut n);
+    assert_eq!(
+        first.iter().filter(|a| matches!(a, Action::SendMeta { .. })).count(),
+        1
+    );
+    // A change while the request is out: nothing more is sent until it is answered.
+    n.handle_fs_changed(now, "f", Some(vec!["x".into()]));
+    drain(&mut n);
+    n.handle_scan_done(
+        now,
+        "f",
+        Ok(ScanDone {
+            unrecorded: vec![file("x", 7)],
+            changed: 1,
+            ..ScanDone::default()
+        }),
+    );
+    assert!(!drain(&mut n).iter().any(|a| matches!(a, Action::SendMeta { .. })));
+    // A lost request starts over with the peer.
+    n.handle_meta_failed(now, B, "f");
+    n.handle_fs_changed(now, "f", Some(vec!["y".into()]));
+    drain(&mut n);
+    n.handle_scan_done(
+        now,
+        "f",
+        Ok(ScanDone {
+            unrecorded: vec![file("y", 8)],
+            changed: 1,
+            ..ScanDone::default()
+        }),
+    );
+    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::SendMeta { .. })));
+}
+
+#[test]
+fn a_trusted_peer_offering_an_unknown_folder_is_remembered_and_a_stranger_is_not() {
+    let (mut n, now) = node(A, &[B]);
+    drain(&mut n);
+    let req = MetaRequest {
+        folder: "other".into(),
+        message: None,
+    }
+    .encode();
+    let answer = n.handle_meta_request(now, B, &req);
+    assert!(matches!(MetaResponse::decode(&answer), Ok(MetaResponse::Denied)));
+    assert_eq!(n.offers().map(|o| o.folder.as_str()).collect::<Vec<_>>(), ["other"]);
+    let stranger = 9;
+    let req2 = MetaRequest {
+        folder: "third".into(),
+        message: None,
+    }
+    .encode();
+    n.handle_meta_request(now, stranger, &req2);
+    assert_eq!(n.offers().count(), 1);
+    n.decline("other", B);
+    n.handle_meta_request(now, B, &req);
+    assert_eq!(n.offers().count(), 0, "a declined offer stays declined");
+}
+
+#[test]
+fn offers_are_capped_per_peer_and_forgotten_when_not_repeated() {
+    let (mut n, now) = node(A, &[B]);
+    for i in 0..100 {
+        let req = MetaRequest {
+            folder: format!("made-up-{i}"),
+            message: None,
+        }
+        .encode();
+        n.handle_meta_request(now, B, &req);
+    }
+    assert_eq!(n.offers().count(), MAX_OFFERS_PER_PEER);
+    n.handle_timeout(now + OFFER_TTL);
+    assert_eq!(n.offers().count(), 0);
+}
+
+#[test]
+fn malformed_meta_is_a_violation_and_repeated_ones_ban_the_peer() {
+    let (mut n, now) = node(A, &[B]);
+    drain(&mut n);
+    let mut banned = None;
+    for i in 0..crate::conduct::STRIKES {
+        n.handle_meta_request(now + Duration::from_secs(i as u64), B, b"garbage");
+        let a = drain(&mut n);
+        assert!(a.iter().any(|a| matches!(a, Action::Disconnect { peer: B })));
+        for x in a {
+            if let Action::Violation {
+                peer: Some(B),
+                paired: true,
+                kind: Violation::Malformed,
+                banned_for,
+                ..
+            } = x
+            {
+                banned = banned_for;
+            }
+        }
+    }
+    assert!(banned.is_some(), "the third strike bans");
+    n.handle_disconnected(B);
+    n.handle_timeout(now + Duration::from_secs(10));
+    assert!(
+        !drain(&mut n).iter().any(|a| matches!(a, Action::Dial { .. })),
+        "a banned peer is not redialled"
+    );
+}
+
+#[test]
+fn a_failed_pull_is_retried_after_its_back_off_and_not_before() {
+    let (mut n, now) = node(A, &[B]);
+    drain(&mut n);
+    n.handle_scan_done(now, "f", Ok(ScanDone::default()));
+    drain(&mut n);
+    n.handle_pull_done(
+        now,
+        "f",
+        PullDone {
+            done: 0,
+            failed: vec![PullFailure::Other("disk on fire".into())],
+            ..PullDone::default()
+        },
+    );
+    drain(&mut n);
+    assert_eq!(n.folder("f").unwrap().state_word(), "error");
+    n.handle_timeout(now + PULL_RETRY / 2);
+    assert!(!drain(&mut n).iter().any(|a| matches!(a, Action::Pull { .. })));
+    n.handle_timeout(now + PULL_RETRY);
+    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::Pull { .. })));
+}
+
+fn missing_own_version(all_connected: bool, held: bool) -> Vec<Action<u8>> {
+    let (mut n, now) = node(A, &[B]);
+    drain(&mut n);
+    n.handle_scan_done(
+        now,
+        "f",
+        Ok(ScanDone {
+            unrecorded: vec![file("x", 7)],
+            changed: 1,
+            ..ScanDone::default()
+        }),
+    );
+    if all_connected {
+        n.handle_connected(now, B);
+    }
+    drain(&mut n);
+    n.handle_pull_done(
+        now,
+        "f",
+        PullDone {
+            failed: vec![PullFailure::Unavailable],
+            missing: vec![Missing {
+                path: "x".into(),
+                content: ContentId([7; 32]),
+                held,
+            }],
+            ..PullDone::default()
+        },
+    );
+    drain(&mut n)
+}
+
+#[test]
+fn an_own_version_nobody_has_is_dropped_only_when_every_member_is_connected() {
+    let dropped = |a: &[Action<u8>]| a.iter().any(|a| matches!(a, Action::VersionUnavailable { .. }));
+    assert!(dropped(&missing_own_version(true, false)));
+    assert!(!dropped(&missing_own_version(false, false)), "an absent member may have it");
+    assert!(!dropped(&missing_own_version(true, true)), "this device still has the bytes");
+}
+
+#[test]
+fn a_paused_folder_neither_scans_nor_syncs_but_runs_a_queued_restore() {
+    let (mut n, now) = node(A, &[B]);
+    settle_start(&mut n, now);
+    n.set_paused(now, "f", true);
+    n.handle_connected(now, B);
+    n.handle_fs_changed(now, "f", None);
+    assert!(drain(&mut n).is_empty());
+    n.queue_restore(now, "f");
+    assert!(matches!(drain(&mut n).as_slice(), [Action::Restore { .. }]));
+    n.handle_restore_done(now, "f", true);
+    n.set_paused(now, "f", false);
+    let a = drain(&mut n);
+    assert!(a.iter().any(|a| matches!(a, Action::Scan { paths: None, .. })), "{a:?}");
+    assert!(a.iter().any(|a| matches!(a, Action::SendMeta { .. })), "{a:?}");
+}
+
+#[test]
+fn a_rescan_is_due_after_the_interval_and_every_few_seconds_without_a_watcher() {
+    let (mut n, now) = node(A, &[B]);
+    settle_start(&mut n, now);
+    n.handle_timeout(now + FALLBACK_RESCAN);
+    assert!(!drain(&mut n).iter().any(|a| matches!(a, Action::Scan { .. })));
+    n.handle_watcher_failed(now + FALLBACK_RESCAN, "f");
+    let a = drain(&mut n);
+    assert!(a.iter().any(|a| matches!(a, Action::Scan { paths: None, .. })));
+    n.handle_scan_done(now + FALLBACK_RESCAN, "f", Ok(ScanDone::default()));
+    drain(&mut n);
+    n.handle_timeout(now + 2 * FALLBACK_RESCAN + Duration::from_secs(1));
+    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::Scan { paths: None, .. })));
+}
