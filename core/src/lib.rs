@@ -17,8 +17,8 @@ pub use manifest::{ChunkRef, ContentIdBuilder, Manifest, Outline};
 pub mod folder;
 /// Fuzz targets for every decoder a peer reaches (run by `core/fuzz` and `tests/fuzz_smoke.rs`).
 pub mod fuzz_targets;
+pub mod node;
 pub mod pairing;
 pub mod path;
-pub mod node;
 pub mod planner;
 pub mod wire;

@@ -3,6 +3,7 @@
 //! Every configuration change is saved to `config.toml`.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use cairn_core::folder::tree::{ConflictCopyName, winner};
 use cairn_core::folder::{DeviceId, EntryValue};
@@ -216,9 +217,10 @@ impl Engine {
     /// A trusted peer named by id or name.
     pub(crate) fn find_peer(&self, device: &str) -> Result<PeerId, ApiError> {
         let found: Vec<PeerId> = self
-            .trusted
+            .node
+            .peers()
             .iter()
-            .filter(|(id, (name, _))| id.to_string() == device || name == device)
+            .filter(|(id, p)| id.to_string() == device || p.name == device)
             .map(|(id, _)| *id)
             .collect();
         match found.as_slice() {
@@ -234,11 +236,11 @@ impl Engine {
 
     /// The folder named by id or by (absolute) path.
     fn find_folder(&self, folder: &str) -> Option<String> {
-        if self.folders.contains_key(folder) {
+        if self.local.contains_key(folder) {
             return Some(folder.to_string());
         }
         let path = std::path::Path::new(folder).canonicalize().ok()?;
-        self.folders
+        self.local
             .values()
             .find(|f| f.record.root == path)
             .map(|f| f.config.id.clone())
@@ -248,7 +250,7 @@ impl Engine {
     /// one inside it, or one it is inside.
     fn overlapping(&self, path: &std::path::Path) -> Vec<(String, Overlap)> {
         let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        self.folders
+        self.local
             .values()
             .filter_map(|f| {
                 let root = &f.record.root;
@@ -274,7 +276,7 @@ impl Engine {
                 "{} {} folder {id} ({}); a directory can be in one folder only",
                 path.display(),
                 how.describe(),
-                self.folders[id].record.root.display()
+                self.local[id].record.root.display()
             )),
         }
     }
@@ -282,7 +284,8 @@ impl Engine {
     /// Retires a folder of this device: it stops syncing and the index forgets it (its
     /// files stay where they are, its kept versions in history).
     fn retire_folder(&mut self, id: &str) -> Result<(), String> {
-        self.folders.remove(id);
+        self.local.remove(id);
+        self.node.remove_folder(id);
         self.config.folders.retain(|c| c.id != id);
         self.index.remove_folder(id).map_err(|e| e.to_string())?;
         tracing::info!(folder = id, "folder_retired");
@@ -290,9 +293,10 @@ impl Engine {
     }
 
     fn add_folder(&mut self, fc: FolderConfig) -> Result<(), String> {
-        let folder = load_folder(&self.index, &fc, self.device, &self.events_tx)
+        let (local, spec, doc) = load_folder(&self.index, &fc, self.device, &self.events_tx)
             .map_err(|e| e.to_string())?;
-        self.folders.insert(fc.id.clone(), folder);
+        self.node.add_folder(Instant::now(), spec, doc);
+        self.local.insert(fc.id.clone(), local);
         self.config.folders.push(fc);
         self.save_config()
     }
@@ -344,7 +348,7 @@ impl Engine {
             }
         };
         let peer_s = peer.map(|p| p.to_string());
-        if let Some(f) = self.folders.get_mut(&id) {
+        if let Some(f) = self.local.get_mut(&id) {
             if let Some(p) = &peer_s
                 && !f.config.peers.contains(p)
             {
@@ -354,14 +358,17 @@ impl Engine {
                 f.config.kind = k;
             }
             let fc = f.config.clone();
+            let members = fc.peers.iter().filter_map(|p| p.parse().ok()).collect();
             if let Some(c) = self.config.folders.iter_mut().find(|c| c.id == id) {
                 *c = fc;
             }
+            let now = Instant::now();
+            if let Some(k) = kind {
+                self.node.set_kind(now, &id, k);
+            }
+            self.node.set_members(now, &id, members);
         }
         self.save_config()?;
-        if let Some(peer) = peer {
-            self.sync_with(&id, peer);
-        }
         Ok(id)
     }
 
@@ -384,17 +391,17 @@ impl Engine {
             .find(|d| d.folder == folder)
             .and_then(|d| {
                 let peer = d.device.parse::<PeerId>().ok()?;
-                let (name, _) = self.trusted.get(&peer)?;
-                Some(Offer {
-                    folder: folder.to_string(),
-                    from: d.device.clone(),
-                    from_name: name.clone(),
-                })
+                self.node.peers().contains_key(&peer).then_some(peer)
             });
-        let Some(offer) = self.offers.get(folder).cloned().or(declined) else {
+        let offered = self
+            .node
+            .offers()
+            .find(|o| o.folder == folder)
+            .map(|o| o.from);
+        let Some(from) = offered.or(declined) else {
             return Err(no_offer(folder));
         };
-        if self.folders.contains_key(folder) {
+        if self.local.contains_key(folder) {
             return Err(format!("folder {folder} is already here").into());
         }
         if !path.is_absolute() {
@@ -402,7 +409,7 @@ impl Engine {
         }
         let overlaps = self.overlapping(&path);
         for (id, how) in &overlaps {
-            let shared = &self.folders[id].config.peers;
+            let shared = &self.local[id].config.peers;
             if *how == Overlap::Inside || !shared.is_empty() {
                 let with = match shared.len() {
                     0 => String::new(),
@@ -412,7 +419,7 @@ impl Engine {
                     "{} {} folder {id} ({}{with}); accept into another path",
                     path.display(),
                     how.describe(),
-                    self.folders[id].record.root.display()
+                    self.local[id].record.root.display()
                 )));
             }
         }
@@ -423,19 +430,16 @@ impl Engine {
         self.add_folder(FolderConfig {
             id: folder.to_string(),
             path,
-            peers: vec![offer.from.clone()],
+            peers: vec![from.to_string()],
             kind: kind.unwrap_or_default(),
             rescan_interval_s: 3600,
             paused: false,
         })?;
-        self.offers.remove(folder);
-        self.offered_at.remove(folder);
+        self.node.take_offer(folder);
+        self.node.undecline(folder);
         if self.config.declined.iter().any(|d| d.folder == folder) {
             self.config.declined.retain(|d| d.folder != folder);
             self.save_config()?;
-        }
-        if let Ok(peer) = offer.from.parse::<PeerId>() {
-            self.sync_with(folder, peer);
         }
         if !joined.is_empty() {
             tracing::info!(folder, joined = ?joined, "folder_joined_existing");
@@ -446,14 +450,14 @@ impl Engine {
     /// Declines an offer: it goes, and the device's later offers of the folder are not
     /// shown again (remembered in `config.toml`; `cairn accept` still takes it).
     fn decline(&mut self, folder: &str) -> Result<(), ApiError> {
-        let Some(offer) = self.offers.remove(folder) else {
+        let Some(offer) = self.node.take_offer(folder) else {
             return Err(no_offer(folder));
         };
-        self.offered_at.remove(folder);
+        self.node.decline(folder, offer.from);
         self.config.declined.retain(|d| d.folder != folder);
         self.config.declined.push(DeclinedOffer {
             folder: folder.to_string(),
-            device: offer.from.clone(),
+            device: offer.from.to_string(),
         });
         let over = self.config.declined.len().saturating_sub(MAX_DECLINED);
         self.config.declined.drain(..over);
@@ -466,50 +470,35 @@ impl Engine {
             Some(f) => vec![self.find_folder(f).ok_or_else(|| {
                 ApiError::NotFound(format!("no folder {f:?}; `cairn folders` lists them"))
             })?],
-            None => self.folders.keys().cloned().collect(),
+            None => self.local.keys().cloned().collect(),
         };
+        let now = Instant::now();
         for id in &ids {
-            if let Some(f) = self.folders.get_mut(id) {
+            if let Some(f) = self.local.get_mut(id) {
                 f.config.paused = paused;
-                if !paused {
-                    f.scan.all();
-                    f.needs_pull = true;
-                }
             }
             if let Some(c) = self.config.folders.iter_mut().find(|c| &c.id == id) {
                 c.paused = paused;
             }
+            self.node.set_paused(now, id, paused);
         }
         self.save_config()?;
-        if !paused {
-            for id in ids {
-                self.sync_folder(&id);
-            }
-        }
         Ok(())
     }
 
     /// A device's name for people: this device, a paired peer, or its short id.
     pub(crate) fn device_label(&self, device: DeviceId) -> String {
-        if device == self.device {
-            return format!("{} (this device)", self.config.device_name());
-        }
-        self.trusted
-            .iter()
-            .find(|(id, _)| DeviceId::from_identity(&id.to_bytes()) == device)
-            .map(|(_, (name, _))| name.clone())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| device.short())
+        self.node.device_label(device)
     }
 
     fn value_at(&self, folder: &str, path: &str) -> Option<EntryValue> {
-        let f = self.folders.get(folder)?;
+        let f = self.node.folder(folder)?;
         winner(&f.doc.values(path)).cloned()
     }
 
     fn conflicts(&self) -> Vec<Conflict> {
         let mut out = Vec::new();
-        for id in self.folders.keys() {
+        for id in self.local.keys() {
             let Ok(entries) = self.index.entries(id) else {
                 continue;
             };
@@ -559,7 +548,7 @@ impl Engine {
             }
         };
         let root = self
-            .folders
+            .local
             .get(&c.folder)
             .map(|f| f.record.root.clone())
             .ok_or("folder vanished")?;
@@ -582,9 +571,7 @@ impl Engine {
                 format!("kept both: {} and {renamed}", c.original)
             }
         };
-        if let Some(f) = self.folders.get_mut(&c.folder) {
-            f.scan.all();
-        }
+        self.node.rescan(Instant::now(), Some(&c.folder));
         Ok(what)
     }
 }

@@ -27,18 +27,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// How a folder takes part in sync, as in Syncthing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FolderType {
-    /// Local changes are sent, remote changes are applied.
-    #[default]
-    SendReceive,
-    /// Local changes are sent; remote changes are not applied here.
-    SendOnly,
-    /// Remote changes are applied; local changes are not sent.
-    ReceiveOnly,
-}
+/// How a folder takes part in sync, as in Syncthing (the node decides by it).
+pub use cairn_core::node::FolderKind as FolderType;
 
 /// A folder this device syncs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::admin::ApiError;
 use crate::config::FolderType;
-use crate::engine::{Busy, Engine, Event};
+use crate::engine::{Engine, Event};
 use crate::index::Index;
 use crate::scanner::{FileRead, READ_ATTEMPTS, read_file, stamp_of};
 
@@ -87,13 +87,13 @@ impl Engine {
         reply: oneshot::Sender<Result<Vec<Version>, ApiError>>,
     ) {
         if let Some(id) = &folder
-            && !self.folders.contains_key(id)
+            && !self.local.contains_key(id)
         {
             let _ = reply.send(Err(no_folder(id)));
             return;
         }
         let ids: Vec<String> = self
-            .folders
+            .local
             .keys()
             .filter(|id| folder.as_ref().is_none_or(|f| f == *id))
             .cloned()
@@ -126,8 +126,9 @@ impl Engine {
     ) {
         match self.restore_folder(&request) {
             Ok(id) => {
-                if let Some(f) = self.folders.get_mut(&id) {
+                if let Some(f) = self.local.get_mut(&id) {
                     f.restores.push_back(PendingRestore { request, reply });
+                    self.node.queue_restore(std::time::Instant::now(), &id);
                 }
             }
             Err(e) => {
@@ -142,12 +143,12 @@ impl Engine {
             folder_path::validate(to).map_err(|e| e.to_string())?;
         }
         if let Some(id) = &req.folder
-            && !self.folders.contains_key(id)
+            && !self.local.contains_key(id)
         {
             return Err(no_folder(id));
         }
         let mut with_versions = Vec::new();
-        for id in self.folders.keys() {
+        for id in self.local.keys() {
             if req.folder.as_ref().is_some_and(|f| f != id) {
                 continue;
             }
@@ -177,7 +178,7 @@ impl Engine {
                 .into());
             }
         };
-        if self.folders[&id].config.kind == FolderType::ReceiveOnly {
+        if self.local[&id].config.kind == FolderType::ReceiveOnly {
             return Err(format!(
                 "folder {id} only receives on this device, so a restore here would not sync; \
                  restore it on a device that sends"
@@ -187,23 +188,27 @@ impl Engine {
         Ok(id)
     }
 
-    /// Starts the first queued restore of an idle folder on a blocking thread.
+    /// Starts the first queued restore of a folder on a blocking thread (the node made
+    /// the folder busy with it).
     pub(crate) fn start_restore(&mut self, id: &str) {
         let history_dir = self.home.history();
-        let Some(f) = self.folders.get_mut(id) else {
+        let now = std::time::Instant::now();
+        let Some(f) = self.local.get_mut(id) else {
+            self.node.handle_restore_done(now, id, false);
             return;
         };
         let Some(PendingRestore { request, reply }) = f.restores.pop_front() else {
+            self.node.handle_restore_done(now, id, false);
             return;
         };
         let chunker = match f.record.chunker() {
             Ok(c) => c,
             Err(e) => {
                 let _ = reply.send(Err(e.to_string().into()));
+                self.node.handle_restore_done(now, id, false);
                 return;
             }
         };
-        f.busy = Busy::Restoring;
         let job = RestoreJob {
             index: self.index.clone(),
             root: f.record.root.clone(),
@@ -222,16 +227,6 @@ impl Engine {
             });
             let _ = reply.send(result);
         });
-    }
-
-    /// A restore ended: the folder is free again, and is rescanned so the restore syncs.
-    pub(crate) fn on_restore_done(&mut self, id: &str, changed: bool) {
-        if let Some(f) = self.folders.get_mut(id) {
-            f.busy = Busy::Idle;
-            if changed {
-                f.scan.all();
-            }
-        }
     }
 }
 

@@ -285,8 +285,12 @@ impl Engine {
             name: name.to_string(),
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
         });
-        self.trusted.insert(peer, (name.to_string(), addresses));
-        self.conduct.forget(&peer);
+        self.addresses.insert(peer, addresses);
+        self.node.add_peer(
+            peer,
+            name.to_string(),
+            cairn_core::folder::DeviceId::from_identity(&peer.to_bytes()),
+        );
         self.swarm.behaviour_mut().meta.allow(peer);
         self.swarm.behaviour_mut().blocks.allow(peer);
         if let Err(e) = self.save_config() {

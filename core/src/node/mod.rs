@@ -410,7 +410,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
 
     /// Whether `peer` is trusted and shares folder `folder`.
     pub fn is_member(&self, folder: &str, peer: &P) -> bool {
-        self.peers.contains_key(peer) && self.folders.get(folder).is_some_and(|f| f.has_member(peer))
+        self.peers.contains_key(peer)
+            && self.folders.get(folder).is_some_and(|f| f.has_member(peer))
     }
 
     /// A name for people: "name (this device)", a peer's name, or a short id.
@@ -520,7 +521,12 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             f.needs_pull = true;
         }
         let start = report.changes.len().saturating_sub(RECENT_MAX);
-        self.remember(now, id, report.changes.into_iter().skip(start), Origin::Local);
+        self.remember(
+            now,
+            id,
+            report.changes.into_iter().skip(start),
+            Origin::Local,
+        );
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
@@ -594,7 +600,15 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 why,
             } = e
             {
-                self.refuse(now, id, &path, Some(content), Some(author), Violation::SizeMismatch, why);
+                self.refuse(
+                    now,
+                    id,
+                    &path,
+                    Some(content),
+                    Some(author),
+                    Violation::SizeMismatch,
+                    why,
+                );
             }
         }
         self.schedule(now);
@@ -682,9 +696,17 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         response.encode()
     }
 
-    /// The answer to our meta request about `folder`.
-    pub fn handle_meta_response(&mut self, now: Instant, peer: P, folder: &str, response: &[u8]) {
+    /// The answer to our meta request about `folder`; true if the peer denied it (it
+    /// does not share the folder with this device).
+    pub fn handle_meta_response(
+        &mut self,
+        now: Instant,
+        peer: P,
+        folder: &str,
+        response: &[u8],
+    ) -> bool {
         self.meta_inflight.remove(&(folder.to_string(), peer));
+        let mut denied = false;
         match MetaResponse::decode(response) {
             Ok(MetaResponse::Ok { message }) => {
                 if let Some(m) = message
@@ -700,10 +722,11 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                     self.sync_with(folder, peer);
                 }
             }
-            Ok(MetaResponse::Denied) => {}
+            Ok(MetaResponse::Denied) => denied = true,
             Err(e) => self.violation(now, peer, Violation::Malformed, &e.to_string()),
         }
         self.schedule(now);
+        denied
     }
 
     /// Our meta request about `folder` got no answer: the message may be lost, so the
@@ -943,7 +966,12 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         true
     }
 
-    fn persist(&mut self, id: &str, shards: impl IntoIterator<Item = usize>, recorded: Vec<String>) {
+    fn persist(
+        &mut self,
+        id: &str,
+        shards: impl IntoIterator<Item = usize>,
+        recorded: Vec<String>,
+    ) {
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
@@ -1008,7 +1036,13 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
 
     /// A violation by the device that authored an entry: counted against its peer when it
     /// is paired (connected or not), else against "unpaired".
-    fn device_violation(&mut self, now: Instant, author: Option<DeviceId>, kind: Violation, reason: &str) {
+    fn device_violation(
+        &mut self,
+        now: Instant,
+        author: Option<DeviceId>,
+        kind: Violation,
+        reason: &str,
+    ) {
         let peer = author.and_then(|d| {
             self.peers
                 .iter()
@@ -1060,7 +1094,11 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
 
     /// Splits files a pull could not get into those waiting for a device, and versions
     /// this device authored but no longer has, which nobody can ever provide.
-    fn sort_missing(&self, id: &str, missing: &[Missing]) -> (Vec<Waiting>, Vec<(String, ContentId)>) {
+    fn sort_missing(
+        &self,
+        id: &str,
+        missing: &[Missing],
+    ) -> (Vec<Waiting>, Vec<(String, ContentId)>) {
         let Some(f) = self.folders.get(id) else {
             return Default::default();
         };
@@ -1117,7 +1155,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             return;
         }
         f.doc.commit();
-        f.waiting.retain(|w| !dropped.iter().any(|(p, _)| p == &w.path));
+        f.waiting
+            .retain(|w| !dropped.iter().any(|(p, _)| p == &w.path));
         f.needs_pull = true;
         f.retry_pull_at = None;
         self.persist(id, touched, Vec::new());

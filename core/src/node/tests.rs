@@ -52,7 +52,10 @@ fn file(path: &str, content: u8) -> Unrecorded {
 /// Finishes the start-up scan and pull so the folder is idle.
 fn settle_start(n: &mut Node<u8>, now: Instant) {
     let a = drain(n);
-    assert!(matches!(a.as_slice(), [Action::Scan { paths: None, .. }]), "{a:?}");
+    assert!(
+        matches!(a.as_slice(), [Action::Scan { paths: None, .. }]),
+        "{a:?}"
+    );
     n.handle_scan_done(now, "f", Ok(ScanDone::default()));
     let a = drain(n);
     assert!(matches!(a.last(), Some(Action::Pull { .. })), "{a:?}");
@@ -101,10 +104,12 @@ fn a_recorded_change_is_persisted_before_it_is_sent() {
         }),
     );
     let a = drain(&mut n);
-    let persist = a
+    let persist = a.iter().position(
+        |a| matches!(a, Action::Persist { recorded, .. } if recorded == &["x".to_string()]),
+    );
+    let send = a
         .iter()
-        .position(|a| matches!(a, Action::Persist { recorded, .. } if recorded == &["x".to_string()]));
-    let send = a.iter().position(|a| matches!(a, Action::SendMeta { peer: B, .. }));
+        .position(|a| matches!(a, Action::SendMeta { peer: B, .. }));
     assert!(persist.is_some() && send.is_some(), "{a:?}");
     assert!(persist < send, "persisted first: {a:?}");
 }
@@ -116,7 +121,10 @@ fn one_meta_request_in_flight_per_folder_and_peer() {
     n.handle_connected(now, B);
     let first = drain(&mut n);
     assert_eq!(
-        first.iter().filter(|a| matches!(a, Action::SendMeta { .. })).count(),
+        first
+            .iter()
+            .filter(|a| matches!(a, Action::SendMeta { .. }))
+            .count(),
         1
     );
     // A change while the request is out: nothing more is sent until it is answered.
@@ -131,7 +139,11 @@ fn one_meta_request_in_flight_per_folder_and_peer() {
             ..ScanDone::default()
         }),
     );
-    assert!(!drain(&mut n).iter().any(|a| matches!(a, Action::SendMeta { .. })));
+    assert!(
+        !drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::SendMeta { .. }))
+    );
     // A lost request starts over with the peer.
     n.handle_meta_failed(now, B, "f");
     n.handle_fs_changed(now, "f", Some(vec!["y".into()]));
@@ -145,7 +157,11 @@ fn one_meta_request_in_flight_per_folder_and_peer() {
             ..ScanDone::default()
         }),
     );
-    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::SendMeta { .. })));
+    assert!(
+        drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::SendMeta { .. }))
+    );
 }
 
 #[test]
@@ -158,8 +174,14 @@ fn a_trusted_peer_offering_an_unknown_folder_is_remembered_and_a_stranger_is_not
     }
     .encode();
     let answer = n.handle_meta_request(now, B, &req);
-    assert!(matches!(MetaResponse::decode(&answer), Ok(MetaResponse::Denied)));
-    assert_eq!(n.offers().map(|o| o.folder.as_str()).collect::<Vec<_>>(), ["other"]);
+    assert!(matches!(
+        MetaResponse::decode(&answer),
+        Ok(MetaResponse::Denied)
+    ));
+    assert_eq!(
+        n.offers().map(|o| o.folder.as_str()).collect::<Vec<_>>(),
+        ["other"]
+    );
     let stranger = 9;
     let req2 = MetaRequest {
         folder: "third".into(),
@@ -197,7 +219,10 @@ fn malformed_meta_is_a_violation_and_repeated_ones_ban_the_peer() {
     for i in 0..crate::conduct::STRIKES {
         n.handle_meta_request(now + Duration::from_secs(i as u64), B, b"garbage");
         let a = drain(&mut n);
-        assert!(a.iter().any(|a| matches!(a, Action::Disconnect { peer: B })));
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::Disconnect { peer: B }))
+        );
         for x in a {
             if let Action::Violation {
                 peer: Some(B),
@@ -215,7 +240,9 @@ fn malformed_meta_is_a_violation_and_repeated_ones_ban_the_peer() {
     n.handle_disconnected(B);
     n.handle_timeout(now + Duration::from_secs(10));
     assert!(
-        !drain(&mut n).iter().any(|a| matches!(a, Action::Dial { .. })),
+        !drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { .. })),
         "a banned peer is not redialled"
     );
 }
@@ -238,9 +265,17 @@ fn a_failed_pull_is_retried_after_its_back_off_and_not_before() {
     drain(&mut n);
     assert_eq!(n.folder("f").unwrap().state_word(), "error");
     n.handle_timeout(now + PULL_RETRY / 2);
-    assert!(!drain(&mut n).iter().any(|a| matches!(a, Action::Pull { .. })));
+    assert!(
+        !drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::Pull { .. }))
+    );
     n.handle_timeout(now + PULL_RETRY);
-    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::Pull { .. })));
+    assert!(
+        drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::Pull { .. }))
+    );
 }
 
 fn missing_own_version(all_connected: bool, held: bool) -> Vec<Action<u8>> {
@@ -277,10 +312,19 @@ fn missing_own_version(all_connected: bool, held: bool) -> Vec<Action<u8>> {
 
 #[test]
 fn an_own_version_nobody_has_is_dropped_only_when_every_member_is_connected() {
-    let dropped = |a: &[Action<u8>]| a.iter().any(|a| matches!(a, Action::VersionUnavailable { .. }));
+    let dropped = |a: &[Action<u8>]| {
+        a.iter()
+            .any(|a| matches!(a, Action::VersionUnavailable { .. }))
+    };
     assert!(dropped(&missing_own_version(true, false)));
-    assert!(!dropped(&missing_own_version(false, false)), "an absent member may have it");
-    assert!(!dropped(&missing_own_version(true, true)), "this device still has the bytes");
+    assert!(
+        !dropped(&missing_own_version(false, false)),
+        "an absent member may have it"
+    );
+    assert!(
+        !dropped(&missing_own_version(true, true)),
+        "this device still has the bytes"
+    );
 }
 
 #[test]
@@ -296,8 +340,15 @@ fn a_paused_folder_neither_scans_nor_syncs_but_runs_a_queued_restore() {
     n.handle_restore_done(now, "f", true);
     n.set_paused(now, "f", false);
     let a = drain(&mut n);
-    assert!(a.iter().any(|a| matches!(a, Action::Scan { paths: None, .. })), "{a:?}");
-    assert!(a.iter().any(|a| matches!(a, Action::SendMeta { .. })), "{a:?}");
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Scan { paths: None, .. })),
+        "{a:?}"
+    );
+    assert!(
+        a.iter().any(|a| matches!(a, Action::SendMeta { .. })),
+        "{a:?}"
+    );
 }
 
 #[test]
@@ -305,12 +356,23 @@ fn a_rescan_is_due_after_the_interval_and_every_few_seconds_without_a_watcher() 
     let (mut n, now) = node(A, &[B]);
     settle_start(&mut n, now);
     n.handle_timeout(now + FALLBACK_RESCAN);
-    assert!(!drain(&mut n).iter().any(|a| matches!(a, Action::Scan { .. })));
+    assert!(
+        !drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::Scan { .. }))
+    );
     n.handle_watcher_failed(now + FALLBACK_RESCAN, "f");
     let a = drain(&mut n);
-    assert!(a.iter().any(|a| matches!(a, Action::Scan { paths: None, .. })));
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Scan { paths: None, .. }))
+    );
     n.handle_scan_done(now + FALLBACK_RESCAN, "f", Ok(ScanDone::default()));
     drain(&mut n);
     n.handle_timeout(now + 2 * FALLBACK_RESCAN + Duration::from_secs(1));
-    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::Scan { paths: None, .. })));
+    assert!(
+        drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::Scan { paths: None, .. }))
+    );
 }

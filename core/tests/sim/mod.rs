@@ -51,30 +51,220 @@ pub struct Replica {
 impl Replica {
     /// Whether this replica has the bytes of `chunk` (one chunk per content here).
     pub fn holds(&self, chunk: &ChunkId) -> bool {
-        self.disk
-            .values()
-            .any(|e| e.content.is_some_and(|c| c.0 == chunk.0))
-            || self.history.iter().any(|c| c.0 == chunk.0)
+        holds(&self.disk, &self.history, chunk)
+    }
+}
+
+/// Whether a disk or history store has the bytes of `chunk` (one chunk per content here).
+pub fn holds(
+    disk: &BTreeMap<String, IndexedEntry>,
+    history: &HashSet<ContentId>,
+    chunk: &ChunkId,
+) -> bool {
+    disk.values()
+        .any(|e| e.content.is_some_and(|c| c.0 == chunk.0))
+        || history.iter().any(|c| c.0 == chunk.0)
+}
+
+/// The puller's rule before a version is replaced or removed (see `Puller::preserve`).
+fn preserve(
+    disk: &BTreeMap<String, IndexedEntry>,
+    history: &mut HashSet<ContentId>,
+    path: &str,
+    keeps: &mut HashMap<String, ContentId>,
+) {
+    let Some(c) = disk
+        .get(path)
+        .filter(|e| e.kind == EntryKind::File)
+        .and_then(|e| e.content)
+    else {
+        return;
+    };
+    let asked = keeps.remove(path) == Some(c);
+    let elsewhere = disk.iter().any(|(p, e)| p != path && e.content == Some(c));
+    if asked || !elsewhere {
+        history.insert(c);
+    }
+}
+
+/// What carrying out a plan did.
+#[derive(Debug, Default)]
+pub struct Executed {
+    /// Actions carried out.
+    pub done: usize,
+    /// Files not written: no reachable replica held their version.
+    pub missing: Vec<(String, ContentId)>,
+    /// An action was skipped because the disk no longer matched the index there (a user
+    /// change the scanner has not seen yet).
+    pub raced: bool,
+}
+
+/// A replica's disk, history store and (for a node) index, as the puller sees them.
+pub struct Store<'a> {
+    pub disk: &'a mut BTreeMap<String, IndexedEntry>,
+    pub history: &'a mut HashSet<ContentId>,
+    /// What the scanner last saw; None when the disk is the index (the model-only world,
+    /// where every change is recorded as it happens).
+    pub index: Option<&'a mut BTreeMap<String, IndexedEntry>>,
+    pub fetched_chunks: &'a mut usize,
+}
+
+impl Store<'_> {
+    /// The disk at `path` is as the index says (a write there would not lose a change the
+    /// scanner has not seen).
+    fn unchanged(&self, path: &str) -> bool {
+        match &self.index {
+            None => true,
+            Some(index) => index.get(path) == self.disk.get(path),
+        }
     }
 
-    /// The puller's rule before a version is replaced or removed (see `Puller::preserve`).
-    fn preserve(&mut self, path: &str, keeps: &mut HashMap<String, ContentId>) {
-        let Some(c) = self
-            .disk
-            .get(path)
-            .filter(|e| e.kind == EntryKind::File)
-            .and_then(|e| e.content)
-        else {
-            return;
-        };
-        let asked = keeps.remove(path) == Some(c);
-        let elsewhere = self
-            .disk
-            .iter()
-            .any(|(p, e)| p != path && e.content == Some(c));
-        if asked || !elsewhere {
-            self.history.insert(c);
+    fn parents_ok(&self, path: &str) -> bool {
+        let ok = cairn_core::path::ancestors(path)
+            .all(|a| self.disk.get(a).map(|e| e.kind) == Some(EntryKind::Dir));
+        if self.index.is_none() {
+            parents_are_dirs(self.disk, path);
         }
+        ok
+    }
+
+    /// The index follows what the puller wrote.
+    fn mirror(&mut self, path: &str) {
+        if let Some(index) = &mut self.index {
+            match self.disk.get(path) {
+                Some(e) => index.insert(path.to_string(), e.clone()),
+                None => index.remove(path),
+            };
+        }
+    }
+
+    /// Carries out the first `steps` actions of a plan with the puller's rules: a version
+    /// about to be replaced or removed goes to history when the plan asks or when no other
+    /// path holds it; a write whose version no reachable replica (`elsewhere`) holds waits;
+    /// a path the user changed since the last scan is skipped (raced).
+    pub fn execute(
+        &mut self,
+        actions: Vec<Action>,
+        elsewhere: &HashSet<ChunkId>,
+        steps: usize,
+    ) -> Executed {
+        let mut out = Executed::default();
+        let mut keeps: HashMap<String, ContentId> = HashMap::new();
+        for action in actions.into_iter().take(steps) {
+            match action {
+                Action::KeepInHistory { path, content } => {
+                    keeps.insert(path, content);
+                }
+                Action::FetchManifest { .. } => {}
+                Action::MakeDir { path } => {
+                    if !self.unchanged(&path) || !self.parents_ok(&path) {
+                        out.raced = true;
+                        continue;
+                    }
+                    assert!(!self.disk.contains_key(&path), "mkdir over {path}");
+                    self.disk
+                        .insert(path.clone(), entry(EntryKind::Dir, None, None, 0));
+                    self.mirror(&path);
+                }
+                Action::WriteFile {
+                    path,
+                    content,
+                    mtime_ns,
+                    ..
+                } => {
+                    // What no local file holds comes from a reachable peer (a content is
+                    // one chunk here), or the path waits.
+                    let chunk = ChunkId(content.0);
+                    if !holds(self.disk, self.history, &chunk) {
+                        if !elsewhere.contains(&chunk) {
+                            out.missing.push((path, content));
+                            continue;
+                        }
+                        *self.fetched_chunks += 1;
+                    }
+                    if !self.unchanged(&path) || !self.parents_ok(&path) {
+                        out.raced = true;
+                        continue;
+                    }
+                    assert!(
+                        self.disk
+                            .get(&path)
+                            .is_none_or(|e| e.kind != EntryKind::Dir),
+                        "file written over directory {path}"
+                    );
+                    preserve(self.disk, self.history, &path, &mut keeps);
+                    self.disk.insert(
+                        path.clone(),
+                        entry(EntryKind::File, Some(content), None, mtime_ns),
+                    );
+                    self.mirror(&path);
+                }
+                Action::Rename {
+                    from,
+                    path,
+                    content,
+                    mtime_ns,
+                    ..
+                } => {
+                    // The source must still hold the content, the target be free;
+                    // otherwise it is an ordinary write (here: from the source).
+                    if !self.unchanged(&path) || !self.unchanged(&from) || !self.parents_ok(&path) {
+                        out.raced = true;
+                        continue;
+                    }
+                    let source = self.disk.get(&from).and_then(|e| e.content);
+                    assert!(!self.disk.contains_key(&path), "rename over {path}");
+                    if source == Some(content) {
+                        self.disk.remove(&from);
+                        self.mirror(&from);
+                    } else {
+                        // An ordinary write: the bytes come from here or a reachable peer.
+                        let chunk = ChunkId(content.0);
+                        if !holds(self.disk, self.history, &chunk) {
+                            if !elsewhere.contains(&chunk) {
+                                out.missing.push((path, content));
+                                continue;
+                            }
+                            *self.fetched_chunks += 1;
+                        }
+                    }
+                    self.disk.insert(
+                        path.clone(),
+                        entry(EntryKind::File, Some(content), None, mtime_ns),
+                    );
+                    self.mirror(&path);
+                }
+                Action::WriteSymlink { path, target } => {
+                    if !self.unchanged(&path) || !self.parents_ok(&path) {
+                        out.raced = true;
+                        continue;
+                    }
+                    preserve(self.disk, self.history, &path, &mut keeps);
+                    self.disk.insert(
+                        path.clone(),
+                        entry(EntryKind::Symlink, None, Some(target), 0),
+                    );
+                    self.mirror(&path);
+                }
+                Action::Delete { path, .. } => {
+                    if !self.unchanged(&path) {
+                        out.raced = true;
+                        continue;
+                    }
+                    let prefix = format!("{path}/");
+                    if self.disk.keys().any(|k| k.starts_with(&prefix)) {
+                        assert!(self.index.is_some(), "rmdir of non-empty {path}");
+                        out.raced = true;
+                        continue;
+                    }
+                    preserve(self.disk, self.history, &path, &mut keeps);
+                    self.disk.remove(&path);
+                    self.mirror(&path);
+                }
+            }
+            out.done += 1;
+        }
+        out
     }
 }
 
@@ -101,7 +291,7 @@ pub struct World {
     pub offline: HashSet<usize>,
 }
 
-fn entry(
+pub fn entry(
     kind: EntryKind,
     content: Option<ContentId>,
     target: Option<String>,
@@ -402,78 +592,14 @@ impl World {
             "derived trees never pass through symlinks: {:?}",
             plan.rejected
         );
-        let mut keeps: HashMap<String, ContentId> = HashMap::new();
-        let mut missing = Vec::new();
-        for action in plan.actions.into_iter().take(steps) {
-            match action {
-                Action::KeepInHistory { path, content } => {
-                    keeps.insert(path, content);
-                }
-                Action::FetchManifest { .. } => {}
-                Action::MakeDir { path } => {
-                    assert!(!rep.disk.contains_key(&path), "mkdir over {path}");
-                    rep.disk.insert(path, entry(EntryKind::Dir, None, None, 0));
-                }
-                Action::WriteFile {
-                    path,
-                    content,
-                    mtime_ns,
-                    ..
-                } => {
-                    // As the puller: what no local file holds comes from a reachable
-                    // peer (a content is one chunk here), or the path waits.
-                    let chunk = ChunkId(content.0);
-                    if !rep.holds(&chunk) {
-                        if !elsewhere.contains(&chunk) {
-                            missing.push((path, content));
-                            continue;
-                        }
-                        rep.fetched_chunks += 1;
-                    }
-                    assert!(
-                        rep.disk.get(&path).is_none_or(|e| e.kind != EntryKind::Dir),
-                        "file written over directory {path}"
-                    );
-                    parents_are_dirs(&rep.disk, &path);
-                    rep.preserve(&path, &mut keeps);
-                    rep.disk
-                        .insert(path, entry(EntryKind::File, Some(content), None, mtime_ns));
-                }
-                Action::Rename {
-                    from,
-                    path,
-                    content,
-                    mtime_ns,
-                    ..
-                } => {
-                    // As the puller: the source must still hold the content, the target
-                    // be free; otherwise it is an ordinary write (here: from the source).
-                    let source = rep.disk.get(&from).and_then(|e| e.content);
-                    assert!(!rep.disk.contains_key(&path), "rename over {path}");
-                    parents_are_dirs(&rep.disk, &path);
-                    if source == Some(content) {
-                        rep.disk.remove(&from);
-                    }
-                    rep.disk
-                        .insert(path, entry(EntryKind::File, Some(content), None, mtime_ns));
-                }
-                Action::WriteSymlink { path, target } => {
-                    parents_are_dirs(&rep.disk, &path);
-                    rep.preserve(&path, &mut keeps);
-                    rep.disk
-                        .insert(path, entry(EntryKind::Symlink, None, Some(target), 0));
-                }
-                Action::Delete { path, .. } => {
-                    let prefix = format!("{path}/");
-                    assert!(
-                        !rep.disk.keys().any(|k| k.starts_with(&prefix)),
-                        "rmdir of non-empty {path}"
-                    );
-                    rep.preserve(&path, &mut keeps);
-                    rep.disk.remove(&path);
-                }
-            }
+        let missing = Store {
+            disk: &mut rep.disk,
+            history: &mut rep.history,
+            index: None,
+            fetched_chunks: &mut rep.fetched_chunks,
         }
+        .execute(plan.actions, &elsewhere, steps)
+        .missing;
         // A version this replica made and no longer has can never come: drop it, as the
         // daemon does after a pull. Others wait for whoever has theirs.
         let me = rep.doc.device();
