@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cairn_api::folders::FolderType;
+
 /// Errors reading or writing the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,19 +27,6 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
-}
-
-/// How a folder takes part in sync, as in Syncthing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FolderType {
-    /// Local changes are sent, remote changes are applied.
-    #[default]
-    SendReceive,
-    /// Local changes are sent; remote changes are not applied here.
-    SendOnly,
-    /// Remote changes are applied; local changes are not sent.
-    ReceiveOnly,
 }
 
 /// A folder this device syncs.

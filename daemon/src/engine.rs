@@ -24,7 +24,6 @@ use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, Respon
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, FolderConfig, FolderType, Home};
@@ -108,62 +107,11 @@ pub enum ControlRequest {
     Pair(crate::pair::PairCtl),
 }
 
-/// What `cairn status` shows.
-#[derive(Clone, Debug, Serialize)]
-pub struct Status {
-    pub device_id: String,
-    pub device_name: String,
-    /// Folders trusted peers offered to this device, waiting for `cairn accept`.
-    pub offers: Vec<crate::admin::Offer>,
-    pub uptime_s: u64,
-    pub listen: Vec<String>,
-    pub peers: Vec<PeerStatus>,
-    pub folders: Vec<FolderStatus>,
-    /// The last changes to any folder, newest first (at most [`RECENT_MAX`]).
-    pub recent: Vec<RecentChange>,
-}
+pub use crate::refused::RefusedPath;
+pub use cairn_api::status::{FolderStatus, PeerStatus, RecentChange, Status, WaitingPath};
 
 /// How many recent changes the daemon remembers (in memory: a feed, not a log).
 pub const RECENT_MAX: usize = 100;
-
-/// One change to a folder, made here or received from a peer.
-#[derive(Clone, Debug, Serialize)]
-pub struct RecentChange {
-    /// Seconds since the Unix epoch.
-    pub at: u64,
-    pub folder: String,
-    pub path: String,
-    /// "added", "modified", "deleted", "updated", "folder created", "conflict copy".
-    pub change: String,
-    /// "local" (seen by the scanner) or "remote" (written by the puller).
-    pub origin: &'static str,
-}
-
-/// One trusted peer.
-#[derive(Clone, Debug, Serialize)]
-pub struct PeerStatus {
-    pub id: String,
-    pub name: String,
-    pub connected: bool,
-    /// Protocol violations counted since the daemon started.
-    pub violations: u64,
-    /// The last violation's kind and reason.
-    pub last_violation: Option<String>,
-    /// Seconds the peer is still banned for (no redial, connections refused).
-    pub banned_for_s: Option<u64>,
-}
-
-/// A path of a folder document that this device refuses to write.
-#[derive(Clone, Debug, Serialize)]
-pub struct RefusedPath {
-    pub path: String,
-    /// Why, for people.
-    pub reason: String,
-    /// The device that wrote the entry (a name for people).
-    pub device: String,
-    #[serde(skip)]
-    pub(crate) content: Option<ContentId>,
-}
 
 /// Blocks requests of one peer: answers being made, bytes handed to the network, and
 /// requests waiting for their turn.
@@ -173,43 +121,6 @@ pub(crate) struct Serving {
     bytes: u64,
     sent: HashMap<InboundRequestId, u64>,
     queue: std::collections::VecDeque<(InboundRequestId, ResponseChannel<Vec<u8>>, BlocksRequest)>,
-}
-
-/// One folder.
-#[derive(Clone, Debug, Serialize)]
-pub struct FolderStatus {
-    pub id: String,
-    pub path: PathBuf,
-    #[serde(rename = "type")]
-    pub kind: FolderType,
-    /// idle, scanning, syncing, paused or error
-    pub state: String,
-    pub in_sync: bool,
-    pub files: u64,
-    pub bytes: u64,
-    pub pull_queue: u64,
-    /// Bytes the running pull writes in all.
-    pub pull_bytes_total: u64,
-    /// Bytes written so far by the running pull.
-    pub pull_bytes_done: u64,
-    /// Current pull rate, bytes per second.
-    pub rate_bytes_per_s: u64,
-    pub last_error: Option<String>,
-    /// ok, or fallback when the watcher failed and periodic rescans took over
-    pub watcher: String,
-    /// Files whose version no connected device has yet, and who is expected to have it.
-    pub waiting: Vec<WaitingPath>,
-    /// Entries of the folder document this device refuses to write (invalid paths,
-    /// a claimed size that differs from the manifest).
-    pub refused: Vec<RefusedPath>,
-}
-
-/// A file waiting for a version that only another device has.
-#[derive(Clone, Debug, Serialize)]
-pub struct WaitingPath {
-    pub path: String,
-    /// The device that made the version (a name for people).
-    pub device: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1102,7 +1013,7 @@ impl Engine {
                 folder: folder.to_string(),
                 path,
                 change,
-                origin,
+                origin: origin.into(),
             });
         }
     }
@@ -1783,7 +1694,7 @@ impl Engine {
                     last_error: f.last_error.clone(),
                     watcher: if f.watcher_failed { "fallback" } else { "ok" }.into(),
                     waiting: f.waiting.clone(),
-                    refused: f.refused.values().cloned().collect(),
+                    refused: f.refused.values().map(Into::into).collect(),
                 }
             })
             .collect();

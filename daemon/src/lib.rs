@@ -15,6 +15,7 @@ pub mod net;
 pub mod pair;
 pub mod paths;
 pub mod puller;
+pub mod refused;
 pub mod scanner;
 pub mod serve;
 pub mod watcher;
