@@ -1,69 +1,87 @@
-//! The commands that talk to a running daemon.
+//! The commands that talk to a running daemon, through the typed client of `cairn-api`.
 
 use std::path::{Path, PathBuf};
 
+use cairn_api::conflicts::Keep;
+use cairn_api::folders::{AcceptRequest, FolderType, ShareRequest};
+use cairn_api::history::{HistoryQuery, RestoreRequest};
+use cairn_api::pairing::InviteStatus;
+use cairn_api::status::{FolderStatus, PeerStatus};
+use cairn_api::time::UtcTime;
+use cairn_api::{ApiError, Client, ClientError};
+use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::daemon_cmd::absolute;
+use crate::error::CliError;
 use crate::format;
-use cairn_cli::client::{CliError, Client, exit};
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// `v` as a JSON value. Objects of a `Value` keep their keys sorted, the order `--json`
+/// output has always had (it was printed from the `Value` the daemon's answer parsed into).
+fn value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Prints `v` as indented JSON (`--json` of the listing commands).
+fn print_json<T: Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value(v)).unwrap_or_default()
+    );
+}
+
+/// Prints `v` as one line of JSON (`--json` of the commands that change something).
+fn print_json_line<T: Serialize>(v: &T) {
+    println!("{}", value(v));
 }
 
 /// `cairn pair`: offer a code and wait for the other device.
 pub fn pair_invite(c: &Client, json_out: bool) -> Result<(), CliError> {
-    let inv = c.post("/v1/pair/invite", json!({}))?;
-    let code = inv["code"].as_str().unwrap_or_default().to_string();
+    let (code, expires_in_s) = match c.invite()? {
+        InviteStatus::Waiting { code, expires_in_s } => (code, expires_in_s),
+        other => {
+            return Err(CliError::other(format!(
+                "unexpected answer: {}",
+                value(&other)
+            )));
+        }
+    };
     if json_out {
-        println!(
-            "{}",
-            json!({ "code": code, "expires_in_s": inv["expires_in_s"] })
-        );
+        println!("{}", json!({ "code": code, "expires_in_s": expires_in_s }));
     } else {
         println!("Pairing code: {code}");
         println!("On the other device run:  cairn pair {code}");
         println!(
             "(valid for {} minutes, for one attempt; waiting...)",
-            inv["expires_in_s"].as_u64().unwrap_or(600) / 60
+            expires_in_s / 60
         );
     }
     loop {
-        let s = c.get("/v1/pair/invite?wait=25")?;
-        match s["state"].as_str() {
-            Some("waiting") => continue,
-            Some("paired") => {
+        let s = c.invite_status(25)?;
+        match &s {
+            InviteStatus::Waiting { .. } => continue,
+            InviteStatus::Paired { peer, name } => {
                 if json_out {
-                    println!("{s}");
+                    print_json_line(&s);
                 } else {
-                    println!(
-                        "Paired with {} ({})",
-                        s["name"].as_str().unwrap_or("?"),
-                        s["peer"].as_str().unwrap_or("?")
-                    );
+                    println!("Paired with {name} ({peer})");
                 }
                 return Ok(());
             }
-            Some("failed") => {
-                return Err(CliError::new(
-                    exit::PAIRING_FAILED,
-                    format!(
-                        "pairing failed: {}; the code is used up, run `cairn pair` for a new one",
-                        s["error"].as_str().unwrap_or("?")
-                    ),
-                ));
+            InviteStatus::Failed { error } => {
+                return Err(ApiError::PairingFailed(format!(
+                    "pairing failed: {error}; the code is used up, run `cairn pair` for a new one"
+                ))
+                .into());
             }
-            Some("expired") => {
-                return Err(CliError::new(
-                    exit::PAIRING_FAILED,
-                    "the code expired; run `cairn pair` for a new one",
-                ));
+            InviteStatus::Expired => {
+                return Err(ApiError::PairingFailed(
+                    "the code expired; run `cairn pair` for a new one".into(),
+                )
+                .into());
             }
-            _ => {
-                return Err(CliError::new(
-                    exit::ERROR,
-                    format!("unexpected answer: {s}"),
-                ));
+            InviteStatus::None => {
+                return Err(CliError::other(format!("unexpected answer: {}", value(&s))));
             }
         }
     }
@@ -71,23 +89,19 @@ pub fn pair_invite(c: &Client, json_out: bool) -> Result<(), CliError> {
 
 /// `cairn pair CODE`: join the device that showed the code.
 pub fn pair_join(c: &Client, code: &str, json_out: bool) -> Result<(), CliError> {
-    match c.post("/v1/pair/join", json!({ "code": code })) {
+    match c.join(code) {
         Ok(p) => {
             if json_out {
-                println!("{p}");
+                print_json_line(&p);
             } else {
-                println!(
-                    "Paired with {} ({})",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["peer"].as_str().unwrap_or("?")
-                );
+                println!("Paired with {} ({})", p.name, p.peer);
             }
             Ok(())
         }
-        Err(e) => Err(CliError::new(
-            exit::PAIRING_FAILED,
-            format!("pairing failed: {}", e.message),
-        )),
+        Err(ClientError::Api(ApiError::PairingFailed(why))) => {
+            Err(ApiError::PairingFailed(format!("pairing failed: {why}")).into())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -96,27 +110,25 @@ pub fn share(
     c: &Client,
     folder: &Path,
     device: &str,
-    kind: Option<&str>,
+    kind: Option<FolderType>,
     json_out: bool,
 ) -> Result<(), CliError> {
     let folder_arg = if folder.exists() {
-        cairn_cli::daemon_cmd::absolute(folder)?
-            .display()
-            .to_string()
+        absolute(folder)?.display().to_string()
     } else {
         folder.display().to_string()
     };
-    let r = c.post(
-        "/v1/share",
-        json!({ "folder": folder_arg, "device": device, "type": kind }),
-    )?;
+    let r = c.share(&ShareRequest {
+        folder: folder_arg,
+        device: Some(device.to_string()),
+        kind,
+    })?;
     if json_out {
-        println!("{r}");
+        print_json_line(&r);
     } else {
         println!(
             "Offered folder {} to {device}; it appears in `cairn status` there, to accept with `cairn accept {}`",
-            r["folder"].as_str().unwrap_or("?"),
-            r["folder"].as_str().unwrap_or("?")
+            r.folder, r.folder
         );
     }
     Ok(())
@@ -127,32 +139,26 @@ pub fn accept(
     c: &Client,
     folder: &str,
     path: Option<&Path>,
-    kind: Option<&str>,
+    kind: Option<FolderType>,
     json_out: bool,
 ) -> Result<(), CliError> {
     let path = match path {
-        Some(p) => cairn_cli::daemon_cmd::absolute(p)?,
+        Some(p) => absolute(p)?,
         None => std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/"))
             .join(folder),
     };
-    let r = c.post(
-        "/v1/accept",
-        json!({ "folder": folder, "path": path, "type": kind }),
-    )?;
-    let joined: Vec<String> = r["joined"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let r = c.accept(&AcceptRequest {
+        folder: folder.to_string(),
+        path: path.clone(),
+        kind,
+    })?;
+    let joined = r.joined;
     if json_out {
         println!(
             "{}",
-            json!({ "ok": r["ok"], "folder": folder, "path": path, "joined": joined })
+            json!({ "ok": r.ok, "folder": folder, "path": path, "joined": joined })
         );
     } else {
         println!("Accepted folder {folder} into {}", path.display());
@@ -168,9 +174,9 @@ pub fn accept(
 
 /// `cairn decline`.
 pub fn decline(c: &Client, folder: &str, json_out: bool) -> Result<(), CliError> {
-    let r = c.post("/v1/decline", json!({ "folder": folder }))?;
+    let r = c.decline(folder)?;
     if json_out {
-        println!("{}", json!({ "ok": r["ok"], "folder": folder }));
+        println!("{}", json!({ "ok": r.ok, "folder": folder }));
     } else {
         println!("Declined folder {folder}; `cairn accept {folder} [path]` still takes it");
     }
@@ -184,12 +190,13 @@ pub fn pause(
     paused: bool,
     json_out: bool,
 ) -> Result<(), CliError> {
-    let r = c.post(
-        if paused { "/v1/pause" } else { "/v1/resume" },
-        json!({ "folder": folder }),
-    )?;
+    let r = if paused {
+        c.pause(folder)?
+    } else {
+        c.resume(folder)?
+    };
     if json_out {
-        println!("{r}");
+        print_json_line(&r);
     } else {
         let what = folder
             .map(|f| format!("folder {f}"))
@@ -199,19 +206,12 @@ pub fn pause(
     Ok(())
 }
 
-fn state_word(f: &Value) -> String {
-    let state = f["state"].as_str().unwrap_or("?");
-    match state {
-        "idle" if f["in_sync"] == true => "up to date".into(),
+fn state_word(f: &FolderStatus) -> String {
+    match f.state.as_str() {
+        "idle" if f.in_sync => "up to date".into(),
         "idle" => "waiting".into(),
-        "waiting" => format!(
-            "waiting for {} files from other devices",
-            f["waiting"].as_array().map_or(0, Vec::len)
-        ),
-        "syncing" => format!(
-            "syncing ({} steps left)",
-            f["pull_queue"].as_u64().unwrap_or(0)
-        ),
+        "waiting" => format!("waiting for {} files from other devices", f.waiting.len()),
+        "syncing" => format!("syncing ({} steps left)", f.pull_queue),
         "no_space" => "not enough disk space (retrying)".into(),
         other => other.into(),
     }
@@ -219,86 +219,60 @@ fn state_word(f: &Value) -> String {
 
 /// `cairn status`.
 pub fn status(c: &Client, json_out: bool) -> Result<(), CliError> {
-    let s = c.get("/v1/status")?;
+    let s = c.status()?;
     if json_out {
         print_json(&s);
         return Ok(());
     }
-    println!(
-        "This device: {} ({})",
-        s["device_name"].as_str().unwrap_or("?"),
-        s["device_id"].as_str().unwrap_or("?")
-    );
-    let peers = s["peers"].as_array().cloned().unwrap_or_default();
-    let online = peers.iter().filter(|p| p["connected"] == true).count();
-    println!("Peers: {online} of {} online", peers.len());
-    for p in &peers {
-        let dot = if p["connected"] == true {
-            "online "
-        } else {
-            "offline"
-        };
-        println!(
-            "  {dot}  {:<16} {}{}",
-            p["name"].as_str().unwrap_or(""),
-            p["id"].as_str().unwrap_or(""),
-            conduct_note(p)
-        );
+    println!("This device: {} ({})", s.device_name, s.device_id);
+    let online = s.peers.iter().filter(|p| p.connected).count();
+    println!("Peers: {online} of {} online", s.peers.len());
+    for p in &s.peers {
+        let dot = if p.connected { "online " } else { "offline" };
+        println!("  {dot}  {:<16} {}{}", p.name, p.id, conduct_note(p));
     }
-    let folders = s["folders"].as_array().cloned().unwrap_or_default();
-    println!("Folders: {}", folders.len());
-    for f in &folders {
+    println!("Folders: {}", s.folders.len());
+    for f in &s.folders {
         println!(
             "  {:<20} {:<28} {} files, {}  [{}]",
-            f["id"].as_str().unwrap_or(""),
+            f.id,
             state_word(f),
-            format::count(f["files"].as_u64().unwrap_or(0)),
-            format::bytes(f["bytes"].as_u64().unwrap_or(0)),
-            f["path"].as_str().unwrap_or("")
+            format::count(f.files),
+            format::bytes(f.bytes),
+            f.path.display()
         );
-        if let Some(e) = f["last_error"].as_str() {
+        if let Some(e) = &f.last_error {
             println!("      error: {e}");
             println!(
                 "      fix the cause, then `cairn resume {}` or wait for the next retry",
-                f["id"].as_str().unwrap_or("")
+                f.id
             );
         }
-        let waiting = f["waiting"].as_array().cloned().unwrap_or_default();
-        for w in waiting.iter().take(10) {
+        for w in f.waiting.iter().take(10) {
+            println!("      waiting for {}: {}", w.device, w.path);
+        }
+        if f.waiting.len() > 10 {
+            println!("      ... and {} more files waiting", f.waiting.len() - 10);
+        }
+        for r in f.refused.iter().take(10) {
+            println!("      refused from {}: {} ({})", r.device, r.path, r.reason);
+        }
+        if f.refused.len() > 10 {
             println!(
-                "      waiting for {}: {}",
-                w["device"].as_str().unwrap_or("?"),
-                w["path"].as_str().unwrap_or("?")
+                "      ... and {} more entries refused",
+                f.refused.len() - 10
             );
         }
-        if waiting.len() > 10 {
-            println!("      ... and {} more files waiting", waiting.len() - 10);
-        }
-        let refused = f["refused"].as_array().cloned().unwrap_or_default();
-        for r in refused.iter().take(10) {
-            println!(
-                "      refused from {}: {} ({})",
-                r["device"].as_str().unwrap_or("?"),
-                r["path"].as_str().unwrap_or("?"),
-                r["reason"].as_str().unwrap_or("?")
-            );
-        }
-        if refused.len() > 10 {
-            println!("      ... and {} more entries refused", refused.len() - 10);
-        }
-        if f["watcher"] == "fallback" {
+        if f.watcher == "fallback" {
             println!(
                 "      file watching failed; rescanning every 10 s (raise fs.inotify.max_user_watches)"
             );
         }
     }
-    for o in s["offers"].as_array().cloned().unwrap_or_default() {
+    for o in &s.offers {
         println!(
             "Offer: {} wants to share folder {}; accept with `cairn accept {} [path]` or decline with `cairn decline {}`",
-            o["from_name"].as_str().unwrap_or("?"),
-            o["folder"].as_str().unwrap_or("?"),
-            o["folder"].as_str().unwrap_or("?"),
-            o["folder"].as_str().unwrap_or("?")
+            o.from_name, o.folder, o.folder, o.folder
         );
     }
     Ok(())
@@ -306,36 +280,26 @@ pub fn status(c: &Client, json_out: bool) -> Result<(), CliError> {
 
 /// `cairn peers`.
 pub fn peers(c: &Client, json_out: bool) -> Result<(), CliError> {
-    let s = c.get("/v1/status")?;
+    let peers = c.peers()?;
     if json_out {
-        print_json(&s["peers"]);
+        print_json(&peers);
         return Ok(());
     }
-    for p in s["peers"].as_array().cloned().unwrap_or_default() {
-        let state = if p["connected"] == true {
-            "online"
-        } else {
-            "offline"
-        };
-        println!(
-            "{:<16} {:<8} {}{}",
-            p["name"].as_str().unwrap_or(""),
-            state,
-            p["id"].as_str().unwrap_or(""),
-            conduct_note(&p)
-        );
+    for p in &peers {
+        let state = if p.connected { "online" } else { "offline" };
+        println!("{:<16} {:<8} {}{}", p.name, state, p.id, conduct_note(p));
     }
     Ok(())
 }
 
 /// Protocol violations of a peer and its ban, for people; empty for a well-behaved peer.
-fn conduct_note(p: &Value) -> String {
-    let n = p["violations"].as_u64().unwrap_or(0);
+fn conduct_note(p: &PeerStatus) -> String {
+    let n = p.violations;
     if n == 0 {
         return String::new();
     }
-    let last = p["last_violation"].as_str().unwrap_or("?");
-    match p["banned_for_s"].as_u64() {
+    let last = p.last_violation.as_deref().unwrap_or("?");
+    match p.banned_for_s {
         Some(s) => format!("  banned for {s} s after {n} protocol violations (last: {last})"),
         None => format!("  {n} protocol violations (last: {last})"),
     }
@@ -343,25 +307,25 @@ fn conduct_note(p: &Value) -> String {
 
 /// `cairn folders`.
 pub fn folders(c: &Client, json_out: bool) -> Result<(), CliError> {
-    let s = c.get("/v1/status")?;
+    let folders = c.folders()?;
     if json_out {
-        print_json(&s["folders"]);
+        print_json(&folders);
         return Ok(());
     }
-    for f in s["folders"].as_array().cloned().unwrap_or_default() {
+    for f in &folders {
         println!(
             "{:<20} {:<13} {:<28} {}",
-            f["id"].as_str().unwrap_or(""),
-            f["type"].as_str().unwrap_or(""),
-            state_word(&f),
-            f["path"].as_str().unwrap_or("")
+            f.id,
+            f.kind.as_str(),
+            state_word(f),
+            f.path.display()
         );
     }
     Ok(())
 }
 
 fn when(ns: i64) -> String {
-    let t = cairn_core::folder::tree::UtcTime::from_ns(ns);
+    let t = UtcTime::from_ns(ns);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
         t.year, t.month, t.day, t.hour, t.minute, t.second
@@ -370,53 +334,44 @@ fn when(ns: i64) -> String {
 
 /// `cairn conflicts`.
 pub fn conflicts(c: &Client, json_out: bool) -> Result<(), CliError> {
-    let list = c.get("/v1/conflicts")?;
+    let list = c.conflicts()?;
     if json_out {
         print_json(&list);
         return Ok(());
     }
-    let items = list.as_array().cloned().unwrap_or_default();
-    if items.is_empty() {
+    if list.is_empty() {
         println!("No conflicts.");
     }
-    for x in items {
-        println!(
-            "{} (folder {})",
-            x["original"].as_str().unwrap_or("?"),
-            x["folder"].as_str().unwrap_or("?")
-        );
+    for x in &list {
+        println!("{} (folder {})", x.original, x.folder);
         println!(
             "  at the name:  from {}, modified {}",
-            x["original_device"].as_str().unwrap_or("?"),
-            x["original_mtime_ns"]
-                .as_i64()
-                .map(when)
-                .unwrap_or_else(|| "?".into())
+            x.original_device.as_deref().unwrap_or("?"),
+            x.original_mtime_ns.map(when).unwrap_or_else(|| "?".into())
         );
         println!(
             "  conflict copy {}: from {}, modified {}",
-            x["copy"].as_str().unwrap_or("?"),
-            x["copy_device"].as_str().unwrap_or("?"),
-            when(x["copy_mtime_ns"].as_i64().unwrap_or(0))
+            x.copy,
+            x.copy_device,
+            when(x.copy_mtime_ns)
         );
     }
     Ok(())
 }
 
 /// `cairn resolve PATH --keep local|remote|both`.
-pub fn resolve(c: &Client, path: &str, keep: &str, json_out: bool) -> Result<(), CliError> {
-    let r = c.post("/v1/resolve", json!({ "path": path, "keep": keep }))?;
+pub fn resolve(c: &Client, path: &str, keep: Keep, json_out: bool) -> Result<(), CliError> {
+    let r = c.resolve(path, keep)?;
     if json_out {
-        println!("{r}");
+        print_json_line(&r);
     } else {
-        println!("Resolved: {}", r["resolved"].as_str().unwrap_or("?"));
+        println!("Resolved: {}", r.resolved);
     }
     Ok(())
 }
 
 /// The first 12 hex digits of a content id, as `cairn history` shows versions.
-fn short_id(id: &Value) -> &str {
-    let id = id.as_str().unwrap_or("?");
+fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
@@ -427,18 +382,15 @@ pub fn history(
     path: Option<&str>,
     json_out: bool,
 ) -> Result<(), CliError> {
-    let query: Vec<(&str, &str)> = [("folder", folder), ("path", path)]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect();
-    let query = serde_urlencoded::to_string(query).unwrap_or_default();
-    let list = c.get(&format!("/v1/history?{query}"))?;
+    let list = c.versions(&HistoryQuery {
+        folder: folder.map(str::to_string),
+        path: path.map(str::to_string),
+    })?;
     if json_out {
         print_json(&list);
         return Ok(());
     }
-    let items = list.as_array().cloned().unwrap_or_default();
-    if items.is_empty() {
+    if list.is_empty() {
         println!(
             "No kept versions{}.",
             path.map(|p| format!(" of {p}")).unwrap_or_default()
@@ -446,14 +398,14 @@ pub fn history(
         return Ok(());
     }
     println!("{:<23}  {:>10}  {:<12}  PATH", "KEPT", "SIZE", "VERSION");
-    for v in items {
+    for v in &list {
         println!(
             "{:<23}  {:>10}  {:<12}  {}{}",
-            when(v["kept_ns"].as_i64().unwrap_or(0)),
-            format::bytes(v["size"].as_u64().unwrap_or(0)),
-            short_id(&v["content"]),
-            v["path"].as_str().unwrap_or("?"),
-            if v["available"] == true {
+            when(v.kept_ns),
+            format::bytes(v.size),
+            short_id(&v.content),
+            v.path,
+            if v.available {
                 ""
             } else {
                 "  (bytes gone from the store)"
@@ -464,26 +416,26 @@ pub fn history(
 }
 
 /// `cairn restore PATH [--version V] [--to P] [--folder F]`.
-pub fn restore(c: &Client, request: Value, json_out: bool) -> Result<(), CliError> {
-    let r = c.post("/v1/restore", request)?;
+pub fn restore(c: &Client, request: &RestoreRequest, json_out: bool) -> Result<(), CliError> {
+    let r = c.restore(request)?;
     if json_out {
         print_json(&r);
         return Ok(());
     }
     let mut line = format!(
         "Restored {} to version {} ({})",
-        r["path"].as_str().unwrap_or("?"),
-        short_id(&r["content"]),
-        format::bytes(r["size"].as_u64().unwrap_or(0))
+        r.path,
+        short_id(&r.content),
+        format::bytes(r.size)
     );
-    if r["kept_current"].is_string() {
+    if let Some(kept) = &r.kept_current {
         line += &format!(
             "; the version it replaced ({}) is kept in history",
-            short_id(&r["kept_current"])
+            short_id(kept)
         );
     }
     println!("{line}.");
-    if let Some(note) = r["note"].as_str() {
+    if let Some(note) = &r.note {
         println!("Note: {note}.");
     }
     Ok(())
@@ -497,24 +449,14 @@ pub fn ignore(
     remove: bool,
     json_out: bool,
 ) -> Result<(), CliError> {
-    let s = c.get("/v1/status")?;
     let wanted = Path::new(folder).canonicalize().ok();
-    let root = s["folders"]
-        .as_array()
+    let root = c
+        .folders()?
         .into_iter()
-        .flatten()
-        .find(|f| {
-            f["id"] == folder
-                || wanted
-                    .as_ref()
-                    .is_some_and(|w| f["path"].as_str() == w.to_str())
-        })
-        .and_then(|f| f["path"].as_str().map(PathBuf::from))
+        .find(|f| f.id == folder || wanted.as_ref() == Some(&f.path))
+        .map(|f| f.path)
         .ok_or_else(|| {
-            CliError::new(
-                exit::NOT_FOUND,
-                format!("no folder {folder:?}; `cairn folders` lists them"),
-            )
+            ApiError::NotFound(format!("no folder {folder:?}; `cairn folders` lists them"))
         })?;
     let file = root.join(cairn_core::scan::IGNORE_FILE);
     let mut lines: Vec<String> = std::fs::read_to_string(&file)
@@ -527,10 +469,9 @@ pub fn ignore(
             let before = lines.len();
             lines.retain(|l| l.trim() != p);
             if lines.len() == before {
-                return Err(CliError::new(
-                    exit::NOT_FOUND,
-                    format!("{p:?} is not in {}", file.display()),
-                ));
+                return Err(
+                    ApiError::NotFound(format!("{p:?} is not in {}", file.display())).into(),
+                );
             }
         } else if !lines.iter().any(|l| l.trim() == p) {
             lines.push(p.to_string());
@@ -552,4 +493,161 @@ pub fn ignore(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Times shown by the CLI and the tray (cairn-api) and conflict copy names (cairn-core)
+    /// come from one calendar.
+    #[test]
+    fn the_api_calendar_is_the_one_conflict_names_use() {
+        let mut ns: i64 = -86_400 * 1_000_000_000 * 400;
+        while ns < 4_102_444_800 * 1_000_000_000 {
+            let api = UtcTime::from_ns(ns);
+            let core = cairn_core::folder::tree::UtcTime::from_ns(ns);
+            assert_eq!(
+                (
+                    api.year, api.month, api.day, api.hour, api.minute, api.second
+                ),
+                (
+                    core.year,
+                    core.month,
+                    core.day,
+                    core.hour,
+                    core.minute,
+                    core.second
+                ),
+                "{ns}"
+            );
+            ns += 3_601_000_000_007; // an hour and a second: every second of a minute comes up
+        }
+    }
+
+    /// What `--json` printed before the typed client: the daemon's answer parsed into a
+    /// `Value` and printed; and what it prints now: parsed into the type and printed
+    /// through [`value`].
+    fn before_and_now<T: Serialize + serde::de::DeserializeOwned>(answer: &T) -> (String, String) {
+        let bytes = serde_json::to_vec(answer).unwrap();
+        let before: Value = serde_json::from_slice(&bytes).unwrap();
+        let now: T = serde_json::from_slice(&bytes).unwrap();
+        (
+            serde_json::to_string_pretty(&before).unwrap(),
+            serde_json::to_string_pretty(&value(&now)).unwrap(),
+        )
+    }
+
+    #[test]
+    fn json_output_is_byte_for_byte_what_it_was() {
+        use cairn_api::conflicts::Conflict;
+        use cairn_api::folders::Offer;
+        use cairn_api::history::{Restored, Version};
+        use cairn_api::status::{RecentChange, RefusedPath, Status, WaitingPath};
+        let status = Status {
+            device_id: "12D3KooWdesk".into(),
+            device_name: "desk \"main\" ü".into(),
+            offers: vec![Offer {
+                folder: "photos".into(),
+                from: "12D3KooWlaptop".into(),
+                from_name: "laptop".into(),
+            }],
+            uptime_s: u64::MAX,
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            peers: vec![PeerStatus {
+                id: "12D3KooWlaptop".into(),
+                name: "laptop".into(),
+                connected: true,
+                violations: 3,
+                last_violation: Some("bad_frame: x".into()),
+                banned_for_s: Some(60),
+            }],
+            folders: vec![FolderStatus {
+                id: "docs".into(),
+                path: "/home/me/my docs".into(),
+                kind: FolderType::ReceiveOnly,
+                state: "waiting".into(),
+                last_error: Some("disk full".into()),
+                waiting: vec![WaitingPath {
+                    path: "a".into(),
+                    device: "laptop".into(),
+                }],
+                refused: vec![RefusedPath {
+                    path: "b".into(),
+                    reason: "too big".into(),
+                    device: "1a2b".into(),
+                }],
+                ..FolderStatus::default()
+            }],
+            recent: vec![RecentChange {
+                at: 1,
+                folder: "docs".into(),
+                path: "a".into(),
+                change: "added".into(),
+                origin: "remote".into(),
+            }],
+        };
+        let (before, now) = before_and_now(&status);
+        assert_eq!(before, now);
+        let (before, now) = before_and_now(&status.peers);
+        assert_eq!(before, now);
+        let (before, now) = before_and_now(&status.folders);
+        assert_eq!(before, now);
+        let conflicts = vec![Conflict {
+            folder: "docs".into(),
+            copy: "a.sync-conflict-20261122-101010-ABCD.txt".into(),
+            original: "a.txt".into(),
+            copy_device: "laptop".into(),
+            copy_mtime_ns: -1,
+            original_device: None,
+            original_mtime_ns: Some(i64::MAX),
+        }];
+        let (before, now) = before_and_now(&conflicts);
+        assert_eq!(before, now);
+        let versions = vec![Version {
+            folder: "docs".into(),
+            path: "plan.txt".into(),
+            kept_ns: 1_764_483_720_000_000_000,
+            content: "ab".repeat(32),
+            size: 25,
+            available: false,
+        }];
+        let (before, now) = before_and_now(&versions);
+        assert_eq!(before, now);
+        let restored = Restored {
+            folder: "docs".into(),
+            path: "plan.txt".into(),
+            content: "ab".repeat(32),
+            size: 25,
+            kept_current: None,
+            note: Some("the folder is paused".into()),
+        };
+        let (before, now) = before_and_now(&restored);
+        assert_eq!(before, now);
+    }
+
+    #[test]
+    fn json_output_keeps_its_sorted_keys() {
+        let r = cairn_api::folders::PauseState {
+            ok: true,
+            paused: true,
+        };
+        assert_eq!(value(&r).to_string(), r#"{"ok":true,"paused":true}"#);
+        let p = cairn_api::pairing::Paired {
+            peer: "12D3KooWx".into(),
+            name: "laptop".into(),
+        };
+        assert_eq!(
+            value(&p).to_string(),
+            r#"{"name":"laptop","peer":"12D3KooWx"}"#
+        );
+        let s = InviteStatus::Paired {
+            peer: "x".into(),
+            name: "laptop".into(),
+        };
+        assert_eq!(
+            value(&s).to_string(),
+            r#"{"name":"laptop","peer":"x","state":"paired"}"#
+        );
+    }
 }

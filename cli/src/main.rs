@@ -2,18 +2,21 @@
 //! control API; none holds logic the daemon owns.
 
 mod commands;
+mod daemon_cmd;
+mod error;
 mod format;
 mod scan;
-
-use cairn_cli::{client, daemon_cmd};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cairn_api::Client;
+use cairn_api::conflicts::Keep;
+use cairn_api::folders::FolderType;
+use cairn_api::history::RestoreRequest;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use serde_json::json;
 
-use crate::client::{CliError, Client};
+use crate::error::CliError;
 
 /// Peer-to-peer folder sync: keep folders identical across your devices, with no server.
 ///
@@ -42,12 +45,12 @@ enum FolderKind {
     ReceiveOnly,
 }
 
-impl FolderKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            FolderKind::SendReceive => "send-receive",
-            FolderKind::SendOnly => "send-only",
-            FolderKind::ReceiveOnly => "receive-only",
+impl From<FolderKind> for FolderType {
+    fn from(kind: FolderKind) -> Self {
+        match kind {
+            FolderKind::SendReceive => FolderType::SendReceive,
+            FolderKind::SendOnly => FolderType::SendOnly,
+            FolderKind::ReceiveOnly => FolderType::ReceiveOnly,
         }
     }
 }
@@ -60,6 +63,16 @@ enum KeepWhich {
     Remote,
     /// Both: the conflict copy gets an ordinary name.
     Both,
+}
+
+impl From<KeepWhich> for Keep {
+    fn from(keep: KeepWhich) -> Self {
+        match keep {
+            KeepWhich::Local => Keep::Local,
+            KeepWhich::Remote => Keep::Remote,
+            KeepWhich::Both => Keep::Both,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -190,10 +203,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let explicit_home =
         cli.home.is_some() || std::env::var_os("CAIRN_HOME").is_some_and(|v| !v.is_empty());
-    let home = cli
-        .home
-        .clone()
-        .unwrap_or_else(cairn_daemon::paths::data_dir);
+    let home = cli.home.clone().unwrap_or_else(cairn_api::paths::data_dir);
     let json = cli.json;
     let result = run(cli.command, &home, explicit_home, json);
     match result {
@@ -217,7 +227,7 @@ fn run(
     explicit_home: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    let connect = || Client::connect(home);
+    let connect = || Client::connect(home).map_err(CliError::from);
     match command {
         Command::Up { folder } => daemon_cmd::up(home, explicit_home, folder.as_deref(), json),
         Command::Down => daemon_cmd::down(home, json),
@@ -232,14 +242,14 @@ fn run(
             &connect()?,
             &folder,
             &device,
-            kind.map(FolderKind::as_str),
+            kind.map(FolderType::from),
             json,
         ),
         Command::Accept { folder, path, kind } => commands::accept(
             &connect()?,
             &folder,
             path.as_deref(),
-            kind.map(FolderKind::as_str),
+            kind.map(FolderType::from),
             json,
         ),
         Command::Decline { folder } => commands::decline(&connect()?, &folder, json),
@@ -247,14 +257,7 @@ fn run(
         Command::Peers => commands::peers(&connect()?, json),
         Command::Folders => commands::folders(&connect()?, json),
         Command::Conflicts => commands::conflicts(&connect()?, json),
-        Command::Resolve { path, keep } => {
-            let keep = match keep {
-                KeepWhich::Local => "local",
-                KeepWhich::Remote => "remote",
-                KeepWhich::Both => "both",
-            };
-            commands::resolve(&connect()?, &path, keep, json)
-        }
+        Command::Resolve { path, keep } => commands::resolve(&connect()?, &path, keep.into(), json),
         Command::History { path, folder } => {
             commands::history(&connect()?, folder.as_deref(), path.as_deref(), json)
         }
@@ -265,7 +268,12 @@ fn run(
             folder,
         } => commands::restore(
             &connect()?,
-            json!({ "path": path, "version": version, "to": to, "folder": folder }),
+            &RestoreRequest {
+                folder,
+                path,
+                version,
+                to,
+            },
             json,
         ),
         Command::Pause { folder } => commands::pause(&connect()?, folder.as_deref(), true, json),
@@ -279,7 +287,7 @@ fn run(
             if args.index.is_none() && explicit_home {
                 args.index = Some(home.join("index.redb"));
             }
-            scan::run(args, json).map_err(|e| CliError::new(client::exit::ERROR, format!("{e:#}")))
+            scan::run(args, json).map_err(|e| CliError::other(format!("{e:#}")))
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());

@@ -180,6 +180,10 @@ impl Net {
     fn connect(&mut self, a: usize, b: usize) {
         let now = self.now;
         for (x, y) in [(a, b), (b, a)] {
+            // One side may have died meanwhile (in the middle of a pull it started).
+            if !self.reachable(x, y) {
+                return;
+            }
             if let Some(node) = &mut self.devices[x].node {
                 node.handle_connected(now, y);
             }
@@ -453,7 +457,8 @@ impl Net {
         let now = self.now;
         match w.msg {
             Msg::Request { id, bytes } => {
-                if lose {
+                // A request to a device that died is lost too (the requester's stream fails).
+                if lose || self.devices[w.to].node.is_none() {
                     // The stream failed: the requester learns it, the peer saw nothing.
                     if self.devices[w.from].pending.remove(&id).is_some()
                         && let Some(node) = &mut self.devices[w.from].node
@@ -701,9 +706,16 @@ impl Net {
             .iter_mut()
             .enumerate()
             .map(|(i, d)| {
-                let f = d.node.as_mut().unwrap().folder_mut(FOLDER).unwrap();
+                let node = d.node.as_mut().unwrap();
+                let links = format!(
+                    "connected {:?} in flight {:?} pending {:?}",
+                    node.connected().collect::<Vec<_>>(),
+                    node.meta_in_flight().collect::<Vec<_>>(),
+                    d.pending
+                );
+                let f = node.folder_mut(FOLDER).unwrap();
                 format!(
-                    "{i}: busy {:?} scan {:?} needs_pull {} in_sync {} waiting {:?} error {:?} heads {:?} disk {:?}",
+                    "{i}: {links} busy {:?} scan {:?} needs_pull {} in_sync {} waiting {:?} error {:?} heads {:?} disk {:?}",
                     f.busy,
                     f.scan,
                     f.needs_pull,
@@ -860,4 +872,16 @@ fn nodes_converge_and_lose_nothing_through_loss_partitions_and_crashes() {
         fetched > 0 && crashes > 0,
         "fetched {fetched} crashes {crashes}"
     );
+}
+
+/// Seeds that found bugs, kept by name (each failed before its fix).
+///
+/// 1050088998: an answer carrying changes was lost while both devices were asking each
+/// other at once; only the asker reset its sync state, the other still counted those
+/// changes as sent and never sent them again, and the two exchanged meta messages forever
+/// without converging. `PeerSync::reset` now makes the next message tell the peer to
+/// forget too (automerge's `SYNC_RESET`).
+#[test]
+fn regression_a_lost_answer_no_longer_makes_an_endless_meta_ping_pong() {
+    run(1050088998, 400);
 }

@@ -8,65 +8,18 @@ use std::time::Instant;
 use cairn_core::folder::tree::{ConflictCopyName, winner};
 use cairn_core::folder::{DeviceId, EntryValue};
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::config::{DeclinedOffer, FolderConfig, FolderType};
 use crate::engine::{Engine, load_folder};
 use crate::history::{RestoreRequest, Restored, Version};
 
+pub use cairn_api::conflicts::{Conflict, Keep};
+pub use cairn_api::error::ApiError;
+pub use cairn_api::folders::Offer;
+
 /// Declined offers remembered; the oldest are forgotten past this.
 const MAX_DECLINED: usize = 256;
-
-/// A folder a trusted peer wants to share with this device.
-#[derive(Clone, Debug, Serialize)]
-pub struct Offer {
-    /// Folder id.
-    pub folder: String,
-    /// The offering device.
-    pub from: String,
-    /// Its name.
-    pub from_name: String,
-}
-
-/// Why an admin request failed, mapped to one HTTP status in one place
-/// ([`ApiError::status`]), and from there to the CLI's exit code.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ApiError {
-    /// No such folder, device, offer, conflict or version: HTTP 404, exit code 5.
-    NotFound(String),
-    /// The request cannot be carried out as asked: HTTP 422, exit code 1.
-    Refused(String),
-}
-
-impl ApiError {
-    /// The HTTP status the control API answers with.
-    pub fn status(&self) -> u16 {
-        match self {
-            ApiError::NotFound(_) => 404,
-            ApiError::Refused(_) => 422,
-        }
-    }
-
-    /// What went wrong, for people.
-    pub fn message(&self) -> &str {
-        match self {
-            ApiError::NotFound(m) | ApiError::Refused(m) => m,
-        }
-    }
-}
-
-impl From<String> for ApiError {
-    fn from(message: String) -> Self {
-        ApiError::Refused(message)
-    }
-}
-
-impl From<&str> for ApiError {
-    fn from(message: &str) -> Self {
-        ApiError::Refused(message.to_string())
-    }
-}
 
 /// How a new folder's directory relates to an existing folder's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,32 +45,6 @@ fn no_offer(folder: &str) -> ApiError {
     ApiError::NotFound(format!(
         "no device offered a folder {folder:?}; `cairn status` lists offers"
     ))
-}
-
-/// How to resolve a conflict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Keep {
-    /// Keep the version at the name; drop the conflict copy (it stays in history).
-    Local,
-    /// Put the conflict copy's version at the name.
-    Remote,
-    /// Keep both: the copy gets an ordinary name.
-    Both,
-}
-
-/// One conflict copy and the file it conflicts with.
-#[derive(Clone, Debug, Serialize)]
-pub struct Conflict {
-    pub folder: String,
-    /// The conflict copy.
-    pub copy: String,
-    /// The path it is a copy of.
-    pub original: String,
-    pub copy_device: String,
-    pub copy_mtime_ns: i64,
-    pub original_device: Option<String>,
-    pub original_mtime_ns: Option<i64>,
 }
 
 /// Requests that change or list configuration and folder state.
@@ -364,7 +291,7 @@ impl Engine {
             }
             let now = Instant::now();
             if let Some(k) = kind {
-                self.node.set_kind(now, &id, k);
+                self.node.set_kind(now, &id, crate::config::node_kind(k));
             }
             self.node.set_members(now, &id, members);
         }

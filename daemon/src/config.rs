@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cairn_api::folders::FolderType;
+
 /// Errors reading or writing the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,8 +29,26 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// How a folder takes part in sync, as in Syncthing (the node decides by it).
-pub use cairn_core::node::FolderKind as FolderType;
+/// The node's view of a folder type (the same three kinds; `cairn-api` cannot depend on
+/// core, whose automerge the tray must not link).
+pub fn node_kind(t: FolderType) -> cairn_core::node::FolderKind {
+    use cairn_core::node::FolderKind;
+    match t {
+        FolderType::SendReceive => FolderKind::SendReceive,
+        FolderType::SendOnly => FolderKind::SendOnly,
+        FolderType::ReceiveOnly => FolderKind::ReceiveOnly,
+    }
+}
+
+/// A node's folder kind as the control API spells it.
+pub fn api_kind(k: cairn_core::node::FolderKind) -> FolderType {
+    use cairn_core::node::FolderKind;
+    match k {
+        FolderKind::SendReceive => FolderType::SendReceive,
+        FolderKind::SendOnly => FolderType::SendOnly,
+        FolderKind::ReceiveOnly => FolderType::ReceiveOnly,
+    }
+}
 
 /// A folder this device syncs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

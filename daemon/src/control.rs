@@ -1,5 +1,6 @@
 //! The control API: HTTP + JSON on 127.0.0.1, every request authenticated with the token
-//! from `control.json` (mode 0600, readable only by the user).
+//! from `control.json` (mode 0600, readable only by the user). The routes, the request
+//! and answer types and the one error enum live in `cairn-api`, which clients share.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -9,26 +10,39 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use cairn_api::conflicts::{ResolveRequest, Resolved};
+use cairn_api::control::{Ack, routes};
+use cairn_api::folders::{
+    AcceptRequest, Accepted, DeclineRequest, FolderQuery, FolderRequest, PauseState, ShareRequest,
+    Shared,
+};
+use cairn_api::history::HistoryQuery;
+use cairn_api::pairing::{JoinRequest, WaitQuery};
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::admin::{AdminRequest, ApiError, Keep};
-use crate::config::FolderType;
+use crate::admin::{AdminRequest, ApiError};
 use crate::engine::{ControlRequest, Event};
 use crate::history::RestoreRequest;
 use crate::pair::{InviteStatus, PairCtl};
 
-/// What clients read to reach the daemon.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ControlInfo {
-    /// `127.0.0.1:PORT`.
-    pub address: String,
-    /// Bearer token.
-    pub token: String,
-    /// Daemon process id.
-    pub pid: u32,
-    /// This device's id.
-    pub device_id: String,
+pub use cairn_api::control::ControlInfo;
+
+/// An [`ApiError`] as an HTTP answer: its one status ([`ApiError::status`]) and
+/// `{"error": "..."}`.
+struct Failure(ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0.body())).into_response()
+    }
+}
+
+/// The answer while the engine no longer takes requests.
+fn stopping() -> Response {
+    Failure(ApiError::Unavailable("daemon is stopping".into())).into_response()
 }
 
 #[derive(Clone)]
@@ -45,10 +59,6 @@ fn authorized(ctx: &Ctx, headers: &HeaderMap) -> bool {
         .is_some_and(|t| t == ctx.token)
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
-}
-
 async fn ask<T>(
     ctx: &Ctx,
     make: impl FnOnce(oneshot::Sender<T>) -> ControlRequest,
@@ -56,14 +66,13 @@ async fn ask<T>(
     let (tx, rx) = oneshot::channel();
     ctx.events
         .send(Event::Control(make(tx)))
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "daemon is stopping"))?;
-    rx.await
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "daemon is stopping"))
+        .map_err(|_| stopping())?;
+    rx.await.map_err(|_| stopping())
 }
 
 async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    if !authorized(&ctx, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
     }
     match ask(&ctx, ControlRequest::Status).await {
         Ok(s) => Json(s).into_response(),
@@ -72,18 +81,13 @@ async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 }
 
 async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    if !authorized(&ctx, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
     }
     match ask(&ctx, ControlRequest::Metrics).await {
         Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
         Err(r) => r,
     }
-}
-
-#[derive(Deserialize)]
-struct FolderQuery {
-    folder: Option<String>,
 }
 
 async fn rescan(
@@ -98,14 +102,15 @@ async fn rescan(
             folder: q.folder,
             reply,
         },
-        |()| serde_json::json!({ "ok": true }),
+        |()| Ack { ok: true },
     )
     .await
 }
 
 /// The 401 response for a request without the right token.
 fn denied(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
-    (!authorized(ctx, headers)).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong token"))
+    (!authorized(ctx, headers))
+        .then(|| Failure(ApiError::Unauthorized("missing or wrong token".into())).into_response())
 }
 
 /// Authorizes, asks the engine, and answers with `ok` of its reply, or with its error and
@@ -121,12 +126,7 @@ async fn answer<T, E: Into<ApiError>, U: Serialize>(
     }
     match ask(ctx, make).await {
         Ok(Ok(v)) => Json(ok(v)).into_response(),
-        Ok(Err(e)) => {
-            let e: ApiError = e.into();
-            let status =
-                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            error(status, e.message())
-        }
+        Ok(Err(e)) => Failure(e.into()).into_response(),
         Err(r) => r,
     }
 }
@@ -139,11 +139,6 @@ async fn invite(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         Ok(s) => Json(s).into_response(),
         Err(r) => r,
     }
-}
-
-#[derive(Deserialize)]
-struct WaitQuery {
-    wait: Option<u64>,
 }
 
 async fn invite_status(
@@ -170,30 +165,33 @@ async fn invite_status(
     }
 }
 
-#[derive(Deserialize)]
-struct JoinBody {
-    code: String,
-}
-
-async fn join(State(ctx): State<Ctx>, headers: HeaderMap, Json(body): Json<JoinBody>) -> Response {
+/// A join that fails answers `PairingFailed`: the CLI's exit code 4.
+async fn join(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(body): Json<JoinRequest>,
+) -> Response {
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
+    }
     let join = |reply| {
         ControlRequest::Pair(PairCtl::Join {
             code: body.code,
             reply,
         })
     };
-    answer(&ctx, &headers, join, |p| p).await
+    match ask(&ctx, join).await {
+        Ok(Ok(paired)) => Json(paired).into_response(),
+        Ok(Err(e)) => Failure(ApiError::PairingFailed(e)).into_response(),
+        Err(r) => r,
+    }
 }
 
-#[derive(Deserialize)]
-struct ShareBody {
-    folder: String,
-    device: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<FolderType>,
-}
-
-async fn share(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<ShareBody>) -> Response {
+async fn share(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(b): Json<ShareRequest>,
+) -> Response {
     let share = |reply| {
         ControlRequest::Admin(AdminRequest::Share {
             folder: b.folder,
@@ -202,19 +200,15 @@ async fn share(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<ShareBo
             reply,
         })
     };
-    let ok = |folder| serde_json::json!({ "folder": folder });
+    let ok = |folder| Shared { folder };
     answer(&ctx, &headers, share, ok).await
 }
 
-#[derive(Deserialize)]
-struct AcceptBody {
-    folder: String,
-    path: std::path::PathBuf,
-    #[serde(rename = "type")]
-    kind: Option<FolderType>,
-}
-
-async fn accept(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<AcceptBody>) -> Response {
+async fn accept(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(b): Json<AcceptRequest>,
+) -> Response {
     let accept = |reply| {
         ControlRequest::Admin(AdminRequest::Accept {
             folder: b.folder,
@@ -223,19 +217,14 @@ async fn accept(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<Accept
             reply,
         })
     };
-    let ok = |joined: Vec<String>| serde_json::json!({ "ok": true, "joined": joined });
+    let ok = |joined| Accepted { joined, ok: true };
     answer(&ctx, &headers, accept, ok).await
-}
-
-#[derive(Deserialize)]
-struct DeclineBody {
-    folder: String,
 }
 
 async fn decline(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    Json(b): Json<DeclineBody>,
+    Json(b): Json<DeclineRequest>,
 ) -> Response {
     let decline = |reply| {
         ControlRequest::Admin(AdminRequest::Decline {
@@ -243,13 +232,8 @@ async fn decline(
             reply,
         })
     };
-    let ok = |()| serde_json::json!({ "ok": true });
+    let ok = |()| Ack { ok: true };
     answer(&ctx, &headers, decline, ok).await
-}
-
-#[derive(Deserialize)]
-struct FolderBody {
-    folder: Option<String>,
 }
 
 async fn pause_or_resume(
@@ -265,15 +249,23 @@ async fn pause_or_resume(
             reply,
         })
     };
-    let ok = |()| serde_json::json!({ "ok": true, "paused": paused });
+    let ok = |()| PauseState { ok: true, paused };
     answer(&ctx, &headers, pause, ok).await
 }
 
-async fn pause(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<FolderBody>) -> Response {
+async fn pause(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(b): Json<FolderRequest>,
+) -> Response {
     pause_or_resume(ctx, headers, b.folder, true).await
 }
 
-async fn resume(State(ctx): State<Ctx>, headers: HeaderMap, Json(b): Json<FolderBody>) -> Response {
+async fn resume(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(b): Json<FolderRequest>,
+) -> Response {
     pause_or_resume(ctx, headers, b.folder, false).await
 }
 
@@ -291,16 +283,10 @@ async fn conflicts(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct ResolveBody {
-    path: String,
-    keep: Keep,
-}
-
 async fn resolve(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    Json(b): Json<ResolveBody>,
+    Json(b): Json<ResolveRequest>,
 ) -> Response {
     let resolve = |reply| {
         ControlRequest::Admin(AdminRequest::Resolve {
@@ -309,14 +295,8 @@ async fn resolve(
             reply,
         })
     };
-    let ok = |what| serde_json::json!({ "resolved": what });
+    let ok = |resolved| Resolved { resolved };
     answer(&ctx, &headers, resolve, ok).await
-}
-
-#[derive(Deserialize)]
-struct HistoryQuery {
-    folder: Option<String>,
-    path: Option<String>,
 }
 
 async fn history(
@@ -344,11 +324,11 @@ async fn restore(
 }
 
 async fn shutdown(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    if !authorized(&ctx, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    if let Some(r) = denied(&ctx, &headers) {
+        return r;
     }
     let _ = ctx.events.send(Event::Control(ControlRequest::Shutdown));
-    Json(serde_json::json!({ "ok": true })).into_response()
+    Json(Ack { ok: true }).into_response()
 }
 
 /// Binds the API, writes `control.json`, and serves until the process ends.
@@ -386,21 +366,21 @@ pub async fn serve(
     )?;
     std::fs::rename(&tmp, info_path)?;
     let app = Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/rescan", post(rescan))
-        .route("/v1/shutdown", post(shutdown))
-        .route("/metrics", get(metrics))
-        .route("/v1/pair/invite", post(invite).get(invite_status))
-        .route("/v1/pair/join", post(join))
-        .route("/v1/share", post(share))
-        .route("/v1/accept", post(accept))
-        .route("/v1/decline", post(decline))
-        .route("/v1/pause", post(pause))
-        .route("/v1/resume", post(resume))
-        .route("/v1/conflicts", get(conflicts))
-        .route("/v1/resolve", post(resolve))
-        .route("/v1/history", get(history))
-        .route("/v1/restore", post(restore))
+        .route(routes::STATUS, get(status))
+        .route(routes::RESCAN, post(rescan))
+        .route(routes::SHUTDOWN, post(shutdown))
+        .route(routes::METRICS, get(metrics))
+        .route(routes::PAIR_INVITE, post(invite).get(invite_status))
+        .route(routes::PAIR_JOIN, post(join))
+        .route(routes::SHARE, post(share))
+        .route(routes::ACCEPT, post(accept))
+        .route(routes::DECLINE, post(decline))
+        .route(routes::PAUSE, post(pause))
+        .route(routes::RESUME, post(resume))
+        .route(routes::CONFLICTS, get(conflicts))
+        .route(routes::RESOLVE, post(resolve))
+        .route(routes::HISTORY, get(history))
+        .route(routes::RESTORE, post(restore))
         .with_state(Ctx { token, events });
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

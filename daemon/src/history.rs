@@ -20,7 +20,6 @@ use std::time::SystemTime;
 
 use cairn_core::scan::{Stamp, TEMP_PREFIX};
 use cairn_core::{Chunker, ContentId, Manifest, path as folder_path};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::admin::ApiError;
@@ -29,47 +28,7 @@ use crate::engine::{Engine, Event};
 use crate::index::Index;
 use crate::scanner::{FileRead, READ_ATTEMPTS, read_file, stamp_of};
 
-/// One kept version.
-#[derive(Clone, Debug, Serialize)]
-pub struct Version {
-    pub folder: String,
-    pub path: String,
-    /// When this device kept it, in ns since the epoch.
-    pub kept_ns: i64,
-    /// Its content id (hex); `cairn restore --version` takes any unique prefix.
-    pub content: String,
-    pub size: u64,
-    /// Whether its bytes are still in the history store.
-    pub available: bool,
-}
-
-/// What `cairn restore` asks for.
-#[derive(Clone, Debug, Deserialize)]
-pub struct RestoreRequest {
-    /// Folder id; may be left out when only one folder has versions of `path`.
-    pub folder: Option<String>,
-    /// The folder-relative path the version was kept from.
-    pub path: String,
-    /// A content id or a unique prefix of one; the newest kept version if left out.
-    pub version: Option<String>,
-    /// Where to put it instead of `path` (folder-relative).
-    pub to: Option<String>,
-}
-
-/// What a restore did.
-#[derive(Clone, Debug, Serialize)]
-pub struct Restored {
-    pub folder: String,
-    /// Where the version now is.
-    pub path: String,
-    pub content: String,
-    pub size: u64,
-    /// The version that was at `path` before, now kept in history; none if there was none
-    /// or it was already this version.
-    pub kept_current: Option<String>,
-    /// Something the user should know, e.g. that the folder is paused.
-    pub note: Option<String>,
-}
+pub use cairn_api::history::{RestoreRequest, Restored, Version};
 
 /// A restore waiting for its folder to be idle.
 pub(crate) struct PendingRestore {

@@ -9,25 +9,15 @@ use cairn_core::pairing::{INVITATION_TTL_S, Inviter, Joiner, PairCode, PairReque
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{PeerId, kad};
-use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::config::PeerConfig;
 use crate::engine::Engine;
 
+pub use cairn_api::pairing::{InviteStatus, Paired};
+
 /// How long a join keeps looking for the inviting device.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(45);
-
-/// Where an invitation stands, as `cairn pair` shows it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum InviteStatus {
-    Waiting { code: String, expires_in_s: u64 },
-    Paired { peer: String, name: String },
-    Failed { error: String },
-    Expired,
-    None,
-}
 
 /// The one open invitation of this device.
 pub struct Invitation {
@@ -35,13 +25,6 @@ pub struct Invitation {
     expires: Instant,
     status: InviteStatus,
     attempt: Option<(PeerId, Inviter)>,
-}
-
-/// A result of joining: the paired device.
-#[derive(Clone, Debug, Serialize)]
-pub struct Paired {
-    pub peer: String,
-    pub name: String,
 }
 
 /// The one join in progress.

@@ -45,15 +45,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let explicit_home =
         cli.home.is_some() || std::env::var_os("CAIRN_HOME").is_some_and(|v| !v.is_empty());
-    let home = cli
-        .home
-        .clone()
-        .unwrap_or_else(cairn_daemon::paths::data_dir);
-    let home_args = if explicit_home {
-        vec!["--home".to_string(), home.display().to_string()]
-    } else {
-        vec![]
-    };
+    let home = cli.home.clone().unwrap_or_else(cairn_api::paths::data_dir);
+    let home_args = cairn_api::launch::home_args(&home, explicit_home);
     let result = match cli.command {
         Some(Cmd::Install) => install(&home_args),
         None if cli.window => run_window(home, explicit_home, cli.page),
@@ -109,7 +102,7 @@ fn run_tray(home: PathBuf, explicit_home: bool, home_args: Vec<String>) -> Resul
         }
         let notices = notifier
             .lock()
-            .map(|mut n| n.observe(snap.status.as_ref(), snap.conflicts.as_ref()))
+            .map(|mut n| n.observe(snap.status.as_ref(), snap.conflicts.as_deref()))
             .unwrap_or_default();
         for n in notices {
             if let Err(e) = notify::show(&notify_bus, &n) {

@@ -50,7 +50,7 @@ pub struct CairnTray {
 
 impl CairnTray {
     pub fn refresh(&mut self, s: &Snapshot) {
-        self.view = view(s.status.as_ref(), s.conflicts.as_ref());
+        self.view = view(s.status.as_ref(), s.conflicts.as_deref());
     }
 
     /// Opens the status window on `page`, replacing one already open so it comes to the

@@ -1,8 +1,9 @@
-//! The view-model: daemon status JSON (`/v1/status`, `/v1/conflicts`) -> what the tray
+//! The view-model: the daemon's answers (`/v1/status`, `/v1/conflicts`) -> what the tray
 //! shows. One overall state is picked from a ranked list, as syncthingtray does: the most
 //! urgent thing wins the icon.
 
-use serde_json::Value;
+use cairn_api::conflicts::Conflict;
+use cairn_api::status::{FolderStatus, Status};
 
 /// The one state the icon shows, most urgent first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,40 +88,36 @@ pub struct TrayView {
     pub offers: usize,
 }
 
-fn folder_words(f: &Value) -> String {
-    match f["state"].as_str().unwrap_or("") {
+fn folder_words(f: &FolderStatus) -> String {
+    match f.state.as_str() {
         "paused" => "paused".into(),
-        "error" => format!("error: {}", f["last_error"].as_str().unwrap_or("unknown")),
+        "error" => format!("error: {}", f.last_error.as_deref().unwrap_or("unknown")),
         "scanning" => "scanning".into(),
         "syncing" => match percent(f) {
             Some(p) => format!("syncing {p}%"),
             None => "syncing".into(),
         },
-        "waiting" => {
-            let waiting = f["waiting"].as_array().cloned().unwrap_or_default();
-            match waiting.first() {
-                Some(w) => format!(
-                    "waiting for {} ({} files, e.g. {})",
-                    w["device"].as_str().unwrap_or("another device"),
-                    waiting.len(),
-                    w["path"].as_str().unwrap_or("?")
-                ),
-                None => "waiting for peers".into(),
-            }
-        }
-        _ if f["in_sync"] == true => "up to date".into(),
+        "waiting" => match f.waiting.first() {
+            Some(w) => format!(
+                "waiting for {} ({} files, e.g. {})",
+                w.device,
+                f.waiting.len(),
+                w.path
+            ),
+            None => "waiting for peers".into(),
+        },
+        _ if f.in_sync => "up to date".into(),
         _ => "waiting for peers".into(),
     }
 }
 
-fn percent(f: &Value) -> Option<u8> {
-    let total = f["pull_bytes_total"].as_u64()?;
-    let done = f["pull_bytes_done"].as_u64()?;
+fn percent(f: &FolderStatus) -> Option<u8> {
+    let (total, done) = (f.pull_bytes_total, f.pull_bytes_done);
     (total > 0).then(|| (done.saturating_mul(100) / total).min(100) as u8)
 }
 
 /// The view for a status answer (None: the daemon did not answer) and the conflict list.
-pub fn view(status: Option<&Value>, conflicts: Option<&Value>) -> TrayView {
+pub fn view(status: Option<&Status>, conflicts: Option<&[Conflict]>) -> TrayView {
     let Some(s) = status else {
         return TrayView {
             overall: Overall::DaemonDown,
@@ -132,35 +129,25 @@ pub fn view(status: Option<&Value>, conflicts: Option<&Value>) -> TrayView {
             offers: 0,
         };
     };
-    let folders: Vec<&Value> = s["folders"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    let peers: Vec<&Value> = s["peers"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    let peers_online = peers.iter().filter(|p| p["connected"] == true).count();
+    let folders = &s.folders;
+    let peers_online = s.peers.iter().filter(|p| p.connected).count();
     let items: Vec<FolderItem> = folders
         .iter()
         .map(|f| FolderItem {
-            id: f["id"].as_str().unwrap_or("").into(),
-            path: f["path"].as_str().unwrap_or("").into(),
+            id: f.id.clone(),
+            path: f.path.display().to_string(),
             words: folder_words(f),
-            paused: f["state"] == "paused",
+            paused: f.state == "paused",
         })
         .collect();
-    let all_paused = !folders.is_empty() && folders.iter().all(|f| f["state"] == "paused");
-    let error = folders.iter().find(|f| f["state"] == "error").map(|f| {
-        format!(
-            "{}: {}",
-            f["id"].as_str().unwrap_or(""),
-            f["last_error"].as_str().unwrap_or("unknown")
-        )
-    });
-    let syncing: Vec<&&Value> = folders
+    let all_paused = !folders.is_empty() && folders.iter().all(|f| f.state == "paused");
+    let error = folders
         .iter()
-        .filter(|f| matches!(f["state"].as_str(), Some("syncing" | "scanning")))
+        .find(|f| f.state == "error")
+        .map(|f| format!("{}: {}", f.id, f.last_error.as_deref().unwrap_or("unknown")));
+    let syncing: Vec<&FolderStatus> = folders
+        .iter()
+        .filter(|f| matches!(f.state.as_str(), "syncing" | "scanning"))
         .collect();
     let overall = if let Some(e) = error {
         Overall::Error(e)
@@ -169,14 +156,14 @@ pub fn view(status: Option<&Value>, conflicts: Option<&Value>) -> TrayView {
     } else if !syncing.is_empty() {
         let (done, total) = syncing.iter().fold((0u64, 0u64), |(d, t), f| {
             (
-                d + f["pull_bytes_done"].as_u64().unwrap_or(0),
-                t + f["pull_bytes_total"].as_u64().unwrap_or(0),
+                d.saturating_add(f.pull_bytes_done),
+                t.saturating_add(f.pull_bytes_total),
             )
         });
-        Overall::Syncing((total > 0).then(|| (done * 100 / total).min(100) as u8))
-    } else if !peers.is_empty() && peers_online == 0 {
+        Overall::Syncing((total > 0).then(|| (done.saturating_mul(100) / total).min(100) as u8))
+    } else if !s.peers.is_empty() && peers_online == 0 {
         Overall::Offline
-    } else if let Some(f) = folders.iter().find(|f| f["state"] == "waiting") {
+    } else if let Some(f) = folders.iter().find(|f| f.state == "waiting") {
         Overall::Waiting(folder_words(f))
     } else {
         Overall::UpToDate
@@ -185,10 +172,10 @@ pub fn view(status: Option<&Value>, conflicts: Option<&Value>) -> TrayView {
         overall,
         folders: items,
         peers_online,
-        peers_total: peers.len(),
+        peers_total: s.peers.len(),
         pause_label: if all_paused { "Resume" } else { "Pause" },
-        conflicts: conflicts.and_then(|c| c.as_array()).map_or(0, Vec::len),
-        offers: s["offers"].as_array().map_or(0, Vec::len),
+        conflicts: conflicts.map_or(0, <[Conflict]>::len),
+        offers: s.offers.len(),
     }
 }
 
@@ -211,53 +198,37 @@ pub struct Notifier {
 impl Notifier {
     /// The notifications `status` and `conflicts` call for (None: not answered, which
     /// changes nothing).
-    pub fn observe(&mut self, status: Option<&Value>, conflicts: Option<&Value>) -> Vec<Notice> {
+    pub fn observe(
+        &mut self,
+        status: Option<&Status>,
+        conflicts: Option<&[Conflict]>,
+    ) -> Vec<Notice> {
         let mut out = Vec::new();
-        if let Some(list) = conflicts.and_then(Value::as_array) {
-            let now: std::collections::HashSet<String> = list
-                .iter()
-                .filter_map(|c| Some(format!("{}/{}", c["folder"].as_str()?, c["copy"].as_str()?)))
-                .collect();
+        if let Some(list) = conflicts {
+            let key = |c: &Conflict| format!("{}/{}", c.folder, c.copy);
+            let now: std::collections::HashSet<String> = list.iter().map(key).collect();
             if let Some(before) = &self.conflicts {
-                for c in list {
-                    let key = format!(
-                        "{}/{}",
-                        c["folder"].as_str().unwrap_or(""),
-                        c["copy"].as_str().unwrap_or("")
-                    );
-                    if !before.contains(&key) {
-                        out.push(Notice {
-                            summary: format!(
-                                "Conflict in {}",
-                                c["original"].as_str().unwrap_or("a file")
-                            ),
-                            body: format!(
-                                "Both {} and this device changed it; the other version is kept as {}.",
-                                c["copy_device"].as_str().unwrap_or("another device"),
-                                c["copy"].as_str().unwrap_or("a conflict copy")
-                            ),
-                        });
-                    }
+                for c in list.iter().filter(|c| !before.contains(&key(c))) {
+                    out.push(Notice {
+                        summary: format!("Conflict in {}", c.original),
+                        body: format!(
+                            "Both {} and this device changed it; the other version is kept as {}.",
+                            c.copy_device, c.copy
+                        ),
+                    });
                 }
             }
             self.conflicts = Some(now);
         }
-        if let Some(peers) = status.and_then(|s| s["peers"].as_array()) {
-            let now: std::collections::HashSet<String> = peers
-                .iter()
-                .filter_map(|p| p["id"].as_str().map(str::to_string))
-                .collect();
+        if let Some(peers) = status.map(|s| &s.peers) {
+            let now: std::collections::HashSet<String> =
+                peers.iter().map(|p| p.id.clone()).collect();
             if let Some(before) = &self.peers {
-                for p in peers {
-                    if p["id"].as_str().is_some_and(|id| !before.contains(id)) {
-                        out.push(Notice {
-                            summary: format!(
-                                "Paired with {}",
-                                p["name"].as_str().unwrap_or("a new device")
-                            ),
-                            body: "You can now share folders with it.".into(),
-                        });
-                    }
+                for p in peers.iter().filter(|p| !before.contains(&p.id)) {
+                    out.push(Notice {
+                        summary: format!("Paired with {}", p.name),
+                        body: "You can now share folders with it.".into(),
+                    });
                 }
             }
             self.peers = Some(now);
@@ -285,19 +256,50 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use cairn_api::folders::Offer;
+    use cairn_api::status::{PeerStatus, WaitingPath};
 
-    fn status(folders: Value, peers: Value) -> Value {
-        json!({ "device_id": "x", "device_name": "desk", "folders": folders, "peers": peers, "offers": [] })
+    fn status(folders: Vec<FolderStatus>, peers: Vec<PeerStatus>) -> Status {
+        Status {
+            device_id: "x".into(),
+            device_name: "desk".into(),
+            folders,
+            peers,
+            ..Status::default()
+        }
     }
 
-    fn folder(state: &str, in_sync: bool) -> Value {
-        json!({ "id": "docs", "path": "/home/me/docs", "state": state, "in_sync": in_sync,
-                "pull_bytes_total": 0, "pull_bytes_done": 0, "last_error": null })
+    fn folder(state: &str, in_sync: bool) -> FolderStatus {
+        FolderStatus {
+            id: "docs".into(),
+            path: "/home/me/docs".into(),
+            state: state.into(),
+            in_sync,
+            ..FolderStatus::default()
+        }
     }
 
-    fn online() -> Value {
-        json!([{ "id": "p", "name": "laptop", "connected": true }])
+    fn peer(id: &str, name: &str, connected: bool) -> PeerStatus {
+        PeerStatus {
+            id: id.into(),
+            name: name.into(),
+            connected,
+            ..PeerStatus::default()
+        }
+    }
+
+    fn online() -> Vec<PeerStatus> {
+        vec![peer("p", "laptop", true)]
+    }
+
+    fn conflict(copy: &str) -> Conflict {
+        Conflict {
+            folder: "docs".into(),
+            copy: copy.into(),
+            original: "a.txt".into(),
+            copy_device: "laptop".into(),
+            ..Conflict::default()
+        }
     }
 
     #[test]
@@ -310,8 +312,8 @@ mod tests {
     #[test]
     fn everything_in_sync_is_up_to_date() {
         let v = view(
-            Some(&status(json!([folder("idle", true)]), online())),
-            Some(&json!([])),
+            Some(&status(vec![folder("idle", true)], online())),
+            Some(&[]),
         );
         assert_eq!(v.overall, Overall::UpToDate);
         assert_eq!(v.folders[0].words, "up to date");
@@ -322,9 +324,9 @@ mod tests {
     #[test]
     fn syncing_shows_the_percentage() {
         let mut f = folder("syncing", false);
-        f["pull_bytes_total"] = json!(200);
-        f["pull_bytes_done"] = json!(50);
-        let v = view(Some(&status(json!([f]), online())), None);
+        f.pull_bytes_total = 200;
+        f.pull_bytes_done = 50;
+        let v = view(Some(&status(vec![f], online())), None);
         assert_eq!(v.overall, Overall::Syncing(Some(25)));
         assert_eq!(v.overall.words(), "Syncing… 25%");
         assert_eq!(v.folders[0].words, "syncing 25%");
@@ -333,9 +335,12 @@ mod tests {
     #[test]
     fn a_waiting_folder_names_the_device_and_a_file() {
         let mut f = folder("waiting", false);
-        f["waiting"] = json!([{ "path": "report.pdf", "device": "laptop" },
-                              { "path": "b.txt", "device": "laptop" }]);
-        let v = view(Some(&status(json!([f]), online())), None);
+        let waiting = |path: &str| WaitingPath {
+            path: path.into(),
+            device: "laptop".into(),
+        };
+        f.waiting = vec![waiting("report.pdf"), waiting("b.txt")];
+        let v = view(Some(&status(vec![f], online())), None);
         assert_eq!(
             v.folders[0].words,
             "waiting for laptop (2 files, e.g. report.pdf)"
@@ -348,10 +353,7 @@ mod tests {
 
     #[test]
     fn all_folders_paused_is_paused_and_offers_resume() {
-        let v = view(
-            Some(&status(json!([folder("paused", false)]), online())),
-            None,
-        );
+        let v = view(Some(&status(vec![folder("paused", false)], online())), None);
         assert_eq!(v.overall, Overall::Paused);
         assert_eq!(v.pause_label, "Resume");
         assert!(v.folders[0].paused);
@@ -360,9 +362,9 @@ mod tests {
     #[test]
     fn an_error_outranks_everything_else() {
         let mut bad = folder("error", false);
-        bad["last_error"] = json!("disk full");
+        bad.last_error = Some("disk full".into());
         let v = view(
-            Some(&status(json!([folder("syncing", false), bad]), online())),
+            Some(&status(vec![folder("syncing", false), bad], online())),
             None,
         );
         assert_eq!(v.overall, Overall::Error("docs: disk full".into()));
@@ -371,18 +373,22 @@ mod tests {
 
     #[test]
     fn no_peer_online_is_offline() {
-        let peers = json!([{ "id": "p", "name": "laptop", "connected": false }]);
-        let v = view(Some(&status(json!([folder("idle", true)]), peers)), None);
+        let peers = vec![peer("p", "laptop", false)];
+        let v = view(Some(&status(vec![folder("idle", true)], peers)), None);
         assert_eq!(v.overall, Overall::Offline);
     }
 
     #[test]
     fn conflicts_and_offers_are_counted() {
-        let mut s = status(json!([folder("idle", true)]), online());
-        s["offers"] = json!([{ "folder": "photos", "from": "p", "from_name": "laptop" }]);
+        let mut s = status(vec![folder("idle", true)], online());
+        s.offers = vec![Offer {
+            folder: "photos".into(),
+            from: "p".into(),
+            from_name: "laptop".into(),
+        }];
         let v = view(
             Some(&s),
-            Some(&json!([{ "copy": "a.sync-conflict-x" }, { "copy": "b.sync-conflict-y" }])),
+            Some(&[conflict("a.sync-conflict-x"), conflict("b.sync-conflict-y")]),
         );
         assert_eq!((v.conflicts, v.offers), (2, 1));
     }
@@ -391,18 +397,14 @@ mod tests {
     fn notices_only_for_what_is_new() {
         let mut n = Notifier::default();
         let peers = |ids: &[(&str, &str)]| {
-            let list: Vec<Value> = ids
-                .iter()
-                .map(|(id, name)| json!({ "id": id, "name": name, "connected": true }))
-                .collect();
-            status(json!([]), json!(list))
+            let list = ids.iter().map(|(id, name)| peer(id, name, true)).collect();
+            status(vec![], list)
         };
-        let conflict = |copy: &str| json!({ "folder": "docs", "copy": copy, "original": "a.txt", "copy_device": "laptop" });
         // The first answer is the baseline.
         assert!(
             n.observe(
                 Some(&peers(&[("p1", "laptop")])),
-                Some(&json!([conflict("a.sync-conflict-1.txt")]))
+                Some(&[conflict("a.sync-conflict-1.txt")])
             )
             .is_empty()
         );
@@ -410,10 +412,10 @@ mod tests {
         assert!(n.observe(None, None).is_empty());
         let got = n.observe(
             Some(&peers(&[("p1", "laptop"), ("p2", "phone")])),
-            Some(&json!([
+            Some(&[
                 conflict("a.sync-conflict-1.txt"),
-                conflict("a.sync-conflict-2.txt")
-            ])),
+                conflict("a.sync-conflict-2.txt"),
+            ]),
         );
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got[0].summary, "Conflict in a.txt");
@@ -423,7 +425,7 @@ mod tests {
         assert!(
             n.observe(
                 Some(&peers(&[("p1", "laptop"), ("p2", "phone")])),
-                Some(&json!([conflict("a.sync-conflict-2.txt")]))
+                Some(&[conflict("a.sync-conflict-2.txt")])
             )
             .is_empty()
         );

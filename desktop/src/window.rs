@@ -2,8 +2,9 @@
 //! and conflicts. It draws the worker's latest snapshot; clicks become [`Command`]s in
 //! an outbox the app hands to the worker, so drawing never waits on the daemon.
 
+use cairn_api::conflicts::Keep;
+use cairn_api::time::UtcTime;
 use eframe::egui::{self, Color32, RichText, Sense, Ui, Vec2};
-use serde_json::Value;
 
 use crate::tray::Page;
 use crate::view::{Overall, bytes, view};
@@ -44,13 +45,9 @@ fn dot(ui: &mut Ui, rgb: [u8; 3]) {
     );
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
-}
-
 /// Draws the whole window into `ui`.
 pub fn draw(ui: &mut Ui, st: &mut WindowState) {
-    let v = view(st.snap.status.as_ref(), st.snap.conflicts.as_ref());
+    let v = view(st.snap.status.as_ref(), st.snap.conflicts.as_deref());
     ui.horizontal(|ui| {
         dot(ui, v.overall.rgb());
         ui.heading(v.overall.words());
@@ -112,8 +109,7 @@ fn status_page(ui: &mut Ui, st: &mut WindowState) {
         return;
     };
     ui.strong("Folders");
-    let folders = status["folders"].as_array().cloned().unwrap_or_default();
-    if folders.is_empty() {
+    if status.folders.is_empty() {
         ui.label("No folders yet. Add one with `cairn up <folder>` or accept a share.");
     }
     let items = view(Some(&status), None).folders;
@@ -121,68 +117,64 @@ fn status_page(ui: &mut Ui, st: &mut WindowState) {
         .striped(true)
         .num_columns(6)
         .show(ui, |ui| {
-            for (f, item) in folders.iter().zip(items) {
-                ui.label(text(f, "id"));
+            for (f, item) in status.folders.iter().zip(items) {
+                ui.label(&f.id);
                 ui.label(item.words);
-                let files = f["files"].as_u64().unwrap_or(0);
                 ui.label(format!(
-                    "{files} file{}, {}",
-                    if files == 1 { "" } else { "s" },
-                    bytes(f["bytes"].as_u64().unwrap_or(0))
+                    "{} file{}, {}",
+                    f.files,
+                    if f.files == 1 { "" } else { "s" },
+                    bytes(f.bytes)
                 ));
-                let rate = f["rate_bytes_per_s"].as_u64().unwrap_or(0);
-                ui.label(if rate > 0 {
-                    format!("{}/s", bytes(rate))
+                ui.label(if f.rate_bytes_per_s > 0 {
+                    format!("{}/s", bytes(f.rate_bytes_per_s))
                 } else {
                     String::new()
                 });
-                ui.monospace(text(f, "path"));
+                ui.monospace(&item.path);
                 if ui.button("Open folder").clicked() {
-                    st.open.push(text(f, "path").to_string());
+                    st.open.push(item.path.clone());
                 }
                 ui.end_row();
             }
         });
     ui.add_space(8.0);
     ui.strong("Devices");
-    let peers = status["peers"].as_array().cloned().unwrap_or_default();
-    if peers.is_empty() {
+    if status.peers.is_empty() {
         ui.label("No paired device. Use \"Pair a device\".");
     }
     egui::Grid::new("peers").striped(true).show(ui, |ui| {
-        for p in &peers {
-            let online = p["connected"] == true;
+        for p in &status.peers {
             ui.horizontal(|ui| {
                 dot(
                     ui,
-                    if online {
+                    if p.connected {
                         [40, 170, 80]
                     } else {
                         [150, 150, 150]
                     },
                 );
-                ui.label(text(p, "name"));
+                ui.label(&p.name);
             });
-            ui.label(if online { "online" } else { "offline" });
-            ui.monospace(text(p, "id").chars().take(16).collect::<String>());
+            ui.label(if p.connected { "online" } else { "offline" });
+            ui.monospace(p.id.chars().take(16).collect::<String>());
             ui.end_row();
         }
     });
     ui.add_space(8.0);
     ui.strong("Recent changes");
-    let recent = status["recent"].as_array().cloned().unwrap_or_default();
-    if recent.is_empty() {
+    if status.recent.is_empty() {
         ui.label("Nothing changed since the daemon started.");
     }
     egui::Grid::new("recent").striped(true).show(ui, |ui| {
-        for r in recent.iter().take(50) {
-            ui.label(ago(r["at"].as_u64().unwrap_or(0)));
-            ui.label(text(r, "folder"));
-            ui.label(text(r, "path"));
+        for r in status.recent.iter().take(50) {
+            ui.label(ago(r.at));
+            ui.label(&r.folder);
+            ui.label(&r.path);
             ui.label(format!(
                 "{} ({})",
-                text(r, "change"),
-                if text(r, "origin") == "local" {
+                r.change,
+                if r.origin == "local" {
                     "here"
                 } else {
                     "from a peer"
@@ -258,40 +250,30 @@ fn pair_page(ui: &mut Ui, st: &mut WindowState) {
 }
 
 fn conflicts_page(ui: &mut Ui, st: &mut WindowState) {
-    let list = st
-        .snap
-        .conflicts
-        .as_ref()
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let list = st.snap.conflicts.clone().unwrap_or_default();
     if list.is_empty() {
         ui.label("No conflicts.");
         return;
     }
     for c in &list {
         ui.group(|ui| {
-            ui.strong(format!(
-                "{} (folder {})",
-                text(c, "original"),
-                text(c, "folder")
-            ));
+            ui.strong(format!("{} (folder {})", c.original, c.folder));
             ui.label(format!(
                 "At the name: from {}. Conflict copy {}: from {}.",
-                c["original_device"].as_str().unwrap_or("?"),
-                text(c, "copy"),
-                text(c, "copy_device")
+                c.original_device.as_deref().unwrap_or("?"),
+                c.copy,
+                c.copy_device
             ));
             ui.horizontal(|ui| {
                 for (label, keep) in [
-                    ("Keep local", "local"),
-                    ("Keep remote", "remote"),
-                    ("Keep both", "both"),
+                    ("Keep local", Keep::Local),
+                    ("Keep remote", Keep::Remote),
+                    ("Keep both", Keep::Both),
                 ] {
                     if ui.button(label).clicked() {
                         st.outbox.push(Command::Resolve {
-                            path: text(c, "copy").to_string(),
-                            keep: keep.into(),
+                            path: c.copy.clone(),
+                            keep,
                         });
                     }
                 }
@@ -301,7 +283,7 @@ fn conflicts_page(ui: &mut Ui, st: &mut WindowState) {
 }
 
 fn history_page(ui: &mut Ui, st: &mut WindowState) {
-    let Some(list) = st.snap.history.as_ref().and_then(Value::as_array).cloned() else {
+    let Some(list) = st.snap.history.clone() else {
         ui.label("Asking the daemon for kept versions…");
         return;
     };
@@ -318,21 +300,20 @@ fn history_page(ui: &mut Ui, st: &mut WindowState) {
         .num_columns(5)
         .show(ui, |ui| {
             for v in &list {
-                let id = text(v, "content");
-                ui.label(text(v, "path"));
-                ui.label(format!("folder {}", text(v, "folder")));
-                ui.label(kept_at(v["kept_ns"].as_i64().unwrap_or(0)));
-                ui.label(bytes(v["size"].as_u64().unwrap_or(0)));
-                let available = v["available"] == true;
+                let id = &v.content;
+                ui.label(&v.path);
+                ui.label(format!("folder {}", v.folder));
+                ui.label(kept_at(v.kept_ns));
+                ui.label(bytes(v.size));
                 let button = ui.add_enabled(
-                    available,
+                    v.available,
                     egui::Button::new(format!("Restore {}", id.get(..8).unwrap_or(id))),
                 );
                 if button.clicked() {
                     st.outbox.push(Command::Restore {
-                        folder: text(v, "folder").to_string(),
-                        path: text(v, "path").to_string(),
-                        version: id.to_string(),
+                        folder: v.folder.clone(),
+                        path: v.path.clone(),
+                        version: id.clone(),
                     });
                 }
                 ui.end_row();
@@ -342,7 +323,7 @@ fn history_page(ui: &mut Ui, st: &mut WindowState) {
 
 /// `2026-11-30 06:22 UTC`.
 fn kept_at(ns: i64) -> String {
-    let t = cairn_core::folder::tree::UtcTime::from_ns(ns);
+    let t = UtcTime::from_ns(ns);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02} UTC",
         t.year, t.month, t.day, t.hour, t.minute
@@ -393,19 +374,40 @@ pub fn run(worker_for: impl FnOnce(egui::Context) -> Worker, page: Page) -> efra
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_api::conflicts::Conflict;
+    use cairn_api::history::Version;
+    use cairn_api::status::{FolderStatus, PeerStatus, RecentChange, Status};
     use egui_kittest::Harness;
     use egui_kittest::kittest::Queryable;
-    use serde_json::json;
 
-    fn up_status(paused: bool) -> Value {
-        json!({
-            "device_id": "d", "device_name": "desk", "offers": [],
-            "folders": [{ "id": "docs", "path": "/home/me/docs", "state": if paused { "paused" } else { "idle" },
-                          "in_sync": true, "files": 3, "bytes": 12_500_000, "pull_bytes_total": 0,
-                          "pull_bytes_done": 0, "rate_bytes_per_s": 0, "last_error": null }],
-            "peers": [{ "id": "12D3KooWabc", "name": "laptop", "connected": true }],
-            "recent": [{ "at": 0, "folder": "docs", "path": "notes.txt", "change": "modified", "origin": "local" }]
-        })
+    fn up_status(paused: bool) -> Status {
+        Status {
+            device_id: "d".into(),
+            device_name: "desk".into(),
+            folders: vec![FolderStatus {
+                id: "docs".into(),
+                path: "/home/me/docs".into(),
+                state: if paused { "paused" } else { "idle" }.into(),
+                in_sync: true,
+                files: 3,
+                bytes: 12_500_000,
+                ..FolderStatus::default()
+            }],
+            peers: vec![PeerStatus {
+                id: "12D3KooWabc".into(),
+                name: "laptop".into(),
+                connected: true,
+                ..PeerStatus::default()
+            }],
+            recent: vec![RecentChange {
+                at: 0,
+                folder: "docs".into(),
+                path: "notes.txt".into(),
+                change: "modified".into(),
+                origin: "local".into(),
+            }],
+            ..Status::default()
+        }
     }
 
     fn harness(state: WindowState) -> Harness<'static, WindowState> {
@@ -427,7 +429,7 @@ mod tests {
     fn status_shows_folders_devices_and_recent_changes_and_pauses() {
         let mut st = WindowState::new(Page::Status);
         st.snap.status = Some(up_status(false));
-        st.snap.conflicts = Some(json!([]));
+        st.snap.conflicts = Some(vec![]);
         let mut h = harness(st);
         h.get_by_label("Up to date");
         h.get_by_label("/home/me/docs");
@@ -475,9 +477,14 @@ mod tests {
     fn conflicts_resolve_as_the_cli_does() {
         let mut st = WindowState::new(Page::Conflicts);
         st.snap.status = Some(up_status(false));
-        st.snap.conflicts = Some(json!([{ "folder": "docs", "original": "a.txt",
-            "copy": "a.sync-conflict-20261122-101010-ABCD.txt", "copy_device": "laptop",
-            "original_device": "desk" }]));
+        st.snap.conflicts = Some(vec![Conflict {
+            folder: "docs".into(),
+            original: "a.txt".into(),
+            copy: "a.sync-conflict-20261122-101010-ABCD.txt".into(),
+            copy_device: "laptop".into(),
+            original_device: Some("desk".into()),
+            ..Conflict::default()
+        }]);
         let mut h = harness(st);
         h.get_by_label("Conflicts (1)");
         h.get_by_label("Keep both").click();
@@ -486,7 +493,7 @@ mod tests {
             h.state().outbox,
             vec![Command::Resolve {
                 path: "a.sync-conflict-20261122-101010-ABCD.txt".into(),
-                keep: "both".into()
+                keep: Keep::Both
             }]
         );
     }
@@ -496,12 +503,24 @@ mod tests {
         let mut st = WindowState::new(Page::History);
         st.snap.status = Some(up_status(false));
         let id = "619e7b5eb7".to_string() + &"0".repeat(54);
-        st.snap.history = Some(json!([
-            { "folder": "docs", "path": "plan.txt", "kept_ns": 1_764_483_720_000_000_000i64,
-              "content": id, "size": 25, "available": true },
-            { "folder": "docs", "path": "gone.txt", "kept_ns": 1_764_483_000_000_000_000i64,
-              "content": "ab".repeat(32), "size": 7, "available": false }
-        ]));
+        st.snap.history = Some(vec![
+            Version {
+                folder: "docs".into(),
+                path: "plan.txt".into(),
+                kept_ns: 1_764_483_720_000_000_000,
+                content: id.clone(),
+                size: 25,
+                available: true,
+            },
+            Version {
+                folder: "docs".into(),
+                path: "gone.txt".into(),
+                kept_ns: 1_764_483_000_000_000_000,
+                content: "ab".repeat(32),
+                size: 7,
+                available: false,
+            },
+        ]);
         let mut h = harness(st);
         h.get_by_label("plan.txt");
         h.get_by_label("gone.txt");

@@ -8,8 +8,11 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_cli::client::Client;
-use serde_json::{Value, json};
+use cairn_api::conflicts::{Conflict, Keep};
+use cairn_api::history::{HistoryQuery, RestoreRequest, Version};
+use cairn_api::pairing::InviteStatus;
+use cairn_api::status::Status;
+use cairn_api::{Client, ClientError};
 
 /// How often the daemon is asked for its status.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -34,8 +37,8 @@ pub enum Command {
     Invite,
     /// Join another device's invitation.
     Join(String),
-    /// Resolve a conflict (`keep` is "local", "remote" or "both"), as `cairn resolve` does.
-    Resolve { path: String, keep: String },
+    /// Resolve a conflict, as `cairn resolve` does.
+    Resolve { path: String, keep: Keep },
     /// Put a kept version back, as `cairn restore --folder F PATH --version V` does.
     Restore {
         folder: String,
@@ -68,11 +71,11 @@ pub enum Pairing {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// `/v1/status`, None while the daemon does not answer.
-    pub status: Option<Value>,
+    pub status: Option<Status>,
     /// `/v1/conflicts`.
-    pub conflicts: Option<Value>,
+    pub conflicts: Option<Vec<Conflict>>,
     /// `/v1/history`: kept versions, newest first.
-    pub history: Option<Value>,
+    pub history: Option<Vec<Version>>,
     /// Why the daemon did not answer.
     pub down: Option<String>,
     pub pairing: Pairing,
@@ -147,7 +150,7 @@ impl Inner {
     }
 
     fn client(&self) -> Result<Client, String> {
-        Client::connect_with(&self.home, REQUEST_TIMEOUT).map_err(|e| e.message)
+        Client::connect_with(&self.home, REQUEST_TIMEOUT).map_err(|e| e.to_string())
     }
 
     fn update(&self, f: impl FnOnce(&mut Snapshot)) {
@@ -169,10 +172,12 @@ impl Inner {
             .unwrap_or((0, true));
         let want_history = stale || polls.is_multiple_of(HISTORY_EVERY);
         let polled = self.client().and_then(|c| {
-            let status = c.get("/v1/status").map_err(|e| e.message)?;
-            let conflicts = c.get("/v1/conflicts").ok();
-            let invite = c.get("/v1/pair/invite").ok();
-            let history = want_history.then(|| c.get("/v1/history").ok()).flatten();
+            let status = c.status().map_err(|e| e.to_string())?;
+            let conflicts = c.conflicts().ok();
+            let invite = c.invite_status(0).ok();
+            let history = want_history
+                .then(|| c.versions(&HistoryQuery::default()).ok())
+                .flatten();
             Ok((status, conflicts, invite, history))
         });
         self.update(|s| {
@@ -210,33 +215,24 @@ impl Inner {
                 return;
             }
         };
-        let post = |path: &str, body: Value| {
-            client
-                .as_ref()
-                .map(|c| c.post(path, body).map_err(|e| e.message))
-                .unwrap_or_else(|| Err("cairn is not running".into()))
-        };
+        let c = client.as_ref();
         let message = match &command {
-            Command::Pause => post("/v1/pause", json!({ "folder": null }))
-                .map(|_| "Paused all folders".to_string()),
-            Command::Resume => post("/v1/resume", json!({ "folder": null }))
-                .map(|_| "Resumed all folders".to_string()),
-            Command::Rescan => {
-                post("/v1/rescan", json!({})).map(|_| "Rescanning all folders".to_string())
-            }
-            Command::StartDaemon => cairn_cli::daemon_cmd::start(&self.home, self.explicit_home)
+            Command::Pause => ask(c, |c| c.pause(None)).map(|_| "Paused all folders".into()),
+            Command::Resume => ask(c, |c| c.resume(None)).map(|_| "Resumed all folders".into()),
+            Command::Rescan => ask(c, |c| c.rescan(None)).map(|_| "Rescanning all folders".into()),
+            Command::StartDaemon => cairn_api::launch::start(&self.home, self.explicit_home)
                 .map(|(c, started)| match started {
                     Some(pid) => format!("Started cairnd (pid {pid})"),
-                    None => format!("cairnd is already running (pid {})", c.pid),
+                    None => format!("cairnd is already running (pid {})", c.pid()),
                 })
-                .map_err(|e| e.message),
+                .map_err(|e| e.to_string()),
             Command::Invite => {
                 self.update(|s| s.pairing = Pairing::Starting);
-                match post("/v1/pair/invite", json!({})) {
+                match ask(c, Client::invite) {
                     Ok(inv) => {
-                        let code = inv["code"].as_str().unwrap_or_default().to_string();
-                        let expires_in_s = inv["expires_in_s"].as_u64().unwrap_or(600);
-                        self.update(|s| s.pairing = Pairing::Waiting { code, expires_in_s });
+                        let pairing = invite_pairing(&inv)
+                            .unwrap_or(Pairing::Failed("the daemon opened no invitation".into()));
+                        self.update(|s| s.pairing = pairing);
                         Ok("Waiting for the other device".to_string())
                     }
                     Err(e) => {
@@ -253,13 +249,12 @@ impl Inner {
                 let me = self.clone();
                 std::thread::spawn(move || {
                     let result = Client::connect(&me.home)
-                        .and_then(|c| c.post("/v1/pair/join", json!({ "code": code })))
-                        .map_err(|e| e.message);
+                        .and_then(|c| c.join(&code))
+                        .map_err(|e| e.to_string());
                     me.update(|s| match result {
                         Ok(p) => {
-                            let name = p["name"].as_str().unwrap_or("?").to_string();
-                            s.message = Some(format!("Paired with {name}"));
-                            s.pairing = Pairing::Paired { name };
+                            s.message = Some(format!("Paired with {}", p.name));
+                            s.pairing = Pairing::Paired { name: p.name };
                         }
                         Err(e) => {
                             s.message = Some(format!("Pairing failed: {e}"));
@@ -270,28 +265,30 @@ impl Inner {
                 return;
             }
             Command::Resolve { path, keep } => {
-                post("/v1/resolve", json!({ "path": path, "keep": keep }))
-                    .map(|r| format!("Resolved: {}", r["resolved"].as_str().unwrap_or(path)))
+                ask(c, |c| c.resolve(path, *keep)).map(|r| format!("Resolved: {}", r.resolved))
             }
             Command::Restore {
                 folder,
                 path,
                 version,
             } => {
-                let r = post(
-                    "/v1/restore",
-                    json!({ "folder": folder, "path": path, "version": version }),
-                );
+                let request = RestoreRequest {
+                    folder: Some(folder.clone()),
+                    path: path.clone(),
+                    version: Some(version.clone()),
+                    to: None,
+                };
+                let r = ask(c, |c| c.restore(&request));
                 // The restore kept the version it replaced: show it.
                 self.update(|s| s.history = None);
                 r.map(|r| {
-                    let id = r["content"].as_str().unwrap_or("?");
+                    let id = &r.content;
                     let mut m = format!(
                         "Restored {} to version {}",
-                        r["path"].as_str().unwrap_or(path),
+                        r.path,
                         id.get(..12).unwrap_or(id)
                     );
-                    if let Some(note) = r["note"].as_str() {
+                    if let Some(note) = &r.note {
                         m.push_str(&format!(" ({note})"));
                     }
                     m
@@ -307,25 +304,33 @@ impl Inner {
     }
 }
 
-/// The pairing state an answer of `GET /v1/pair/invite` stands for.
-fn invite_pairing(v: &Value) -> Option<Pairing> {
-    Some(match v["state"].as_str()? {
-        "waiting" => Pairing::Waiting {
-            code: v["code"].as_str()?.to_string(),
-            expires_in_s: v["expires_in_s"].as_u64().unwrap_or(0),
+/// `request` of the running daemon (none: it is not running), its error in words.
+fn ask<T>(
+    client: Option<&Client>,
+    request: impl FnOnce(&Client) -> Result<T, ClientError>,
+) -> Result<T, String> {
+    let client = client.ok_or("cairn is not running")?;
+    request(client).map_err(|e| e.to_string())
+}
+
+/// The pairing state an answer of `/v1/pair/invite` stands for.
+fn invite_pairing(v: &InviteStatus) -> Option<Pairing> {
+    Some(match v {
+        InviteStatus::Waiting { code, expires_in_s } => Pairing::Waiting {
+            code: code.clone(),
+            expires_in_s: *expires_in_s,
         },
-        "paired" => Pairing::Paired {
-            name: v["name"].as_str().unwrap_or("?").to_string(),
-        },
-        "failed" => Pairing::Failed(v["error"].as_str().unwrap_or("?").to_string()),
-        "expired" => Pairing::Failed("the code expired".into()),
-        _ => return None,
+        InviteStatus::Paired { name, .. } => Pairing::Paired { name: name.clone() },
+        InviteStatus::Failed { error } => Pairing::Failed(error.clone()),
+        InviteStatus::Expired => Pairing::Failed("the code expired".into()),
+        InviteStatus::None => return None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_api::control::{CONTROL_FILE, ControlInfo};
     use std::net::TcpListener;
 
     fn wait_for(worker: &Worker, what: impl Fn(&Snapshot) -> bool) -> Snapshot {
@@ -367,9 +372,15 @@ mod tests {
                 keep.lock().unwrap().push(conn); // hold it open, say nothing
             }
         });
+        let info = ControlInfo {
+            address,
+            token: "t".into(),
+            pid: 1,
+            device_id: "d".into(),
+        };
         std::fs::write(
-            home.path().join("control.json"),
-            json!({ "address": address, "token": "t", "pid": 1 }).to_string(),
+            home.path().join(CONTROL_FILE),
+            serde_json::to_string(&info).unwrap(),
         )
         .unwrap();
         let worker = Worker::spawn(home.path().into(), true, |_| {});
@@ -398,22 +409,34 @@ mod tests {
     #[test]
     fn invite_answers_map_to_pairing_states() {
         assert_eq!(
-            invite_pairing(&json!({ "state": "waiting", "code": "7-a-b", "expires_in_s": 60 })),
+            invite_pairing(&InviteStatus::Waiting {
+                code: "7-a-b".into(),
+                expires_in_s: 60
+            }),
             Some(Pairing::Waiting {
                 code: "7-a-b".into(),
                 expires_in_s: 60
             })
         );
         assert_eq!(
-            invite_pairing(&json!({ "state": "paired", "peer": "x", "name": "laptop" })),
+            invite_pairing(&InviteStatus::Paired {
+                peer: "x".into(),
+                name: "laptop".into()
+            }),
             Some(Pairing::Paired {
                 name: "laptop".into()
             })
         );
         assert_eq!(
-            invite_pairing(&json!({ "state": "expired" })),
+            invite_pairing(&InviteStatus::Failed {
+                error: "wrong code".into()
+            }),
+            Some(Pairing::Failed("wrong code".into()))
+        );
+        assert_eq!(
+            invite_pairing(&InviteStatus::Expired),
             Some(Pairing::Failed("the code expired".into()))
         );
-        assert_eq!(invite_pairing(&json!({ "state": "none" })), None);
+        assert_eq!(invite_pairing(&InviteStatus::None), None);
     }
 }

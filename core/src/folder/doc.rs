@@ -73,10 +73,18 @@ pub struct PeerSync {
 }
 
 impl PeerSync {
-    /// Forgets what the peer is known to have (after a reconnect, or a lost message).
+    /// Forgets what the peer is known to have (after a lost message), and tells the peer
+    /// to do the same with its next message: otherwise the peer still counts changes it
+    /// sent in the lost message as delivered and never sends them again, and the two
+    /// devices exchange messages forever without converging (found by
+    /// `core/tests/nodes.rs`, seed 1050088998). The flag is automerge's `SYNC_RESET`
+    /// (a peer not known to understand it is sent empty heads, which has the same effect).
     pub fn reset(&mut self) {
         for s in &mut self.states {
-            *s = sync::State::new();
+            let mut fresh = sync::State::new();
+            fresh.their_capabilities = s.their_capabilities.take();
+            fresh.needs_reset = true;
+            *s = fresh;
         }
     }
 }

@@ -36,6 +36,9 @@ use crate::wire::{MetaRequest, MetaResponse};
 
 /// Redial trusted peers that are not connected this often.
 pub const REDIAL: Duration = Duration::from_secs(5);
+/// Retry a meta round that failed (lost, timed out) with the peer still connected after
+/// this long.
+pub const META_RETRY: Duration = Duration::from_secs(2);
 /// Retry a pull that failed after this long.
 pub const PULL_RETRY: Duration = Duration::from_secs(3);
 /// Rescan interval when the watcher does not work.
@@ -234,6 +237,8 @@ pub struct Node<P> {
     peers: BTreeMap<P, Peer>,
     connected: BTreeSet<P>,
     meta_inflight: BTreeSet<(String, P)>,
+    /// Meta rounds that failed while the peer stayed connected, and when to start again.
+    meta_retry: BTreeMap<(String, P), Instant>,
     offers: BTreeMap<String, Offer<P>>,
     declined: BTreeSet<(String, P)>,
     conduct: Conduct<P>,
@@ -253,6 +258,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             peers: BTreeMap::new(),
             connected: BTreeSet::new(),
             meta_inflight: BTreeSet::new(),
+            meta_retry: BTreeMap::new(),
             offers: BTreeMap::new(),
             declined: BTreeSet::new(),
             conduct: Conduct::default(),
@@ -283,6 +289,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
     /// Stops syncing a folder (retired, or merged into another).
     pub fn remove_folder(&mut self, id: &str) -> Option<FolderState<P>> {
         self.meta_inflight.retain(|(f, _)| f != id);
+        self.meta_retry.retain(|(f, _), _| f != id);
         self.folders.remove(id)
     }
 
@@ -386,6 +393,11 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
     /// Connected trusted peers.
     pub fn connected(&self) -> impl Iterator<Item = &P> {
         self.connected.iter()
+    }
+
+    /// Meta rounds in flight, as (folder, peer).
+    pub fn meta_in_flight(&self) -> impl Iterator<Item = &(String, P)> {
+        self.meta_inflight.iter()
     }
 
     /// Offers waiting for `cairn accept`.
@@ -653,6 +665,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
     /// The peer's last connection closed (or its protocols closed).
     pub fn handle_disconnected(&mut self, peer: P) -> bool {
         self.meta_inflight.retain(|(_, p)| *p != peer);
+        // A reconnect starts every round afresh.
+        self.meta_retry.retain(|(_, p), _| *p != peer);
         self.connected.remove(&peer)
     }
 
@@ -730,7 +744,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
     }
 
     /// Our meta request about `folder` got no answer: the message may be lost, so the
-    /// sync with this peer starts over.
+    /// sync with this peer starts over, after [`META_RETRY`] if the peer stays connected
+    /// (nothing else would start it again before the next local change or reconnect).
     pub fn handle_meta_failed(&mut self, now: Instant, peer: P, folder: &str) {
         self.meta_inflight.remove(&(folder.to_string(), peer));
         if let Some(f) = self.folders.get_mut(folder)
@@ -738,6 +753,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         {
             s.reset();
         }
+        self.meta_retry
+            .insert((folder.to_string(), peer), now + META_RETRY);
         self.schedule(now);
     }
 
@@ -763,6 +780,16 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 f.retry_pull_at = None;
                 f.needs_pull = true;
             }
+        }
+        let due: Vec<(String, P)> = self
+            .meta_retry
+            .iter()
+            .filter(|(_, at)| now >= **at)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (folder, peer) in due {
+            self.meta_retry.remove(&(folder.clone(), peer));
+            self.sync_with(&folder, peer);
         }
         if self
             .last_dial

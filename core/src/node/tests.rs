@@ -376,3 +376,41 @@ fn a_rescan_is_due_after_the_interval_and_every_few_seconds_without_a_watcher() 
             .any(|a| matches!(a, Action::Scan { paths: None, .. }))
     );
 }
+
+/// Found by `core/tests/nodes.rs` (seed 1050088998): a meta request lost while the
+/// connection stayed up (a stream reset, a timeout) left both devices idle with different
+/// documents until the next local change or reconnect; one device waited forever for a
+/// conflict copy the other had never heard of.
+#[test]
+fn a_lost_meta_round_is_started_again_while_the_peer_stays_connected() {
+    let (mut n, now) = node(A, &[B]);
+    settle_start(&mut n, now);
+    n.handle_connected(now, B);
+    assert!(
+        drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::SendMeta { .. }))
+    );
+    n.handle_meta_failed(now, B, "f");
+    assert!(
+        !drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::SendMeta { .. }))
+    );
+    n.handle_timeout(now + META_RETRY);
+    assert!(
+        drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::SendMeta { peer: B, .. })),
+        "the round starts again"
+    );
+    // After a disconnect, the reconnect starts it instead.
+    n.handle_meta_failed(now, B, "f");
+    n.handle_disconnected(B);
+    n.handle_timeout(now + 2 * META_RETRY);
+    assert!(
+        !drain(&mut n)
+            .iter()
+            .any(|a| matches!(a, Action::SendMeta { .. }))
+    );
+}

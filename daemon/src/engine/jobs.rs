@@ -324,7 +324,7 @@ pub(crate) fn load_folder(
     };
     let spec = FolderSpec {
         id: fc.id.clone(),
-        kind: fc.kind,
+        kind: crate::config::node_kind(fc.kind),
         paused: fc.paused,
         members: fc.peers.iter().filter_map(|p| p.parse().ok()).collect(),
         rescan_interval: std::time::Duration::from_secs(fc.rescan_interval_s),

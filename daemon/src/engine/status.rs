@@ -1,103 +1,15 @@
 //! What `cairn status` shows, assembled from the node's state and the daemon's own
 //! (index totals, pull progress, listen addresses).
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, UNIX_EPOCH};
 
-use serde::Serialize;
+pub use cairn_api::status::{
+    FolderStatus, PeerStatus, RecentChange, RefusedPath, Status, WaitingPath,
+};
 
 use super::Engine;
-use crate::config::FolderType;
-
-/// What `cairn status` shows.
-#[derive(Clone, Debug, Serialize)]
-pub struct Status {
-    pub device_id: String,
-    pub device_name: String,
-    /// Folders trusted peers offered to this device, waiting for `cairn accept`.
-    pub offers: Vec<crate::admin::Offer>,
-    pub uptime_s: u64,
-    pub listen: Vec<String>,
-    pub peers: Vec<PeerStatus>,
-    pub folders: Vec<FolderStatus>,
-    /// The last changes to any folder, newest first (at most [`cairn_core::node::RECENT_MAX`]).
-    pub recent: Vec<RecentChange>,
-}
-
-/// One change to a folder, made here or received from a peer.
-#[derive(Clone, Debug, Serialize)]
-pub struct RecentChange {
-    /// Seconds since the Unix epoch.
-    pub at: u64,
-    pub folder: String,
-    pub path: String,
-    /// "added", "modified", "deleted", "updated", "folder created", "conflict copy".
-    pub change: String,
-    /// "local" (seen by the scanner) or "remote" (written by the puller).
-    pub origin: &'static str,
-}
-
-/// One trusted peer.
-#[derive(Clone, Debug, Serialize)]
-pub struct PeerStatus {
-    pub id: String,
-    pub name: String,
-    pub connected: bool,
-    /// Protocol violations counted since the daemon started.
-    pub violations: u64,
-    /// The last violation's kind and reason.
-    pub last_violation: Option<String>,
-    /// Seconds the peer is still banned for (no redial, connections refused).
-    pub banned_for_s: Option<u64>,
-}
-
-/// A path of a folder document that this device refuses to write.
-#[derive(Clone, Debug, Serialize)]
-pub struct RefusedPath {
-    pub path: String,
-    /// Why, for people.
-    pub reason: String,
-    /// The device that wrote the entry (a name for people).
-    pub device: String,
-}
-
-/// One folder.
-#[derive(Clone, Debug, Serialize)]
-pub struct FolderStatus {
-    pub id: String,
-    pub path: PathBuf,
-    #[serde(rename = "type")]
-    pub kind: FolderType,
-    /// idle, scanning, syncing, paused or error
-    pub state: String,
-    pub in_sync: bool,
-    pub files: u64,
-    pub bytes: u64,
-    pub pull_queue: u64,
-    /// Bytes the running pull writes in all.
-    pub pull_bytes_total: u64,
-    /// Bytes written so far by the running pull.
-    pub pull_bytes_done: u64,
-    /// Current pull rate, bytes per second.
-    pub rate_bytes_per_s: u64,
-    pub last_error: Option<String>,
-    /// ok, or fallback when the watcher failed and periodic rescans took over
-    pub watcher: String,
-    /// Files whose version no connected device has yet, and who is expected to have it.
-    pub waiting: Vec<WaitingPath>,
-    /// Entries of the folder document this device refuses to write (invalid paths,
-    /// a claimed size that differs from the manifest).
-    pub refused: Vec<RefusedPath>,
-}
-
-/// A file waiting for a version that only another device has.
-#[derive(Clone, Debug, Serialize)]
-pub struct WaitingPath {
-    pub path: String,
-    /// The device that made the version (a name for people).
-    pub device: String,
-}
+use crate::config::api_kind;
 
 impl Engine {
     pub(crate) fn status(&self) -> Status {
@@ -120,7 +32,7 @@ impl Engine {
                 Some(FolderStatus {
                     id: id.clone(),
                     path: l.config.path.clone(),
-                    kind: f.spec.kind,
+                    kind: api_kind(f.spec.kind),
                     state: f.state_word().to_string(),
                     in_sync: f.settled(),
                     files: totals.files,
@@ -179,7 +91,7 @@ impl Engine {
         let offers = self
             .node
             .offers()
-            .map(|o| crate::admin::Offer {
+            .map(|o| cairn_api::folders::Offer {
                 folder: o.folder.clone(),
                 from: o.from.to_string(),
                 from_name: self
@@ -206,7 +118,7 @@ impl Engine {
                     folder: r.folder.clone(),
                     path: r.path.clone(),
                     change: r.change.clone(),
-                    origin: r.origin.as_str(),
+                    origin: r.origin.as_str().into(),
                 })
                 .collect(),
         }

@@ -1,0 +1,102 @@
+//! Version history through the control API: the versions this device kept
+//! (`GET /v1/history`) and putting one back (`POST /v1/restore`).
+
+use serde::{Deserialize, Serialize};
+
+/// One kept version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// The folder's id.
+    pub folder: String,
+    /// The folder-relative path it was kept from.
+    pub path: String,
+    /// When this device kept it, in ns since the epoch.
+    pub kept_ns: i64,
+    /// Its content id (hex); `cairn restore --version` takes any unique prefix.
+    pub content: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Whether its bytes are still in the history store.
+    pub available: bool,
+}
+
+/// The query of `GET /v1/history`: which versions to list (all if nothing is given).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// Only this folder (id).
+    pub folder: Option<String>,
+    /// Only versions of this path, or of everything under it (folder-relative).
+    pub path: Option<String>,
+}
+
+/// What `cairn restore` asks for (`POST /v1/restore`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    /// Folder id; may be left out when only one folder has versions of `path`.
+    pub folder: Option<String>,
+    /// The folder-relative path the version was kept from.
+    pub path: String,
+    /// A content id or a unique prefix of one; the newest kept version if left out.
+    pub version: Option<String>,
+    /// Where to put it instead of `path` (folder-relative).
+    pub to: Option<String>,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// The folder's id.
+    pub folder: String,
+    /// Where the version now is.
+    pub path: String,
+    /// The restored version's content id (hex).
+    pub content: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The version that was at `path` before, now kept in history; none if there was none
+    /// or it was already this version.
+    pub kept_current: Option<String>,
+    /// Something the user should know, e.g. that the folder is paused.
+    pub note: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_restores_survive_a_json_round_trip() {
+        let v = Version {
+            folder: "docs".into(),
+            path: "plan.txt".into(),
+            kept_ns: 1_764_483_720_000_000_000,
+            content: "ab".repeat(32),
+            size: 25,
+            available: true,
+        };
+        let json = serde_json::to_string(&vec![v.clone()]).unwrap();
+        assert_eq!(serde_json::from_str::<Vec<Version>>(&json).unwrap(), [v]);
+        let r = Restored {
+            folder: "docs".into(),
+            path: "plan.txt".into(),
+            content: "ab".repeat(32),
+            size: 25,
+            kept_current: Some("cd".repeat(32)),
+            note: None,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Restored>(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn a_restore_request_may_leave_out_all_but_the_path() {
+        let r: RestoreRequest = serde_json::from_str(r#"{ "path": "plan.txt" }"#).unwrap();
+        assert_eq!(
+            r,
+            RestoreRequest {
+                path: "plan.txt".into(),
+                ..RestoreRequest::default()
+            }
+        );
+    }
+}
