@@ -2,8 +2,11 @@
 # Sync benchmark: cairn and Syncthing side by side on loopback, on the same data. Run by
 # hand, not in CI (needs ~3 GB of disk, root or syncthing installed, ~15 minutes).
 #
-#   bench/sync.sh                    all data sets except the 100,000-file one
+#   bench/sync.sh                    all data sets except small100k, huge10g and scale
 #   BENCH_100K=1 bench/sync.sh       also 100,000 small files (memory target; slow)
+#   BENCH_ONLY=scale bench/sync.sh   issue #13's scale run, 100,000 files, beside Syncthing
+#   BENCH_ONLY=scale BENCH_SCALE_FILES=1000000 BENCH_TOOLS=cairn bench/sync.sh
+#                                    the same with 1,000,000 files, cairn only
 #
 # Data sets (generated once under bench/data/sync/, kept between runs):
 #   large      1 GiB as 4 x 256 MiB files
@@ -17,6 +20,23 @@
 #              BENCH_LATENCY_RUNS times (default 5), median
 #   small100k  100,000 files of 1-8 KiB, only with BENCH_100K=1 (peak RSS, target < 200 MiB)
 #   huge10g    one 10 GiB file, only with BENCH_HUGE=1 (needs ~31 GB of disk; peak RSS)
+#   scale      BENCH_SCALE_FILES files (default 100,000) of 1-4 KiB, 1,000 to a directory
+#              (seeded; kept as bench/data/sync/scale-N, one per N); only when named in
+#              BENCH_ONLY. Disk: about 3 x N x 4 KiB (data, sender, receiver; checked first).
+#              Issue #13's figures: the first sync as for the other data sets, then
+#              BENCH_SCALE_EDITS times (default 3) 16 bytes overwritten in place in one
+#              existing file on the sender until the receiver has them (median; both tools);
+#              peak RSS of each daemon (VmHWM at the end, and the highest of RSS samples every
+#              BENCH_STATUS_INTERVAL s, default 0.2; both tools); GET /v1/status timed at the
+#              same interval on each cairn daemon from before the copy to the end of the edits
+#              (p50, p99, max, errors); cairn_loop_stall_seconds from each cairn daemon's
+#              /metrics at the end (p99 = upper bound of the bucket where the cumulative count
+#              reaches 99%, the highest bucket with a count, count). Targets printed: first
+#              sync completes, edit < 1 s, RSS < 500 MiB, /v1/status < 50 ms, stall p99 <= 20 ms.
+#              Timeouts: BENCH_SCALE_TIMEOUT (default the larger of BENCH_TIMEOUT and N/100 s),
+#              settle max(BENCH_SETTLE_TIMEOUT, N/5000 s). Samples: LOGDIR/scale-TOOL-timeline.csv.
+#
+# Every cairn run also reads cairn_loop_stall_seconds at its end (a stall table at the end).
 #
 # For every data set and tool: fresh homes and empty folders, two daemons ("a" sends, "b"
 # receives) on 127.0.0.1, started and waited for until connected and idle. Then the data
@@ -38,7 +58,8 @@
 # of data sets), BENCH_TOOLS ("cairn syncthing"; one of them to diagnose), BENCH_PORT_BASE (27100, below the kernel's ephemeral range; each pair
 # takes the next free ports from there: 2 for cairn, 4 for Syncthing, about 50 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_NO_BUILD=1,
 # CAIRN_LOG (default warn; daemon logs go to bench/results/sync-DATE-logs/), BENCH_CAIRND (the
-# cairnd to run, e.g. a wrapper that starts it under heaptrack).
+# cairnd to run, e.g. a wrapper that starts it under heaptrack; default
+# $CARGO_TARGET_DIR/release/cairnd, or target/release/cairnd without CARGO_TARGET_DIR).
 #
 # Output: one table per data set, printed and written to bench/results/sync-DATE.txt.
 set -euo pipefail
@@ -60,6 +81,9 @@ TOOLS=${BENCH_TOOLS:-cairn syncthing}
 BENCH_100K=${BENCH_100K:-0}
 BENCH_HUGE=${BENCH_HUGE:-0}
 ONLY=${BENCH_ONLY:-large,small10k,edit,identical,dirrename,latency}
+SCALE_FILES=${BENCH_SCALE_FILES:-100000}
+SCALE_EDITS=${BENCH_SCALE_EDITS:-3}
+STATUS_INTERVAL=${BENCH_STATUS_INTERVAL:-0.2}
 if [ "$BENCH_100K" = 1 ] && [ -z "${BENCH_ONLY:-}" ]; then
   ONLY="$ONLY,small100k"
 fi
@@ -68,6 +92,13 @@ if [ "$BENCH_HUGE" = 1 ] && [ -z "${BENCH_ONLY:-}" ]; then
 fi
 export CAIRN_LOG=${CAIRN_LOG:-warn}
 DATA=$BENCH/data/sync
+[[ $SCALE_FILES =~ ^[1-9][0-9]*$ ]] || fail "BENCH_SCALE_FILES must be a positive integer, not '$SCALE_FILES'"
+[[ $SCALE_EDITS =~ ^[1-9][0-9]*$ ]] || fail "BENCH_SCALE_EDITS must be a positive integer, not '$SCALE_EDITS'"
+SCALE_DIR=$DATA/scale-$SCALE_FILES
+SCALE_TIMEOUT=${BENCH_SCALE_TIMEOUT:-$((TIMEOUT > SCALE_FILES / 100 ? TIMEOUT : SCALE_FILES / 100))}
+SCALE_SETTLE=$((SETTLE_TIMEOUT > SCALE_FILES / 5000 ? SETTLE_TIMEOUT : SCALE_FILES / 5000))
+WITH_SCALE=0
+case ",$ONLY," in *,scale,*) WITH_SCALE=1 ;; esac
 
 # ---- prerequisites
 for c in python3 ss diff cp od awk ps; do
@@ -81,17 +112,32 @@ if ! command -v syncthing >/dev/null; then
 fi
 syncthing generate --help >/dev/null 2>&1 ||
   fail "this script needs Syncthing >= 1.16 ('syncthing generate'); found: $(syncthing --version 2>&1 | head -n1)"
+# cargo puts the binary under CARGO_TARGET_DIR when it is set (relative: to the repository).
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-  log "building target/release/cairnd..."
-  cargo build --release --quiet -p cairn-daemon || fail "cargo build --release -p cairn-daemon failed"
+  log "building ${TARGET_DIR#"$ROOT"/}/release/cairnd..."
+  CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p cairn-daemon ||
+    fail "cargo build --release -p cairn-daemon failed"
 fi
-CAIRND=${BENCH_CAIRND:-$ROOT/target/release/cairnd}
+CAIRND=${BENCH_CAIRND:-$TARGET_DIR/release/cairnd}
 [ -x "$CAIRND" ] || fail "$CAIRND not found (build it: cargo build --release -p cairn-daemon)"
 
 # ---- data (not timed)
+if [ "$WITH_SCALE" = 1 ]; then
+  # Each small file takes at least one 4 KiB block: the data set, the sender's copy and the
+  # receiver's, plus a tenth for directories and the daemons' indexes. Only one pair at a time.
+  need_kib=$((SCALE_FILES * 4 * 2 * 11 / 10))
+  [ -e "$DATA/.scale-$SCALE_FILES.complete" ] || need_kib=$((need_kib + SCALE_FILES * 4))
+  mkdir -p "$DATA"
+  avail_kib=$(df -Pk "$DATA" | awk 'NR == 2 {print $4}')
+  [ "$avail_kib" -ge "$need_kib" ] ||
+    fail "scale with $SCALE_FILES files needs about $((need_kib / 1048576 + 1)) GiB free under $DATA; $((avail_kib / 1048576)) GiB are"
+fi
 gen_args=("$DATA")
 [ "$BENCH_100K" = 1 ] && gen_args+=(--with-100k)
 [ "$BENCH_HUGE" = 1 ] && gen_args+=(--with-huge)
+[ "$WITH_SCALE" = 1 ] && gen_args+=(--scale "$SCALE_FILES")
 helper gen "${gen_args[@]}" || fail "data generation failed"
 
 STAMP=$(date +%Y-%m-%d-%H%M%S)
@@ -127,7 +173,7 @@ header() {
   cat <<EOF
 cairn vs Syncthing, sync benchmark ($(date -u +%FT%TZ))
 machine: $(nproc) cores, ${cpu:-unknown cpu}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -r)
-cairn: $rev (target/release/cairnd); syncthing: $(syncthing --version | head -n1)
+cairn: $rev (${CAIRND#"$ROOT"/}); syncthing: $(syncthing --version | head -n1)
 setup: 2 daemons per tool on 127.0.0.1 TCP, fresh homes and empty folders for every data set,
   tools run one after the other; data copied into the sender's folder, the watcher picks it up.
 Syncthing: discovery, relays, NAT, usage/crash reporting, upgrades off; static addresses;
@@ -145,12 +191,24 @@ TCP bytes (ss): payload of every TCP socket between the two peers, both directio
 (files s): when the receiver's files were all there, before the in-sync signal.
 check: the receiver's folder compared with the sender's (diff -r) after the run; also notes
   if the sender never reported in sync, or if other processes used CPU during the run.
+stall: cairn_loop_stall_seconds (how long each turn of a cairn daemon's event loop took) read
+  from /metrics at the end of every cairn run, before the check; p99 and the longest turn are
+  bucket bounds (buckets 1, 2, 5, 10, 20, 50, 100, 500, 2000 ms).
 EOF
+  if [ "$WITH_SCALE" = 1 ]; then
+    cat <<EOF
+scale ($SCALE_FILES files): a monitor samples every ${STATUS_INTERVAL} s, from the moment the pair is
+  connected and idle (before the copy) to the end of the edits: RSS of both daemons, and for
+  cairn the time of one GET /v1/status on each daemon (new HTTP connection, whole body read).
+  After the first sync, $SCALE_EDITS times: 16 bytes overwritten in place in one existing file on
+  the sender, clock from the write's close until the receiver's file has the new content.
+EOF
+  fi
 }
 
 # run_one DATASET TOOL: one tool on one data set, result appended to $RESULTS.
 run_one() {
-  local ds=$1 tool=$2 res="$WORK/$1-$2.json" verify="" rss="" rc=0
+  local ds=$1 tool=$2 res="$WORK/$1-$2.json" verify="" rss="" rc=0 mon="" edits="" stall=""
   rm -f "$res"
   log "[$ds] $tool: starting a fresh pair"
   if ! start_pair "$tool" "$ds"; then
@@ -194,21 +252,46 @@ run_one() {
     latency)
       helper latency --pair "$PAIR" --runs "$LATENCY_RUNS" --out "$res" --timeout 120 || rc=$?
       ;;
+    scale)
+      mon="$WORK/$ds-$tool-monitor.json" edits="$WORK/$ds-$tool-edits.json"
+      rm -f "$mon" "$edits"
+      start_monitor "$mon" "$LOGDIR/$ds-$tool-timeline.csv"
+      log "[$ds] $tool: first sync of $SCALE_FILES files"
+      helper sync --pair "$PAIR" --copy "$SCALE_DIR" --expect "$SCALE_DIR" --out "$res" \
+        --timeout "$SCALE_TIMEOUT" --settle-timeout "$SCALE_SETTLE" || rc=$?
+      if [ "$rc" = 0 ]; then
+        log "[$ds] $tool: one edited file, $SCALE_EDITS times"
+        helper edit-one --pair "$PAIR" --source "$SCALE_DIR" --runs "$SCALE_EDITS" --out "$edits" \
+          --timeout 120 --ready-timeout "$SCALE_TIMEOUT" || {
+          log "[$ds] $tool: the edits FAILED or timed out"
+          tail_logs 40
+        }
+      fi
+      ;;
     *)
       helper sync --pair "$PAIR" --copy "$DATA/$ds" --expect "$DATA/$ds" --out "$res" \
         --timeout "$TIMEOUT" --settle-timeout "$SETTLE_TIMEOUT" || rc=$?
       ;;
   esac
+  # Before the check: diff -r opens every file, which a daemon's watcher may see.
+  if [ "$tool" = cairn ]; then
+    stall="$WORK/$ds-$tool-stall.json"
+    helper stall --pair "$PAIR" --out "$stall" || log "[$ds] $tool: could not read /metrics"
+  fi
+  stop_monitor
   if [ "$rc" != 0 ]; then
     log "[$ds] $tool: FAILED or timed out (exit $rc)"
     tail_logs 40
   elif [ "$ds" != latency ]; then
     verify=$(verify_pair)
   fi
-  case $ds in small10k | small100k | huge10g) rss=$(pair_rss) ;; esac
+  case $ds in small10k | small100k | huge10g | scale) rss=$(pair_rss) ;; esac
   local extra=()
   [ -n "$verify" ] && extra+=(--verify "$verify")
   [ -n "$rss" ] && extra+=(--rss "$rss")
+  [ -n "$mon" ] && extra+=(--monitor "$mon")
+  [ -n "$edits" ] && extra+=(--edits "$edits")
+  [ -n "$stall" ] && extra+=(--stall "$stall")
   [ "$rc" = 3 ] && extra+=(--failed "daemon exited")
   helper record --results "$RESULTS" --dataset "$ds" --tool "$tool" --result "$res" "${extra[@]}"
   stop_pair
@@ -226,8 +309,9 @@ for ds in "${sets[@]}"; do
     large | small10k | identical | small100k) warm "$DATA/$ds" ;;
     dirrename) warm "$DATA/small10k" ;;
     edit) warm "$DATA/edit" ;;
+    scale) warm "$SCALE_DIR" ;;
     latency | huge10g) ;;
-    *) fail "unknown data set '$ds' in BENCH_ONLY (large, small10k, edit, identical, dirrename, latency, small100k, huge10g)" ;;
+    *) fail "unknown data set '$ds' in BENCH_ONLY (large, small10k, edit, identical, dirrename, latency, small100k, huge10g, scale)" ;;
   esac
   for tool in $TOOLS; do
     case $tool in cairn | syncthing) ;; *) fail "unknown tool '$tool' in BENCH_TOOLS" ;; esac

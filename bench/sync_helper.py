@@ -12,6 +12,10 @@ Subcommands (all called by bench/sync.sh; see --help of each):
   sync         copy a data set (or rename a file) into the sender, time until the receiver
                has it; then wait until both sides settle and count the bytes on the wire
   latency      small-write propagation latency, median of N
+  edit-one     overwrite a few bytes of one existing file on the sender, time until the
+               receiver has it; median of N (the scale data set)
+  monitor      sample /v1/status latency and RSS of both daemons every 200 ms until SIGTERM
+  stall        read cairn_loop_stall_seconds from both cairn daemons' /metrics
   record       append one result (JSON line)
   report       render the result tables
 
@@ -22,11 +26,14 @@ import copy
 import json
 import os
 import random
+import math
 import re
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +69,26 @@ def _small_files(root, count, dirs, lo, hi, seed):
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, f"file{i:06}.dat"), "wb") as f:
             f.write(os.urandom(rng.randint(lo, hi)))
+
+
+def scale_name(count):
+    return f"scale-{count}"
+
+
+def _scale_files(root, count, seed=44, per_dir=1000):
+    """COUNT files of 1-4 KiB, sizes and bytes from one seeded generator (the first K files
+    are the same whatever COUNT), PER_DIR to a directory: d0000/f0000000.dat ..."""
+    rng = random.Random(seed)
+    made = None
+    for i in range(count):
+        d = os.path.join(root, f"d{i // per_dir:04}")
+        if d != made:
+            os.makedirs(d)
+            made = d
+        with open(os.path.join(d, f"f{i:07}.dat"), "wb") as f:
+            f.write(rng.randbytes(rng.randint(1024, 4096)))
+        if count >= 100_000 and (i + 1) % 100_000 == 0:
+            print(f"gen: {scale_name(count)}: {i + 1:,} files", flush=True)
 
 
 def _edited(data, seed=7):
@@ -136,6 +163,11 @@ def gen(a):
         print("gen: small100k (100,000 files of 1-8 KiB)", flush=True)
         _small_files(fresh("small100k"), 100_000, 1000, 1024, 8 * 1024, seed=43)
         mark("small100k")
+    if a.scale and not done(scale_name(a.scale)):
+        name = scale_name(a.scale)
+        print(f"gen: {name} ({a.scale:,} files of 1-4 KiB, 1,000 to a directory)", flush=True)
+        _scale_files(fresh(name), a.scale)
+        mark(name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -635,6 +667,230 @@ def latency(a):
         json.dump(res, f)
 
 
+def edit_one(a):
+    """Overwrite 16 bytes in the middle of one existing file on the sender (in place, same
+    size), time until the receiver has the new content; RUNS times, a different file each
+    time, median. The receiver is polled with stat() only (the tools write a temp file and
+    rename it over the old one, so the inode or mtime changes); its file is opened once per
+    change seen, to compare the content. Picks from SOURCE, the data set the folder was
+    filled from (not the watched folder: no listing there)."""
+    pair = load_pair(a.pair)
+    sender, receiver = _both(pair)
+    files = sorted(expected_files(a.source))
+    picks = random.Random(a.seed).sample(files, min(a.runs, len(files)))
+    times = []
+    res = {"timeout": False, "seconds": None, "runs": times, "files": picks}
+
+    def write(**kw):
+        res.update(kw)
+        with open(a.out, "w") as f:
+            json.dump(res, f)
+
+    try:
+        for i, rel in enumerate(picks):
+            wait_ready(pair, a.ready_timeout)
+            time.sleep(1.0)
+            with open(os.path.join(a.source, rel), "rb") as f:
+                orig = f.read()
+            off = len(orig) // 2 - 8
+            patch = bytes(b ^ 0xFF for b in orig[off:off + 16])
+            new = orig[:off] + patch + orig[off + 16:]
+            target = os.path.join(receiver.dir, rel)
+            st = os.stat(target)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+            with open(os.path.join(sender.dir, rel), "r+b") as f:
+                f.seek(off)
+                f.write(patch)
+            t0 = time.monotonic()
+            last_alive = t0
+            while True:
+                try:
+                    st = os.stat(target)
+                    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                    if key != seen:
+                        dt = time.monotonic() - t0
+                        seen = key
+                        with open(target, "rb") as f:
+                            if f.read() == new:
+                                break
+                except FileNotFoundError:
+                    pass
+                now = time.monotonic()
+                if now - t0 > a.timeout:
+                    die(f"{pair['tool']}: edit {i + 1} of {rel} not on the receiver after {a.timeout:.0f} s", 2)
+                if now - last_alive > 1:
+                    _check_alive((sender, receiver))
+                    last_alive = now
+                time.sleep(0.002)
+            times.append(dt)
+            print(f"  {pair['tool']:<9} edit {i + 1} ({rel}): {dt:.3f} s", flush=True)
+    except SystemExit:
+        write(timeout=True)
+        raise
+    write(seconds=statistics.median(times))
+
+
+def _proc_kib(pid, field):
+    """VmRSS, VmHWM, ... of a process in KiB (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, ValueError, TypeError):
+        pass
+    return None
+
+
+def _pct(sorted_values, p):
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
+
+
+def monitor(a):
+    """Until SIGTERM: every INTERVAL s, for each daemon (one thread each, so a slow one does
+    not delay the other's samples), time one GET /v1/status (cairn only, unless --no-api)
+    and read its VmRSS. A sample that overruns the interval skips the slots it covered.
+    On SIGTERM, writes the summary (JSON) to OUT; every sample also goes to TIMELINE (CSV)."""
+    pair = load_pair(a.pair)
+    nodes = _both(pair)
+    api = pair["tool"] == "cairn" and not a.no_api
+    path = "/v1/status"
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    t0 = time.monotonic()
+    lock = threading.Lock()
+    tl = open(a.timeline, "w", buffering=1) if a.timeline else None
+    if tl:
+        tl.write("t_s,role,status_ms,status_ok,rss_kib\n")
+    data = {n.role: {"lat": [], "max": -1.0, "max_at": None, "errors": 0, "last_error": None,
+                     "rss": [], "rss_max": -1, "rss_max_at": None, "hwm": None, "dead_at": None}
+            for n in nodes}
+
+    def run(node):
+        d = data[node.role]
+        pid = node.pid()
+        k = 0
+        while not stop.is_set():
+            t = time.monotonic() - t0
+            if not node.alive():
+                d["dead_at"] = t
+                return
+            ms, ok = None, True
+            if api:
+                s0 = time.perf_counter()
+                try:
+                    node._http(path, timeout=a.request_timeout)
+                except Exception as e:  # noqa: BLE001 - any failure is a failed sample
+                    ok = False
+                    d["errors"] += 1
+                    d["last_error"] = f"{type(e).__name__}: {e}"
+                ms = (time.perf_counter() - s0) * 1000
+                if ms > d["max"]:
+                    d["max"], d["max_at"] = ms, t
+                d["lat"].append(ms)
+            rss = _proc_kib(pid, "VmRSS")
+            hwm = _proc_kib(pid, "VmHWM")
+            if rss is not None:
+                if rss > d["rss_max"]:
+                    d["rss_max"], d["rss_max_at"] = rss, t
+                d["rss"].append(rss)
+            if hwm is not None:
+                d["hwm"] = hwm
+            if tl:
+                with lock:
+                    tl.write(f"{t:.3f},{node.role},{'' if ms is None else f'{ms:.2f}'},"
+                             f"{int(ok)},{'' if rss is None else rss}\n")
+            k = max(k + 1, math.floor((time.monotonic() - t0) / a.interval) + 1)
+            stop.wait(max(0.0, t0 + k * a.interval - time.monotonic()))
+
+    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in nodes]
+    for th in threads:
+        th.start()
+    while not stop.is_set() and any(th.is_alive() for th in threads):
+        time.sleep(0.2)
+    stop.set()
+    for th in threads:
+        th.join(a.request_timeout + 1)
+    out = {"interval_s": a.interval, "duration_s": round(time.monotonic() - t0, 2), "api": api,
+           "path": path if api else None}
+    for role, d in data.items():
+        lat = sorted(d["lat"])
+        rss = d["rss"]
+        out[role] = {
+            "status": None if not api else {
+                "samples": len(lat), "errors": d["errors"], "last_error": d["last_error"],
+                "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99),
+                "max_ms": lat[-1] if lat else None, "max_at_s": d["max_at"],
+                "over_50ms": sum(1 for x in lat if x >= 50)},
+            "rss": {"samples": len(rss), "max_kib": max(rss) if rss else None,
+                    "max_at_s": d["rss_max_at"], "hwm_kib": d["hwm"]},
+            "dead_at_s": d["dead_at"],
+        }
+    with open(a.out, "w") as f:
+        json.dump(out, f)
+    if tl:
+        tl.close()
+
+
+def parse_histogram(text, name):
+    """A Prometheus histogram from /metrics text: {"buckets": [[le, cumulative], ...] (le as
+    written, "+Inf" last), "count", "sum_s"} (None if the histogram is not there)."""
+    buckets, count, total = [], None, None
+    for line in text.splitlines():
+        m = re.match(rf'^{name}_bucket\{{le="([^"]+)"\}}\s+(\S+)$', line)
+        if m:
+            buckets.append([m.group(1), int(float(m.group(2)))])
+            continue
+        m = re.match(rf'^{name}_(sum|count)\s+(\S+)$', line)
+        if m:
+            if m.group(1) == "sum":
+                total = float(m.group(2))
+            else:
+                count = int(float(m.group(2)))
+    if not buckets or count is None:
+        return None
+    buckets.sort(key=lambda b: float(b[0]))
+    return {"buckets": buckets, "count": count, "sum_s": total}
+
+
+def histogram_stats(h, q=0.99):
+    """p99 as the upper bound of the first bucket whose cumulative count reaches 99% of all,
+    and the highest bucket that holds an observation (its lower and upper bound)."""
+    if h is None:
+        return None
+    n = h["count"]
+    out = {"count": n, "sum_s": h["sum_s"], "p99_le": None, "max_le": None, "max_gt": None,
+           "buckets": h["buckets"]}
+    if n == 0:
+        return out
+    out["p99_le"] = next((le for le, c in h["buckets"] if c >= q * n), "+Inf")
+    prev_le, prev_c = "0", 0
+    for le, c in h["buckets"]:
+        if c > prev_c:
+            out["max_le"], out["max_gt"] = le, prev_le
+        prev_le, prev_c = le, c
+    return out
+
+
+def stall(a):
+    """cairn_loop_stall_seconds of both daemons of a cairn pair, to OUT (JSON)."""
+    pair = load_pair(a.pair)
+    out = {}
+    for node in _both(pair):
+        try:
+            text = node._http("/metrics", timeout=10)
+            out[node.role] = histogram_stats(parse_histogram(text, "cairn_loop_stall_seconds"))
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            out[node.role] = None
+            print(f"sync_helper: warning: /metrics of the {node.role}: {e}", file=sys.stderr)
+    with open(a.out, "w") as f:
+        json.dump(out, f)
+
+
 def pair_cmd(a):
     pair = {
         "tool": a.tool,
@@ -662,7 +918,14 @@ DATASETS = {
     "latency": ("small write propagation latency (median of runs)", "latency"),
     "small100k": ("100,000 files of 1-8 KiB (BENCH_100K=1)", "time"),
     "huge10g": ("one 10 GiB file (BENCH_HUGE=1; not a target: memory bounded by file size)", None),
+    "scale": ("files of 1-4 KiB, 1,000 to a directory (BENCH_ONLY=scale, BENCH_SCALE_FILES)", "scale"),
 }
+
+# Issue #13's targets for the scale data set (cairn).
+SCALE_EDIT_S = 1.0
+SCALE_RSS_MIB = 500
+SCALE_STATUS_MS = 50
+STALL_P99_S = 0.020
 
 
 def record(a):
@@ -683,6 +946,12 @@ def record(a):
         entry["verify"] = a.verify
     if a.rss:
         entry["rss_kib"] = [int(x) for x in a.rss.split(",") if x]
+    for key, path in (("monitor", a.monitor), ("stall", a.stall), ("edit", a.edits)):
+        if path and os.path.exists(path):
+            with open(path) as f:
+                entry[key] = json.load(f)
+        elif path:
+            entry[key] = None
     with open(a.results, "a") as f:
         f.write(json.dumps(entry) + "\n")
 
@@ -718,6 +987,143 @@ def _verdict(r, limit):
     return "PASS" if r <= limit else "FAIL"
 
 
+def _ms_bound(le):
+    return f"{float(le) * 1000:g}"
+
+
+def _fmt_p99(st):
+    if not st or st.get("p99_le") is None:
+        return "-"
+    if st["p99_le"] == "+Inf":
+        last = [b[0] for b in st["buckets"] if b[0] != "+Inf"]
+        return f"> {_ms_bound(last[-1])} ms" if last else "> ?"
+    return f"<= {_ms_bound(st['p99_le'])} ms"
+
+
+def _fmt_longest(st):
+    if not st or st.get("max_le") is None:
+        return "-"
+    if st["max_le"] == "+Inf":
+        return f"> {_ms_bound(st['max_gt'])} ms"
+    return f"({_ms_bound(st['max_gt'])}, {_ms_bound(st['max_le'])}] ms"
+
+
+def _stall_pass(st):
+    if not st or st.get("p99_le") is None:
+        return None
+    return float(st["p99_le"]) <= STALL_P99_S
+
+
+def _pf(ok):
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def _stall_row(label, st):
+    mean = "-"
+    if st and st.get("count") and st.get("sum_s") is not None:
+        mean = f"{st['sum_s'] / st['count'] * 1000:.2f}"
+    turns = "-" if not st else f"{st['count']:,}"
+    return (f"  {label:<22} {turns:>10} {_fmt_p99(st):>12} {_fmt_longest(st):>16} {mean:>8}   "
+            f"{_pf(_stall_pass(st))}")
+
+
+def _peak_kib(e, role_index):
+    """The highest of: VmHWM read at the end, the monitor's last VmHWM and its highest VmRSS
+    sample (the kernel's RSS counters are approximate, so a sample can top the VmHWM read
+    later; and if the daemon died, the end read is 0). None if nothing was read."""
+    r = e.get("rss_kib") or []
+    rss = ((e.get("monitor") or {}).get(("sender", "receiver")[role_index]) or {}).get("rss") or {}
+    vals = [v for v in (r[role_index] if len(r) > role_index else None,
+                        rss.get("hwm_kib"), rss.get("max_kib")) if v]
+    return max(vals) if vals else None
+
+
+def _scale_lines(c, s):
+    """The scale data set's extra figures and issue #13's targets."""
+    out = []
+    ok_sync = None
+    if c:
+        ok_sync = not (c.get("failed") or c.get("timeout")) and c.get("verify") == "ok"
+    out.append("  one edited file (16 bytes overwritten in place on the sender) until on the receiver:")
+    ok_edit = None
+    for name, e in (("cairn", c), ("syncthing", s)):
+        if e is None:
+            continue
+        ed = e.get("edit")
+        if not ed:
+            out.append(f"    {name:<10} {'-':>9}   (not run: the first sync did not finish)")
+            continue
+        runs = ", ".join(f"{x:.3f}" for x in ed.get("runs", []))
+        med = ed.get("seconds")
+        val = "TIMEOUT" if ed.get("timeout") or med is None else f"{med:.3f} s"
+        tgt = ""
+        if name == "cairn":
+            ok_edit = None if med is None or ed.get("timeout") else med < SCALE_EDIT_S
+            if ed.get("timeout"):
+                ok_edit = False
+            tgt = f"   target median < {SCALE_EDIT_S:g} s -> {_pf(ok_edit)}"
+        out.append(f"    {name:<10} {val:>9}   median of runs: {runs}{tgt}")
+    ok_rss = None
+    out.append("  RSS of each daemon, MiB: peak over the whole run (the higher of VmHWM and the samples) / "
+               "highest sample (at s):")
+    for name, e in (("cairn", c), ("syncthing", s)):
+        if e is None:
+            continue
+        mon = e.get("monitor") or {}
+        parts = []
+        peaks = []
+        for i, role in enumerate(("sender", "receiver")):
+            peak = _peak_kib(e, i)
+            r = (mon.get(role) or {}).get("rss") or {}
+            peaks.append(peak)
+            smax, at = r.get("max_kib"), r.get("max_at_s")
+            parts.append(f"{role} {'-' if not peak else f'{peak / 1024:.1f}'} / "
+                         f"{'-' if not smax else f'{smax / 1024:.1f}'}"
+                         f"{'' if at is None else f' ({at:.0f})'}")
+        tgt = ""
+        if name == "cairn":
+            ok_rss = None if not all(peaks) else max(peaks) / 1024 < SCALE_RSS_MIB
+            tgt = f"   target < {SCALE_RSS_MIB} MiB each -> {_pf(ok_rss)}"
+        out.append(f"    {name:<10} {'; '.join(parts)}{tgt}")
+    ok_status = None
+    mon = (c or {}).get("monitor") or {}
+    if mon.get("api"):
+        out.append(f"  GET {mon.get('path')} every {mon['interval_s'] * 1000:.0f} ms from each cairn daemon, "
+                   f"from before the copy to the end of the edits ({mon.get('duration_s', 0):.0f} s), ms:")
+        oks = []
+        for role in ("sender", "receiver"):
+            st = (mon.get(role) or {}).get("status") or {}
+            f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+            ok = None if not st.get("samples") else (st.get("max_ms") < SCALE_STATUS_MS and not st.get("errors"))
+            oks.append(ok)
+            at = st.get("max_at_s")
+            err = f", last error: {st['last_error']}" if st.get("errors") else ""
+            out.append(f"    {role:<9} samples {st.get('samples', 0):,}, errors {st.get('errors', 0)}, "
+                       f"p50 {f(st.get('p50_ms'))}, p99 {f(st.get('p99_ms'))}, max {f(st.get('max_ms'))}"
+                       f"{'' if at is None else f' (at {at:.0f} s)'}, >= 50 ms: {st.get('over_50ms', 0)}"
+                       f"   target max < {SCALE_STATUS_MS} ms -> {_pf(ok)}{err}")
+        ok_status = None if None in oks else all(oks)
+    elif c:
+        out.append("  GET /v1/status: not sampled (no monitor result)")
+    ok_stall = None
+    if c and c.get("stall"):
+        out.append("  event-loop stall, cairn_loop_stall_seconds at the end of the run (before the check):")
+        out.append(f"  {'daemon':<22} {'turns':>10} {'p99':>12} {'longest':>16} {'mean ms':>8}   "
+                   f"target p99 < {STALL_P99_S * 1000:g} ms")
+        oks = []
+        for role in ("sender", "receiver"):
+            st = c["stall"].get(role)
+            oks.append(_stall_pass(st))
+            out.append(_stall_row(f"  cairn {role}", st))
+        ok_stall = None if None in oks else all(oks)
+    if c:
+        out.append(f"  issue #13 targets for cairn at {c.get('files') or 0:,} files: first sync completes "
+                   f"{_pf(ok_sync)}; one edit < {SCALE_EDIT_S:g} s {_pf(ok_edit)}; RSS < {SCALE_RSS_MIB} MiB "
+                   f"{_pf(ok_rss)}; /v1/status < {SCALE_STATUS_MS} ms {_pf(ok_status)}; "
+                   f"stall p99 < {STALL_P99_S * 1000:g} ms {_pf(ok_stall)}")
+    return out
+
+
 def report(a):
     entries = []
     if os.path.exists(a.results):
@@ -731,6 +1137,9 @@ def report(a):
     for ds in order:
         title, kind = DATASETS[ds]
         c, s = by.get((ds, "cairn")), by.get((ds, "syncthing"))
+        if ds == "scale":
+            n = next((e.get("files") for e in (c, s) if e and e.get("files")), None)
+            title = f"{'?' if n is None else f'{n:,}'} {title}"
         out.append(f"== {ds}: {title}")
         if kind == "latency":
             out.append(f"  {'tool':<10} {'median s':>9}   runs (s)")
@@ -779,21 +1188,34 @@ def report(a):
             if kind == "time+bytes":
                 out.append(f"  target: bytes <= 0.33 -> tool counters {_verdict(rb, 1 / 3)}, "
                            f"TCP {_verdict(rtcp, 1 / 3)}")
+        if kind == "scale":
+            out.extend(_scale_lines(c, s))
         out.append("")
     mem = [e for e in entries if e.get("rss_kib")]
     if mem:
-        out.append("== memory: peak RSS (VmHWM) of each daemon after the run")
+        out.append("== memory: peak RSS (VmHWM) of each daemon after the run (scale: or the highest sample)")
         out.append(f"  {'data set':<10} {'tool':<10} {'sender MiB':>11} {'receiver MiB':>13}  target")
         for e in mem:
-            sm, rm = (x / 1024 for x in e["rss_kib"][:2])
+            sm, rm = ((_peak_kib(e, i) or 0) / 1024 for i in (0, 1))
             tgt = ""
             if e["tool"] == "cairn" and e["dataset"] == "small100k":
                 tgt = "< 200 MiB -> " + ("PASS" if max(sm, rm) < 200 else "FAIL")
+            elif e["tool"] == "cairn" and e["dataset"] == "scale":
+                tgt = f"< {SCALE_RSS_MIB} MiB -> " + ("PASS" if max(sm, rm) < SCALE_RSS_MIB else "FAIL")
             elif e["tool"] == "cairn" and e["dataset"] == "huge10g":
                 tgt = "(bounded whatever the file size)"
             elif e["tool"] == "cairn":
                 tgt = "(target is for 100,000 files)"
             out.append(f"  {e['dataset']:<10} {e['tool']:<10} {sm:>11.1f} {rm:>13.1f}  {tgt}")
+        out.append("")
+    stalls = [e for e in entries if e.get("stall") and e["dataset"] != "scale"]
+    if stalls:
+        out.append("== event-loop stall: cairn_loop_stall_seconds of each cairn daemon at the end of the run")
+        out.append(f"  {'data set / daemon':<22} {'turns':>10} {'p99':>12} {'longest':>16} {'mean ms':>8}   "
+                   f"target p99 < {STALL_P99_S * 1000:g} ms")
+        for e in stalls:
+            for role in ("sender", "receiver"):
+                out.append(_stall_row(f"{e['dataset']} {role}", e["stall"].get(role)))
         out.append("")
     print("\n".join(out))
 
@@ -808,6 +1230,7 @@ def main():
     s.add_argument("base")
     s.add_argument("--with-100k", action="store_true")
     s.add_argument("--with-huge", action="store_true")
+    s.add_argument("--scale", type=int, default=0, help="also the scale data set of N files")
     s.set_defaults(fn=gen)
 
     s = sub.add_parser("pick-ports")
@@ -864,6 +1287,30 @@ def main():
     s.add_argument("--timeout", type=float, default=120)
     s.set_defaults(fn=latency)
 
+    s = sub.add_parser("edit-one")
+    s.add_argument("--pair", required=True)
+    s.add_argument("--source", required=True, help="the data set the folder was filled from")
+    s.add_argument("--runs", type=int, default=3)
+    s.add_argument("--seed", type=int, default=13)
+    s.add_argument("--out", required=True)
+    s.add_argument("--timeout", type=float, default=120, help="per edit, until on the receiver")
+    s.add_argument("--ready-timeout", type=float, default=600, help="before each edit: both in sync")
+    s.set_defaults(fn=edit_one)
+
+    s = sub.add_parser("monitor")
+    s.add_argument("--pair", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--timeline", help="CSV of every sample")
+    s.add_argument("--interval", type=float, default=0.2)
+    s.add_argument("--request-timeout", type=float, default=5)
+    s.add_argument("--no-api", action="store_true", help="RSS only")
+    s.set_defaults(fn=monitor)
+
+    s = sub.add_parser("stall")
+    s.add_argument("--pair", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=stall)
+
     s = sub.add_parser("record")
     s.add_argument("--results", required=True)
     s.add_argument("--dataset", required=True)
@@ -872,6 +1319,9 @@ def main():
     s.add_argument("--failed")
     s.add_argument("--verify")
     s.add_argument("--rss")
+    s.add_argument("--monitor", help="summary written by `monitor`")
+    s.add_argument("--stall", help="written by `stall`")
+    s.add_argument("--edits", help="written by `edit-one`")
     s.set_defaults(fn=record)
 
     s = sub.add_parser("report")

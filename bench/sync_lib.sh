@@ -2,13 +2,16 @@
 # Functions for bench/sync.sh: start and stop a cairn or Syncthing pair (sender "a",
 # receiver "b") in fresh homes and folders, by PID only. Sourced, not run.
 #
-# Expects from the caller: a helper function (python3 bench/sync_helper.py), CAIRND, WORK, LOGDIR,
-# PORT_BASE (first port to use), ST_WATCH_DELAY, READY_TIMEOUT.
+# Expects from the caller: a helper function (python3 bench/sync_helper.py), BENCH (the bench
+# directory), CAIRND, WORK, LOGDIR, PORT_BASE (first port to use), ST_WATCH_DELAY,
+# READY_TIMEOUT, STATUS_INTERVAL (seconds between monitor samples).
 # Sets for the current pair: PAIR (its JSON description), PAIR_DIR, SENDER_DIR,
-# RECEIVER_DIR, SENDER_LOG, RECEIVER_LOG, PAIR_PIDS (sender pid, receiver pid).
+# RECEIVER_DIR, SENDER_LOG, RECEIVER_LOG, PAIR_PIDS (sender pid, receiver pid), MON_PID (the
+# monitor started by start_monitor, if any).
 
 ALL_PIDS=()
 NEXT_PORT=""
+MON_PID=""
 
 # take_ports N: the next N free ports (from PORT_BASE on) into PORTS. Every pair gets new
 # ones, so no pair meets an earlier pair's sockets and cairn and Syncthing never share one.
@@ -31,10 +34,10 @@ pid_running() {
 
 # stop_pid PID: SIGTERM, up to 15 s, then SIGKILL; reaps it.
 stop_pid() {
-  local pid=$1 i
+  local pid=$1
   if pid_running "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 150); do
+    for _ in $(seq 150); do
       pid_running "$pid" || break
       sleep 0.1
     done
@@ -46,9 +49,28 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# start_monitor OUT TIMELINE: samples /v1/status latency (cairn) and RSS of both daemons of the
+# current pair every STATUS_INTERVAL s in the background until stop_monitor, which makes it
+# write its summary to OUT (JSON); every sample goes to TIMELINE (CSV). python3 is started
+# directly (not through the helper function) so that MON_PID is the sampler itself.
+start_monitor() {
+  python3 "$BENCH/sync_helper.py" monitor --pair "$PAIR" --out "$1" --timeline "$2" \
+    --interval "$STATUS_INTERVAL" &
+  MON_PID=$!
+}
+
+# stop_monitor: SIGTERM to the monitor (it writes its summary and exits), reaped.
+stop_monitor() {
+  [ -n "$MON_PID" ] || return 0
+  kill -TERM "$MON_PID" 2>/dev/null || true
+  wait "$MON_PID" 2>/dev/null || true
+  MON_PID=""
+}
+
 # Stops every daemon this script started (EXIT trap).
 stop_all() {
   local pid
+  stop_monitor
   for pid in "${ALL_PIDS[@]}"; do
     stop_pid "$pid"
   done
@@ -107,7 +129,7 @@ start_cairn_pair() {
     echo "$pid" >"$PAIR_DIR/$side-home/bench.pid"
   done
   if ! helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT"; then
-    tail_logs
+    tail_logs 25
     return 1
   fi
 }
@@ -149,7 +171,7 @@ start_syncthing_pair() {
     echo "$pid" >"$PAIR_DIR/$side-home/bench.pid"
   done
   if ! helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT"; then
-    tail_logs
+    tail_logs 25
     return 1
   fi
 }
@@ -164,7 +186,8 @@ start_pair() {
   esac
 }
 
-# pair_rss: "SENDER_KIB,RECEIVER_KIB" peak RSS of the current pair.
+# pair_rss: "SENDER_KIB,RECEIVER_KIB" peak RSS of the current pair: VmHWM, the kernel's
+# high-water mark over each daemon's whole life (read before the pair is stopped).
 pair_rss() {
   echo "$(vmhwm "${PAIR_PIDS[0]}"),$(vmhwm "${PAIR_PIDS[1]}")"
 }
@@ -172,6 +195,7 @@ pair_rss() {
 # stop_pair: stops the current pair and deletes its homes and folders (unless BENCH_KEEP=1).
 stop_pair() {
   local pid keep=() p
+  stop_monitor
   for pid in "${PAIR_PIDS[@]}"; do
     stop_pid "$pid"
   done

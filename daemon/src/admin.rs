@@ -425,15 +425,13 @@ impl Engine {
 
     fn conflicts(&self) -> Vec<Conflict> {
         let mut out = Vec::new();
-        for id in self.local.keys() {
-            let Ok(entries) = self.index.entries(id) else {
-                continue;
-            };
-            let mut copies: Vec<(&String, ConflictCopyName)> = entries
-                .keys()
-                .filter_map(|p| Some((p, ConflictCopyName::parse(p)?)))
-                .collect();
-            copies.sort_by(|a, b| a.0.cmp(b.0));
+        // The node keeps each folder's conflict copies up to date (the tree of its last
+        // pull): no index read per call, however often the tray asks.
+        for (id, f) in self.node.folders() {
+            let copies = f
+                .conflicts
+                .iter()
+                .filter_map(|p| Some((p, ConflictCopyName::parse(p)?)));
             for (copy, name) in copies {
                 let original = name.original;
                 let copy_value = self.value_at(id, copy);

@@ -108,8 +108,15 @@ pub struct FolderSpec<P> {
 pub struct FolderState<P> {
     pub spec: FolderSpec<P>,
     pub doc: FolderDoc,
-    /// Sync state of each connected member.
-    pub(crate) peers: BTreeMap<P, PeerSync>,
+    /// Sync state of the rounds this device starts with each connected member (our
+    /// requests, their answers). Rounds a peer starts have their own state
+    /// ([`FolderState::answering`]): automerge's sync protocol needs the messages of one
+    /// state in order, and requests and answers of the two directions cross on the wire
+    /// (sharing one state, two devices could exchange messages forever with neither sending
+    /// the changes the other needs; the node simulation found it).
+    pub(crate) asking: BTreeMap<P, PeerSync>,
+    /// Sync state of the rounds each member starts with this device.
+    pub(crate) answering: BTreeMap<P, PeerSync>,
     pub busy: Busy,
     pub scan: ScanNeed,
     pub needs_pull: bool,
@@ -133,6 +140,9 @@ pub struct FolderState<P> {
     pub no_space: bool,
     /// `cairn restore` requests waiting for the folder to be idle.
     pub(crate) restores: usize,
+    /// Conflict copies in the folder's tree, as of the last time it was derived (each
+    /// pull): what `cairn conflicts` lists, without reading the index.
+    pub conflicts: BTreeSet<String>,
 }
 
 impl<P: Ord> FolderState<P> {
@@ -140,7 +150,8 @@ impl<P: Ord> FolderState<P> {
         FolderState {
             spec,
             doc,
-            peers: BTreeMap::new(),
+            asking: BTreeMap::new(),
+            answering: BTreeMap::new(),
             busy: Busy::Idle,
             scan: ScanNeed::All,
             needs_pull: true,
@@ -156,6 +167,7 @@ impl<P: Ord> FolderState<P> {
             refused: BTreeMap::new(),
             no_space: false,
             restores: 0,
+            conflicts: BTreeSet::new(),
         }
     }
 

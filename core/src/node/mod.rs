@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::ContentId;
 use crate::conduct::{Conduct, Verdict, Violation};
+use crate::folder::tree::ConflictCopyName;
 use crate::folder::{DeviceId, FolderMessage, LocalChange, Tree, TreeOptions};
 use crate::wire::{MetaRequest, MetaResponse};
 
@@ -113,6 +114,13 @@ pub enum Action<P> {
     },
     /// Every folder is in sync: manifests learnt from peers are no longer needed.
     PruneRemoteManifests,
+}
+
+/// Which round a meta message belongs to: one this device started, or one the peer did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Round {
+    Ours,
+    Theirs,
 }
 
 /// A trusted peer.
@@ -305,15 +313,9 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             return;
         };
         f.spec.members = members;
-        let stale: Vec<P> = f
-            .peers
-            .keys()
-            .filter(|p| !f.spec.members.contains(p))
-            .copied()
-            .collect();
-        for p in stale {
-            f.peers.remove(&p);
-        }
+        let members = &f.spec.members;
+        f.asking.retain(|p, _| members.contains(p));
+        f.answering.retain(|p, _| members.contains(p));
         self.sync_folder(id);
         self.schedule(now);
     }
@@ -653,8 +655,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             .collect();
         for id in ids {
             if let Some(f) = self.folders.get_mut(&id) {
-                let fresh = f.doc.new_peer();
-                f.peers.insert(peer, fresh);
+                f.asking.insert(peer, f.doc.new_peer());
+                f.answering.insert(peer, f.doc.new_peer());
                 f.needs_pull = true;
             }
             self.sync_with(&id, peer);
@@ -688,10 +690,10 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 let ok = req
                     .message
                     .as_ref()
-                    .is_none_or(|m| self.apply_meta(&req.folder, peer, m));
+                    .is_none_or(|m| self.apply_meta(&req.folder, peer, m, Round::Theirs));
                 if ok {
                     let message = self.folders.get_mut(&req.folder).and_then(|f| {
-                        let state = f.peers.entry(peer).or_insert_with(|| f.doc.new_peer());
+                        let state = f.answering.entry(peer).or_insert_with(|| f.doc.new_peer());
                         f.doc.generate_sync_message(state).map(|m| m.encode())
                     });
                     MetaResponse::Ok { message }
@@ -724,7 +726,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         match MetaResponse::decode(response) {
             Ok(MetaResponse::Ok { message }) => {
                 if let Some(m) = message
-                    && !self.apply_meta(folder, peer, &m)
+                    && !self.apply_meta(folder, peer, &m, Round::Ours)
                 {
                     self.violation(
                         now,
@@ -749,7 +751,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
     pub fn handle_meta_failed(&mut self, now: Instant, peer: P, folder: &str) {
         self.meta_inflight.remove(&(folder.to_string(), peer));
         if let Some(f) = self.folders.get_mut(folder)
-            && let Some(s) = f.peers.get_mut(&peer)
+            && let Some(s) = f.asking.get_mut(&peer)
         {
             s.reset();
         }
@@ -856,11 +858,17 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
+        let tree = f.doc.tree(self.options);
+        f.conflicts = tree
+            .entries
+            .keys()
+            .filter(|p| ConflictCopyName::parse(p).is_some())
+            .cloned()
+            .collect();
         if f.spec.kind == FolderKind::SendOnly {
             f.in_sync = true;
             return;
         }
-        let tree = f.doc.tree(self.options);
         // Invalid paths in the document are refused once each, and their authors counted.
         let invalid: Vec<(String, String, Option<DeviceId>)> = tree
             .rejected
@@ -954,7 +962,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         if f.spec.paused || !f.has_member(&peer) {
             return;
         }
-        let state = f.peers.entry(peer).or_insert_with(|| f.doc.new_peer());
+        let state = f.asking.entry(peer).or_insert_with(|| f.doc.new_peer());
         let Some(msg) = f.doc.generate_sync_message(state) else {
             return;
         };
@@ -971,8 +979,10 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         });
     }
 
-    /// Applies a peer's folder message; false if it was malformed.
-    fn apply_meta(&mut self, id: &str, peer: P, bytes: &[u8]) -> bool {
+    /// Applies a peer's folder message of one of our rounds or one of theirs; false if it
+    /// was malformed. What it changed is persisted, pulled, and passed on to the other
+    /// connected members (a device between two that cannot reach each other relays).
+    fn apply_meta(&mut self, id: &str, peer: P, bytes: &[u8], round: Round) -> bool {
         let Some(f) = self.folders.get_mut(id) else {
             return false;
         };
@@ -980,7 +990,11 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             return false;
         };
         let before = f.doc.heads();
-        let state = f.peers.entry(peer).or_insert_with(|| f.doc.new_peer());
+        let states = match round {
+            Round::Ours => &mut f.asking,
+            Round::Theirs => &mut f.answering,
+        };
+        let state = states.entry(peer).or_insert_with(|| f.doc.new_peer());
         if f.doc.receive_sync_message(state, &msg).is_err() {
             state.reset();
             return false;
@@ -989,6 +1003,15 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             f.needs_pull = true;
             let shards: Vec<usize> = msg.shards.iter().map(|(s, _)| *s as usize).collect();
             self.persist(id, shards, Vec::new());
+            let others: Vec<P> = self
+                .connected
+                .iter()
+                .filter(|p| **p != peer && self.is_member(id, p))
+                .copied()
+                .collect();
+            for p in others {
+                self.sync_with(id, p);
+            }
         }
         true
     }
