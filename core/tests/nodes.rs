@@ -885,3 +885,13 @@ fn nodes_converge_and_lose_nothing_through_loss_partitions_and_crashes() {
 fn regression_a_lost_answer_no_longer_makes_an_endless_meta_ping_pong() {
     run(1050088998, 400);
 }
+
+/// 2262927327: both devices started rounds at once, and their requests and answers crossed
+/// on the wire while one automerge sync state served both directions; each side then
+/// needed a change the other believed it had already sent, and they exchanged empty
+/// messages forever. Each side now keeps one state for the rounds it starts and one for
+/// the rounds the peer starts.
+#[test]
+fn regression_crossing_rounds_no_longer_make_an_endless_meta_ping_pong() {
+    run(2262927327, 400);
+}

@@ -41,6 +41,8 @@ pub(crate) use swarm::Serving;
 
 /// How often the loop looks at timers (rescans, redials, retries).
 const TICK: Duration = Duration::from_millis(500);
+/// A turn of the loop this long is logged (`slow_turn`, with what it handled).
+const SLOW_TURN: Duration = Duration::from_millis(20);
 /// After pairing on an open connection, reconnect this soon: the new connection is the
 /// first on which the peer is served meta and blocks (`net::Gated`).
 pub(crate) const RECONNECT_AFTER_PAIRING: Duration = Duration::from_secs(1);
@@ -77,6 +79,22 @@ pub enum Event {
         response: BlocksResponse,
     },
     Control(ControlRequest),
+}
+
+impl Event {
+    /// What the event is, for `slow_turn` logs.
+    fn kind(&self) -> &'static str {
+        match self {
+            Event::ScanDone { .. } => "scan_done",
+            Event::PullDone { .. } => "pull_done",
+            Event::FsChanged { .. } => "fs_changed",
+            Event::RestoreDone { .. } => "restore_done",
+            Event::WatcherFailed { .. } => "watcher_failed",
+            Event::BlocksReady { .. } => "blocks_ready",
+            Event::Control(ControlRequest::Status(_)) => "control_status",
+            Event::Control(_) => "control",
+        }
+    }
 }
 
 /// A question from the control API.
@@ -256,23 +274,25 @@ impl Engine {
             tokio::select! {
                 event = self.swarm.select_next_some() => {
                     let t = Instant::now();
+                    let what = swarm::kind(&event);
                     self.on_swarm(event);
-                    self.turn_took(t);
+                    self.turn_took(t, what);
                 }
                 Some(event) = self.events_rx.recv() => {
                     let t = Instant::now();
+                    let what = event.kind();
                     self.on_event(event);
-                    self.turn_took(t);
+                    self.turn_took(t, what);
                 }
                 Some(cmd) = self.net_rx.recv() => {
                     let t = Instant::now();
                     self.on_net_command(cmd);
-                    self.turn_took(t);
+                    self.turn_took(t, "net_command");
                 }
                 _ = tick.tick() => {
                     let t = Instant::now();
                     self.on_tick();
-                    self.turn_took(t);
+                    self.turn_took(t, "tick");
                 }
             }
         }
@@ -281,9 +301,13 @@ impl Engine {
 
     /// Carries out what the turn that started at `started` made due, and records how long
     /// the whole turn kept the loop (`cairn_loop_stall_seconds`).
-    fn turn_took(&mut self, started: Instant) {
+    fn turn_took(&mut self, started: Instant, what: &'static str) {
         self.act();
-        self.metrics.loop_stall.observe(started.elapsed());
+        let took = started.elapsed();
+        self.metrics.loop_stall.observe(took);
+        if took >= SLOW_TURN {
+            tracing::info!(what, ms = took.as_millis() as u64, "slow_turn");
+        }
     }
 
     /// Carries out the node's actions, in order.

@@ -34,6 +34,26 @@ pub(crate) struct Serving {
     queue: std::collections::VecDeque<(InboundRequestId, ResponseChannel<Vec<u8>>, BlocksRequest)>,
 }
 
+/// What a swarm event is, for `slow_turn` logs.
+pub(super) fn kind(event: &SwarmEvent<BehaviourEvent>) -> &'static str {
+    match event {
+        SwarmEvent::Behaviour(BehaviourEvent::Meta(request_response::Event::Message {
+            message: request_response::Message::Request { .. },
+            ..
+        })) => "meta_request",
+        SwarmEvent::Behaviour(BehaviourEvent::Meta(request_response::Event::Message {
+            message: request_response::Message::Response { .. },
+            ..
+        })) => "meta_response",
+        SwarmEvent::Behaviour(BehaviourEvent::Meta(_)) => "meta_other",
+        SwarmEvent::Behaviour(BehaviourEvent::Blocks(_)) => "blocks",
+        SwarmEvent::Behaviour(_) => "behaviour",
+        SwarmEvent::ConnectionEstablished { .. } => "connection_established",
+        SwarmEvent::ConnectionClosed { .. } => "connection_closed",
+        _ => "swarm_other",
+    }
+}
+
 impl Engine {
     /// A failed inbound or outbound stream: a refused frame is a violation; one cut
     /// short is, if the connection outlives it ([`TRUNCATION_GRACE`]).
