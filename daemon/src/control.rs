@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::{AdminRequest, ApiError};
+use crate::engine::StatusFeed;
 use crate::engine::{ControlRequest, Event};
 use crate::history::RestoreRequest;
 use crate::pair::{InviteStatus, PairCtl};
@@ -49,6 +50,9 @@ fn stopping() -> Response {
 struct Ctx {
     token: String,
     events: mpsc::UnboundedSender<Event>,
+    /// The status the engine last published (`Engine::status_feed`): `/v1/status` answers
+    /// from it at once, never waiting behind a long turn of the loop.
+    status: StatusFeed,
 }
 
 fn authorized(ctx: &Ctx, headers: &HeaderMap) -> bool {
@@ -74,9 +78,13 @@ async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Some(r) = denied(&ctx, &headers) {
         return r;
     }
-    match ask(&ctx, ControlRequest::Status).await {
-        Ok(s) => Json(s).into_response(),
-        Err(r) => r,
+    let published = ctx.status.borrow().clone();
+    match published {
+        Some(s) => Json(&*s).into_response(),
+        None => match ask(&ctx, ControlRequest::Status).await {
+            Ok(s) => Json(s).into_response(),
+            Err(r) => r,
+        },
     }
 }
 
@@ -337,6 +345,7 @@ pub async fn serve(
     info_path: &Path,
     device_id: String,
     events: mpsc::UnboundedSender<Event>,
+    status_feed: StatusFeed,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?.to_string();
@@ -381,7 +390,11 @@ pub async fn serve(
         .route(routes::RESOLVE, post(resolve))
         .route(routes::HISTORY, get(history))
         .route(routes::RESTORE, post(restore))
-        .with_state(Ctx { token, events });
+        .with_state(Ctx {
+            token,
+            events,
+            status: status_feed,
+        });
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     }))

@@ -41,6 +41,9 @@ pub(crate) use swarm::Serving;
 
 /// How often the loop looks at timers (rescans, redials, retries).
 const TICK: Duration = Duration::from_millis(500);
+/// The status is published for `/v1/status` at least this often while the loop turns
+/// (and after every control request that may change it).
+const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// A turn of the loop this long is logged (`slow_turn`, with what it handled).
 const SLOW_TURN: Duration = Duration::from_millis(20);
 /// After pairing on an open connection, reconnect this soon: the new connection is the
@@ -110,6 +113,12 @@ pub enum ControlRequest {
     Pair(crate::pair::PairCtl),
 }
 
+/// The last published status: the control API answers `/v1/status` from it without
+/// going through the loop, so a long turn (recording 100,000 scanned changes, deriving a
+/// large tree) never holds up the answer; it is at most [`STATUS_EVERY`] older than the
+/// last turn.
+pub type StatusFeed = tokio::sync::watch::Receiver<Option<Arc<Status>>>;
+
 /// What only the daemon keeps of a folder: where it is, its watcher, the running pull's
 /// progress, queued restores. Everything decided about it is in the [`Node`].
 pub(crate) struct Local {
@@ -156,6 +165,10 @@ pub struct Engine {
     pub(crate) truncated: Vec<(PeerId, ConnectionId, String, Instant)>,
     /// Connections open now, by peer (trusted or not).
     pub(crate) connections: HashMap<PeerId, HashSet<ConnectionId>>,
+    status_tx: tokio::sync::watch::Sender<Option<Arc<Status>>>,
+    status_at: Option<Instant>,
+    /// A turn changed something since the last published status.
+    status_dirty: bool,
 }
 
 /// Errors starting the daemon.
@@ -258,7 +271,23 @@ impl Engine {
             serving: HashMap::new(),
             truncated: Vec::new(),
             connections: HashMap::new(),
+            status_tx: tokio::sync::watch::channel(None).0,
+            status_at: None,
+            status_dirty: true,
         })
+    }
+
+    /// The status as published after the loop's turns (for the control API).
+    pub fn status_feed(&self) -> StatusFeed {
+        self.status_tx.subscribe()
+    }
+
+    /// Publishes the status now.
+    fn publish_status(&mut self) {
+        let status = Arc::new(self.status());
+        self.status_tx.send_replace(Some(status));
+        self.status_at = Some(Instant::now());
+        self.status_dirty = false;
     }
 
     /// A sender for events from outside the loop (the control API).
@@ -269,6 +298,8 @@ impl Engine {
     /// Runs until shut down.
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(TICK);
+        let mut publish = tokio::time::interval(STATUS_EVERY);
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.act();
         while !self.shutdown {
             tokio::select! {
@@ -281,7 +312,13 @@ impl Engine {
                 Some(event) = self.events_rx.recv() => {
                     let t = Instant::now();
                     let what = event.kind();
+                    // What a control request changed (a decline, a pause, ...) shows in
+                    // the very next status.
+                    let control = matches!(&event, Event::Control(r) if !matches!(r, ControlRequest::Status(_) | ControlRequest::Metrics(_)));
                     self.on_event(event);
+                    if control {
+                        self.status_at = None;
+                    }
                     self.turn_took(t, what);
                 }
                 Some(cmd) = self.net_rx.recv() => {
@@ -294,6 +331,7 @@ impl Engine {
                     self.on_tick();
                     self.turn_took(t, "tick");
                 }
+                _ = publish.tick(), if self.status_dirty => self.publish_status(),
             }
         }
         tracing::info!("daemon_stopped");
@@ -303,6 +341,11 @@ impl Engine {
     /// the whole turn kept the loop (`cairn_loop_stall_seconds`).
     fn turn_took(&mut self, started: Instant, what: &'static str) {
         self.act();
+        if self.status_at.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
+            self.publish_status();
+        } else {
+            self.status_dirty = true;
+        }
         let took = started.elapsed();
         self.metrics.loop_stall.observe(took);
         if took >= SLOW_TURN {
