@@ -46,6 +46,10 @@ fn stopping() -> Response {
     Failure(ApiError::Unavailable("daemon is stopping".into())).into_response()
 }
 
+/// How long `/v1/status` waits for a fresh answer from the loop before it answers with the
+/// status the loop last published.
+const FRESH_WITHIN: std::time::Duration = std::time::Duration::from_millis(25);
+
 #[derive(Clone)]
 struct Ctx {
     token: String,
@@ -78,12 +82,28 @@ async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Some(r) = denied(&ctx, &headers) {
         return r;
     }
+    // A fresh answer from the loop when it answers within FRESH_WITHIN (the usual case);
+    // while it is busy with a long turn, the status it last published.
+    let (tx, mut rx) = oneshot::channel();
+    if ctx
+        .events
+        .send(Event::Control(ControlRequest::Status(tx)))
+        .is_err()
+    {
+        return stopping();
+    }
+    if let Ok(answer) = tokio::time::timeout(FRESH_WITHIN, &mut rx).await {
+        return match answer {
+            Ok(s) => Json(s).into_response(),
+            Err(_) => stopping(),
+        };
+    }
     let published = ctx.status.borrow().clone();
     match published {
         Some(s) => Json(&*s).into_response(),
-        None => match ask(&ctx, ControlRequest::Status).await {
+        None => match rx.await {
             Ok(s) => Json(s).into_response(),
-            Err(r) => r,
+            Err(_) => stopping(),
         },
     }
 }
