@@ -344,21 +344,7 @@ impl Net {
             .iter()
             .map(|(p, previous)| Unrecorded {
                 path: p.clone(),
-                change: match d.index.get(p) {
-                    Some(e) => LocalChange::Present {
-                        kind: e.kind,
-                        content: e.content,
-                        size: if e.kind == EntryKind::File {
-                            e.stamp.size
-                        } else {
-                            0
-                        },
-                        mtime_ns: e.stamp.mtime_ns,
-                        mode: e.stamp.mode,
-                        link_target: e.link_target.clone(),
-                    },
-                    None => LocalChange::Deleted,
-                },
+                change: LocalChange::of(d.index.get(p)),
                 previous: *previous,
             })
             .collect();

@@ -67,6 +67,23 @@ pub enum LocalChange {
     Deleted,
 }
 
+impl LocalChange {
+    /// What the index says of a path now: its entry, or gone.
+    pub fn of(entry: Option<&crate::scan::IndexedEntry>) -> Self {
+        match entry {
+            Some(e) => LocalChange::Present {
+                kind: e.kind,
+                content: e.content,
+                size: e.stamp.size,
+                mtime_ns: e.stamp.mtime_ns,
+                mode: e.stamp.mode,
+                link_target: e.link_target.clone(),
+            },
+            None => LocalChange::Deleted,
+        }
+    }
+}
+
 /// The automerge sync state with one peer, one per shard.
 pub struct PeerSync {
     states: Vec<sync::State>,

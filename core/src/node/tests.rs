@@ -49,6 +49,19 @@ fn file(path: &str, content: u8) -> Unrecorded {
     }
 }
 
+/// A scan of folder "f" found `path` with content `content`.
+fn scanned(n: &mut Node<u8>, now: Instant, path: &str, content: u8) {
+    n.handle_scan_done(
+        now,
+        "f",
+        Ok(ScanDone {
+            unrecorded: vec![file(path, content)],
+            changed: 1,
+            ..ScanDone::default()
+        }),
+    );
+}
+
 /// Finishes the start-up scan and pull so the folder is idle.
 fn settle_start(n: &mut Node<u8>, now: Instant) {
     let a = drain(n);
@@ -94,15 +107,7 @@ fn a_recorded_change_is_persisted_before_it_is_sent() {
     n.handle_meta_failed(now, B, "f");
     n.handle_fs_changed(now, "f", Some(vec!["x".into()]));
     drain(&mut n);
-    n.handle_scan_done(
-        now,
-        "f",
-        Ok(ScanDone {
-            unrecorded: vec![file("x", 7)],
-            changed: 1,
-            ..ScanDone::default()
-        }),
-    );
+    scanned(&mut n, now, "x", 7);
     let a = drain(&mut n);
     let persist = a.iter().position(
         |a| matches!(a, Action::Persist { recorded, .. } if recorded == &["x".to_string()]),
@@ -130,15 +135,7 @@ fn one_meta_request_in_flight_per_folder_and_peer() {
     // A change while the request is out: nothing more is sent until it is answered.
     n.handle_fs_changed(now, "f", Some(vec!["x".into()]));
     drain(&mut n);
-    n.handle_scan_done(
-        now,
-        "f",
-        Ok(ScanDone {
-            unrecorded: vec![file("x", 7)],
-            changed: 1,
-            ..ScanDone::default()
-        }),
-    );
+    scanned(&mut n, now, "x", 7);
     assert!(
         !drain(&mut n)
             .iter()
@@ -148,15 +145,7 @@ fn one_meta_request_in_flight_per_folder_and_peer() {
     n.handle_meta_failed(now, B, "f");
     n.handle_fs_changed(now, "f", Some(vec!["y".into()]));
     drain(&mut n);
-    n.handle_scan_done(
-        now,
-        "f",
-        Ok(ScanDone {
-            unrecorded: vec![file("y", 8)],
-            changed: 1,
-            ..ScanDone::default()
-        }),
-    );
+    scanned(&mut n, now, "y", 8);
     assert!(
         drain(&mut n)
             .iter()
@@ -281,15 +270,7 @@ fn a_failed_pull_is_retried_after_its_back_off_and_not_before() {
 fn missing_own_version(all_connected: bool, held: bool) -> Vec<Action<u8>> {
     let (mut n, now) = node(A, &[B]);
     drain(&mut n);
-    n.handle_scan_done(
-        now,
-        "f",
-        Ok(ScanDone {
-            unrecorded: vec![file("x", 7)],
-            changed: 1,
-            ..ScanDone::default()
-        }),
-    );
+    scanned(&mut n, now, "x", 7);
     if all_connected {
         n.handle_connected(now, B);
     }

@@ -372,21 +372,7 @@ impl World {
 
     /// Records a disk change of replica `r` into its document, as a scan would.
     fn record(&mut self, r: usize, path: &str, base: Option<ContentId>) {
-        let change = match self.replicas[r].disk.get(path) {
-            Some(e) => LocalChange::Present {
-                kind: e.kind,
-                content: e.content,
-                size: if e.kind == EntryKind::File {
-                    e.stamp.size
-                } else {
-                    0
-                },
-                mtime_ns: e.stamp.mtime_ns,
-                mode: e.stamp.mode,
-                link_target: e.link_target.clone(),
-            },
-            None => LocalChange::Deleted,
-        };
+        let change = LocalChange::of(self.replicas[r].disk.get(path));
         let doc = &mut self.replicas[r].doc;
         let before = doc.values(path);
         doc.record_local(path, &change, base);

@@ -152,18 +152,7 @@ fn scan_done(index: &Index, folder: &str, report: ScanReport) -> ScanDone {
     let unrecorded = unrecorded
         .into_iter()
         .filter_map(|(path, previous)| {
-            let change = match index.entry(folder, &path) {
-                Ok(Some(e)) => LocalChange::Present {
-                    kind: e.kind,
-                    content: e.content,
-                    size: e.stamp.size,
-                    mtime_ns: e.stamp.mtime_ns,
-                    mode: e.stamp.mode,
-                    link_target: e.link_target,
-                },
-                Ok(None) => LocalChange::Deleted,
-                Err(_) => return None,
-            };
+            let change = LocalChange::of(index.entry(folder, &path).ok()?.as_ref());
             Some(Unrecorded {
                 path,
                 change,
