@@ -585,9 +585,12 @@ impl Engine {
 
     fn on_control(&mut self, req: ControlRequest) {
         match req {
-            ControlRequest::Status(reply) => {
+            // A request the control API already answered from the published status
+            // (the loop was busy) is not worked out again.
+            ControlRequest::Status(reply) if !reply.is_closed() => {
                 let _ = reply.send(self.status());
             }
+            ControlRequest::Status(_) => {}
             ControlRequest::Metrics(reply) => {
                 self.metrics.peers_connected.store(
                     self.node.connected().count() as u64,

@@ -371,8 +371,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         self.folders.get(id)
     }
 
-    /// A folder's state, for changes to its document made outside the node (resolving a
-    /// conflict); call [`Node::changed`] after.
+    /// A folder's state, mutable (its document's `heads` need `&mut`; tests and
+    /// diagnostics read them).
     pub fn folder_mut(&mut self, id: &str) -> Option<&mut FolderState<P>> {
         self.folders.get_mut(id)
     }
@@ -488,20 +488,6 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         self.schedule(now);
     }
 
-    /// The document of folder `id` was changed outside the node (`shards` touched):
-    /// persisted, sent to members, and pulled.
-    pub fn changed(&mut self, now: Instant, id: &str, shards: impl IntoIterator<Item = usize>) {
-        let Some(f) = self.folders.get_mut(id) else {
-            return;
-        };
-        f.doc.commit();
-        f.needs_pull = true;
-        f.scan.all();
-        self.persist(id, shards, Vec::new());
-        self.sync_folder(id);
-        self.schedule(now);
-    }
-
     // ---- inputs: jobs ----
 
     /// A scan ended.
@@ -534,13 +520,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             // A scan that found nothing new leaves nothing new to pull.
             f.needs_pull = true;
         }
-        let start = report.changes.len().saturating_sub(RECENT_MAX);
-        self.remember(
-            now,
-            id,
-            report.changes.into_iter().skip(start),
-            Origin::Local,
-        );
+        // The feed keeps the last RECENT_MAX (`remember` drops the oldest).
+        self.remember(now, id, report.changes, Origin::Local);
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };

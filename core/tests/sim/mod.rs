@@ -55,6 +55,21 @@ impl Replica {
     }
 }
 
+/// The directories a user must create before writing `path` on `disk`, outermost first;
+/// None when a parent is a file or symlink (the write is not possible).
+pub fn missing_dirs(disk: &BTreeMap<String, IndexedEntry>, path: &str) -> Option<Vec<String>> {
+    let mut missing = Vec::new();
+    let parents: Vec<&str> = cairn_core::path::ancestors(path).collect();
+    for a in parents.into_iter().rev() {
+        match disk.get(a).map(|e| e.kind) {
+            Some(EntryKind::Dir) => {}
+            Some(_) => return None,
+            None => missing.push(a.to_string()),
+        }
+    }
+    Some(missing)
+}
+
 /// Whether a disk or history store has the bytes of `chunk` (one chunk per content here).
 pub fn holds(
     disk: &BTreeMap<String, IndexedEntry>,
@@ -386,21 +401,15 @@ impl World {
     }
 
     fn mkdirs(&mut self, r: usize, path: &str) -> bool {
-        let parents: Vec<String> = cairn_core::path::ancestors(path)
-            .map(str::to_string)
-            .collect();
-        for a in parents.iter().rev() {
-            match self.replicas[r].disk.get(a).map(|e| e.kind) {
-                Some(EntryKind::Dir) => {}
-                Some(_) => return false,
-                None => {
-                    let t = self.tick();
-                    self.replicas[r]
-                        .disk
-                        .insert(a.clone(), entry(EntryKind::Dir, None, None, t));
-                    self.record(r, a, None);
-                }
-            }
+        let Some(missing) = missing_dirs(&self.replicas[r].disk, path) else {
+            return false;
+        };
+        for a in missing {
+            let t = self.tick();
+            self.replicas[r]
+                .disk
+                .insert(a.clone(), entry(EntryKind::Dir, None, None, t));
+            self.record(r, &a, None);
         }
         true
     }
