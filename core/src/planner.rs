@@ -199,6 +199,30 @@ pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn Loc
     out
 }
 
+/// What the disk holds where a partial pull plans (see
+/// [`crate::folder::tree::derive_partial`]): the local entry at every path of `scope`,
+/// and everything under a local directory whose path the tree no longer has as a
+/// directory (it goes, with what is in it). `entry` reads one path of the index, `below`
+/// every path under `dir/`. The plan of `tree` against this is the plan of the whole
+/// tree restricted to the scope (`core/tests/partial.rs` checks it).
+pub fn local_in_scope(
+    tree: &Tree,
+    scope: &BTreeSet<String>,
+    entry: impl Fn(&str) -> Option<IndexedEntry>,
+    below: impl Fn(&str) -> Vec<(String, IndexedEntry)>,
+) -> BTreeMap<String, IndexedEntry> {
+    let mut local = BTreeMap::new();
+    for p in scope {
+        let Some(l) = entry(p) else { continue };
+        let still_dir = tree.get(p).is_some_and(|e| e.value.kind == EntryKind::Dir);
+        if l.kind == EntryKind::Dir && !still_dir {
+            local.extend(below(p));
+        }
+        local.insert(p.clone(), l);
+    }
+    local
+}
+
 /// Turns a write of new content at a free path into a rename of a local file that leaves
 /// the tree with exactly that content (a file or directory renamed on a peer): no bytes
 /// are copied, and the delete of the source goes.

@@ -18,7 +18,7 @@ use cairn_core::folder::{DeviceId, FolderDoc, LocalChange, TreeOptions};
 use cairn_core::node::{
     Action, FolderKind, FolderSpec, Missing, Node, PullDone, PullFailure, ScanDone, Unrecorded,
 };
-use cairn_core::planner::{LocalStore, plan};
+use cairn_core::planner::{LocalStore, local_in_scope, plan};
 use cairn_core::scan::{EntryKind, IndexedEntry};
 use cairn_core::{ChunkId, ContentId};
 use rand::rngs::StdRng;
@@ -245,7 +245,12 @@ impl Net {
                     let done = self.scan(i, paths.as_ref());
                     self.devices[i].jobs.push(Job::Scan(Ok(done)));
                 }
-                Action::Pull { tree, refused, .. } => {
+                Action::Pull {
+                    tree,
+                    scope,
+                    refused,
+                    ..
+                } => {
                     assert!(refused.is_empty(), "honest devices refuse nothing");
                     // Sometimes the device dies in the middle of a pull.
                     let steps = if self.rng.random_bool(self.crash_in_pull) {
@@ -253,7 +258,7 @@ impl Net {
                     } else {
                         usize::MAX
                     };
-                    let outcome = self.pull(i, &tree, steps);
+                    let outcome = self.pull(i, &tree, scope.as_ref(), steps);
                     if steps != usize::MAX {
                         self.crash(i);
                         return;
@@ -358,7 +363,13 @@ impl Net {
 
     /// The puller: plans against the index, carries the plan out on the disk with chunks
     /// from devices the puller reaches (connected now), and reports.
-    fn pull(&mut self, i: usize, tree: &cairn_core::folder::Tree, steps: usize) -> PullDone {
+    fn pull(
+        &mut self,
+        i: usize,
+        tree: &cairn_core::folder::Tree,
+        scope: Option<&BTreeSet<String>>,
+        steps: usize,
+    ) -> PullDone {
         let elsewhere: HashSet<ChunkId> = (0..self.devices.len())
             .filter(|p| self.reachable(i, *p))
             .flat_map(|p| {
@@ -372,7 +383,19 @@ impl Net {
             })
             .collect();
         let d = &mut self.devices[i];
-        let p = plan(tree, &d.index, &*d);
+        // A partial pull plans its scope alone, as the daemon does.
+        let p = match scope {
+            None => plan(tree, &d.index, &*d),
+            Some(scope) => {
+                let local = local_in_scope(
+                    tree,
+                    scope,
+                    |p| d.index.get(p).cloned(),
+                    |dir| sim::below(&d.index, dir),
+                );
+                plan(tree, &local, &*d)
+            }
+        };
         assert!(p.rejected.is_empty(), "{:?}", p.rejected);
         if p.is_empty() {
             return PullDone {

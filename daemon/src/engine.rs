@@ -361,9 +361,10 @@ impl Engine {
                 Action::Pull {
                     folder,
                     tree,
+                    scope,
                     refused,
                     peers,
-                } => self.start_pull(&folder, tree, refused, peers),
+                } => self.start_pull(&folder, tree, scope, refused, peers),
                 Action::Restore { folder } => self.start_restore(&folder),
                 Action::SendMeta {
                     peer,

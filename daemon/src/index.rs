@@ -469,6 +469,24 @@ impl Index {
         .map(|rows| rows.into_iter().collect())
     }
 
+    /// The entries of `folder` at `paths` (those that have one), in one read.
+    pub fn entries_at(
+        &self,
+        folder: &str,
+        paths: &std::collections::BTreeSet<String>,
+    ) -> Result<HashMap<String, IndexedEntry>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut out = HashMap::new();
+        for path in paths {
+            if let Some(v) = t.get((folder, path.as_str()))? {
+                let entry = decode(v.value(), || format!("entry {folder}/{path}"))?;
+                out.insert(path.clone(), entry);
+            }
+        }
+        Ok(out)
+    }
+
     /// The entries of `folder` at or under any of `dirs` (folder-relative; `""` is the
     /// whole folder), read by key range, not by loading the folder.
     pub fn entries_under(

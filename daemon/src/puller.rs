@@ -210,6 +210,9 @@ pub struct Puller {
     pub keeps: std::sync::Mutex<HashMap<String, ContentId>>,
     /// Held while a version is being preserved.
     pub preserving: std::sync::Mutex<()>,
+    /// The paths a partial pull plans (None: the whole folder); abandoned pulls are
+    /// forgotten only there.
+    pub scope: Option<std::collections::BTreeSet<String>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
@@ -265,7 +268,13 @@ impl Puller {
             Self::tally(action, result, &self.folder, &mut out);
             i += 1;
         }
-        forget_abandoned_pulls(&self.index, &self.folder, &self.root, plan);
+        forget_abandoned_pulls(
+            &self.index,
+            &self.folder,
+            &self.root,
+            plan,
+            self.scope.as_ref(),
+        );
         self.flush();
         if let Some(first) = out.failed.first() {
             tracing::warn!(
@@ -1354,8 +1363,15 @@ impl Puller {
 
 /// Removes the temp file and progress of every resumable pull that `plan` no longer wants
 /// (its entry was deleted or changed to another version meanwhile, perhaps while this device
-/// was down), so no temp file is left behind for ever.
-pub fn forget_abandoned_pulls(index: &Index, folder: &str, root: &Path, plan: &Plan) {
+/// was down), so no temp file is left behind for ever. A partial plan speaks only for the
+/// paths of its `scope`.
+pub fn forget_abandoned_pulls(
+    index: &Index,
+    folder: &str,
+    root: &Path,
+    plan: &Plan,
+    scope: Option<&std::collections::BTreeSet<String>>,
+) {
     let wanted: std::collections::HashSet<(&str, &ContentId)> = plan
         .actions
         .iter()
@@ -1368,7 +1384,8 @@ pub fn forget_abandoned_pulls(index: &Index, folder: &str, root: &Path, plan: &P
         return;
     };
     for (path, content) in pulls {
-        if wanted.contains(&(path.as_str(), &content)) {
+        if wanted.contains(&(path.as_str(), &content)) || scope.is_some_and(|s| !s.contains(&path))
+        {
             continue;
         }
         remove_temp(&temp_path(&root.join(&path), &content.short()));

@@ -132,6 +132,7 @@ fn puller(
         dirty_dirs: Default::default(),
         keeps: Default::default(),
         preserving: Default::default(),
+        scope: None,
     }
 }
 

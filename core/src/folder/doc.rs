@@ -7,15 +7,18 @@
 //! automerge's sync protocol; one [`FolderMessage`] carries the messages of every shard
 //! that has something to say.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value};
 
 use crate::folder::entry::{DeviceId, EntryValue};
-use crate::folder::tree::{Origin, Tree, TreeOptions, derive_tree, winner};
+use crate::folder::tree::{
+    Origin, PartialTree, Tree, TreeOptions, derive_partial, derive_tree, winner,
+};
 use crate::hash::ContentId;
+use crate::path;
 use crate::scan::EntryKind;
 
 /// Shards of a new folder. Part of the folder's identity, like the chunker parameters.
@@ -178,10 +181,61 @@ pub struct Recorded {
     pub undecodable: Vec<String>,
 }
 
+/// More changed paths than this are not listed one by one (see [`Changed`]).
+pub const CHANGED_MAX: usize = 50_000;
+
+/// The heads of every shard: a moment of the folder's history.
+pub type Heads = Vec<Vec<automerge::ChangeHash>>;
+
+/// Which paths the document changed at since they were last taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// These paths (at most [`CHANGED_MAX`]).
+    Paths(BTreeSet<String>),
+    /// Too many to list (a first sync, a large merge), or not known: all of them.
+    All,
+}
+
+impl Default for Changed {
+    fn default() -> Self {
+        Changed::Paths(BTreeSet::new())
+    }
+}
+
+impl Changed {
+    /// Adds paths; past [`CHANGED_MAX`] it becomes [`Changed::All`].
+    pub fn add(&mut self, paths: impl IntoIterator<Item = String>) {
+        if let Changed::Paths(set) = self {
+            set.extend(paths);
+            if set.len() > CHANGED_MAX {
+                *self = Changed::All;
+            }
+        }
+    }
+
+    /// Adds what `other` holds.
+    pub fn merge(&mut self, other: Changed) {
+        match other {
+            Changed::All => *self = Changed::All,
+            Changed::Paths(p) => self.add(p),
+        }
+    }
+
+    /// True when no path changed.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Changed::Paths(p) if p.is_empty())
+    }
+}
+
 /// One folder's metadata.
 pub struct FolderDoc {
     device: DeviceId,
     shards: Vec<AutoCommit>,
+    /// Every directory with a path recorded under it (keys are never removed, so this
+    /// only grows): most paths are not, which spares a look under them in every shard.
+    dirs: HashSet<String>,
+    /// Paths changed since [`FolderDoc::take_changed`].
+    changed: Changed,
 }
 
 impl FolderDoc {
@@ -193,6 +247,8 @@ impl FolderDoc {
         Ok(FolderDoc {
             device,
             shards: (0..shards).map(|_| AutoCommit::new()).collect(),
+            dirs: HashSet::new(),
+            changed: Changed::default(),
         })
     }
 
@@ -210,8 +266,19 @@ impl FolderDoc {
                     source,
                 })
             })
-            .collect::<Result<_, _>>()?;
-        Ok(FolderDoc { device, shards })
+            .collect::<Result<Vec<AutoCommit>, _>>()?;
+        let mut dirs = HashSet::new();
+        for doc in &shards {
+            for item in doc.map_range(ROOT, ..) {
+                note_dirs(&mut dirs, &item.key);
+            }
+        }
+        Ok(FolderDoc {
+            device,
+            shards,
+            dirs,
+            changed: Changed::All,
+        })
     }
 
     /// This device's id.
@@ -417,6 +484,26 @@ impl FolderDoc {
             })
             .collect();
         conflicted.sort_unstable();
+        self.materialize_with(tree, conflicted)
+    }
+
+    /// [`FolderDoc::materialize`] of a partial tree: only its paths are looked at.
+    pub fn materialize_partial(&mut self, tree: &Tree) -> Vec<String> {
+        let conflicted: Vec<String> = tree
+            .entries
+            .iter()
+            .filter(|(p, e)| {
+                e.origin == Origin::Recorded
+                    && self.shards[self.shard_of(p)]
+                        .get_all(ROOT, p.as_str())
+                        .is_ok_and(|all| all.len() > 1)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.materialize_with(tree, conflicted)
+    }
+
+    fn materialize_with(&mut self, tree: &Tree, conflicted: Vec<String>) -> Vec<String> {
         let mut written = Vec::new();
         for path in conflicted {
             if self.values(&path).len() > 1
@@ -454,6 +541,8 @@ impl FolderDoc {
 
     /// Writes `value` at `path` as this device.
     pub fn put(&mut self, path: &str, value: &EntryValue) {
+        note_dirs(&mut self.dirs, path);
+        self.changed.add([path.to_string()]);
         let shard = self.shard_of(path);
         // Putting a scalar on the root map of a document we own cannot fail.
         let _ = self.shards[shard].put(ROOT, path, ScalarValue::Bytes(value.encode()));
@@ -515,15 +604,102 @@ impl FolderDoc {
                 ));
             }
             let i = *shard as usize;
-            self.shards[i]
+            let before = self.shards[i].get_heads();
+            let result = self.shards[i]
                 .sync()
                 .receive_sync_message(&mut peer.states[i], msg)
                 .map_err(|source| FolderError::Sync {
                     shard: *shard,
                     source,
-                })?;
+                });
+            if self.shards[i].get_heads() != before {
+                self.note_changes_since(i, &before);
+            }
+            result?;
         }
         Ok(())
+    }
+
+    /// Notes the paths that changes of shard `i` after `before` wrote.
+    fn note_changes_since(&mut self, i: usize, before: &[automerge::ChangeHash]) {
+        let changes = self.shards[i].get_changes(before);
+        let ops: usize = changes.iter().map(|c| c.len()).sum();
+        let listed = match &self.changed {
+            Changed::Paths(p) => p.len(),
+            Changed::All => CHANGED_MAX,
+        };
+        if listed + ops > CHANGED_MAX {
+            // Too many to list: every path is looked at anyway, so the directories are
+            // read from the keys, not from each change.
+            self.changed = Changed::All;
+            for item in self.shards[i].map_range(ROOT, ..) {
+                note_dirs(&mut self.dirs, &item.key);
+            }
+            return;
+        }
+        for change in changes {
+            for op in change.decode().operations {
+                if let automerge::legacy::Key::Map(key) = op.key {
+                    note_dirs(&mut self.dirs, &key);
+                    self.changed.add([key.to_string()]);
+                }
+            }
+        }
+    }
+
+    /// The paths changed since the last call (every path, the first time after a load),
+    /// by this device or by a peer's message.
+    pub fn take_changed(&mut self) -> Changed {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Every concurrent value recorded at `path` at the moment `at` (now when None).
+    pub fn values_at(&self, path: &str, at: Option<&Heads>) -> Vec<EntryValue> {
+        let shard = self.shard_of(path);
+        let doc = &self.shards[shard];
+        let all = match at {
+            None => doc.get_all(ROOT, path),
+            Some(heads) => doc.get_all_at(ROOT, path, &heads[shard]),
+        };
+        all.unwrap_or_default()
+            .into_iter()
+            .filter_map(|(v, _)| decode_value(&v))
+            .collect()
+    }
+
+    /// Whether a valid path under `dir/` had a live value at the moment `at` (now when
+    /// None).
+    pub fn live_below(&self, dir: &str, at: Option<&Heads>) -> bool {
+        if !self.dirs.contains(dir) {
+            return false;
+        }
+        let range = format!("{dir}/")..format!("{dir}0"); // '0' follows '/'
+        self.shards.iter().enumerate().any(|(i, doc)| {
+            let items = match at {
+                None => doc.map_range(ROOT, range.clone()),
+                Some(heads) => doc.map_range_at(ROOT, range.clone(), &heads[i]),
+            };
+            items.into_iter().any(|item| {
+                path::validate(&item.key).is_ok()
+                    && winner(&self.values_at(&item.key, at)).is_some()
+            })
+        })
+    }
+
+    /// The part of the tree that changes at `paths` can reach, as it was at `at` (now
+    /// when None); None on a case-insensitive file system (see [`derive_partial`]).
+    pub fn partial_tree<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a str>,
+        options: TreeOptions,
+        at: Option<&Heads>,
+    ) -> Option<PartialTree> {
+        derive_partial(
+            paths,
+            &|p| self.values_at(p, at),
+            &|d| self.live_below(d, at),
+            options,
+        )
     }
 }
 
@@ -560,6 +736,16 @@ fn usable_bloom(bloom: &sync::BloomFilter) -> bool {
         return false;
     };
     (1..=MAX_BLOOM_PARAMETER).contains(&bits) && (1..=MAX_BLOOM_PARAMETER).contains(&probes)
+}
+
+/// Adds every ancestor directory of `path` to `dirs`.
+fn note_dirs(dirs: &mut HashSet<String>, path: &str) {
+    for a in path::ancestors(path) {
+        if !dirs.insert(a.to_string()) {
+            // Its ancestors were added with it.
+            break;
+        }
+    }
 }
 
 fn decode_value(v: &Value<'_>) -> Option<EntryValue> {

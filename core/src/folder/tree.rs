@@ -16,7 +16,7 @@
 //!   directory deleted on one side keeps a file added inside it on the other;
 //! - on case-insensitive file systems, paths that differ only by case are conflicts too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::folder::entry::{DeviceId, EntryValue};
 use crate::path::{self, PathError, case_key};
@@ -316,6 +316,42 @@ fn implied_dir() -> TreeEntry {
     }
 }
 
+/// Puts the winner of `p`'s `values` at `p` and queues a conflict copy for every other
+/// live version with different data (directories never get copies).
+fn add_recorded(
+    entries: &mut BTreeMap<String, TreeEntry>,
+    copies: &mut Vec<(String, TreeEntry)>,
+    p: String,
+    values: &[EntryValue],
+) {
+    let live = ranked(values);
+    if live.is_empty() {
+        return;
+    }
+    let winner = live[0].clone();
+    let mut kept: Vec<&EntryValue> = vec![live[0]];
+    for v in &live[1..] {
+        if v.kind == EntryKind::Dir || kept.iter().any(|k| k.same_data(v)) {
+            continue;
+        }
+        kept.push(v);
+        copies.push((
+            conflict_name(&p, v),
+            TreeEntry {
+                value: (*v).clone(),
+                origin: Origin::ConflictCopy { of: p.clone() },
+            },
+        ));
+    }
+    entries.insert(
+        p,
+        TreeEntry {
+            value: winner,
+            origin: Origin::Recorded,
+        },
+    );
+}
+
 /// Derives the tree from every path's concurrent values.
 pub fn derive_tree(
     recorded: impl IntoIterator<Item = (String, Vec<EntryValue>)>,
@@ -328,32 +364,7 @@ pub fn derive_tree(
             tree.rejected.push((p, e));
             continue;
         }
-        let live = ranked(&values);
-        if live.is_empty() {
-            continue;
-        }
-        let winner = live[0].clone();
-        let mut kept: Vec<&EntryValue> = vec![live[0]];
-        for v in &live[1..] {
-            if v.kind == EntryKind::Dir || kept.iter().any(|k| k.same_data(v)) {
-                continue;
-            }
-            kept.push(v);
-            copies.push((
-                conflict_name(&p, v),
-                TreeEntry {
-                    value: (*v).clone(),
-                    origin: Origin::ConflictCopy { of: p.clone() },
-                },
-            ));
-        }
-        tree.entries.insert(
-            p,
-            TreeEntry {
-                value: winner,
-                origin: Origin::Recorded,
-            },
-        );
+        add_recorded(&mut tree.entries, &mut copies, p, &values);
     }
     for (name, entry) in copies {
         insert_unique(&mut tree.entries, name, entry, options);
@@ -367,11 +378,133 @@ pub fn derive_tree(
 }
 
 /// Inserts `entry` at `name`, or at `name-2`, `name-3`... if a different entry is there.
+/// The part of the tree that changes at some paths can reach, derived as
+/// [`derive_tree`] derives it, from those paths alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartialTree {
+    /// Entries of the whole tree at paths in `scope` (a path of `scope` missing here is
+    /// not in the tree).
+    pub tree: Tree,
+    /// Every path looked at: the paths asked for, their ancestors, the originals of
+    /// conflict copies among them and the names their copies took or tried.
+    pub scope: BTreeSet<String>,
+}
+
+/// The entries of the tree that a change at any of `paths` can alter, each exactly as
+/// [`derive_tree`] over the whole folder has it: every path, its conflict copies, its
+/// ancestors (a directory, implied or displacing a file) and, for a conflict copy, its
+/// original. So when the document changes only at `paths`, the tree before and after
+/// differs only at paths in the scope of the partial tree before or after: a pull can
+/// plan those paths alone (issue #13: a million-path folder is not derived per edit).
+///
+/// `values(path)` reads a path's recorded values; `live_below(dir)` says whether a valid
+/// path under `dir/` has a live value. None on a case-insensitive file system, where a
+/// path can clash with any other: derive the whole tree.
+///
+/// One case is not exact: conflict copies of two different paths competing for one
+/// numbered name (`x.txt-2` beside `x.txt`, both in conflict, versions from one device in
+/// the same second). Which gets `-2` depends on the order of the whole folder; the full
+/// pull after every full scan settles it.
+pub fn derive_partial<'a>(
+    paths: impl IntoIterator<Item = &'a str>,
+    values: &dyn Fn(&str) -> Vec<EntryValue>,
+    live_below: &dyn Fn(&str) -> bool,
+    options: TreeOptions,
+) -> Option<PartialTree> {
+    if options.case_insensitive {
+        return None;
+    }
+    let mut out = PartialTree::default();
+    let mut wanted = BTreeSet::new();
+    for p in paths {
+        if let Err(e) = path::validate(p) {
+            if !values(p).is_empty() {
+                out.tree.rejected.push((p.to_string(), e));
+            }
+            continue;
+        }
+        wanted.insert(p.to_string());
+        if let Some(c) = ConflictCopyName::parse(p)
+            && path::validate(&c.original).is_ok()
+        {
+            wanted.insert(c.original);
+        }
+    }
+    let ancestors: Vec<String> = wanted
+        .iter()
+        .flat_map(|p| path::ancestors(p).map(str::to_string))
+        .collect();
+    wanted.extend(ancestors);
+    let mut entries = BTreeMap::new();
+    let mut copies = Vec::new();
+    for p in &wanted {
+        add_recorded(&mut entries, &mut copies, p.clone(), &values(p));
+    }
+    let mut scope = wanted;
+    // A name a copy takes or tries may be recorded itself: that entry comes first, as in
+    // the whole tree (recorded paths before every copy).
+    let look =
+        |entries: &mut BTreeMap<String, TreeEntry>, scope: &mut BTreeSet<String>, name: &str| {
+            if scope.insert(name.to_string()) && path::validate(name).is_ok() {
+                add_recorded(entries, &mut Vec::new(), name.to_string(), &values(name));
+            }
+        };
+    for (name, entry) in copies {
+        insert_unique_with(&mut entries, name, entry, options, &mut |e, n| {
+            look(e, &mut scope, n)
+        });
+    }
+    // Paths needed as directories, then what was looked at for the copies they displace.
+    let mut done = BTreeSet::new();
+    loop {
+        let todo: Vec<String> = scope.difference(&done).cloned().collect();
+        if todo.is_empty() {
+            break;
+        }
+        for a in todo {
+            done.insert(a.clone());
+            if !live_below(&a) {
+                continue;
+            }
+            if let Some(old) = entries.insert(a.clone(), implied_dir()) {
+                if old.value.kind == EntryKind::Dir {
+                    entries.insert(a, old);
+                    continue;
+                }
+                let name = conflict_name(&a, &old.value);
+                let moved = TreeEntry {
+                    value: old.value,
+                    origin: Origin::Displaced { of: a },
+                };
+                insert_unique_with(&mut entries, name, moved, options, &mut |e, n| {
+                    look(e, &mut scope, n)
+                });
+            }
+        }
+    }
+    scope.extend(entries.keys().cloned());
+    out.tree.entries = entries;
+    out.scope = scope;
+    Some(out)
+}
+
 fn insert_unique(
     entries: &mut BTreeMap<String, TreeEntry>,
     name: String,
     entry: TreeEntry,
     options: TreeOptions,
+) {
+    insert_unique_with(entries, name, entry, options, &mut |_, _| {});
+}
+
+/// Inserts a copy at `name`, or at `name-2`, `name-3`, ... when another version holds
+/// the name; `look` is told each name before it is checked.
+fn insert_unique_with(
+    entries: &mut BTreeMap<String, TreeEntry>,
+    name: String,
+    entry: TreeEntry,
+    options: TreeOptions,
+    look: &mut dyn FnMut(&mut BTreeMap<String, TreeEntry>, &str),
 ) {
     let taken = |entries: &BTreeMap<String, TreeEntry>, n: &str| -> Option<bool> {
         let existing = if options.case_insensitive {
@@ -387,6 +520,7 @@ fn insert_unique(
     };
     let mut candidate = name.clone();
     for n in 2.. {
+        look(entries, &candidate);
         match taken(entries, &candidate) {
             None => break,
             Some(true) => return, // the same version is already there
@@ -396,9 +530,6 @@ fn insert_unique(
     entries.insert(candidate, entry);
 }
 
-/// Every ancestor of a live path becomes a directory: missing ones are implied, files and
-/// symlinks in the way are displaced to conflict copies (nothing is lost, and nothing is
-/// ever written through a symlink).
 fn make_parents_directories(entries: &mut BTreeMap<String, TreeEntry>, options: TreeOptions) {
     loop {
         let mut needed: Vec<String> = Vec::new();

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::ContentId;
+use crate::folder::doc::{Changed, Heads};
 use crate::folder::{DeviceId, FolderDoc, PeerSync};
 
 /// Paths scanned at most in one partial scan; more changes make it a full scan.
@@ -143,6 +144,17 @@ pub struct FolderState<P> {
     /// Conflict copies in the folder's tree, as of the last time it was derived (each
     /// pull): what `cairn conflicts` lists, without reading the index.
     pub conflicts: BTreeSet<String>,
+    /// Paths the next pull must plan: what the document changed at since the last pull,
+    /// what a scan found unrecorded, and the scope of a pull that did not finish. All of
+    /// them at start, after every full scan and after a pull raced a local change.
+    pub(crate) dirty: Changed,
+    /// When the last pull's tree was derived: the partial tree of the next pull is
+    /// compared with the tree of that moment.
+    pub(crate) planned_at: Option<Heads>,
+    /// The scope of the pull running now (None: the whole folder).
+    pub(crate) pulling: Option<BTreeSet<String>>,
+    /// The scan running now covers the whole folder.
+    pub(crate) scanning_all: bool,
 }
 
 impl<P: Ord> FolderState<P> {
@@ -168,6 +180,10 @@ impl<P: Ord> FolderState<P> {
             no_space: false,
             restores: 0,
             conflicts: BTreeSet::new(),
+            dirty: Changed::All,
+            planned_at: None,
+            pulling: None,
+            scanning_all: false,
         }
     }
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::ContentId;
 use crate::conduct::{Conduct, Verdict, Violation};
+use crate::folder::doc::Changed;
 use crate::folder::tree::ConflictCopyName;
 use crate::folder::{DeviceId, FolderMessage, LocalChange, Tree, TreeOptions};
 use crate::wire::{MetaRequest, MetaResponse};
@@ -67,10 +68,13 @@ pub enum Action<P> {
     },
     /// Plan `tree` against the disk and carry the plan out, fetching from `peers`
     /// (connected members, in this order); skip writing the versions in `refused`. Answer
-    /// with [`Node::handle_pull_done`].
+    /// with [`Node::handle_pull_done`]. With a `scope`, `tree` is the part of the tree at
+    /// those paths: plan them alone, against the disk there
+    /// ([`crate::planner::local_in_scope`]); without one, the whole folder.
     Pull {
         folder: String,
         tree: Tree,
+        scope: Option<BTreeSet<String>>,
         refused: HashMap<String, ContentId>,
         peers: Vec<P>,
     },
@@ -498,6 +502,10 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         f.busy = Busy::Idle;
         f.last_scan_took = now.saturating_duration_since(f.scan_started);
         f.scan_done_at = Some(now);
+        if std::mem::take(&mut f.scanning_all) {
+            // The periodic safety net: the next pull plans the whole folder.
+            f.dirty = Changed::All;
+        }
         let report = match result {
             Ok(r) => r,
             Err(e) => {
@@ -516,6 +524,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             }
         }
         let paths: Vec<String> = report.unrecorded.into_iter().map(|u| u.path).collect();
+        // Recorded or not (a receive-only folder puts them back), they are planned again.
+        f.dirty.add(paths.iter().cloned());
         if report.changed > 0 || !paths.is_empty() {
             // A scan that found nothing new leaves nothing new to pull.
             f.needs_pull = true;
@@ -544,6 +554,16 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             return;
         };
         f.busy = Busy::Idle;
+        let scope = f.pulling.take();
+        if outcome.raced {
+            f.dirty = Changed::All;
+        } else if !outcome.failed.is_empty() || !outcome.missing.is_empty() {
+            // What did not happen is planned again.
+            match scope {
+                Some(paths) => f.dirty.add(paths),
+                None => f.dirty = Changed::All,
+            }
+        }
         if outcome.planned_nothing {
             f.in_sync = true;
             f.waiting.clear();
@@ -825,6 +845,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 };
                 f.busy = Busy::Scanning;
                 f.scan_started = now;
+                f.scanning_all = paths.is_none();
                 self.actions.push_back(Action::Scan { folder: id, paths });
             } else if f.needs_pull && (f.retry_pull_at.is_none() || f.waiting_only) {
                 // A pull that only waits for versions other devices have does not hold
@@ -836,16 +857,52 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
     }
 
     fn start_pull(&mut self, now: Instant, id: &str) {
+        let options = self.options;
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
-        let tree = f.doc.tree(self.options);
-        f.conflicts = tree
-            .entries
-            .keys()
-            .filter(|p| ConflictCopyName::parse(p).is_some())
-            .cloned()
-            .collect();
+        let changed = f.doc.take_changed();
+        f.dirty.merge(changed);
+        let dirty = std::mem::take(&mut f.dirty);
+        // The part of the tree the changes since the last pull reach, when there is a
+        // last pull to compare with (see `derive_partial`).
+        let partial = match (&dirty, &f.planned_at) {
+            (Changed::Paths(paths), Some(at)) => f
+                .doc
+                .partial_tree(paths.iter().map(String::as_str), options, Some(at))
+                .and_then(|before| {
+                    let wanted: BTreeSet<&str> = paths
+                        .iter()
+                        .chain(&before.scope)
+                        .map(String::as_str)
+                        .collect();
+                    f.doc.partial_tree(wanted, options, None)
+                }),
+            _ => None,
+        };
+        let (tree, scope) = match partial {
+            Some(p) if p.scope.is_empty() && f.spec.kind != FolderKind::SendOnly => {
+                // Nothing changed since a pull that finished: the disk matches the tree.
+                f.in_sync = true;
+                f.waiting.clear();
+                f.no_space = false;
+                self.prune_if_all_in_sync();
+                return;
+            }
+            Some(p) => (p.tree, Some(p.scope)),
+            None => (f.doc.tree(options), None),
+        };
+        f.planned_at = Some(f.doc.heads());
+        match &scope {
+            None => f.conflicts.clear(),
+            Some(paths) => f.conflicts.retain(|p| !paths.contains(p)),
+        }
+        f.conflicts.extend(
+            tree.entries
+                .keys()
+                .filter(|p| ConflictCopyName::parse(p).is_some())
+                .cloned(),
+        );
         if f.spec.kind == FolderKind::SendOnly {
             f.in_sync = true;
             return;
@@ -866,7 +923,10 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
-        let written = f.doc.materialize(&tree);
+        let written = match &scope {
+            None => f.doc.materialize(&tree),
+            Some(_) => f.doc.materialize_partial(&tree),
+        };
         if !written.is_empty() {
             let shards: BTreeSet<usize> = written.iter().map(|p| f.doc.shard_of(p)).collect();
             self.persist(id, shards, Vec::new());
@@ -879,6 +939,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         // asks for exactly them.
         f.refused.retain(|path, r| {
             r.content.is_none()
+                || scope.as_ref().is_some_and(|s| !s.contains(path))
                 || tree
                     .entries
                     .get(path)
@@ -897,9 +958,11 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             .copied()
             .collect();
         f.busy = Busy::Pulling;
+        f.pulling = scope.clone();
         self.actions.push_back(Action::Pull {
             folder: id.to_string(),
             tree,
+            scope,
             refused,
             peers,
         });

@@ -70,6 +70,16 @@ pub fn missing_dirs(disk: &BTreeMap<String, IndexedEntry>, path: &str) -> Option
     Some(missing)
 }
 
+/// Every entry under `dir/`, as an index read by key range gives it.
+pub fn below(index: &BTreeMap<String, IndexedEntry>, dir: &str) -> Vec<(String, IndexedEntry)> {
+    let start = format!("{dir}/");
+    index
+        .range(start.clone()..)
+        .take_while(|(p, _)| p.starts_with(&start))
+        .map(|(p, e)| (p.clone(), e.clone()))
+        .collect()
+}
+
 /// Whether a disk or history store has the bytes of `chunk` (one chunk per content here).
 pub fn holds(
     disk: &BTreeMap<String, IndexedEntry>,

@@ -10,7 +10,7 @@ use cairn_core::ContentId;
 use cairn_core::folder::doc::DEFAULT_SHARDS;
 use cairn_core::folder::{DeviceId, EntryValue, FolderDoc, LocalChange, Tree};
 use cairn_core::node::{FolderSpec, Missing, PullDone, PullFailure, ScanDone, Unrecorded};
-use cairn_core::planner::{LocalStore, plan};
+use cairn_core::planner::{LocalStore, local_in_scope, plan};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
@@ -70,6 +70,7 @@ impl Engine {
         &mut self,
         id: &str,
         tree: Tree,
+        scope: Option<BTreeSet<String>>,
         refused: HashMap<String, ContentId>,
         peers: Vec<PeerId>,
     ) {
@@ -105,6 +106,7 @@ impl Engine {
             dirty_dirs: Default::default(),
             keeps: Default::default(),
             preserving: Default::default(),
+            scope,
         };
         l.progress = Some(puller.progress.clone());
         l.rate = (Instant::now(), 0, 0.0);
@@ -113,7 +115,7 @@ impl Engine {
         // the puller's thread, never on the loop (the control API stays responsive
         // whatever the size of a pull).
         std::thread::spawn(move || {
-            let outcome = match plan_pull(&puller, &tree, &refused) {
+            let outcome = match plan_pull(&puller, &tree, puller.scope.as_ref(), &refused) {
                 Ok(Some(plan)) => {
                     tracing::debug!(folder, actions = ?plan.actions, "pull_started");
                     let values: HashMap<String, EntryValue> = tree
@@ -241,14 +243,39 @@ fn holds(index: &Index, content: &ContentId) -> bool {
 }
 
 /// Plans a pull of `tree` against the index (on the puller's thread): None when there is
-/// nothing to do (abandoned pulls are then forgotten).
+/// nothing to do (abandoned pulls are then forgotten). With a `scope`, `tree` is the
+/// partial tree of those paths, planned against the index entries there alone.
 fn plan_pull(
     puller: &Puller,
     tree: &Tree,
+    scope: Option<&BTreeSet<String>>,
     refused: &HashMap<String, ContentId>,
 ) -> Result<Option<cairn_core::planner::Plan>, PullError> {
-    let local: BTreeMap<_, _> = puller.index.entries(&puller.folder)?.into_iter().collect();
-    let mut plan = plan(tree, &local, &IndexStore(&puller.index));
+    let (index, folder) = (&puller.index, puller.folder.as_str());
+    let local: BTreeMap<_, _> = match scope {
+        None => index.entries(folder)?.into_iter().collect(),
+        Some(scope) => {
+            let here = index.entries_at(folder, scope)?;
+            let failed = std::cell::RefCell::new(None);
+            let local = local_in_scope(
+                tree,
+                scope,
+                |p| here.get(p).cloned(),
+                |dir| match index.entries_under(folder, &BTreeSet::from([dir.to_string()])) {
+                    Ok(entries) => entries.into_iter().collect(),
+                    Err(e) => {
+                        failed.borrow_mut().get_or_insert(e);
+                        Vec::new()
+                    }
+                },
+            );
+            if let Some(e) = failed.into_inner() {
+                return Err(e.into());
+            }
+            local
+        }
+    };
+    let mut plan = plan(tree, &local, &IndexStore(index));
     drop(local);
     plan.actions.retain(|a| match a {
         cairn_core::planner::Action::WriteFile { path, content, .. } => {
@@ -257,10 +284,10 @@ fn plan_pull(
         _ => true,
     });
     for (path, why) in &plan.rejected {
-        tracing::warn!(folder = %puller.folder, path = %path, error = %why, "path_rejected");
+        tracing::warn!(folder, path = %path, error = %why, "path_rejected");
     }
     if plan.is_empty() {
-        crate::puller::forget_abandoned_pulls(&puller.index, &puller.folder, &puller.root, &plan);
+        crate::puller::forget_abandoned_pulls(index, folder, &puller.root, &plan, scope);
         return Ok(None);
     }
     Ok(Some(plan))
