@@ -13,7 +13,7 @@
 //! (deepest first); then whatever had to wait for a removal (a file where a directory was,
 //! a directory where a symlink was).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::folder::tree::{Origin, Tree};
 use crate::hash::ContentId;
@@ -58,6 +58,17 @@ pub enum Action {
         size: u64,
         mtime_ns: i64,
         mode: u32,
+    },
+    /// Move the local directory `from`, which leaves the tree, to `path`, where nothing is:
+    /// everything under `from` is in the tree at the same place under `path` with the same
+    /// data, so one rename carries the whole directory (a directory renamed on a peer).
+    /// `steps` are the same moves one path at a time (`MakeDir`, `Rename`,
+    /// `WriteSymlink`, `Delete`, in order): done instead when a file under `from` changed
+    /// since its scan or something appeared at `path`.
+    RenameDir {
+        from: String,
+        path: String,
+        steps: Vec<Action>,
     },
     /// Create a symlink.
     WriteSymlink { path: String, target: String },
@@ -178,6 +189,7 @@ pub fn plan(tree: &Tree, local: &BTreeMap<String, IndexedEntry>, store: &dyn Loc
     let is_blocked =
         |p: &str| blocked.contains(p) || path::ancestors(p).any(|a| blocked.contains(a));
     renames(&mut writes, &mut deletes, local, &is_blocked);
+    directory_renames(&mut writes, &mut deletes, local, &is_blocked);
     let (later, now): (Vec<_>, Vec<_>) = writes.into_iter().partition(|(p, _)| is_blocked(p));
     // Deepest first, so directories are empty when they go.
     deletes.sort_by(|a, b| b.0.cmp(&a.0));
@@ -232,18 +244,35 @@ fn renames(
     local: &BTreeMap<String, IndexedEntry>,
     is_blocked: &dyn Fn(&str) -> bool,
 ) {
+    // Sources by content, and by content and name: a file keeps its name when its
+    // directory is renamed, so a source of that name is taken first (identical files
+    // then move to the same places under the new directory).
     let mut leaving: BTreeMap<ContentId, Vec<String>> = BTreeMap::new();
+    let mut leaving_named: HashMap<(ContentId, String), Vec<String>> = HashMap::new();
     for (p, kind) in deletes.iter() {
         if *kind == EntryKind::File
             && let Some(c) = local.get(p).and_then(|l| l.content)
         {
             leaving.entry(c).or_default().push(p.clone());
+            leaving_named
+                .entry((c, file_name(p).to_string()))
+                .or_default()
+                .push(p.clone());
         }
     }
     if leaving.is_empty() {
         return;
     }
     let mut moved = HashSet::new();
+    let take = |list: Option<&mut Vec<String>>, moved: &HashSet<String>| {
+        let list = list?;
+        while let Some(p) = list.pop() {
+            if !moved.contains(&p) {
+                return Some(p);
+            }
+        }
+        None
+    };
     for (p, action) in writes.iter_mut() {
         let Action::WriteFile {
             path,
@@ -259,7 +288,9 @@ fn renames(
         if local.contains_key(p.as_str()) || is_blocked(p) {
             continue;
         }
-        let Some(from) = leaving.get_mut(content).and_then(Vec::pop) else {
+        let named = leaving_named.get_mut(&(*content, file_name(p).to_string()));
+        let Some(from) = take(named, &moved).or_else(|| take(leaving.get_mut(content), &moved))
+        else {
             continue;
         };
         moved.insert(from.clone());
@@ -273,6 +304,137 @@ fn renames(
         };
     }
     deletes.retain(|(p, _)| !moved.contains(p));
+}
+
+/// The last component of a path.
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Turns the per-path moves of a directory renamed on a peer into one [`Action::RenameDir`]:
+/// a local directory that leaves the tree, every entry under it moved (by [`renames`] for
+/// files, a `MakeDir` and a `Delete` for directories, a symlink written and removed) to
+/// the same place under a new path that is not on the disk. The moves stay as its steps.
+fn directory_renames(
+    writes: &mut Vec<(String, Action)>,
+    deletes: &mut Vec<(String, EntryKind)>,
+    local: &BTreeMap<String, IndexedEntry>,
+    is_blocked: &dyn Fn(&str) -> bool,
+) {
+    let leaving: BTreeSet<&str> = deletes
+        .iter()
+        .filter(|(_, k)| *k == EntryKind::Dir)
+        .map(|(p, _)| p.as_str())
+        .collect();
+    if leaving.is_empty() {
+        return;
+    }
+    let renamed_from: HashMap<&str, &str> = writes
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Rename { from, path, .. } => Some((from.as_str(), path.as_str())),
+            _ => None,
+        })
+        .collect();
+    let write_at: HashMap<&str, usize> = writes
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (p.as_str(), i))
+        .collect();
+    let deleted: HashSet<(&str, EntryKind)> =
+        deletes.iter().map(|(p, k)| (p.as_str(), *k)).collect();
+    // (directory, new path, indexes of the writes it takes, deletes it takes)
+    let mut found: Vec<(String, String, Vec<usize>, Vec<String>)> = Vec::new();
+    let mut taken_dirs: Vec<&str> = Vec::new();
+    for &d in &leaving {
+        if taken_dirs
+            .iter()
+            .any(|t| d.strip_prefix(t).is_some_and(|r| r.starts_with('/')))
+        {
+            continue; // inside a directory that moves as a whole
+        }
+        let start = format!("{d}/");
+        let under: Vec<(&String, &IndexedEntry)> = local
+            .range(start.clone()..)
+            .take_while(|(p, _)| p.starts_with(&start))
+            .collect();
+        // Where it goes: from the first file renamed out of it.
+        let Some(target) = under.iter().find_map(|(p, _)| {
+            let to = renamed_from.get(p.as_str())?;
+            let rel = &p[start.len()..];
+            let base = to.strip_suffix(rel)?.strip_suffix('/')?;
+            Some(base.to_string())
+        }) else {
+            continue;
+        };
+        let Some(&mkdir) = write_at.get(target.as_str()) else {
+            continue;
+        };
+        if local.contains_key(&target)
+            || is_blocked(&target)
+            || !matches!(writes[mkdir].1, Action::MakeDir { .. })
+        {
+            continue;
+        }
+        let mut takes = vec![mkdir];
+        let mut removes = vec![d.to_string()];
+        let all_moved = under.iter().all(|(p, l)| {
+            let q = format!("{target}/{}", &p[start.len()..]);
+            let Some(&i) = write_at.get(q.as_str()) else {
+                return false;
+            };
+            let moved = match (&writes[i].1, l.kind) {
+                (Action::Rename { from, .. }, EntryKind::File) => from == *p,
+                (Action::MakeDir { .. }, EntryKind::Dir) => {
+                    deleted.contains(&(p.as_str(), EntryKind::Dir))
+                }
+                (Action::WriteSymlink { target, .. }, EntryKind::Symlink) => {
+                    Some(target) == l.link_target.as_ref()
+                        && deleted.contains(&(p.as_str(), EntryKind::Symlink))
+                }
+                _ => false,
+            };
+            if moved {
+                takes.push(i);
+                if l.kind != EntryKind::File {
+                    removes.push(p.to_string());
+                }
+            }
+            moved
+        });
+        if all_moved && !under.is_empty() {
+            taken_dirs.push(d);
+            found.push((d.to_string(), target, takes, removes));
+        }
+    }
+    if found.is_empty() {
+        return;
+    }
+    let mut gone: HashSet<usize> = HashSet::new();
+    let mut removed: HashSet<String> = HashSet::new();
+    let mut replace: Vec<(usize, Action)> = Vec::new();
+    for (from, path, mut takes, mut removes) in found {
+        takes.sort_unstable();
+        // Deepest first, as the plan removes them.
+        removes.sort_by(|a, b| b.cmp(a));
+        let mut steps: Vec<Action> = takes.iter().map(|&i| writes[i].1.clone()).collect();
+        steps.extend(removes.iter().map(|p| Action::Delete {
+            path: p.clone(),
+            kind: local.get(p).map_or(EntryKind::Dir, |l| l.kind),
+        }));
+        replace.push((takes[0], Action::RenameDir { from, path, steps }));
+        gone.extend(takes[1..].iter().copied());
+        removed.extend(removes);
+    }
+    for (i, action) in replace {
+        writes[i].1 = action;
+    }
+    let mut i = 0;
+    writes.retain(|_| {
+        i += 1;
+        !gone.contains(&(i - 1))
+    });
+    deletes.retain(|(p, _)| !removed.contains(p));
 }
 
 #[cfg(test)]
@@ -454,6 +616,21 @@ mod tests {
         assert_eq!(order, vec!["keep x/a", "rm x/a", "rm x", "write x"]);
     }
 
+    /// An action in a few words, for comparing plans.
+    fn describe(a: &Action) -> String {
+        match a {
+            Action::MakeDir { path } => format!("mkdir {path}"),
+            Action::Rename { from, path, .. } => format!("mv {from} {path}"),
+            Action::Delete { path, .. } => format!("rm {path}"),
+            Action::WriteSymlink { path, .. } => format!("symlink {path}"),
+            Action::RenameDir { from, path, steps } => format!(
+                "mvdir {from} {path} [{}]",
+                steps.iter().map(describe).collect::<Vec<_>>().join(", ")
+            ),
+            other => format!("{other:?}"),
+        }
+    }
+
     #[test]
     fn a_renamed_directory_is_carried_out_as_renames() {
         let (c1, c2) = (ContentId([1; 32]), ContentId([2; 32]));
@@ -468,19 +645,50 @@ mod tests {
             ("old/b".to_string(), local(EntryKind::File, Some(c2))),
         ]);
         let p = plan(&t, &disk, &Store([c1, c2].into()));
-        let order: Vec<String> = p
-            .actions
-            .iter()
-            .map(|a| match a {
-                Action::MakeDir { path } => format!("mkdir {path}"),
-                Action::Rename { from, path, .. } => format!("mv {from} {path}"),
-                Action::Delete { path, .. } => format!("rm {path}"),
-                other => format!("{other:?}"),
-            })
-            .collect();
         assert_eq!(
-            order,
-            ["mkdir new", "mv old/a new/a", "mv old/b new/b", "rm old"]
+            p.actions.iter().map(describe).collect::<Vec<_>>(),
+            ["mvdir old new [mkdir new, mv old/a new/a, mv old/b new/b, rm old]"]
+        );
+        // Subdirectories and symlinks move with it; a file that is not moved alike (here:
+        // a new version of it) keeps the moves path by path.
+        let link = |t: &str| EntryValue {
+            link_target: Some(t.into()),
+            ..value(EntryKind::Symlink, None)
+        };
+        let mut disk = disk.clone();
+        disk.insert("old/s".into(), local(EntryKind::Dir, None));
+        disk.insert("old/s/c".into(), local(EntryKind::File, Some(c2)));
+        disk.insert(
+            "old/l".into(),
+            IndexedEntry {
+                link_target: Some("a".into()),
+                ..local(EntryKind::Symlink, None)
+            },
+        );
+        let mut moved = vec![
+            ("new", value(EntryKind::Dir, None)),
+            ("new/a", value(EntryKind::File, Some(c1))),
+            ("new/b", value(EntryKind::File, Some(c2))),
+            ("new/l", link("a")),
+            ("new/s", value(EntryKind::Dir, None)),
+            ("new/s/c", value(EntryKind::File, Some(c2))),
+        ];
+        let p = plan(&tree(&moved), &disk, &Store([c1, c2].into()));
+        assert_eq!(
+            p.actions.iter().map(describe).collect::<Vec<_>>(),
+            [
+                "mvdir old new [mkdir new, mv old/a new/a, mv old/b new/b, symlink new/l, \
+              mkdir new/s, mv old/s/c new/s/c, rm old/s, rm old/l, rm old]"
+            ]
+        );
+        moved[5].1 = value(EntryKind::File, Some(c1));
+        let p = plan(&tree(&moved), &disk, &Store([c1, c2].into()));
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| matches!(a, Action::RenameDir { .. })),
+            "{:?}",
+            p.actions
         );
         // A path that still exists locally is written, not renamed over.
         let disk = BTreeMap::from([

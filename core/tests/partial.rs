@@ -157,6 +157,7 @@ fn execute(disk: &mut BTreeMap<String, IndexedEntry>, actions: &[planner::Action
     for a in actions {
         match a {
             planner::Action::KeepInHistory { .. } | planner::Action::FetchManifest { .. } => {}
+            planner::Action::RenameDir { steps, .. } => execute(disk, steps, tree),
             planner::Action::Delete { path, .. } => {
                 disk.remove(path);
             }

@@ -184,7 +184,7 @@ fn action_words(action: &Action) -> Option<(&str, &'static str)> {
         Action::WriteFile { path, .. } | Action::WriteSymlink { path, .. } => {
             Some((path, "updated"))
         }
-        Action::Rename { path, .. } => Some((path, "renamed")),
+        Action::Rename { path, .. } | Action::RenameDir { path, .. } => Some((path, "renamed")),
         Action::MakeDir { path } => Some((path, "folder created")),
         Action::Delete { path, .. } => Some((path, "deleted")),
         Action::KeepInHistory { .. } | Action::FetchManifest { .. } => None,
@@ -322,9 +322,94 @@ impl Puller {
                 content,
                 ..
             } => self.rename(from, path, content, values, out, parallel),
+            Action::RenameDir { from, path, steps } => {
+                self.rename_dir(from, path, steps, values, left, out)
+            }
             Action::WriteSymlink { path, target } => self.write_symlink(path, target, values),
             Action::Delete { path, kind } => self.delete(path, *kind, values),
         }
+    }
+
+    /// Moves the directory `from` to `to` with one rename, and its index entries with it
+    /// in one transaction; when a file under `from` changed since its scan or something
+    /// is at `to`, carries out `steps` (the same moves path by path) instead.
+    fn rename_dir(
+        &self,
+        from: &str,
+        to: &str,
+        steps: &[Action],
+        values: &HashMap<String, EntryValue>,
+        left: &AtomicU64,
+        out: &mut PullOutcome,
+    ) -> Result<(), PullError> {
+        self.check_ancestors(to)?;
+        let (src, dst) = (self.full(from), self.full(to));
+        let entries = self.index.entries_under(
+            &self.folder,
+            &std::collections::BTreeSet::from([from.to_string()]),
+        )?;
+        let mut whole = fs::symlink_metadata(&dst).is_err()
+            && fs::symlink_metadata(&src).is_ok_and(|m| m.file_type().is_dir());
+        for (p, e) in &entries {
+            if !whole {
+                break;
+            }
+            whole = e.kind == EntryKind::Dir
+                || fs::symlink_metadata(self.full(p)).is_ok_and(|m| stamp_of(&m) == e.stamp);
+        }
+        if !whole {
+            left.fetch_add(steps.len() as u64, Ordering::Relaxed);
+            for step in steps {
+                let result = self.run_one(step, values, left, out, false);
+                Self::tally(step, result, &self.folder, out);
+            }
+            return Ok(());
+        }
+        fs::rename(&src, &dst).map_err(io_err(&dst))?;
+        self.dirty_dir(&src);
+        self.dirty_dir(&dst);
+        let mut updates = Vec::with_capacity(entries.len() * 2);
+        for (p, e) in entries {
+            let q = format!("{to}{}", &p[from.len()..]);
+            let mut entry = e;
+            let full = self.full(&q);
+            match values.get(&q) {
+                _ if q == to => {
+                    entry.stamp = stamp_of(&fs::symlink_metadata(&full).map_err(io_err(&full))?);
+                }
+                // A peer's move keeps times and modes; where the tree says otherwise, it
+                // is set as a write would.
+                Some(v)
+                    if entry.kind == EntryKind::File
+                        && (v.mtime_ns != entry.stamp.mtime_ns
+                            || v.local_mode() != entry.stamp.mode) =>
+                {
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&full)
+                        .map_err(io_err(&full))?;
+                    let mtime =
+                        SystemTime::UNIX_EPOCH + Duration::from_nanos(v.mtime_ns.max(0) as u64);
+                    file.set_modified(mtime).map_err(io_err(&full))?;
+                    file.set_permissions(fs::Permissions::from_mode(v.local_mode()))
+                        .map_err(io_err(&full))?;
+                    entry.stamp = stamp_of(&file.metadata().map_err(io_err(&full))?);
+                }
+                _ => {}
+            }
+            updates.push(Update::Put {
+                path: q,
+                entry,
+                manifest: None,
+            });
+            updates.push(Update::Remove { path: p });
+        }
+        // Every new path takes its content before an old one lets go of it, in one
+        // transaction, so no manifest is released in between.
+        updates.sort_by_key(|u| matches!(u, Update::Remove { .. }));
+        self.index.apply_with(&self.folder, &updates, false)?;
+        Ok(())
     }
 
     /// Carries out independent actions on [`PARALLEL_WRITES`] workers.

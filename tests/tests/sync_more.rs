@@ -175,7 +175,16 @@ fn killed_receiver_resumes_and_never_shows_a_partial_file() {
     let f = &d[1].status()["folders"][0];
     assert_eq!(f["state"], "syncing", "{f}");
     assert_eq!(f["pull_bytes_total"].as_u64(), Some(size), "{f}");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Progress is recorded after each window of 256 chunks: kill b once an eighth of the
+    // file is in (several windows), not after a fixed time (a loaded machine recorded none
+    // within 300 ms, and the temp file was then rightly dropped as stale).
+    assert!(
+        wait_until(120, || d[1].status()["folders"][0]["pull_bytes_done"]
+            .as_u64()
+            .is_some_and(|done| done >= size / 8)),
+        "the transfer did not get an eighth in:\n{}",
+        d[1].log()
+    );
     d[1].kill();
     assert!(
         !target.exists() || fs::metadata(&target).unwrap().len() == size,
@@ -380,6 +389,7 @@ fn a_renamed_directory_is_moved_on_the_peer_not_copied() {
             inode(&d[1].folder.join(dir).join(format!("f{i}.txt")))
         })
         .collect();
+    let dir_before = inode(&d[1].folder.join("old"));
     let started = std::time::Instant::now();
     fs::rename(&old, d[0].folder.join("new")).unwrap();
     assert!(
@@ -398,6 +408,12 @@ fn a_renamed_directory_is_moved_on_the_peer_not_copied() {
     let moved = before.iter().zip(&after).filter(|(b, a)| b == a).count();
     println!("renamed a directory of {FILES} files: converged in {took:?}; {moved} moved in place");
     assert_eq!(moved, FILES, "files written again instead of moved");
+    // Nothing under it changed on b: the directory itself moved, with one rename.
+    assert_eq!(
+        inode(&d[1].folder.join("new")),
+        dir_before,
+        "the directory was rebuilt path by path"
+    );
     for i in [0, FILES - 1] {
         let dir = if i % 2 == 0 { "new" } else { "new/sub" };
         assert_eq!(

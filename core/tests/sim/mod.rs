@@ -224,6 +224,15 @@ impl Store<'_> {
                     );
                     self.mirror(&path);
                 }
+                // The daemon moves the directory at once when nothing in it changed, else
+                // runs the steps: the same outcome; the steps are what can race.
+                Action::RenameDir { steps, .. } => {
+                    let sub = self.execute(steps, elsewhere, usize::MAX);
+                    out.done += sub.done;
+                    out.missing.extend(sub.missing);
+                    out.raced |= sub.raced;
+                    continue;
+                }
                 Action::Rename {
                     from,
                     path,
