@@ -303,6 +303,11 @@ impl FolderDoc {
         self.shards[shard].save()
     }
 
+    /// How many paths the document has recorded (tombstones included).
+    pub fn key_count(&self) -> usize {
+        self.shards.iter().map(|d| d.length(ROOT)).sum()
+    }
+
     /// The heads of every shard: equal heads mean equal documents.
     pub fn heads(&mut self) -> Vec<Vec<automerge::ChangeHash>> {
         self.shards.iter_mut().map(|s| s.get_heads()).collect()

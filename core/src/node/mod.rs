@@ -866,7 +866,14 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         let dirty = std::mem::take(&mut f.dirty);
         // The part of the tree the changes since the last pull reach, when there is a
         // last pull to compare with (see `derive_partial`).
+        // Read path by path, a partial tree costs about 60 µs per changed path (release),
+        // the whole tree about 4 µs per path of the folder: many changes in a small folder
+        // (a renamed directory) derive the whole tree.
+        let cheaper_whole = |paths: &BTreeSet<String>, doc: &crate::folder::FolderDoc| {
+            paths.len() > 1000 && paths.len() * 16 > doc.key_count()
+        };
         let partial = match (&dirty, &f.planned_at) {
+            (Changed::Paths(paths), Some(_)) if cheaper_whole(paths, &f.doc) => None,
             (Changed::Paths(paths), Some(at)) => f
                 .doc
                 .partial_tree(paths.iter().map(String::as_str), options, Some(at))
