@@ -746,10 +746,10 @@ fn usable_bloom(bloom: &sync::BloomFilter) -> bool {
 /// Adds every ancestor directory of `path` to `dirs`.
 fn note_dirs(dirs: &mut HashSet<String>, path: &str) {
     for a in path::ancestors(path) {
-        if !dirs.insert(a.to_string()) {
-            // Its ancestors were added with it.
-            break;
+        if dirs.contains(a) {
+            break; // its ancestors were added with it
         }
+        dirs.insert(a.to_string());
     }
 }
 
