@@ -22,7 +22,7 @@ use cairn_core::folder::tree::conflict_name;
 use cairn_core::folder::{DeviceId, EntryValue};
 use cairn_core::manifest::PAGE_CHUNKS;
 use cairn_core::planner::{Action, Plan};
-use cairn_core::scan::{EntryKind, IndexedEntry, TEMP_PREFIX};
+use cairn_core::scan::{EntryKind, IndexedEntry, Stamp, TEMP_PREFIX};
 use cairn_core::wire::{
     BlocksRequest, BlocksResponse, MAX_CHUNK_BYTES_PER_RESPONSE, MAX_CHUNKS_PER_REQUEST,
 };
@@ -215,6 +215,21 @@ pub struct Puller {
     pub scope: Option<std::collections::BTreeSet<String>>,
 }
 
+/// Sets a moved file's modification time and mode to `value`'s (not following a
+/// symlink); returns its stamp after.
+fn set_time_and_mode(full: &Path, value: &EntryValue) -> Result<Stamp, PullError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(full)
+        .map_err(io_err(full))?;
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(value.mtime_ns.max(0) as u64);
+    file.set_modified(mtime).map_err(io_err(full))?;
+    file.set_permissions(fs::Permissions::from_mode(value.local_mode()))
+        .map_err(io_err(full))?;
+    Ok(stamp_of(&file.metadata().map_err(io_err(full))?))
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
     move |source| PullError::Io {
         path: path.display().to_string(),
@@ -348,15 +363,12 @@ impl Puller {
             &self.folder,
             &std::collections::BTreeSet::from([from.to_string()]),
         )?;
-        let mut whole = fs::symlink_metadata(&dst).is_err()
-            && fs::symlink_metadata(&src).is_ok_and(|m| m.file_type().is_dir());
-        for (p, e) in &entries {
-            if !whole {
-                break;
-            }
-            whole = e.kind == EntryKind::Dir
-                || fs::symlink_metadata(self.full(p)).is_ok_and(|m| stamp_of(&m) == e.stamp);
-        }
+        let whole = fs::symlink_metadata(&dst).is_err()
+            && fs::symlink_metadata(&src).is_ok_and(|m| m.file_type().is_dir())
+            && entries.iter().all(|(p, e)| {
+                e.kind == EntryKind::Dir
+                    || fs::symlink_metadata(self.full(p)).is_ok_and(|m| stamp_of(&m) == e.stamp)
+            });
         if !whole {
             left.fetch_add(steps.len() as u64, Ordering::Relaxed);
             for step in steps {
@@ -384,17 +396,7 @@ impl Puller {
                         && (v.mtime_ns != entry.stamp.mtime_ns
                             || v.local_mode() != entry.stamp.mode) =>
                 {
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&full)
-                        .map_err(io_err(&full))?;
-                    let mtime =
-                        SystemTime::UNIX_EPOCH + Duration::from_nanos(v.mtime_ns.max(0) as u64);
-                    file.set_modified(mtime).map_err(io_err(&full))?;
-                    file.set_permissions(fs::Permissions::from_mode(v.local_mode()))
-                        .map_err(io_err(&full))?;
-                    entry.stamp = stamp_of(&file.metadata().map_err(io_err(&full))?);
+                    entry.stamp = set_time_and_mode(&full, v)?;
                 }
                 _ => {}
             }
@@ -856,19 +858,9 @@ impl Puller {
         fs::rename(&src, &dst).map_err(io_err(&dst))?;
         self.dirty_dir(&src);
         self.dirty_dir(&dst);
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&dst)
-            .map_err(io_err(&dst))?;
-        let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(value.mtime_ns.max(0) as u64);
-        file.set_modified(mtime).map_err(io_err(&dst))?;
-        file.set_permissions(fs::Permissions::from_mode(value.local_mode()))
-            .map_err(io_err(&dst))?;
-        let meta = file.metadata().map_err(io_err(&dst))?;
         let entry = IndexedEntry {
             kind: EntryKind::File,
-            stamp: stamp_of(&meta),
+            stamp: set_time_and_mode(&dst, value)?,
             content: Some(*content),
             link_target: None,
         };
