@@ -32,7 +32,7 @@ pub enum EntryKind {
 ///
 /// `ctime` cannot be set by a user, so an edit that keeps the size and restores the mtime
 /// is still seen; `inode` changes when a file is replaced by another.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     /// Size in bytes.
     pub size: u64,

@@ -7,7 +7,7 @@
 //! next scan picks up where it stopped. Deletions are committed last, only after the walk
 //! finished, and never under a directory that could not be read.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -228,6 +228,42 @@ fn scan_scoped(
             }
         }
     }
+    // A file whose full stamp (inode, size, mtime, ctime, mode) is that of a file which
+    // left its indexed path in this scan is that file, moved: renaming a directory
+    // changes nothing in the stamps of the files inside it. Its content is known; it is
+    // recorded at its new path without being read (a 10,000-file directory rename read
+    // every file again). The stamp is the same test that spares an unchanged path.
+    let moved_from: HashMap<Stamp, ContentId> = vanished(&previous, &seen, &unreadable_dirs)
+        .filter(|(_, old)| old.kind == EntryKind::File)
+        .filter_map(|(_, old)| Some((old.stamp, old.content?)))
+        .collect();
+    let mut moved = Vec::new();
+    if !moved_from.is_empty() {
+        to_read.retain(|obs| {
+            let content = (obs.kind == EntryKind::File && !previous.contains_key(&obs.path))
+                .then(|| moved_from.get(&obs.stamp))
+                .flatten();
+            let Some(content) = content else {
+                return true;
+            };
+            prog.to_read_files -= 1;
+            prog.to_read_bytes -= obs.stamp.size;
+            moved.push(ReadOutcome::Done {
+                path: obs.path.clone(),
+                entry: IndexedEntry {
+                    kind: EntryKind::File,
+                    stamp: obs.stamp,
+                    content: Some(*content),
+                    link_target: None,
+                },
+                // The index has the manifest: the file's old path keeps it until the
+                // scan's deletions, which are committed last.
+                manifest: None,
+                bytes: 0,
+            });
+            false
+        });
+    }
     prog.walk_done = true;
     progress(&prog);
     let temps = std::mem::take(&mut *temps.lock().unwrap_or_else(|e| e.into_inner()));
@@ -280,7 +316,8 @@ fn scan_scoped(
                             }
                         }
                     }
-                    if entry.kind == EntryKind::File {
+                    // A moved file comes with no manifest: it was not read.
+                    if entry.kind == EntryKind::File && manifest.is_some() {
                         prog.read_files += 1;
                         prog.read_bytes += bytes;
                     }
@@ -313,6 +350,9 @@ fn scan_scoped(
         // A file changed in the last moments may still be being written (truncated, then
         // written; appended to): it is recorded only once it stayed the same for SETTLE.
         let mut settling = Vec::new();
+        for outcome in moved {
+            settle_or_accept(outcome, &mut settling, &mut accept)?;
+        }
         for outcome in rx {
             settle_or_accept(outcome, &mut settling, &mut accept)?;
         }
@@ -366,17 +406,7 @@ fn scan_scoped(
                 )))?;
             }
         }
-        // Whatever is left in `previous` and was not seen is gone, unless it lies under a
-        // directory the walk could not read.
-        for path in previous.keys() {
-            if seen.contains(path)
-                || unreadable_dirs
-                    .iter()
-                    .any(|d| d == path || is_under(path, d))
-            {
-                continue;
-            }
-            let old = &previous[path];
+        for (path, old) in vanished(&previous, &seen, &unreadable_dirs) {
             changes.push(Change {
                 path: path.clone(),
                 change: ChangeKind::Deleted,
@@ -412,6 +442,21 @@ fn scan_scoped(
         deleted: count(ChangeKind::Deleted),
         changes,
         issues,
+    })
+}
+
+/// What was indexed and is gone: not seen by the walk, and not under a directory the walk
+/// could not read.
+fn vanished<'a>(
+    previous: &'a HashMap<String, IndexedEntry>,
+    seen: &'a HashSet<String>,
+    unreadable_dirs: &'a [String],
+) -> impl Iterator<Item = (&'a String, &'a IndexedEntry)> {
+    previous.iter().filter(|(path, _)| {
+        !seen.contains(*path)
+            && !unreadable_dirs
+                .iter()
+                .any(|d| d == *path || is_under(path, d))
     })
 }
 

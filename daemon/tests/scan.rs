@@ -511,3 +511,67 @@ fn a_partial_scan_covers_its_paths_only_and_honours_ignore_files() {
     drop(index);
     assert!(changes(&scan(&s)).is_empty());
 }
+
+#[test]
+fn files_of_a_renamed_directory_are_not_read_again_but_a_replaced_one_is() {
+    let s = setup();
+    for i in 0..50 {
+        write(
+            &s.root,
+            &format!("old/sub/f{i}"),
+            &pseudo_random(2000 + i, i as u64),
+        );
+    }
+    write(&s.root, "old/swapped", b"AAAA-original");
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let set_mtime = |p: &Path| {
+        File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap()
+    };
+    set_mtime(&s.root.join("old/swapped"));
+    scan(&s);
+    let index = Index::open(&s.db).unwrap();
+    let folder = folder_for_root(&index, &s.root).unwrap();
+    let before = index.entry(&folder.id, "old/sub/f7").unwrap().unwrap();
+    let before_swapped = index.entry(&folder.id, "old/swapped").unwrap().unwrap();
+
+    fs::rename(s.root.join("old"), s.root.join("new")).unwrap();
+    // One file of the moved tree replaced by another of the same size and mtime: a new
+    // inode and ctime, so it is read.
+    fs::remove_file(s.root.join("new/swapped")).unwrap();
+    write(&s.root, "new/swapped", b"BBBB-original");
+    set_mtime(&s.root.join("new/swapped"));
+    std::thread::sleep(Duration::from_millis(150)); // past the settle time
+    let dirs: BTreeSet<String> = ["old", "new"].iter().map(|s| s.to_string()).collect();
+    let r = scan_paths(&index, &folder, &dirs).unwrap();
+    assert_eq!(r.read_files, 1, "only the replaced file is read");
+    assert_eq!((r.added, r.deleted), (53, 53), "{:?}", changes(&r));
+    let after = index.entry(&folder.id, "new/sub/f7").unwrap().unwrap();
+    assert_eq!(after.content, before.content);
+    assert!(index.entry(&folder.id, "old/sub/f7").unwrap().is_none());
+    // Every moved file still has its manifest, with its chunks at the new path.
+    let manifest = index.manifest(&after.content.unwrap()).unwrap().unwrap();
+    let at = index.chunk_locations(&manifest.chunks[0].id).unwrap();
+    assert!(at.iter().any(|l| l.path == "new/sub/f7"), "{at:?}");
+    assert!(!at.iter().any(|l| l.path == "old/sub/f7"), "{at:?}");
+    let swapped = index.entry(&folder.id, "new/swapped").unwrap().unwrap();
+    let read = read_file(
+        &s.root.join("new/swapped"),
+        &folder.chunker().unwrap(),
+        &mut Vec::new(),
+    );
+    let Ok(FileRead::Stable { content, .. }) = read else {
+        panic!("new/swapped could not be read");
+    };
+    assert_eq!(swapped.content, Some(content));
+    assert_ne!(swapped.content, before_swapped.content);
+    drop(index);
+    assert!(
+        changes(&scan(&s)).is_empty(),
+        "a full scan finds nothing left"
+    );
+}
