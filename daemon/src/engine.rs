@@ -537,7 +537,6 @@ impl Engine {
                     tracing::warn!(folder, error = %e, "scan_failed");
                 }
                 self.node.handle_scan_done(now, &folder, result);
-                crate::memory::trim();
             }
             Event::PullDone { folder, outcome } => {
                 if let Some(l) = self.local.get_mut(&folder) {
@@ -552,7 +551,6 @@ impl Engine {
                     );
                 }
                 self.node.handle_pull_done(now, &folder, outcome);
-                crate::memory::trim();
             }
             Event::RestoreDone { folder, changed } => {
                 self.node.handle_restore_done(now, &folder, changed);

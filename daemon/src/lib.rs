@@ -9,7 +9,6 @@ pub mod folders;
 pub mod history;
 pub mod identity;
 pub mod index;
-pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod pair;

@@ -23,8 +23,25 @@ struct Args {
     print_id: bool,
 }
 
+/// jemalloc, not glibc's malloc. glibc gave every allocating thread an arena of its own
+/// and returned little freed memory (a 152 MiB heap peaked at 546 MiB resident), so the
+/// daemon ran on one arena and called `malloc_trim` after each scan and pull. At 1,000,000
+/// files that trim walked a heap of about 1 GiB holding the one arena's lock: 260-540 ms
+/// (a C program reproduces it) in which every other thread that allocated waited, the
+/// control API's answers among them (`/v1/status` peaked at 481 ms). jemalloc returns
+/// freed pages from background threads a little at a time, one arena at a time.
+/// mimalloc was measured too and kept more (ARCHITECTURE.md, Memory).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read once at start: purge on background threads; freed pages go
+/// back to the system after a second, not jemalloc's default ten.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 70] =
+    b"background_thread:true,narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
-    cairn_daemon::memory::limit_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
