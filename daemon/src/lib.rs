@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod net;
 pub mod pair;
 pub mod paths;
+pub mod priority;
 pub mod puller;
 pub mod scanner;
 pub mod serve;

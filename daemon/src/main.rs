@@ -87,6 +87,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !config_path.exists() {
         config.save(&config_path)?;
     }
+    // The scanner hashes on rayon's threads: background work (priority.rs).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .start_handler(|_| cairn_daemon::priority::lower_this_thread())
+        .build_global();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
