@@ -7,6 +7,8 @@
 #   BENCH_ONLY=scale bench/sync.sh   issue #13's scale run, 100,000 files, beside Syncthing
 #   BENCH_ONLY=scale BENCH_SCALE_FILES=1000000 BENCH_TOOLS=cairn bench/sync.sh
 #                                    the same with 1,000,000 files, cairn only
+#   bench/fresh_fs.sh mount 24       first, for runs that compare across days: a fresh ext4
+#                                    under bench/data/sync (an aged one slows inode allocation)
 #
 # Data sets (generated once under bench/data/sync/, kept between runs):
 #   large      1 GiB as 4 x 256 MiB files
