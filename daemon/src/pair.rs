@@ -233,10 +233,17 @@ impl Engine {
     /// Timeouts of joins and invitations.
     pub(crate) fn pair_tick(&mut self) {
         let now = Instant::now();
-        if self.join.as_ref().is_some_and(|j| now >= j.deadline) {
-            self.finish_join(Err(
-                "no device answered with an invitation for this code: is `cairn pair` still running on the other device? (codes expire after 10 minutes)".into(),
-            ));
+        if let Some(j) = self.join.as_ref().filter(|j| now >= j.deadline) {
+            // Whether any device was found at all tells a network that does not carry
+            // mDNS or the DHT from a code that no device (any more) invites with.
+            let found = match j.tried.len() {
+                0 => "no device was found on the LAN (mDNS) or the DHT".to_string(),
+                1 => "the one device found did not".to_string(),
+                n => format!("none of the {n} devices found did"),
+            };
+            self.finish_join(Err(format!(
+                "no device answered with an invitation for this code ({found}): is `cairn pair` still running on the other device? (codes expire after 10 minutes)"
+            )));
         }
         if let Some(inv) = &mut self.invitation
             && matches!(inv.status, InviteStatus::Waiting { .. })

@@ -233,6 +233,9 @@ fn an_expired_code_pairs_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
     let out = b.run(&["pair", &code]);
     assert_eq!(out.status.code(), Some(4));
+    // The error says that a device was reached, and that it had no invitation.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the one device found did not"), "{err}");
     assert!(a.json(&["peers"]).as_array().unwrap().is_empty());
     assert!(b.json(&["peers"]).as_array().unwrap().is_empty());
 }
