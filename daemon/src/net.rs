@@ -422,6 +422,13 @@ fn setup<E: std::fmt::Display>(e: E) -> NetError {
     NetError::Setup(e.to_string())
 }
 
+/// How often mDNS asks the LAN who is there, once its first queries (0.5 s, doubling) have
+/// had an answer or reached this. libp2p's default is 5 minutes: a device whose first
+/// queries went unanswered learnt of no other device for minutes, and a join by code gave
+/// up first (the LAN test failed so, 2 runs in 8: "no device was found on the LAN").
+/// Syncthing's local discovery announces every 30 s.
+pub const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(15);
+
 /// Builds the swarm for `key`.
 pub fn build_swarm(key: Keypair, mdns_enabled: bool) -> Result<Swarm<Behaviour>, NetError> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -444,7 +451,11 @@ pub fn build_swarm(key: Keypair, mdns_enabled: bool) -> Result<Swarm<Behaviour>,
         .with_behaviour(|key, relay| {
             let id = key.public().to_peer_id();
             let mdns = if mdns_enabled {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), id)?)
+                let config = mdns::Config {
+                    query_interval: MDNS_QUERY_INTERVAL,
+                    ..mdns::Config::default()
+                };
+                Some(mdns::tokio::Behaviour::new(config, id)?)
             } else {
                 None
             };

@@ -157,11 +157,17 @@ impl Engine {
 
     /// The DHT lookup for the join's nameplate has finished.
     pub(crate) fn join_lookup_done(&mut self) {
+        // With mDNS on, a device on the LAN may still be found by the next query.
+        let grace = if self.swarm.behaviour().mdns.is_enabled() {
+            crate::net::MDNS_QUERY_INTERVAL + Duration::from_secs(2)
+        } else {
+            Duration::from_secs(3)
+        };
         if let Some(join) = &mut self.join
             && join.current.is_none()
             && join.candidates.is_empty()
         {
-            join.deadline = join.deadline.min(Instant::now() + Duration::from_secs(3));
+            join.deadline = join.deadline.min(Instant::now() + grace);
         }
     }
 
