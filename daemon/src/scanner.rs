@@ -228,21 +228,35 @@ fn scan_scoped(
             }
         }
     }
+    // What was indexed and is gone: not seen by the walk, and not under a directory the
+    // walk could not read. Deleted once everything else is committed.
+    let gone: HashMap<String, IndexedEntry> = previous
+        .extract_if(|path, _| {
+            !seen.contains(path)
+                && !unreadable_dirs
+                    .iter()
+                    .any(|d| d == path || is_under(path, d))
+        })
+        .collect();
     // A file whose full stamp (inode, size, mtime, ctime, mode) is that of a file which
     // left its indexed path in this scan is that file, moved: renaming a directory
     // changes nothing in the stamps of the files inside it. Its content is known; it is
     // recorded at its new path without being read (a 10,000-file directory rename read
     // every file again). The stamp is the same test that spares an unchanged path.
-    let moved_from: HashMap<Stamp, ContentId> = vanished(&previous, &seen, &unreadable_dirs)
-        .filter(|(_, old)| old.kind == EntryKind::File)
-        .filter_map(|(_, old)| Some((old.stamp, old.content?)))
+    let moved_from: HashMap<Stamp, ContentId> = gone
+        .values()
+        .filter(|old| old.kind == EntryKind::File)
+        .filter_map(|old| Some((old.stamp, old.content?)))
         .collect();
     let mut moved = Vec::new();
     if !moved_from.is_empty() {
         to_read.retain(|obs| {
-            let content = (obs.kind == EntryKind::File && !previous.contains_key(&obs.path))
-                .then(|| moved_from.get(&obs.stamp))
-                .flatten();
+            let content = match obs.kind {
+                EntryKind::File if !previous.contains_key(&obs.path) => {
+                    moved_from.get(&obs.stamp)
+                }
+                _ => None,
+            };
             let Some(content) = content else {
                 return true;
             };
@@ -406,7 +420,7 @@ fn scan_scoped(
                 )))?;
             }
         }
-        for (path, old) in vanished(&previous, &seen, &unreadable_dirs) {
+        for (path, old) in &gone {
             changes.push(Change {
                 path: path.clone(),
                 change: ChangeKind::Deleted,
@@ -442,21 +456,6 @@ fn scan_scoped(
         deleted: count(ChangeKind::Deleted),
         changes,
         issues,
-    })
-}
-
-/// What was indexed and is gone: not seen by the walk, and not under a directory the walk
-/// could not read.
-fn vanished<'a>(
-    previous: &'a HashMap<String, IndexedEntry>,
-    seen: &'a HashSet<String>,
-    unreadable_dirs: &'a [String],
-) -> impl Iterator<Item = (&'a String, &'a IndexedEntry)> {
-    previous.iter().filter(|(path, _)| {
-        !seen.contains(*path)
-            && !unreadable_dirs
-                .iter()
-                .any(|d| d == *path || is_under(path, d))
     })
 }
 
