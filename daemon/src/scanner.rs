@@ -252,9 +252,7 @@ fn scan_scoped(
     if !moved_from.is_empty() {
         to_read.retain(|obs| {
             let content = match obs.kind {
-                EntryKind::File if !previous.contains_key(&obs.path) => {
-                    moved_from.get(&obs.stamp)
-                }
+                EntryKind::File if !previous.contains_key(&obs.path) => moved_from.get(&obs.stamp),
                 _ => None,
             };
             let Some(content) = content else {
