@@ -3,7 +3,8 @@
 //! cargo run --release -p cairn-core --example rename_scale -- FILES
 //! Builds a document of FILES files under old/, then records old/ -> new/ as a scan
 //! reports it (every file deleted at its old path, added at its new one), timing each
-//! half; prints one JSON object.
+//! half, on as many threads as the machine has cores (`WORKERS=N` to choose); prints
+//! one JSON object.
 
 use std::time::Instant;
 
@@ -38,25 +39,39 @@ fn main() {
     }
     doc.commit();
     let _ = doc.take_changed();
+    let deleted = LocalChange::Deleted;
+    let presents: Vec<LocalChange> = (0..n).map(present).collect();
+    let olds: Vec<String> = (0..n).map(|i| path("old", i)).collect();
+    let news: Vec<String> = (0..n).map(|i| path("new", i)).collect();
+    let gone: Vec<(&str, &LocalChange, Option<ContentId>)> = (0..n)
+        .map(|i| {
+            let content = match &presents[i] {
+                LocalChange::Present { content, .. } => *content,
+                LocalChange::Deleted => None,
+            };
+            (olds[i].as_str(), &deleted, content)
+        })
+        .collect();
+    let arrived: Vec<(&str, &LocalChange, Option<ContentId>)> = (0..n)
+        .map(|i| (news[i].as_str(), &presents[i], None))
+        .collect();
+    // WORKERS=1 records path by path on one thread, as before `record_local_all`.
+    let workers: usize = std::env::var("WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    doc.set_workers(workers);
     let t = Instant::now();
-    for i in 0..n {
-        let content = match present(i) {
-            LocalChange::Present { content, .. } => content,
-            LocalChange::Deleted => None,
-        };
-        doc.record_local(&path("old", i), &LocalChange::Deleted, content);
-    }
+    doc.record_local_all(&gone);
     let deletes_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    for i in 0..n {
-        doc.record_local(&path("new", i), &present(i), None);
-    }
+    doc.record_local_all(&arrived);
     let adds_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     doc.commit();
     let commit_s = t.elapsed().as_secs_f64();
     println!(
-        "{{\"files\": {n}, \"deletes_s\": {deletes_s:.3}, \"adds_s\": {adds_s:.3}, \"commit_s\": {commit_s:.3}, \"us_per_op\": {:.1}}}",
+        "{{\"files\": {n}, \"workers\": {workers}, \"deletes_s\": {deletes_s:.3}, \"adds_s\": {adds_s:.3}, \"commit_s\": {commit_s:.3}, \"us_per_op\": {:.1}}}",
         (deletes_s + adds_s) * 1e6 / (2 * n) as f64
     );
 }

@@ -214,6 +214,9 @@ impl Engine {
             }
         }
         let mut node = Node::new(device, config.device_name(), TreeOptions::default());
+        // Large batches of document changes (a directory rename, a big sync message) are
+        // recorded and applied shard by shard on every core.
+        node.set_workers(std::thread::available_parallelism().map_or(1, |n| n.get()));
         let mut addresses = HashMap::new();
         for p in &config.peers {
             if let Ok(id) = p.id.parse::<PeerId>() {

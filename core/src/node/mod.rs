@@ -257,6 +257,9 @@ pub struct Node<P> {
     recent: VecDeque<RecentChange>,
     last_dial: Option<Instant>,
     actions: VecDeque<Action<P>>,
+    /// Threads a folder document may use for large batches (see
+    /// [`crate::folder::FolderDoc::set_workers`]); 1 keeps everything on the caller's.
+    workers: usize,
 }
 
 impl<P: Copy + Ord + Hash + Display> Node<P> {
@@ -277,6 +280,17 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             recent: VecDeque::new(),
             last_dial: None,
             actions: VecDeque::new(),
+            workers: 1,
+        }
+    }
+
+    /// Lets every folder document record and apply large batches on up to `workers`
+    /// threads (the daemon passes its cores; the simulation keeps 1). The result is the
+    /// same for any count: shards are independent documents.
+    pub fn set_workers(&mut self, workers: usize) {
+        self.workers = workers.max(1);
+        for f in self.folders.values_mut() {
+            f.doc.set_workers(self.workers);
         }
     }
 
@@ -289,7 +303,13 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
 
     /// Starts syncing a folder (at start, or when one is added or accepted): it is
     /// scanned and pulled, and synced with its connected members.
-    pub fn add_folder(&mut self, now: Instant, spec: FolderSpec<P>, doc: crate::folder::FolderDoc) {
+    pub fn add_folder(
+        &mut self,
+        now: Instant,
+        spec: FolderSpec<P>,
+        mut doc: crate::folder::FolderDoc,
+    ) {
+        doc.set_workers(self.workers);
         let id = spec.id.clone();
         self.offers.remove(&id);
         self.folders
@@ -517,11 +537,12 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         f.last_error = report.problem;
         let mut touched = BTreeSet::new();
         if f.spec.kind != FolderKind::ReceiveOnly {
-            for u in &report.unrecorded {
-                if f.doc.record_local(&u.path, &u.change, u.previous) {
-                    touched.insert(f.doc.shard_of(&u.path));
-                }
-            }
+            let changes: Vec<_> = report
+                .unrecorded
+                .iter()
+                .map(|u| (u.path.as_str(), &u.change, u.previous))
+                .collect();
+            touched = f.doc.record_local_all(&changes);
         }
         let paths: Vec<String> = report.unrecorded.into_iter().map(|u| u.path).collect();
         // Recorded or not (a receive-only folder puts them back), they are planned again.
