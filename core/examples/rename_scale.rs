@@ -39,6 +39,11 @@ fn main() {
     }
     doc.commit();
     let _ = doc.take_changed();
+    // A peer that has the folder, in sync before the rename.
+    let mut peer = FolderDoc::new(DeviceId([0xbb; 8]), cairn_core::folder::doc::DEFAULT_SHARDS)
+        .expect("valid shard count");
+    let (mut to_peer, mut from_doc) = (doc.new_peer(), peer.new_peer());
+    exchange(&mut doc, &mut peer, &mut to_peer, &mut from_doc);
     let deleted = LocalChange::Deleted;
     let presents: Vec<LocalChange> = (0..n).map(present).collect();
     let olds: Vec<String> = (0..n).map(|i| path("old", i)).collect();
@@ -70,8 +75,45 @@ fn main() {
     let t = Instant::now();
     doc.commit();
     let commit_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let saved: usize = (0..doc.shard_count() as usize)
+        .map(|s| doc.save_shard(s).len())
+        .sum();
+    let save_s = t.elapsed().as_secs_f64();
+    peer.set_workers(workers);
+    let (generate_s, receive_s) = exchange(&mut doc, &mut peer, &mut to_peer, &mut from_doc);
     println!(
-        "{{\"files\": {n}, \"workers\": {workers}, \"deletes_s\": {deletes_s:.3}, \"adds_s\": {adds_s:.3}, \"commit_s\": {commit_s:.3}, \"us_per_op\": {:.1}}}",
+        "{{\"files\": {n}, \"workers\": {workers}, \"deletes_s\": {deletes_s:.3}, \"adds_s\": {adds_s:.3}, \"commit_s\": {commit_s:.3}, \"save_all_s\": {save_s:.3}, \"saved_bytes\": {saved}, \"generate_s\": {generate_s:.3}, \"peer_receive_s\": {receive_s:.3}, \"us_per_op\": {:.1}}}",
         (deletes_s + adds_s) * 1e6 / (2 * n) as f64
     );
+}
+
+/// Syncs `doc` to `peer` until both are quiet; returns the seconds spent generating
+/// `doc`'s messages and applying them at `peer`.
+fn exchange(
+    doc: &mut FolderDoc,
+    peer: &mut FolderDoc,
+    to_peer: &mut cairn_core::folder::PeerSync,
+    from_doc: &mut cairn_core::folder::PeerSync,
+) -> (f64, f64) {
+    let (mut generate, mut receive) = (0.0, 0.0);
+    for _ in 0..100 {
+        let t = Instant::now();
+        let m = doc.generate_sync_message(to_peer);
+        generate += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        if let Some(m) = &m {
+            peer.receive_sync_message(from_doc, m)
+                .expect("valid message");
+        }
+        receive += t.elapsed().as_secs_f64();
+        let back = peer.generate_sync_message(from_doc);
+        if let Some(b) = &back {
+            doc.receive_sync_message(to_peer, b).expect("valid message");
+        }
+        if m.is_none() && back.is_none() {
+            break;
+        }
+    }
+    (generate, receive)
 }

@@ -343,7 +343,9 @@ impl Engine {
     /// Carries out what the turn that started at `started` made due, and records how long
     /// the whole turn kept the loop (`cairn_loop_stall_seconds`).
     fn turn_took(&mut self, started: Instant, what: &'static str) {
+        let handled = started.elapsed();
         self.act();
+        let acted = started.elapsed() - handled;
         if self.status_at.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
             self.publish_status();
         } else {
@@ -352,7 +354,14 @@ impl Engine {
         let took = started.elapsed();
         self.metrics.loop_stall.observe(took);
         if took >= SLOW_TURN {
-            tracing::info!(what, ms = took.as_millis() as u64, "slow_turn");
+            // How long the event took, then the node's actions (persisting, sending).
+            tracing::info!(
+                what,
+                ms = took.as_millis() as u64,
+                event_ms = handled.as_millis() as u64,
+                actions_ms = acted.as_millis() as u64,
+                "slow_turn"
+            );
         }
     }
 

@@ -364,6 +364,16 @@ pub enum Update {
     },
     /// The path is gone.
     Remove { path: String },
+    /// The file or directory at `from` is now at `path` as `entry` (renamed, same
+    /// content): its index entry and chunk locations move, and nothing is counted twice
+    /// or released in between. Anything else at `path` is replaced. When `from` is not
+    /// indexed with that content, this is a put of `entry` at `path` (the content's
+    /// manifest must be known) and a removal of `from`.
+    Move {
+        from: String,
+        path: String,
+        entry: IndexedEntry,
+    },
 }
 
 /// The device's index database.
@@ -1052,6 +1062,7 @@ impl Index {
                         manifest,
                     } => w.put(path, entry, manifest.as_ref())?,
                     Update::Remove { path } => w.remove(path)?,
+                    Update::Move { from, path, entry } => w.move_entry(from, path, entry)?,
                 }
             }
             let totals = encode(&w.totals);
@@ -1102,6 +1113,53 @@ impl Writer<'_> {
         }
         self.entries
             .insert((self.folder, path), encode(entry).as_slice())?;
+        Ok(())
+    }
+
+    fn move_entry(&mut self, from: &str, to: &str, entry: &IndexedEntry) -> Result<()> {
+        let old = self.take_entry(from)?;
+        let moved_as_is = old
+            .as_ref()
+            .is_some_and(|o| o.kind == entry.kind && o.content == entry.content)
+            && from != to
+            && self.entries.get((self.folder, to))?.is_none();
+        let old = match old {
+            Some(old) if moved_as_is => old,
+            old => {
+                // The new path takes the content before the old one lets go of it.
+                self.put(to, entry, None)?;
+                if let Some(old) = old {
+                    self.count(&old, false);
+                    self.release_content(from, &old)?;
+                }
+                return Ok(());
+            }
+        };
+        self.count(&old, false);
+        self.count(entry, true);
+        if let Some(content) = &entry.content {
+            let bytes = self
+                .manifests
+                .get(content.as_bytes())?
+                .map(|v| v.value().1.to_vec());
+            if let Some(bytes) = bytes {
+                let stored = Stored::decode(content, &bytes)?;
+                let (folder, locations) = (self.folder, &mut self.locations);
+                each_page(&self.pages, content, &stored, |page, start| {
+                    for (c, mut loc) in locations_in(folder, from, page) {
+                        loc.offset += start;
+                        locations.remove(c.id.as_bytes(), loc.encode().as_slice())?;
+                    }
+                    for (c, mut loc) in locations_in(folder, to, page) {
+                        loc.offset += start;
+                        locations.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+                    }
+                    Ok(true)
+                })?;
+            }
+        }
+        self.entries
+            .insert((self.folder, to), encode(entry).as_slice())?;
         Ok(())
     }
 

@@ -380,7 +380,7 @@ impl Puller {
         fs::rename(&src, &dst).map_err(io_err(&dst))?;
         self.dirty_dir(&src);
         self.dirty_dir(&dst);
-        let mut updates = Vec::with_capacity(entries.len() * 2);
+        let mut updates = Vec::with_capacity(entries.len());
         for (p, e) in entries {
             let q = format!("{to}{}", &p[from.len()..]);
             let mut entry = e;
@@ -400,16 +400,14 @@ impl Puller {
                 }
                 _ => {}
             }
-            updates.push(Update::Put {
+            updates.push(Update::Move {
+                from: p,
                 path: q,
                 entry,
-                manifest: None,
             });
-            updates.push(Update::Remove { path: p });
         }
-        // Every new path takes its content before an old one lets go of it, in one
-        // transaction, so no manifest is released in between.
-        updates.sort_by_key(|u| matches!(u, Update::Remove { .. }));
+        // One transaction: each entry and its chunk locations move; no manifest is
+        // released and taken again.
         self.index.apply_with(&self.folder, &updates, false)?;
         Ok(())
     }
@@ -864,18 +862,15 @@ impl Puller {
             content: Some(*content),
             link_target: None,
         };
-        // The new path takes the content before the old one lets go of it, in one
-        // transaction, so its manifest is never released in between.
+        // One transaction: the entry and its chunk locations move, so the manifest is
+        // never released in between.
         self.index.apply_with(
             &self.folder,
-            &[
-                Update::Put {
-                    path: to.into(),
-                    entry,
-                    manifest: None,
-                },
-                Update::Remove { path: from.into() },
-            ],
+            &[Update::Move {
+                from: from.into(),
+                path: to.into(),
+                entry,
+            }],
             false,
         )?;
         Ok(())

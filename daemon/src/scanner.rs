@@ -137,6 +137,13 @@ enum ReadOutcome {
         bytes: u64,
     },
     Skipped(ScanIssue),
+    /// The file indexed at `from` (as `old`) is now at `path`, unchanged (see the scan).
+    Moved {
+        from: String,
+        old: IndexedEntry,
+        path: String,
+        entry: IndexedEntry,
+    },
 }
 
 /// Scans `folder` into `index` and reports what changed. `progress` is called now and then.
@@ -189,6 +196,7 @@ fn scan_scoped(
         Some(dirs) => index.entries_under(&folder.id, dirs)?,
         None => index.entries(&folder.id)?,
     };
+    let listed = started.elapsed();
     let mut prog = ScanProgress::default();
     let mut issues = Vec::new();
     let mut unreadable_dirs = Vec::new();
@@ -230,7 +238,7 @@ fn scan_scoped(
     }
     // What was indexed and is gone: not seen by the walk, and not under a directory the
     // walk could not read. Deleted once everything else is committed.
-    let gone: HashMap<String, IndexedEntry> = previous
+    let mut gone: HashMap<String, IndexedEntry> = previous
         .extract_if(|path, _| {
             !seen.contains(path)
                 && !unreadable_dirs
@@ -242,42 +250,48 @@ fn scan_scoped(
     // left its indexed path in this scan is that file, moved: renaming a directory
     // changes nothing in the stamps of the files inside it. Its content is known; it is
     // recorded at its new path without being read (a 10,000-file directory rename read
-    // every file again). The stamp is the same test that spares an unchanged path.
-    let moved_from: HashMap<Stamp, ContentId> = gone
-        .values()
-        .filter(|old| old.kind == EntryKind::File)
-        .filter_map(|old| Some((old.stamp, old.content?)))
-        .collect();
+    // every file again), and its index entry moves (`Update::Move`) with the removal of
+    // the old path in the same transaction. The stamp is the same test that spares an
+    // unchanged path. Hard links share a stamp: each old path is taken once.
+    let mut moved_from: HashMap<Stamp, Vec<String>> = HashMap::new();
+    for (path, old) in &gone {
+        if old.kind == EntryKind::File && old.content.is_some() {
+            moved_from.entry(old.stamp).or_default().push(path.clone());
+        }
+    }
     let mut moved = Vec::new();
+    let mut read_done = Duration::ZERO;
     if !moved_from.is_empty() {
         to_read.retain(|obs| {
-            let content = match obs.kind {
-                EntryKind::File if !previous.contains_key(&obs.path) => moved_from.get(&obs.stamp),
-                _ => None,
+            if obs.kind != EntryKind::File || previous.contains_key(&obs.path) {
+                return true;
+            }
+            let Some(from) = moved_from.get_mut(&obs.stamp).and_then(|paths| paths.pop()) else {
+                return true;
             };
-            let Some(content) = content else {
+            let Some(old) = gone.remove(&from) else {
                 return true;
             };
             prog.to_read_files -= 1;
             prog.to_read_bytes -= obs.stamp.size;
-            moved.push(ReadOutcome::Done {
-                path: obs.path.clone(),
+            moved.push(ReadOutcome::Moved {
+                from,
                 entry: IndexedEntry {
                     kind: EntryKind::File,
                     stamp: obs.stamp,
-                    content: Some(*content),
+                    content: old.content,
                     link_target: None,
                 },
-                // The index has the manifest: the file's old path keeps it until the
-                // scan's deletions, which are committed last.
-                manifest: None,
-                bytes: 0,
+                old,
+                path: obs.path.clone(),
             });
             false
         });
     }
+    let moved_count = moved.len();
     prog.walk_done = true;
     progress(&prog);
+    let walked = started.elapsed();
     let temps = std::mem::take(&mut *temps.lock().unwrap_or_else(|e| e.into_inner()));
     remove_stale_temps(index, folder, &temps);
 
@@ -345,6 +359,26 @@ fn scan_scoped(
                     previous.remove(&issue.path);
                     issues.push(issue);
                 }
+                ReadOutcome::Moved {
+                    from,
+                    old,
+                    path,
+                    entry,
+                } => {
+                    changes.push(Change {
+                        path: path.clone(),
+                        change: ChangeKind::Added,
+                        kind: entry.kind,
+                        previous: None,
+                    });
+                    changes.push(Change {
+                        path: from.clone(),
+                        change: ChangeKind::Deleted,
+                        kind: old.kind,
+                        previous: old.content,
+                    });
+                    batch.push(Update::Move { from, path, entry });
+                }
             }
             if batch.len() >= BATCH_PATHS
                 || batch_bytes >= BATCH_BYTES
@@ -362,8 +396,9 @@ fn scan_scoped(
         // A file changed in the last moments may still be being written (truncated, then
         // written; appended to): it is recorded only once it stayed the same for SETTLE.
         let mut settling = Vec::new();
+        // A moved file's stamp is the one it was indexed with, after it had settled.
         for outcome in moved {
-            settle_or_accept(outcome, &mut settling, &mut accept)?;
+            accept(outcome)?;
         }
         for outcome in rx {
             settle_or_accept(outcome, &mut settling, &mut accept)?;
@@ -378,7 +413,7 @@ fn scan_scoped(
                 .iter()
                 .filter_map(|o| match o {
                     ReadOutcome::Done { entry, .. } => settle_left(&entry.stamp),
-                    ReadOutcome::Skipped(_) => None,
+                    ReadOutcome::Skipped(_) | ReadOutcome::Moved { .. } => None,
                 })
                 .max()
                 .unwrap_or_default();
@@ -418,6 +453,7 @@ fn scan_scoped(
                 )))?;
             }
         }
+        read_done = started.elapsed();
         for (path, old) in &gone {
             changes.push(Change {
                 path: path.clone(),
@@ -431,11 +467,22 @@ fn scan_scoped(
         Ok(())
     })?;
     progress(&prog);
+    let committed_at = started.elapsed();
 
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     let count = |k: ChangeKind| changes.iter().filter(|c| c.change == k).count() as u64;
     let totals = index.totals(&folder.id)?;
     let seconds = started.elapsed().as_secs_f64();
+    tracing::debug!(
+        folder = %folder.id,
+        index_ms = listed.as_millis() as u64,
+        walk_ms = (walked - listed).as_millis() as u64,
+        read_ms = (read_done - walked).as_millis() as u64,
+        removals_ms = (committed_at - read_done).as_millis() as u64,
+        totals_ms = (started.elapsed() - committed_at).as_millis() as u64,
+        moved = moved_count,
+        "scan_phases"
+    );
     Ok(ScanReport {
         folder: folder.id.clone(),
         root: folder.root.clone(),

@@ -523,6 +523,9 @@ fn files_of_a_renamed_directory_are_not_read_again_but_a_replaced_one_is() {
         );
     }
     write(&s.root, "old/swapped", b"AAAA-original");
+    // Two names of one inode share a stamp: each old name is taken once.
+    write(&s.root, "old/link1", &pseudo_random(3000, 99));
+    fs::hard_link(s.root.join("old/link1"), s.root.join("old/link2")).unwrap();
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
     let set_mtime = |p: &Path| {
         File::options()
@@ -538,6 +541,7 @@ fn files_of_a_renamed_directory_are_not_read_again_but_a_replaced_one_is() {
     let folder = folder_for_root(&index, &s.root).unwrap();
     let before = index.entry(&folder.id, "old/sub/f7").unwrap().unwrap();
     let before_swapped = index.entry(&folder.id, "old/swapped").unwrap().unwrap();
+    let totals_before = index.totals(&folder.id).unwrap();
 
     fs::rename(s.root.join("old"), s.root.join("new")).unwrap();
     // One file of the moved tree replaced by another of the same size and mtime: a new
@@ -549,7 +553,24 @@ fn files_of_a_renamed_directory_are_not_read_again_but_a_replaced_one_is() {
     let dirs: BTreeSet<String> = ["old", "new"].iter().map(|s| s.to_string()).collect();
     let r = scan_paths(&index, &folder, &dirs).unwrap();
     assert_eq!(r.read_files, 1, "only the replaced file is read");
-    assert_eq!((r.added, r.deleted), (53, 53), "{:?}", changes(&r));
+    assert_eq!((r.added, r.deleted), (55, 55), "{:?}", changes(&r));
+    // A move counts nothing twice and releases nothing (the swapped file has the same
+    // size and chunk count).
+    let totals = index.totals(&folder.id).unwrap();
+    assert_eq!(
+        (
+            totals.files,
+            totals.bytes,
+            totals.chunks,
+            totals.unique_bytes
+        ),
+        (
+            totals_before.files,
+            totals_before.bytes,
+            totals_before.chunks,
+            totals_before.unique_bytes
+        )
+    );
     let after = index.entry(&folder.id, "new/sub/f7").unwrap().unwrap();
     assert_eq!(after.content, before.content);
     assert!(index.entry(&folder.id, "old/sub/f7").unwrap().is_none());
@@ -569,6 +590,34 @@ fn files_of_a_renamed_directory_are_not_read_again_but_a_replaced_one_is() {
     };
     assert_eq!(swapped.content, Some(content));
     assert_ne!(swapped.content, before_swapped.content);
+    // Both names of the hard link moved; removing one keeps the other's manifest and
+    // locations.
+    let link = index
+        .entry(&folder.id, "new/link1")
+        .unwrap()
+        .unwrap()
+        .content;
+    assert_eq!(
+        index
+            .entry(&folder.id, "new/link2")
+            .unwrap()
+            .unwrap()
+            .content,
+        link
+    );
+    fs::remove_file(s.root.join("new/link1")).unwrap();
+    let r = scan_paths(&index, &folder, &dirs).unwrap();
+    // (Unlinking one name changes the inode's ctime, so the other name is read again.)
+    assert_eq!(
+        (r.added, r.deleted, r.modified),
+        (0, 1, 0),
+        "{:?}",
+        changes(&r)
+    );
+    let manifest = index.manifest(&link.unwrap()).unwrap().unwrap();
+    let at = index.chunk_locations(&manifest.chunks[0].id).unwrap();
+    let paths: Vec<&str> = at.iter().map(|l| l.path.as_str()).collect();
+    assert_eq!(paths, ["new/link2"]);
     drop(index);
     assert!(
         changes(&scan(&s)).is_empty(),
