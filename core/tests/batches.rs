@@ -163,8 +163,15 @@ proptest! {
         }
         prop_assert!(copies_elsewhere > 0 || conflicted == 0);
 
-        // The peer applies the batch: one thread and four give the same document.
+        // Saving on four threads gives each shard's own bytes.
         many.commit();
+        let all: std::collections::BTreeSet<usize> = (0..SHARDS as usize).collect();
+        let saved = many.save_shards(&all);
+        let one_by_one: Vec<(u16, Vec<u8>)> =
+            (0..SHARDS as usize).map(|s| (s as u16, many.save_shard(s))).collect();
+        prop_assert_eq!(saved, one_by_one);
+
+        // The peer applies the batch: one thread and four give the same document.
         let mut peer_one = copy(&mut other, peer);
         let mut peer_many = copy(&mut other, peer);
         peer_many.set_workers(4);

@@ -397,6 +397,11 @@ fn scan_scoped(
         // written; appended to): it is recorded only once it stayed the same for SETTLE.
         let mut settling = Vec::new();
         // A moved file's stamp is the one it was indexed with, after it had settled.
+        // In path order, so the index writes neighbouring keys one after another.
+        moved.sort_by(|a, b| match (a, b) {
+            (ReadOutcome::Moved { path: a, .. }, ReadOutcome::Moved { path: b, .. }) => a.cmp(b),
+            _ => std::cmp::Ordering::Equal,
+        });
         for outcome in moved {
             accept(outcome)?;
         }

@@ -305,6 +305,41 @@ impl FolderDoc {
         self.shards[shard].save()
     }
 
+    /// Saves the shards `which` (each compacted), side by side on up to
+    /// [`FolderDoc::set_workers`] threads when there are many.
+    pub fn save_shards(&mut self, which: &BTreeSet<usize>) -> Vec<(u16, Vec<u8>)> {
+        let count = self.shards.len();
+        let workers = self.workers.clamp(1, count);
+        if workers == 1 || which.len() < 4 {
+            return which
+                .iter()
+                .map(|&s| (s as u16, self.shards[s].save()))
+                .collect();
+        }
+        let per = count.div_ceil(workers);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .shards
+                .chunks_mut(per)
+                .enumerate()
+                .map(|(w, docs)| {
+                    s.spawn(move || {
+                        docs.iter_mut()
+                            .enumerate()
+                            .map(|(k, doc)| (w * per + k, doc))
+                            .filter(|(i, _)| which.contains(i))
+                            .map(|(i, doc)| (i as u16, doc.save()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a shard worker panicked"))
+                .collect()
+        })
+    }
+
     /// How many paths the document has recorded (tombstones included).
     pub fn key_count(&self) -> usize {
         self.shards.iter().map(|d| d.length(ROOT)).sum()

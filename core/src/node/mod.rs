@@ -1098,10 +1098,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             return;
         };
         let unique: BTreeSet<usize> = shards.into_iter().collect();
-        let saved = unique
-            .into_iter()
-            .map(|s| (s as u16, f.doc.save_shard(s)))
-            .collect();
+        let saved = f.doc.save_shards(&unique);
         self.actions.push_back(Action::Persist {
             folder: id.to_string(),
             shards: saved,
