@@ -308,36 +308,14 @@ impl FolderDoc {
     /// Saves the shards `which` (each compacted), side by side on up to
     /// [`FolderDoc::set_workers`] threads when there are many.
     pub fn save_shards(&mut self, which: &BTreeSet<usize>) -> Vec<(u16, Vec<u8>)> {
-        let count = self.shards.len();
-        let workers = self.workers.clamp(1, count);
-        if workers == 1 || which.len() < 4 {
-            return which
-                .iter()
-                .map(|&s| (s as u16, self.shards[s].save()))
-                .collect();
-        }
-        let per = count.div_ceil(workers);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .shards
-                .chunks_mut(per)
-                .enumerate()
-                .map(|(w, docs)| {
-                    s.spawn(move || {
-                        docs.iter_mut()
-                            .enumerate()
-                            .map(|(k, doc)| (w * per + k, doc))
-                            .filter(|(i, _)| which.contains(i))
-                            .map(|(i, doc)| (i as u16, doc.save()))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("a shard worker panicked"))
-                .collect()
-        })
+        let docs: Vec<(usize, &mut AutoCommit)> = self
+            .shards
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| which.contains(i))
+            .collect();
+        let workers = if docs.len() < 4 { 1 } else { self.workers };
+        on_workers(docs, workers, |(i, doc)| (i as u16, doc.save()))
     }
 
     /// How many paths the document has recorded (tombstones included).
@@ -448,41 +426,25 @@ impl FolderDoc {
             by_shard[shard_index(path, count)].push(i);
         }
         let device = self.device;
-        let run = |first: usize, docs: &mut [AutoCommit]| -> Vec<Written> {
-            docs.iter_mut()
-                .enumerate()
-                .filter(|(k, _)| !by_shard[first + k].is_empty())
-                .map(|(k, doc)| {
-                    let mut writer = ShardWriter::new(first + k, count, doc, device);
-                    for &i in &by_shard[first + k] {
-                        let (path, change, base) = changes[i];
-                        writer.record(path, change, base);
-                    }
-                    writer.finish()
-                })
-                .collect()
-        };
-        let workers = self.workers.clamp(1, count);
-        let written: Vec<Written> = if workers == 1 || changes.len() < PARALLEL_MIN {
-            run(0, &mut self.shards)
+        let docs: Vec<(usize, &mut AutoCommit)> = self
+            .shards
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !by_shard[*i].is_empty())
+            .collect();
+        let workers = if changes.len() < PARALLEL_MIN {
+            1
         } else {
-            let per = count.div_ceil(workers);
-            std::thread::scope(|s| {
-                let handles: Vec<_> = self
-                    .shards
-                    .chunks_mut(per)
-                    .enumerate()
-                    .map(|(w, docs)| {
-                        let run = &run;
-                        s.spawn(move || run(w * per, docs))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().expect("a shard worker panicked"))
-                    .collect()
-            })
+            self.workers
         };
+        let written = on_workers(docs, workers, |(shard, doc)| {
+            let mut writer = ShardWriter::new(shard, count, doc, device);
+            for &i in &by_shard[shard] {
+                let (path, change, base) = changes[i];
+                writer.record(path, change, base);
+            }
+            writer.finish()
+        });
         self.absorb(written)
     }
 
@@ -681,41 +643,22 @@ impl FolderDoc {
             bytes_total += bytes.len();
             by_shard[*shard as usize].push(msg);
         }
-        let run = |first: usize,
-                   docs: &mut [AutoCommit],
-                   states: &mut [sync::State],
-                   msgs: &mut [Vec<sync::Message>]| {
-            let mut out = Vec::new();
-            for (k, ((doc, state), msgs)) in docs.iter_mut().zip(states).zip(msgs).enumerate() {
-                if !msgs.is_empty() {
-                    out.push(receive_shard(first + k, doc, state, std::mem::take(msgs)));
-                }
-            }
-            out
-        };
-        let workers = self.workers.clamp(1, n);
-        let received: Vec<Received> = if workers == 1 || bytes_total < PARALLEL_MIN_BYTES {
-            run(0, &mut self.shards, &mut peer.states, &mut by_shard)
+        let work: Vec<_> = self
+            .shards
+            .iter_mut()
+            .zip(peer.states.iter_mut())
+            .zip(by_shard)
+            .enumerate()
+            .filter(|(_, (_, msgs))| !msgs.is_empty())
+            .collect();
+        let workers = if bytes_total < PARALLEL_MIN_BYTES {
+            1
         } else {
-            let per = n.div_ceil(workers);
-            std::thread::scope(|s| {
-                let handles: Vec<_> = self
-                    .shards
-                    .chunks_mut(per)
-                    .zip(peer.states.chunks_mut(per))
-                    .zip(by_shard.chunks_mut(per))
-                    .enumerate()
-                    .map(|(w, ((docs, states), msgs))| {
-                        let run = &run;
-                        s.spawn(move || run(w * per, docs, states, msgs))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().expect("a shard worker panicked"))
-                    .collect()
-            })
+            self.workers
         };
+        let received = on_workers(work, workers, |(shard, ((doc, state), msgs))| {
+            receive_shard(shard, doc, state, msgs)
+        });
         let mut first_error = None;
         for r in received {
             match r.keys {
@@ -852,6 +795,36 @@ fn shard_index(path: &str, count: usize) -> usize {
     let h = blake3::hash(path.as_bytes());
     let n = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]);
     n as usize % count
+}
+
+/// `f` of every item, in order, with the items split into `workers` runs that go to
+/// scoped threads (all on the caller's thread when `workers` is 1). Used for shards,
+/// which are independent documents.
+fn on_workers<T: Send, R: Send>(
+    items: Vec<T>,
+    workers: usize,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    if workers <= 1 || items.len() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(workers);
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    let mut rest = items.into_iter().peekable();
+    while rest.peek().is_some() {
+        runs.push(rest.by_ref().take(per).collect());
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .map(|run| s.spawn(move || run.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a shard worker panicked"))
+            .collect()
+    })
 }
 
 /// Below this many bytes, a sync message is applied on the caller's thread.
