@@ -47,8 +47,10 @@ fn stopping() -> Response {
 }
 
 /// How long `/v1/status` waits for a fresh answer from the loop before it answers with the
-/// status the loop last published.
-const FRESH_WITHIN: std::time::Duration = std::time::Duration::from_millis(25);
+/// status the loop last published. Short: at 100,000 and 1,000,000 files p99 was this
+/// wait plus ~3 ms, and under full load the slowest answers were the wait plus scheduling
+/// delays (max 51 ms at 1,000,000 files with 25 ms here).
+const FRESH_WITHIN: std::time::Duration = std::time::Duration::from_millis(10);
 
 #[derive(Clone)]
 struct Ctx {
