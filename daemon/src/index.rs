@@ -1117,11 +1117,13 @@ impl Writer<'_> {
     }
 
     fn move_entry(&mut self, from: &str, to: &str, entry: &IndexedEntry) -> Result<()> {
+        if from == to {
+            return self.put(to, entry, None);
+        }
         let old = self.take_entry(from)?;
         let moved_as_is = old
             .as_ref()
             .is_some_and(|o| o.kind == entry.kind && o.content == entry.content)
-            && from != to
             && self.entries.get((self.folder, to))?.is_none();
         let old = match old {
             Some(old) if moved_as_is => old,
