@@ -613,9 +613,10 @@ impl FolderDoc {
     }
 
     /// Applies a message from `peer`. A message that names a shard the folder does not
-    /// have, or carries an undecodable part, changes nothing and is an error. A shard
-    /// whose changes automerge refuses stays as it was (the others are applied) and the
-    /// error names it. Shards are applied side by side on up to
+    /// have, or carries an undecodable part, changes nothing and is an error. When
+    /// automerge refuses a part, the parts before it for that shard and the parts for
+    /// every other shard stay applied, and the error names the shard (the caller keeps
+    /// what changed: see `Node::apply_meta`). Shards are applied side by side on up to
     /// [`FolderDoc::set_workers`] threads when the message is large.
     pub fn receive_sync_message(
         &mut self,
@@ -786,7 +787,6 @@ fn usable_bloom(bloom: &sync::BloomFilter) -> bool {
     (1..=MAX_BLOOM_PARAMETER).contains(&bits) && (1..=MAX_BLOOM_PARAMETER).contains(&probes)
 }
 
-/// Adds every ancestor directory of `path` to `dirs`.
 /// Below this many changes, recording on other threads costs more than it saves.
 const PARALLEL_MIN: usize = 512;
 
@@ -1019,6 +1019,7 @@ impl<'a> ShardWriter<'a> {
     }
 }
 
+/// Adds every ancestor directory of `path` to `dirs`.
 fn note_dirs(dirs: &mut HashSet<String>, path: &str) {
     for a in path::ancestors(path) {
         if dirs.contains(a) {

@@ -1067,13 +1067,18 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             Round::Theirs => &mut f.answering,
         };
         let state = states.entry(peer).or_insert_with(|| f.doc.new_peer());
-        if f.doc.receive_sync_message(state, &msg).is_err() {
+        let ok = f.doc.receive_sync_message(state, &msg).is_ok();
+        if !ok {
             state.reset();
-            return false;
         }
-        if f.doc.heads() != before {
+        // What a refused message changed in its other shards is kept like any change:
+        // saved, pulled and passed on (the peer will not send it again).
+        let after = f.doc.heads();
+        let shards: Vec<usize> = (0..after.len())
+            .filter(|&i| before.get(i) != after.get(i))
+            .collect();
+        if !shards.is_empty() {
             f.needs_pull = true;
-            let shards: Vec<usize> = msg.shards.iter().map(|(s, _)| *s as usize).collect();
             self.persist(id, shards, Vec::new());
             let others: Vec<P> = self
                 .connected
@@ -1085,7 +1090,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 self.sync_with(id, p);
             }
         }
-        true
+        ok
     }
 
     fn persist(
