@@ -87,6 +87,12 @@ struct Net {
     duplication: f64,
     /// Chance that a device dies in the middle of a pull.
     crash_in_pull: f64,
+    /// Paths per window of a pass over the whole folder (0: none): half of the seeds
+    /// plan the folder in windows of one or two paths, as a large folder is planned.
+    pull_window: usize,
+    /// Pulls of one window of a pass, and local paths they found outside their scope.
+    windows: usize,
+    strays: usize,
 }
 
 fn dev(i: usize) -> DeviceId {
@@ -116,6 +122,13 @@ impl Net {
             loss: 0.1,
             duplication: 0.1,
             crash_in_pull: 0.05,
+            pull_window: match seed % 4 {
+                0 => 1,
+                2 => 2,
+                _ => 0,
+            },
+            windows: 0,
+            strays: 0,
         };
         for i in 0..n {
             let mut doc = FolderDoc::new(dev(i), SHARDS).unwrap();
@@ -153,6 +166,7 @@ impl Net {
         let saved: Vec<Vec<u8>> = self.devices[i].saved.values().cloned().collect();
         let doc = FolderDoc::load(dev(i), &saved).unwrap();
         let mut node = Node::new(dev(i), format!("dev{i}"), TreeOptions::default());
+        node.set_pull_window(self.pull_window);
         let members: Vec<usize> = (0..n).filter(|p| *p != i).collect();
         for p in &members {
             node.add_peer(*p, format!("dev{p}"), dev(*p));
@@ -248,6 +262,7 @@ impl Net {
                 Action::Pull {
                     tree,
                     scope,
+                    window,
                     refused,
                     ..
                 } => {
@@ -258,7 +273,19 @@ impl Net {
                     } else {
                         usize::MAX
                     };
-                    let outcome = self.pull(i, &tree, scope.as_ref(), steps);
+                    let mut outcome = self.pull(i, &tree, scope.as_ref(), steps);
+                    if let (Some(w), Some(scope)) = (window, &scope) {
+                        self.windows += 1;
+                        // As the daemon reads its index: local paths the window holds
+                        // and the scope missed.
+                        outcome.stray = self.devices[i]
+                            .index
+                            .keys()
+                            .filter(|p| w.contains(p) && !scope.contains(*p))
+                            .cloned()
+                            .collect();
+                        self.strays += outcome.stray.len();
+                    }
                     if steps != usize::MAX {
                         self.crash(i);
                         return;
@@ -430,6 +457,7 @@ impl Net {
             raced: executed.raced,
             missing,
             changes: vec![],
+            stray: vec![],
         }
     }
 
@@ -860,7 +888,7 @@ fn nodes_converge_and_lose_nothing_through_loss_partitions_and_crashes() {
         seeds[0],
         seeds[seeds.len() - 1]
     );
-    let (mut fetched, mut crashes) = (0, 0);
+    let (mut fetched, mut crashes, mut windows, mut strays) = (0, 0, 0, 0);
     for seed in seeds {
         let Ok(net) = std::panic::catch_unwind(|| run(seed, 400)) else {
             panic!(
@@ -869,11 +897,15 @@ fn nodes_converge_and_lose_nothing_through_loss_partitions_and_crashes() {
         };
         fetched += net.devices.iter().map(|d| d.fetched).sum::<usize>();
         crashes += net.log.iter().filter(|l| l.starts_with("crash")).count();
+        windows += net.windows;
+        strays += net.strays;
     }
-    // The runs did something: data moved between devices, devices died.
+    println!("node simulation: {windows} window pulls, {strays} stray local paths");
+    // The runs did something: data moved between devices, devices died, folders were
+    // planned window by window.
     assert!(
-        fetched > 0 && crashes > 0,
-        "fetched {fetched} crashes {crashes}"
+        fetched > 0 && crashes > 0 && windows > 0,
+        "fetched {fetched} crashes {crashes} windows {windows}"
     );
 }
 

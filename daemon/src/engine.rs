@@ -217,6 +217,13 @@ impl Engine {
         // Large batches of document changes (a directory rename, a big sync message) are
         // recorded and applied shard by shard on every core.
         node.set_workers(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // Tests make passes over small folders with a small window.
+        if let Some(w) = std::env::var("CAIRN_PULL_WINDOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            node.set_pull_window(w);
+        }
         let mut addresses = HashMap::new();
         for p in &config.peers {
             if let Ok(id) = p.id.parse::<PeerId>() {
@@ -374,9 +381,10 @@ impl Engine {
                     folder,
                     tree,
                     scope,
+                    window,
                     refused,
                     peers,
-                } => self.start_pull(&folder, tree, scope, refused, peers),
+                } => self.start_pull(&folder, tree, scope, window, refused, peers),
                 Action::Restore { folder } => self.start_restore(&folder),
                 Action::SendMeta {
                     peer,

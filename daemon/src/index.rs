@@ -531,6 +531,31 @@ impl Index {
         Ok(out)
     }
 
+    /// The paths of `folder` in `range` that are not in `except` (keys only: a window of
+    /// a pass over a large folder asks which local paths its scope missed).
+    pub fn paths_in(
+        &self,
+        folder: &str,
+        range: &cairn_core::folder::PathRange,
+        except: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        let from = range.from.as_deref().unwrap_or("");
+        for item in t.range((folder, from)..)? {
+            let (k, _) = item?;
+            let (f, path) = k.value();
+            if f != folder || !range.contains(path) {
+                break;
+            }
+            if !except.contains(path) {
+                out.push(path.to_string());
+            }
+        }
+        Ok(out)
+    }
+
     /// Every row of a `(folder, path)`-keyed table for `folder`, mapped by `row`.
     fn rows_of<V: redb::Value + 'static, T>(
         &self,

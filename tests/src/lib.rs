@@ -116,6 +116,8 @@ pub struct Daemon {
     pub port: u16,
     /// Run as this user id (through `setpriv`) instead of the test's own.
     run_as: Option<u32>,
+    /// Extra environment of the process (tuning knobs a test turns).
+    env: Vec<(String, String)>,
     child: Option<std::process::Child>,
 }
 
@@ -135,6 +137,7 @@ pub struct DaemonSpec {
     pub port: u16,
     pub peer_id: String,
     pub run_as: Option<u32>,
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonSpec {
@@ -163,6 +166,7 @@ impl DaemonSpec {
             port: free_port(),
             peer_id,
             run_as: None,
+            env: Vec::new(),
         }
     }
 
@@ -182,6 +186,12 @@ impl DaemonSpec {
             assert!(status.success(), "chown {}", dir.display());
         }
         self.run_as = Some(uid);
+        self
+    }
+
+    /// Sets `key` in the daemon's environment.
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -231,6 +241,7 @@ impl DaemonSpec {
             peer_id: self.peer_id,
             port: self.port,
             run_as: self.run_as,
+            env: self.env,
             child: None,
         };
         d.restart();
@@ -277,6 +288,7 @@ impl Daemon {
                 "CAIRN_LOG",
                 std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -390,7 +402,19 @@ pub fn random_file(path: &Path, len: u64) {
 
 /// Starts `names.len()` daemons that all trust each other and share folder `shared`.
 pub fn mesh(base: &Path, names: &[&str]) -> Vec<Daemon> {
-    let specs: Vec<DaemonSpec> = names.iter().map(|n| DaemonSpec::new(base, n)).collect();
+    mesh_with(base, names, |s| s)
+}
+
+/// Like [`mesh`], each daemon's spec first passed through `tune`.
+pub fn mesh_with(
+    base: &Path,
+    names: &[&str],
+    tune: impl Fn(DaemonSpec) -> DaemonSpec,
+) -> Vec<Daemon> {
+    let specs: Vec<DaemonSpec> = names
+        .iter()
+        .map(|n| tune(DaemonSpec::new(base, n)))
+        .collect();
     let refs: Vec<PeerRef> = specs.iter().map(DaemonSpec::peer).collect();
     let daemons: Vec<Daemon> = specs
         .into_iter()

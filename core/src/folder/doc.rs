@@ -227,6 +227,46 @@ impl Changed {
     }
 }
 
+/// The paths from `from` (included) up to `to` (excluded), in byte order; None is open.
+/// A pass over a large folder plans one such window at a time (see
+/// [`FolderDoc::window_bounds`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PathRange {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl PathRange {
+    /// Whether `path` lies in the range.
+    pub fn contains(&self, path: &str) -> bool {
+        self.from.as_deref().is_none_or(|f| path >= f)
+            && self.to.as_deref().is_none_or(|t| path < t)
+    }
+
+    /// The windows between consecutive `bounds` (sorted, distinct), covering every path.
+    pub fn split(bounds: Vec<String>) -> Vec<PathRange> {
+        let mut out = Vec::with_capacity(bounds.len() + 1);
+        let mut from = None;
+        for b in bounds {
+            out.push(PathRange {
+                from: from.take(),
+                to: Some(b.clone()),
+            });
+            from = Some(b);
+        }
+        out.push(PathRange { from, to: None });
+        out
+    }
+
+    fn bounds(&self) -> (std::ops::Bound<String>, std::ops::Bound<String>) {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        (
+            self.from.clone().map_or(Unbounded, Included),
+            self.to.clone().map_or(Unbounded, Excluded),
+        )
+    }
+}
+
 /// One folder's metadata.
 pub struct FolderDoc {
     device: DeviceId,
@@ -321,6 +361,34 @@ impl FolderDoc {
     /// How many paths the document has recorded (tombstones included).
     pub fn key_count(&self) -> usize {
         self.shards.iter().map(|d| d.length(ROOT)).sum()
+    }
+
+    /// Bounds that cut the folder's paths into windows of about `per_window` recorded
+    /// paths each, without listing them all: a path's shard is a hash of it, so the keys
+    /// of one shard are an even sample of the whole folder's, in the same order.
+    /// Windows smaller than the shard count sample as many shards as it takes.
+    pub fn window_bounds(&self, per_window: usize) -> Vec<String> {
+        let shards = self.shards.len();
+        let per_window = per_window.max(1);
+        let sampled = shards.div_ceil(per_window).clamp(1, shards);
+        let step = (per_window * sampled / shards).max(1);
+        let mut sample: Vec<String> = self.shards[..sampled]
+            .iter()
+            .flat_map(|doc| doc.keys(ROOT))
+            .collect();
+        sample.sort_unstable();
+        sample.into_iter().skip(step).step_by(step).collect()
+    }
+
+    /// Every path recorded in `range` (live or not), sorted.
+    pub fn keys_in(&self, range: &PathRange) -> BTreeSet<String> {
+        self.shards
+            .iter()
+            .flat_map(|doc| {
+                doc.map_range(ROOT, range.bounds())
+                    .map(|item| item.key.to_string())
+            })
+            .collect()
     }
 
     /// The heads of every shard: equal heads mean equal documents.
@@ -1060,6 +1128,41 @@ mod tests {
         let mut bad = recorded.undecodable;
         bad.sort();
         assert_eq!(bad, vec!["bytes", "junk"]);
+    }
+
+    #[test]
+    fn window_bounds_cut_a_folder_into_windows_of_about_the_size_asked() {
+        let mut doc = FolderDoc::new(DeviceId([1; 8]), DEFAULT_SHARDS).unwrap();
+        let paths: Vec<String> = (0..20_000)
+            .map(|i| format!("d{:02}/s{}/f{i:05}", i % 37, i % 5))
+            .collect();
+        let changes: Vec<_> = paths.iter().map(|p| (p.as_str(), file(1), None)).collect();
+        let refs: Vec<_> = changes.iter().map(|(p, c, b)| (*p, c, *b)).collect();
+        doc.record_local_all(&refs);
+        doc.commit();
+        for per_window in [16, 300, 2_000] {
+            let windows = PathRange::split(doc.window_bounds(per_window));
+            let sizes: Vec<usize> = windows.iter().map(|w| doc.keys_in(w).len()).collect();
+            // Every path in exactly one window.
+            assert_eq!(sizes.iter().sum::<usize>(), paths.len());
+            for p in paths.iter().step_by(97) {
+                assert_eq!(windows.iter().filter(|w| w.contains(p)).count(), 1);
+            }
+            let expected = paths.len() / per_window;
+            assert!(
+                windows.len() > expected / 2 && windows.len() < expected * 2,
+                "{per_window} per window: {} windows, {expected} expected",
+                windows.len()
+            );
+            let largest = sizes.iter().max().copied().unwrap_or(0);
+            assert!(
+                largest < per_window * 8,
+                "{per_window}: a window of {largest}"
+            );
+        }
+        // A folder smaller than a window is one window.
+        let small = FolderDoc::new(DeviceId([1; 8]), DEFAULT_SHARDS).unwrap();
+        assert_eq!(PathRange::split(small.window_bounds(50_000)).len(), 1);
     }
 
     fn file(content: u8) -> LocalChange {

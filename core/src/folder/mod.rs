@@ -4,6 +4,6 @@ pub mod doc;
 pub mod entry;
 pub mod tree;
 
-pub use doc::{FolderDoc, FolderMessage, LocalChange, PeerSync};
+pub use doc::{FolderDoc, FolderMessage, LocalChange, PathRange, PeerSync};
 pub use entry::{DeviceId, EntryValue};
 pub use tree::{Origin, Tree, TreeEntry, TreeOptions, derive_tree};

@@ -1,12 +1,12 @@
 //! One folder as the node sees it: its document, the sync state of each peer, and the
 //! schedule of its scans and pulls (what is due, what runs, when to retry).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::ContentId;
 use crate::folder::doc::{Changed, Heads};
-use crate::folder::{DeviceId, FolderDoc, PeerSync};
+use crate::folder::{DeviceId, FolderDoc, PathRange, PeerSync};
 
 /// Paths scanned at most in one partial scan; more changes make it a full scan.
 pub const MAX_SCAN_PATHS: usize = 1000;
@@ -155,6 +155,10 @@ pub struct FolderState<P> {
     pub(crate) pulling: Option<BTreeSet<String>>,
     /// The scan running now covers the whole folder.
     pub(crate) scanning_all: bool,
+    /// Windows of a pass over the whole folder still to plan, in order (a large folder
+    /// is planned window by window, so no pull holds its whole tree; see
+    /// [`super::Node::set_pull_window`]).
+    pub(crate) pass: VecDeque<PathRange>,
 }
 
 impl<P: Ord> FolderState<P> {
@@ -184,6 +188,7 @@ impl<P: Ord> FolderState<P> {
             planned_at: None,
             pulling: None,
             scanning_all: false,
+            pass: VecDeque::new(),
         }
     }
 

@@ -33,7 +33,7 @@ use crate::ContentId;
 use crate::conduct::{Conduct, Verdict, Violation};
 use crate::folder::doc::Changed;
 use crate::folder::tree::ConflictCopyName;
-use crate::folder::{DeviceId, FolderMessage, LocalChange, Tree, TreeOptions};
+use crate::folder::{DeviceId, FolderMessage, LocalChange, PathRange, Tree, TreeOptions};
 use crate::wire::{MetaRequest, MetaResponse};
 
 /// Redial trusted peers that are not connected this often.
@@ -56,6 +56,9 @@ pub const OFFER_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_REFUSED: usize = 1000;
 /// How many recent changes the node remembers (a feed, not a log).
 pub const RECENT_MAX: usize = 100;
+/// A folder with more recorded paths than this is planned in windows of about this many
+/// paths when the whole folder is due (see [`Node::set_pull_window`]).
+pub const PULL_WINDOW: usize = 50_000;
 
 /// What the node asks its driver to do, in order.
 #[derive(Debug)]
@@ -70,11 +73,14 @@ pub enum Action<P> {
     /// (connected members, in this order); skip writing the versions in `refused`. Answer
     /// with [`Node::handle_pull_done`]. With a `scope`, `tree` is the part of the tree at
     /// those paths: plan them alone, against the disk there
-    /// ([`crate::planner::local_in_scope`]); without one, the whole folder.
+    /// ([`crate::planner::local_in_scope`]); without one, the whole folder. With a
+    /// `window` (one part of a pass over a large folder), the local paths in it that the
+    /// scope lacks are reported back as [`PullDone::stray`].
     Pull {
         folder: String,
         tree: Tree,
         scope: Option<BTreeSet<String>>,
+        window: Option<PathRange>,
         refused: HashMap<String, ContentId>,
         peers: Vec<P>,
     },
@@ -238,6 +244,9 @@ pub struct PullDone {
     pub missing: Vec<Missing>,
     /// Paths the pull changed (path, what it did), oldest first.
     pub changes: Vec<(String, String)>,
+    /// Local paths in the pull's window that its scope did not cover (on the disk, not
+    /// recorded in the document): the next pull plans them.
+    pub stray: Vec<String>,
 }
 
 /// The node of one device.
@@ -260,6 +269,8 @@ pub struct Node<P> {
     /// Threads a folder document may use for large batches (see
     /// [`crate::folder::FolderDoc::set_workers`]); 1 keeps everything on the caller's.
     workers: usize,
+    /// Paths per window of a pass over a large folder (0: never windowed).
+    pull_window: usize,
 }
 
 impl<P: Copy + Ord + Hash + Display> Node<P> {
@@ -281,6 +292,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             last_dial: None,
             actions: VecDeque::new(),
             workers: 1,
+            pull_window: PULL_WINDOW,
         }
     }
 
@@ -292,6 +304,18 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         for f in self.folders.values_mut() {
             f.doc.set_workers(self.workers);
         }
+    }
+
+    /// When the whole of a folder with more than `paths` recorded paths is due for a
+    /// pull (at start, after a full scan, after many changes), it is planned as a pass of
+    /// windows of about `paths` paths each, one pull per window, so that no pull holds
+    /// the folder's whole tree, plan and index (at 1,000,000 files that is most of a
+    /// daemon's memory). Changes that arrive meanwhile go with the next window; a pass
+    /// that has to start over (a full scan, a raced pull) goes on from where it is and
+    /// wraps around, so no window starves. 0 never windows; the simulation sets a few
+    /// paths so passes are tested.
+    pub fn set_pull_window(&mut self, paths: usize) {
+        self.pull_window = paths;
     }
 
     /// The next thing to do, if any.
@@ -585,6 +609,15 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 None => f.dirty = Changed::All,
             }
         }
+        // Local paths a window did not cover are planned next, with what changed.
+        let stray = !outcome.stray.is_empty();
+        f.dirty.add(outcome.stray);
+        if outcome.planned_nothing && (stray || !f.pass.is_empty()) {
+            // The rest of the pass comes next.
+            f.needs_pull = true;
+            self.schedule(now);
+            return;
+        }
         if outcome.planned_nothing {
             f.in_sync = true;
             f.waiting.clear();
@@ -619,7 +652,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         f.waiting_only = !outcome.failed.is_empty() && error.is_none();
         if outcome.failed.is_empty() || only_refused {
             f.last_error = None;
-            f.needs_pull = outcome.done > 0 || only_refused;
+            f.needs_pull = outcome.done > 0 || only_refused || stray || !f.pass.is_empty();
         } else {
             // Versions no connected peer has are waiting, not an error.
             f.last_error = error;
@@ -879,37 +912,79 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
 
     fn start_pull(&mut self, now: Instant, id: &str) {
         let options = self.options;
+        let pull_window = self.pull_window;
         let Some(f) = self.folders.get_mut(id) else {
             return;
         };
         let changed = f.doc.take_changed();
         f.dirty.merge(changed);
-        let dirty = std::mem::take(&mut f.dirty);
-        // The part of the tree the changes since the last pull reach, when there is a
-        // last pull to compare with (see `derive_partial`).
         // Read path by path, a partial tree costs about 60 µs per changed path (release),
         // the whole tree about 4 µs per path of the folder: many changes in a small folder
         // (a renamed directory) derive the whole tree.
         let cheaper_whole = |paths: &BTreeSet<String>, doc: &crate::folder::FolderDoc| {
             paths.len() > 1000 && paths.len() * 16 > doc.key_count()
         };
-        let partial = match (&dirty, &f.planned_at) {
-            (Changed::Paths(paths), Some(_)) if cheaper_whole(paths, &f.doc) => None,
-            (Changed::Paths(paths), Some(at)) => f
-                .doc
+        let whole = match (&f.dirty, &f.planned_at) {
+            (Changed::Paths(paths), Some(_)) => cheaper_whole(paths, &f.doc),
+            _ => true,
+        };
+        // A large folder is planned in windows (see `set_pull_window`); partial trees
+        // need a case-sensitive file system.
+        let windowed =
+            pull_window > 0 && !options.case_insensitive && f.doc.key_count() > pull_window;
+        if whole && windowed {
+            // The pass covers every path, so the changes need no plan of their own. A
+            // pass under way goes on from its next window and wraps around.
+            let resume = f.pass.front().and_then(|w| w.from.clone());
+            let mut windows: VecDeque<PathRange> =
+                PathRange::split(f.doc.window_bounds(pull_window)).into();
+            if let Some(at) = resume {
+                let first = windows.iter().position(|w| w.contains(&at)).unwrap_or(0);
+                windows.rotate_left(first);
+            }
+            f.pass = windows;
+            f.dirty = Changed::default();
+        }
+        let dirty = std::mem::take(&mut f.dirty);
+        // The part of the tree the changes since the last pull reach, when there is a
+        // last pull to compare with (see `derive_partial`).
+        let reach = |paths: &BTreeSet<String>, at: &crate::folder::doc::Heads| {
+            f.doc
                 .partial_tree(paths.iter().map(String::as_str), options, Some(at))
-                .and_then(|before| {
-                    let wanted: BTreeSet<&str> = paths
+                .map(|before| {
+                    paths
                         .iter()
                         .chain(&before.scope)
-                        .map(String::as_str)
-                        .collect();
-                    f.doc.partial_tree(wanted, options, None)
+                        .cloned()
+                        .collect::<BTreeSet<String>>()
+                })
+        };
+        let mut window = None;
+        let partial = if let Some(w) = f.pass.pop_front() {
+            // The next window of a pass, with the changes since the last pull.
+            let mut wanted = f.doc.keys_in(&w);
+            if let (Changed::Paths(paths), Some(at)) = (&dirty, &f.planned_at) {
+                wanted.extend(reach(paths, at).unwrap_or_else(|| paths.clone()));
+            }
+            window = Some(w);
+            f.doc
+                .partial_tree(wanted.iter().map(String::as_str), options, None)
+        } else {
+            match (&dirty, &f.planned_at) {
+                (Changed::Paths(paths), Some(_)) if cheaper_whole(paths, &f.doc) => None,
+                (Changed::Paths(paths), Some(at)) => reach(paths, at).and_then(|wanted| {
+                    f.doc
+                        .partial_tree(wanted.iter().map(String::as_str), options, None)
                 }),
-            _ => None,
+                _ => None,
+            }
         };
         let (tree, scope) = match partial {
-            Some(p) if p.scope.is_empty() && f.spec.kind != FolderKind::SendOnly => {
+            Some(p)
+                if p.scope.is_empty()
+                    && window.is_none()
+                    && f.spec.kind != FolderKind::SendOnly =>
+            {
                 // Nothing changed since a pull that finished: the disk matches the tree.
                 f.in_sync = true;
                 f.waiting.clear();
@@ -932,7 +1007,13 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 .cloned(),
         );
         if f.spec.kind == FolderKind::SendOnly {
-            f.in_sync = true;
+            // Only the conflicts are wanted: the rest of a pass follows at once.
+            if f.pass.is_empty() {
+                f.in_sync = true;
+            } else {
+                drop((tree, scope));
+                self.start_pull(now, id);
+            }
             return;
         }
         // Invalid paths in the document are refused once each, and their authors counted.
@@ -991,6 +1072,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             folder: id.to_string(),
             tree,
             scope,
+            window,
             refused,
             peers,
         });

@@ -395,3 +395,145 @@ fn a_lost_meta_round_is_started_again_while_the_peer_stays_connected() {
             .any(|a| matches!(a, Action::SendMeta { .. }))
     );
 }
+
+/// Takes the one pull the node asks for: its scope and window.
+fn pull_of(n: &mut Node<u8>) -> (BTreeSet<String>, Option<PathRange>) {
+    let a = drain(n);
+    match a
+        .into_iter()
+        .rev()
+        .find(|a| matches!(a, Action::Pull { .. }))
+    {
+        Some(Action::Pull { scope, window, .. }) => (scope.expect("a window has a scope"), window),
+        other => panic!("expected a pull, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_large_folder_is_pulled_window_by_window_and_in_sync_only_after_the_last() {
+    let (mut n, now) = node(A, &[B]);
+    n.set_pull_window(4);
+    drain(&mut n);
+    let paths: Vec<String> = (0..40).map(|i| format!("d{}/f{i:02}", i % 3)).collect();
+    n.handle_scan_done(
+        now,
+        "f",
+        Ok(ScanDone {
+            unrecorded: paths.iter().map(|p| file(p, 1)).collect(),
+            changed: paths.len(),
+            ..ScanDone::default()
+        }),
+    );
+    let mut covered = BTreeSet::new();
+    let mut windows = Vec::new();
+    loop {
+        let (scope, window) = pull_of(&mut n);
+        let window = window.expect("the whole folder is due: a pass");
+        for p in &paths {
+            if window.contains(p) {
+                assert!(scope.contains(p), "{p} in {window:?} but not in its scope");
+            }
+        }
+        covered.extend(scope);
+        windows.push(window);
+        assert!(!n.folder("f").unwrap().in_sync);
+        n.handle_pull_done(
+            now,
+            "f",
+            PullDone {
+                planned_nothing: true,
+                ..PullDone::default()
+            },
+        );
+        if n.folder("f").unwrap().in_sync {
+            break;
+        }
+    }
+    assert!(windows.len() > 2, "40 paths in windows of 4: {windows:?}");
+    for p in &paths {
+        assert!(covered.contains(p), "{p} was never planned");
+        assert_eq!(windows.iter().filter(|w| w.contains(p)).count(), 1);
+    }
+    assert!(n.folder("f").unwrap().pass.is_empty());
+}
+
+#[test]
+fn a_local_path_a_window_did_not_cover_is_planned_next() {
+    let (mut n, now) = node(A, &[B]);
+    n.set_pull_window(4);
+    drain(&mut n);
+    let paths: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+    n.handle_scan_done(
+        now,
+        "f",
+        Ok(ScanDone {
+            unrecorded: paths.iter().map(|p| file(p, 1)).collect(),
+            changed: paths.len(),
+            ..ScanDone::default()
+        }),
+    );
+    let (_, window) = pull_of(&mut n);
+    assert!(window.is_some());
+    n.handle_pull_done(
+        now,
+        "f",
+        PullDone {
+            planned_nothing: true,
+            stray: vec!["not-recorded".into()],
+            ..PullDone::default()
+        },
+    );
+    let (scope, _) = pull_of(&mut n);
+    assert!(scope.contains("not-recorded"), "{scope:?}");
+}
+
+#[test]
+fn a_full_scan_during_a_pass_goes_on_from_the_next_window_and_wraps_around() {
+    let (mut n, now) = node(A, &[B]);
+    n.set_pull_window(4);
+    drain(&mut n);
+    let paths: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+    n.handle_scan_done(
+        now,
+        "f",
+        Ok(ScanDone {
+            unrecorded: paths.iter().map(|p| file(p, 1)).collect(),
+            changed: paths.len(),
+            ..ScanDone::default()
+        }),
+    );
+    let (_, first) = pull_of(&mut n);
+    let done = PullDone {
+        planned_nothing: true,
+        ..PullDone::default()
+    };
+    n.handle_pull_done(now, "f", done.clone());
+    let (_, second) = pull_of(&mut n);
+    let second = second.unwrap();
+    let total = n.folder("f").unwrap().pass.len() + 2;
+    // A full scan while the second window is pulled: the whole folder is due again.
+    n.rescan(now, Some("f"));
+    n.handle_pull_done(now, "f", done.clone());
+    let a = drain(&mut n);
+    assert!(
+        matches!(a.as_slice(), [Action::Scan { paths: None, .. }]),
+        "{a:?}"
+    );
+    n.handle_scan_done(now, "f", Ok(ScanDone::default()));
+    let mut order = Vec::new();
+    loop {
+        let (_, w) = pull_of(&mut n);
+        order.push(w.unwrap());
+        n.handle_pull_done(now, "f", done.clone());
+        if n.folder("f").unwrap().in_sync {
+            break;
+        }
+    }
+    assert_eq!(order.len(), total, "a whole pass again: {order:?}");
+    assert_ne!(order[0], first.unwrap(), "not from the start again");
+    assert_eq!(
+        order.last(),
+        Some(&second),
+        "wraps around to where the scan came"
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use cairn_core::ContentId;
 use cairn_core::folder::doc::DEFAULT_SHARDS;
-use cairn_core::folder::{DeviceId, EntryValue, FolderDoc, LocalChange, Tree};
+use cairn_core::folder::{DeviceId, EntryValue, FolderDoc, LocalChange, PathRange, Tree};
 use cairn_core::node::{FolderSpec, Missing, PullDone, PullFailure, ScanDone, Unrecorded};
 use cairn_core::planner::{LocalStore, local_in_scope, plan};
 use libp2p::PeerId;
@@ -71,6 +71,7 @@ impl Engine {
         id: &str,
         tree: Tree,
         scope: Option<BTreeSet<String>>,
+        window: Option<PathRange>,
         refused: HashMap<String, ContentId>,
         peers: Vec<PeerId>,
     ) {
@@ -114,8 +115,28 @@ impl Engine {
         // Planning reads the whole index and every manifest the tree names: it runs on
         // the puller's thread, never on the loop (the control API stays responsive
         // whatever the size of a pull).
+        if let Some(w) = &window {
+            tracing::info!(
+                folder = id,
+                from = w.from.as_deref().unwrap_or(""),
+                to = w.to.as_deref().unwrap_or(""),
+                paths = puller.scope.as_ref().map_or(0, BTreeSet::len),
+                "pull_window"
+            );
+        }
         std::thread::spawn(move || {
-            let outcome = match plan_pull(&puller, &tree, puller.scope.as_ref(), &refused) {
+            // Local paths in a window that its scope missed: the node plans them next.
+            let stray = match (&window, &puller.scope) {
+                (Some(w), Some(scope)) => puller
+                    .index
+                    .paths_in(&puller.folder, w, scope)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(folder, error = %e, "window_paths_unreadable");
+                        Vec::new()
+                    }),
+                _ => Vec::new(),
+            };
+            let mut outcome = match plan_pull(&puller, &tree, puller.scope.as_ref(), &refused) {
                 Ok(Some(plan)) => {
                     tracing::debug!(folder, actions = ?plan.actions, "pull_started");
                     let values: HashMap<String, EntryValue> = tree
@@ -135,6 +156,7 @@ impl Engine {
                     ..PullDone::default()
                 },
             };
+            outcome.stray = stray;
             let _ = tx.send(Event::PullDone { folder, outcome });
         });
     }
@@ -204,6 +226,7 @@ fn pull_done(index: &Index, outcome: PullOutcome) -> PullDone {
             .map(|(p, w)| (p, w.to_string()))
             .collect(),
         failed: outcome.failed.into_iter().map(failure).collect(),
+        stray: Vec::new(),
     }
 }
 
