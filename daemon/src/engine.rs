@@ -41,6 +41,9 @@ pub(crate) use swarm::Serving;
 
 /// How often the loop looks at timers (rescans, redials, retries).
 const TICK: Duration = Duration::from_millis(500);
+/// Manifests learnt from peers removed per tick once every folder is in sync: a few
+/// milliseconds of the loop each, 10,000 per second.
+const PRUNE_BATCH: usize = 5_000;
 /// The status is published for `/v1/status` at least this often while the loop turns
 /// (and after every control request that may change it).
 const STATUS_EVERY: Duration = Duration::from_millis(100);
@@ -169,6 +172,8 @@ pub struct Engine {
     status_at: Option<Instant>,
     /// A turn changed something since the last published status.
     status_dirty: bool,
+    /// Manifests learnt from peers are being pruned, a batch per tick.
+    prune_due: bool,
 }
 
 /// Errors starting the daemon.
@@ -284,6 +289,7 @@ impl Engine {
             status_tx: tokio::sync::watch::channel(None).0,
             status_at: None,
             status_dirty: true,
+            prune_due: false,
         })
     }
 
@@ -483,6 +489,9 @@ impl Engine {
 
     fn on_tick(&mut self) {
         self.pair_tick();
+        if self.prune_due {
+            self.prune_manifests();
+        }
         let now = Instant::now();
         self.conduct_tick(now);
         for l in self.local.values_mut() {
@@ -498,13 +507,21 @@ impl Engine {
 
     /// When every folder is in sync, manifests learnt from peers are no longer needed
     /// (except those of kept versions): a peer cannot grow the index with them.
+    /// One batch of pruning, on the loop (so no pull can start in the middle of one), a
+    /// batch per tick until none is left or a pull starts (the node asks again when every
+    /// folder is in sync again).
     fn prune_manifests(&mut self) {
+        self.prune_due = false;
         if self.index.remote_manifest_count().unwrap_or(0) == 0 {
             return;
         }
-        match self.index.prune_remote_manifests() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "remote_manifests_pruned"),
+        match self.index.prune_remote_manifests(PRUNE_BATCH) {
+            Ok((n, done)) => {
+                if n > 0 {
+                    tracing::info!(removed = n, done, "remote_manifests_pruned");
+                }
+                self.prune_due = !done;
+            }
             Err(e) => tracing::warn!(error = %e, "remote_manifest_prune_failed"),
         }
     }

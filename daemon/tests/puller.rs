@@ -422,3 +422,35 @@ fn a_forged_page_is_refused_and_counted() {
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert_eq!(violations[0].1, Violation::BadManifest);
 }
+
+/// Manifests learnt from peers are pruned in bounded batches (one transaction that
+/// removed the 1,000,000 of a first sync took 300 MiB), never one of a kept version.
+#[test]
+fn remote_manifests_are_pruned_in_batches_and_kept_versions_stay() {
+    let params = ChunkerParams::V1_DEFAULT;
+    let (_dir, index) = folder_index(params);
+    let manifests: Vec<(cairn_core::ContentId, Stored)> = (0..25u64)
+        .map(|i| {
+            let (_, m) = cut(params, &pseudo_random(1000 + i as usize, i));
+            (m.content_id(), Stored::Whole(m))
+        })
+        .collect();
+    index.put_remote_manifests(&manifests).unwrap();
+    let (kept, Stored::Whole(kept_manifest)) = &manifests[7] else {
+        unreachable!()
+    };
+    index
+        .add_history("f", "kept.bin", kept, &kept_manifest)
+        .unwrap();
+    assert_eq!(index.remote_manifest_count().unwrap(), 25);
+    assert_eq!(index.prune_remote_manifests(10).unwrap(), (10, false));
+    assert_eq!(index.remote_manifest_count().unwrap(), 15);
+    assert_eq!(index.prune_remote_manifests(10).unwrap(), (10, false));
+    assert_eq!(index.prune_remote_manifests(10).unwrap(), (4, true));
+    assert_eq!(
+        index.remote_manifest_count().unwrap(),
+        1,
+        "the kept version's stays"
+    );
+    assert_eq!(index.prune_remote_manifests(10).unwrap(), (0, true));
+}

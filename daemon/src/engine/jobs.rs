@@ -75,6 +75,8 @@ impl Engine {
         refused: HashMap<String, ContentId>,
         peers: Vec<PeerId>,
     ) {
+        // Manifests learnt from peers are needed again.
+        self.prune_due = false;
         let roots: HashMap<String, std::path::PathBuf> = self
             .local
             .iter()
