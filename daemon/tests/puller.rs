@@ -440,7 +440,7 @@ fn remote_manifests_are_pruned_in_batches_and_kept_versions_stay() {
         unreachable!()
     };
     index
-        .add_history("f", "kept.bin", kept, &kept_manifest)
+        .add_history("f", "kept.bin", kept, kept_manifest)
         .unwrap();
     assert_eq!(index.remote_manifest_count().unwrap(), 25);
     assert_eq!(index.prune_remote_manifests(10).unwrap(), (10, false));

@@ -396,6 +396,24 @@ fn a_lost_meta_round_is_started_again_while_the_peer_stays_connected() {
     );
 }
 
+/// A node whose folder has `paths` scanned (windows of 4 paths), with the pass's first
+/// pull waiting to be taken.
+fn windowed(paths: &[String]) -> (Node<u8>, Instant) {
+    let (mut n, now) = node(A, &[B]);
+    n.set_pull_window(4);
+    drain(&mut n);
+    n.handle_scan_done(
+        now,
+        "f",
+        Ok(ScanDone {
+            unrecorded: paths.iter().map(|p| file(p, 1)).collect(),
+            changed: paths.len(),
+            ..ScanDone::default()
+        }),
+    );
+    (n, now)
+}
+
 /// Takes the one pull the node asks for: its scope and window.
 fn pull_of(n: &mut Node<u8>) -> (BTreeSet<String>, Option<PathRange>) {
     let a = drain(n);
@@ -411,19 +429,8 @@ fn pull_of(n: &mut Node<u8>) -> (BTreeSet<String>, Option<PathRange>) {
 
 #[test]
 fn a_large_folder_is_pulled_window_by_window_and_in_sync_only_after_the_last() {
-    let (mut n, now) = node(A, &[B]);
-    n.set_pull_window(4);
-    drain(&mut n);
     let paths: Vec<String> = (0..40).map(|i| format!("d{}/f{i:02}", i % 3)).collect();
-    n.handle_scan_done(
-        now,
-        "f",
-        Ok(ScanDone {
-            unrecorded: paths.iter().map(|p| file(p, 1)).collect(),
-            changed: paths.len(),
-            ..ScanDone::default()
-        }),
-    );
+    let (mut n, now) = windowed(&paths);
     let mut covered = BTreeSet::new();
     let mut windows = Vec::new();
     loop {
@@ -459,19 +466,8 @@ fn a_large_folder_is_pulled_window_by_window_and_in_sync_only_after_the_last() {
 
 #[test]
 fn a_local_path_a_window_did_not_cover_is_planned_next() {
-    let (mut n, now) = node(A, &[B]);
-    n.set_pull_window(4);
-    drain(&mut n);
     let paths: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
-    n.handle_scan_done(
-        now,
-        "f",
-        Ok(ScanDone {
-            unrecorded: paths.iter().map(|p| file(p, 1)).collect(),
-            changed: paths.len(),
-            ..ScanDone::default()
-        }),
-    );
+    let (mut n, now) = windowed(&paths);
     let (_, window) = pull_of(&mut n);
     assert!(window.is_some());
     n.handle_pull_done(
@@ -489,19 +485,8 @@ fn a_local_path_a_window_did_not_cover_is_planned_next() {
 
 #[test]
 fn a_full_scan_during_a_pass_goes_on_from_the_next_window_and_wraps_around() {
-    let (mut n, now) = node(A, &[B]);
-    n.set_pull_window(4);
-    drain(&mut n);
     let paths: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
-    n.handle_scan_done(
-        now,
-        "f",
-        Ok(ScanDone {
-            unrecorded: paths.iter().map(|p| file(p, 1)).collect(),
-            changed: paths.len(),
-            ..ScanDone::default()
-        }),
-    );
+    let (mut n, now) = windowed(&paths);
     let (_, first) = pull_of(&mut n);
     let done = PullDone {
         planned_nothing: true,
