@@ -506,10 +506,10 @@ impl Engine {
     }
 
     /// When every folder is in sync, manifests learnt from peers are no longer needed
-    /// (except those of kept versions): a peer cannot grow the index with them.
-    /// One batch of pruning, on the loop (so no pull can start in the middle of one), a
-    /// batch per tick until none is left or a pull starts (the node asks again when every
-    /// folder is in sync again).
+    /// (except those of kept versions): a peer cannot grow the index with them. This
+    /// removes one batch, on the loop (so no pull starts in the middle of one); the next
+    /// follows a tick later, until none is left or a pull starts (the node asks again
+    /// when every folder is in sync again).
     fn prune_manifests(&mut self) {
         self.prune_due = false;
         if self.index.remote_manifest_count().unwrap_or(0) == 0 {

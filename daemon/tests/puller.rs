@@ -423,8 +423,8 @@ fn a_forged_page_is_refused_and_counted() {
     assert_eq!(violations[0].1, Violation::BadManifest);
 }
 
-/// Manifests learnt from peers are pruned in bounded batches (one transaction that
-/// removed the 1,000,000 of a first sync took 300 MiB), never one of a kept version.
+/// Manifests learnt from peers are pruned in bounded batches (a first sync of
+/// 1,000,000 files leaves as many), never one of a kept version.
 #[test]
 fn remote_manifests_are_pruned_in_batches_and_kept_versions_stay() {
     let params = ChunkerParams::V1_DEFAULT;

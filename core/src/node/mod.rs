@@ -969,9 +969,10 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             window = Some(w);
             f.doc
                 .partial_tree(wanted.iter().map(String::as_str), options, None)
+        } else if whole {
+            None
         } else {
             match (&dirty, &f.planned_at) {
-                (Changed::Paths(paths), Some(_)) if cheaper_whole(paths, &f.doc) => None,
                 (Changed::Paths(paths), Some(at)) => reach(paths, at).and_then(|wanted| {
                     f.doc
                         .partial_tree(wanted.iter().map(String::as_str), options, None)

@@ -62,6 +62,14 @@ fn scanned(n: &mut Node<u8>, now: Instant, path: &str, content: u8) {
     );
 }
 
+/// A pull that found the disk matching its tree.
+fn planned_nothing() -> PullDone {
+    PullDone {
+        planned_nothing: true,
+        ..PullDone::default()
+    }
+}
+
 /// Finishes the start-up scan and pull so the folder is idle.
 fn settle_start(n: &mut Node<u8>, now: Instant) {
     let a = drain(n);
@@ -72,14 +80,7 @@ fn settle_start(n: &mut Node<u8>, now: Instant) {
     n.handle_scan_done(now, "f", Ok(ScanDone::default()));
     let a = drain(n);
     assert!(matches!(a.last(), Some(Action::Pull { .. })), "{a:?}");
-    n.handle_pull_done(
-        now,
-        "f",
-        PullDone {
-            planned_nothing: true,
-            ..PullDone::default()
-        },
-    );
+    n.handle_pull_done(now, "f", planned_nothing());
     drain(n);
 }
 
@@ -444,14 +445,7 @@ fn a_large_folder_is_pulled_window_by_window_and_in_sync_only_after_the_last() {
         covered.extend(scope);
         windows.push(window);
         assert!(!n.folder("f").unwrap().in_sync);
-        n.handle_pull_done(
-            now,
-            "f",
-            PullDone {
-                planned_nothing: true,
-                ..PullDone::default()
-            },
-        );
+        n.handle_pull_done(now, "f", planned_nothing());
         if n.folder("f").unwrap().in_sync {
             break;
         }
@@ -488,17 +482,13 @@ fn a_full_scan_during_a_pass_goes_on_from_the_next_window_and_wraps_around() {
     let paths: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
     let (mut n, now) = windowed(&paths);
     let (_, first) = pull_of(&mut n);
-    let done = PullDone {
-        planned_nothing: true,
-        ..PullDone::default()
-    };
-    n.handle_pull_done(now, "f", done.clone());
+    n.handle_pull_done(now, "f", planned_nothing());
     let (_, second) = pull_of(&mut n);
     let second = second.unwrap();
     let total = n.folder("f").unwrap().pass.len() + 2;
     // A full scan while the second window is pulled: the whole folder is due again.
     n.rescan(now, Some("f"));
-    n.handle_pull_done(now, "f", done.clone());
+    n.handle_pull_done(now, "f", planned_nothing());
     let a = drain(&mut n);
     assert!(
         matches!(a.as_slice(), [Action::Scan { paths: None, .. }]),
@@ -509,7 +499,7 @@ fn a_full_scan_during_a_pass_goes_on_from_the_next_window_and_wraps_around() {
     loop {
         let (_, w) = pull_of(&mut n);
         order.push(w.unwrap());
-        n.handle_pull_done(now, "f", done.clone());
+        n.handle_pull_done(now, "f", planned_nothing());
         if n.folder("f").unwrap().in_sync {
             break;
         }

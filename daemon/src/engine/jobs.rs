@@ -114,9 +114,6 @@ impl Engine {
         l.progress = Some(puller.progress.clone());
         l.rate = (Instant::now(), 0, 0.0);
         let (tx, folder) = (self.events_tx.clone(), id.to_string());
-        // Planning reads the whole index and every manifest the tree names: it runs on
-        // the puller's thread, never on the loop (the control API stays responsive
-        // whatever the size of a pull).
         if let Some(w) = &window {
             tracing::info!(
                 folder = id,
@@ -126,6 +123,9 @@ impl Engine {
                 "pull_window"
             );
         }
+        // Planning reads the whole index and every manifest the tree names: it runs on
+        // the puller's thread, never on the loop (the control API stays responsive
+        // whatever the size of a pull).
         std::thread::spawn(move || {
             // Local paths in a window that its scope missed: the node plans them next.
             let stray = match (&window, &puller.scope) {
