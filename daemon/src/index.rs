@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use cairn_core::folder::PathRange;
 use cairn_core::manifest::PAGE_CHUNKS;
 use cairn_core::scan::{EntryKind, IndexedEntry};
 use cairn_core::{ChunkId, ChunkRef, ChunkerParams, ContentId, Manifest, Outline};
@@ -472,11 +473,49 @@ impl Index {
 
     /// Every indexed path of `folder` with its entry.
     pub fn entries(&self, folder: &str) -> Result<HashMap<String, IndexedEntry>> {
-        self.rows_of(ENTRIES, folder, |path, bytes| {
-            let entry = decode(bytes, || format!("entry {folder}/{path}"))?;
-            Ok((path.to_string(), entry))
-        })
-        .map(|rows| rows.into_iter().collect())
+        self.entries_in(folder, &PathRange::default())
+    }
+
+    /// The indexed paths of `folder` in `range` with their entries, read into the map
+    /// directly (a list first held every entry twice).
+    pub fn entries_in(
+        &self,
+        folder: &str,
+        range: &PathRange,
+    ) -> Result<HashMap<String, IndexedEntry>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut out = HashMap::new();
+        let from = range.from.as_deref().unwrap_or("");
+        for item in t.range((folder, from)..)? {
+            let (k, v) = item?;
+            let (f, path) = k.value();
+            if f != folder || !range.contains(path) {
+                break;
+            }
+            let entry = decode(v.value(), || format!("entry {folder}/{path}"))?;
+            out.insert(path.to_string(), entry);
+        }
+        Ok(out)
+    }
+
+    /// Every `every`-th indexed path of `folder`, in order: the bounds of ranges of about
+    /// `every` paths (keys only, nothing held but the bounds).
+    pub fn path_bounds(&self, folder: &str, every: usize) -> Result<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        for (i, item) in t.range((folder, "")..)?.enumerate() {
+            let (k, _) = item?;
+            let (f, path) = k.value();
+            if f != folder {
+                break;
+            }
+            if i > 0 && i % every.max(1) == 0 {
+                out.push(path.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// The entries of `folder` at `paths` (those that have one), in one read.
@@ -536,7 +575,7 @@ impl Index {
     pub fn paths_in(
         &self,
         folder: &str,
-        range: &cairn_core::folder::PathRange,
+        range: &PathRange,
         except: &std::collections::BTreeSet<String>,
     ) -> Result<Vec<String>> {
         let txn = self.db.begin_read()?;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use cairn_core::folder::PathRange;
 use cairn_core::scan::{
     Change, ChangeKind, EntryKind, IGNORE_FILE, IndexedEntry, Stamp, is_internal_name,
 };
@@ -146,13 +147,28 @@ enum ReadOutcome {
     },
 }
 
+/// A full scan walks the folder in ranges of about this many indexed paths (in byte
+/// order), holding the index entries of one range at a time, not the folder's: at
+/// 1,000,000 files the whole map was ~300 MiB for the length of the walk.
+pub const SCAN_RANGE: usize = 50_000;
+
 /// Scans `folder` into `index` and reports what changed. `progress` is called now and then.
 pub fn scan_folder(
     index: &Index,
     folder: &FolderRecord,
     progress: &(dyn Fn(&ScanProgress) + Sync),
 ) -> Result<ScanReport, ScanError> {
-    scan_scoped(index, folder, progress, None)
+    scan_folder_in_ranges(index, folder, progress, SCAN_RANGE)
+}
+
+/// [`scan_folder`] with ranges of about `range_paths` indexed paths (tests use small ones).
+pub fn scan_folder_in_ranges(
+    index: &Index,
+    folder: &FolderRecord,
+    progress: &(dyn Fn(&ScanProgress) + Sync),
+    range_paths: usize,
+) -> Result<ScanReport, ScanError> {
+    scan_scoped(index, folder, progress, Scope::Ranges(range_paths))
 }
 
 /// Scans only the subtrees of `folder` at `dirs` (folder-relative directories; `""` is the
@@ -165,24 +181,43 @@ pub fn scan_paths(
     folder: &FolderRecord,
     dirs: &BTreeSet<String>,
 ) -> Result<ScanReport, ScanError> {
-    scan_scoped(index, folder, &|_| {}, Some(dirs))
+    scan_scoped(index, folder, &|_| {}, Scope::Dirs(dirs))
 }
 
-/// Whether `path` lies at or under one of `dirs`.
+/// What one scan covers.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// The whole folder, walked in ranges of about this many indexed paths.
+    Ranges(usize),
+    /// These subtrees.
+    Dirs(&'a BTreeSet<String>),
+}
+
+/// Whether `path` lies at or under one of `dirs` (a lookup per directory above it: a
+/// partial scan may cover a thousand directories).
 fn in_scope(dirs: &BTreeSet<String>, path: &str) -> bool {
-    dirs.iter().any(|d| d == path || is_under(path, d))
+    dirs.contains("")
+        || dirs.contains(path)
+        || path
+            .rmatch_indices('/')
+            .any(|(cut, _)| dirs.contains(&path[..cut]))
 }
 
 /// Whether the walk must enter `path`: in scope, or on the way to a directory in scope.
 fn on_the_way(dirs: &BTreeSet<String>, path: &str) -> bool {
-    in_scope(dirs, path) || dirs.iter().any(|d| is_under(d, path))
+    let below = format!("{path}/");
+    in_scope(dirs, path)
+        || dirs
+            .range(below.clone()..)
+            .next()
+            .is_some_and(|d| d.starts_with(&below))
 }
 
 fn scan_scoped(
     index: &Index,
     folder: &FolderRecord,
     progress: &(dyn Fn(&ScanProgress) + Sync),
-    scope: Option<&BTreeSet<String>>,
+    scope: Scope<'_>,
 ) -> Result<ScanReport, ScanError> {
     let started = Instant::now();
     let params = folder.chunker_params()?;
@@ -192,57 +227,79 @@ fn scan_scoped(
         source,
     })?;
 
-    let mut previous = match scope {
-        Some(dirs) => index.entries_under(&folder.id, dirs)?,
-        None => index.entries(&folder.id)?,
+    let (dirs, ranges) = match scope {
+        Scope::Dirs(dirs) => (Some(dirs), vec![PathRange::default()]),
+        Scope::Ranges(every) => (
+            None,
+            PathRange::split(index.path_bounds(&folder.id, every)?),
+        ),
     };
-    let listed = started.elapsed();
+    // What was indexed and either changed (noted in `seen`) or is gone, gathered range
+    // by range; unchanged paths are dropped as the walk sees them.
+    let mut previous = HashMap::new();
+    let mut listed = Duration::ZERO;
     let mut prog = ScanProgress::default();
     let mut issues = Vec::new();
+    let mut reported = HashSet::new();
     let mut unreadable_dirs = Vec::new();
     let mut seen = HashSet::new();
     let mut to_read = Vec::new();
     let temps = Arc::new(Mutex::new(Vec::new()));
-    for item in walk(&folder.root, temps.clone(), scope) {
-        match item {
-            // A directory on the way to the scope is entered, not scanned.
-            Ok(obs) if scope.is_some_and(|dirs| !in_scope(dirs, &obs.path)) => {}
-            Ok(obs) => {
-                prog.walked += 1;
-                if prog.walked % 4096 == 0 {
-                    progress(&prog);
-                }
-                let unchanged = previous
-                    .get(&obs.path)
-                    .is_some_and(|old| !old.needs_rescan(obs.kind, &obs.stamp));
-                // An unchanged path is done with: what stays in `previous` is what was
-                // indexed and either changed (noted in `seen`) or is gone. So a rescan of
-                // an unchanged folder of 1,000,000 files holds no second set of its paths.
-                if unchanged {
-                    previous.remove(&obs.path);
-                } else if previous.contains_key(&obs.path) {
-                    seen.insert(obs.path.clone());
-                }
-                if !unchanged {
-                    if obs.kind == EntryKind::File {
-                        prog.to_read_files += 1;
-                        prog.to_read_bytes += obs.stamp.size;
+    for range in &ranges {
+        let listing = Instant::now();
+        let mut part = match dirs {
+            Some(dirs) => index.entries_under(&folder.id, dirs)?,
+            None => index.entries_in(&folder.id, range)?,
+        };
+        listed += listing.elapsed();
+        for item in walk(&folder.root, temps.clone(), dirs, range) {
+            match item {
+                // A directory on the way to the scope, or to paths in the range, is
+                // entered, not scanned.
+                Ok(obs)
+                    if dirs.is_some_and(|dirs| !in_scope(dirs, &obs.path))
+                        || !range.contains(&obs.path) => {}
+                Ok(obs) => {
+                    prog.walked += 1;
+                    if prog.walked % 4096 == 0 {
+                        progress(&prog);
                     }
-                    to_read.push(obs);
+                    let unchanged = part
+                        .get(&obs.path)
+                        .is_some_and(|old| !old.needs_rescan(obs.kind, &obs.stamp));
+                    // An unchanged path is done with. So a rescan of an unchanged folder
+                    // of 1,000,000 files holds no second set of its paths.
+                    if unchanged {
+                        part.remove(&obs.path);
+                    } else if part.contains_key(&obs.path) {
+                        seen.insert(obs.path.clone());
+                    }
+                    if !unchanged {
+                        if obs.kind == EntryKind::File {
+                            prog.to_read_files += 1;
+                            prog.to_read_bytes += obs.stamp.size;
+                        }
+                        to_read.push(obs);
+                    }
                 }
-            }
-            Err(WalkIssue {
-                path,
-                problem,
-                unreadable_dir,
-            }) => {
-                if unreadable_dir {
-                    unreadable_dirs.push(path.clone());
+                Err(WalkIssue {
+                    path,
+                    problem,
+                    unreadable_dir,
+                }) => {
+                    // A directory on a range's edge is listed by both ranges.
+                    if unreadable_dir {
+                        unreadable_dirs.push(path.clone());
+                    }
+                    if reported.insert(path.clone()) {
+                        issues.push(ScanIssue::new(path, problem));
+                    }
                 }
-                issues.push(ScanIssue::new(path, problem));
             }
         }
+        previous.extend(part);
     }
+    drop(reported);
     // What was indexed and is gone: not seen by the walk, and not under a directory the
     // walk could not read. Deleted once everything else is committed.
     let mut gone: HashMap<String, IndexedEntry> = previous
@@ -591,28 +648,34 @@ struct WalkIssue {
 
 /// Walks `root` without following symlinks, honouring `.cairnignore` files and skipping
 /// cairn's own temp files. Yields every path below the root.
+/// With `scope`, it enters only what leads to or lies in those subtrees; with a bounded
+/// `range`, only directories that can hold paths in it, and files in it.
 fn walk<'a>(
     root: &'a Path,
     temps: Arc<Mutex<Vec<PathBuf>>>,
     scope: Option<&BTreeSet<String>>,
+    range: &PathRange,
 ) -> impl Iterator<Item = Result<Observed, WalkIssue>> + 'a {
     let scope = scope.cloned();
+    let range = range.clone();
     let base = root.to_path_buf();
     let walker = ignore::WalkBuilder::new(root)
         .standard_filters(false)
         .add_custom_ignore_filename(IGNORE_FILE)
         .follow_links(false)
         .filter_entry(move |e| {
-            if let Some(dirs) = &scope
-                && e.depth() > 0
-            {
+            if e.depth() > 0 {
                 let rel = e
                     .path()
                     .strip_prefix(&base)
                     .ok()
                     .and_then(|p| p.to_str())
                     .unwrap_or("");
-                if !on_the_way(dirs, rel) {
+                if scope.as_ref().is_some_and(|dirs| !on_the_way(dirs, rel)) {
+                    return false;
+                }
+                let dir = e.file_type().is_some_and(|t| t.is_dir());
+                if !range.contains(rel) && !(dir && range.meets_subtree(rel)) {
                     return false;
                 }
             }

@@ -243,6 +243,16 @@ impl PathRange {
             && self.to.as_deref().is_none_or(|t| path < t)
     }
 
+    /// Whether `dir` or any path under it can lie in the range: every such path sorts
+    /// from `dir` up to `dir0` ('0' follows '/'). A walk in ranges skips the rest.
+    pub fn meets_subtree(&self, dir: &str) -> bool {
+        self.to.as_deref().is_none_or(|t| dir < t)
+            && self
+                .from
+                .as_deref()
+                .is_none_or(|f| f.as_bytes() < [dir.as_bytes(), b"0"].concat().as_slice())
+    }
+
     /// The windows between consecutive `bounds` (sorted, distinct), covering every path.
     pub fn split(bounds: Vec<String>) -> Vec<PathRange> {
         let mut out = Vec::with_capacity(bounds.len() + 1);
@@ -1163,6 +1173,41 @@ mod tests {
         // A folder smaller than a window is one window.
         let small = FolderDoc::new(DeviceId([1; 8]), DEFAULT_SHARDS).unwrap();
         assert_eq!(PathRange::split(small.window_bounds(50_000)).len(), 1);
+    }
+
+    #[test]
+    fn a_range_meets_a_subtree_when_the_directory_or_a_path_under_it_lies_in_it() {
+        let names = ["a", "a.txt", "a/b", "a/b/c", "a0", "a-", "b", "b/a", "ab/c"];
+        let mut bounds: Vec<Option<&str>> = names.iter().map(|n| Some(*n)).collect();
+        bounds.extend([None, Some("a/"), Some("a/c"), Some("a/b0")]);
+        for from in &bounds {
+            for to in &bounds {
+                let range = PathRange {
+                    from: from.map(String::from),
+                    to: to.map(String::from),
+                };
+                for dir in ["a", "a/b", "b", "ab"] {
+                    let under = |p: &str| p == dir || p.starts_with(&format!("{dir}/"));
+                    let any = names.iter().any(|p| under(p) && range.contains(p));
+                    // Never skips a subtree with a path in the range.
+                    if any {
+                        assert!(range.meets_subtree(dir), "{range:?} {dir}");
+                    }
+                }
+            }
+        }
+        let range = |f: &str, t: &str| PathRange {
+            from: Some(f.into()),
+            to: Some(t.into()),
+        };
+        assert!(
+            !range("a0", "b").meets_subtree("a"),
+            "a/... sorts before a0"
+        );
+        assert!(!range("a-", "a/").meets_subtree("a/b"));
+        assert!(!range("b", "c").meets_subtree("a"));
+        assert!(range("a/b/z", "b").meets_subtree("a/b"));
+        assert!(!range("a", "a/b").meets_subtree("a/b"), "`to` is excluded");
     }
 
     fn file(content: u8) -> LocalChange {
