@@ -385,6 +385,7 @@ impl Net {
             changed: changes.len(),
             changes,
             problem: None,
+            more: false,
         }
     }
 

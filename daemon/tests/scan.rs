@@ -10,7 +10,7 @@ use cairn_core::{ChunkId, Chunker, ChunkerParams};
 use cairn_daemon::folders::folder_for_root;
 use cairn_daemon::index::{FolderRecord, Index};
 use cairn_daemon::scanner::{
-    FileRead, ScanReport, read_file, scan_folder, scan_folder_in_ranges, scan_paths,
+    FileRead, ScanLimits, ScanReport, read_file, scan_folder, scan_folder_with, scan_paths,
 };
 
 struct Setup {
@@ -757,7 +757,11 @@ fn a_full_scan_in_ranges_finds_what_a_scan_in_one_range_finds() {
                 .map(|(s, every)| {
                     let index = Index::open(&s.db).unwrap();
                     let folder = folder_for_root(&index, &s.root).unwrap();
-                    let r = scan_folder_in_ranges(&index, &folder, &|_| {}, every).unwrap();
+                    let limits = ScanLimits {
+                        range_paths: every,
+                        ..ScanLimits::default()
+                    };
+                    let r = scan_folder_with(&index, &folder, &|_| {}, limits).unwrap();
                     (r, indexed(&index, &folder.id))
                 })
                 .collect();
@@ -779,4 +783,41 @@ fn a_full_scan_in_ranges_finds_what_a_scan_in_one_range_finds() {
             assert!(on_disk.len() > 20, "seed {seed}: {} files", on_disk.len());
         }
     }
+}
+
+/// A scan reads at most its budget of new or changed paths and says there is more; the
+/// next scans go on from there, and nothing is lost or reported twice.
+#[test]
+fn a_scan_past_its_budget_of_reads_reports_more_and_the_next_goes_on() {
+    let s = setup();
+    for i in 0..25 {
+        write(
+            &s.root,
+            &format!("d/f{i:02}"),
+            &pseudo_random(100 + i, i as u64),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(150)); // past the settle time
+    let index = Index::open(&s.db).unwrap();
+    let folder = folder_for_root(&index, &s.root).unwrap();
+    let limits = ScanLimits {
+        max_reads: 10,
+        ..ScanLimits::default()
+    };
+    let mut seen = BTreeSet::new();
+    let mut rounds = Vec::new();
+    loop {
+        let r = scan_folder_with(&index, &folder, &|_| {}, limits).unwrap();
+        for c in &r.changes {
+            assert!(seen.insert(c.path.clone()), "{} reported twice", c.path);
+            assert_eq!(c.change, ChangeKind::Added);
+        }
+        rounds.push((r.changes.len(), r.more));
+        if !r.more || rounds.len() > 5 {
+            break;
+        }
+    }
+    // "d" and 25 files: 26 paths, in reads of 10.
+    assert_eq!(rounds, [(10, true), (10, true), (6, false)]);
+    assert_eq!(indexed(&index, &folder.id).len(), 26);
 }

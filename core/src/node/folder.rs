@@ -196,6 +196,8 @@ pub struct FolderState<P> {
     pub(crate) pulling: Option<BTreeSet<String>>,
     /// The scan running now covers the whole folder.
     pub(crate) scanning_all: bool,
+    /// The paths the running scan covers (None: all), scanned again if it reports more.
+    pub(crate) scan_scope: Option<BTreeSet<String>>,
     /// Windows of a pass over the whole folder still to plan, in order (a large folder
     /// is planned window by window, so no pull holds its whole tree; see
     /// [`super::Node::set_pull_window`]).
@@ -229,6 +231,7 @@ impl<P: Ord> FolderState<P> {
             planned_at: None,
             pulling: None,
             scanning_all: false,
+            scan_scope: None,
             pass: VecDeque::new(),
         }
     }

@@ -201,6 +201,8 @@ pub struct ScanDone {
     pub changed: usize,
     /// A problem worth showing (not a file still being written).
     pub problem: Option<String>,
+    /// The scan stopped at its budget of reads: the same scope is scanned again at once.
+    pub more: bool,
 }
 
 /// Why a pull did not write something.
@@ -546,6 +548,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         f.busy = Busy::Idle;
         f.last_scan_took = now.saturating_duration_since(f.scan_started);
         f.scan_done_at = Some(now);
+        let scope = f.scan_scope.take();
         if std::mem::take(&mut f.scanning_all) {
             // The periodic safety net: the next pull plans the whole folder.
             f.dirty = Changed::All;
@@ -558,6 +561,14 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 return;
             }
         };
+        if report.more {
+            // The rest of the same scope, without waiting for the gap between scans.
+            match scope {
+                Some(paths) => f.scan.paths(paths),
+                None => f.scan.all(),
+            }
+            f.scan_done_at = None;
+        }
         f.last_error = report.problem;
         let mut touched = BTreeSet::new();
         if f.spec.kind != FolderKind::ReceiveOnly {
@@ -900,6 +911,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 f.busy = Busy::Scanning;
                 f.scan_started = now;
                 f.scanning_all = paths.is_none();
+                f.scan_scope = paths.clone();
                 self.actions.push_back(Action::Scan { folder: id, paths });
             } else if f.needs_pull && (f.retry_pull_at.is_none() || f.waiting_only) {
                 // A pull that only waits for versions other devices have does not hold

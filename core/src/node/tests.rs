@@ -100,6 +100,65 @@ fn a_new_folder_is_scanned_in_full_then_pulled_one_job_at_a_time() {
 }
 
 #[test]
+fn a_scan_that_stopped_at_its_budget_goes_on_at_once_with_the_same_scope() {
+    let (mut n, now) = node(A, &[B]);
+    settle_start(&mut n, now);
+    n.handle_fs_changed(now, "f", Some(vec!["d".into()]));
+    let a = drain(&mut n);
+    assert!(
+        matches!(a.as_slice(), [Action::Scan { paths: Some(_), .. }]),
+        "{a:?}"
+    );
+    // A long scan: the next one would wait twice its length, unless it has more to read.
+    let later = now + Duration::from_secs(30);
+    n.handle_scan_done(
+        later,
+        "f",
+        Ok(ScanDone {
+            unrecorded: vec![file("d/x", 1)],
+            changed: 1,
+            more: true,
+            ..ScanDone::default()
+        }),
+    );
+    let a = drain(&mut n);
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Scan { paths: Some(p), .. } if p.contains("d"))),
+        "the rest of d is scanned at once: {a:?}"
+    );
+    // The same from a full scan: a full one again.
+    n.handle_scan_done(later, "f", Ok(ScanDone::default()));
+    if drain(&mut n)
+        .iter()
+        .any(|a| matches!(a, Action::Pull { .. }))
+    {
+        n.handle_pull_done(later, "f", planned_nothing());
+        drain(&mut n);
+    }
+    n.rescan(later, Some("f"));
+    let a = drain(&mut n);
+    assert!(
+        matches!(a.as_slice(), [Action::Scan { paths: None, .. }]),
+        "{a:?}"
+    );
+    n.handle_scan_done(
+        later + Duration::from_secs(30),
+        "f",
+        Ok(ScanDone {
+            more: true,
+            ..ScanDone::default()
+        }),
+    );
+    let a = drain(&mut n);
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Scan { paths: None, .. })),
+        "{a:?}"
+    );
+}
+
+#[test]
 fn a_recorded_change_is_persisted_before_it_is_sent() {
     let (mut n, now) = node(A, &[B]);
     settle_start(&mut n, now);

@@ -197,6 +197,7 @@ fn scan_done(index: &Index, folder: &str, report: ScanReport) -> ScanDone {
             .map(|c| (c.path.clone(), format!("{:?}", c.change).to_lowercase()))
             .collect(),
         changed: report.changes.len(),
+        more: report.more,
         // A file still being written is normal, not an error: it is scanned again.
         problem: report
             .issues
