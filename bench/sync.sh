@@ -93,6 +93,9 @@ if [ "$BENCH_HUGE" = 1 ] && [ -z "${BENCH_ONLY:-}" ]; then
   ONLY="$ONLY,huge10g"
 fi
 export CAIRN_LOG=${CAIRN_LOG:-warn}
+# Benchmarks reach only loopback: the daemon refuses any other address (its default
+# configuration names the public DHT; the configs written here set no bootstrap peers).
+export CAIRN_PRIVATE_NETWORK_ONLY=1
 DATA=$BENCH/data/sync
 [[ $SCALE_FILES =~ ^[1-9][0-9]*$ ]] || fail "BENCH_SCALE_FILES must be a positive integer, not '$SCALE_FILES'"
 [[ $SCALE_EDITS =~ ^[1-9][0-9]*$ ]] || fail "BENCH_SCALE_EDITS must be a positive integer, not '$SCALE_EDITS'"

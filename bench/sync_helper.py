@@ -206,6 +206,7 @@ def cairn_config(a):
     text = f"""[network]
 listen = ["/ip4/127.0.0.1/tcp/{a.port}"]
 mdns = false
+bootstrap = []
 
 [control]
 listen = "127.0.0.1:0"

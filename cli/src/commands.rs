@@ -225,11 +225,18 @@ pub fn status(c: &Client, json_out: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!("This device: {} ({})", s.device_name, s.device_id);
+    println!("Network: {}", network_line(&s.network));
     let online = s.peers.iter().filter(|p| p.connected).count();
     println!("Peers: {online} of {} online", s.peers.len());
     for p in &s.peers {
         let dot = if p.connected { "online " } else { "offline" };
-        println!("  {dot}  {:<16} {}{}", p.name, p.id, conduct_note(p));
+        println!(
+            "  {dot}  {:<16} {}{}{}",
+            p.name,
+            p.id,
+            connection_note(p),
+            conduct_note(p)
+        );
     }
     println!("Folders: {}", s.folders.len());
     for f in &s.folders {
@@ -287,9 +294,46 @@ pub fn peers(c: &Client, json_out: bool) -> Result<(), CliError> {
     }
     for p in &peers {
         let state = if p.connected { "online" } else { "offline" };
-        println!("{:<16} {:<8} {}{}", p.name, state, p.id, conduct_note(p));
+        println!(
+            "{:<16} {:<8} {}{}{}",
+            p.name,
+            state,
+            p.id,
+            connection_note(p),
+            conduct_note(p)
+        );
     }
     Ok(())
+}
+
+/// Reachability and the DHT, for people.
+fn network_line(n: &cairn_api::status::NetworkStatus) -> String {
+    let mut line = format!(
+        "{}; DHT: {} peers, {}",
+        if n.reachability.is_empty() {
+            "unknown"
+        } else {
+            &n.reachability
+        },
+        n.dht_peers,
+        if n.dht_server { "serving" } else { "client" }
+    );
+    if !n.external.is_empty() {
+        line += &format!("; reachable at {}", n.external.join(", "));
+    }
+    if n.private_only {
+        line += "; private network only";
+    }
+    line
+}
+
+/// How a connected peer is reached ("  direct, via mdns"); empty when offline.
+fn connection_note(p: &PeerStatus) -> String {
+    match (&p.path, &p.found_by) {
+        (Some(path), Some(how)) => format!("  {path}, via {how}"),
+        (Some(path), None) => format!("  {path}"),
+        _ => String::new(),
+    }
 }
 
 /// Protocol violations of a peer and its ban, for people; empty for a well-behaved peer.
@@ -561,6 +605,8 @@ mod tests {
                 violations: 3,
                 last_violation: Some("bad_frame: x".into()),
                 banned_for_s: Some(60),
+                path: Some("direct".into()),
+                found_by: Some("mdns".into()),
             }],
             folders: vec![FolderStatus {
                 id: "docs".into(),
@@ -586,6 +632,13 @@ mod tests {
                 change: "added".into(),
                 origin: "remote".into(),
             }],
+            network: cairn_api::status::NetworkStatus {
+                reachability: "behind NAT".into(),
+                external: vec!["/ip4/203.0.113.7/tcp/21900".into()],
+                dht_peers: 12,
+                dht_server: false,
+                private_only: false,
+            },
         };
         let (before, now) = before_and_now(&status);
         assert_eq!(before, now);

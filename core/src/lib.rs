@@ -21,4 +21,5 @@ pub mod node;
 pub mod pairing;
 pub mod path;
 pub mod planner;
+pub mod rendezvous;
 pub mod wire;

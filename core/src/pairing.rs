@@ -1,6 +1,6 @@
 //! Pairing two devices with a short code, as magic-wormhole does: the logic without I/O.
 //!
-//! A code looks like `7-guitar-ginger`: a *nameplate* (1-999) that lets the joiner find the
+//! A code looks like `4821-guitar-ginger`: a *nameplate* (1-9999) that lets the joiner find the
 //! invitation, and two words (16 bits) that only the two people know. The devices run
 //! SPAKE2 keyed by the whole code, with both PeerIds as identities (so a relay in the
 //! middle cannot splice two sessions), then prove to each other that they derived the same
@@ -13,6 +13,7 @@
 
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
+use crate::rendezvous::RendezvousSecret;
 use crate::wire::WireError;
 
 /// The words of a pairing code (256, so each word is 8 bits).
@@ -59,19 +60,37 @@ pub enum PairError {
     Malformed,
 }
 
+/// The largest nameplate. Invitations are found on a DHT shared with every other cairn
+/// device (the public one by default), so two invitations alive at once must rarely share
+/// a nameplate: with 999 of them, 12 invitations in the same 10 minutes already collided
+/// with a chance of 1 in 15; with 9,999, 40 do with a chance of 1 in 13. Four digits are
+/// still read aloud as two pairs.
+pub const MAX_NAMEPLATE: u16 = 9999;
+
 /// A pairing code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PairCode {
-    /// Finds the invitation: 1-999.
+    /// Finds the invitation: 1-[`MAX_NAMEPLATE`].
     pub nameplate: u16,
     /// The secret part.
     pub words: [u8; 2],
 }
 
+/// The DHT key under which an inviter of `nameplate` is found: a SHA2-256 multihash (code
+/// 0x12, 32 bytes) of a cairn-specific name, because the public DHT's servers take only
+/// multihashes as provider keys.
+pub fn nameplate_key(nameplate: u16) -> Vec<u8> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("cairn-pair/v1/{nameplate}").as_bytes());
+    let mut key = vec![0x12, 0x20];
+    key.extend_from_slice(&digest);
+    key
+}
+
 impl PairCode {
     /// A code from 4 random bytes (the caller brings the randomness: core does no I/O).
     pub fn from_random(b: [u8; 4]) -> Self {
-        let nameplate = 1 + (u16::from_le_bytes([b[0], b[1]]) % 999);
+        let nameplate = 1 + (u16::from_le_bytes([b[0], b[1]]) % MAX_NAMEPLATE);
         PairCode {
             nameplate,
             words: [b[2], b[3]],
@@ -86,7 +105,7 @@ impl PairCode {
         let nameplate: u16 = parts
             .next()
             .and_then(|n| n.parse().ok())
-            .filter(|n| (1..=999).contains(n))
+            .filter(|n| (1..=MAX_NAMEPLATE).contains(n))
             .ok_or_else(bad)?;
         let mut word = || -> Result<u8, PairError> {
             let w = parts.next().ok_or_else(bad)?;
@@ -153,14 +172,15 @@ impl Joiner {
         )
     }
 
-    /// Checks the inviter's answer; on success returns the joiner's proof to send back.
+    /// Checks the inviter's answer; on success returns the joiner's proof to send back and
+    /// the pair's rendezvous secret (the inviter gets the same from [`Inviter::verify`]).
     /// On a wrong code it still returns a (useless) proof in the error path's place, so the
     /// inviter learns the attempt failed: callers send `Err`'s proof too.
     pub fn finish(
         &mut self,
         inviter_msg: &[u8],
         inviter_proof: &[u8; 32],
-    ) -> Result<[u8; 32], ([u8; 32], PairError)> {
+    ) -> Result<([u8; 32], RendezvousSecret), ([u8; 32], PairError)> {
         let Some(state) = self.state.take() else {
             return Err(([0; 32], PairError::Malformed));
         };
@@ -172,7 +192,7 @@ impl Joiner {
         if proof(&key, "inviter", &self.msg, inviter_msg) != *inviter_proof {
             return Err((mine, PairError::WrongCode));
         }
-        Ok(mine)
+        Ok((mine, RendezvousSecret::from_session_key(&key)))
     }
 }
 
@@ -209,10 +229,10 @@ impl Inviter {
         ))
     }
 
-    /// Checks the joiner's proof.
-    pub fn verify(&self, joiner_proof: &[u8; 32]) -> Result<(), PairError> {
+    /// Checks the joiner's proof; on success returns the pair's rendezvous secret.
+    pub fn verify(&self, joiner_proof: &[u8; 32]) -> Result<RendezvousSecret, PairError> {
         if proof(&self.key, "joiner", &self.joiner_msg, &self.msg) == *joiner_proof {
-            Ok(())
+            Ok(RendezvousSecret::from_session_key(&self.key))
         } else {
             Err(PairError::WrongCode)
         }
@@ -378,23 +398,29 @@ mod tests {
     fn run(
         inviter_code: &PairCode,
         joiner_code: &PairCode,
-    ) -> (Result<[u8; 32], PairError>, Result<(), PairError>) {
+    ) -> (
+        Result<RendezvousSecret, PairError>,
+        Result<RendezvousSecret, PairError>,
+    ) {
         let (j_id, i_id) = (b"joiner-peer-id".as_slice(), b"inviter-peer-id".as_slice());
         let (mut joiner, hello) = Joiner::start(joiner_code, j_id, i_id);
         let (inviter, spake, inv_proof) =
             Inviter::answer(inviter_code, j_id, i_id, &hello).unwrap();
         match joiner.finish(&spake, &inv_proof) {
-            Ok(p) => (Ok(p), inviter.verify(&p)),
+            Ok((p, secret)) => (Ok(secret), inviter.verify(&p)),
             Err((p, e)) => (Err(e), inviter.verify(&p)),
         }
     }
 
     #[test]
-    fn the_right_code_pairs_both_sides() {
+    fn the_right_code_pairs_both_sides_with_one_rendezvous_secret() {
         let code = PairCode::from_random([9, 8, 7, 6]);
         let (j, i) = run(&code, &code);
-        assert!(j.is_ok());
-        assert!(i.is_ok());
+        assert_eq!(j.unwrap(), i.unwrap(), "both sides agree on the secret");
+        // Another pairing of the same devices with the same code agrees on another one
+        // (SPAKE2 is randomized).
+        let (again, _) = run(&code, &code);
+        assert_ne!(again.unwrap(), run(&code, &code).0.unwrap());
     }
 
     #[test]
@@ -414,7 +440,7 @@ mod tests {
         for bad in [
             "",
             "0-guitar-ginger",
-            "1000-guitar-ginger",
+            "10000-guitar-ginger",
             "7-guitar",
             "7-guitar-notaword",
             "7-guitar-ginger-extra",
@@ -459,5 +485,14 @@ mod tests {
             let _ = PairRequest::decode(&bytes);
             let _ = PairResponse::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn a_nameplate_key_is_a_sha256_multihash_and_differs_per_nameplate() {
+        let a = nameplate_key(7);
+        assert_eq!(a.len(), 34);
+        assert_eq!(&a[..2], &[0x12, 0x20]);
+        assert_ne!(a, nameplate_key(8));
+        assert_eq!(a, nameplate_key(7));
     }
 }

@@ -86,6 +86,11 @@ pub struct PeerConfig {
     /// Addresses to dial (multiaddrs), besides what discovery finds.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The rendezvous secret agreed at pairing (hex): the two devices find each other on
+    /// the public DHT under keys derived from it (`cairn_core::rendezvous`). Devices paired
+    /// by an older version, or configured by hand, have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendezvous: Option<String>,
 }
 
 /// A folder offer the user declined (`cairn decline`): the device's later offers of that
@@ -101,21 +106,61 @@ pub struct DeclinedOffer {
 /// Network settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkConfig {
-    /// Listen multiaddrs.
+    /// Listen multiaddrs. By default every interface on [`DEFAULT_PORT`] (TCP and QUIC),
+    /// so a restarted device is found at the address its peers remember; a port that is
+    /// taken falls back to one the system picks (logged as `listen_port_taken`).
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
     /// Local discovery with mDNS.
     #[serde(default = "yes")]
     pub mdns: bool,
-    /// Kademlia bootstrap peers (multiaddrs ending in /p2p/<id>).
-    #[serde(default)]
-    pub bootstrap: Vec<String>,
+    /// Join the public DHT (the IPFS Amino DHT) through its well-known bootstrap nodes
+    /// ([`PUBLIC_BOOTSTRAP`]) when `bootstrap` is not given.
+    #[serde(default = "yes")]
+    pub public_dht: bool,
+    /// DHT bootstrap peers (multiaddrs ending in /p2p/<id>): replaces the public list
+    /// (`[]`: none at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Vec<String>>,
+    /// Serve the DHT to others: true always (an always-on node of your own), false never;
+    /// unset, once the device is known to be reachable from outside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dht_server: Option<bool>,
+    /// Addresses this device can be reached at that it cannot see itself (a forwarded
+    /// port, a public address): published for paired devices with what AutoNAT confirms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announce: Vec<String>,
+}
+
+/// The listen port a device uses unless told otherwise (TCP and QUIC).
+pub const DEFAULT_PORT: u16 = 21900;
+
+/// The public DHT's bootstrap nodes (the IPFS Amino DHT, as kubo lists them).
+pub const PUBLIC_BOOTSTRAP: &[&str] = &[
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+    "/ip4/104.131.131.82/udp/4001/quic-v1/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+];
+
+impl NetworkConfig {
+    /// The bootstrap peers to use: the configured list, else the public one if the
+    /// public DHT is on, else none.
+    pub fn bootstrap_peers(&self) -> Vec<String> {
+        match (&self.bootstrap, self.public_dht) {
+            (Some(list), _) => list.clone(),
+            (None, true) => PUBLIC_BOOTSTRAP.iter().map(|s| s.to_string()).collect(),
+            (None, false) => Vec::new(),
+        }
+    }
 }
 
 fn default_listen() -> Vec<String> {
     vec![
-        "/ip4/0.0.0.0/tcp/0".into(),
-        "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+        format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"),
+        format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1"),
     ]
 }
 
@@ -128,7 +173,10 @@ impl Default for NetworkConfig {
         NetworkConfig {
             listen: default_listen(),
             mdns: true,
-            bootstrap: Vec::new(),
+            public_dht: true,
+            bootstrap: None,
+            dht_server: None,
+            announce: Vec::new(),
         }
     }
 }
@@ -225,7 +273,19 @@ impl Config {
             path: p.into(),
             source: std::io::Error::last_os_error(),
         };
-        std::fs::write(&tmp, text).map_err(|source| ConfigError::Write {
+        // 0600: it holds the rendezvous secrets of the paired devices.
+        let written = {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+        };
+        written.map_err(|source| ConfigError::Write {
             path: tmp.clone(),
             source,
         })?;
@@ -316,10 +376,38 @@ mod tests {
         let c: Config = toml::from_str(text).unwrap();
         c.validate().unwrap();
         assert!(c.network.mdns);
+        assert_eq!(c.network.bootstrap_peers().len(), PUBLIC_BOOTSTRAP.len());
+        assert!(c.network.listen[0].ends_with(&format!("/tcp/{DEFAULT_PORT}")));
         assert_eq!(c.folders[0].kind, FolderType::ReceiveOnly);
         assert_eq!(c.folders[0].rescan_interval_s, 3600);
         let again: Config = toml::from_str(&toml::to_string_pretty(&c).unwrap()).unwrap();
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn a_bootstrap_list_replaces_the_public_one_and_public_dht_false_turns_it_off() {
+        let net = |text: &str| toml::from_str::<Config>(text).unwrap().network;
+        let own = net(
+            "[network]\nbootstrap = [\"/ip4/10.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN\"]\n",
+        );
+        assert_eq!(own.bootstrap_peers().len(), 1);
+        assert!(
+            net("[network]\nbootstrap = []\n")
+                .bootstrap_peers()
+                .is_empty()
+        );
+        assert!(
+            net("[network]\npublic_dht = false\n")
+                .bootstrap_peers()
+                .is_empty()
+        );
+        for b in PUBLIC_BOOTSTRAP {
+            let addr: libp2p::Multiaddr = b.parse().unwrap();
+            assert!(matches!(
+                addr.iter().last(),
+                Some(libp2p::multiaddr::Protocol::P2p(_))
+            ));
+        }
     }
 
     #[test]
@@ -329,6 +417,7 @@ mod tests {
             id: "not-a-peer".into(),
             name: String::new(),
             addresses: vec![],
+            rendezvous: None,
         });
         assert!(c.validate().is_err());
         let mut c = Config::default();

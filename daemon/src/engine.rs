@@ -174,6 +174,19 @@ pub struct Engine {
     status_dirty: bool,
     /// Manifests learnt from peers are being pruned, a batch per tick.
     prune_due: bool,
+    /// Rendezvous on the DHT with paired devices.
+    pub(crate) rendezvous: crate::rendezvous::Rendezvous,
+    /// What AutoNAT last said of this device ("public", "behind NAT", "unknown").
+    pub(crate) reachability: &'static str,
+    /// Open connections that go through a relay.
+    pub(crate) relayed: HashSet<ConnectionId>,
+    /// Why the last dial of a peer was made (taken when its connection opens).
+    pub(crate) dial_reason: HashMap<PeerId, &'static str>,
+    /// How the connection to each connected peer came about.
+    pub(crate) found_by: HashMap<PeerId, &'static str>,
+    /// Connected DHT servers in the routing table (counted each tick).
+    pub(crate) dht_peers: usize,
+    pub(crate) private_only: bool,
 }
 
 /// Errors starting the daemon.
@@ -189,6 +202,56 @@ pub enum StartError {
     Listen { addr: String, why: String },
 }
 
+/// Whether another socket holds the fixed port of `addr`: a plain bind is tried first,
+/// because libp2p listens with SO_REUSEPORT, so a second daemon of the same user would
+/// otherwise share the port with the first (the kernel splitting connections between them).
+fn port_taken(addr: &Multiaddr) -> Option<std::io::Error> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(a) => a.into(),
+        Protocol::Ip6(a) => a.into(),
+        _ => return None,
+    };
+    let probe = match parts.next()? {
+        Protocol::Tcp(port) if port != 0 => std::net::TcpListener::bind((ip, port)).err(),
+        Protocol::Udp(port) if port != 0 => std::net::UdpSocket::bind((ip, port)).err(),
+        _ => None,
+    };
+    probe.filter(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// Listens on `addr`; a fixed port that is taken (another daemon, another program) falls
+/// back to a port the system picks, so the device still starts, and says so.
+fn listen(swarm: &mut libp2p::Swarm<crate::net::Behaviour>, addr: Multiaddr) -> Result<(), String> {
+    use libp2p::multiaddr::Protocol;
+    let tried = match port_taken(&addr) {
+        Some(e) => Err(e.to_string()),
+        None => swarm.listen_on(addr.clone()).map_err(|e| e.to_string()),
+    };
+    match tried {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let fixed = addr
+                .iter()
+                .any(|p| matches!(p, Protocol::Tcp(n) | Protocol::Udp(n) if n != 0));
+            if !fixed {
+                return Err(e);
+            }
+            let any: Multiaddr = addr
+                .iter()
+                .map(|p| match p {
+                    Protocol::Tcp(_) => Protocol::Tcp(0),
+                    Protocol::Udp(_) => Protocol::Udp(0),
+                    p => p,
+                })
+                .collect();
+            tracing::warn!(address = %addr, error = %e, fallback = %any, "listen_port_taken");
+            swarm.listen_on(any).map(|_| ()).map_err(|e| e.to_string())
+        }
+    }
+}
+
 impl Engine {
     /// Opens the index, loads every folder and starts listening.
     pub fn new(
@@ -200,24 +263,42 @@ impl Engine {
         let local_id = key.public().to_peer_id();
         let device = DeviceId::from_identity(&local_id.to_bytes());
         let index = Arc::new(Index::open(&home.index())?);
-        let mut swarm = crate::net::build_swarm(key, config.network.mdns)?;
+        let private_only = crate::private_net::switch_on();
+        if private_only {
+            tracing::info!("private_network_only: dialling loopback and private addresses only");
+        }
+        let net = crate::net::NetOptions {
+            mdns: config.network.mdns,
+            private_only,
+            dht_server: config.network.dht_server,
+        };
+        let mut swarm = crate::net::build_swarm(key, &net)?;
         for addr in &config.network.listen {
             let ma: Multiaddr = addr.parse().map_err(|e| StartError::Listen {
                 addr: addr.clone(),
                 why: format!("{e}"),
             })?;
-            swarm.listen_on(ma).map_err(|e| StartError::Listen {
+            listen(&mut swarm, ma).map_err(|why| StartError::Listen {
                 addr: addr.clone(),
-                why: e.to_string(),
+                why,
             })?;
         }
-        for b in &config.network.bootstrap {
+        for b in config.network.bootstrap_peers() {
             if let Ok(ma) = b.parse::<Multiaddr>()
                 && let Some(libp2p::multiaddr::Protocol::P2p(peer)) = ma.iter().last()
             {
                 swarm.behaviour_mut().kad.add_address(&peer, ma.clone());
             }
         }
+        // Addresses the device says it has (a forwarded port, an address it cannot see).
+        for a in &config.network.announce {
+            match a.parse::<Multiaddr>() {
+                Ok(ma) => swarm.add_external_address(ma),
+                Err(e) => tracing::warn!(address = %a, error = %e, "announce_address_invalid"),
+            }
+        }
+        // Into the DHT at once (the routing table fills from the bootstrap peers).
+        let _ = swarm.behaviour_mut().kad.bootstrap();
         let mut node = Node::new(device, config.device_name(), TreeOptions::default());
         // Large batches of document changes (a directory rename, a big sync message) are
         // recorded and applied shard by shard on every core.
@@ -230,13 +311,20 @@ impl Engine {
             node.set_pull_window(w);
         }
         let mut addresses = HashMap::new();
+        let mut rendezvous = crate::rendezvous::Rendezvous::default();
         for p in &config.peers {
             if let Ok(id) = p.id.parse::<PeerId>() {
+                if let Some(secret) = p
+                    .rendezvous
+                    .as_deref()
+                    .and_then(cairn_core::rendezvous::RendezvousSecret::from_hex)
+                {
+                    rendezvous.secrets.insert(id, secret);
+                }
+                // Remembered addresses are dialled as they are; they do not go into the
+                // DHT's routing table, which a DHT server hands out to anyone.
                 let addrs: Vec<Multiaddr> =
                     p.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-                for a in &addrs {
-                    swarm.behaviour_mut().kad.add_address(&id, a.clone());
-                }
                 swarm.behaviour_mut().meta.allow(id);
                 swarm.behaviour_mut().blocks.allow(id);
                 node.add_peer(id, p.name.clone(), DeviceId::from_identity(&id.to_bytes()));
@@ -290,6 +378,13 @@ impl Engine {
             status_at: None,
             status_dirty: true,
             prune_due: false,
+            rendezvous,
+            reachability: "unknown",
+            relayed: HashSet::new(),
+            dial_reason: HashMap::new(),
+            found_by: HashMap::new(),
+            dht_peers: 0,
+            private_only,
         })
     }
 
@@ -474,7 +569,11 @@ impl Engine {
     /// know (the remembered ones go stale when the peer restarts on a new port); with none
     /// remembered, the DHT is asked where it is (a found address is dialled on the result).
     fn dial(&mut self, peer: PeerId) {
+        // Where it says it is now, if they share a rendezvous secret.
+        self.rendezvous_lookup(peer);
         let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+        self.dial_reason
+            .insert(peer, if addrs.is_empty() { "dht" } else { "address" });
         if addrs.is_empty() {
             self.swarm.behaviour_mut().kad.get_closest_peers(peer);
         } else {
@@ -489,6 +588,19 @@ impl Engine {
 
     fn on_tick(&mut self) {
         self.pair_tick();
+        self.rendezvous_tick();
+        // Connected ones: the table also holds peers only heard of (the bootstrap list).
+        self.dht_peers = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| {
+                b.iter()
+                    .filter(|e| e.status == libp2p::kad::NodeStatus::Connected)
+                    .count()
+            })
+            .sum();
         if self.prune_due {
             self.prune_manifests();
         }

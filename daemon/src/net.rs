@@ -1,7 +1,8 @@
 //! The libp2p side: transports, discovery and cairn's two request-response protocols.
 //!
-//! TCP and QUIC (Noise + Yamux on TCP), DNS, identify, ping, mDNS (optional), Kademlia (as
-//! a server, with configured bootstrap peers), relay client, DCUtR and AutoNAT. cairn's
+//! TCP and QUIC (Noise + Yamux on TCP), DNS, identify, ping, mDNS (optional), Kademlia (the
+//! public DHT's protocol, a client unless reachable or told to serve), relay client, DCUtR
+//! and AutoNAT, all under the private-network guard ([`crate::private_net`]). cairn's
 //! protocols carry opaque frames: the messages themselves are `cairn_core::wire`.
 
 use std::collections::{HashMap, HashSet};
@@ -429,28 +430,52 @@ fn setup<E: std::fmt::Display>(e: E) -> NetError {
 /// Syncthing's local discovery announces every 30 s.
 pub const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(15);
 
+/// The Kademlia protocol of the public (IPFS Amino) DHT, which cairn joins to find paired
+/// devices and pairing invitations across networks.
+pub const KAD_PROTOCOL: &str = "/ipfs/kad/1.0.0";
+
+/// What the swarm is built with (from the `[network]` settings and the environment).
+#[derive(Clone, Debug, Default)]
+pub struct NetOptions {
+    pub mdns: bool,
+    /// Dial nothing outside loopback and private space ([`crate::private_net`]).
+    pub private_only: bool,
+    /// Serve the DHT: Some(true) always, Some(false) never, None once the device is known
+    /// to be reachable from outside (a confirmed external address; AutoNAT confirms one).
+    pub dht_server: Option<bool>,
+}
+
 /// Builds the swarm for `key`.
-pub fn build_swarm(key: Keypair, mdns_enabled: bool) -> Result<Swarm<Behaviour>, NetError> {
+pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, NetError> {
+    use libp2p::Transport as _;
+    use libp2p::core::muxing::StreamMuxerBox;
+    let private_only = opts.private_only;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            || {
-                let mut c = yamux::Config::default();
-                c.set_max_num_streams(256);
-                c
+        // TCP (Noise, Yamux) and QUIC, under DNS, under the private-network guard: with
+        // the switch on, a DNS name is refused before it is resolved.
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let mut mux = yamux::Config::default();
+                mux.set_max_num_streams(256);
+                let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(mux)
+                    .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
+                let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+                    .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
+                let both = tcp.or_transport(quic).map(|e, _| e.into_inner());
+                let dns = libp2p::dns::tokio::Transport::system(both)?;
+                Ok(crate::private_net::Guard::new(dns, private_only))
             },
         )
-        .map_err(setup)?
-        .with_quic()
-        .with_dns()
         .map_err(setup)?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(setup)?
         .with_behaviour(|key, relay| {
             let id = key.public().to_peer_id();
-            let mdns = if mdns_enabled {
+            let mdns = if opts.mdns {
                 let config = mdns::Config {
                     query_interval: MDNS_QUERY_INTERVAL,
                     ..mdns::Config::default()
@@ -459,21 +484,30 @@ pub fn build_swarm(key: Keypair, mdns_enabled: bool) -> Result<Swarm<Behaviour>,
             } else {
                 None
             };
-            let mut kad_config = kad::Config::new(StreamProtocol::new("/cairn/kad/1"));
+            let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
             kad_config.set_query_timeout(Duration::from_secs(30));
             // The DHT store is small and bounded: cairn publishes only provider records
-            // (pairing nameplates), never values.
+            // (pairing nameplates, rendezvous keys), never values.
             let store = kad::store::MemoryStore::with_config(
                 id,
                 kad::store::MemoryStoreConfig {
                     max_records: 64,
                     max_value_bytes: 1024,
                     max_providers_per_key: 8,
-                    max_provided_keys: 16,
+                    // Rendezvous keys: two epochs for each paired device, and invitations.
+                    max_provided_keys: 256,
                 },
             );
             let mut kad = kad::Behaviour::with_config(id, store, kad_config);
-            kad.set_mode(Some(kad::Mode::Server));
+            // A client asks the DHT and publishes to it, but is not in others' routing
+            // tables: a device behind NAT cannot answer, and is not listed by its id.
+            kad.set_mode(opts.dht_server.map(|server| {
+                if server {
+                    kad::Mode::Server
+                } else {
+                    kad::Mode::Client
+                }
+            }));
             let rr = |name: &'static str,
                       req: usize,
                       res: usize,

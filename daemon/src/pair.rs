@@ -6,6 +6,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use cairn_core::pairing::{INVITATION_TTL_S, Inviter, Joiner, PairCode, PairRequest, PairResponse};
+use cairn_core::rendezvous::RendezvousSecret;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{PeerId, kad};
@@ -35,6 +36,8 @@ pub struct Join {
     current: Option<(PeerId, Option<Joiner>)>,
     deadline: Instant,
     reply: Option<oneshot::Sender<Result<Paired, String>>>,
+    /// The pair's rendezvous secret, once our side of the key confirmation passed.
+    secret: Option<RendezvousSecret>,
 }
 
 /// Pairing requests from the control API.
@@ -48,7 +51,7 @@ pub enum PairCtl {
 }
 
 fn key(nameplate: u16) -> kad::RecordKey {
-    kad::RecordKey::new(&format!("cairn-pair/{nameplate}"))
+    kad::RecordKey::new(&cairn_core::pairing::nameplate_key(nameplate))
 }
 
 impl Engine {
@@ -109,7 +112,16 @@ impl Engine {
                     .behaviour_mut()
                     .kad
                     .get_providers(key(code.nameplate));
-                let candidates: VecDeque<PeerId> = self.connections.keys().copied().collect();
+                // Devices connected now and those mDNS found on the LAN; the DHT lookup
+                // adds the providers of the nameplate.
+                let mut candidates: VecDeque<PeerId> = self.connections.keys().copied().collect();
+                if let Some(mdns) = self.swarm.behaviour().mdns.as_ref() {
+                    for p in mdns.discovered_nodes() {
+                        if !candidates.contains(p) {
+                            candidates.push_back(*p);
+                        }
+                    }
+                }
                 self.join = Some(Join {
                     code,
                     candidates,
@@ -117,6 +129,7 @@ impl Engine {
                     current: None,
                     deadline: Instant::now() + JOIN_TIMEOUT,
                     reply: Some(reply),
+                    secret: None,
                 });
                 self.advance_join();
             }
@@ -265,7 +278,7 @@ impl Engine {
     }
 
     /// Trusts `peer` from now on, and remembers it in the configuration.
-    fn trust(&mut self, peer: PeerId, name: &str) {
+    fn trust(&mut self, peer: PeerId, name: &str, rendezvous: Option<RendezvousSecret>) {
         let addresses: Vec<libp2p::Multiaddr> = self
             .peer_listen
             .get(&peer)
@@ -280,7 +293,11 @@ impl Engine {
             id: id.clone(),
             name: name.to_string(),
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            rendezvous: rendezvous.map(|s| s.to_hex()),
         });
+        if let Some(secret) = rendezvous {
+            self.rendezvous.secrets.insert(peer, secret);
+        }
         self.addresses.insert(peer, addresses);
         self.node.add_peer(
             peer,
@@ -359,7 +376,10 @@ impl Engine {
                             return;
                         };
                         let (mine, result) = match joiner.finish(&spake, &proof) {
-                            Ok(p) => (p, Ok(())),
+                            Ok((p, secret)) => {
+                                join.secret = Some(secret);
+                                (p, Ok(()))
+                            }
                             Err((p, e)) => (p, Err(e)),
                         };
                         // Send our proof either way, so the inviter learns how it ended.
@@ -371,7 +391,8 @@ impl Engine {
                         }
                     }
                     Ok(PairResponse::Done { name }) => {
-                        self.trust(peer, &name);
+                        let secret = self.join.as_ref().and_then(|j| j.secret);
+                        self.trust(peer, &name, secret);
                         self.finish_join(Ok(Paired {
                             peer: peer.to_string(),
                             name,
@@ -440,7 +461,7 @@ impl Engine {
                 // One attempt per code, right or wrong.
                 let result = inviter.verify(&proof);
                 inv.status = match &result {
-                    Ok(()) => InviteStatus::Paired {
+                    Ok(_) => InviteStatus::Paired {
                         peer: peer.to_string(),
                         name: name.clone(),
                     },
@@ -453,9 +474,9 @@ impl Engine {
                     .kad
                     .stop_providing(&key(nameplate));
                 match result {
-                    Ok(()) => {
+                    Ok(secret) => {
                         tracing::info!(peer = %peer, "paired_as_inviter");
-                        self.trust(peer, &name);
+                        self.trust(peer, &name, Some(secret));
                         PairResponse::Done {
                             name: self.config.device_name(),
                         }

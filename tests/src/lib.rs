@@ -75,10 +75,17 @@ fn target_dir() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Set on every daemon and CLI a test starts (and by `.ci/run`): the daemon dials nothing
+/// outside loopback and private space, whatever its configuration names (the default one
+/// names the public DHT's bootstrap nodes).
+pub const PRIVATE_NETWORK_ONLY: (&str, &str) = ("CAIRN_PRIVATE_NETWORK_ONLY", "1");
+
 /// A `cairn` command whose state lives under `home` only.
 pub fn cairn(home: &Path) -> Command {
     let mut cmd = Command::new(bin("cairn"));
-    cmd.env("CAIRN_HOME", home).env_remove("XDG_DATA_HOME");
+    cmd.env("CAIRN_HOME", home)
+        .env_remove("XDG_DATA_HOME")
+        .env(PRIVATE_NETWORK_ONLY.0, PRIVATE_NETWORK_ONLY.1);
     cmd
 }
 
@@ -212,7 +219,7 @@ impl DaemonSpec {
     pub fn start_with(self, peers: &[PeerRef], bootstrap: &[String]) -> Daemon {
         let boot: Vec<String> = bootstrap.iter().map(|b| format!("\"{b}\"")).collect();
         let mut toml = format!(
-            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nmdns = false\nbootstrap = [{}]\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n",
+            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nmdns = false\nbootstrap = [{}]\ndht_server = true\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n",
             self.port,
             boot.join(", ")
         );
@@ -288,6 +295,7 @@ impl Daemon {
                 "CAIRN_LOG",
                 std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
             )
+            .env(PRIVATE_NETWORK_ONLY.0, PRIVATE_NETWORK_ONLY.1)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -467,6 +475,24 @@ pub fn read_pair_code(inviter: &mut std::process::Child) -> String {
     v["code"].as_str().expect("a code").to_string()
 }
 
+/// Runs `ip ARGS` (network namespaces, links, addresses, routes): Err says what failed
+/// (without root, creating a namespace fails, and namespace tests are skipped).
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// A device driven only through the `cairn` CLI (its daemon started with `cairn up`), run
 /// inside network namespace `netns` when one is given. Its daemon is killed by PID on drop.
 pub struct CliDevice {
@@ -502,7 +528,11 @@ impl CliDevice {
         };
         c.arg("--home")
             .arg(&self.home)
-            .env("CAIRN_LOG", "info,libp2p=warn");
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
+            )
+            .env(PRIVATE_NETWORK_ONLY.0, PRIVATE_NETWORK_ONLY.1);
         c
     }
 

@@ -28,7 +28,7 @@ impl Device {
             .map(|(d, id)| format!("\"/ip4/127.0.0.1/tcp/{}/p2p/{id}\"", d.port))
             .unwrap_or_default();
         let config = format!(
-            "[device]\nname = \"{name}\"\n\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\nbootstrap = [{boot}]\n"
+            "[device]\nname = \"{name}\"\n\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\nbootstrap = [{boot}]\ndht_server = true\n"
         );
         Device {
             cli: CliDevice::create(base, name, &config, None),

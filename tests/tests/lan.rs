@@ -9,25 +9,8 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
-use cairn_tests::{CliDevice, read_pair_code, wait_until};
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+use cairn_tests::{CliDevice, ip, read_pair_code, wait_until};
 
 /// Two namespaces and the cable between them; removed on drop.
 struct Lan {
@@ -68,13 +51,14 @@ impl Drop for Lan {
     }
 }
 
-/// A fresh device inside namespace `ns`: only a name is configured, so every network
-/// setting is the default a new user gets.
+/// A fresh device inside namespace `ns`: a name and an empty bootstrap list are
+/// configured (the default list names the public DHT, which a test never contacts), so
+/// every other network setting is the default a new user gets.
 fn device(base: &Path, ns: &str, name: &str) -> CliDevice {
     CliDevice::create(
         base,
         name,
-        &format!("[device]\nname = \"{name}\"\n"),
+        &format!("[device]\nname = \"{name}\"\n\n[network]\nbootstrap = []\n"),
         Some(ns),
     )
 }

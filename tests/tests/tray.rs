@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use cairn_tests::{DaemonSpec, assert_success, bin, free_port, wait_until, workspace_root};
+use cairn_tests::{
+    DaemonSpec, PRIVATE_NETWORK_ONLY, assert_success, bin, free_port, wait_until, workspace_root,
+};
 use serde_json::Value;
 
 fn require(tool: &str) {
@@ -433,6 +435,7 @@ fn tray_pauses_and_resumes_the_daemon_shows_its_window_and_notifies_a_pairing() 
     .unwrap();
     let beta = |args: &[&str]| {
         Command::new(bin("cairn"))
+            .env(PRIVATE_NETWORK_ONLY.0, PRIVATE_NETWORK_ONLY.1)
             .arg("--home")
             .arg(&beta_home)
             .arg("--json")
@@ -443,6 +446,7 @@ fn tray_pauses_and_resumes_the_daemon_shows_its_window_and_notifies_a_pairing() 
     assert!(beta(&["up"]).status.success());
     let _beta_daemon = Background(beta_home.clone());
     let mut invite = Command::new(bin("cairn"))
+        .env(PRIVATE_NETWORK_ONLY.0, PRIVATE_NETWORK_ONLY.1)
         .arg("--home")
         .arg(&daemon.home)
         .args(["--json", "pair"])
@@ -491,6 +495,7 @@ fn tray_pauses_and_resumes_the_daemon_shows_its_window_and_notifies_a_pairing() 
 fn install_writes_an_autostart_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(bin("cairn-tray"))
+        .env(PRIVATE_NETWORK_ONLY.0, PRIVATE_NETWORK_ONLY.1)
         .args(["--home"])
         .arg(tmp.path().join("my home"))
         .arg("install")

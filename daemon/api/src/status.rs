@@ -29,6 +29,25 @@ pub struct Status {
     pub folders: Vec<FolderStatus>,
     /// The last changes to any folder, newest first (at most 100, kept in memory).
     pub recent: Vec<RecentChange>,
+    /// How this device is reachable and how the DHT looks from here.
+    #[serde(default)]
+    pub network: NetworkStatus,
+}
+
+/// Reachability and discovery.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// "public" (AutoNAT confirmed an address others can dial), "behind NAT" (AutoNAT
+    /// says peers cannot), or "unknown" (not probed yet, or no one to probe with).
+    pub reachability: String,
+    /// Addresses others are told to dial (confirmed, relayed or announced).
+    pub external: Vec<String>,
+    /// DHT servers in the routing table that are connected now.
+    pub dht_peers: usize,
+    /// Whether this device serves the DHT to others.
+    pub dht_server: bool,
+    /// `CAIRN_PRIVATE_NETWORK_ONLY=1`: nothing outside loopback and private space.
+    pub private_only: bool,
 }
 
 /// One change to a folder, made here or received from a peer.
@@ -61,6 +80,13 @@ pub struct PeerStatus {
     pub last_violation: Option<String>,
     /// Seconds the peer is still banned for (no redial, connections refused).
     pub banned_for_s: Option<u64>,
+    /// While connected: "direct", or "relayed" when every connection goes through a relay.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// How the open connection came about: "inbound" (it dialled us), "mdns", "address"
+    /// (a remembered or configured one), "rendezvous" (its DHT record), "dht".
+    #[serde(default)]
+    pub found_by: Option<String>,
 }
 
 /// A path of a folder document that this device refuses to write.

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, UNIX_EPOCH};
 
 pub use cairn_api::status::{
-    FolderStatus, PeerStatus, RecentChange, RefusedPath, Status, WaitingPath,
+    FolderStatus, NetworkStatus, PeerStatus, RecentChange, RefusedPath, Status, WaitingPath,
 };
 
 use super::Engine;
@@ -84,6 +84,14 @@ impl Engine {
                         .and_then(|r| r.banned_until)
                         .filter(|t| *t > now)
                         .map(|t| (t - now).as_secs().max(1)),
+                    path: self.connections.get(id).map(|conns| {
+                        if conns.iter().all(|c| self.relayed.contains(c)) {
+                            "relayed".into()
+                        } else {
+                            "direct".into()
+                        }
+                    }),
+                    found_by: self.found_by.get(id).map(|s| s.to_string()),
                 }
             })
             .collect();
@@ -108,6 +116,17 @@ impl Engine {
             offers,
             uptime_s: now.saturating_duration_since(started).as_secs(),
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            network: NetworkStatus {
+                reachability: self.reachability.into(),
+                external: self
+                    .swarm
+                    .external_addresses()
+                    .map(|a| a.to_string())
+                    .collect(),
+                dht_peers: self.dht_peers,
+                dht_server: self.swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server,
+                private_only: self.private_only,
+            },
             peers,
             folders,
             recent: self

@@ -394,6 +394,7 @@ impl Engine {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
+                endpoint,
                 ..
             } => {
                 if self.node.banned(peer_id, Instant::now()) {
@@ -401,6 +402,16 @@ impl Engine {
                     let _ = self.swarm.close_connection(*connection_id);
                     return;
                 }
+                if endpoint.is_relayed() {
+                    self.relayed.insert(*connection_id);
+                }
+                // How the first connection to it came about (what `cairn peers` shows).
+                let how = if endpoint.is_dialer() {
+                    self.dial_reason.remove(peer_id).unwrap_or("dht")
+                } else {
+                    "inbound"
+                };
+                self.found_by.entry(*peer_id).or_insert(how);
                 self.connections
                     .entry(*peer_id)
                     .or_default()
@@ -413,10 +424,12 @@ impl Engine {
                 num_established,
                 ..
             } => {
+                self.relayed.remove(connection_id);
                 if let Some(c) = self.connections.get_mut(peer_id) {
                     c.remove(connection_id);
                     if c.is_empty() {
                         self.connections.remove(peer_id);
+                        self.found_by.remove(peer_id);
                     }
                 }
                 if *num_established == 0 {
@@ -450,18 +463,23 @@ impl Engine {
             SwarmEvent::Behaviour(BehaviourEvent::Pair(e)) => self.on_pair(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(
                 libp2p::kad::Event::OutboundQueryProgressed {
+                    id,
                     result: libp2p::kad::QueryResult::GetProviders(result),
                     step,
                     ..
                 },
             )) => {
-                if let Ok(libp2p::kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                let providers = match result {
+                    Ok(libp2p::kad::GetProvidersOk::FoundProviders { providers, .. }) => providers,
+                    _ => Default::default(),
+                };
+                if !self.rendezvous_found(id, &providers, step.last) {
                     for p in providers {
                         self.join_candidate(p);
                     }
-                }
-                if step.last {
-                    self.join_lookup_done();
+                    if step.last {
+                        self.join_lookup_done();
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -472,34 +490,56 @@ impl Engine {
                 // At most a few addresses of a peer are believed (a stranger could list
                 // thousands), and kept only while it is connected.
                 let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
-                for a in &addrs {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, a.clone());
+                // Only a DHT server goes into the routing table: a server hands out what
+                // its table holds to anyone who asks, and a device in client mode (behind
+                // NAT, or any paired device) must not be findable by its bare id.
+                let serves_dht = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == crate::net::KAD_PROTOCOL);
+                if serves_dht {
+                    for a in &addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, a.clone());
+                    }
                 }
                 if self.connections.contains_key(&peer_id) {
                     self.peer_listen.insert(peer_id, addrs);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(
+                libp2p::autonat::Event::StatusChanged { new, .. },
+            )) => {
+                self.reachability = match new {
+                    libp2p::autonat::NatStatus::Public(_) => "public",
+                    libp2p::autonat::NatStatus::Private => "behind NAT",
+                    libp2p::autonat::NatStatus::Unknown => "unknown",
+                };
+                tracing::info!(reachability = self.reachability, "reachability_changed");
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                // Not into the DHT's routing table (see identify above): mDNS itself
+                // gives the addresses it found to every dial of that peer.
                 for (peer, addr) in found {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
                     by_peer.entry(peer).or_default().push(addr);
                 }
                 // A paired device seen on the LAN is dialled at once, with every address it
                 // announced in one dial: dials of one address each are dropped while the
-                // first (perhaps a loopback address of the other host) is pending. Kademlia
-                // and mDNS keep the addresses for the periodic redial.
+                // first (perhaps a loopback address of the other host) is pending. mDNS
+                // keeps the addresses for the periodic redial. A device on the LAN may be
+                // the inviter a join looks for.
+                for peer in by_peer.keys() {
+                    self.join_candidate(*peer);
+                }
                 for (peer, addrs) in by_peer {
                     if self.node.peers().contains_key(&peer)
                         && !self.node.is_connected(&peer)
                         && !self.node.banned(&peer, Instant::now())
                     {
+                        self.dial_reason.insert(peer, "mdns");
                         let _ = self
                             .swarm
                             .dial(DialOpts::peer_id(peer).addresses(addrs).build());

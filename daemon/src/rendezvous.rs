@@ -1,0 +1,140 @@
+//! Finding paired devices on the DHT under rendezvous keys (`cairn_core::rendezvous`).
+//!
+//! For every paired device with a rendezvous secret, this device provides the key of
+//! (secret, its own id, epoch) for the epochs `publish_epochs` names, and stops providing
+//! keys of past epochs. A provider record carries the device's external addresses (what
+//! AutoNAT confirmed, relayed addresses, and `[network] announce`). When a paired device
+//! must be dialled and is not connected, its key is looked up (at most every
+//! [`LOOKUP_EVERY`]); a provider found under it that is that device is dialled at once,
+//! while the lookup still holds the addresses it learnt.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use cairn_core::rendezvous::{RendezvousSecret, lookup_epochs, publish_epochs};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, kad};
+
+use crate::engine::Engine;
+
+/// A paired device's key is looked up at most this often.
+pub const LOOKUP_EVERY: Duration = Duration::from_secs(20);
+/// Provider records are published again this often (and when the addresses change).
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(30 * 60);
+
+/// What the daemon keeps for rendezvous.
+#[derive(Default)]
+pub struct Rendezvous {
+    /// The secret shared with each paired device that has one.
+    pub secrets: HashMap<PeerId, RendezvousSecret>,
+    /// Keys this device provides now.
+    provided: HashSet<kad::RecordKey>,
+    /// When the records were last published, and with which external addresses.
+    published: Option<(Instant, Vec<Multiaddr>)>,
+    /// Lookups running, and whose keys they look up.
+    lookups: HashMap<kad::QueryId, PeerId>,
+    last_lookup: HashMap<PeerId, Instant>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Engine {
+    /// Publishes this device's records when due: keys of new epochs, again every
+    /// [`PUBLISH_EVERY`] or when the external addresses changed; drops keys of past epochs.
+    pub(crate) fn rendezvous_tick(&mut self) {
+        if self.rendezvous.secrets.is_empty() {
+            return;
+        }
+        let own = self.swarm.local_peer_id().to_bytes();
+        let epochs = publish_epochs(unix_now());
+        let wanted: HashSet<kad::RecordKey> = self
+            .rendezvous
+            .secrets
+            .values()
+            .flat_map(|s| epochs.iter().map(|e| kad::RecordKey::new(&s.key(&own, *e))))
+            .collect();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for old in self.rendezvous.provided.difference(&wanted) {
+            kad.stop_providing(old);
+        }
+        let routable = kad.kbuckets().any(|b| b.num_entries() > 0);
+        let external: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        let due = match &self.rendezvous.published {
+            None => true,
+            Some((at, addrs)) => at.elapsed() >= PUBLISH_EVERY || *addrs != external,
+        };
+        let fresh: Vec<kad::RecordKey> = wanted
+            .iter()
+            .filter(|k| due || !self.rendezvous.provided.contains(*k))
+            .cloned()
+            .collect();
+        // Publishing into an empty routing table reaches nobody: wait for the bootstrap.
+        if fresh.is_empty() || !routable {
+            self.rendezvous.provided.retain(|k| wanted.contains(k));
+            return;
+        }
+        for key in &fresh {
+            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
+                tracing::warn!(error = ?e, "rendezvous_publish_failed");
+            }
+        }
+        tracing::info!(
+            keys = fresh.len(),
+            addresses = external.len(),
+            "rendezvous_published"
+        );
+        self.rendezvous.provided = wanted;
+        self.rendezvous.published = Some((Instant::now(), external));
+    }
+
+    /// Looks up where a paired device said it can be reached (if it has a secret and was
+    /// not looked up in the last [`LOOKUP_EVERY`]).
+    pub(crate) fn rendezvous_lookup(&mut self, peer: PeerId) {
+        let Some(secret) = self.rendezvous.secrets.get(&peer).copied() else {
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .rendezvous
+            .last_lookup
+            .get(&peer)
+            .is_some_and(|t| now.duration_since(*t) < LOOKUP_EVERY)
+        {
+            return;
+        }
+        self.rendezvous.last_lookup.insert(peer, now);
+        let id = peer.to_bytes();
+        for e in lookup_epochs(unix_now()) {
+            let key = kad::RecordKey::new(&secret.key(&id, e));
+            let query = self.swarm.behaviour_mut().kad.get_providers(key);
+            self.rendezvous.lookups.insert(query, peer);
+        }
+    }
+
+    /// Providers found by `query` (`last`: it ended): true if it was a rendezvous lookup
+    /// (the device is dialled if it is among them; anything else found there is ignored).
+    pub(crate) fn rendezvous_found(
+        &mut self,
+        query: kad::QueryId,
+        providers: &HashSet<PeerId>,
+        last: bool,
+    ) -> bool {
+        let Some(peer) = self.rendezvous.lookups.get(&query).copied() else {
+            return false;
+        };
+        if last {
+            self.rendezvous.lookups.remove(&query);
+        }
+        if providers.contains(&peer) && !self.connections.contains_key(&peer) {
+            tracing::info!(peer = %peer, "found_by_rendezvous");
+            self.dial_reason.insert(peer, "rendezvous");
+            // Dialled now, while the lookup still holds the addresses it was given.
+            let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
+        }
+        true
+    }
+}
