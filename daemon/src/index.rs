@@ -483,9 +483,25 @@ impl Index {
         folder: &str,
         range: &PathRange,
     ) -> Result<HashMap<String, IndexedEntry>> {
+        let mut out = HashMap::new();
+        self.each_entry_in(folder, range, |path, bytes| {
+            let entry = decode(bytes, || format!("entry {folder}/{path}"))?;
+            out.insert(path.to_string(), entry);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `row` with each indexed path of `folder` in `range` and its encoded entry, in
+    /// order, in one read transaction.
+    fn each_entry_in(
+        &self,
+        folder: &str,
+        range: &PathRange,
+        mut row: impl FnMut(&str, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(ENTRIES)?;
-        let mut out = HashMap::new();
         let from = range.from.as_deref().unwrap_or("");
         for item in t.range((folder, from)..)? {
             let (k, v) = item?;
@@ -493,10 +509,9 @@ impl Index {
             if f != folder || !range.contains(path) {
                 break;
             }
-            let entry = decode(v.value(), || format!("entry {folder}/{path}"))?;
-            out.insert(path.to_string(), entry);
+            row(path, v.value())?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Every `every`-th indexed path of `folder`, in order: the bounds of ranges of about
@@ -578,20 +593,13 @@ impl Index {
         range: &PathRange,
         except: &std::collections::BTreeSet<String>,
     ) -> Result<Vec<String>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(ENTRIES)?;
         let mut out = Vec::new();
-        let from = range.from.as_deref().unwrap_or("");
-        for item in t.range((folder, from)..)? {
-            let (k, _) = item?;
-            let (f, path) = k.value();
-            if f != folder || !range.contains(path) {
-                break;
-            }
+        self.each_entry_in(folder, range, |path, _| {
             if !except.contains(path) {
                 out.push(path.to_string());
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 

@@ -724,7 +724,8 @@ fn walk<'a>(
                     return false;
                 }
                 let dir = e.file_type().is_some_and(|t| t.is_dir());
-                if !range.contains(rel) && !(dir && range.meets_subtree(rel)) {
+                let may_hold = range.contains(rel) || (dir && range.meets_subtree(rel));
+                if !may_hold {
                     return false;
                 }
             }

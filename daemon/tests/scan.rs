@@ -641,6 +641,9 @@ fn indexed(index: &Index, folder: &str) -> BTreeMap<String, (EntryKind, Option<S
         .collect()
 }
 
+/// A change made the same way to both copies of a tree.
+type Op = Box<dyn Fn(&Path)>;
+
 /// Every file under `root`, folder-relative, sorted.
 fn files_under(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -687,7 +690,7 @@ fn a_full_scan_in_ranges_finds_what_a_scan_in_one_range_finds() {
         let names = ["d1", "d1-x", "d1.txt", "d10", "e", "e0", "f"];
         for round in 0..5 {
             let files = files_under(&ranged.root);
-            let mut ops: Vec<Box<dyn Fn(&Path)>> = Vec::new();
+            let mut ops: Vec<Op> = Vec::new();
             for _ in 0..(40 + next(40)) {
                 let depth = next(3);
                 let mut path = String::new();

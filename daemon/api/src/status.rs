@@ -168,6 +168,8 @@ mod tests {
                 violations: 2,
                 last_violation: Some("bad_frame: too long".into()),
                 banned_for_s: None,
+                path: Some("relayed".into()),
+                found_by: Some("rendezvous".into()),
             }],
             folders: vec![FolderStatus {
                 id: "docs".into(),
@@ -195,6 +197,13 @@ mod tests {
                 change: "modified".into(),
                 origin: "local".into(),
             }],
+            network: NetworkStatus {
+                reachability: "public".into(),
+                external: vec!["/ip4/203.0.113.7/tcp/21900".into()],
+                dht_peers: 20,
+                dht_server: true,
+                private_only: false,
+            },
         }
     }
 
