@@ -184,7 +184,7 @@ pub struct Engine {
     pub(crate) dial_reason: HashMap<PeerId, &'static str>,
     /// How the connection to each connected peer came about.
     pub(crate) found_by: HashMap<PeerId, &'static str>,
-    /// Connected DHT servers in the routing table (counted each tick).
+    /// Connected DHT servers in the routing table (counted when the status is made).
     pub(crate) dht_peers: usize,
     pub(crate) private_only: bool,
 }
@@ -319,7 +319,7 @@ impl Engine {
                     .as_deref()
                     .and_then(cairn_core::rendezvous::RendezvousSecret::from_hex)
                 {
-                    rendezvous.secrets.insert(id, secret);
+                    rendezvous.add_secret(id, secret);
                 }
                 // Remembered addresses are dialled as they are; they do not go into the
                 // DHT's routing table, which a DHT server hands out to anyone.
@@ -393,8 +393,25 @@ impl Engine {
         self.status_tx.subscribe()
     }
 
+    /// Connected DHT servers in the routing table, for the status (the table also holds
+    /// peers only heard of, such as the bootstrap list).
+    fn count_dht_peers(&mut self) {
+        self.dht_peers = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| {
+                b.iter()
+                    .filter(|e| e.status == libp2p::kad::NodeStatus::Connected)
+                    .count()
+            })
+            .sum();
+    }
+
     /// Publishes the status now.
     fn publish_status(&mut self) {
+        self.count_dht_peers();
         let status = Arc::new(self.status());
         self.status_tx.send_replace(Some(status));
         self.status_at = Some(Instant::now());
@@ -589,18 +606,6 @@ impl Engine {
     fn on_tick(&mut self) {
         self.pair_tick();
         self.rendezvous_tick();
-        // Connected ones: the table also holds peers only heard of (the bootstrap list).
-        self.dht_peers = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| {
-                b.iter()
-                    .filter(|e| e.status == libp2p::kad::NodeStatus::Connected)
-                    .count()
-            })
-            .sum();
         if self.prune_due {
             self.prune_manifests();
         }
@@ -736,6 +741,7 @@ impl Engine {
             // A request the control API already answered from the published status
             // (the loop was busy) is not worked out again.
             ControlRequest::Status(reply) if !reply.is_closed() => {
+                self.count_dht_peers();
                 let _ = reply.send(self.status());
             }
             ControlRequest::Status(_) => {}

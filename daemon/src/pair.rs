@@ -296,7 +296,7 @@ impl Engine {
             rendezvous: rendezvous.map(|s| s.to_hex()),
         });
         if let Some(secret) = rendezvous {
-            self.rendezvous.secrets.insert(peer, secret);
+            self.rendezvous.add_secret(peer, secret);
         }
         self.addresses.insert(peer, addresses);
         self.node.add_peer(

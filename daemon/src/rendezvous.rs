@@ -26,7 +26,9 @@ pub const PUBLISH_EVERY: Duration = Duration::from_secs(30 * 60);
 #[derive(Default)]
 pub struct Rendezvous {
     /// The secret shared with each paired device that has one.
-    pub secrets: HashMap<PeerId, RendezvousSecret>,
+    secrets: HashMap<PeerId, RendezvousSecret>,
+    /// The keys to provide for these epochs (hashed once per epoch, not every tick).
+    wanted: Option<(Vec<u64>, HashSet<kad::RecordKey>)>,
     /// Keys this device provides now.
     provided: HashSet<kad::RecordKey>,
     /// When the records were last published, and with which external addresses.
@@ -34,6 +36,30 @@ pub struct Rendezvous {
     /// Lookups running, and whose keys they look up.
     lookups: HashMap<kad::QueryId, PeerId>,
     last_lookup: HashMap<PeerId, Instant>,
+}
+
+impl Rendezvous {
+    /// The secret shared with `peer` (a new pairing replaces the old one).
+    pub fn add_secret(&mut self, peer: PeerId, secret: RendezvousSecret) {
+        self.secrets.insert(peer, secret);
+        self.wanted = None;
+    }
+
+    /// The keys this device provides in `epochs`, under its id `own`.
+    fn wanted(&mut self, own: &[u8], epochs: Vec<u64>) -> HashSet<kad::RecordKey> {
+        match &self.wanted {
+            Some((at, keys)) if *at == epochs => keys.clone(),
+            _ => {
+                let keys: HashSet<kad::RecordKey> = self
+                    .secrets
+                    .values()
+                    .flat_map(|s| epochs.iter().map(|e| kad::RecordKey::new(&s.key(own, *e))))
+                    .collect();
+                self.wanted = Some((epochs, keys.clone()));
+                keys
+            }
+        }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -50,13 +76,7 @@ impl Engine {
             return;
         }
         let own = self.swarm.local_peer_id().to_bytes();
-        let epochs = publish_epochs(unix_now());
-        let wanted: HashSet<kad::RecordKey> = self
-            .rendezvous
-            .secrets
-            .values()
-            .flat_map(|s| epochs.iter().map(|e| kad::RecordKey::new(&s.key(&own, *e))))
-            .collect();
+        let wanted = self.rendezvous.wanted(&own, publish_epochs(unix_now()));
         let kad = &mut self.swarm.behaviour_mut().kad;
         for old in self.rendezvous.provided.difference(&wanted) {
             kad.stop_providing(old);

@@ -152,7 +152,8 @@ enum ReadOutcome {
 
 /// A full scan walks the folder in ranges of about this many indexed paths (in byte
 /// order), holding the index entries of one range at a time, not the folder's: at
-/// 1,000,000 files the whole map was ~300 MiB for the length of the walk.
+/// 1,000,000 files, each full scan that loaded them all took the receiver from ~465 to
+/// up to 825 MiB (the map of every entry was not measured on its own).
 pub const SCAN_RANGE: usize = 50_000;
 
 /// One scan reads at most this many new or changed paths; it then reports `more`, and the

@@ -34,8 +34,11 @@ fn move_port(d: &CliDevice, from: u16, to: u16) {
     .unwrap();
 }
 
-fn arrives(path: &Path, bytes: &[u8]) -> bool {
-    wait_until(40, || fs::read(path).ok().as_deref() == Some(bytes))
+/// Writes `name` on `from` and waits until it arrives on `to`.
+fn syncs(from: &CliDevice, to: &CliDevice, name: &str, bytes: &[u8]) {
+    fs::write(from.folder.join(name), bytes).unwrap();
+    let arrived = |p: &Path| wait_until(40, || fs::read(p).ok().as_deref() == Some(bytes));
+    assert!(arrived(&to.folder.join(name)), "{name}:\n{}", to.log());
 }
 
 #[test]
@@ -78,12 +81,7 @@ fn devices_pair_by_code_and_find_each_other_again_by_rendezvous_on_the_dht() {
     );
     b.json(&["accept", &folder, b.folder.to_str().unwrap()]);
     eprintln!("shared after {:?}", started.elapsed());
-    fs::write(a.folder.join("first.txt"), b"before the move").unwrap();
-    assert!(
-        arrives(&b.folder.join("first.txt"), b"before the move"),
-        "{}",
-        b.log()
-    );
+    syncs(&a, &b, "first.txt", b"before the move");
 
     // Both stop and come back on new ports: what each remembers of the other is stale,
     // there is no mDNS, and a DHT client is in no routing table. Only the rendezvous
@@ -134,12 +132,7 @@ fn devices_pair_by_code_and_find_each_other_again_by_rendezvous_on_the_dht() {
     let net = net();
     assert_eq!(net["dht_server"], false, "{net}");
     assert_eq!(net["private_only"], true, "{net}");
-    fs::write(b.folder.join("second.txt"), b"after the move").unwrap();
-    assert!(
-        arrives(&a.folder.join("second.txt"), b"after the move"),
-        "{}",
-        a.log()
-    );
+    syncs(&b, &a, "second.txt", b"after the move");
     eprintln!("synced after {:?}", restarted.elapsed());
     a.json(&["down"]);
     b.json(&["down"]);

@@ -194,10 +194,9 @@ pub struct FolderState<P> {
     pub(crate) planned_at: Option<Heads>,
     /// The scope of the pull running now (None: the whole folder).
     pub(crate) pulling: Option<BTreeSet<String>>,
-    /// The scan running now covers the whole folder.
-    pub(crate) scanning_all: bool,
-    /// The paths the running scan covers (None: all), scanned again if it reports more.
-    pub(crate) scan_scope: Option<BTreeSet<String>>,
+    /// What the scan running now covers (all, or these paths), scanned again if it
+    /// reports more; Nothing when no scan runs.
+    pub(crate) scanning: ScanNeed,
     /// Windows of a pass over the whole folder still to plan, in order (a large folder
     /// is planned window by window, so no pull holds its whole tree; see
     /// [`super::Node::set_pull_window`]).
@@ -230,8 +229,7 @@ impl<P: Ord> FolderState<P> {
             dirty: Changed::All,
             planned_at: None,
             pulling: None,
-            scanning_all: false,
-            scan_scope: None,
+            scanning: ScanNeed::Nothing,
             pass: VecDeque::new(),
         }
     }

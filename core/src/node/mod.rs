@@ -548,8 +548,8 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         f.busy = Busy::Idle;
         f.last_scan_took = now.saturating_duration_since(f.scan_started);
         f.scan_done_at = Some(now);
-        let scope = f.scan_scope.take();
-        if std::mem::take(&mut f.scanning_all) {
+        let scanned = std::mem::take(&mut f.scanning);
+        if scanned == ScanNeed::All {
             // The periodic safety net: the next pull plans the whole folder.
             f.dirty = Changed::All;
         }
@@ -563,9 +563,9 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         };
         if report.more {
             // The rest of the same scope, without waiting for the gap between scans.
-            match scope {
-                Some(paths) => f.scan.paths(paths),
-                None => f.scan.all(),
+            match scanned {
+                ScanNeed::Paths(paths) => f.scan.paths(paths),
+                _ => f.scan.all(),
             }
             f.scan_done_at = None;
         }
@@ -910,8 +910,10 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 };
                 f.busy = Busy::Scanning;
                 f.scan_started = now;
-                f.scanning_all = paths.is_none();
-                f.scan_scope = paths.clone();
+                f.scanning = match &paths {
+                    Some(p) => ScanNeed::Paths(p.clone()),
+                    None => ScanNeed::All,
+                };
                 self.actions.push_back(Action::Scan { folder: id, paths });
             } else if f.needs_pull && (f.retry_pull_at.is_none() || f.waiting_only) {
                 // A pull that only waits for versions other devices have does not hold
