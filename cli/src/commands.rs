@@ -321,6 +321,9 @@ fn network_line(n: &cairn_api::status::NetworkStatus) -> String {
     if !n.external.is_empty() {
         line += &format!("; reachable at {}", n.external.join(", "));
     }
+    if !n.relays.is_empty() {
+        line += &format!("; relayed through {} relay(s)", n.relays.len());
+    }
     if n.private_only {
         line += "; private network only";
     }
@@ -638,6 +641,7 @@ mod tests {
                 dht_peers: 12,
                 dht_server: false,
                 private_only: false,
+                relays: vec!["12D3KooWRelay".into()],
             },
         };
         let (before, now) = before_and_now(&status);

@@ -130,6 +130,20 @@ pub struct NetworkConfig {
     /// port, a public address): published for paired devices with what AutoNAT confirms.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub announce: Vec<String>,
+    /// Relay for paired devices (reservations and circuits from them only, no byte or time
+    /// limit), once this device is reachable from outside: their sync goes through it when
+    /// their NATs defeat hole punching.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay_server: bool,
+    /// Relay for anyone with libp2p's limits (2 minutes, 128 KiB a circuit): enough for
+    /// others to pair and punch holes through, never to sync through.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_relay: bool,
+    /// Relays to reserve a slot on while this device is not known to be reachable
+    /// (multiaddrs ending in /p2p/<id>), besides paired devices that relay and relays met
+    /// on the DHT.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
 }
 
 /// The listen port a device uses unless told otherwise (TCP and QUIC).
@@ -177,6 +191,9 @@ impl Default for NetworkConfig {
             bootstrap: None,
             dht_server: None,
             announce: Vec::new(),
+            relay_server: false,
+            public_relay: false,
+            relays: Vec::new(),
         }
     }
 }

@@ -187,6 +187,8 @@ pub struct Engine {
     /// Connected DHT servers in the routing table (counted when the status is made).
     pub(crate) dht_peers: usize,
     pub(crate) private_only: bool,
+    /// Relay reservations and the group this device relays for.
+    pub(crate) relays: crate::relay::Relays,
 }
 
 /// Errors starting the daemon.
@@ -267,10 +269,24 @@ impl Engine {
         if private_only {
             tracing::info!("private_network_only: dialling loopback and private addresses only");
         }
+        let relays = crate::relay::Relays::new(
+            &config.network.relays,
+            config
+                .peers
+                .iter()
+                .filter_map(|p| p.id.parse::<PeerId>().ok()),
+        );
         let net = crate::net::NetOptions {
             mdns: config.network.mdns,
             private_only,
             dht_server: config.network.dht_server,
+            relay: if config.network.relay_server {
+                crate::net::RelayServe::Group(relays.group.clone())
+            } else if config.network.public_relay {
+                crate::net::RelayServe::Public
+            } else {
+                crate::net::RelayServe::Off
+            },
         };
         let mut swarm = crate::net::build_swarm(key, &net)?;
         for addr in &config.network.listen {
@@ -296,6 +312,13 @@ impl Engine {
                 Ok(ma) => swarm.add_external_address(ma),
                 Err(e) => tracing::warn!(address = %a, error = %e, "announce_address_invalid"),
             }
+        }
+        // An announced address is one the user says others can reach.
+        if config.network.dht_server.is_none() && !config.network.announce.is_empty() {
+            swarm
+                .behaviour_mut()
+                .kad
+                .set_mode(Some(libp2p::kad::Mode::Server));
         }
         // Into the DHT at once (the routing table fills from the bootstrap peers).
         let _ = swarm.behaviour_mut().kad.bootstrap();
@@ -345,7 +368,7 @@ impl Engine {
             node.add_folder(now, spec, doc);
             local.insert(fc.id.clone(), l);
         }
-        tracing::info!(peer_id = %local_id, folders = local.len(), "daemon_started");
+        tracing::info!(peer_id = %local_id, device = %device.short(), folders = local.len(), "daemon_started");
         Ok(Engine {
             home,
             swarm,
@@ -385,6 +408,7 @@ impl Engine {
             found_by: HashMap::new(),
             dht_peers: 0,
             private_only,
+            relays,
         })
     }
 
@@ -588,24 +612,44 @@ impl Engine {
     fn dial(&mut self, peer: PeerId) {
         // Where it says it is now, if they share a rendezvous secret.
         self.rendezvous_lookup(peer);
-        let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+        // Never one of this device's own addresses (a remembered loopback address of a
+        // peer on another host, with the same default port, is this device).
+        let mut addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+        let ports: Vec<u16> = self
+            .config
+            .network
+            .listen
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .flat_map(|a| {
+                a.iter()
+                    .filter_map(|p| match p {
+                        libp2p::multiaddr::Protocol::Tcp(n)
+                        | libp2p::multiaddr::Protocol::Udp(n) => Some(n),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        addrs.retain(|a| !crate::relay::is_own(a, &self.listen, &ports));
         self.dial_reason
             .insert(peer, if addrs.is_empty() { "dht" } else { "address" });
         if addrs.is_empty() {
             self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-        } else {
-            let _ = self.swarm.dial(
-                DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .extend_addresses_through_behaviour()
-                    .build(),
-            );
+        } else if let Err(e) = self.swarm.dial(
+            DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .extend_addresses_through_behaviour()
+                .build(),
+        ) {
+            tracing::debug!(peer = %peer, error = %e, "dial_not_made");
         }
     }
 
     fn on_tick(&mut self) {
         self.pair_tick();
         self.rendezvous_tick();
+        self.relay_tick();
         if self.prune_due {
             self.prune_manifests();
         }

@@ -16,6 +16,7 @@ pub mod paths;
 pub mod priority;
 pub mod private_net;
 pub mod puller;
+pub mod relay;
 pub mod rendezvous;
 pub mod scanner;
 pub mod serve;

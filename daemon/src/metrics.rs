@@ -35,6 +35,8 @@ pub struct Metrics {
     pub watcher_fallbacks: AtomicU64,
     pub versions_unavailable: AtomicU64,
     pub versions_preserved: AtomicU64,
+    pub hole_punches: AtomicU64,
+    pub hole_punch_failures: AtomicU64,
     /// How long each turn of the event loop took (handling one event and scheduling).
     pub loop_stall: Histogram,
 }
@@ -181,12 +183,24 @@ impl Metrics {
         for ((peer, kind), n) in &violations {
             let _ = writeln!(out, "{name}{{peer=\"{peer}\",kind=\"{kind}\"}} {n}");
         }
-        let plain: [(&str, &str, &str, &AtomicU64); 16] = [
+        let plain: [(&str, &str, &str, &AtomicU64); 18] = [
             (
                 "cairn_versions_unavailable_total",
                 "counter",
                 "Versions this device authored but no longer has, dropped from the folder (nobody can ever provide them).",
                 &self.versions_unavailable,
+            ),
+            (
+                "cairn_hole_punches_total",
+                "counter",
+                "Relayed connections upgraded to direct ones by hole punching (DCUtR).",
+                &self.hole_punches,
+            ),
+            (
+                "cairn_hole_punch_failures_total",
+                "counter",
+                "Hole punching attempts that failed (the connection stays relayed).",
+                &self.hole_punch_failures,
             ),
             (
                 "cairn_versions_preserved_total",

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -396,6 +396,8 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub relay: relay::client::Behaviour,
+    /// Relaying for others ([`RelayServe`]); off unless configured.
+    pub relay_server: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
     pub autonat: autonat::Behaviour,
     pub limits: connection_limits::Behaviour,
@@ -430,6 +432,9 @@ fn setup<E: std::fmt::Display>(e: E) -> NetError {
 /// Syncthing's local discovery announces every 30 s.
 pub const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(15);
 
+/// How long a dial may take to connect and upgrade (TCP, Noise, Yamux, or QUIC).
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The Kademlia protocol of the public (IPFS Amino) DHT, which cairn joins to find paired
 /// devices and pairing invitations across networks.
 pub const KAD_PROTOCOL: &str = "/ipfs/kad/1.0.0";
@@ -443,6 +448,52 @@ pub struct NetOptions {
     /// Serve the DHT: Some(true) always, Some(false) never, None once the device is known
     /// to be reachable from outside (a confirmed external address; AutoNAT confirms one).
     pub dht_server: Option<bool>,
+    /// Whom this device relays for.
+    pub relay: RelayServe,
+}
+
+/// Whom a device relays for (`[network] relay_server`, `public_relay`).
+#[derive(Clone, Debug, Default)]
+pub enum RelayServe {
+    #[default]
+    Off,
+    /// Paired devices only (the shared set, kept up to date by pairing), with no limit on
+    /// the bytes or length of a circuit: a group's own relay, which its sync may go through
+    /// when no direct path exists.
+    Group(Arc<Mutex<HashSet<PeerId>>>),
+    /// Anyone, with libp2p's limits (2 minutes and 128 KiB per circuit): enough to pair and
+    /// to punch holes, not to sync through (as public IPFS nodes relay).
+    Public,
+}
+
+/// A relay's admission rule for reservations and circuits: the peer is in the group.
+struct InGroup(Arc<Mutex<HashSet<PeerId>>>);
+
+impl relay::RateLimiter for InGroup {
+    fn try_next(&mut self, peer: PeerId, _: &Multiaddr, _: std::time::Instant) -> bool {
+        self.0.lock().is_ok_and(|g| g.contains(&peer))
+    }
+}
+
+/// The relay server for `serve`, if any.
+fn relay_server(id: PeerId, serve: &RelayServe) -> Option<relay::Behaviour> {
+    let config = match serve {
+        RelayServe::Off => return None,
+        RelayServe::Public => relay::Config::default(),
+        RelayServe::Group(group) => relay::Config {
+            max_reservations: 64,
+            max_reservations_per_peer: 4,
+            reservation_rate_limiters: vec![Box::new(InGroup(group.clone()))],
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(24 * 3600),
+            // 0: no limit (libp2p-relay's copy counts only when this is above 0).
+            max_circuit_bytes: 0,
+            circuit_src_rate_limiters: vec![Box::new(InGroup(group.clone()))],
+            ..relay::Config::default()
+        },
+    };
+    Some(relay::Behaviour::new(id, config))
 }
 
 /// Builds the swarm for `key`.
@@ -465,7 +516,13 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
                     .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
                 let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
                     .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
-                let both = tcp.or_transport(quic).map(|e, _| e.into_inner());
+                // A dial that gets no answer (a NAT dropping what nobody inside asked
+                // for) fails in 20 s instead of the kernel's minutes of SYN retries: an
+                // AutoNAT server's dial-back then says "cannot reach you" in time.
+                let both = libp2p::core::transport::timeout::TransportTimeout::new(
+                    tcp.or_transport(quic).map(|e, _| e.into_inner()),
+                    DIAL_TIMEOUT,
+                );
                 let dns = libp2p::dns::tokio::Transport::system(both)?;
                 Ok(crate::private_net::Guard::new(dns, private_only))
             },
@@ -501,12 +558,12 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
             let mut kad = kad::Behaviour::with_config(id, store, kad_config);
             // A client asks the DHT and publishes to it, but is not in others' routing
             // tables: a device behind NAT cannot answer, and is not listed by its id.
-            kad.set_mode(opts.dht_server.map(|server| {
-                if server {
-                    kad::Mode::Server
-                } else {
-                    kad::Mode::Client
-                }
+            // Unset, the daemon switches it when AutoNAT says public (not kad's own rule,
+            // which would serve on a relayed address too: see `Engine::set_dht_mode`).
+            kad.set_mode(Some(if opts.dht_server == Some(true) {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
             }));
             let rr = |name: &'static str,
                       req: usize,
@@ -533,8 +590,21 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
                 mdns: Toggle::from(mdns),
                 kad,
                 relay,
+                relay_server: Toggle::from(relay_server(id, &opts.relay)),
                 dcutr: dcutr::Behaviour::new(id),
-                autonat: autonat::Behaviour::new(id, autonat::Config::default()),
+                autonat: autonat::Behaviour::new(
+                    id,
+                    autonat::Config {
+                        // First probe soon after start (default 15 s): relays are taken
+                        // while reachability is unknown, and dropped once it is public.
+                        boot_delay: Duration::from_secs(5),
+                        retry_interval: Duration::from_secs(60),
+                        // On a private network (the switch), private addresses are the
+                        // only ones there are: probe and dial back those too.
+                        only_global_ips: !opts.private_only,
+                        ..autonat::Config::default()
+                    },
+                ),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))

@@ -306,6 +306,7 @@ impl Engine {
         );
         self.swarm.behaviour_mut().meta.allow(peer);
         self.swarm.behaviour_mut().blocks.allow(peer);
+        self.relays.trust(peer);
         if let Err(e) = self.save_config() {
             tracing::error!(error = %e, "config_save_failed");
         }

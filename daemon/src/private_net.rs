@@ -8,6 +8,11 @@
 //! resolved, and an IP address outside the ranges below is never dialled; each refused
 //! address is logged once (`dial_refused`). Relayed addresses go through the relay's own
 //! connection, which was dialled here first.
+//!
+//! Switch or not, the guard never dials this device's own loopback listen ports: every
+//! device listens on 127.0.0.1 at the same default port, so a peer's loopback address
+//! (learnt from identify, the DHT or a relay) leads back here, and a dial that reaches this
+//! device fails as a whole on the wrong peer id, whatever other addresses it was trying.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -59,11 +64,14 @@ fn private_v6(a: Ipv6Addr) -> bool {
         || a.to_ipv4_mapped().is_some_and(private_v4)
 }
 
-/// A transport that, when `on`, refuses to dial what [`allowed`] refuses.
+/// A transport that, when `on`, refuses to dial what [`allowed`] refuses; and never dials
+/// its own loopback listen ports.
 pub struct Guard<T> {
     inner: T,
     on: bool,
     logged: HashSet<Multiaddr>,
+    /// (UDP?, port) of the loopback addresses this transport listens on.
+    own: HashSet<(bool, u16)>,
 }
 
 impl<T> Guard<T> {
@@ -72,7 +80,26 @@ impl<T> Guard<T> {
             inner,
             on,
             logged: HashSet::new(),
+            own: HashSet::new(),
         }
+    }
+}
+
+/// (UDP?, port) of `addr` when it is a loopback address.
+fn loopback_port(addr: &Multiaddr) -> Option<(bool, u16)> {
+    let mut it = addr.iter();
+    let loopback = match it.next()? {
+        Protocol::Ip4(a) => a.is_loopback(),
+        Protocol::Ip6(a) => a.is_loopback(),
+        _ => false,
+    };
+    if !loopback {
+        return None;
+    }
+    match it.next()? {
+        Protocol::Tcp(p) => Some((false, p)),
+        Protocol::Udp(p) => Some((true, p)),
+        _ => None,
     }
 }
 
@@ -105,6 +132,10 @@ impl<T: Transport + Unpin> Transport for Guard<T> {
             }
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
+        if loopback_port(&addr).is_some_and(|p| self.own.contains(&p)) {
+            tracing::debug!(address = %addr, "dial_refused own_address");
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        }
         self.inner.dial(addr, opts)
     }
 
@@ -112,13 +143,35 @@ impl<T: Transport + Unpin> Transport for Guard<T> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
-        Pin::new(&mut self.inner).poll(cx)
+        let event = Pin::new(&mut self.inner).poll(cx);
+        match &event {
+            Poll::Ready(TransportEvent::NewAddress { listen_addr, .. }) => {
+                if let Some(p) = loopback_port(listen_addr) {
+                    self.own.insert(p);
+                }
+            }
+            Poll::Ready(TransportEvent::AddressExpired { listen_addr, .. }) => {
+                if let Some(p) = loopback_port(listen_addr) {
+                    self.own.remove(&p);
+                }
+            }
+            _ => {}
+        }
+        event
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_ports_are_told_apart_by_protocol() {
+        let p = |a: &str| loopback_port(&a.parse().unwrap());
+        assert_eq!(p("/ip4/127.0.0.1/tcp/21900"), Some((false, 21900)));
+        assert_eq!(p("/ip6/::1/udp/21900/quic-v1"), Some((true, 21900)));
+        assert_eq!(p("/ip4/192.168.1.2/tcp/21900"), None);
+    }
 
     #[test]
     fn only_loopback_and_private_space_may_be_dialled() {

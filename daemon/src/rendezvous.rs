@@ -93,7 +93,9 @@ impl Engine {
             .cloned()
             .collect();
         // Publishing into an empty routing table reaches nobody: wait for the bootstrap.
-        if fresh.is_empty() || !routable {
+        // A record without addresses leads nowhere: wait for one (a confirmed address, a
+        // relay reservation, an announced one).
+        if fresh.is_empty() || !routable || external.is_empty() {
             self.rendezvous.provided.retain(|k| wanted.contains(k));
             return;
         }
@@ -109,6 +111,9 @@ impl Engine {
         );
         self.rendezvous.provided = wanted;
         self.rendezvous.published = Some((Instant::now(), external));
+        // New addresses: a paired device that restarted meanwhile may have published its
+        // own since it was last looked up, so the next dial looks again at once.
+        self.rendezvous.last_lookup.clear();
     }
 
     /// Looks up where a paired device said it can be reached (if it has a secret and was
@@ -152,8 +157,15 @@ impl Engine {
         if providers.contains(&peer) && !self.connections.contains_key(&peer) {
             tracing::info!(peer = %peer, "found_by_rendezvous");
             self.dial_reason.insert(peer, "rendezvous");
-            // Dialled now, while the lookup still holds the addresses it was given.
-            let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
+            // Dialled now, while the lookup still holds the addresses it was given, even if
+            // a dial of stale remembered addresses is still waiting for an answer.
+            if let Err(e) = self.swarm.dial(
+                DialOpts::peer_id(peer)
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Disconnected)
+                    .build(),
+            ) {
+                tracing::debug!(peer = %peer, error = %e, "rendezvous_dial_not_made");
+            }
         }
         true
     }

@@ -459,6 +459,14 @@ fn scan_scoped(
                     }
                     // A moved file comes with no manifest: it was not read.
                     if entry.kind == EntryKind::File && manifest.is_some() {
+                        tracing::debug!(
+                            folder = %folder.id,
+                            path,
+                            content = %entry.content.map(|c| c.short()).unwrap_or_default(),
+                            size = entry.stamp.size,
+                            ctime_ns = entry.stamp.ctime_ns,
+                            "file_read"
+                        );
                         prog.read_files += 1;
                         prog.read_bytes += bytes;
                     }

@@ -1279,7 +1279,8 @@ fn chaos_nothing_lost_nothing_torn_no_temp_files_and_converged() {
             torn.len()
         );
         for (i, rel, h) in &torn {
-            s += &format!("  {}: {rel} {}\n", d[*i].name, hex(h));
+            let size = fs::metadata(d[*i].folder.join(rel)).map_or(0, |m| m.len());
+            s += &format!("  {}: {rel} {} {size}B\n", d[*i].name, hex(h));
         }
         failures.push(s);
     }

@@ -48,6 +48,9 @@ pub struct NetworkStatus {
     pub dht_server: bool,
     /// `CAIRN_PRIVATE_NETWORK_ONLY=1`: nothing outside loopback and private space.
     pub private_only: bool,
+    /// Relays this device holds a reservation on (its relayed addresses go through them).
+    #[serde(default)]
+    pub relays: Vec<String>,
 }
 
 /// One change to a folder, made here or received from a peer.
@@ -203,6 +206,7 @@ mod tests {
                 dht_peers: 20,
                 dht_server: true,
                 private_only: false,
+                relays: vec!["12D3KooWRelay".into()],
             },
         }
     }

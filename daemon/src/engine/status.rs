@@ -126,6 +126,7 @@ impl Engine {
                 dht_peers: self.dht_peers,
                 dht_server: self.swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server,
                 private_only: self.private_only,
+                relays: self.relays.reserved.iter().map(|p| p.to_string()).collect(),
             },
             peers,
             folders,

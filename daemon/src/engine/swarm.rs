@@ -416,6 +416,7 @@ impl Engine {
                     .entry(*peer_id)
                     .or_default()
                     .insert(*connection_id);
+                self.prefer_direct(*peer_id, *connection_id);
                 self.join_connected(*peer_id);
             }
             SwarmEvent::ConnectionClosed {
@@ -430,6 +431,7 @@ impl Engine {
                     if c.is_empty() {
                         self.connections.remove(peer_id);
                         self.found_by.remove(peer_id);
+                        self.relay_peer_gone(peer_id);
                     }
                 }
                 if *num_established == 0 {
@@ -444,6 +446,29 @@ impl Engine {
                 tracing::info!(address = %address, "listening");
                 self.listen.push(address);
             }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                let why = match &reason {
+                    Ok(()) => "closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                self.relay_listener_closed(listener_id, &why);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } if self.node.peers().contains_key(&peer) => {
+                tracing::debug!(peer = %peer, error = %error, "dial_failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_client(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
             SwarmEvent::ConnectionEstablished { peer_id, .. }
                 if self.node.peers().contains_key(&peer_id)
                     && !self.node.is_connected(&peer_id)
@@ -489,7 +514,10 @@ impl Engine {
             })) => {
                 // At most a few addresses of a peer are believed (a stranger could list
                 // thousands), and kept only while it is connected.
-                let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
+                let addrs: Vec<Multiaddr> = crate::relay::reachable_addresses(
+                    info.listen_addrs.into_iter().take(8).collect(),
+                    &info.observed_addr,
+                );
                 // Only a DHT server goes into the routing table: a server hands out what
                 // its table holds to anyone who asks, and a device in client mode (behind
                 // NAT, or any paired device) must not be findable by its bare id.
@@ -505,6 +533,7 @@ impl Engine {
                             .add_address(&peer_id, a.clone());
                     }
                 }
+                self.relay_identified(peer_id, &info.protocols, &addrs);
                 if self.connections.contains_key(&peer_id) {
                     self.peer_listen.insert(peer_id, addrs);
                 }
@@ -518,6 +547,16 @@ impl Engine {
                     libp2p::autonat::NatStatus::Unknown => "unknown",
                 };
                 tracing::info!(reachability = self.reachability, "reachability_changed");
+                // Serve the DHT only where others can reach this device (unless told).
+                if self.config.network.dht_server.is_none() {
+                    let server =
+                        self.reachability == "public" || !self.config.network.announce.is_empty();
+                    self.swarm.behaviour_mut().kad.set_mode(Some(if server {
+                        libp2p::kad::Mode::Server
+                    } else {
+                        libp2p::kad::Mode::Client
+                    }));
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
