@@ -25,7 +25,53 @@ pub struct Invitation {
     code: PairCode,
     expires: Instant,
     status: InviteStatus,
-    attempt: Option<(PeerId, Inviter)>,
+    attempts: Attempts,
+}
+
+/// How long an attempt on an invitation may go unfinished before another joiner may try.
+/// A joiner whose code does not match (it typed the code wrong, or it asked another
+/// device that happens to invite with the same nameplate) learns so from the inviter's
+/// proof and sends nothing more, so an attempt can be left unfinished.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unfinished attempts an invitation survives. Each one can test one guess of the code's
+/// two words (65,536 possibilities), so a stranger guessing online gets at most this many
+/// guesses at each invitation.
+const MAX_UNFINISHED: u32 = 3;
+
+/// The attempts on one invitation: at most one at a time.
+#[derive(Default)]
+struct Attempts {
+    current: Option<(PeerId, Inviter, Instant)>,
+    unfinished: u32,
+}
+
+/// Whether a joiner's first message may start an attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    /// Another joiner's attempt is under way.
+    Busy,
+    /// Too many attempts were left unfinished: the invitation is spent.
+    Spent,
+}
+
+impl Attempts {
+    /// A joiner `peer` says hello at `now`. An attempt left unfinished (by the same
+    /// joiner trying again, or for [`ATTEMPT_TIMEOUT`]) is dropped and counted.
+    fn admit(&mut self, peer: PeerId, now: Instant) -> Admit {
+        if let Some((p, _, at)) = &self.current {
+            if *p != peer && now.duration_since(*at) < ATTEMPT_TIMEOUT {
+                return Admit::Busy;
+            }
+            self.current = None;
+            self.unfinished += 1;
+        }
+        if self.unfinished >= MAX_UNFINISHED {
+            Admit::Spent
+        } else {
+            Admit::Yes
+        }
+    }
 }
 
 /// The one join in progress.
@@ -38,6 +84,8 @@ pub struct Join {
     reply: Option<oneshot::Sender<Result<Paired, String>>>,
     /// The pair's rendezvous secret, once our side of the key confirmation passed.
     secret: Option<RendezvousSecret>,
+    /// Devices that invite with this nameplate but another code.
+    mismatched: u32,
 }
 
 /// Pairing requests from the control API.
@@ -87,7 +135,7 @@ impl Engine {
                     code,
                     expires: Instant::now() + Duration::from_secs(ttl),
                     status: status.clone(),
-                    attempt: None,
+                    attempts: Attempts::default(),
                 });
                 tracing::info!("pair_invitation_created");
                 let _ = reply.send(status);
@@ -130,6 +178,7 @@ impl Engine {
                     deadline: Instant::now() + JOIN_TIMEOUT,
                     reply: Some(reply),
                     secret: None,
+                    mismatched: 0,
                 });
                 self.advance_join();
             }
@@ -253,6 +302,15 @@ impl Engine {
     pub(crate) fn pair_tick(&mut self) {
         let now = Instant::now();
         if let Some(j) = self.join.as_ref().filter(|j| now >= j.deadline) {
+            if j.mismatched > 0 {
+                let n = j.mismatched;
+                self.finish_join(Err(format!(
+                    "the code is wrong: {} inviting with its number {} another code; nothing was paired, and the invitation still stands (check the words and try again)",
+                    if n == 1 { "the device" } else { "every device" },
+                    if n == 1 { "has" } else { "have" }
+                )));
+                return;
+            }
             // Whether any device was found at all tells a network that does not carry
             // mDNS or the DHT from a code that no device (any more) invites with.
             let found = match j.tried.len() {
@@ -376,19 +434,22 @@ impl Engine {
                         let Some((_, Some(joiner))) = &mut join.current else {
                             return;
                         };
-                        let (mine, result) = match joiner.finish(&spake, &proof) {
-                            Ok((p, secret)) => {
+                        match joiner.finish(&spake, &proof) {
+                            Ok((mine, secret)) => {
                                 join.secret = Some(secret);
-                                (p, Ok(()))
+                                let req = PairRequest::Finish { proof: mine, name }.encode();
+                                let rid = self.swarm.behaviour_mut().pair.send_request(&peer, req);
+                                self.pair_pending.insert(rid, peer);
                             }
-                            Err((p, e)) => (p, Err(e)),
-                        };
-                        // Send our proof either way, so the inviter learns how it ended.
-                        let req = PairRequest::Finish { proof: mine, name }.encode();
-                        let rid = self.swarm.behaviour_mut().pair.send_request(&peer, req);
-                        self.pair_pending.insert(rid, peer);
-                        if let Err(e) = result {
-                            self.finish_join(Err(e.to_string()));
+                            Err(_) => {
+                                // Its proof says its code is not ours: a wrong code, or
+                                // another device inviting with the same nameplate. Nothing
+                                // more is sent, so its invitation is not spent by us; the
+                                // next device found is asked.
+                                tracing::info!(peer = %peer, "pair_code_mismatch");
+                                join.mismatched += 1;
+                                self.next_candidate();
+                            }
                         }
                     }
                     Ok(PairResponse::Done { name }) => {
@@ -440,26 +501,45 @@ impl Engine {
             matches!(inv.status, InviteStatus::Waiting { .. }) && Instant::now() < inv.expires;
         match req {
             PairRequest::Hello { nameplate, spake } => {
-                if !waiting || nameplate != inv.code.nameplate || inv.attempt.is_some() {
+                if !waiting || nameplate != inv.code.nameplate {
                     return PairResponse::NoInvitation;
+                }
+                match inv.attempts.admit(peer, Instant::now()) {
+                    Admit::Yes => {}
+                    Admit::Busy => return PairResponse::NoInvitation,
+                    Admit::Spent => {
+                        tracing::warn!(peer = %peer, "pair_invitation_spent");
+                        inv.status = InviteStatus::Failed {
+                            error: format!(
+                                "{MAX_UNFINISHED} attempts with a code that did not match; the invitation is spent"
+                            ),
+                        };
+                        let nameplate = inv.code.nameplate;
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .stop_providing(&key(nameplate));
+                        return PairResponse::NoInvitation;
+                    }
                 }
                 match Inviter::answer(&inv.code, &peer.to_bytes(), &local, &spake) {
                     Ok((inviter, spake, proof)) => {
-                        inv.attempt = Some((peer, inviter));
+                        inv.attempts.current = Some((peer, inviter, Instant::now()));
                         PairResponse::Hello { spake, proof }
                     }
                     Err(_) => PairResponse::Failed,
                 }
             }
             PairRequest::Finish { proof, name } => {
-                let Some((attempt_peer, inviter)) = inv.attempt.take() else {
+                let Some((attempt_peer, inviter, _)) = inv.attempts.current.take() else {
                     return PairResponse::Failed;
                 };
                 if attempt_peer != peer || !waiting {
                     return PairResponse::Failed;
                 }
                 let nameplate = inv.code.nameplate;
-                // One attempt per code, right or wrong.
+                // A finished attempt ends the invitation, right or wrong (a joiner of an
+                // earlier version sends its proof even when the codes did not match).
                 let result = inviter.verify(&proof);
                 inv.status = match &result {
                     Ok(_) => InviteStatus::Paired {
@@ -489,5 +569,37 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfinished_attempts_are_dropped_after_a_while_or_by_their_joiner_and_counted() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let t = Instant::now();
+        let mut at = Attempts::default();
+        let mut start = |at: &mut Attempts, p: PeerId, now: Instant| {
+            let r = at.admit(p, now);
+            if r == Admit::Yes {
+                let code = PairCode::parse("7-acid-acorn").unwrap();
+                let (_, msg) = cairn_core::pairing::Joiner::start(&code, b"j", b"i");
+                let (inviter, ..) = Inviter::answer(&code, b"j", b"i", &msg).unwrap();
+                at.current = Some((p, inviter, now));
+            }
+            r
+        };
+        assert_eq!(start(&mut at, a, t), Admit::Yes);
+        // Another joiner waits while the attempt is fresh.
+        assert_eq!(start(&mut at, b, t + Duration::from_secs(1)), Admit::Busy);
+        // The same joiner trying again drops its own attempt (1 unfinished).
+        assert_eq!(start(&mut at, a, t + Duration::from_secs(2)), Admit::Yes);
+        // A stale attempt gives way to another joiner (2 unfinished).
+        assert_eq!(start(&mut at, b, t + ATTEMPT_TIMEOUT * 2), Admit::Yes);
+        // The third unfinished attempt spends the invitation.
+        assert_eq!(start(&mut at, a, t + ATTEMPT_TIMEOUT * 4), Admit::Spent);
+        assert_eq!(at.unfinished, MAX_UNFINISHED);
     }
 }
