@@ -581,7 +581,7 @@ mod tests {
         let (a, b) = (PeerId::random(), PeerId::random());
         let t = Instant::now();
         let mut at = Attempts::default();
-        let mut start = |at: &mut Attempts, p: PeerId, now: Instant| {
+        let start = |at: &mut Attempts, p: PeerId, now: Instant| {
             let r = at.admit(p, now);
             if r == Admit::Yes {
                 let code = PairCode::parse("7-acid-acorn").unwrap();
