@@ -213,6 +213,9 @@ pub struct Puller {
     /// The paths a partial pull plans (None: the whole folder); abandoned pulls are
     /// forgotten only there.
     pub scope: Option<std::collections::BTreeSet<String>>,
+    /// Called with a rename's source after it was checked against its scan and before it
+    /// is renamed: a test's way into that window (None in the daemon).
+    pub before_rename: Option<fn(&Path)>,
 }
 
 /// Sets a moved file's modification time and mode to `value`'s (not following a
@@ -845,20 +848,56 @@ impl Puller {
             return Ok(());
         };
         let (src, dst) = (self.full(from), self.full(to));
-        let source_is_it = self
+        let scanned = self
             .index
             .entry(&self.folder, from)?
-            .is_some_and(|e| e.kind == EntryKind::File && e.content == Some(*content))
-            && self.unchanged_since_scan(from)?;
-        if !source_is_it || fs::symlink_metadata(&dst).is_ok() {
+            .filter(|e| e.kind == EntryKind::File && e.content == Some(*content));
+        let source_is_it = scanned.is_some() && self.unchanged_since_scan(from)?;
+        let (Some(scanned), true) = (scanned, source_is_it) else {
             return self.write_file(to, content, tree, out, parallel);
+        };
+        if fs::symlink_metadata(&dst).is_ok() {
+            return self.write_file(to, content, tree, out, parallel);
+        }
+        if let Some(hook) = self.before_rename {
+            hook(&src);
         }
         fs::rename(&src, &dst).map_err(io_err(&dst))?;
         self.dirty_dir(&src);
         self.dirty_dir(&dst);
+        // An edit between the check above and the times set below would be hidden by
+        // them (the mtime set back, the new stamp taken as the version's): it is looked
+        // for on both sides of setting them (a rename changes only the ctime), and a file
+        // that changed is recorded with a stamp no file has, so the next scan reads it.
+        let moved = fs::symlink_metadata(&dst)
+            .map(|m| stamp_of(&m))
+            .map_err(io_err(&dst))?;
+        let untouched = |s: &Stamp, mtime_ns: i64| {
+            s.size == scanned.stamp.size && s.mtime_ns == mtime_ns && s.inode == scanned.stamp.inode
+        };
+        let stamp = if untouched(&moved, scanned.stamp.mtime_ns) {
+            let set = set_time_and_mode(&dst, value)?;
+            if untouched(&set, value.mtime_ns.max(0)) {
+                Some(set)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let stamp = stamp.unwrap_or_else(|| {
+            tracing::info!(folder = %self.folder, path = to, "renamed_file_changed_meanwhile");
+            Stamp {
+                size: u64::MAX,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                inode: 0,
+                mode: 0,
+            }
+        });
         let entry = IndexedEntry {
             kind: EntryKind::File,
-            stamp: set_time_and_mode(&dst, value)?,
+            stamp,
             content: Some(*content),
             link_target: None,
         };

@@ -133,6 +133,7 @@ fn puller(
         keeps: Default::default(),
         preserving: Default::default(),
         scope: None,
+        before_rename: None,
     }
 }
 
@@ -453,4 +454,58 @@ fn remote_manifests_are_pruned_in_batches_and_kept_versions_stay() {
         "the kept version's stays"
     );
     assert_eq!(index.prune_remote_manifests(10).unwrap(), (0, true));
+}
+
+/// Makes the same-size edit a user could make to `src` in the moment between the puller's
+/// check of a rename's source and the rename.
+fn edit_in_place(src: &std::path::Path) {
+    let mut bytes = std::fs::read(src).unwrap();
+    bytes[0] ^= 0xff;
+    // Past the scan's mtime even on a coarse clock.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(src, &bytes).unwrap();
+}
+
+#[test]
+fn an_edit_racing_a_rename_is_read_by_the_next_scan_not_taken_for_the_renamed_version() {
+    let params = ChunkerParams::V1_DEFAULT;
+    let (dir, index) = folder_index(params);
+    let bytes = data();
+    let (chunker, manifest) = cut(params, &bytes);
+    let content = manifest.content_id();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut puller = puller(&dir, chunker, index, PeerId::random(), tx);
+    std::fs::write(puller.root.join("old.bin"), &bytes).unwrap();
+    let record = puller.index.folders().unwrap().remove(0);
+    cairn_daemon::scanner::scan_folder(&puller.index, &record, &|_| {}).unwrap();
+    // A peer renamed old.bin to new.bin; here the user edits old.bin just as it moves.
+    let value = file_value(content, bytes.len() as u64);
+    let plan = Plan {
+        actions: vec![Action::Rename {
+            from: "old.bin".into(),
+            path: "new.bin".into(),
+            content,
+            size: value.size,
+            mtime_ns: value.mtime_ns,
+            mode: value.mode,
+        }],
+        rejected: vec![],
+    };
+    let values = HashMap::from([("new.bin".to_string(), value)]);
+    puller.before_rename = Some(edit_in_place);
+    let outcome = puller.run(&plan, &values);
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    let on_disk = std::fs::read(puller.root.join("new.bin")).unwrap();
+    assert_ne!(on_disk, bytes, "the edit went into the moved file");
+    // The index must not take the edited file for the renamed version: the next scan
+    // reads it and records the edit.
+    cairn_daemon::scanner::scan_folder(&puller.index, &record, &|_| {}).unwrap();
+    let entry = puller.index.entry("f", "new.bin").unwrap().unwrap();
+    assert_ne!(
+        entry.content,
+        Some(content),
+        "the edited file is recorded as the renamed version"
+    );
+    let (_, edited) = cut(params, &on_disk);
+    assert_eq!(entry.content, Some(edited.content_id()));
 }

@@ -110,6 +110,7 @@ impl Engine {
             keeps: Default::default(),
             preserving: Default::default(),
             scope,
+            before_rename: None,
         };
         l.progress = Some(puller.progress.clone());
         l.rate = (Instant::now(), 0, 0.0);
