@@ -493,6 +493,36 @@ pub fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Runs `cmd` inside network namespace `ns`, with `stdin` written to it when given, and
+/// returns its stdout; panics with its stderr when it fails.
+pub fn netns_exec(ns: &str, cmd: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} in {ns}: {} (nft comes with the nftables package: .ci/deps installs it)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A device driven only through the `cairn` CLI (its daemon started with `cairn up`), run
 /// inside network namespace `netns` when one is given. Its daemon is killed by PID on drop.
 pub struct CliDevice {

@@ -23,10 +23,9 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_tests::{CliDevice, ip, read_pair_code, wait_until};
+use cairn_tests::{CliDevice, ip, netns_exec, read_pair_code, wait_until};
 
 /// The lab's namespaces; removed on drop (their processes are killed by the devices'
 /// drops first).
@@ -135,7 +134,7 @@ impl Lab {
             "via",
             &format!("192.168.{k}.1"),
         ])?;
-        exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], None);
+        netns_exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], None);
         let masquerade = if random_ports {
             "masquerade fully-random"
         } else {
@@ -163,7 +162,7 @@ table ip lab {{
 }}
 "#
         );
-        exec(&router, &["nft", "-f", "-"], Some(&rules));
+        netns_exec(&router, &["nft", "-f", "-"], Some(&rules));
         Ok((router, home))
     }
 }
@@ -176,38 +175,9 @@ impl Drop for Lab {
     }
 }
 
-/// Runs `cmd` in namespace `ns`; panics on failure.
-fn exec(ns: &str, cmd: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(cmd)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} in {ns}: {} (nft comes with the nftables package: .ci/deps installs it)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Bytes a router's counter `name` has counted.
 fn counted(router: &str, name: &str) -> u64 {
-    let text = exec(router, &["nft", "list", "counter", "ip", "lab", name], None);
+    let text = netns_exec(router, &["nft", "list", "counter", "ip", "lab", name], None);
     let n = text
         .split_whitespace()
         .skip_while(|w| *w != "bytes")

@@ -11,9 +11,7 @@
 //! the counter counts. Needs root, iproute2 and nft (`.ci/deps`); without root it says so
 //! and passes without running.
 
-use std::process::Command;
-
-use cairn_tests::{CliDevice, ip, wait_until};
+use cairn_tests::{CliDevice, ip, netns_exec, wait_until};
 
 /// The device's namespace and the sink behind its default route; removed on drop.
 struct Lab {
@@ -47,31 +45,7 @@ impl Lab {
 
     /// Runs `cmd` inside the device's namespace.
     fn exec(&self, cmd: &[&str], stdin: Option<&str>) -> String {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .args(cmd)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {} (nft comes with the nftables package: .ci/deps installs it)",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        netns_exec(&self.ns, cmd, stdin)
     }
 
     /// Packets sent to addresses outside loopback, private and multicast space so far.
