@@ -433,6 +433,31 @@ mod tests {
     }
 
     #[test]
+    fn a_joiner_tells_another_invitation_of_its_nameplate_from_the_inviters_proof_alone() {
+        // Two devices invite with the same nameplate (a collision on a shared DHT).
+        let theirs = PairCode::parse("7-guitar-ginger").unwrap();
+        let mine = PairCode::parse("7-guitar-grape").unwrap();
+        let (j_id, other, right) = (
+            b"joiner".as_slice(),
+            b"other".as_slice(),
+            b"right".as_slice(),
+        );
+        // The joiner asks the other inviter first: the inviter's answer carries its proof,
+        // which fails before the joiner has sent anything that commits to a guess.
+        let (mut joiner, hello) = Joiner::start(&mine, j_id, other);
+        let (_their_inviter, spake, proof) = Inviter::answer(&theirs, j_id, other, &hello).unwrap();
+        let Err((_, e)) = joiner.finish(&spake, &proof) else {
+            panic!("another code's proof was accepted");
+        };
+        assert_eq!(e, PairError::WrongCode);
+        // Then the right inviter: a fresh exchange pairs.
+        let (mut joiner, hello) = Joiner::start(&mine, j_id, right);
+        let (inviter, spake, proof) = Inviter::answer(&mine, j_id, right, &hello).unwrap();
+        let (joiner_proof, secret) = joiner.finish(&spake, &proof).unwrap();
+        assert_eq!(inviter.verify(&joiner_proof).unwrap(), secret);
+    }
+
+    #[test]
     fn codes_print_and_parse() {
         let code = PairCode::parse(" 42 Guitar ginger ").unwrap();
         assert_eq!(code.to_string(), "42-guitar-ginger");
