@@ -19,6 +19,12 @@ pub use cairn_api::pairing::{InviteStatus, Paired};
 
 /// How long a join keeps looking for the inviting device.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(45);
+/// While no device found has the invitation, the DHT is asked again this often, for this
+/// long from the start of the join: the inviter's record may not have reached the DHT
+/// node the first lookup asked (the code was typed at once), or the inviter's relay was
+/// reconnecting.
+const LOOKUP_AGAIN_EVERY: Duration = Duration::from_secs(2);
+const LOOK_FOR: Duration = Duration::from_secs(15);
 
 /// The one open invitation of this device.
 pub struct Invitation {
@@ -43,6 +49,22 @@ const MAX_UNFINISHED: u32 = 3;
 struct Attempts {
     current: Option<(PeerId, Inviter, Instant)>,
     unfinished: u32,
+}
+
+impl Join {
+    /// Nobody found has the invitation: unless a code mismatch already says the code is
+    /// wrong, the DHT is asked again soon, and the join waits for that answer.
+    fn look_again(&mut self, now: Instant) {
+        if self.mismatched > 0 || now.duration_since(self.started) >= LOOK_FOR {
+            return;
+        }
+        let at = now + LOOKUP_AGAIN_EVERY;
+        self.lookup_again = Some(at);
+        self.deadline = self
+            .deadline
+            .max(at + Duration::from_secs(4))
+            .min(self.started + JOIN_TIMEOUT);
+    }
 }
 
 /// Whether a joiner's first message may start an attempt.
@@ -86,6 +108,9 @@ pub struct Join {
     secret: Option<RendezvousSecret>,
     /// Devices that invite with this nameplate but another code.
     mismatched: u32,
+    /// When the join started, and when to ask the DHT for the nameplate again.
+    started: Instant,
+    lookup_again: Option<Instant>,
 }
 
 /// Pairing requests from the control API.
@@ -179,6 +204,8 @@ impl Engine {
                     reply: Some(reply),
                     secret: None,
                     mismatched: 0,
+                    started: Instant::now(),
+                    lookup_again: None,
                 });
                 self.advance_join();
             }
@@ -229,7 +256,9 @@ impl Engine {
             && join.current.is_none()
             && join.candidates.is_empty()
         {
-            join.deadline = join.deadline.min(Instant::now() + grace);
+            let now = Instant::now();
+            join.deadline = join.deadline.min(now + grace);
+            join.look_again(now);
         }
     }
 
@@ -280,7 +309,9 @@ impl Engine {
             join.current = None;
             // Every device found so far said no: wait a little for more, not the full timeout.
             if join.candidates.is_empty() {
-                join.deadline = join.deadline.min(Instant::now() + Duration::from_secs(4));
+                let now = Instant::now();
+                join.deadline = join.deadline.min(now + Duration::from_secs(4));
+                join.look_again(now);
             }
         }
         self.advance_join();
@@ -301,6 +332,13 @@ impl Engine {
     /// Timeouts of joins and invitations.
     pub(crate) fn pair_tick(&mut self) {
         let now = Instant::now();
+        if let Some(join) = &mut self.join
+            && join.lookup_again.is_some_and(|t| now >= t)
+        {
+            join.lookup_again = None;
+            let nameplate = join.code.nameplate;
+            self.swarm.behaviour_mut().kad.get_providers(key(nameplate));
+        }
         if let Some(j) = self.join.as_ref().filter(|j| now >= j.deadline) {
             if j.mismatched > 0 {
                 let n = j.mismatched;
