@@ -32,6 +32,8 @@ pub struct Invitation {
     expires: Instant,
     status: InviteStatus,
     attempts: Attempts,
+    /// The external addresses its record was last published with.
+    published: Vec<libp2p::Multiaddr>,
 }
 
 /// How long an attempt on an invitation may go unfinished before another joiner may try.
@@ -161,6 +163,7 @@ impl Engine {
                     expires: Instant::now() + Duration::from_secs(ttl),
                     status: status.clone(),
                     attempts: Attempts::default(),
+                    published: self.swarm.external_addresses().cloned().collect(),
                 });
                 tracing::info!("pair_invitation_created");
                 let _ = reply.send(status);
@@ -332,6 +335,26 @@ impl Engine {
     /// Timeouts of joins and invitations.
     pub(crate) fn pair_tick(&mut self) {
         let now = Instant::now();
+        // The invitation's record carries the addresses it was published with: published
+        // again when they change (a relay reservation taken or replaced), since a record
+        // without addresses is dropped from answers and an old one leads nowhere.
+        let external: Vec<libp2p::Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        if let Some(inv) = &mut self.invitation
+            && matches!(inv.status, InviteStatus::Waiting { .. })
+            && !external.is_empty()
+            && inv.published != external
+        {
+            inv.published = external;
+            let nameplate = inv.code.nameplate;
+            if let Err(e) = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .start_providing(key(nameplate))
+            {
+                tracing::warn!(error = ?e, "pair_republish_failed");
+            }
+        }
         if let Some(join) = &mut self.join
             && join.lookup_again.is_some_and(|t| now >= t)
         {
