@@ -279,7 +279,6 @@ impl Engine {
         let net = crate::net::NetOptions {
             mdns: config.network.mdns,
             private_only,
-            dht_server: config.network.dht_server,
             relay: if config.network.relay_server {
                 crate::net::RelayServe::Group(relays.group.clone())
             } else if config.network.public_relay {
@@ -312,13 +311,6 @@ impl Engine {
                 Ok(ma) => swarm.add_external_address(ma),
                 Err(e) => tracing::warn!(address = %a, error = %e, "announce_address_invalid"),
             }
-        }
-        // An announced address is one the user says others can reach.
-        if config.network.dht_server.is_none() && !config.network.announce.is_empty() {
-            swarm
-                .behaviour_mut()
-                .kad
-                .set_mode(Some(libp2p::kad::Mode::Server));
         }
         // Into the DHT at once (the routing table fills from the bootstrap peers).
         let _ = swarm.behaviour_mut().kad.bootstrap();
@@ -369,7 +361,7 @@ impl Engine {
             local.insert(fc.id.clone(), l);
         }
         tracing::info!(peer_id = %local_id, device = %device.short(), folders = local.len(), "daemon_started");
-        Ok(Engine {
+        let mut engine = Engine {
             home,
             swarm,
             index,
@@ -409,7 +401,31 @@ impl Engine {
             dht_peers: 0,
             private_only,
             relays,
-        })
+        };
+        engine.set_dht_mode();
+        Ok(engine)
+    }
+
+    /// Whether others can reach this device without a relay: AutoNAT says public, or the
+    /// user announced an address (one it says others can reach).
+    pub(crate) fn reachable_from_outside(&self) -> bool {
+        self.reachability == "public" || !self.config.network.announce.is_empty()
+    }
+
+    /// Serves the DHT when told to (`dht_server`), else only where others can reach this
+    /// device: kad's own rule would serve on a relayed address too, and put a device
+    /// behind NAT in strangers' routing tables.
+    pub(crate) fn set_dht_mode(&mut self) {
+        let server = self
+            .config
+            .network
+            .dht_server
+            .unwrap_or_else(|| self.reachable_from_outside());
+        self.swarm.behaviour_mut().kad.set_mode(Some(if server {
+            libp2p::kad::Mode::Server
+        } else {
+            libp2p::kad::Mode::Client
+        }));
     }
 
     /// The status as published after the loop's turns (for the control API).
@@ -612,26 +628,8 @@ impl Engine {
     fn dial(&mut self, peer: PeerId) {
         // Where it says it is now, if they share a rendezvous secret.
         self.rendezvous_lookup(peer);
-        // Never one of this device's own addresses (a remembered loopback address of a
-        // peer on another host, with the same default port, is this device).
-        let mut addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
-        let ports: Vec<u16> = self
-            .config
-            .network
-            .listen
-            .iter()
-            .filter_map(|a| a.parse::<Multiaddr>().ok())
-            .flat_map(|a| {
-                a.iter()
-                    .filter_map(|p| match p {
-                        libp2p::multiaddr::Protocol::Tcp(n)
-                        | libp2p::multiaddr::Protocol::Udp(n) => Some(n),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        addrs.retain(|a| !crate::relay::is_own(a, &self.listen, &ports));
+        // (The transport never dials this device's own addresses: `private_net::Guard`.)
+        let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
         self.dial_reason
             .insert(peer, if addrs.is_empty() { "dht" } else { "address" });
         if addrs.is_empty() {

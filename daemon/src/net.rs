@@ -445,9 +445,6 @@ pub struct NetOptions {
     pub mdns: bool,
     /// Dial nothing outside loopback and private space ([`crate::private_net`]).
     pub private_only: bool,
-    /// Serve the DHT: Some(true) always, Some(false) never, None once the device is known
-    /// to be reachable from outside (a confirmed external address; AutoNAT confirms one).
-    pub dht_server: Option<bool>,
     /// Whom this device relays for.
     pub relay: RelayServe,
 }
@@ -558,13 +555,8 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
             let mut kad = kad::Behaviour::with_config(id, store, kad_config);
             // A client asks the DHT and publishes to it, but is not in others' routing
             // tables: a device behind NAT cannot answer, and is not listed by its id.
-            // Unset, the daemon switches it when AutoNAT says public (not kad's own rule,
-            // which would serve on a relayed address too: see `Engine::set_dht_mode`).
-            kad.set_mode(Some(if opts.dht_server == Some(true) {
-                kad::Mode::Server
-            } else {
-                kad::Mode::Client
-            }));
+            // The daemon sets the mode (`Engine::set_dht_mode`); a client until then.
+            kad.set_mode(Some(kad::Mode::Client));
             let rr = |name: &'static str,
                       req: usize,
                       res: usize,

@@ -53,22 +53,6 @@ struct Attempts {
     unfinished: u32,
 }
 
-impl Join {
-    /// Nobody found has the invitation: unless a code mismatch already says the code is
-    /// wrong, the DHT is asked again soon, and the join waits for that answer.
-    fn look_again(&mut self, now: Instant) {
-        if self.mismatched > 0 || now.duration_since(self.started) >= LOOK_FOR {
-            return;
-        }
-        let at = now + LOOKUP_AGAIN_EVERY;
-        self.lookup_again = Some(at);
-        self.deadline = self
-            .deadline
-            .max(at + Duration::from_secs(4))
-            .min(self.started + JOIN_TIMEOUT);
-    }
-}
-
 /// Whether a joiner's first message may start an attempt.
 #[derive(Debug, PartialEq, Eq)]
 enum Admit {
@@ -113,6 +97,22 @@ pub struct Join {
     /// When the join started, and when to ask the DHT for the nameplate again.
     started: Instant,
     lookup_again: Option<Instant>,
+}
+
+impl Join {
+    /// Nobody found has the invitation: unless a code mismatch already says the code is
+    /// wrong, the DHT is asked again soon, and the join waits for that answer.
+    fn look_again(&mut self, now: Instant) {
+        if self.mismatched > 0 || now.duration_since(self.started) >= LOOK_FOR {
+            return;
+        }
+        let at = now + LOOKUP_AGAIN_EVERY;
+        self.lookup_again = Some(at);
+        self.deadline = self
+            .deadline
+            .max(at + Duration::from_secs(4))
+            .min(self.started + JOIN_TIMEOUT);
+    }
 }
 
 /// Pairing requests from the control API.

@@ -9,10 +9,11 @@
 //! address is logged once (`dial_refused`). Relayed addresses go through the relay's own
 //! connection, which was dialled here first.
 //!
-//! Switch or not, the guard never dials this device's own loopback listen ports: every
+//! Switch or not, the guard never dials this device's own addresses ([`is_own`]): every
 //! device listens on 127.0.0.1 at the same default port, so a peer's loopback address
-//! (learnt from identify, the DHT or a relay) leads back here, and a dial that reaches this
-//! device fails as a whole on the wrong peer id, whatever other addresses it was trying.
+//! (learnt from identify, the DHT, a relay or remembered) leads back here, and a dial that
+//! reaches this device fails as a whole on the wrong peer id, whatever other addresses it
+//! was trying. The same goes for a remembered LAN address that is now this device's own.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -65,13 +66,13 @@ fn private_v6(a: Ipv6Addr) -> bool {
 }
 
 /// A transport that, when `on`, refuses to dial what [`allowed`] refuses; and never dials
-/// its own loopback listen ports.
+/// its own addresses.
 pub struct Guard<T> {
     inner: T,
     on: bool,
     logged: HashSet<Multiaddr>,
-    /// (UDP?, port) of the loopback addresses this transport listens on.
-    own: HashSet<(bool, u16)>,
+    /// The addresses this transport listens at.
+    own: HashSet<Multiaddr>,
 }
 
 impl<T> Guard<T> {
@@ -85,22 +86,38 @@ impl<T> Guard<T> {
     }
 }
 
-/// (UDP?, port) of `addr` when it is a loopback address.
-fn loopback_port(addr: &Multiaddr) -> Option<(bool, u16)> {
-    let mut it = addr.iter();
-    let loopback = match it.next()? {
-        Protocol::Ip4(a) => a.is_loopback(),
-        Protocol::Ip6(a) => a.is_loopback(),
+/// Whether `addr` is a loopback address (of this host, whoever says it).
+pub fn is_loopback(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
         _ => false,
-    };
-    if !loopback {
-        return None;
     }
-    match it.next()? {
-        Protocol::Tcp(p) => Some((false, p)),
-        Protocol::Udp(p) => Some((true, p)),
+}
+
+/// (UDP?, port) of `addr`.
+fn port_of(addr: &Multiaddr) -> Option<(bool, u16)> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Tcp(n) => Some((false, n)),
+        Protocol::Udp(n) => Some((true, n)),
         _ => None,
-    }
+    })
+}
+
+/// Whether `addr` is this device's own, given the addresses it listens at: one of them,
+/// or a loopback address on the port of a loopback one (any 127.x reaches this host).
+pub fn is_own(addr: &Multiaddr, listening: &HashSet<Multiaddr>) -> bool {
+    let bare: Multiaddr = addr
+        .iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect();
+    listening.contains(&bare)
+        || (is_loopback(addr)
+            && port_of(addr).is_some_and(|port| {
+                listening
+                    .iter()
+                    .any(|l| is_loopback(l) && port_of(l) == Some(port))
+            }))
 }
 
 impl<T: Transport + Unpin> Transport for Guard<T> {
@@ -132,7 +149,7 @@ impl<T: Transport + Unpin> Transport for Guard<T> {
             }
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
-        if loopback_port(&addr).is_some_and(|p| self.own.contains(&p)) {
+        if is_own(&addr, &self.own) {
             tracing::debug!(address = %addr, "dial_refused own_address");
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
@@ -146,14 +163,10 @@ impl<T: Transport + Unpin> Transport for Guard<T> {
         let event = Pin::new(&mut self.inner).poll(cx);
         match &event {
             Poll::Ready(TransportEvent::NewAddress { listen_addr, .. }) => {
-                if let Some(p) = loopback_port(listen_addr) {
-                    self.own.insert(p);
-                }
+                self.own.insert(listen_addr.clone());
             }
             Poll::Ready(TransportEvent::AddressExpired { listen_addr, .. }) => {
-                if let Some(p) = loopback_port(listen_addr) {
-                    self.own.remove(&p);
-                }
+                self.own.remove(listen_addr);
             }
             _ => {}
         }
@@ -166,11 +179,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_ports_are_told_apart_by_protocol() {
-        let p = |a: &str| loopback_port(&a.parse().unwrap());
-        assert_eq!(p("/ip4/127.0.0.1/tcp/21900"), Some((false, 21900)));
-        assert_eq!(p("/ip6/::1/udp/21900/quic-v1"), Some((true, 21900)));
-        assert_eq!(p("/ip4/192.168.1.2/tcp/21900"), None);
+    fn own_addresses_are_those_listened_at_and_loopback_on_own_ports() {
+        let listening: HashSet<Multiaddr> = [
+            "/ip4/192.168.1.2/tcp/21900",
+            "/ip4/127.0.0.1/tcp/21900",
+            "/ip4/127.0.0.1/udp/21900/quic-v1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let own = |a: &str| is_own(&a.parse().unwrap(), &listening);
+        assert!(own("/ip4/192.168.1.2/tcp/21900"));
+        assert!(own(&format!(
+            "/ip4/192.168.1.2/tcp/21900/p2p/{}",
+            libp2p::PeerId::random()
+        )));
+        assert!(own("/ip4/127.0.0.1/udp/21900/quic-v1"));
+        assert!(own("/ip4/127.0.0.2/tcp/21900"), "any 127.x is this host");
+        assert!(
+            !own("/ip4/127.0.0.1/tcp/41000"),
+            "another daemon on this host"
+        );
+        assert!(!own("/ip4/192.168.2.2/tcp/21900"));
+        assert!(
+            !own("/ip4/127.0.0.1/udp/41000/quic-v1"),
+            "UDP and TCP ports are told apart"
+        );
     }
 
     #[test]

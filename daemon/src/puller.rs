@@ -848,17 +848,15 @@ impl Puller {
             return Ok(());
         };
         let (src, dst) = (self.full(from), self.full(to));
-        let scanned = self
-            .index
-            .entry(&self.folder, from)?
-            .filter(|e| e.kind == EntryKind::File && e.content == Some(*content));
-        let source_is_it = scanned.is_some() && self.unchanged_since_scan(from)?;
-        let (Some(scanned), true) = (scanned, source_is_it) else {
+        // The source as scanned, if it is this version and unchanged on disk since.
+        let scanned = self.index.entry(&self.folder, from)?.filter(|e| {
+            e.kind == EntryKind::File
+                && e.content == Some(*content)
+                && fs::symlink_metadata(&src).is_ok_and(|m| stamp_of(&m) == e.stamp)
+        });
+        let Some(scanned) = scanned.filter(|_| fs::symlink_metadata(&dst).is_err()) else {
             return self.write_file(to, content, tree, out, parallel);
         };
-        if fs::symlink_metadata(&dst).is_ok() {
-            return self.write_file(to, content, tree, out, parallel);
-        }
         if let Some(hook) = self.before_rename {
             hook(&src);
         }
@@ -876,12 +874,7 @@ impl Puller {
             s.size == scanned.stamp.size && s.mtime_ns == mtime_ns && s.inode == scanned.stamp.inode
         };
         let stamp = if untouched(&moved, scanned.stamp.mtime_ns) {
-            let set = set_time_and_mode(&dst, value)?;
-            if untouched(&set, value.mtime_ns.max(0)) {
-                Some(set)
-            } else {
-                None
-            }
+            Some(set_time_and_mode(&dst, value)?).filter(|s| untouched(s, value.mtime_ns.max(0)))
         } else {
             None
         };

@@ -26,6 +26,7 @@ use libp2p::{Multiaddr, PeerId, dcutr, relay};
 
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::private_net::is_loopback;
 
 /// Relays this device holds reservations on at most.
 pub const MAX_RESERVATIONS: usize = 2;
@@ -109,15 +110,6 @@ impl Relays {
     }
 }
 
-/// Whether `addr` is a loopback address (of this host, whoever says it).
-pub fn is_loopback(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_loopback(),
-        Protocol::Ip6(ip) => ip.is_loopback(),
-        _ => false,
-    })
-}
-
 /// The addresses a peer listed (identify) that can lead to it from here: its loopback
 /// addresses only when it is on this host (it saw this device at a loopback address).
 /// Elsewhere they lead back to this host: with the default port the same on every device,
@@ -129,20 +121,6 @@ pub fn reachable_addresses(listed: Vec<Multiaddr>, observed: &Multiaddr) -> Vec<
         return listed;
     }
     listed.into_iter().filter(|a| !is_loopback(a)).collect()
-}
-
-/// Whether `addr` is this device's own: one it listens at, or a loopback address on one
-/// of its ports (`ports`: the ports it listens on).
-pub fn is_own(addr: &Multiaddr, listening: &[Multiaddr], ports: &[u16]) -> bool {
-    let bare: Multiaddr = addr
-        .iter()
-        .filter(|p| !matches!(p, Protocol::P2p(_)))
-        .collect();
-    let port = addr.iter().find_map(|p| match p {
-        Protocol::Tcp(n) | Protocol::Udp(n) => Some(n),
-        _ => None,
-    });
-    listening.contains(&bare) || (is_loopback(addr) && port.is_some_and(|p| ports.contains(&p)))
 }
 
 /// The address of a reservation on `relay` reached at `addr`.
@@ -194,8 +172,7 @@ impl Engine {
     /// Takes or gives up reservations (every tick), and dials configured relays.
     pub(crate) fn relay_tick(&mut self) {
         self.close_replaced();
-        // An announced address is one the user says others can reach: no relay needed.
-        let public = self.reachability == "public" || !self.config.network.announce.is_empty();
+        let public = self.reachable_from_outside();
         if !public
             && !self.relays.configured.is_empty()
             && self
@@ -396,20 +373,6 @@ mod tests {
             vec![listed[1].clone()],
             "a relay's loopback address says nothing of where the peer is"
         );
-    }
-
-    #[test]
-    fn own_addresses_are_those_listened_at_and_loopback_on_own_ports() {
-        let listening: Vec<Multiaddr> = vec!["/ip4/192.168.1.2/tcp/21900".parse().unwrap()];
-        let own = |a: &str| is_own(&a.parse().unwrap(), &listening, &[21900]);
-        assert!(own("/ip4/192.168.1.2/tcp/21900"));
-        assert!(own(&format!("/ip4/192.168.1.2/tcp/21900/p2p/{}", peer())));
-        assert!(own("/ip4/127.0.0.1/udp/21900/quic-v1"));
-        assert!(
-            !own("/ip4/127.0.0.1/tcp/41000"),
-            "another daemon on this host"
-        );
-        assert!(!own("/ip4/192.168.2.2/tcp/21900"));
     }
 
     #[test]

@@ -547,16 +547,7 @@ impl Engine {
                     libp2p::autonat::NatStatus::Unknown => "unknown",
                 };
                 tracing::info!(reachability = self.reachability, "reachability_changed");
-                // Serve the DHT only where others can reach this device (unless told).
-                if self.config.network.dht_server.is_none() {
-                    let server =
-                        self.reachability == "public" || !self.config.network.announce.is_empty();
-                    self.swarm.behaviour_mut().kad.set_mode(Some(if server {
-                        libp2p::kad::Mode::Server
-                    } else {
-                        libp2p::kad::Mode::Client
-                    }));
-                }
+                self.set_dht_mode();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
