@@ -614,6 +614,29 @@ impl CliDevice {
     }
 }
 
+/// Writes `name` in `from`'s folder and waits up to `secs` for it to arrive, byte for
+/// byte, in `to`'s; returns how long it took (panics with both logs if it did not).
+pub fn syncs(
+    from: &CliDevice,
+    to: &CliDevice,
+    name: &str,
+    bytes: &[u8],
+    secs: u64,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    std::fs::write(from.folder.join(name), bytes).unwrap();
+    let arrived = wait_until(secs, || {
+        std::fs::read(to.folder.join(name)).ok().as_deref() == Some(bytes)
+    });
+    assert!(
+        arrived,
+        "{name} did not arrive:\nfrom: {}\nto: {}",
+        from.log(),
+        to.log()
+    );
+    started.elapsed()
+}
+
 impl Drop for CliDevice {
     fn drop(&mut self) {
         // The daemon, by the PID it wrote, if a test left it running.

@@ -22,11 +22,10 @@
 //! Needs root, iproute2 and nft (`.ci/deps`); without root it says so and passes without
 //! running.
 
-use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use cairn_tests::{CliDevice, ip, netns_exec, read_pair_code, wait_until};
+use cairn_tests::{CliDevice, ip, netns_exec, read_pair_code, syncs, wait_until};
 
 /// The lab's namespaces; removed on drop (their processes are killed by the devices'
 /// drops first).
@@ -275,22 +274,6 @@ fn share(a: &CliDevice, b: &CliDevice, b_name: &str) {
     b.json(&["accept", &folder, b.folder.to_str().unwrap()]);
 }
 
-/// Writes `name` on `from` and waits until it arrives on `to`.
-fn syncs(from: &CliDevice, to: &CliDevice, name: &str, bytes: &[u8]) -> Duration {
-    let started = Instant::now();
-    fs::write(from.folder.join(name), bytes).unwrap();
-    let arrived = wait_until(90, || {
-        fs::read(to.folder.join(name)).ok().as_deref() == Some(bytes)
-    });
-    assert!(
-        arrived,
-        "{name} did not arrive:\nfrom: {}\nto: {}",
-        from.log(),
-        to.log()
-    );
-    started.elapsed()
-}
-
 /// How `d` reaches its peer `name`: "direct", "relayed", or "" when not connected.
 fn path_to(d: &CliDevice, name: &str) -> String {
     let peers = d.json(&["peers"]);
@@ -350,9 +333,9 @@ fn behind_nats_devices_pair_by_code_punch_a_hole_sync_directly_and_find_each_oth
     // Pairing with nothing but the code, across both NATs.
     pair(&a, &b, "alpha");
     share(&a, &b, "beta");
-    let t = syncs(&a, &b, "hello.txt", b"from alpha");
+    let t = syncs(&a, &b, "hello.txt", b"from alpha", 90);
     eprintln!("nat: first file in {t:?}");
-    syncs(&b, &a, "reply.txt", b"from beta");
+    syncs(&b, &a, "reply.txt", b"from beta", 90);
     assert!(
         wait_until(60, || path_to(&a, "beta") == "direct"
             && path_to(&b, "alpha") == "direct"),
@@ -385,7 +368,7 @@ fn behind_nats_devices_pair_by_code_punch_a_hole_sync_directly_and_find_each_oth
     // The bulk of a file's bytes goes the direct way (counted on alpha's router).
     let before = (counted(&ra, "direct"), counted(&ra, "relayed"));
     let big = cairn_tests::pseudo_random(8 << 20, 7);
-    let t = syncs(&a, &b, "big.bin", &big);
+    let t = syncs(&a, &b, "big.bin", &big, 90);
     let direct = counted(&ra, "direct") - before.0;
     let relayed = counted(&ra, "relayed") - before.1;
     eprintln!("nat: 8 MiB in {t:?}: {direct} bytes direct, {relayed} through relays");
@@ -406,7 +389,7 @@ fn behind_nats_devices_pair_by_code_punch_a_hole_sync_directly_and_find_each_oth
         b.log()
     );
     eprintln!("nat: connected again in {:?}", restarted.elapsed());
-    syncs(&b, &a, "after.txt", b"after the restart");
+    syncs(&b, &a, "after.txt", b"after the restart", 90);
     // Reported, not required: when DCUtR's three attempts fail after a restart (1 run in
     // 9 here), the connection stays relayed until the public relay's circuit limit ends
     // it and the next one tries again (ARCHITECTURE, relay.rs).
@@ -472,14 +455,14 @@ fn behind_nats_that_defeat_hole_punching_devices_sync_through_their_groups_relay
     }
     pair(&a, &b, "alpha");
     share(&a, &b, "beta");
-    syncs(&a, &b, "hello.txt", b"from alpha");
-    syncs(&b, &a, "reply.txt", b"from beta");
+    syncs(&a, &b, "hello.txt", b"from alpha", 90);
+    syncs(&b, &a, "reply.txt", b"from beta", 90);
     assert_eq!(path_to(&a, "beta"), "relayed", "{}", a.log());
     assert_eq!(path_to(&b, "alpha"), "relayed", "{}", b.log());
     // Sync of a larger file goes through the relay (no limit on the group's relay).
     let before = counted(&ra, "relayed");
     let big = cairn_tests::pseudo_random(4 << 20, 9);
-    let t = syncs(&a, &b, "big.bin", &big);
+    let t = syncs(&a, &b, "big.bin", &big, 90);
     let relayed = counted(&ra, "relayed") - before;
     eprintln!("nat: 4 MiB through the group's relay in {t:?} ({relayed} bytes)");
     assert!(relayed > 4 << 20, "only {relayed} bytes through the relay");

@@ -8,9 +8,8 @@
 //! a device with a forwarded port would.
 
 use std::fs;
-use std::path::Path;
 
-use cairn_tests::{CliDevice, DaemonSpec, free_port, read_pair_code, wait_until};
+use cairn_tests::{CliDevice, DaemonSpec, free_port, read_pair_code, syncs, wait_until};
 
 fn config(name: &str, port: u16, bootstrap: &str) -> String {
     format!(
@@ -32,13 +31,6 @@ fn move_port(d: &CliDevice, from: u16, to: u16) {
         text.replace(&mine, &format!("/ip4/127.0.0.1/tcp/{to}\"")),
     )
     .unwrap();
-}
-
-/// Writes `name` on `from` and waits until it arrives on `to`.
-fn syncs(from: &CliDevice, to: &CliDevice, name: &str, bytes: &[u8]) {
-    fs::write(from.folder.join(name), bytes).unwrap();
-    let arrived = |p: &Path| wait_until(40, || fs::read(p).ok().as_deref() == Some(bytes));
-    assert!(arrived(&to.folder.join(name)), "{name}:\n{}", to.log());
 }
 
 #[test]
@@ -81,7 +73,7 @@ fn devices_pair_by_code_and_find_each_other_again_by_rendezvous_on_the_dht() {
     );
     b.json(&["accept", &folder, b.folder.to_str().unwrap()]);
     eprintln!("shared after {:?}", started.elapsed());
-    syncs(&a, &b, "first.txt", b"before the move");
+    syncs(&a, &b, "first.txt", b"before the move", 40);
 
     // Both stop and come back on new ports: what each remembers of the other is stale,
     // there is no mDNS, and a DHT client is in no routing table. Only the rendezvous
@@ -132,7 +124,7 @@ fn devices_pair_by_code_and_find_each_other_again_by_rendezvous_on_the_dht() {
     let net = net();
     assert_eq!(net["dht_server"], false, "{net}");
     assert_eq!(net["private_only"], true, "{net}");
-    syncs(&b, &a, "second.txt", b"after the move");
+    syncs(&b, &a, "second.txt", b"after the move", 40);
     eprintln!("synced after {:?}", restarted.elapsed());
     a.json(&["down"]);
     b.json(&["down"]);
