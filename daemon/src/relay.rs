@@ -14,6 +14,11 @@
 //! - Once AutoNAT says public, the reservations are given up.
 //! - A relayed connection is upgraded by DCUtR (both sides run it). When a direct connection
 //!   to a peer opens, its relayed connections are closed, so requests go the direct way.
+//! - DCUtR runs once per relayed connection (three attempts). A paired device reached only
+//!   through a relay is dialled through the relay again now and then ([`Punch`]): the new
+//!   relayed connection runs DCUtR again. Without this, one unlucky round (a NAT mapping
+//!   not yet open, a lost packet) left the data going through the group's relay for as
+//!   long as the connection lasted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -22,6 +27,7 @@ use std::time::{Duration, Instant};
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, dcutr, relay};
 
 use crate::engine::Engine;
@@ -49,6 +55,45 @@ pub struct Relays {
     configured_dialled: Option<Instant>,
     /// Relayed connections to close once a direct one took over, and when.
     replaced: Vec<(PeerId, ConnectionId, Instant)>,
+    /// Paired devices reached only through a relay: when to try hole punching again.
+    punches: HashMap<PeerId, Punch>,
+}
+
+/// Hole punching with a device reached only through a relay is tried again this long
+/// after the connection opened, then twice as long each time, up to [`PUNCH_AGAIN_MAX`].
+const PUNCH_AGAIN_FIRST: Duration = Duration::from_secs(30);
+const PUNCH_AGAIN_MAX: Duration = Duration::from_secs(600);
+
+/// The schedule of hole punching tried again with one device (while it is reached only
+/// through a relay; forgotten once a direct connection opens or the device is gone).
+#[derive(Debug)]
+struct Punch {
+    wait: Duration,
+    next: Instant,
+    /// The relayed connection the last try opened (closed when that try fails, or when the
+    /// next one starts, unless it is the only connection left).
+    tried: Option<ConnectionId>,
+}
+
+impl Punch {
+    fn new(now: Instant) -> Punch {
+        Punch {
+            wait: PUNCH_AGAIN_FIRST,
+            next: now + PUNCH_AGAIN_FIRST,
+            tried: None,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+
+    /// A try started on connection `c`: the next one waits twice as long.
+    fn tried(&mut self, now: Instant, c: ConnectionId) -> Option<ConnectionId> {
+        self.next = now + self.wait;
+        self.wait = (self.wait * 2).min(PUNCH_AGAIN_MAX);
+        self.tried.replace(c)
+    }
 }
 
 /// A relayed connection that a direct one replaces is closed this long after, so that
@@ -172,6 +217,7 @@ impl Engine {
     /// Takes or gives up reservations (every tick), and dials configured relays.
     pub(crate) fn relay_tick(&mut self) {
         self.close_replaced();
+        self.punch_again();
         let public = self.reachable_from_outside();
         if !public
             && !self.relays.configured.is_empty()
@@ -270,14 +316,92 @@ impl Engine {
     }
 
     pub(crate) fn on_dcutr(&mut self, event: dcutr::Event) {
+        let peer = event.remote_peer_id;
         match event.result {
             Ok(_) => {
-                tracing::info!(peer = %event.remote_peer_id, "hole_punched");
+                tracing::info!(peer = %peer, "hole_punched");
                 Metrics::add(&self.metrics.hole_punches, 1);
             }
             Err(e) => {
-                tracing::info!(peer = %event.remote_peer_id, error = %e, "hole_punch_failed");
+                tracing::info!(peer = %peer, error = %e, "hole_punch_failed");
                 Metrics::add(&self.metrics.hole_punch_failures, 1);
+                // The connection a try opened has done its job.
+                if let Some(c) = self
+                    .relays
+                    .punches
+                    .get_mut(&peer)
+                    .and_then(|p| p.tried.take())
+                {
+                    self.close_extra(peer, c);
+                }
+            }
+        }
+    }
+
+    /// Closes connection `c` to `peer` unless it is the only one.
+    fn close_extra(&mut self, peer: PeerId, c: ConnectionId) {
+        let open = self.connections.get(&peer);
+        if open.is_some_and(|o| o.contains(&c) && o.len() > 1) {
+            self.swarm.close_connection(c);
+        }
+    }
+
+    /// Whether `peer` is connected through relays only.
+    fn relayed_only(&self, peer: &PeerId) -> bool {
+        self.connections
+            .get(peer)
+            .is_some_and(|c| !c.is_empty() && c.iter().all(|id| self.relayed.contains(id)))
+    }
+
+    /// Tries hole punching again with paired devices reached only through a relay, when
+    /// their [`Punch`] is due: this device dials the other through its relay (a new relayed
+    /// connection, on which DCUtR runs again). One side dials: the one with the smaller id,
+    /// or the one that holds no reservation (it cannot be dialled through a relay).
+    fn punch_again(&mut self) {
+        let now = Instant::now();
+        let me = *self.swarm.local_peer_id();
+        let paired: Vec<PeerId> = self.node.peers().keys().copied().collect();
+        let relayed: HashSet<PeerId> = paired
+            .into_iter()
+            .filter(|p| self.relayed_only(p))
+            .collect();
+        self.relays.punches.retain(|p, _| relayed.contains(p));
+        let dialled_through_me = !self.relays.reserved.is_empty();
+        for peer in relayed {
+            let punch = self
+                .relays
+                .punches
+                .entry(peer)
+                .or_insert_with(|| Punch::new(now));
+            if !punch.due(now) {
+                continue;
+            }
+            let circuits: Vec<Multiaddr> = self
+                .peer_listen
+                .get(&peer)
+                .into_iter()
+                .flatten()
+                .filter(|a| a.iter().any(|p| p == Protocol::P2pCircuit))
+                .cloned()
+                .collect();
+            if circuits.is_empty() || (dialled_through_me && me > peer) {
+                // The other side dials (or nothing leads to it through a relay yet).
+                punch.next = now + punch.wait;
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(circuits)
+                .condition(PeerCondition::Always)
+                .build();
+            let c = opts.connection_id();
+            let wait = punch.wait;
+            let previous = punch.tried(now, c);
+            tracing::info!(peer = %peer, next_in = ?wait, "hole_punch_again");
+            if let Some(old) = previous {
+                self.close_extra(peer, old);
+            }
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(peer = %peer, error = %e, "hole_punch_again_not_dialled");
             }
         }
     }
@@ -373,6 +497,30 @@ mod tests {
             vec![listed[1].clone()],
             "a relay's loopback address says nothing of where the peer is"
         );
+    }
+
+    #[test]
+    fn hole_punching_is_tried_again_later_each_time_up_to_a_limit() {
+        let t0 = Instant::now();
+        let mut p = Punch::new(t0);
+        assert!(!p.due(t0), "not while the first round runs");
+        assert!(p.due(t0 + PUNCH_AGAIN_FIRST));
+        let mut at = t0 + PUNCH_AGAIN_FIRST;
+        let mut waits = Vec::new();
+        for i in 0..8 {
+            let c = ConnectionId::new_unchecked(i);
+            let previous = p.tried(at, c);
+            assert_eq!(
+                previous,
+                (i > 0).then(|| ConnectionId::new_unchecked(i - 1))
+            );
+            assert!(!p.due(at));
+            let next = p.next;
+            waits.push((next - at).as_secs());
+            at = next;
+            assert!(p.due(at));
+        }
+        assert_eq!(waits, [30, 60, 120, 240, 480, 600, 600, 600]);
     }
 
     #[test]

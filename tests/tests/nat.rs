@@ -12,9 +12,10 @@
 //!
 //! 1. `hole_punching`: plain masquerade (the mapping keeps the port). Pairing by code,
 //!    sharing and sync both ways; the connection becomes direct (DCUtR) and the bulk of a
-//!    file's bytes goes the direct way; both restart and find each other again (and sync;
-//!    whether the new connection became direct is printed, not required); a
-//!    stranger's node on the internet finds no record under either device's id and neither
+//!    file's bytes goes the direct way; both restart and find each other again while the
+//!    routers refuse the direct path (hole punching fails, sync goes through the relay);
+//!    once the path opens, hole punching is tried again and the connection becomes direct;
+//!    a stranger's node on the internet finds no record under either device's id and neither
 //!    device in the DHT's routing tables.
 //! 2. `relayed`: masquerade with random ports (a NAT that defeats hole punching). Sync
 //!    still works through the group's relay and `cairn peers` says `relayed`.
@@ -175,6 +176,25 @@ impl Drop for Lab {
     }
 }
 
+/// Makes `router` refuse (or again forward) packets between the two homes' routers, at
+/// once (TCP reset, ICMP unreachable), as a firewall that rejects would.
+fn block_direct(router: &str, on: bool) {
+    let rules = if on {
+        r#"
+table ip block {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        oifname "eth0" ip daddr { 10.200.0.11, 10.200.0.12 } meta l4proto tcp reject with tcp reset
+        oifname "eth0" ip daddr { 10.200.0.11, 10.200.0.12 } reject
+    }
+}
+"#
+    } else {
+        "delete table ip block\n"
+    };
+    netns_exec(router, &["nft", "-f", "-"], Some(rules));
+}
+
 /// Bytes a router's counter `name` has counted.
 fn counted(router: &str, name: &str) -> u64 {
     let text = netns_exec(router, &["nft", "list", "counter", "ip", "lab", name], None);
@@ -306,7 +326,7 @@ fn behind_nats_devices_pair_by_code_punch_a_hole_sync_directly_and_find_each_oth
     };
     let (ns1, ns2) = (lab.host("dht1", 2).unwrap(), lab.host("dht2", 3).unwrap());
     let (ra, ha) = lab.home("a", 11, 1, false).unwrap();
-    let (_rb, hb) = lab.home("b", 12, 2, false).unwrap();
+    let (rb, hb) = lab.home("b", 12, 2, false).unwrap();
     let stranger = lab.host("stranger", 5).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (d1, boot1) = dht_node(tmp.path(), &ns1, 2, &[]);
@@ -375,7 +395,14 @@ fn behind_nats_devices_pair_by_code_punch_a_hole_sync_directly_and_find_each_oth
     assert!(direct > 8 << 20, "only {direct} bytes went direct");
     assert!(relayed < 1 << 20, "{relayed} bytes went through relays");
 
-    // Both restart behind their NATs and find each other again within 30 s.
+    // Both restart behind their NATs and find each other again within 30 s, while the
+    // direct path between the routers is refused: hole punching fails, and sync goes
+    // through the relay.
+    for r in [&ra, &rb] {
+        block_direct(r, true);
+    }
+    let logged = (a.log().len(), b.log().len());
+    let since_restart = || format!("{}{}", &a.log()[logged.0..], &b.log()[logged.1..]);
     a.json(&["down"]);
     b.json(&["down"]);
     a.json(&["up"]);
@@ -390,18 +417,37 @@ fn behind_nats_devices_pair_by_code_punch_a_hole_sync_directly_and_find_each_oth
     );
     eprintln!("nat: connected again in {:?}", restarted.elapsed());
     syncs(&b, &a, "after.txt", b"after the restart", 90);
-    // Reported, not required: when DCUtR's three attempts fail after a restart (1 run in
-    // 9 here), the connection stays relayed until the public relay's circuit limit ends
-    // it and the next one tries again (ARCHITECTURE, relay.rs).
-    if wait_until(20, || path_to(&a, "beta") == "direct") {
-        eprintln!("nat: direct again after {:?}", restarted.elapsed());
-    } else {
-        eprintln!(
-            "nat: still {:?} {:?} after the restart",
-            path_to(&a, "beta"),
-            restarted.elapsed()
-        );
+    assert!(
+        wait_until(90, || since_restart().contains("hole_punch_failed")),
+        "hole punching did not fail with the direct path refused:\n{}",
+        since_restart()
+    );
+    assert_eq!(path_to(&a, "beta"), "relayed", "{}", since_restart());
+    // Once the direct path is open again, hole punching is tried again on its own and
+    // the connection becomes direct.
+    for r in [&ra, &rb] {
+        block_direct(r, false);
     }
+    let unblocked = Instant::now();
+    assert!(
+        wait_until(150, || path_to(&a, "beta") == "direct"
+            && path_to(&b, "alpha") == "direct"),
+        "not direct again: alpha {:?}, beta {:?}\n{}",
+        path_to(&a, "beta"),
+        path_to(&b, "alpha"),
+        since_restart()
+    );
+    let after = since_restart();
+    assert!(
+        after.contains("hole_punch_again") && after.contains("hole_punched"),
+        "direct again, but not by hole punching tried again:\n{after}"
+    );
+    eprintln!(
+        "nat: direct again {:?} after the path opened ({:?} after the restart)",
+        unblocked.elapsed(),
+        restarted.elapsed()
+    );
+    syncs(&a, &b, "direct-again.txt", b"direct again", 90);
 
     // A stranger on the internet who knows both device ids asks the DHT for them.
     let ids = [id_of(&a), id_of(&b)];
