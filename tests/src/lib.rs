@@ -10,7 +10,28 @@ pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        // Cargo sets these for the test binary; passed on, they reached build scripts that
+        // watch them (ring's watches CARGO_MANIFEST_DIR), so this build and the one that
+        // built the tests undid each other: ring, libp2p and the daemon were compiled again
+        // each time the tests of another package ran (about 40 s each).
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+            {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let status = command
             .args([
                 "build",
                 "--quiet",
