@@ -98,7 +98,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         let engine = cairn_daemon::engine::Engine::new(home.clone(), &config, config_path.clone(), key)?;
         let events = engine.events();
         let _api = cairn_daemon::control::serve(&config.control.listen, &home.control(), device_id, events.clone(), engine.status_feed())
-            .await
             .with_context(|| format!("starting the control API on {}", config.control.listen))?;
         let stop = events.clone();
         tokio::spawn(async move {
