@@ -750,6 +750,40 @@ def _pct(sorted_values, p):
     return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
 
 
+class _NullServer:
+    """An HTTP server in a process of its own that answers every GET with "{}" at once:
+    the monitor's baseline (same client, same instants, no daemon behind it)."""
+    role = "baseline"
+    CODE = (
+        "import http.server, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.send_header('Content-Length', '2')\n"
+        "        self.end_headers(); self.wfile.write(b'{}')\n"
+        "    def log_message(self, *a): pass\n"
+        "s = http.server.HTTPServer(('127.0.0.1', 0), H)\n"
+        "print(s.server_address[1], flush=True)\n"
+        "s.serve_forever()\n")
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE], stdout=subprocess.PIPE, text=True)
+        self.port = int(self.proc.stdout.readline())
+
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def _http(self, path, timeout=10):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as r:
+            return r.read().decode()
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
 def monitor(a):
     """Until SIGTERM: every INTERVAL s, for each daemon (one thread each, so a slow one does
     not delay the other's samples), time one GET /v1/status (cairn only, unless --no-api)
@@ -808,7 +842,16 @@ def monitor(a):
             k = max(k + 1, math.floor((time.monotonic() - t0) / a.interval) + 1)
             stop.wait(max(0.0, t0 + k * a.interval - time.monotonic()))
 
-    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in nodes]
+    # A baseline at the same instants: the same GET to a server that does nothing (a
+    # process of its own), so slow answers the machine causes (every process waiting for
+    # a core, the monitor included) are told from slow answers of a daemon.
+    baseline = _NullServer() if api else None
+    if baseline:
+        data[baseline.role] = {"lat": [], "max": -1.0, "max_at": None, "errors": 0,
+                               "last_error": None, "rss": [], "rss_max": -1, "rss_max_at": None,
+                               "hwm": None, "dead_at": None}
+    threads = [threading.Thread(target=run, args=(n,), daemon=True)
+               for n in nodes + ([baseline] if baseline else [])]
     for th in threads:
         th.start()
     while not stop.is_set() and any(th.is_alive() for th in threads):
@@ -816,6 +859,8 @@ def monitor(a):
     stop.set()
     for th in threads:
         th.join(a.request_timeout + 1)
+    if baseline:
+        baseline.close()
     out = {"interval_s": a.interval, "duration_s": round(time.monotonic() - t0, 2), "api": api,
            "path": path if api else None}
     for role, d in data.items():
@@ -1092,9 +1137,16 @@ def _scale_lines(c, s):
         out.append(f"  GET {mon.get('path')} every {mon['interval_s'] * 1000:.0f} ms from each cairn daemon, "
                    f"from before the copy to the end of the edits ({mon.get('duration_s', 0):.0f} s), ms:")
         oks = []
-        for role in ("sender", "receiver"):
+        for role in ("sender", "receiver", "baseline"):
             st = (mon.get(role) or {}).get("status") or {}
             f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+            if role == "baseline":
+                if st.get("samples"):
+                    out.append(f"    {role:<9} samples {st.get('samples', 0):,}, p50 {f(st.get('p50_ms'))}, "
+                               f"p99 {f(st.get('p99_ms'))}, max {f(st.get('max_ms'))}, >= 50 ms: "
+                               f"{st.get('over_50ms', 0)}   (a server that does nothing, same client and "
+                               f"instants: what the machine costs)")
+                continue
             ok = None if not st.get("samples") else (st.get("max_ms") < SCALE_STATUS_MS and not st.get("errors"))
             oks.append(ok)
             at = st.get("max_at_s")

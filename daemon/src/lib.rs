@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod net;
 pub mod pair;
 pub mod paths;
+pub mod peer_limits;
 pub mod priority;
 pub mod private_net;
 pub mod puller;

@@ -27,6 +27,8 @@ use libp2p::{
 };
 use tokio::sync::Semaphore;
 
+use crate::peer_limits::PeerLimits;
+
 /// Frames of one cairn protocol: a u32 length and that many bytes, bounded.
 ///
 /// A length over the protocol's limit is refused before anything is allocated. Frames over
@@ -398,6 +400,8 @@ pub struct Behaviour {
     pub relay: relay::client::Behaviour,
     /// Relaying for others ([`RelayServe`]); off unless configured.
     pub relay_server: Toggle<relay::Behaviour>,
+    /// Before `dcutr`: a connection refused here is one DCUtR never counts as punched.
+    pub per_peer: PeerLimits,
     pub dcutr: dcutr::Behaviour,
     pub autonat: autonat::Behaviour,
     pub limits: connection_limits::Behaviour,
@@ -406,9 +410,10 @@ pub struct Behaviour {
     pub pair: request_response::Behaviour<FrameCodec>,
 }
 
-/// Connections one peer may have at once: both sides may dial at the same moment, and a
-/// restarted peer's new connections arrive before the old ones are known to be dead.
-pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Connections one peer may have at once, of each kind (direct, relayed: [`PeerLimits`]):
+/// both sides may dial at the same moment, and a restarted peer's new connections arrive
+/// before the old ones are known to be dead.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
 /// Largest blocks request: a delta request with a maximal signature, plus framing.
 pub const MAX_BLOCKS_REQUEST: usize = cairn_core::wire::MAX_SIGNATURE_BYTES + 1024;
 /// Bytes of large meta or blocks frames being received at once, across all peers.
@@ -583,6 +588,7 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
                 kad,
                 relay,
                 relay_server: Toggle::from(relay_server(id, &opts.relay)),
+                per_peer: PeerLimits::new(MAX_CONNECTIONS_PER_PEER),
                 dcutr: dcutr::Behaviour::new(id),
                 autonat: autonat::Behaviour::new(
                     id,
@@ -599,7 +605,6 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
                 ),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
-                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
                         .with_max_pending_incoming(Some(64))
                         .with_max_established_incoming(Some(512)),
                 ),

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use cairn_core::rendezvous::{RendezvousSecret, lookup_epochs, publish_epochs};
+use libp2p::swarm::ConnectionId;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, kad};
 
@@ -36,6 +37,13 @@ pub struct Rendezvous {
     /// Lookups running, and whose keys they look up.
     lookups: HashMap<kad::QueryId, PeerId>,
     last_lookup: HashMap<PeerId, Instant>,
+    /// The dial made on a rendezvous find, per device, while it is under way: a device
+    /// found again meanwhile is not dialled again. One lookup asks for two keys (this
+    /// epoch's and the next), each answered by several DHT nodes, and a dial on every
+    /// answer opened as many relayed connections at once (four in the NAT lab), the
+    /// per-peer limit (`peer_limits.rs`), so the connection a later hole punching try
+    /// needed was refused.
+    dialling: HashMap<PeerId, ConnectionId>,
 }
 
 impl Rendezvous {
@@ -154,19 +162,33 @@ impl Engine {
         if last {
             self.rendezvous.lookups.remove(&query);
         }
-        if providers.contains(&peer) && !self.connections.contains_key(&peer) {
+        if providers.contains(&peer)
+            && !self.connections.contains_key(&peer)
+            && !self.rendezvous.dialling.contains_key(&peer)
+        {
             tracing::info!(peer = %peer, "found_by_rendezvous");
             self.dial_reason.insert(peer, "rendezvous");
             // Dialled now, while the lookup still holds the addresses it was given, even if
             // a dial of stale remembered addresses is still waiting for an answer.
-            if let Err(e) = self.swarm.dial(
-                DialOpts::peer_id(peer)
-                    .condition(libp2p::swarm::dial_opts::PeerCondition::Disconnected)
-                    .build(),
-            ) {
-                tracing::debug!(peer = %peer, error = %e, "rendezvous_dial_not_made");
+            let opts = DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Disconnected)
+                .build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.rendezvous.dialling.insert(peer, id);
+                }
+                Err(e) => tracing::debug!(peer = %peer, error = %e, "rendezvous_dial_not_made"),
             }
         }
         true
+    }
+
+    /// A connection attempt ended (opened or failed): if it was a rendezvous dial, the
+    /// device may be dialled on the next find.
+    pub(crate) fn rendezvous_dial_ended(&mut self, peer: &PeerId, id: ConnectionId) {
+        if self.rendezvous.dialling.get(peer) == Some(&id) {
+            self.rendezvous.dialling.remove(peer);
+        }
     }
 }

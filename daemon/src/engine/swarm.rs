@@ -405,6 +405,7 @@ impl Engine {
                 if endpoint.is_relayed() {
                     self.relayed.insert(*connection_id);
                 }
+                self.rendezvous_dial_ended(peer_id, *connection_id);
                 // How the first connection to it came about (what `cairn peers` shows).
                 let how = if endpoint.is_dialer() {
                     self.dial_reason.remove(peer_id).unwrap_or("dht")
@@ -462,10 +463,11 @@ impl Engine {
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
+                connection_id,
                 error,
-                ..
             } if self.node.peers().contains_key(&peer) => {
                 tracing::debug!(peer = %peer, error = %error, "dial_failed");
+                self.rendezvous_dial_ended(&peer, connection_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_client(e),
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
