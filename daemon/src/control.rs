@@ -362,9 +362,8 @@ async fn shutdown(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 }
 
 /// Binds the API, writes `control.json`, and serves until the process ends, on a thread
-/// of its own with its own runtime: on the daemon's runtime, its answers waited behind
-/// libp2p's connection tasks on both workers while a large sync kept them busy
-/// (`/v1/status` up to 75 ms at 1,000,000 files, with the loop's answer due in 10 ms).
+/// of its own with its own runtime, so an answer never waits for a worker of the
+/// daemon's runtime (where libp2p's connection tasks run).
 pub fn serve(
     listen: &str,
     info_path: &Path,
