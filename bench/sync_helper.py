@@ -851,7 +851,7 @@ def monitor(a):
                                "last_error": None, "rss": [], "rss_max": -1, "rss_max_at": None,
                                "hwm": None, "dead_at": None}
     threads = [threading.Thread(target=run, args=(n,), daemon=True)
-               for n in nodes + ([baseline] if baseline else [])]
+               for n in list(nodes) + ([baseline] if baseline else [])]
     for th in threads:
         th.start()
     while not stop.is_set() and any(th.is_alive() for th in threads):
