@@ -801,9 +801,10 @@ def monitor(a):
     tl = open(a.timeline, "w", buffering=1) if a.timeline else None
     if tl:
         tl.write("t_s,role,status_ms,status_ok,rss_kib\n")
-    data = {n.role: {"lat": [], "max": -1.0, "max_at": None, "errors": 0, "last_error": None,
-                     "rss": [], "rss_max": -1, "rss_max_at": None, "hwm": None, "dead_at": None}
-            for n in nodes}
+    def fresh():
+        return {"lat": [], "max": -1.0, "max_at": None, "errors": 0, "last_error": None,
+                "rss": [], "rss_max": -1, "rss_max_at": None, "hwm": None, "dead_at": None}
+    data = {n.role: fresh() for n in nodes}
 
     def run(node):
         d = data[node.role]
@@ -847,9 +848,7 @@ def monitor(a):
     # a core, the monitor included) are told from slow answers of a daemon.
     baseline = _NullServer() if api else None
     if baseline:
-        data[baseline.role] = {"lat": [], "max": -1.0, "max_at": None, "errors": 0,
-                               "last_error": None, "rss": [], "rss_max": -1, "rss_max_at": None,
-                               "hwm": None, "dead_at": None}
+        data[baseline.role] = fresh()
     threads = [threading.Thread(target=run, args=(n,), daemon=True)
                for n in list(nodes) + ([baseline] if baseline else [])]
     for th in threads:

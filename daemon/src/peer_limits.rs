@@ -15,12 +15,13 @@ use std::task::{Context, Poll};
 
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm, dummy,
 };
 use libp2p::{Multiaddr, PeerId};
+
+use crate::relay::is_circuit;
 
 /// Too many connections of one kind to one peer.
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +86,6 @@ impl PeerLimits {
     }
 }
 
-fn is_relayed(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| p == Protocol::P2pCircuit)
-}
-
 impl NetworkBehaviour for PeerLimits {
     type ConnectionHandler = dummy::ConnectionHandler;
     type ToSwarm = Infallible;
@@ -100,7 +97,7 @@ impl NetworkBehaviour for PeerLimits {
         local_addr: &Multiaddr,
         _remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.check(peer, is_relayed(local_addr))?;
+        self.check(peer, is_circuit(local_addr))?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -112,7 +109,7 @@ impl NetworkBehaviour for PeerLimits {
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.check(peer, is_relayed(addr))?;
+        self.check(peer, is_circuit(addr))?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -186,15 +183,5 @@ mod tests {
             limits.counts.open.is_empty(),
             "nothing kept for a peer with none open"
         );
-    }
-
-    #[test]
-    fn a_circuit_address_is_relayed() {
-        let relayed: Multiaddr =
-            format!("/ip4/10.0.0.1/tcp/1/p2p/{}/p2p-circuit", PeerId::random())
-                .parse()
-                .unwrap();
-        assert!(is_relayed(&relayed));
-        assert!(!is_relayed(&"/ip4/10.0.0.1/tcp/1".parse().unwrap()));
     }
 }

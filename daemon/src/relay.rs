@@ -162,10 +162,15 @@ impl Relays {
 /// failed on the wrong peer id, whatever other addresses it had.
 pub fn reachable_addresses(listed: Vec<Multiaddr>, observed: &Multiaddr) -> Vec<Multiaddr> {
     // Over a relayed connection, the observed address is the relay's, wherever it is.
-    if is_loopback(observed) && !observed.iter().any(|p| p == Protocol::P2pCircuit) {
+    if is_loopback(observed) && !is_circuit(observed) {
         return listed;
     }
     listed.into_iter().filter(|a| !is_loopback(a)).collect()
+}
+
+/// Whether `addr` leads through a relay (a circuit address).
+pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
 }
 
 /// The address of a reservation on `relay` reached at `addr`.
@@ -188,14 +193,11 @@ impl Engine {
         listen: &[Multiaddr],
     ) {
         let offers = protocols.contains(&relay::HOP_PROTOCOL_NAME);
-        let direct = self
-            .connections
-            .get(&peer)
-            .is_some_and(|c| c.iter().any(|id| !self.relayed.contains(id)));
+        let direct = self.connections.contains_key(&peer) && !self.relayed_only(&peer);
         // Where to reach it if the connection drops: not through a relay, and not at a
         // loopback address unless it has nothing else (the reservation itself goes over
         // the open connection).
-        let not_relayed = |a: &&Multiaddr| !a.iter().any(|p| p == Protocol::P2pCircuit);
+        let not_relayed = |a: &&Multiaddr| !is_circuit(a);
         let addr = listen
             .iter()
             .filter(not_relayed)
@@ -347,7 +349,7 @@ impl Engine {
     }
 
     /// Whether `peer` is connected through relays only.
-    fn relayed_only(&self, peer: &PeerId) -> bool {
+    pub(crate) fn relayed_only(&self, peer: &PeerId) -> bool {
         self.connections
             .get(peer)
             .is_some_and(|c| !c.is_empty() && c.iter().all(|id| self.relayed.contains(id)))
@@ -360,10 +362,12 @@ impl Engine {
     fn punch_again(&mut self) {
         let now = Instant::now();
         let me = *self.swarm.local_peer_id();
-        let paired: Vec<PeerId> = self.node.peers().keys().copied().collect();
-        let relayed: HashSet<PeerId> = paired
-            .into_iter()
+        let relayed: HashSet<PeerId> = self
+            .node
+            .peers()
+            .keys()
             .filter(|p| self.relayed_only(p))
+            .copied()
             .collect();
         self.relays.punches.retain(|p, _| relayed.contains(p));
         let dialled_through_me = !self.relays.reserved.is_empty();
@@ -381,7 +385,7 @@ impl Engine {
                 .get(&peer)
                 .into_iter()
                 .flatten()
-                .filter(|a| a.iter().any(|p| p == Protocol::P2pCircuit))
+                .filter(|a| is_circuit(a))
                 .cloned()
                 .collect();
             if circuits.is_empty() || (dialled_through_me && me > peer) {
@@ -521,6 +525,15 @@ mod tests {
             assert!(p.due(at));
         }
         assert_eq!(waits, [30, 60, 120, 240, 480, 600, 600, 600]);
+    }
+
+    #[test]
+    fn a_circuit_address_leads_through_a_relay() {
+        let relayed: Multiaddr = format!("/ip4/10.0.0.1/tcp/1/p2p/{}/p2p-circuit", peer())
+            .parse()
+            .unwrap();
+        assert!(is_circuit(&relayed));
+        assert!(!is_circuit(&"/ip4/10.0.0.1/tcp/1".parse().unwrap()));
     }
 
     #[test]

@@ -38,8 +38,8 @@ pub struct Rendezvous {
     lookups: HashMap<kad::QueryId, PeerId>,
     last_lookup: HashMap<PeerId, Instant>,
     /// The dial made on a rendezvous find, per device, while it is under way: a device
-    /// found again meanwhile is not dialled again. One lookup asks for two keys (this
-    /// epoch's and the next), each answered by several DHT nodes, and a dial on every
+    /// found again meanwhile is not dialled again. Several DHT nodes answer a lookup
+    /// (and within an hour of an epoch's end it asks for two keys), and a dial on every
     /// answer opened as many relayed connections at once (four in the NAT lab), the
     /// per-peer limit (`peer_limits.rs`), so the connection a later hole punching try
     /// needed was refused.

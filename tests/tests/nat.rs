@@ -408,7 +408,13 @@ fn behind_nats_devices_pair_by_code_punch_a_hole_sync_directly_and_find_each_oth
         block_direct(r, true);
     }
     let logged = (a.log().len(), b.log().len());
-    let since_restart = || format!("{}{}", &a.log()[logged.0..], &b.log()[logged.1..]);
+    let logs_since = || {
+        [
+            a.log()[logged.0..].to_string(),
+            b.log()[logged.1..].to_string(),
+        ]
+    };
+    let since_restart = || logs_since().concat();
     a.json(&["down"]);
     b.json(&["down"]);
     a.json(&["up"]);
@@ -448,7 +454,7 @@ fn behind_nats_devices_pair_by_code_punch_a_hole_sync_directly_and_find_each_oth
     );
     // The first hole punched after the restart came after a try again (log lines start
     // with an RFC 3339 time, which sorts as text).
-    let parts = [&a.log()[logged.0..], &b.log()[logged.1..]].map(str::to_string);
+    let parts = logs_since();
     let first = |word: &str| parts.iter().filter_map(|l| first_time(l, word)).min();
     let (again, punched) = (first("hole_punch_again"), first("hole_punched"));
     assert!(

@@ -84,12 +84,13 @@ impl Engine {
                         .and_then(|r| r.banned_until)
                         .filter(|t| *t > now)
                         .map(|t| (t - now).as_secs().max(1)),
-                    path: self.connections.get(id).map(|conns| {
-                        if conns.iter().all(|c| self.relayed.contains(c)) {
-                            "relayed".into()
+                    path: self.connections.contains_key(id).then(|| {
+                        if self.relayed_only(id) {
+                            "relayed"
                         } else {
-                            "direct".into()
+                            "direct"
                         }
+                        .into()
                     }),
                     found_by: self.found_by.get(id).map(|s| s.to_string()),
                 }

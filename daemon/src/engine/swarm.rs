@@ -397,6 +397,8 @@ impl Engine {
                 endpoint,
                 ..
             } => {
+                // Opened (even if refused below): a rendezvous find may dial again.
+                self.rendezvous_dial_ended(peer_id, *connection_id);
                 if self.node.banned(peer_id, Instant::now()) {
                     tracing::debug!(peer = %peer_id, "banned_peer_refused");
                     let _ = self.swarm.close_connection(*connection_id);
@@ -405,7 +407,6 @@ impl Engine {
                 if endpoint.is_relayed() {
                     self.relayed.insert(*connection_id);
                 }
-                self.rendezvous_dial_ended(peer_id, *connection_id);
                 // How the first connection to it came about (what `cairn peers` shows).
                 let how = if endpoint.is_dialer() {
                     self.dial_reason.remove(peer_id).unwrap_or("dht")
