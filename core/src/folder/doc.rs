@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{AutoCommit, PatchLog, ROOT, ReadDoc, ScalarValue, Value};
 
 use crate::folder::entry::{DeviceId, EntryValue};
 use crate::folder::tree::{
@@ -934,7 +934,14 @@ fn receive_shard(
     let before = doc.get_heads();
     let mut result = Ok(());
     for msg in msgs {
-        if let Err(source) = doc.sync().receive_sync_message(state, msg) {
+        // A log of our own, dropped at once: automerge 0.12 logs a patch per applied op
+        // into the document's log even while that log is inactive, and never empties it
+        // (a receiver kept every op it ever applied; `core/tests/memory.rs`).
+        let mut patches = PatchLog::null();
+        if let Err(source) = doc
+            .sync()
+            .receive_sync_message_log_patches(state, msg, &mut patches)
+        {
             result = Err(FolderError::Sync {
                 shard: shard as u16,
                 source,
