@@ -33,7 +33,9 @@
 #              same interval on each cairn daemon from before the copy to the end of the edits
 #              (p50, p99, max, errors), and at the same instants the same GET to a server that
 #              does nothing (a process of the monitor's: what the loaded machine costs any
-#              answer, printed as "baseline"); cairn_loop_stall_seconds from each cairn daemon's
+#              answer, printed as "baseline"; a daemon's answers >= 50 ms are also counted
+#              apart where the baseline's at the same instant took < 50 ms);
+#              cairn_loop_stall_seconds from each cairn daemon's
 #              /metrics at the end (p99 = upper bound of the bucket where the cumulative count
 #              reaches 99%, the highest bucket with a count, count). Targets printed: first
 #              sync completes, edit < 1 s, RSS < 500 MiB, /v1/status < 50 ms, stall p99 <= 20 ms.

@@ -803,7 +803,7 @@ def monitor(a):
         tl.write("t_s,role,status_ms,status_ok,rss_kib\n")
     def fresh():
         return {"lat": [], "max": -1.0, "max_at": None, "errors": 0, "last_error": None,
-                "rss": [], "rss_max": -1, "rss_max_at": None, "hwm": None, "dead_at": None}
+                "by_slot": {}, "rss": [], "rss_max": -1, "rss_max_at": None, "hwm": None, "dead_at": None}
     data = {n.role: fresh() for n in nodes}
 
     def run(node):
@@ -828,6 +828,9 @@ def monitor(a):
                 if ms > d["max"]:
                     d["max"], d["max_at"] = ms, t
                 d["lat"].append(ms)
+                # Every role samples at the same slots (t0 + k * interval): a daemon's answer
+                # is compared with the baseline's at the same slot.
+                d["by_slot"][k] = ms
             rss = _proc_kib(pid, "VmRSS")
             hwm = _proc_kib(pid, "VmHWM")
             if rss is not None:
@@ -862,15 +865,21 @@ def monitor(a):
         baseline.close()
     out = {"interval_s": a.interval, "duration_s": round(time.monotonic() - t0, 2), "api": api,
            "path": path if api else None}
+    base_slots = data["baseline"]["by_slot"] if baseline else {}
     for role, d in data.items():
         lat = sorted(d["lat"])
+        # Slow answers while the do-nothing server at the same instant was fast: the
+        # daemon's own share of the slow answers (the rest, the machine stalled everyone).
+        own_slow = sum(1 for k, ms in d["by_slot"].items()
+                       if ms >= 50 and k in base_slots and base_slots[k] < 50)
         rss = d["rss"]
         out[role] = {
             "status": None if not api else {
                 "samples": len(lat), "errors": d["errors"], "last_error": d["last_error"],
                 "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99),
                 "max_ms": lat[-1] if lat else None, "max_at_s": d["max_at"],
-                "over_50ms": sum(1 for x in lat if x >= 50)},
+                "over_50ms": sum(1 for x in lat if x >= 50),
+                "over_50ms_baseline_fast": own_slow if baseline else None},
             "rss": {"samples": len(rss), "max_kib": max(rss) if rss else None,
                     "max_at_s": d["rss_max_at"], "hwm_kib": d["hwm"]},
             "dead_at_s": d["dead_at"],
@@ -1150,10 +1159,12 @@ def _scale_lines(c, s):
             oks.append(ok)
             at = st.get("max_at_s")
             err = f", last error: {st['last_error']}" if st.get("errors") else ""
+            own = ("" if st.get("over_50ms_baseline_fast") is None else
+                   f" ({st['over_50ms_baseline_fast']} while the baseline answered in < 50 ms)")
             out.append(f"    {role:<9} samples {st.get('samples', 0):,}, errors {st.get('errors', 0)}, "
                        f"p50 {f(st.get('p50_ms'))}, p99 {f(st.get('p99_ms'))}, max {f(st.get('max_ms'))}"
                        f"{'' if at is None else f' (at {at:.0f} s)'}, >= 50 ms: {st.get('over_50ms', 0)}"
-                       f"   target max < {SCALE_STATUS_MS} ms -> {_pf(ok)}{err}")
+                       f"{own}   target max < {SCALE_STATUS_MS} ms -> {_pf(ok)}{err}")
         ok_status = None if None in oks else all(oks)
     elif c:
         out.append("  GET /v1/status: not sampled (no monitor result)")
