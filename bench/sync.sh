@@ -246,8 +246,10 @@ run_one() {
       local init="$WORK/$ds-$tool-initial.json" stage="$WORK/$ds-stage" after="$WORK/$ds-after"
       rm -rf "$stage" "$after"
       mkdir -p "$stage" "$after"
-      cp -al "$DATA/small10k" "$stage/old"
-      cp -al "$DATA/small10k" "$after/new"
+      # Hard links where the data sets and the work directory share a file system (not
+      # with bench/fresh_fs.sh), copies otherwise.
+      cp -al "$DATA/small10k" "$stage/old" 2>/dev/null || { rm -rf "$stage/old"; cp -a "$DATA/small10k" "$stage/old"; }
+      cp -al "$DATA/small10k" "$after/new" 2>/dev/null || { rm -rf "$after/new"; cp -a "$DATA/small10k" "$after/new"; }
       log "[$ds] $tool: first sync of 10,000 files under old/"
       helper sync --pair "$PAIR" --copy "$stage" --expect "$stage" \
         --out "$init" --timeout "$TIMEOUT" --settle-timeout "$SETTLE_TIMEOUT" || rc=$?

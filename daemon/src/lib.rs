@@ -21,4 +21,5 @@ pub mod relay;
 pub mod rendezvous;
 pub mod scanner;
 pub mod serve;
+pub mod versions;
 pub mod watcher;

@@ -30,10 +30,10 @@ use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest, Outline};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::history::store_version;
-use crate::index::{HISTORY_FOLDER, Index, IndexError, Stored, Update};
+use crate::index::{Index, IndexError, Stored, Update, history_holder, is_history_holder};
 use crate::metrics::Metrics;
 use crate::scanner::{FileRead, read_file, stamp_of};
+use crate::versions::{VersionError, VersionStore};
 
 /// Chunks written between two progress records (and fsyncs).
 const WINDOW: usize = 256;
@@ -197,7 +197,8 @@ pub struct Puller {
     pub root: PathBuf,
     pub chunker: Chunker,
     pub index: Arc<Index>,
-    pub history_dir: PathBuf,
+    /// Where kept versions' bytes go (`versions.rs`).
+    pub versions: Arc<VersionStore>,
     /// Roots of every folder of this device, to read local chunks from.
     pub roots: HashMap<String, PathBuf>,
     pub peers: Vec<PeerId>,
@@ -592,10 +593,11 @@ impl Puller {
         // One at a time: two workers replacing two copies of one version must not both
         // count on the other, nor race on the store's file.
         let _one = self.preserving.lock().unwrap_or_else(|e| e.into_inner());
+        // No pruning between "is it kept?" and its record.
+        let _catalog = self.versions.lock_catalog();
         if !asked && self.held_elsewhere(path, &content, first, tree)? {
             return Ok(());
         }
-        let kept = self.history_dir.join(content.to_hex());
         if self.in_history(&content, first)? {
             if asked {
                 self.index
@@ -603,15 +605,32 @@ impl Puller {
             }
             return Ok(());
         }
-        // A store file the index does not know (a kill between the link and its record)
-        // may not hold these bytes: make it anew.
-        if fs::symlink_metadata(&kept).is_ok() {
-            let _ = fs::remove_file(&kept);
-        }
+        // Into the store first (durable when it returns), then into the index: a kill in
+        // between leaves bytes the index does not list, never the reverse.
         let src = self.full(path);
-        store_version(&self.history_dir, &src, &content).map_err(io_err(&src))?;
+        let manifest = manifest()?;
+        match self.versions.keep_file(&content, &manifest, &src) {
+            Ok(()) => {}
+            Err(VersionError::Io(e)) => return Err(io_err(&src)(e)),
+            // Edited since its scan: the file is not the version the plan replaces, so the
+            // pull of this path stops here and is planned again after the next scan.
+            Err(VersionError::Changed) => {
+                return Err(PullError::Io {
+                    path: path.to_string(),
+                    source: std::io::Error::other("changed since it was scanned; not replaced"),
+                });
+            }
+            Err(e @ VersionError::Store(_)) => {
+                return Err(PullError::Io {
+                    path: path.to_string(),
+                    source: std::io::Error::other(format!(
+                        "could not keep the version it would replace, so it was left as it is: {e}"
+                    )),
+                });
+            }
+        }
         self.index
-            .add_history(&self.folder, path, &content, &manifest()?)?;
+            .add_history(&self.folder, path, &content, &manifest)?;
         if !asked {
             Metrics::add(&self.metrics.versions_preserved, 1);
             tracing::info!(folder = %self.folder, path, content = %content.short(), "version_preserved");
@@ -650,17 +669,19 @@ impl Puller {
         Ok(false)
     }
 
-    /// Whether the history store holds `content` as the index knows it.
+    /// Whether this folder keeps `content` in the version store already.
     fn in_history(&self, content: &ContentId, first: Option<ChunkRef>) -> Result<bool, PullError> {
         let Some(first) = first else {
-            return Ok(self.history_dir.join(content.to_hex()).exists());
+            // The empty file: nothing to keep but its record.
+            return Ok(false);
         };
-        let hex = content.to_hex();
-        Ok(self
+        let (hex, holder) = (content.to_hex(), history_holder(&self.folder));
+        let listed = self
             .index
             .chunk_locations(&first.id)?
             .iter()
-            .any(|l| l.folder == HISTORY_FOLDER && l.path == hex && l.offset == 0))
+            .any(|l| l.folder == holder && l.path == hex && l.offset == 0);
+        Ok(listed && self.versions.has(content).unwrap_or(false))
     }
 
     /// Sends one blocks request and waits for its answer.
@@ -960,13 +981,15 @@ impl Puller {
     /// Reads a chunk from any local file that still holds it (verified).
     fn local_chunk(&self, chunk: &ChunkRef) -> Option<Vec<u8>> {
         for loc in self.index.chunk_locations(&chunk.id).ok()? {
-            let file = if loc.folder == HISTORY_FOLDER {
-                self.history_dir.join(&loc.path)
-            } else {
-                match self.roots.get(&loc.folder) {
-                    Some(root) => root.join(&loc.path),
+            if is_history_holder(&loc.folder) {
+                match self.versions.chunk(&chunk.id) {
+                    Some(bytes) => return Some(bytes),
                     None => continue,
                 }
+            }
+            let file = match self.roots.get(&loc.folder) {
+                Some(root) => root.join(&loc.path),
+                None => continue,
             };
             let Ok(f) = OpenOptions::new()
                 .read(true)
