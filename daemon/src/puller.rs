@@ -631,6 +631,15 @@ impl Puller {
         }
         self.index
             .add_history(&self.folder, path, &content, &manifest)?;
+        // Written to while it was kept (an append through a file still open): the file is
+        // no longer that version, and replacing it would lose the write. Kept as it was; the
+        // next scan records what it is now.
+        if !self.unchanged_since_scan(path)? {
+            return Err(PullError::Io {
+                path: path.to_string(),
+                source: std::io::Error::other("changed while its version was kept; not replaced"),
+            });
+        }
         if !asked {
             Metrics::add(&self.metrics.versions_preserved, 1);
             tracing::info!(folder = %self.folder, path, content = %content.short(), "version_preserved");

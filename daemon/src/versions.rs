@@ -159,7 +159,11 @@ impl VersionStore {
             offset += c.len as u64;
             (c.id, c.len as usize, at)
         });
-        self.keep_with(
+        // Every chunk matching says nothing of bytes past the last one (an append).
+        if f.metadata()?.len() != manifest.size() {
+            return Err(VersionError::Changed);
+        }
+        let kept = self.keep_with(
             content,
             manifest,
             |id, len, at| {
@@ -171,7 +175,12 @@ impl VersionStore {
                 Ok(buf.clone())
             },
             chunks.collect(),
-        )
+        );
+        if kept.is_ok() && f.metadata()?.len() != manifest.size() {
+            // Kept as it was; the caller must not take the file for that version now.
+            return Err(VersionError::Changed);
+        }
+        kept
     }
 
     /// Keeps the version `content` whose chunks `read` returns (verified by the caller).

@@ -150,6 +150,29 @@ fn a_file_that_no_longer_holds_its_version_is_not_kept_as_it() {
     store.shutdown();
 }
 
+/// Found by the chaos test (seed 1): a file appended to through a descriptor still open
+/// holds every chunk of its indexed version unchanged, plus bytes after them. Kept as
+/// that version, then replaced, the appended version was gone; the hard link of earlier
+/// versions had kept the inode, appends and all.
+#[test]
+fn an_appended_file_is_not_kept_as_the_version_it_starts_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let bytes = pseudo_random(1 << 20, 12);
+    let (content, m, path) = file(dir.path(), "f", &bytes);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"appended").unwrap();
+    assert!(matches!(
+        store.keep_file(&content, &m, &path),
+        Err(VersionError::Changed)
+    ));
+    assert!(!store.has(&content).unwrap());
+    store.shutdown();
+}
+
 #[test]
 fn the_store_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_tests::{Daemon, mesh, pseudo_random};
+use cairn_tests::{Daemon, DaemonSpec, mesh_with, pseudo_random};
 
 /// Directories the generator works in; a directory rename moves one onto a free name.
 const DIRS: [&str; 3] = ["dir1", "dir2", "dir3"];
@@ -975,7 +975,13 @@ fn chaos_nothing_lost_nothing_torn_no_temp_files_and_converged() {
     let setup = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let keep = std::env::var("CHAOS_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
-    let mut d = mesh(tmp.path(), &["a", "b", "c"]);
+    // Retention keeps everything here: the test counts what sync kept, and the default
+    // thinning (one version per 30 s in the first hour) would drop versions on purpose.
+    let mut d = mesh_with(
+        tmp.path(),
+        &["a", "b", "c"],
+        DaemonSpec::keeping_all_versions,
+    );
     let setup_s = setup.elapsed().as_secs_f64();
     let n = d.len();
     let can_drop = can_drop_connections();

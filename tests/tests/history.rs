@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use cairn_tests::{Daemon, cairn, mesh, wait_until};
+use cairn_tests::{Daemon, DaemonSpec, cairn, mesh, mesh_with, wait_until};
 use serde_json::Value;
 
 fn run(d: &Daemon, args: &[&str]) -> std::process::Output {
@@ -60,7 +60,8 @@ fn versions(d: &Daemon, path: &str) -> Vec<(String, u64)> {
 #[test]
 fn kept_versions_are_listed_and_a_restore_syncs_everywhere_losing_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut daemons = mesh(tmp.path(), &["a", "b"]);
+    // Versions seconds apart: no thinning if the test outlives the first pruning.
+    let mut daemons = mesh_with(tmp.path(), &["a", "b"], DaemonSpec::keeping_all_versions);
     let (v1, v2) = (b"first version of the plan".to_vec(), b"second".to_vec());
     let gone = b"a file that will be deleted".to_vec();
     {
