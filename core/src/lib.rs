@@ -22,5 +22,4 @@ pub mod pairing;
 pub mod path;
 pub mod planner;
 pub mod rendezvous;
-pub mod retention;
 pub mod wire;

@@ -86,9 +86,6 @@ pub enum AdminRequest {
         request: RestoreRequest,
         reply: oneshot::Sender<Result<Restored, ApiError>>,
     },
-    Prune {
-        reply: oneshot::Sender<Result<crate::versions::Pruned, ApiError>>,
-    },
 }
 
 impl Engine {
@@ -135,7 +132,6 @@ impl Engine {
                 self.history(folder, path, reply);
             }
             AdminRequest::Restore { request, reply } => self.restore(request, reply),
-            AdminRequest::Prune { reply } => self.prune_versions(Some(reply)),
         }
     }
 
@@ -274,7 +270,6 @@ impl Engine {
                     kind: kind.unwrap_or_default(),
                     rescan_interval_s: 3600,
                     paused: false,
-                    versions: Default::default(),
                 })?;
                 id
             }
@@ -366,7 +361,6 @@ impl Engine {
             kind: kind.unwrap_or_default(),
             rescan_interval_s: 3600,
             paused: false,
-            versions: Default::default(),
         })?;
         self.node.take_offer(folder);
         self.node.undecline(folder);

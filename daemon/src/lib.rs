@@ -21,5 +21,4 @@ pub mod relay;
 pub mod rendezvous;
 pub mod scanner;
 pub mod serve;
-pub mod versions;
 pub mod watcher;

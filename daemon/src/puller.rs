@@ -30,10 +30,10 @@ use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest, Outline};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::index::{Index, IndexError, Stored, Update, history_holder, is_history_holder};
+use crate::history::store_version;
+use crate::index::{HISTORY_FOLDER, Index, IndexError, Stored, Update};
 use crate::metrics::Metrics;
 use crate::scanner::{FileRead, read_file, stamp_of};
-use crate::versions::{VersionError, VersionStore};
 
 /// Chunks written between two progress records (and fsyncs).
 const WINDOW: usize = 256;
@@ -197,8 +197,7 @@ pub struct Puller {
     pub root: PathBuf,
     pub chunker: Chunker,
     pub index: Arc<Index>,
-    /// Where kept versions' bytes go (`versions.rs`).
-    pub versions: Arc<VersionStore>,
+    pub history_dir: PathBuf,
     /// Roots of every folder of this device, to read local chunks from.
     pub roots: HashMap<String, PathBuf>,
     pub peers: Vec<PeerId>,
@@ -593,11 +592,10 @@ impl Puller {
         // One at a time: two workers replacing two copies of one version must not both
         // count on the other, nor race on the store's file.
         let _one = self.preserving.lock().unwrap_or_else(|e| e.into_inner());
-        // No pruning between "is it kept?" and its record.
-        let _catalog = self.versions.lock_catalog();
         if !asked && self.held_elsewhere(path, &content, first, tree)? {
             return Ok(());
         }
+        let kept = self.history_dir.join(content.to_hex());
         if self.in_history(&content, first)? {
             if asked {
                 self.index
@@ -605,41 +603,15 @@ impl Puller {
             }
             return Ok(());
         }
-        // Into the store first (durable when it returns), then into the index: a kill in
-        // between leaves bytes the index does not list, never the reverse.
+        // A store file the index does not know (a kill between the link and its record)
+        // may not hold these bytes: make it anew.
+        if fs::symlink_metadata(&kept).is_ok() {
+            let _ = fs::remove_file(&kept);
+        }
         let src = self.full(path);
-        let manifest = manifest()?;
-        match self.versions.keep_file(&content, &manifest, &src) {
-            Ok(()) => {}
-            Err(VersionError::Io(e)) => return Err(io_err(&src)(e)),
-            // Edited since its scan: the file is not the version the plan replaces, so the
-            // pull of this path stops here and is planned again after the next scan.
-            Err(VersionError::Changed) => {
-                return Err(PullError::Io {
-                    path: path.to_string(),
-                    source: std::io::Error::other("changed since it was scanned; not replaced"),
-                });
-            }
-            Err(e @ VersionError::Store(_)) => {
-                return Err(PullError::Io {
-                    path: path.to_string(),
-                    source: std::io::Error::other(format!(
-                        "could not keep the version it would replace, so it was left as it is: {e}"
-                    )),
-                });
-            }
-        }
+        store_version(&self.history_dir, &src, &content).map_err(io_err(&src))?;
         self.index
-            .add_history(&self.folder, path, &content, &manifest)?;
-        // Written to while it was kept (an append through a file still open): the file is
-        // no longer that version, and replacing it would lose the write. Kept as it was; the
-        // next scan records what it is now.
-        if !self.unchanged_since_scan(path)? {
-            return Err(PullError::Io {
-                path: path.to_string(),
-                source: std::io::Error::other("changed while its version was kept; not replaced"),
-            });
-        }
+            .add_history(&self.folder, path, &content, &manifest()?)?;
         if !asked {
             Metrics::add(&self.metrics.versions_preserved, 1);
             tracing::info!(folder = %self.folder, path, content = %content.short(), "version_preserved");
@@ -678,19 +650,17 @@ impl Puller {
         Ok(false)
     }
 
-    /// Whether this folder keeps `content` in the version store already.
+    /// Whether the history store holds `content` as the index knows it.
     fn in_history(&self, content: &ContentId, first: Option<ChunkRef>) -> Result<bool, PullError> {
         let Some(first) = first else {
-            // The empty file: nothing to keep but its record.
-            return Ok(false);
+            return Ok(self.history_dir.join(content.to_hex()).exists());
         };
-        let (hex, holder) = (content.to_hex(), history_holder(&self.folder));
-        let listed = self
+        let hex = content.to_hex();
+        Ok(self
             .index
             .chunk_locations(&first.id)?
             .iter()
-            .any(|l| l.folder == holder && l.path == hex && l.offset == 0);
-        Ok(listed && self.versions.has(content).unwrap_or(false))
+            .any(|l| l.folder == HISTORY_FOLDER && l.path == hex && l.offset == 0))
     }
 
     /// Sends one blocks request and waits for its answer.
@@ -990,15 +960,13 @@ impl Puller {
     /// Reads a chunk from any local file that still holds it (verified).
     fn local_chunk(&self, chunk: &ChunkRef) -> Option<Vec<u8>> {
         for loc in self.index.chunk_locations(&chunk.id).ok()? {
-            if is_history_holder(&loc.folder) {
-                match self.versions.chunk(&chunk.id) {
-                    Some(bytes) => return Some(bytes),
+            let file = if loc.folder == HISTORY_FOLDER {
+                self.history_dir.join(&loc.path)
+            } else {
+                match self.roots.get(&loc.folder) {
+                    Some(root) => root.join(&loc.path),
                     None => continue,
                 }
-            }
-            let file = match self.roots.get(&loc.folder) {
-                Some(root) => root.join(&loc.path),
-                None => continue,
             };
             let Ok(f) = OpenOptions::new()
                 .read(true)

@@ -1,7 +1,6 @@
-//! Answers peers' blocks requests from the files of one folder and from the versions it
-//! keeps (the version store), re-verifying every chunk as it is read (the file may have
-//! changed since it was indexed); an edited chunk can go out as a delta from the
-//! requester's base.
+//! Answers peers' blocks requests from the files of one folder, re-verifying every chunk
+//! as it is read (the file may have changed since it was indexed); an edited chunk can
+//! go out as a delta from the requester's base.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -11,16 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use cairn_core::wire::{BlocksRequest, BlocksResponse, MAX_CHUNK_BYTES_PER_RESPONSE};
 use cairn_core::{ChunkId, ContentId};
 
-use crate::index::{Index, Stored, history_holder};
-use crate::versions::VersionStore;
+use crate::index::{Index, Stored};
 
 /// The answer to `req`, which names a folder the peer may see, rooted at `root`.
-pub fn answer(
-    index: &Index,
-    versions: &VersionStore,
-    root: &Path,
-    req: &BlocksRequest,
-) -> BlocksResponse {
+pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse {
     match req {
         BlocksRequest::Manifest { folder, content } => match index.stored(content).ok().flatten() {
             Some(s) if !in_folder(index, folder, content, &s) => BlocksResponse::Manifest(None),
@@ -52,7 +45,7 @@ pub fn answer(
                     .filter(|id| seen.insert(**id))
                     .map(|id| {
                         let data = (bytes < MAX_CHUNK_BYTES_PER_RESPONSE)
-                            .then(|| read_chunk(index, versions, root, folder, id))
+                            .then(|| read_chunk(index, root, folder, id))
                             .flatten()
                             .filter(|d| bytes + d.len() <= MAX_CHUNK_BYTES_PER_RESPONSE);
                         bytes += data.as_ref().map_or(0, Vec::len);
@@ -69,7 +62,7 @@ pub fn answer(
             chunk,
             signature,
         } => BlocksResponse::Delta(DiffPermit::try_take().and_then(|_permit| {
-            read_chunk(index, versions, root, folder, chunk)
+            read_chunk(index, root, folder, chunk)
                 .and_then(|data| cairn_core::delta::diff(signature, &data).ok().flatten())
         })),
     }
@@ -87,28 +80,15 @@ fn in_folder(index: &Index, folder: &str, content: &ContentId, stored: &Stored) 
             .flatten()
             .and_then(|p| p.chunks.first().copied()),
     };
-    let kept = history_holder(folder);
     first.is_none_or(|c| {
         index
             .chunk_locations(&c.id)
-            .is_ok_and(|locs| locs.iter().any(|l| l.folder == folder || l.folder == kept))
+            .is_ok_and(|locs| locs.iter().any(|l| l.folder == folder))
     })
 }
 
-fn read_chunk(
-    index: &Index,
-    versions: &VersionStore,
-    root: &Path,
-    folder: &str,
-    id: &ChunkId,
-) -> Option<Vec<u8>> {
-    let kept = history_holder(folder);
-    let mut in_store = false;
+fn read_chunk(index: &Index, root: &Path, folder: &str, id: &ChunkId) -> Option<Vec<u8>> {
     for loc in index.chunk_locations(id).ok()? {
-        if loc.folder == kept {
-            in_store = true;
-            continue;
-        }
         if loc.folder != folder {
             continue;
         }
@@ -124,8 +104,7 @@ fn read_chunk(
             return Some(buf);
         }
     }
-    // A version this folder keeps (verified by the store's read).
-    in_store.then(|| versions.chunk(id)).flatten()
+    None
 }
 
 /// Diffs running at once, across all peers: each costs CPU the requester chose to spend,

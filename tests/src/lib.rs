@@ -166,9 +166,6 @@ pub struct DaemonSpec {
     pub peer_id: String,
     pub run_as: Option<u32>,
     pub env: Vec<(String, String)>,
-    /// Lines appended to the shared folder's table in the config (e.g. its
-    /// `[folders.versions]`).
-    pub folder_toml: String,
 }
 
 impl DaemonSpec {
@@ -198,7 +195,6 @@ impl DaemonSpec {
             peer_id,
             run_as: None,
             env: Vec::new(),
-            folder_toml: String::new(),
         }
     }
 
@@ -218,13 +214,6 @@ impl DaemonSpec {
             assert!(status.success(), "chown {}", dir.display());
         }
         self.run_as = Some(uid);
-        self
-    }
-
-    /// Keeps every version the shared folder keeps (no thinning, no age limit), so a test
-    /// that counts versions counts what sync kept, not what retention dropped.
-    pub fn keeping_all_versions(mut self) -> Self {
-        self.folder_toml += "[folders.versions]\nstaggered = false\nmax_age_days = 0\n";
         self
     }
 
@@ -268,10 +257,9 @@ impl DaemonSpec {
         }
         let ids: Vec<String> = peers.iter().map(|p| format!("\"{}\"", p.peer_id)).collect();
         toml += &format!(
-            "[[folders]]\nid = \"shared\"\npath = \"{}\"\npeers = [{}]\n{}",
+            "[[folders]]\nid = \"shared\"\npath = \"{}\"\npeers = [{}]\n",
             self.folder.display(),
-            ids.join(", "),
-            self.folder_toml
+            ids.join(", ")
         );
         std::fs::write(self.home.join("config.toml"), toml).expect("config");
         let mut d = Daemon {

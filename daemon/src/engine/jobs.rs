@@ -100,7 +100,7 @@ impl Engine {
             root: l.record.root.clone(),
             chunker,
             index: self.index.clone(),
-            versions: self.versions.clone(),
+            history_dir: self.home.history(),
             roots,
             peers,
             net: self.net_tx.clone(),

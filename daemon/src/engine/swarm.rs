@@ -326,13 +326,9 @@ impl Engine {
                 continue;
             };
             s.jobs += 1;
-            let (index, versions, tx) = (
-                self.index.clone(),
-                self.versions.clone(),
-                self.events_tx.clone(),
-            );
+            let (index, tx) = (self.index.clone(), self.events_tx.clone());
             tokio::task::spawn_blocking(move || {
-                let response = crate::serve::answer(&index, &versions, &root, &req);
+                let response = crate::serve::answer(&index, &root, &req);
                 let _ = tx.send(Event::BlocksReady {
                     channel,
                     peer,
