@@ -802,7 +802,7 @@ def monitor(a):
     if tl:
         tl.write("t_s,role,status_ms,status_ok,rss_kib\n")
     def fresh():
-        return {"lat": [], "max": -1.0, "max_at": None, "errors": 0, "last_error": None,
+        return {"max": -1.0, "max_at": None, "errors": 0, "last_error": None,
                 "by_slot": {}, "rss": [], "rss_max": -1, "rss_max_at": None, "hwm": None, "dead_at": None}
     data = {n.role: fresh() for n in nodes}
 
@@ -827,7 +827,6 @@ def monitor(a):
                 ms = (time.perf_counter() - s0) * 1000
                 if ms > d["max"]:
                     d["max"], d["max_at"] = ms, t
-                d["lat"].append(ms)
                 # Every role samples at the same slots (t0 + k * interval): a daemon's answer
                 # is compared with the baseline's at the same slot.
                 d["by_slot"][k] = ms
@@ -867,7 +866,7 @@ def monitor(a):
            "path": path if api else None}
     base_slots = data["baseline"]["by_slot"] if baseline else {}
     for role, d in data.items():
-        lat = sorted(d["lat"])
+        lat = sorted(d["by_slot"].values())
         # Slow answers while the do-nothing server at the same instant was fast: the
         # daemon's own share of the slow answers (the rest, the machine stalled everyone).
         own_slow = sum(1 for k, ms in d["by_slot"].items()

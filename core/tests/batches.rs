@@ -16,6 +16,9 @@ use cairn_core::folder::{DeviceId, EntryValue, FolderDoc, LocalChange};
 use cairn_core::scan::EntryKind;
 use proptest::prelude::*;
 
+mod sim;
+use sim::sync_docs;
+
 /// Enough for both the batch threshold (512 changes) and the message one (64 KiB).
 const PATHS: usize = 1200;
 const SHARDS: u16 = 8;
@@ -55,25 +58,6 @@ fn recorded(doc: &FolderDoc) -> BTreeMap<String, Vec<EntryValue>> {
         values.sort_by_key(|v| v.encode());
     }
     r
-}
-
-/// Syncs `from` into `to` until neither has anything to say (bounded).
-fn sync(from: &mut FolderDoc, to: &mut FolderDoc) {
-    let (mut a, mut b) = (from.new_peer(), to.new_peer());
-    for _ in 0..50 {
-        let there = from.generate_sync_message(&mut a);
-        if let Some(m) = &there {
-            to.receive_sync_message(&mut b, m).unwrap();
-        }
-        let back = to.generate_sync_message(&mut b);
-        if let Some(m) = &back {
-            from.receive_sync_message(&mut a, m).unwrap();
-        }
-        if there.is_none() && back.is_none() {
-            return;
-        }
-    }
-    panic!("sync did not settle");
 }
 
 #[derive(Clone, Debug)]
@@ -116,7 +100,7 @@ proptest! {
                 other.record_local(&path(i), &file(i as u32 + 5000, 1), None);
             }
         }
-        sync(&mut mine, &mut other);
+        sync_docs(&mut mine, &mut other);
         let conflicted = (0..PATHS).filter(|&i| mine.values(&path(i)).len() > 1).count();
         prop_assert_eq!(conflicted, theirs.iter().filter(|t| **t).count());
 

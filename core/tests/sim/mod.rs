@@ -23,6 +23,25 @@ use cairn_core::{ChunkId, ContentId};
 
 pub const SHARDS: u16 = 4;
 
+/// Two documents outside a [`Sim`]: syncs `from` into `to` until neither has anything to say (bounded).
+pub fn sync_docs(from: &mut FolderDoc, to: &mut FolderDoc) {
+    let (mut a, mut b) = (from.new_peer(), to.new_peer());
+    for _ in 0..50 {
+        let there = from.generate_sync_message(&mut a);
+        if let Some(m) = &there {
+            to.receive_sync_message(&mut b, m).unwrap();
+        }
+        let back = to.generate_sync_message(&mut b);
+        if let Some(m) = &back {
+            from.receive_sync_message(&mut a, m).unwrap();
+        }
+        if there.is_none() && back.is_none() {
+            return;
+        }
+    }
+    panic!("sync did not settle");
+}
+
 /// Content `n` of the simulation.
 pub fn content(n: u64) -> ContentId {
     ContentId(*blake3::hash(format!("content-{n}").as_bytes()).as_bytes())
