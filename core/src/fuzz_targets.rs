@@ -638,7 +638,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             BlocksResponse::Manifest(Some(manifest.encode())).encode(),
             BlocksResponse::Manifest(None).encode(),
             BlocksResponse::Chunks(vec![
-                (ChunkId::of(b"one"), Some(b"one".to_vec())),
+                (ChunkId::of(b"one"), Some(b"one".to_vec().into())),
                 (ChunkId([2; 32]), None),
             ])
             .encode(),

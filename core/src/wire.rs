@@ -9,6 +9,7 @@
 //! folder exists or not.
 
 use crate::hash::{ChunkId, ContentId};
+pub use bytes::Bytes;
 
 /// Protocol name of folder metadata sync.
 pub const META_PROTOCOL: &str = "/cairn/meta/1";
@@ -94,8 +95,10 @@ pub enum BlocksResponse {
     Outline(Vec<u8>),
     /// One encoded page of a paged manifest, or None if the responder does not have it.
     Page(Option<Vec<u8>>),
-    /// Each requested chunk's bytes, or None where the responder does not have it.
-    Chunks(Vec<(ChunkId, Option<Vec<u8>>)>),
+    /// Each requested chunk's bytes, or None where the responder does not have it. The
+    /// bytes are slices of the received frame ([`BlocksResponse::decode_frame`]): a 16 MiB
+    /// answer is not copied chunk by chunk on the event loop.
+    Chunks(Vec<(ChunkId, Option<Bytes>)>),
     /// The chunk as a delta from the requester's base, or None if the responder does not
     /// have the chunk or cannot use the signature.
     Delta(Option<Vec<u8>>),
@@ -156,9 +159,12 @@ impl<'a> R<'a> {
         self.take(n)
     }
     fn opt(&mut self, max: usize) -> Result<Option<Vec<u8>>, WireError> {
+        Ok(self.opt_ref(max)?.map(<[u8]>::to_vec))
+    }
+    fn opt_ref(&mut self, max: usize) -> Result<Option<&'a [u8]>, WireError> {
         match self.u8()? {
             0 => Ok(None),
-            1 => Ok(Some(self.bytes(max)?.to_vec())),
+            1 => Ok(Some(self.bytes(max)?)),
             _ => Err(WireError("bad option tag")),
         }
     }
@@ -326,7 +332,15 @@ impl BlocksResponse {
                 w.0
             }
             BlocksResponse::Chunks(chunks) => {
-                let mut w = W::new(2);
+                // Sized exactly: growing a 16 MiB answer by doubling copied it ~twice.
+                let len = 1
+                    + 4
+                    + chunks
+                        .iter()
+                        .map(|(_, d)| 32 + 1 + d.as_ref().map_or(0, |d| 4 + d.len()))
+                        .sum::<usize>();
+                let mut w = W(Vec::with_capacity(len));
+                w.0.push(2);
                 w.count(chunks.len());
                 for (id, data) in chunks {
                     w.hash(id.as_bytes());
@@ -352,9 +366,13 @@ impl BlocksResponse {
             }
         }
     }
-    /// Parses the wire form.
+    /// Parses the wire form (copying it: [`BlocksResponse::decode_frame`] does not).
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
-        let mut r = R(b);
+        Self::decode_frame(Bytes::copy_from_slice(b))
+    }
+    /// Parses a received frame; chunks are slices of it.
+    pub fn decode_frame(frame: Bytes) -> Result<Self, WireError> {
+        let mut r = R(&frame);
         let out = match r.u8()? {
             1 => BlocksResponse::Manifest(r.opt(MAX_MANIFEST_BYTES)?),
             2 => {
@@ -365,7 +383,8 @@ impl BlocksResponse {
                 let mut chunks = Vec::with_capacity(n);
                 for _ in 0..n {
                     let id = ChunkId(r.hash()?);
-                    chunks.push((id, r.opt(MAX_CHUNK_BYTES_PER_RESPONSE)?));
+                    let data = r.opt_ref(MAX_CHUNK_BYTES_PER_RESPONSE)?;
+                    chunks.push((id, data.map(|d| frame.slice_ref(d))));
                 }
                 BlocksResponse::Chunks(chunks)
             }
@@ -384,6 +403,28 @@ impl BlocksResponse {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn received_chunks_are_slices_of_the_frame() {
+        let r = BlocksResponse::Chunks(vec![
+            (ChunkId([1; 32]), Some(vec![5; 1000].into())),
+            (ChunkId([2; 32]), None),
+            (ChunkId([3; 32]), Some(vec![6; 7].into())),
+        ]);
+        let frame = Bytes::from(r.encode());
+        let within = frame.as_ptr_range();
+        let decoded = BlocksResponse::decode_frame(frame.clone()).unwrap();
+        assert_eq!(decoded, r);
+        let BlocksResponse::Chunks(items) = decoded else {
+            unreachable!()
+        };
+        for d in items.iter().filter_map(|(_, d)| d.as_ref()) {
+            assert!(
+                within.contains(&d.as_ptr()),
+                "a chunk was copied out of the frame"
+            );
+        }
+    }
 
     #[test]
     fn messages_round_trip() {
@@ -412,10 +453,12 @@ mod tests {
         };
         assert_eq!(BlocksRequest::decode(&b.encode()).unwrap(), b);
         let r = BlocksResponse::Chunks(vec![
-            (ChunkId([1; 32]), Some(vec![5; 10])),
+            (ChunkId([1; 32]), Some(vec![5; 10].into())),
             (ChunkId([2; 32]), None),
         ]);
         assert_eq!(BlocksResponse::decode(&r.encode()).unwrap(), r);
+        let encoded = r.encode();
+        assert_eq!(encoded.capacity(), encoded.len(), "sized exactly");
         let b = BlocksRequest::Delta {
             folder: "f".into(),
             chunk: ChunkId([4; 32]),

@@ -82,7 +82,7 @@ pub enum Event {
         channel: ResponseChannel<Vec<u8>>,
         peer: PeerId,
         request_id: InboundRequestId,
-        response: BlocksResponse,
+        response: crate::serve::Encoded,
     },
     Control(ControlRequest),
 }

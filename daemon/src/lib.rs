@@ -22,3 +22,16 @@ pub mod rendezvous;
 pub mod scanner;
 pub mod serve;
 pub mod watcher;
+
+/// A zero-filled buffer of `len` bytes for data about to be read into it, taken with
+/// `malloc` and filled, not with `calloc` (`vec![0; len]`): jemalloc zeroes a reused
+/// extent for `calloc` by handing its pages back to the kernel (`madvise`), so every
+/// chunk-sized or frame-sized buffer faulted in fresh pages and shot down other cores'
+/// TLB entries. A 256 MiB transfer took ~130,000 page faults on the receiver this way
+/// (~45,000 with this), and the first sync of the file 0.3 s longer.
+#[allow(clippy::slow_vector_initialization)] // the point: not `vec![0; len]`
+pub fn read_buffer(len: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(len);
+    buf.resize(len, 0);
+    buf
+}

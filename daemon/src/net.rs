@@ -147,7 +147,7 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
     };
     // Small frames, and large ones once the budget holds their size, are read straight
     // into a buffer of their final size.
-    let mut buf = vec![0u8; len];
+    let mut buf = crate::read_buffer(len);
     let mut got = 0;
     while got < len {
         let n = io.read(&mut buf[got..]).await?;

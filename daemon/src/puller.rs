@@ -24,7 +24,7 @@ use cairn_core::manifest::PAGE_CHUNKS;
 use cairn_core::planner::{Action, Plan};
 use cairn_core::scan::{EntryKind, IndexedEntry, Stamp, TEMP_PREFIX};
 use cairn_core::wire::{
-    BlocksRequest, BlocksResponse, MAX_CHUNK_BYTES_PER_RESPONSE, MAX_CHUNKS_PER_REQUEST,
+    BlocksRequest, BlocksResponse, Bytes, MAX_CHUNK_BYTES_PER_RESPONSE, MAX_CHUNKS_PER_REQUEST,
 };
 use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest, Outline};
 use libp2p::PeerId;
@@ -975,7 +975,7 @@ impl Puller {
             else {
                 continue;
             };
-            let mut buf = vec![0u8; chunk.len as usize];
+            let mut buf = crate::read_buffer(chunk.len as usize);
             if f.read_exact_at(&mut buf, loc.offset).is_ok() && chunk.id.matches(&buf) {
                 return Some(buf);
             }
@@ -1300,7 +1300,7 @@ impl Puller {
                 still.push(i);
                 continue;
             };
-            let mut bytes = vec![0u8; (window.end - window.start) as usize];
+            let mut bytes = crate::read_buffer((window.end - window.start) as usize);
             if base.file.read_exact_at(&mut bytes, window.start).is_err() {
                 still.push(i);
                 continue;
@@ -1416,7 +1416,7 @@ impl Puller {
                 let mut retry = Vec::new();
                 match rx.blocking_recv() {
                     Ok(Ok(BlocksResponse::Chunks(items))) => {
-                        let mut got: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+                        let mut got: HashMap<ChunkId, Bytes> = HashMap::new();
                         for (id, data) in items {
                             if let Some(data) = data {
                                 let expected = by_id.get(&id).map(|is| manifest.chunks[is[0]].len);

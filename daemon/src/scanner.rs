@@ -641,8 +641,11 @@ fn unrecorded(changes: &[Change]) -> Vec<(String, Option<ContentId>)> {
         .collect()
 }
 
-/// How long a file must stay unchanged before a scan records it.
-const SETTLE: Duration = Duration::from_millis(100);
+/// How long a file must stay unchanged before a scan records it: the watcher's debounce.
+/// A writer's truncate-then-write or burst of appends is microseconds apart, far inside
+/// it. At 100 ms (earlier) every event-driven scan slept the difference: a small write
+/// reached the peer in 0.115 s instead of 0.075 s (bench/sync.sh latency).
+const SETTLE: Duration = crate::watcher::DEBOUNCE;
 
 /// How long a file last changed at `stamp` still has to settle, if at all.
 fn settle_left(stamp: &Stamp) -> Option<Duration> {

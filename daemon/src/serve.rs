@@ -7,12 +7,38 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cairn_core::wire::{BlocksRequest, BlocksResponse, MAX_CHUNK_BYTES_PER_RESPONSE};
+use cairn_core::wire::{BlocksRequest, BlocksResponse, Bytes, MAX_CHUNK_BYTES_PER_RESPONSE};
 use cairn_core::{ChunkId, ContentId};
 
 use crate::index::{Index, Stored};
 
 /// The answer to `req`, which names a folder the peer may see, rooted at `root`.
+/// An answer encoded for the wire, with the chunks and chunk bytes it carries (counted
+/// for the peer's metrics). Made on the serving thread, so the event loop only sends it.
+pub struct Encoded {
+    pub frame: Vec<u8>,
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+}
+
+impl From<BlocksResponse> for Encoded {
+    fn from(response: BlocksResponse) -> Self {
+        let (chunks, chunk_bytes) = match &response {
+            BlocksResponse::Chunks(items) => items
+                .iter()
+                .filter_map(|(_, d)| d.as_ref())
+                .fold((0, 0), |(n, b), d| (n + 1, b + d.len() as u64)),
+            BlocksResponse::Delta(Some(d)) => (1, d.len() as u64),
+            _ => (0, 0),
+        };
+        Encoded {
+            frame: response.encode(),
+            chunks,
+            chunk_bytes,
+        }
+    }
+}
+
 pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse {
     match req {
         BlocksRequest::Manifest { folder, content } => match index.stored(content).ok().flatten() {
@@ -45,10 +71,10 @@ pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse
                     .filter(|id| seen.insert(**id))
                     .map(|id| {
                         let data = (bytes < MAX_CHUNK_BYTES_PER_RESPONSE)
-                            .then(|| read_chunk(index, root, folder, id))
+                            .then(|| read_chunk(index, root, folder, id).map(Bytes::from))
                             .flatten()
                             .filter(|d| bytes + d.len() <= MAX_CHUNK_BYTES_PER_RESPONSE);
-                        bytes += data.as_ref().map_or(0, Vec::len);
+                        bytes += data.as_ref().map_or(0, Bytes::len);
                         (*id, data)
                     })
                     .collect(),
@@ -99,7 +125,7 @@ fn read_chunk(index: &Index, root: &Path, folder: &str, id: &ChunkId) -> Option<
         else {
             continue;
         };
-        let mut buf = vec![0u8; loc.len as usize];
+        let mut buf = crate::read_buffer(loc.len as usize);
         if f.read_exact_at(&mut buf, loc.offset).is_ok() && id.matches(&buf) {
             return Some(buf);
         }

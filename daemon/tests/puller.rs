@@ -74,7 +74,7 @@ fn fake_peer(
                             if answered < lies {
                                 chunk[0] ^= 0xff; // the lie
                             }
-                            (*id, Some(chunk))
+                            (*id, Some(chunk.into()))
                         })
                         .collect(),
                 ),

@@ -298,7 +298,7 @@ impl Hostile {
                     Ok(BlocksRequest::Chunks { chunks, .. }) => BlocksResponse::Chunks(
                         chunks
                             .iter()
-                            .map(|c| (*c, self.served.chunks.get(c).cloned()))
+                            .map(|c| (*c, self.served.chunks.get(c).cloned().map(Into::into)))
                             .collect(),
                     ),
                     _ => BlocksResponse::Delta(None),

@@ -261,7 +261,8 @@ impl Engine {
                     response,
                 } => {
                     if let Some(reply) = self.blocks_pending.remove(&request_id) {
-                        let decoded = BlocksResponse::decode(&response).map_err(|e| e.to_string());
+                        let decoded = BlocksResponse::decode_frame(response.into())
+                            .map_err(|e| e.to_string());
                         if let Err(e) = &decoded {
                             self.violation(peer, Violation::Malformed, e);
                         }
@@ -328,7 +329,7 @@ impl Engine {
             s.jobs += 1;
             let (index, tx) = (self.index.clone(), self.events_tx.clone());
             tokio::task::spawn_blocking(move || {
-                let response = crate::serve::answer(&index, &root, &req);
+                let response = crate::serve::answer(&index, &root, &req).into();
                 let _ = tx.send(Event::BlocksReady {
                     channel,
                     peer,
@@ -355,23 +356,15 @@ impl Engine {
         channel: ResponseChannel<Vec<u8>>,
         peer: PeerId,
         request_id: InboundRequestId,
-        response: BlocksResponse,
+        response: crate::serve::Encoded,
     ) {
-        let (chunks, bytes) = match &response {
-            BlocksResponse::Chunks(items) => items
-                .iter()
-                .filter_map(|(_, d)| d.as_ref())
-                .fold((0, 0), |(n, b), d| (n + 1, b + d.len() as u64)),
-            BlocksResponse::Delta(Some(d)) => (1, d.len() as u64),
-            _ => (0, 0),
-        };
-        if chunks > 0 && self.node.peers().contains_key(&peer) {
+        if response.chunks > 0 && self.node.peers().contains_key(&peer) {
             self.metrics.peer(&peer.to_string(), |c| {
-                c.chunks_sent += chunks;
-                c.bytes_sent += bytes;
+                c.chunks_sent += response.chunks;
+                c.bytes_sent += response.chunk_bytes;
             });
         }
-        let encoded = response.encode();
+        let encoded = response.frame;
         let size = encoded.len() as u64;
         let sent = self
             .swarm
