@@ -223,6 +223,34 @@ fn port_taken(addr: &Multiaddr) -> Option<std::io::Error> {
     probe.filter(|e| e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
+/// How long the daemon waits at start for its listeners' addresses before it dials.
+const LISTEN_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether every configured TCP listener on a wildcard address has reported an address of
+/// its family other than loopback (libp2p-tcp then dials from its port).
+fn tcp_listeners_known(configured: &[String], reported: &[Multiaddr]) -> bool {
+    use libp2p::multiaddr::Protocol;
+    let family = |ma: &Multiaddr| -> Option<(bool, bool, bool)> {
+        let mut it = ma.iter();
+        let (v4, unspecified, loopback) = match it.next()? {
+            Protocol::Ip4(a) => (true, a.is_unspecified(), a.is_loopback()),
+            Protocol::Ip6(a) => (false, a.is_unspecified(), a.is_loopback()),
+            _ => return None,
+        };
+        matches!(it.next()?, Protocol::Tcp(_)).then_some((v4, unspecified, loopback))
+    };
+    configured
+        .iter()
+        .filter_map(|a| family(&a.parse().ok()?))
+        .filter(|(_, unspecified, _)| *unspecified)
+        .all(|(v4, _, _)| {
+            reported
+                .iter()
+                .filter_map(family)
+                .any(|(rv4, _, loopback)| rv4 == v4 && !loopback)
+        })
+}
+
 /// Listens on `addr`; a fixed port that is taken (another daemon, another program) falls
 /// back to a port the system picks, so the device still starts, and says so.
 fn listen(swarm: &mut libp2p::Swarm<crate::net::Behaviour>, addr: Multiaddr) -> Result<(), String> {
@@ -312,8 +340,6 @@ impl Engine {
                 Err(e) => tracing::warn!(address = %a, error = %e, "announce_address_invalid"),
             }
         }
-        // Into the DHT at once (the routing table fills from the bootstrap peers).
-        let _ = swarm.behaviour_mut().kad.bootstrap();
         let mut node = Node::new(device, config.device_name(), TreeOptions::default());
         // Large batches of document changes (a directory rename, a big sync message) are
         // recorded and applied shard by shard on every core.
@@ -465,6 +491,9 @@ impl Engine {
 
     /// Runs until shut down.
     pub async fn run(mut self) {
+        self.await_listen_addresses().await;
+        // Into the DHT at once (the routing table fills from the bootstrap peers).
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
         let mut tick = tokio::time::interval(TICK);
         let mut publish = tokio::time::interval(STATUS_EVERY);
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -503,6 +532,29 @@ impl Engine {
             }
         }
         tracing::info!("daemon_stopped");
+    }
+
+    /// Holds the first dials until each TCP listener on a wildcard address (`0.0.0.0`, `::`)
+    /// has reported an address other than loopback, for at most [`LISTEN_WAIT`].
+    ///
+    /// libp2p-tcp dials from the listening port (so that a NAT maps both to one public
+    /// port) only once the listener has reported its addresses, which for a wildcard comes
+    /// from watching the interfaces, a little after the daemon starts. Connections dialled
+    /// before that leave from ephemeral ports: the DHT nodes and relays then observe, and
+    /// hole punching tries, public ports nothing listens at (after a restart behind NAT,
+    /// every round of DCUtR failed on them).
+    async fn await_listen_addresses(&mut self) {
+        let deadline = tokio::time::sleep(LISTEN_WAIT);
+        tokio::pin!(deadline);
+        while !tcp_listeners_known(&self.config.network.listen, &self.listen) {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                _ = &mut deadline => {
+                    tracing::info!(listening = ?self.listen, "listen_addresses_incomplete");
+                    break;
+                }
+            }
+        }
     }
 
     /// Carries out what the turn that started at `started` made due, and records how long
@@ -813,5 +865,45 @@ impl Engine {
             ControlRequest::Admin(req) => self.on_admin(req),
             ControlRequest::Pair(ctl) => self.on_pair_ctl(ctl),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_listeners_known;
+
+    fn addrs(list: &[&str]) -> Vec<libp2p::Multiaddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn dials_wait_for_a_wildcard_tcp_listeners_address_other_than_loopback() {
+        let wildcard = ["/ip4/0.0.0.0/tcp/21900".to_string()];
+        assert!(!tcp_listeners_known(&wildcard, &[]));
+        let loopback_only = addrs(&["/ip4/127.0.0.1/tcp/21900"]);
+        assert!(!tcp_listeners_known(&wildcard, &loopback_only));
+        // QUIC's addresses say nothing of the TCP listener.
+        let quic = addrs(&[
+            "/ip4/127.0.0.1/tcp/21900",
+            "/ip4/10.0.0.2/udp/21900/quic-v1",
+        ]);
+        assert!(!tcp_listeners_known(&wildcard, &quic));
+        let lan = addrs(&["/ip4/127.0.0.1/tcp/21900", "/ip4/10.0.0.2/tcp/21900"]);
+        assert!(tcp_listeners_known(&wildcard, &lan));
+        // An IPv6 wildcard needs an IPv6 address.
+        let both = [wildcard[0].clone(), "/ip6/::/tcp/21900".to_string()];
+        assert!(!tcp_listeners_known(&both, &lan));
+        let mut lan6 = lan.clone();
+        lan6.extend(addrs(&["/ip6/fe80::1/tcp/21900"]));
+        assert!(tcp_listeners_known(&both, &lan6));
+        // A listener on a given address registers its port as it starts listening.
+        assert!(tcp_listeners_known(
+            &["/ip4/127.0.0.1/tcp/4001".to_string()],
+            &[]
+        ));
+        assert!(tcp_listeners_known(
+            &["/ip4/0.0.0.0/udp/4001/quic-v1".to_string()],
+            &[]
+        ));
     }
 }
