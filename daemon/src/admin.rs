@@ -423,10 +423,23 @@ impl Engine {
         winner(&f.doc.values(path)).cloned()
     }
 
+    /// Whether the disk (as the index last recorded it) holds `value` at `path`: the
+    /// pull that carries out a planned change has finished there.
+    fn on_disk(&self, folder: &str, path: &str, value: Option<&EntryValue>) -> bool {
+        let recorded = self.index.entry(folder, path).ok().flatten();
+        match (value, recorded) {
+            (None, None) => true,
+            (Some(v), None) => v.deleted,
+            (Some(v), Some(e)) => !v.deleted && e.kind == v.kind && e.content == v.content,
+            (None, Some(_)) => false,
+        }
+    }
+
     fn conflicts(&self) -> Vec<Conflict> {
         let mut out = Vec::new();
         // The node keeps each folder's conflict copies up to date (the tree of its last
-        // pull): no index read per call, however often the tray asks.
+        // pull), so no folder is decoded per call, however often the tray asks; only the
+        // two entries of each conflict are looked up.
         for (id, f) in self.node.folders() {
             let copies = f
                 .conflicts
@@ -436,6 +449,14 @@ impl Engine {
                 let original = name.original;
                 let copy_value = self.value_at(id, copy);
                 let orig_value = self.value_at(id, &original);
+                // A conflict is listed once the pull has put both sides on the disk:
+                // resolving it earlier would act on files the pull is about to replace
+                // (and the pull would then keep its write as yet another conflict copy).
+                if !self.on_disk(id, copy, copy_value.as_ref())
+                    || !self.on_disk(id, &original, orig_value.as_ref())
+                {
+                    continue;
+                }
                 out.push(Conflict {
                     folder: id.clone(),
                     copy: copy.clone(),

@@ -60,10 +60,10 @@ fn two_devices(base: &Path) -> (Device, Device) {
     (a, b)
 }
 
-#[test]
-fn pair_share_accept_sync_and_resolve_a_conflict_through_the_cli() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = two_devices(tmp.path());
+/// Two devices paired by code, `a`'s folder shared with `b` and accepted, a first file
+/// synced: returns them and the folder's id.
+fn paired_sharing_a_folder(base: &Path) -> (Device, Device, String) {
+    let (a, b) = two_devices(base);
 
     // Pair with a code.
     let (child, code) = invite(&a);
@@ -92,6 +92,13 @@ fn pair_share_accept_sync_and_resolve_a_conflict_through_the_cli() {
         .ok()
         .as_deref()
         == Some(&b"hello beta"[..])));
+    (a, b, folder_id)
+}
+
+#[test]
+fn pair_share_accept_sync_and_resolve_a_conflict_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, folder_id) = paired_sharing_a_folder(tmp.path());
     let folders = b.json(&["folders"]);
     assert_eq!(folders[0]["id"], folder_id.as_str());
     for field in [
@@ -173,6 +180,68 @@ fn pair_share_accept_sync_and_resolve_a_conflict_through_the_cli() {
     let out = a.run(&["status"]);
     assert_eq!(out.status.code(), Some(3), "status with no daemon exits 3");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
+
+/// Regression (CI of stop 28): `cairn conflicts` listed a conflict as soon as the merge
+/// planned it, while the pull that writes its two sides was still running; resolving it
+/// then acted on files the pull was about to replace, and the pull kept its write as yet
+/// another conflict copy. A conflict is listed once both sides are on the disk, so the
+/// first listing can be resolved at once. The winning side is large so that its pull
+/// takes a while.
+#[test]
+fn a_conflict_is_listed_only_once_its_files_are_written_and_resolves_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, folder_id) = paired_sharing_a_folder(tmp.path());
+    b.json(&["pause", &folder_id]);
+    fs::write(a.folder.join("hello.txt"), b"alpha's edit").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let big = cairn_tests::pseudo_random(48 << 20, 28);
+    fs::write(b.folder.join("hello.txt"), &big).unwrap();
+    b.json(&["resume", &folder_id]);
+
+    // Resolve at the first moment a lists the conflict.
+    let mut listed = Value::Null;
+    assert!(wait_until(60, || {
+        listed = a.json(&["conflicts"]);
+        listed.as_array().is_some_and(|c| !c.is_empty())
+    }));
+    let copy = listed[0]["copy"].as_str().unwrap().to_string();
+    assert_eq!(
+        fs::read(a.folder.join(&copy)).unwrap(),
+        b"alpha's edit",
+        "a listed conflict copy is on the disk"
+    );
+    assert_eq!(
+        fs::read(a.folder.join("hello.txt")).unwrap(),
+        big,
+        "a listed conflict's original holds the winner"
+    );
+    a.json(&["resolve", &copy, "--keep", "remote"]);
+
+    let copies = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.contains("conflict"))
+            .collect()
+    };
+    let settled = wait_until(30, || {
+        [&a, &b].iter().all(|d| {
+            fs::read(d.folder.join("hello.txt")).ok().as_deref() == Some(&b"alpha's edit"[..])
+                && d.json(&["conflicts"])
+                    .as_array()
+                    .is_some_and(|c| c.is_empty())
+                && copies(&d.folder).is_empty()
+        })
+    });
+    assert!(
+        settled,
+        "alpha: {:?} {}, beta: {:?} {}",
+        copies(&a.folder),
+        a.json(&["conflicts"]),
+        copies(&b.folder),
+        b.json(&["conflicts"])
+    );
 }
 
 #[test]
