@@ -276,6 +276,11 @@ pub fn status(c: &Client, json_out: bool) -> Result<(), CliError> {
             );
         }
     }
+    println!(
+        "Versions: {} kept, {} on disk (`cairn history` lists them)",
+        format::count(s.versions.kept as u64),
+        format::bytes(s.versions.store_bytes)
+    );
     for o in &s.offers {
         println!(
             "Offer: {} wants to share folder {}; accept with `cairn accept {} [path]` or decline with `cairn decline {}`",
@@ -455,10 +460,28 @@ pub fn history(
             if v.available {
                 ""
             } else {
-                "  (bytes gone from the store)"
+                "  (not in this device's version store)"
             }
         );
     }
+    Ok(())
+}
+
+/// `cairn history --prune`.
+pub fn prune(c: &Client, json_out: bool) -> Result<(), CliError> {
+    let p = c.prune()?;
+    if json_out {
+        print_json(&p);
+        return Ok(());
+    }
+    println!(
+        "Dropped {} version{}; {} kept. Version store: {} before, {} now.",
+        format::count(p.dropped as u64),
+        if p.dropped == 1 { "" } else { "s" },
+        format::count(p.kept as u64),
+        format::bytes(p.bytes_before),
+        format::bytes(p.bytes_after)
+    );
     Ok(())
 }
 
@@ -643,6 +666,7 @@ mod tests {
                 private_only: false,
                 relays: vec!["12D3KooWRelay".into()],
             },
+            versions: Default::default(),
         };
         let (before, now) = before_and_now(&status);
         assert_eq!(before, now);

@@ -140,6 +140,10 @@ enum Command {
         /// Only this folder (id).
         #[arg(long)]
         folder: Option<String>,
+        /// Drop the versions the folders' rules no longer keep now (they are also dropped
+        /// hourly), and say what that freed.
+        #[arg(long, conflicts_with_all = ["path", "folder"])]
+        prune: bool,
     },
     /// Put a kept version back; it syncs to every device, and the version it replaces is kept.
     #[command(disable_version_flag = true)]
@@ -258,7 +262,8 @@ fn run(
         Command::Folders => commands::folders(&connect()?, json),
         Command::Conflicts => commands::conflicts(&connect()?, json),
         Command::Resolve { path, keep } => commands::resolve(&connect()?, &path, keep.into(), json),
-        Command::History { path, folder } => {
+        Command::History { prune: true, .. } => commands::prune(&connect()?, json),
+        Command::History { path, folder, .. } => {
             commands::history(&connect()?, folder.as_deref(), path.as_deref(), json)
         }
         Command::Restore {

@@ -22,4 +22,5 @@ pub mod pairing;
 pub mod path;
 pub mod planner;
 pub mod rendezvous;
+pub mod retention;
 pub mod wire;

@@ -86,6 +86,9 @@ pub enum AdminRequest {
         request: RestoreRequest,
         reply: oneshot::Sender<Result<Restored, ApiError>>,
     },
+    Prune {
+        reply: oneshot::Sender<Result<crate::versions::Pruned, ApiError>>,
+    },
 }
 
 impl Engine {
@@ -132,6 +135,7 @@ impl Engine {
                 self.history(folder, path, reply);
             }
             AdminRequest::Restore { request, reply } => self.restore(request, reply),
+            AdminRequest::Prune { reply } => self.prune_versions(Some(reply)),
         }
     }
 
@@ -270,6 +274,7 @@ impl Engine {
                     kind: kind.unwrap_or_default(),
                     rescan_interval_s: 3600,
                     paused: false,
+                    versions: Default::default(),
                 })?;
                 id
             }
@@ -361,6 +366,7 @@ impl Engine {
             kind: kind.unwrap_or_default(),
             rescan_interval_s: 3600,
             paused: false,
+            versions: Default::default(),
         })?;
         self.node.take_offer(folder);
         self.node.undecline(folder);

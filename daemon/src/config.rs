@@ -69,6 +69,46 @@ pub struct FolderConfig {
     /// Paused folders neither send nor apply changes.
     #[serde(default)]
     pub paused: bool,
+    /// Which kept versions stay (`cairn_core::retention`).
+    #[serde(default)]
+    pub versions: VersionsConfig,
+}
+
+/// A folder's rules for kept versions: `[folders.versions]` in the config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VersionsConfig {
+    /// Thin versions out as Syncthing's staggered versioning does: one per 30 s for the
+    /// first hour, per hour for a day, per day for 30 days, then per week.
+    pub staggered: bool,
+    /// Versions older than this many days go (0: no limit).
+    pub max_age_days: u64,
+    /// What the folder's kept versions hold stays under this many MiB, each chunk counted
+    /// once (0: no limit); the oldest go first.
+    pub max_size_mib: u64,
+}
+
+impl Default for VersionsConfig {
+    fn default() -> Self {
+        VersionsConfig {
+            staggered: true,
+            max_age_days: 365,
+            max_size_mib: 0,
+        }
+    }
+}
+
+impl VersionsConfig {
+    /// The rules as the pruning applies them.
+    pub fn rules(&self) -> cairn_core::retention::Retention {
+        const DAY_NS: i64 = 86_400_000_000_000;
+        cairn_core::retention::Retention {
+            staggered: self.staggered,
+            max_age_ns: (self.max_age_days > 0)
+                .then(|| (self.max_age_days as i64).saturating_mul(DAY_NS)),
+            max_bytes: (self.max_size_mib > 0).then(|| self.max_size_mib.saturating_mul(1 << 20)),
+        }
+    }
 }
 
 fn default_rescan() -> u64 {
@@ -369,9 +409,15 @@ impl Home {
     pub fn control(&self) -> PathBuf {
         self.dir.join("control.json")
     }
-    /// The history store.
+    /// Versions kept as hard links (whole files named by content id), imported into
+    /// [`Home::versions`] in the background (`versions.rs`); earlier versions kept their
+    /// history here.
     pub fn history(&self) -> PathBuf {
         self.dir.join("history")
+    }
+    /// The version store (iroh-blobs), `versions.rs`.
+    pub fn versions(&self) -> PathBuf {
+        self.dir.join("versions")
     }
 }
 
@@ -445,6 +491,7 @@ mod tests {
             kind: FolderType::SendReceive,
             rescan_interval_s: 60,
             paused: false,
+            versions: Default::default(),
         });
         assert!(c.validate().is_err());
     }

@@ -353,6 +353,11 @@ async fn restore(
     answer(&ctx, &headers, restore, |r| r).await
 }
 
+async fn prune(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    let prune = |reply| ControlRequest::Admin(AdminRequest::Prune { reply });
+    answer(&ctx, &headers, prune, |p| p).await
+}
+
 async fn shutdown(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Some(r) = denied(&ctx, &headers) {
         return r;
@@ -415,6 +420,7 @@ pub fn serve(
         .route(routes::RESOLVE, post(resolve))
         .route(routes::HISTORY, get(history))
         .route(routes::RESTORE, post(restore))
+        .route(routes::PRUNE, post(prune))
         .with_state(Ctx {
             token,
             events,

@@ -85,6 +85,11 @@ pub enum Event {
         response: crate::serve::Encoded,
     },
     Control(ControlRequest),
+    /// Kept versions and the version store's size, counted off the loop.
+    VersionsCounted {
+        kept: usize,
+        bytes: u64,
+    },
 }
 
 impl Event {
@@ -99,6 +104,7 @@ impl Event {
             Event::BlocksReady { .. } => "blocks_ready",
             Event::Control(ControlRequest::Status(_)) => "control_status",
             Event::Control(_) => "control",
+            Event::VersionsCounted { .. } => "versions_counted",
         }
     }
 }
@@ -137,9 +143,10 @@ pub(crate) struct Local {
 
 /// The daemon.
 pub struct Engine {
-    pub(crate) home: Home,
     pub(crate) swarm: Swarm<Behaviour>,
     pub(crate) index: Arc<Index>,
+    /// Bytes of kept versions.
+    pub(crate) versions: Arc<crate::versions::VersionStore>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) node: Node<PeerId>,
     pub(crate) local: BTreeMap<String, Local>,
@@ -189,6 +196,14 @@ pub struct Engine {
     pub(crate) private_only: bool,
     /// Relay reservations and the group this device relays for.
     pub(crate) relays: crate::relay::Relays,
+    /// Kept versions (all folders) and the version store's bytes on disk, as last counted.
+    pub(crate) kept_versions: (usize, u64),
+    /// When the versions the folders' rules no longer keep are dropped next.
+    pub(crate) next_version_prune: Instant,
+    /// A pull or restore may have kept versions since the last count (recounted at
+    /// most every [`crate::history::RECOUNT_EVERY`]).
+    pub(crate) recount_versions: bool,
+    pub(crate) last_version_count: Instant,
 }
 
 /// Errors starting the daemon.
@@ -202,6 +217,8 @@ pub enum StartError {
     Folder { id: String, why: String },
     #[error("cannot listen on {addr}: {why}")]
     Listen { addr: String, why: String },
+    #[error(transparent)]
+    Versions(#[from] crate::versions::VersionError),
 }
 
 /// Whether another socket holds the fixed port of `addr`: a plain bind is tried first,
@@ -293,6 +310,22 @@ impl Engine {
         let local_id = key.public().to_peer_id();
         let device = DeviceId::from_identity(&local_id.to_bytes());
         let index = Arc::new(Index::open(&home.index())?);
+        // Opened and migrated before anything else runs (blocking this worker: the daemon
+        // has not started yet).
+        let (versions, kept_versions) = tokio::task::block_in_place(|| {
+            let store = crate::versions::VersionStore::open(
+                &home.versions(),
+                &home.history(),
+                tokio::runtime::Handle::current(),
+            )?;
+            crate::versions::migrate(&index)?;
+            crate::versions::drop_unlisted(&index, &store)?;
+            let kept = index.all_history().map_or(0, |h| h.len());
+            let bytes = store.disk_bytes();
+            Ok::<_, crate::versions::VersionError>((Arc::new(store), (kept, bytes)))
+        })?;
+        crate::versions::spawn_importer(index.clone(), versions.clone())
+            .map_err(crate::versions::VersionError::Io)?;
         let private_only = crate::private_net::switch_on();
         if private_only {
             tracing::info!("private_network_only: dialling loopback and private addresses only");
@@ -388,9 +421,9 @@ impl Engine {
         }
         tracing::info!(peer_id = %local_id, device = %device.short(), folders = local.len(), "daemon_started");
         let mut engine = Engine {
-            home,
             swarm,
             index,
+            versions,
             metrics: Arc::new(Metrics::default()),
             node,
             local,
@@ -427,6 +460,10 @@ impl Engine {
             dht_peers: 0,
             private_only,
             relays,
+            kept_versions,
+            next_version_prune: now + crate::history::FIRST_PRUNE_AFTER,
+            recount_versions: false,
+            last_version_count: now,
         };
         engine.set_dht_mode();
         Ok(engine)
@@ -531,6 +568,9 @@ impl Engine {
                 _ = publish.tick(), if self.status_dirty => self.publish_status(),
             }
         }
+        // The version store's database is committed and unlocked before the process ends.
+        let versions = self.versions.clone();
+        tokio::task::block_in_place(|| versions.shutdown());
         tracing::info!("daemon_stopped");
     }
 
@@ -705,6 +745,7 @@ impl Engine {
         }
         let now = Instant::now();
         self.conduct_tick(now);
+        self.versions_tick(now);
         for l in self.local.values_mut() {
             if let Some(p) = &l.progress {
                 let done = p.done_bytes.load(Ordering::Relaxed);
@@ -798,10 +839,15 @@ impl Engine {
                         "pull_finished"
                     );
                 }
+                self.recount_versions = true;
                 self.node.handle_pull_done(now, &folder, outcome);
             }
             Event::RestoreDone { folder, changed } => {
+                self.recount_versions = true;
                 self.node.handle_restore_done(now, &folder, changed);
+            }
+            Event::VersionsCounted { kept, bytes } => {
+                self.kept_versions = (kept, bytes);
             }
             Event::FsChanged { folder, paths } => {
                 let relative: Option<Vec<String>> = self.local.get(&folder).and_then(|l| {

@@ -1,7 +1,7 @@
 //! Version history as people use it: listing the versions this device kept and putting one
 //! back.
 //!
-//! A version lands in the history store (`HOME/history/<content id>`, recorded in the
+//! A version lands in the version store (`versions.rs`, on iroh-blobs; recorded in the
 //! index) when a peer's change replaces or deletes a file here. Restoring copies it back
 //! into the folder as a local change, so it syncs to every device like an edit; the version
 //! it replaces is kept in history first, here and (through the usual pull) on every peer.
@@ -12,14 +12,14 @@
 //! during the restore is caught by comparing its stamp before anything is replaced.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use cairn_core::scan::{Stamp, TEMP_PREFIX};
-use cairn_core::{Chunker, ContentId, Manifest, path as folder_path};
+use cairn_core::{ChunkId, Chunker, ContentId, Manifest, path as folder_path};
 use tokio::sync::oneshot;
 
 use crate::admin::ApiError;
@@ -27,8 +27,16 @@ use crate::config::FolderType;
 use crate::engine::{Engine, Event};
 use crate::index::Index;
 use crate::scanner::{FileRead, READ_ATTEMPTS, read_file, stamp_of};
+use crate::versions::VersionStore;
 
 pub use cairn_api::history::{RestoreRequest, Restored, Version};
+
+/// The first pruning of kept versions after the daemon starts.
+pub(crate) const FIRST_PRUNE_AFTER: Duration = Duration::from_secs(60);
+/// Pruning runs this often afterwards (and on `cairn history --prune`).
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Kept versions are counted again at most this often after pulls and restores.
+pub(crate) const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// A restore waiting for its folder to be idle.
 pub(crate) struct PendingRestore {
@@ -37,6 +45,73 @@ pub(crate) struct PendingRestore {
 }
 
 impl Engine {
+    /// Prunes kept versions when due, or counts them again after pulls that may have kept
+    /// some.
+    pub(crate) fn versions_tick(&mut self, now: Instant) {
+        if now >= self.next_version_prune {
+            self.next_version_prune = now + PRUNE_EVERY;
+            self.prune_versions(None);
+        } else if self.recount_versions && now - self.last_version_count >= RECOUNT_EVERY {
+            self.recount_versions = false;
+            self.last_version_count = now;
+            let (index, versions, events) = (
+                self.index.clone(),
+                self.versions.clone(),
+                self.events_tx.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let kept = index.all_history().map_or(0, |h| h.len());
+                let bytes = versions.disk_bytes();
+                let _ = events.send(Event::VersionsCounted { kept, bytes });
+            });
+        }
+    }
+
+    /// Drops the kept versions the folders' rules no longer keep, on a blocking thread;
+    /// the reply (if asked for by `cairn history --prune`) comes from there.
+    pub(crate) fn prune_versions(
+        &mut self,
+        reply: Option<oneshot::Sender<Result<crate::versions::Pruned, ApiError>>>,
+    ) {
+        let folders: Vec<(String, cairn_core::retention::Retention)> = self
+            .local
+            .iter()
+            .map(|(id, l)| (id.clone(), l.config.versions.rules()))
+            .collect();
+        let (index, versions, events) = (
+            self.index.clone(),
+            self.versions.clone(),
+            self.events_tx.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let now_ns = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            let result = crate::versions::prune(&index, &versions, &folders, now_ns);
+            match &result {
+                Ok(p) => {
+                    if p.dropped > 0 {
+                        tracing::info!(
+                            dropped = p.dropped,
+                            kept = p.kept,
+                            bytes_before = p.bytes_before,
+                            bytes_after = p.bytes_after,
+                            "versions_pruned"
+                        );
+                    }
+                    let _ = events.send(Event::VersionsCounted {
+                        kept: p.kept,
+                        bytes: p.bytes_after,
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "versions_prune_failed"),
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result.map_err(|e| ApiError::from(e.to_string())));
+            }
+        });
+    }
+
     /// Kept versions, newest first: of one folder or all, of one path (or everything under
     /// it) or all. Read on a blocking thread; the reply comes from there.
     pub(crate) fn history(
@@ -57,7 +132,7 @@ impl Engine {
             .filter(|id| folder.as_ref().is_none_or(|f| f == *id))
             .cloned()
             .collect();
-        let (index, history_dir) = (self.index.clone(), self.home.history());
+        let (index, versions) = (self.index.clone(), self.versions.clone());
         tokio::task::spawn_blocking(move || {
             let list = || -> Result<Vec<Version>, String> {
                 let mut out = Vec::new();
@@ -65,7 +140,7 @@ impl Engine {
                     let rows = index.history(id).map_err(|e| e.to_string())?;
                     for (p, kept_ns, content) in rows {
                         if path.as_deref().is_none_or(|want| is_at_or_under(&p, want)) {
-                            out.push(version(&index, &history_dir, id, p, kept_ns, content)?);
+                            out.push(version(&index, &versions, id, p, kept_ns, content)?);
                         }
                     }
                 }
@@ -150,7 +225,7 @@ impl Engine {
     /// Starts the first queued restore of a folder on a blocking thread (the node made
     /// the folder busy with it).
     pub(crate) fn start_restore(&mut self, id: &str) {
-        let history_dir = self.home.history();
+        let versions = self.versions.clone();
         let now = std::time::Instant::now();
         let Some(f) = self.local.get_mut(id) else {
             self.node.handle_restore_done(now, id, false);
@@ -171,7 +246,7 @@ impl Engine {
         let job = RestoreJob {
             index: self.index.clone(),
             root: f.record.root.clone(),
-            history_dir,
+            versions,
             folder: id.to_string(),
             paused: f.config.paused,
             request,
@@ -195,7 +270,7 @@ fn no_folder(id: &str) -> ApiError {
 
 fn version(
     index: &Index,
-    history_dir: &Path,
+    versions: &VersionStore,
     folder: &str,
     path: String,
     kept_ns: i64,
@@ -209,7 +284,7 @@ fn version(
         folder: folder.to_string(),
         path,
         kept_ns,
-        available: history_dir.join(content.to_hex()).is_file(),
+        available: versions.has(&content).map_err(|e| e.to_string())?,
         content: content.to_hex(),
         size,
     })
@@ -242,7 +317,7 @@ impl Drop for Staged {
 struct RestoreJob {
     index: Arc<Index>,
     root: PathBuf,
-    history_dir: PathBuf,
+    versions: Arc<VersionStore>,
     folder: String,
     paused: bool,
     request: RestoreRequest,
@@ -319,20 +394,53 @@ impl RestoreJob {
         let tmp = parent.join(format!("{TEMP_PREFIX}restore.{}.{nanos}", &hex[..16]));
         let mut staged = Staged(None);
         let copied = (|| -> io::Result<()> {
-            let mut src = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(self.history_dir.join(&hex))?;
+            // Staged versions are read from their link, imported ones from the store.
+            let chunks: Vec<(ChunkId, u64, usize)> = match self
+                .index
+                .any_manifest(&content)
+                .map_err(io::Error::other)?
+            {
+                Some(m) => {
+                    let mut at = 0u64;
+                    m.chunks
+                        .iter()
+                        .map(|c| {
+                            let chunk = (c.id, at, c.len as usize);
+                            at += c.len as u64;
+                            chunk
+                        })
+                        .collect()
+                }
+                None => self
+                    .versions
+                    .chunks_of(&content)
+                    .map_err(io::Error::other)?
+                    .ok_or_else(|| io::Error::other("not in the version store"))?
+                    .into_iter()
+                    .map(|id| (id, 0, 0))
+                    .collect(),
+            };
             let mut out = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             staged.0 = Some(tmp.clone());
-            io::copy(&mut src, &mut out)?;
+            for (id, at, len) in &chunks {
+                let bytes = self
+                    .versions
+                    .version_chunk(&content, id, *at, *len)
+                    .map_err(io::Error::other)?;
+                out.write_all(&bytes)?;
+            }
             out.sync_all()
         })();
-        copied.map_err(|e| format!("copying version {} out of history: {e}", &hex[..12]))?;
+        copied.map_err(|e| {
+            format!(
+                "the kept copy of version {} could not be read ({e}); nothing was changed",
+                &hex[..12]
+            )
+        })?;
         if self.read(&tmp)?.0 != content {
             return Err(format!(
                 "the kept copy of version {} is damaged; nothing was changed",
@@ -345,36 +453,27 @@ impl RestoreJob {
         let unchanged = |seen: &Stamp| {
             fs::symlink_metadata(&dest).is_ok_and(|now| unchanged_since(seen, &stamp_of(&now)))
         };
-        let mut linked = None;
+        // No pruning between keeping the current version and its record (below).
+        let _catalog = current.is_some().then(|| self.versions.lock_catalog());
         if let Some((cur, _, seen)) = &current {
             let changed =
                 || format!("{dest_rel} changed while restoring; nothing was changed, try again");
             if !unchanged(seen) {
                 return Err(changed());
             }
-            // Kept before the rename unlinks the name; taken back if the restore fails.
-            linked = match store_version(&self.history_dir, &dest, cur) {
-                Ok(Stored::Already) => None,
-                Ok(Stored::Linked(p) | Stored::Copied(p)) => Some(p),
-                Err(e) => {
-                    return Err(format!(
-                        "could not keep the current {dest_rel} in history, so it was left as it is: {e}"
-                    ));
-                }
-            };
+            // Kept before the rename unlinks the name (a staged link to the file; a
+            // version kept and then not replaced costs only store space until pruned).
+            if let Err(e) = self.versions.stage(cur, &dest) {
+                return Err(format!(
+                    "could not keep the current {dest_rel} in history, so it was left as it is: {e}"
+                ));
+            }
             if !unchanged(seen) {
-                if let Some(l) = linked {
-                    let _ = fs::remove_file(l);
-                }
+                self.versions.unstage(cur, &dest);
                 return Err(changed());
             }
         }
-        if let Err(e) = fs::rename(&tmp, &dest) {
-            if let Some(l) = linked {
-                let _ = fs::remove_file(l);
-            }
-            return Err(format!("{dest_rel}: {e}"));
-        }
+        fs::rename(&tmp, &dest).map_err(|e| format!("{dest_rel}: {e}"))?;
         staged.0 = None;
         if let Ok(dir) = File::open(parent) {
             let _ = dir.sync_all();
@@ -387,8 +486,8 @@ impl RestoreJob {
             .map_err(|e| {
                 format!(
                     "{dest_rel} was restored, but recording the version it replaced failed \
-                     (its bytes are in {}): {e}",
-                    self.history_dir.join(cur.to_hex()).display()
+                     (its bytes are in the version store as {}): {e}",
+                    cur.to_hex()
                 )
             })?;
         Ok(done(Some(cur.to_hex())))
@@ -407,7 +506,7 @@ impl RestoreJob {
         {
             let v = version(
                 &self.index,
-                &self.history_dir,
+                &self.versions,
                 &self.folder,
                 req.path.clone(),
                 kept_ns,
@@ -465,40 +564,6 @@ impl RestoreJob {
         }
         Err(format!("{} keeps changing; try again", path.display()))
     }
-}
-
-/// How [`store_version`] kept a version.
-pub(crate) enum Stored {
-    /// The store had it already.
-    Already,
-    /// As a hard link to the file (whose ctime that changes).
-    Linked(PathBuf),
-    /// As a copy (the store is on another filesystem).
-    Copied(PathBuf),
-}
-
-/// Puts the bytes of the file at `src`, version `content`, into the history store as
-/// `<content id>`. A hard link when it can be made: the rename that then replaces the name
-/// unlinks the name, not the inode, so the old bytes stay in the store at no cost.
-pub(crate) fn store_version(
-    history_dir: &Path,
-    src: &Path,
-    content: &ContentId,
-) -> io::Result<Stored> {
-    fs::create_dir_all(history_dir)?;
-    let kept = history_dir.join(content.to_hex());
-    if kept.exists() {
-        return Ok(Stored::Already);
-    }
-    if fs::hard_link(src, &kept).is_ok() {
-        return Ok(Stored::Linked(kept));
-    }
-    let path = history_dir.join(format!("{TEMP_PREFIX}{}", content.to_hex()));
-    let mut tmp = Staged(Some(path.clone()));
-    fs::copy(src, &path)?;
-    fs::rename(&path, &kept)?;
-    tmp.0 = None;
-    Ok(Stored::Copied(kept))
 }
 
 #[cfg(test)]

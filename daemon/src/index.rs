@@ -57,8 +57,33 @@ const HISTORY: TableDefinition<(&str, &str, i64), &[u8; 32]> = TableDefinition::
 /// between records the change on restart instead of forgetting it.
 const UNRECORDED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("unrecorded");
 
-/// The pseudo-folder under which chunk locations of the history store are recorded.
+/// The pseudo-folder under which earlier versions recorded chunk locations of the old
+/// history directory (`HOME/history/<content id>`); [`Index::migrate_history_locations`]
+/// moves them under [`history_holder`].
 pub const HISTORY_FOLDER: &str = "@history";
+
+/// The pseudo-folder under which the chunk locations of `folder`'s kept versions are
+/// recorded: the location's path is the content id, its bytes are in the version store
+/// (`versions.rs`). A peer of `folder` may be sent these chunks; peers of other folders
+/// may not.
+pub fn history_holder(folder: &str) -> String {
+    format!("{HISTORY_FOLDER}/{folder}")
+}
+
+/// Whether a chunk location is one of a kept version (in the version store).
+pub fn is_history_holder(holder: &str) -> bool {
+    holder
+        .strip_prefix(HISTORY_FOLDER)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// What [`Index::remove_history`] left behind.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HistoryRemoved {
+    pub content: ContentId,
+    /// Another kept version of any folder has the same content: its bytes stay.
+    pub still_kept: bool,
+}
 
 /// Errors of the local index, with what the user can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -1014,12 +1039,110 @@ impl Index {
             txn.open_table(REMOTE_MANIFESTS)?
                 .insert(content.as_bytes(), bytes.as_slice())?;
             let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
-            for (c, loc) in locations_in(HISTORY_FOLDER, &content.to_hex(), manifest) {
+            for (c, loc) in locations_in(&history_holder(folder), &content.to_hex(), manifest) {
                 locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
             }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Every kept version of every folder: (folder, path, time ns, content).
+    pub fn all_history(&self) -> Result<Vec<(String, String, i64, ContentId)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(HISTORY)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (f, path, time) = k.value();
+            out.push((f.to_string(), path.to_string(), time, ContentId(*v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Forgets the kept version of `path` at `time_ns`. When no other kept version of the
+    /// folder has its content, its chunk locations go too (peers of the folder are no
+    /// longer sent them); the caller drops its bytes from the version store when no kept
+    /// version of any folder has that content (`still_kept`). None: no such row.
+    pub fn remove_history(
+        &self,
+        folder: &str,
+        path: &str,
+        time_ns: i64,
+    ) -> Result<Option<HistoryRemoved>> {
+        let manifest_of = |c: &ContentId| self.any_manifest(c);
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut t = txn.open_table(HISTORY)?;
+            let Some(content) = t
+                .remove((folder, path, time_ns))?
+                .map(|v| ContentId(*v.value()))
+            else {
+                return Ok(None);
+            };
+            let (mut in_folder, mut anywhere) = (false, false);
+            for row in t.iter()? {
+                let (k, v) = row?;
+                if *v.value() == content.0 {
+                    anywhere = true;
+                    if k.value().0 == folder {
+                        in_folder = true;
+                        break;
+                    }
+                }
+            }
+            if !in_folder && let Some(m) = manifest_of(&content)? {
+                let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+                for (c, loc) in locations_in(&history_holder(folder), &content.to_hex(), &m) {
+                    locs.remove(c.id.as_bytes(), loc.encode().as_slice())?;
+                }
+            }
+            HistoryRemoved {
+                content,
+                still_kept: anywhere,
+            }
+        };
+        txn.commit()?;
+        Ok(Some(removed))
+    }
+
+    /// Moves the chunk locations of kept versions recorded by earlier versions under the
+    /// one `@history` pseudo-folder to the folder of each kept version. Idempotent.
+    pub fn migrate_history_locations(&self) -> Result<usize> {
+        let rows = self.all_history()?;
+        let mut moved = 0;
+        for (folder, _, _, content) in &rows {
+            let Some(m) = self.any_manifest(content)? else {
+                continue;
+            };
+            let hex = content.to_hex();
+            let txn = self.db.begin_write()?;
+            {
+                let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+                for (c, loc) in locations_in(HISTORY_FOLDER, &hex, &m) {
+                    if locs.remove(c.id.as_bytes(), loc.encode().as_slice())? {
+                        moved += 1;
+                    }
+                }
+                for (c, loc) in locations_in(&history_holder(folder), &hex, &m) {
+                    locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+                }
+            }
+            txn.commit()?;
+        }
+        Ok(moved)
+    }
+
+    /// Whether any kept version of any folder has `content`.
+    pub fn history_of_content(&self, content: &ContentId) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(HISTORY)?;
+        for row in t.iter()? {
+            if *row?.1.value() == content.0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Versions of `folder` kept in history: (path, time ns, content), oldest first.

@@ -21,6 +21,7 @@ pub mod relay;
 pub mod rendezvous;
 pub mod scanner;
 pub mod serve;
+pub mod versions;
 pub mod watcher;
 
 /// A zero-filled buffer of `len` bytes for data about to be read into it, taken with

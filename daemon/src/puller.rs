@@ -30,10 +30,10 @@ use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest, Outline};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::history::store_version;
-use crate::index::{HISTORY_FOLDER, Index, IndexError, Stored, Update};
+use crate::index::{Index, IndexError, Stored, Update, history_holder, is_history_holder};
 use crate::metrics::Metrics;
 use crate::scanner::{FileRead, read_file, stamp_of};
+use crate::versions::VersionStore;
 
 /// Chunks written between two progress records (and fsyncs).
 const WINDOW: usize = 256;
@@ -197,7 +197,8 @@ pub struct Puller {
     pub root: PathBuf,
     pub chunker: Chunker,
     pub index: Arc<Index>,
-    pub history_dir: PathBuf,
+    /// Where kept versions' bytes go (`versions.rs`).
+    pub versions: Arc<VersionStore>,
     /// Roots of every folder of this device, to read local chunks from.
     pub roots: HashMap<String, PathBuf>,
     pub peers: Vec<PeerId>,
@@ -533,6 +534,26 @@ impl Puller {
         })
     }
 
+    /// [`Self::unchanged_since_scan`] blind to the status change time, which a hard link
+    /// to the file (staging its version) moves: no write since the scan.
+    fn unwritten_since_scan(&self, path: &str) -> Result<bool, PullError> {
+        let indexed = self.index.entry(&self.folder, path)?;
+        let on_disk = fs::symlink_metadata(self.full(path))
+            .ok()
+            .map(|m| stamp_of(&m));
+        Ok(match (indexed, on_disk) {
+            (None, None) => true,
+            (Some(e), Some(s)) => {
+                e.kind == EntryKind::Dir
+                    || Stamp {
+                        ctime_ns: s.ctime_ns,
+                        ..e.stamp
+                    } == s
+            }
+            _ => false,
+        })
+    }
+
     fn record(
         &self,
         path: &str,
@@ -592,10 +613,11 @@ impl Puller {
         // One at a time: two workers replacing two copies of one version must not both
         // count on the other, nor race on the store's file.
         let _one = self.preserving.lock().unwrap_or_else(|e| e.into_inner());
+        // No pruning between "is it kept?" and its record.
+        let _catalog = self.versions.lock_catalog();
         if !asked && self.held_elsewhere(path, &content, first, tree)? {
             return Ok(());
         }
-        let kept = self.history_dir.join(content.to_hex());
         if self.in_history(&content, first)? {
             if asked {
                 self.index
@@ -603,15 +625,36 @@ impl Puller {
             }
             return Ok(());
         }
-        // A store file the index does not know (a kill between the link and its record)
-        // may not hold these bytes: make it anew.
-        if fs::symlink_metadata(&kept).is_ok() {
-            let _ = fs::remove_file(&kept);
+        // Staged first (a hard link, durable when it returns), then into the index: a kill
+        // in between leaves a link the index does not list, never the reverse. The
+        // importer copies it into the store later, off the pull's path. The link shares
+        // the file's inode, so the file must be the scanned version before and after it:
+        // written to meanwhile (an append through a file still open), it is not that
+        // version, and replacing it would lose the write. It is left as it is; the next
+        // scan records what it is now.
+        let changed = || PullError::Io {
+            path: path.to_string(),
+            source: std::io::Error::other("changed while its version was kept; not replaced"),
+        };
+        if !self.unchanged_since_scan(path)? {
+            return Err(changed());
         }
         let src = self.full(path);
-        store_version(&self.history_dir, &src, &content).map_err(io_err(&src))?;
+        let manifest = manifest()?;
+        self.versions
+            .stage(&content, &src)
+            .map_err(|e| PullError::Io {
+                path: path.to_string(),
+                source: std::io::Error::other(format!(
+                    "could not keep the version it would replace, so it was left as it is: {e}"
+                )),
+            })?;
+        if !self.unwritten_since_scan(path)? {
+            self.versions.unstage(&content, &src);
+            return Err(changed());
+        }
         self.index
-            .add_history(&self.folder, path, &content, &manifest()?)?;
+            .add_history(&self.folder, path, &content, &manifest)?;
         if !asked {
             Metrics::add(&self.metrics.versions_preserved, 1);
             tracing::info!(folder = %self.folder, path, content = %content.short(), "version_preserved");
@@ -650,17 +693,19 @@ impl Puller {
         Ok(false)
     }
 
-    /// Whether the history store holds `content` as the index knows it.
+    /// Whether this folder keeps `content` in the version store already.
     fn in_history(&self, content: &ContentId, first: Option<ChunkRef>) -> Result<bool, PullError> {
         let Some(first) = first else {
-            return Ok(self.history_dir.join(content.to_hex()).exists());
+            // The empty file: nothing to keep but its record.
+            return Ok(false);
         };
-        let hex = content.to_hex();
-        Ok(self
+        let (hex, holder) = (content.to_hex(), history_holder(&self.folder));
+        let listed = self
             .index
             .chunk_locations(&first.id)?
             .iter()
-            .any(|l| l.folder == HISTORY_FOLDER && l.path == hex && l.offset == 0))
+            .any(|l| l.folder == holder && l.path == hex && l.offset == 0);
+        Ok(listed && self.versions.has(content).unwrap_or(false))
     }
 
     /// Sends one blocks request and waits for its answer.
@@ -960,13 +1005,23 @@ impl Puller {
     /// Reads a chunk from any local file that still holds it (verified).
     fn local_chunk(&self, chunk: &ChunkRef) -> Option<Vec<u8>> {
         for loc in self.index.chunk_locations(&chunk.id).ok()? {
-            let file = if loc.folder == HISTORY_FOLDER {
-                self.history_dir.join(&loc.path)
-            } else {
-                match self.roots.get(&loc.folder) {
-                    Some(root) => root.join(&loc.path),
-                    None => continue,
+            if is_history_holder(&loc.folder) {
+                let Ok(content) = loc.path.parse::<ContentId>() else {
+                    continue;
+                };
+                match self.versions.version_chunk(
+                    &content,
+                    &chunk.id,
+                    loc.offset,
+                    chunk.len as usize,
+                ) {
+                    Ok(bytes) => return Some(bytes),
+                    Err(_) => continue,
                 }
+            }
+            let file = match self.roots.get(&loc.folder) {
+                Some(root) => root.join(&loc.path),
+                None => continue,
             };
             let Ok(f) = OpenOptions::new()
                 .read(true)

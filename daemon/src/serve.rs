@@ -1,6 +1,7 @@
-//! Answers peers' blocks requests from the files of one folder, re-verifying every chunk
-//! as it is read (the file may have changed since it was indexed); an edited chunk can
-//! go out as a delta from the requester's base.
+//! Answers peers' blocks requests from the files of one folder and from the versions it
+//! keeps (the version store), re-verifying every chunk as it is read (the file may have
+//! changed since it was indexed); an edited chunk can go out as a delta from the
+//! requester's base.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -10,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use cairn_core::wire::{BlocksRequest, BlocksResponse, Bytes, MAX_CHUNK_BYTES_PER_RESPONSE};
 use cairn_core::{ChunkId, ContentId};
 
-use crate::index::{Index, Stored};
+use crate::index::{Index, Stored, history_holder};
+use crate::versions::VersionStore;
 
 /// The answer to `req`, which names a folder the peer may see, rooted at `root`.
 /// An answer encoded for the wire, with the chunks and chunk bytes it carries (counted
@@ -39,7 +41,12 @@ impl From<BlocksResponse> for Encoded {
     }
 }
 
-pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse {
+pub fn answer(
+    index: &Index,
+    versions: &VersionStore,
+    root: &Path,
+    req: &BlocksRequest,
+) -> BlocksResponse {
     match req {
         BlocksRequest::Manifest { folder, content } => match index.stored(content).ok().flatten() {
             Some(s) if !in_folder(index, folder, content, &s) => BlocksResponse::Manifest(None),
@@ -71,7 +78,7 @@ pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse
                     .filter(|id| seen.insert(**id))
                     .map(|id| {
                         let data = (bytes < MAX_CHUNK_BYTES_PER_RESPONSE)
-                            .then(|| read_chunk(index, root, folder, id).map(Bytes::from))
+                            .then(|| read_chunk(index, versions, root, folder, id).map(Bytes::from))
                             .flatten()
                             .filter(|d| bytes + d.len() <= MAX_CHUNK_BYTES_PER_RESPONSE);
                         bytes += data.as_ref().map_or(0, Bytes::len);
@@ -88,7 +95,7 @@ pub fn answer(index: &Index, root: &Path, req: &BlocksRequest) -> BlocksResponse
             chunk,
             signature,
         } => BlocksResponse::Delta(DiffPermit::try_take().and_then(|_permit| {
-            read_chunk(index, root, folder, chunk)
+            read_chunk(index, versions, root, folder, chunk)
                 .and_then(|data| cairn_core::delta::diff(signature, &data).ok().flatten())
         })),
     }
@@ -106,15 +113,28 @@ fn in_folder(index: &Index, folder: &str, content: &ContentId, stored: &Stored) 
             .flatten()
             .and_then(|p| p.chunks.first().copied()),
     };
+    let kept = history_holder(folder);
     first.is_none_or(|c| {
         index
             .chunk_locations(&c.id)
-            .is_ok_and(|locs| locs.iter().any(|l| l.folder == folder))
+            .is_ok_and(|locs| locs.iter().any(|l| l.folder == folder || l.folder == kept))
     })
 }
 
-fn read_chunk(index: &Index, root: &Path, folder: &str, id: &ChunkId) -> Option<Vec<u8>> {
+fn read_chunk(
+    index: &Index,
+    versions: &VersionStore,
+    root: &Path,
+    folder: &str,
+    id: &ChunkId,
+) -> Option<Vec<u8>> {
+    let kept = history_holder(folder);
+    let mut versions_holding = Vec::new();
     for loc in index.chunk_locations(id).ok()? {
+        if loc.folder == kept {
+            versions_holding.push(loc);
+            continue;
+        }
         if loc.folder != folder {
             continue;
         }
@@ -130,7 +150,13 @@ fn read_chunk(index: &Index, root: &Path, folder: &str, id: &ChunkId) -> Option<
             return Some(buf);
         }
     }
-    None
+    // A version this folder keeps, staged or in the store (verified either way).
+    versions_holding.iter().find_map(|loc| {
+        let content = loc.path.parse().ok()?;
+        versions
+            .version_chunk(&content, id, loc.offset, loc.len as usize)
+            .ok()
+    })
 }
 
 /// Diffs running at once, across all peers: each costs CPU the requester chose to spend,

@@ -109,6 +109,15 @@ fn fake_peer(
     })
 }
 
+/// The runtime the version store's blocking calls wait on.
+static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+});
+
 /// A puller of folder "f" at `dir/folder` with one peer, whose requests go to `net`.
 fn puller(
     dir: &tempfile::TempDir,
@@ -123,7 +132,14 @@ fn puller(
         root: root.clone(),
         chunker,
         index,
-        history_dir: dir.path().join("history"),
+        versions: Arc::new(
+            cairn_daemon::versions::VersionStore::open(
+                &dir.path().join("versions"),
+                &dir.path().join("history"),
+                RUNTIME.handle().clone(),
+            )
+            .unwrap(),
+        ),
         roots: HashMap::from([("f".to_string(), root)]),
         peers: vec![peer],
         net,

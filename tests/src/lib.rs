@@ -166,6 +166,9 @@ pub struct DaemonSpec {
     pub peer_id: String,
     pub run_as: Option<u32>,
     pub env: Vec<(String, String)>,
+    /// Lines appended to the shared folder's table in the config (e.g. its
+    /// `[folders.versions]`).
+    pub folder_toml: String,
 }
 
 impl DaemonSpec {
@@ -195,6 +198,7 @@ impl DaemonSpec {
             peer_id,
             run_as: None,
             env: Vec::new(),
+            folder_toml: String::new(),
         }
     }
 
@@ -214,6 +218,13 @@ impl DaemonSpec {
             assert!(status.success(), "chown {}", dir.display());
         }
         self.run_as = Some(uid);
+        self
+    }
+
+    /// Keeps every version the shared folder keeps (no thinning, no age limit), so a test
+    /// that counts versions counts what sync kept, not what retention dropped.
+    pub fn keeping_all_versions(mut self) -> Self {
+        self.folder_toml += "[folders.versions]\nstaggered = false\nmax_age_days = 0\n";
         self
     }
 
@@ -257,9 +268,10 @@ impl DaemonSpec {
         }
         let ids: Vec<String> = peers.iter().map(|p| format!("\"{}\"", p.peer_id)).collect();
         toml += &format!(
-            "[[folders]]\nid = \"shared\"\npath = \"{}\"\npeers = [{}]\n",
+            "[[folders]]\nid = \"shared\"\npath = \"{}\"\npeers = [{}]\n{}",
             self.folder.display(),
-            ids.join(", ")
+            ids.join(", "),
+            self.folder_toml
         );
         std::fs::write(self.home.join("config.toml"), toml).expect("config");
         let mut d = Daemon {

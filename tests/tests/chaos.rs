@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_tests::{Daemon, mesh, pseudo_random};
+use cairn_tests::{Daemon, DaemonSpec, mesh_with, pseudo_random};
 
 /// Directories the generator works in; a directory rename moves one onto a free name.
 const DIRS: [&str; 3] = ["dir1", "dir2", "dir3"];
@@ -83,7 +83,26 @@ impl Rng {
 type Hash = [u8; 32];
 
 fn hash(data: &[u8]) -> Hash {
-    *blake3::hash(data).as_bytes()
+    let h = *blake3::hash(data).as_bytes();
+    let content = content_id(data);
+    CONTENT_IDS.lock().unwrap().insert(h, content);
+    h
+}
+
+/// The content id (as cairn names versions: `cairn history`) of every content hashed:
+/// a version kept in a daemon's version store is found by it.
+static CONTENT_IDS: std::sync::LazyLock<std::sync::Mutex<HashMap<Hash, cairn_core::ContentId>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn content_id(data: &[u8]) -> cairn_core::ContentId {
+    let chunker = cairn_core::Chunker::new(cairn_core::ChunkerParams::V1_DEFAULT).unwrap();
+    cairn_core::Manifest {
+        chunks: chunker
+            .chunk_slice(data)
+            .map(|(_, c)| cairn_core::ChunkRef::of(c))
+            .collect(),
+    }
+    .content_id()
 }
 
 fn hex(h: &Hash) -> String {
@@ -956,7 +975,13 @@ fn chaos_nothing_lost_nothing_torn_no_temp_files_and_converged() {
     let setup = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let keep = std::env::var("CHAOS_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
-    let mut d = mesh(tmp.path(), &["a", "b", "c"]);
+    // Retention keeps everything here: the test counts what sync kept, and the default
+    // thinning (one version per 30 s in the first hour) would drop versions on purpose.
+    let mut d = mesh_with(
+        tmp.path(),
+        &["a", "b", "c"],
+        DaemonSpec::keeping_all_versions,
+    );
     let setup_s = setup.elapsed().as_secs_f64();
     let n = d.len();
     let can_drop = can_drop_connections();
@@ -1105,8 +1130,9 @@ fn chaos_nothing_lost_nothing_torn_no_temp_files_and_converged() {
         std::thread::sleep(Duration::from_millis(250));
     }
 
-    // What is left: every file in every folder and every daemon's history.
+    // What is left: every file in every folder and every daemon's kept versions.
     let mut found: HashSet<Hash> = HashSet::new();
+    let mut kept: HashSet<cairn_core::ContentId> = HashSet::new();
     let mut final_files: Vec<(usize, String, Hash)> = Vec::new();
     let mut temps_left: Vec<String> = Vec::new();
     for (i, x) in d.iter().enumerate() {
@@ -1118,11 +1144,30 @@ fn chaos_nothing_lost_nothing_torn_no_temp_files_and_converged() {
                 final_files.push((i, rel, h));
             }
         }
-        for (rel, abs) in walk(&x.home.join("history")) {
-            if file_name(&rel).starts_with(TEMP_PREFIX) {
-                temps_left.push(format!("{}: history/{rel}", x.name));
-            } else if let Some(h) = cache.get(&abs) {
-                found.insert(h);
+        let out = cairn_tests::cairn(&x.home)
+            .args(["--json", "history"])
+            .output()
+            .expect("cairn runs");
+        assert!(
+            out.status.success(),
+            "cairn history on {}: {}",
+            x.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        for v in list.as_array().expect("a list") {
+            if v["available"] == serde_json::Value::Bool(true)
+                && let Some(c) = v["content"].as_str().and_then(|c| c.parse().ok())
+            {
+                kept.insert(c);
+            }
+        }
+    }
+    {
+        let ids = CONTENT_IDS.lock().unwrap();
+        for (h, c) in ids.iter() {
+            if kept.contains(c) {
+                found.insert(*h);
             }
         }
     }

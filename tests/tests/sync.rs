@@ -87,11 +87,16 @@ fn two_daemons_converge_on_every_kind_of_change() {
         .exists()
         && b.folder.join("empty-dir").is_dir()));
     // The deleted version was kept in b's history.
+    let out = cairn_tests::cairn(&b.home)
+        .args(["--json", "history", "docs/deep/hello.txt"])
+        .output()
+        .expect("cairn runs");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert!(
-        fs::read_dir(b.home.join("history"))
-            .map(|d| d.count() > 0)
-            .unwrap_or(false),
-        "no history on b:\n{}",
+        list.as_array().is_some_and(|l| l
+            .iter()
+            .any(|v| v["available"] == serde_json::Value::Bool(true))),
+        "no history on b: {list}\n{}",
         b.log()
     );
 

@@ -19,7 +19,7 @@ use crate::error::{ApiError, exit};
 use crate::folders::{
     AcceptRequest, Accepted, DeclineRequest, FolderRequest, PauseState, ShareRequest, Shared,
 };
-use crate::history::{HistoryQuery, RestoreRequest, Restored, Version};
+use crate::history::{HistoryQuery, Pruned, RestoreRequest, Restored, Version};
 use crate::pairing::{InviteStatus, JoinRequest, Paired};
 use crate::status::{FolderStatus, PeerStatus, Status};
 
@@ -234,6 +234,11 @@ impl Client {
     /// `POST /v1/restore`: puts a kept version back (it waits until the folder is idle).
     pub fn restore(&self, request: &RestoreRequest) -> Result<Restored, ClientError> {
         self.post(routes::RESTORE, Some(request))
+    }
+
+    /// `POST /v1/history/prune`: drops the kept versions the folders' rules no longer keep.
+    pub fn prune(&self) -> Result<Pruned, ClientError> {
+        self.post::<(), _>(routes::PRUNE, None)
     }
 
     /// GET `route` and decode its JSON answer.

@@ -67,4 +67,7 @@ pub mod routes {
     /// `POST` [`RestoreRequest`](crate::history::RestoreRequest):
     /// [`Restored`](crate::history::Restored).
     pub const RESTORE: &str = "/v1/restore";
+    /// `POST`: drops the kept versions the folders' rules no longer keep, now:
+    /// [`Pruned`](crate::history::Pruned).
+    pub const PRUNE: &str = "/v1/history/prune";
 }

@@ -16,7 +16,7 @@ pub struct Version {
     pub content: String,
     /// Its size in bytes.
     pub size: u64,
-    /// Whether its bytes are still in the history store.
+    /// Whether its bytes are in this device's version store.
     pub available: bool,
 }
 
@@ -58,6 +58,20 @@ pub struct Restored {
     pub kept_current: Option<String>,
     /// Something the user should know, e.g. that the folder is paused.
     pub note: Option<String>,
+}
+
+/// What a pruning run did (`POST /v1/history/prune`, `cairn history --prune`, and the
+/// daemon's own runs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pruned {
+    /// Kept versions dropped by the folders' rules.
+    pub dropped: usize,
+    /// Kept versions left, all folders.
+    pub kept: usize,
+    /// The version store on disk before, in bytes.
+    pub bytes_before: u64,
+    /// The version store on disk after, in bytes.
+    pub bytes_after: u64,
 }
 
 #[cfg(test)]

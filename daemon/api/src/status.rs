@@ -32,6 +32,19 @@ pub struct Status {
     /// How this device is reachable and how the DHT looks from here.
     #[serde(default)]
     pub network: NetworkStatus,
+    /// Kept versions and the store that holds them.
+    #[serde(default)]
+    pub versions: VersionsStatus,
+}
+
+/// Kept versions (all folders) and the version store, as last counted (after pulls and
+/// restores that kept versions, at most every 5 s, and after each pruning).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionsStatus {
+    /// Versions kept on this device.
+    pub kept: usize,
+    /// Bytes the version store takes on disk.
+    pub store_bytes: u64,
 }
 
 /// Reachability and discovery.
@@ -207,6 +220,10 @@ mod tests {
                 dht_server: true,
                 private_only: false,
                 relays: vec!["12D3KooWRelay".into()],
+            },
+            versions: VersionsStatus {
+                kept: 3,
+                store_bytes: 1 << 20,
             },
         }
     }

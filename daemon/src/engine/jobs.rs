@@ -100,7 +100,7 @@ impl Engine {
             root: l.record.root.clone(),
             chunker,
             index: self.index.clone(),
-            history_dir: self.home.history(),
+            versions: self.versions.clone(),
             roots,
             peers,
             net: self.net_tx.clone(),

@@ -131,6 +131,10 @@ impl Engine {
             },
             peers,
             folders,
+            versions: cairn_api::status::VersionsStatus {
+                kept: self.kept_versions.0,
+                store_bytes: self.kept_versions.1,
+            },
             recent: self
                 .node
                 .recent()

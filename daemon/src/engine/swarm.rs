@@ -327,9 +327,13 @@ impl Engine {
                 continue;
             };
             s.jobs += 1;
-            let (index, tx) = (self.index.clone(), self.events_tx.clone());
+            let (index, versions, tx) = (
+                self.index.clone(),
+                self.versions.clone(),
+                self.events_tx.clone(),
+            );
             tokio::task::spawn_blocking(move || {
-                let response = crate::serve::answer(&index, &root, &req).into();
+                let response = crate::serve::answer(&index, &versions, &root, &req).into();
                 let _ = tx.send(Event::BlocksReady {
                     channel,
                     peer,
