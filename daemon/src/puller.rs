@@ -244,6 +244,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
 impl Puller {
     /// Carries out `plan`. Blocking: run it on a thread of its own.
     pub fn run(&self, plan: &Plan, values: &HashMap<String, EntryValue>) -> PullOutcome {
+        // The importer of kept versions waits while any pull runs.
+        let _pulling = self.versions.pulling();
         let mut out = PullOutcome::default();
         let total = plan.actions.len() as u64;
         let bytes: u64 = plan

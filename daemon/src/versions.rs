@@ -30,8 +30,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
 use cairn_core::retention::{self, KeptVersion, Retention};
 use cairn_core::scan::TEMP_PREFIX;
@@ -124,6 +124,20 @@ pub struct VersionStore {
     stopping: AtomicBool,
     /// Held by the importer while it works on one staged file, and by shutdown.
     importing: std::sync::Mutex<()>,
+    /// Pulls running now ([`VersionStore::pulling`]): the importer waits for none.
+    pulls: AtomicUsize,
+    /// When a version was last staged, in ms since the store opened.
+    staged_at_ms: AtomicU64,
+    opened: Instant,
+}
+
+/// Counts a running pull for as long as it lives.
+pub struct Pulling<'a>(&'a AtomicUsize);
+
+impl Drop for Pulling<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 impl VersionStore {
@@ -152,6 +166,9 @@ impl VersionStore {
             pending: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             importing: std::sync::Mutex::new(()),
+            pulls: AtomicUsize::new(0),
+            staged_at_ms: AtomicU64::new(0),
+            opened: Instant::now(),
         })
     }
 
@@ -198,8 +215,27 @@ impl VersionStore {
             std::fs::rename(&tmp, &kept)?;
         }
         std::fs::File::open(&self.staging)?.sync_all()?;
+        self.staged_at_ms
+            .store(self.opened.elapsed().as_millis() as u64, SeqCst);
         self.pending.store(true, SeqCst);
         Ok(())
+    }
+
+    /// Marks a pull as running until the guard drops: the importer, whose copying competes
+    /// with the pull for the disk, waits until no pull runs.
+    pub fn pulling(&self) -> Pulling<'_> {
+        self.pulls.fetch_add(1, SeqCst);
+        Pulling(&self.pulls)
+    }
+
+    /// Whether the importer should run now: something was staged, no pull runs, and the
+    /// last stage is [`IMPORT_QUIET`] old (edits often come in bursts).
+    fn import_due(&self) -> bool {
+        let since = (self.opened.elapsed().as_millis() as u64)
+            .saturating_sub(self.staged_at_ms.load(SeqCst));
+        self.import_pending()
+            && self.pulls.load(SeqCst) == 0
+            && since >= IMPORT_QUIET.as_millis() as u64
     }
 
     /// Takes back a [`VersionStore::stage`] whose file turned out not to hold the version:
@@ -539,6 +575,7 @@ pub fn migrate(index: &Index) -> Result<usize> {
 /// only around each removal, so keeps and pruning are not held up by a long copy.
 pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
     store.pending.store(false, SeqCst);
+    let started = std::time::Instant::now();
     let Ok(entries) = std::fs::read_dir(&store.staging) else {
         return Ok(0);
     };
@@ -546,6 +583,11 @@ pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
     for e in entries.flatten() {
         let _one = store.importing.lock().unwrap_or_else(|e| e.into_inner());
         if store.stopping.load(SeqCst) {
+            break;
+        }
+        if store.pulls.load(SeqCst) > 0 {
+            // A pull started: the rest waits for the next quiet moment.
+            store.pending.store(true, SeqCst);
             break;
         }
         let name = e.file_name().to_string_lossy().into_owned();
@@ -585,13 +627,21 @@ pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
         }
     }
     if imported > 0 {
-        tracing::info!(versions = imported, "staged_versions_imported");
+        tracing::info!(
+            versions = imported,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "staged_versions_imported"
+        );
     }
     Ok(imported)
 }
 
 /// How often the importer looks whether versions were staged.
-const IMPORT_POLL: Duration = Duration::from_secs(1);
+const IMPORT_POLL: Duration = Duration::from_millis(500);
+
+/// How long after the last stage (and with no pull running) the importer starts: it copies
+/// what it imports, which would compete with a pull for the disk.
+const IMPORT_QUIET: Duration = Duration::from_secs(2);
 
 /// Starts the importer: a thread of its own, at background priority (it reads and hashes
 /// whole files, as the scanner's threads do), that runs [`import_staged`] whenever
@@ -602,7 +652,7 @@ pub fn spawn_importer(index: Arc<Index>, store: Arc<VersionStore>) -> std::io::R
         .spawn(move || {
             crate::priority::lower_this_thread();
             while !store.stopping.load(SeqCst) {
-                if store.import_pending()
+                if store.import_due()
                     && let Err(e) = import_staged(&index, &store)
                 {
                     tracing::warn!(error = %e, "staged_versions_import_failed");

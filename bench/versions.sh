@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Issue #15's version-store figures, with two real cairnd on loopback (sender a, receiver b):
+# a writes a 256 MiB file, then edits it BENCH_VERSIONS times (default 100), each edit a few
+# small in-place writes (3 x 64 bytes at seeded offsets); every edit reaches b, which keeps
+# the version it replaces. Reports:
+#   - the first sync of the file (s) and each edit's sync (median, max): keeping a version
+#     is on b's pull path, so this is what keeping costs the user;
+#   - the store's disk use once every staged version is imported (HOME/versions plus
+#     HOME/history), against the file's size (target < 1.2x; whole copies would be
+#     BENCH_VERSIONS x) and how long the import took after the last edit;
+#   - a restore on b of the oldest kept version (s), beside the first sync.
+# Usage: bench/versions.sh   (BENCH_NO_BUILD=1, BENCH_CAIRND, BENCH_VERSIONS, BENCH_SIZE_MIB)
+set -euo pipefail
+BENCH=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$BENCH")
+helper() { python3 "$BENCH/sync_helper.py" "$@"; }
+# shellcheck source=bench/sync_lib.sh
+. "$BENCH/sync_lib.sh"
+
+VERSIONS=${BENCH_VERSIONS:-100}
+SIZE_MIB=${BENCH_SIZE_MIB:-256}
+READY_TIMEOUT=${BENCH_READY_TIMEOUT:-120}
+PORT_BASE=${BENCH_PORT_BASE:-27300}
+STATUS_INTERVAL=0.2
+ST_WATCH_DELAY=10
+export CAIRN_LOG=${CAIRN_LOG:-warn}
+export CAIRN_PRIVATE_NETWORK_ONLY=1
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  log "building ${TARGET_DIR#"$ROOT"/}/release/cairnd and cairn..."
+  CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p cairn-daemon -p cairn-cli ||
+    fail "cargo build --release failed"
+fi
+CAIRND=${BENCH_CAIRND:-$TARGET_DIR/release/cairnd}
+CAIRN=${BENCH_CAIRN:-$(dirname "$CAIRND")/cairn}
+[ -x "$CAIRND" ] && [ -x "$CAIRN" ] || fail "$CAIRND or $CAIRN not found"
+
+STAMP=$(date +%Y-%m-%d-%H%M%S)
+mkdir -p "$BENCH/results" "$BENCH/data"
+OUT=$BENCH/results/versions-$STAMP.txt
+LOGDIR=$BENCH/results/versions-$STAMP-logs
+mkdir -p "$LOGDIR"
+WORK=$(mktemp -d "$BENCH/data/versions-work.XXXXXX")
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+# Like start_cairn_pair, but b keeps every version (no thinning) so all of them count.
+take_ports 2 || fail "no free ports"
+pa=${PORTS[0]} pb=${PORTS[1]}
+new_pair_dirs cairn versions || fail "dirs"
+ida=$("$CAIRND" --home "$PAIR_DIR/a-home" --print-id)
+idb=$("$CAIRND" --home "$PAIR_DIR/b-home" --print-id)
+helper cairn-config --home "$PAIR_DIR/a-home" --port "$pa" --peer-id "$idb" --peer-name b \
+  --peer-port "$pb" --folder "$SENDER_DIR"
+helper cairn-config --home "$PAIR_DIR/b-home" --port "$pb" --peer-id "$ida" --peer-name a \
+  --peer-port "$pa" --folder "$RECEIVER_DIR"
+printf '\n[folders.versions]\nstaggered = false\nmax_age_days = 0\nmax_size_mib = 0\n' \
+  >>"$PAIR_DIR/b-home/config.toml"
+helper pair --out "$PAIR" --tool cairn --ports "$pa" "$pb" \
+  --sender-home "$PAIR_DIR/a-home" --sender-dir "$SENDER_DIR" --sender-id "$ida" --sender-log "$SENDER_LOG" \
+  --receiver-home "$PAIR_DIR/b-home" --receiver-dir "$RECEIVER_DIR" --receiver-id "$idb" --receiver-log "$RECEIVER_LOG"
+for side in a b; do
+  logf=$SENDER_LOG
+  [ "$side" = b ] && logf=$RECEIVER_LOG
+  CAIRN_LOG=info "$CAIRND" --home "$PAIR_DIR/$side-home" >"$logf" 2>&1 &
+  ALL_PIDS+=("$!")
+done
+helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT" || { tail_logs 25; fail "daemons not ready"; }
+
+python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/b-home" "$CAIRN" "$VERSIONS" "$SIZE_MIB" "$OUT" <<'EOF'
+import hashlib, json, os, random, statistics, subprocess, sys, time
+sender, receiver, bhome, cairn, versions, size_mib, out = sys.argv[1:8]
+versions, size = int(versions), int(size_mib) << 20
+rng = random.Random(15)
+lines = []
+def say(s):
+    print(s, flush=True)
+    lines.append(s)
+def digest(path):
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+def wait_for(path, want, limit=600):
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if os.path.exists(path) and os.path.getsize(path) == size and digest(path) == want:
+            return time.monotonic()
+        time.sleep(0.02)
+    sys.exit(f"versions.sh: {path} did not reach the expected content within {limit} s")
+def du(*dirs):
+    total = 0
+    for d in dirs:
+        for root, _, files in os.walk(d):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(root, f)).st_blocks * 512
+                except OSError:
+                    pass
+    return total
+def cli(*args):
+    r = subprocess.run([cairn, "--home", bhome, "--json", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"cairn {args}: {r.stderr}")
+    return json.loads(r.stdout)
+
+data = bytearray(b"".join(rng.randbytes(1 << 20) for _ in range(size >> 20)))
+src, dst = os.path.join(sender, "big.bin"), os.path.join(receiver, "big.bin")
+tmp = os.path.join(sender, ".big.tmp")
+with open(tmp, "wb") as f:
+    f.write(data)
+os.rename(tmp, src)
+t0 = time.monotonic()
+first = wait_for(dst, hashlib.sha256(data).hexdigest()) - t0
+say(f"first sync of {size_mib} MiB: {first:.2f} s")
+
+def replaced(path, inode, limit=600):
+    """When the pull renamed a new file over `path` (its inode changed)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        try:
+            if os.stat(path).st_ino != inode:
+                return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.005)
+    sys.exit(f"versions.sh: {path} was not replaced within {limit} s")
+
+edits = []
+for i in range(versions):
+    patches = [(rng.randrange(0, size - 64), rng.randbytes(64)) for _ in range(3)]
+    for at, patch in patches:
+        data[at:at + 64] = patch
+    want = hashlib.sha256(data).hexdigest()
+    inode = os.stat(dst).st_ino
+    # Timed from the edit to the new file's rename into place on b; checked afterwards.
+    with open(src, "r+b") as f:
+        for at, patch in patches:
+            f.seek(at)
+            f.write(patch)
+    t = time.monotonic()
+    edits.append(replaced(dst, inode) - t)
+    if digest(dst) != want:
+        wait_for(dst, want, 60)
+say(f"{versions} edits (3 x 64 bytes each): sync median {statistics.median(edits):.3f} s, "
+    f"max {max(edits):.3f} s")
+
+staging, store = os.path.join(bhome, "history"), os.path.join(bhome, "versions")
+t = time.monotonic()
+while time.monotonic() - t < 600:
+    if not os.path.isdir(staging) or not os.listdir(staging):
+        break
+    time.sleep(0.1)
+imported = time.monotonic() - t
+hist = cli("history", "big.bin")
+rows = hist if isinstance(hist, list) else hist.get("versions", [])
+used = du(store, staging)
+say(f"kept versions listed on b: {len(rows)}; staged left: "
+    f"{len(os.listdir(staging)) if os.path.isdir(staging) else 0} "
+    f"(import finished {imported:.1f} s after the last edit arrived)")
+say(f"store on disk: {used / 2**20:.1f} MiB = {used / size:.3f}x the file "
+    f"(target < 1.2x; whole copies: {len(rows)}x)")
+
+oldest = min(rows, key=lambda v: v.get("kept_ns", v.get("time_ns", 0)))
+vid = oldest.get("content") or oldest.get("id")
+t = time.monotonic()
+cli("restore", "big.bin", "--version", vid)
+restore = time.monotonic() - t
+say(f"restore of the oldest kept version on b (local store): {restore:.2f} s "
+    f"(first sync of the same file: {first:.2f} s)")
+with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+EOF
+log "results: $OUT"
