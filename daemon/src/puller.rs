@@ -525,33 +525,34 @@ impl Puller {
 
     /// True when the disk at `path` is what the index says (no unscanned local change).
     fn unchanged_since_scan(&self, path: &str) -> Result<bool, PullError> {
-        let indexed = self.index.entry(&self.folder, path)?;
-        let on_disk = fs::symlink_metadata(self.full(path))
-            .ok()
-            .map(|m| stamp_of(&m));
-        Ok(match (indexed, on_disk) {
-            (None, None) => true,
-            (Some(e), Some(s)) => e.kind == EntryKind::Dir || e.stamp == s,
-            _ => false,
-        })
+        self.stamp_as_scanned(path, |indexed, now| indexed == now)
     }
 
     /// [`Self::unchanged_since_scan`] blind to the status change time, which a hard link
     /// to the file (staging its version) moves: no write since the scan.
     fn unwritten_since_scan(&self, path: &str) -> Result<bool, PullError> {
+        self.stamp_as_scanned(path, |indexed, now| {
+            Stamp {
+                ctime_ns: now.ctime_ns,
+                ..*indexed
+            } == *now
+        })
+    }
+
+    /// Whether `path` is on the disk as the index recorded it (both absent, a directory,
+    /// or a stamp `same` as the indexed one).
+    fn stamp_as_scanned(
+        &self,
+        path: &str,
+        same: impl Fn(&Stamp, &Stamp) -> bool,
+    ) -> Result<bool, PullError> {
         let indexed = self.index.entry(&self.folder, path)?;
         let on_disk = fs::symlink_metadata(self.full(path))
             .ok()
             .map(|m| stamp_of(&m));
         Ok(match (indexed, on_disk) {
             (None, None) => true,
-            (Some(e), Some(s)) => {
-                e.kind == EntryKind::Dir
-                    || Stamp {
-                        ctime_ns: s.ctime_ns,
-                        ..e.stamp
-                    } == s
-            }
+            (Some(e), Some(s)) => e.kind == EntryKind::Dir || same(&e.stamp, &s),
             _ => false,
         })
     }
