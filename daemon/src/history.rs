@@ -473,7 +473,13 @@ impl RestoreJob {
                 return Err(changed());
             }
         }
-        fs::rename(&tmp, &dest).map_err(|e| format!("{dest_rel}: {e}"))?;
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            // Not replaced: the version staged for it is not kept (no record will list it).
+            if let Some((cur, _, _)) = &current {
+                self.versions.unstage(cur, &dest);
+            }
+            return Err(format!("{dest_rel}: {e}"));
+        }
         staged.0 = None;
         if let Ok(dir) = File::open(parent) {
             let _ = dir.sync_all();

@@ -631,17 +631,10 @@ impl Puller {
         // Staged first (a hard link, durable when it returns), then into the index: a kill
         // in between leaves a link the index does not list, never the reverse. The
         // importer copies it into the store later, off the pull's path. The link shares
-        // the file's inode, so the file must be the scanned version before and after it:
-        // written to meanwhile (an append through a file still open), it is not that
-        // version, and replacing it would lose the write. It is left as it is; the next
-        // scan records what it is now.
-        let changed = || PullError::Io {
-            path: path.to_string(),
-            source: std::io::Error::other("changed while its version was kept; not replaced"),
-        };
-        if !self.unchanged_since_scan(path)? {
-            return Err(changed());
-        }
+        // the file's inode, so the file must still be the scanned version once linked (the
+        // caller checked it before): written to meanwhile (an append through a file still
+        // open), it is not that version, and replacing it would lose the write. The link
+        // is taken back and the file left as it is; the next scan records what it is now.
         let src = self.full(path);
         let manifest = manifest()?;
         self.versions
@@ -654,7 +647,10 @@ impl Puller {
             })?;
         if !self.unwritten_since_scan(path)? {
             self.versions.unstage(&content, &src);
-            return Err(changed());
+            return Err(PullError::Io {
+                path: path.to_string(),
+                source: std::io::Error::other("changed while its version was kept; not replaced"),
+            });
         }
         self.index
             .add_history(&self.folder, path, &content, &manifest)?;

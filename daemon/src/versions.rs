@@ -233,7 +233,7 @@ impl VersionStore {
     fn import_due(&self) -> bool {
         let since = (self.opened.elapsed().as_millis() as u64)
             .saturating_sub(self.staged_at_ms.load(SeqCst));
-        self.import_pending()
+        self.pending.load(SeqCst)
             && self.pulls.load(SeqCst) == 0
             && since >= IMPORT_QUIET.as_millis() as u64
     }
@@ -249,11 +249,6 @@ impl VersionStore {
         {
             let _ = std::fs::remove_file(kept);
         }
-    }
-
-    /// Whether versions were staged since the importer's last pass began.
-    pub fn import_pending(&self) -> bool {
-        self.pending.load(SeqCst)
     }
 
     /// One chunk of the kept version `content`, at `offset` in it: read from its staged
@@ -300,56 +295,22 @@ impl VersionStore {
         Ok(tag.is_some())
     }
 
-    /// Keeps the version `content` of the file at `file`, whose chunks `manifest` lists,
-    /// before the file is replaced. Every chunk read is checked against its id: if the
-    /// file no longer holds that version, nothing is kept and [`VersionError::Changed`]
-    /// says so. Chunks the store already has are not written again. Durable when this
-    /// returns (the store's database is committed; a kill afterwards loses nothing).
+    /// Keeps the version `content` of the file at `file`, whose chunks `manifest` lists.
+    /// Every chunk read is checked against its id (the store hashes what it adds, and that
+    /// hash is compared): if the file no longer holds that version, nothing is kept and
+    /// [`VersionError::Changed`] says so. Chunks the store already has are not read. Durable
+    /// when this returns (the store's database is committed; a kill afterwards loses
+    /// nothing).
     pub fn keep_file(&self, content: &ContentId, manifest: &Manifest, file: &Path) -> Result<()> {
         use std::os::unix::fs::{FileExt, OpenOptionsExt};
         let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(file)?;
-        let mut buf = Vec::new();
-        let mut offset = 0u64;
-        let chunks = manifest.chunks.iter().map(|c| {
-            let at = offset;
-            offset += c.len as u64;
-            (c.id, c.len as usize, at)
-        });
         // Every chunk matching says nothing of bytes past the last one (an append).
         if f.metadata()?.len() != manifest.size() {
             return Err(VersionError::Changed);
         }
-        let kept = self.keep_with(
-            content,
-            manifest,
-            |id, len, at| {
-                buf.resize(len, 0);
-                f.read_exact_at(&mut buf, at)?;
-                if !id.matches(&buf) {
-                    return Err(VersionError::Changed);
-                }
-                Ok(buf.clone())
-            },
-            chunks.collect(),
-        );
-        if kept.is_ok() && f.metadata()?.len() != manifest.size() {
-            // Kept as it was; the caller must not take the file for that version now.
-            return Err(VersionError::Changed);
-        }
-        kept
-    }
-
-    /// Keeps the version `content` whose chunks `read` returns (verified by the caller).
-    fn keep_with(
-        &self,
-        content: &ContentId,
-        manifest: &Manifest,
-        mut read: impl FnMut(&ChunkId, usize, u64) -> Result<Vec<u8>>,
-        chunks: Vec<(ChunkId, usize, u64)>,
-    ) -> Result<()> {
         let store = &self.store;
         let _shared = self.collecting.read().unwrap_or_else(|e| e.into_inner());
         block(&self.rt, async {
@@ -357,17 +318,21 @@ impl VersionStore {
             let batch = store.batch().await.map_err(store_err)?;
             let mut held = Vec::new();
             let mut seen = HashSet::new();
-            for (id, len, at) in chunks {
-                if !seen.insert(id) {
+            let mut at = 0u64;
+            for c in &manifest.chunks {
+                let offset = at;
+                at += c.len as u64;
+                if !seen.insert(c.id) {
                     continue;
                 }
-                let hash = Hash::from_bytes(*id.as_bytes());
+                let hash = Hash::from_bytes(*c.id.as_bytes());
                 if store.has(hash).await.map_err(store_err)? {
                     held.push(batch.temp_tag(hash).await.map_err(store_err)?);
                     continue;
                 }
-                let bytes = read(&id, len, at)?;
-                let tag = batch.add_bytes(bytes).await.map_err(store_err)?;
+                let mut buf = crate::read_buffer(c.len as usize);
+                f.read_exact_at(&mut buf, offset)?;
+                let tag = batch.add_bytes(buf).await.map_err(store_err)?;
                 if tag.hash() != hash {
                     return Err(VersionError::Changed);
                 }
@@ -389,20 +354,13 @@ impl VersionStore {
             store.sync_db().await.map_err(store_err)?;
             drop(held);
             drop(batch);
-            Ok(())
-        })
-    }
-
-    /// The bytes of one chunk, if the store has it whole and they hash to `id`.
-    pub fn chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
-        let hash = Hash::from_bytes(*id.as_bytes());
-        let bytes = block(&self.rt, async {
-            if !self.store.has(hash).await.ok()? {
-                return None;
-            }
-            self.store.get_bytes(hash).await.ok()
+            Ok::<_, VersionError>(())
         })?;
-        id.matches(&bytes).then(|| bytes.to_vec())
+        if f.metadata()?.len() != manifest.size() {
+            // Kept as it was; the caller must not take the file for that version now.
+            return Err(VersionError::Changed);
+        }
+        Ok(())
     }
 
     /// The bytes of one chunk of a kept version, or why not: missing from the store, or
@@ -579,6 +537,14 @@ pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
     let Ok(entries) = std::fs::read_dir(&store.staging) else {
         return Ok(0);
     };
+    // What the index lists, read once per pass; checked again under the catalog lock
+    // before a link goes (pruning may have dropped it meanwhile).
+    let listed: HashSet<ContentId> = index
+        .all_history()
+        .map_err(store_err)?
+        .into_iter()
+        .map(|(_, _, _, c)| c)
+        .collect();
     let mut imported = 0;
     for e in entries.flatten() {
         let _one = store.importing.lock().unwrap_or_else(|e| e.into_inner());
@@ -599,8 +565,7 @@ pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
         let Ok(content) = name.parse::<ContentId>() else {
             continue;
         };
-        let listed = || index.history_of_content(&content).map_err(store_err);
-        if !listed()? {
+        if !listed.contains(&content) {
             tracing::debug!(file = %e.path().display(), "staged_version_unlisted");
             continue;
         }
@@ -618,7 +583,7 @@ pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
             }
         }
         let _catalog = store.lock_catalog();
-        if listed()? {
+        if index.history_of_content(&content).map_err(store_err)? {
             std::fs::remove_file(e.path())?;
             imported += 1;
         } else {

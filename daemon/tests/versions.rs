@@ -131,7 +131,7 @@ fn versions_that_share_chunks_share_their_bytes_and_only_unshared_ones_are_colle
     assert!(!only.is_empty());
     for id in only {
         assert!(
-            store.chunk(&id).is_none(),
+            store.chunk_checked(&id).is_err(),
             "a chunk only the dropped version had is gone"
         );
     }
@@ -340,7 +340,7 @@ fn pruning_drops_what_the_rules_no_longer_keep_and_the_last_listing_keeps_the_by
     assert_eq!((p.dropped, p.kept), (3, 0));
     assert!(p.bytes_after < p.bytes_before, "{p:?}");
     assert!(!store.has(&ca).unwrap() && !store.has(&cb).unwrap());
-    assert!(store.chunk(&ma.chunks[0].id).is_none());
+    assert!(store.chunk_checked(&ma.chunks[0].id).is_err());
     let locs = index.chunk_locations(&ma.chunks[0].id).unwrap();
     assert!(locs.is_empty(), "{locs:?}");
     store.shutdown();
