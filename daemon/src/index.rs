@@ -1107,28 +1107,45 @@ impl Index {
     }
 
     /// Moves the chunk locations of kept versions recorded by earlier versions under the
-    /// one `@history` pseudo-folder to the folder of each kept version. Idempotent.
+    /// one `@history` pseudo-folder to the folder of each kept version. Idempotent, and one
+    /// transaction, committed only when something moved (it runs at every start).
     pub fn migrate_history_locations(&self) -> Result<usize> {
-        let rows = self.all_history()?;
+        // The old layout recorded one set of locations per content, whichever folders
+        // kept it: each of those folders gets its own.
+        let mut folders_of: HashMap<ContentId, Vec<String>> = HashMap::new();
+        for (folder, _, _, content) in self.all_history()? {
+            folders_of.entry(content).or_default().push(folder);
+        }
         let mut moved = 0;
-        for (folder, _, _, content) in &rows {
-            let Some(m) = self.any_manifest(content)? else {
-                continue;
-            };
-            let hex = content.to_hex();
-            let txn = self.db.begin_write()?;
-            {
-                let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+            for (content, folders) in &folders_of {
+                let Some(m) = self.any_manifest(content)? else {
+                    continue;
+                };
+                let hex = content.to_hex();
+                let mut here = 0;
                 for (c, loc) in locations_in(HISTORY_FOLDER, &hex, &m) {
                     if locs.remove(c.id.as_bytes(), loc.encode().as_slice())? {
-                        moved += 1;
+                        here += 1;
                     }
                 }
-                for (c, loc) in locations_in(&history_holder(folder), &hex, &m) {
-                    locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+                if here == 0 {
+                    continue;
                 }
+                for folder in folders {
+                    for (c, loc) in locations_in(&history_holder(folder), &hex, &m) {
+                        locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+                    }
+                }
+                moved += here;
             }
+        }
+        if moved > 0 {
             txn.commit()?;
+        } else {
+            txn.abort()?;
         }
         Ok(moved)
     }
