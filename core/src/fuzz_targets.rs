@@ -99,7 +99,9 @@ pub fn blocks_request(data: &[u8]) {
             BlocksRequest::Delta { signature, .. } => {
                 assert!(signature.len() <= wire::MAX_SIGNATURE_BYTES)
             }
-            BlocksRequest::Manifest { .. } | BlocksRequest::ManifestPage { .. } => {}
+            BlocksRequest::Manifest { .. }
+            | BlocksRequest::ManifestPage { .. }
+            | BlocksRequest::Kept { .. } => {}
         }
         assert!(r.folder().len() <= wire::MAX_FOLDER_ID);
         assert_canonical(data, &r, &r.encode());
@@ -109,8 +111,14 @@ pub fn blocks_request(data: &[u8]) {
 /// `wire::BlocksResponse::decode`: manifests, chunks and deltas from a peer.
 pub fn blocks_response(data: &[u8]) {
     if let Ok(r) = BlocksResponse::decode(data) {
-        if let BlocksResponse::Chunks(chunks) = &r {
-            assert!(chunks.len() <= wire::MAX_CHUNKS_PER_REQUEST);
+        match &r {
+            BlocksResponse::Chunks(chunks) => {
+                assert!(chunks.len() <= wire::MAX_CHUNKS_PER_REQUEST)
+            }
+            BlocksResponse::Kept { contents, .. } => {
+                assert!(contents.len() <= wire::MAX_KEPT_PER_RESPONSE)
+            }
+            _ => {}
         }
         assert_canonical(data, &r, &r.encode());
     }

@@ -23,4 +23,5 @@ pub mod path;
 pub mod planner;
 pub mod rendezvous;
 pub mod retention;
+pub mod rewind;
 pub mod wire;

@@ -38,6 +38,8 @@ pub const MAX_SIGNATURE_BYTES: usize = 32 << 10;
 pub const MAX_DELTA_BYTES: usize = (256 << 10) + 4096;
 /// Longest folder id accepted.
 pub const MAX_FOLDER_ID: usize = 64;
+/// Most content ids in one answer to [`BlocksRequest::Kept`] (256 KiB of ids).
+pub const MAX_KEPT_PER_RESPONSE: usize = 8192;
 
 /// A message that could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -84,6 +86,13 @@ pub enum BlocksRequest {
         chunk: ChunkId,
         signature: Vec<u8>,
     },
+    /// The contents of the folder's versions the responder keeps in its history, in id
+    /// order, after `after` (from the first when None): what group history lists as
+    /// held by that device, remembered while it is offline.
+    Kept {
+        folder: String,
+        after: Option<ContentId>,
+    },
 }
 
 /// The answer to a [`BlocksRequest`].
@@ -104,6 +113,12 @@ pub enum BlocksResponse {
     Delta(Option<Vec<u8>>),
     /// Not paired, not a member, or no such folder.
     Denied,
+    /// Kept contents in id order (at most [`MAX_KEPT_PER_RESPONSE`]); `more` when the
+    /// list goes on after the last.
+    Kept {
+        contents: Vec<ContentId>,
+        more: bool,
+    },
 }
 
 struct W(Vec<u8>);
@@ -241,7 +256,8 @@ impl BlocksRequest {
             BlocksRequest::Manifest { folder, .. }
             | BlocksRequest::Chunks { folder, .. }
             | BlocksRequest::Delta { folder, .. }
-            | BlocksRequest::ManifestPage { folder, .. } => folder,
+            | BlocksRequest::ManifestPage { folder, .. }
+            | BlocksRequest::Kept { folder, .. } => folder,
         }
     }
     /// Wire form.
@@ -284,6 +300,12 @@ impl BlocksRequest {
                 w.0.extend_from_slice(&page.to_le_bytes());
                 w.0
             }
+            BlocksRequest::Kept { folder, after } => {
+                let mut w = W::new(5);
+                w.bytes(folder.as_bytes());
+                w.opt(after.as_ref().map(|c| &c.as_bytes()[..]));
+                w.0
+            }
         }
     }
     /// Parses the wire form.
@@ -315,6 +337,15 @@ impl BlocksRequest {
                 content: ContentId(r.hash()?),
                 page: r.u32()?,
             },
+            5 => {
+                let folder = r.folder()?;
+                let after = match r.opt_ref(32)? {
+                    None => None,
+                    Some(b) if b.len() == 32 => Some(ContentId(b.try_into().expect("32 bytes"))),
+                    Some(_) => return Err(WireError("content id not 32 bytes")),
+                };
+                BlocksRequest::Kept { folder, after }
+            }
             _ => return Err(WireError("not a blocks request")),
         };
         r.end()?;
@@ -364,6 +395,16 @@ impl BlocksResponse {
                 w.opt(p.as_deref());
                 w.0
             }
+            BlocksResponse::Kept { contents, more } => {
+                let mut w = W(Vec::with_capacity(6 + 32 * contents.len()));
+                w.0.push(7);
+                w.0.push(u8::from(*more));
+                w.count(contents.len());
+                for c in contents {
+                    w.hash(c.as_bytes());
+                }
+                w.0
+            }
         }
     }
     /// Parses the wire form (copying it: [`BlocksResponse::decode_frame`] does not).
@@ -392,6 +433,21 @@ impl BlocksResponse {
             4 => BlocksResponse::Delta(r.opt(MAX_DELTA_BYTES)?),
             5 => BlocksResponse::Outline(r.bytes(crate::manifest::MAX_OUTLINE_BYTES)?.to_vec()),
             6 => BlocksResponse::Page(r.opt(MAX_MANIFEST_BYTES)?),
+            7 => {
+                let more = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError("bad flag")),
+                };
+                let n = r.u32()? as usize;
+                if n > MAX_KEPT_PER_RESPONSE {
+                    return Err(WireError("too many kept contents in one response"));
+                }
+                let contents = (0..n)
+                    .map(|_| r.hash().map(ContentId))
+                    .collect::<Result<_, _>>()?;
+                BlocksResponse::Kept { contents, more }
+            }
             _ => return Err(WireError("not a blocks response")),
         };
         r.end()?;
@@ -471,7 +527,22 @@ mod tests {
             page: 7,
         };
         assert_eq!(BlocksRequest::decode(&b.encode()).unwrap(), b);
+        for after in [None, Some(ContentId([6; 32]))] {
+            let b = BlocksRequest::Kept {
+                folder: "f".into(),
+                after,
+            };
+            assert_eq!(BlocksRequest::decode(&b.encode()).unwrap(), b);
+        }
         for r in [
+            BlocksResponse::Kept {
+                contents: vec![ContentId([1; 32]), ContentId([2; 32])],
+                more: true,
+            },
+            BlocksResponse::Kept {
+                contents: vec![],
+                more: false,
+            },
             BlocksResponse::Delta(Some(vec![1, 2])),
             BlocksResponse::Delta(None),
             BlocksResponse::Outline(vec![2, 3]),
@@ -505,6 +576,11 @@ mod tests {
         assert!(BlocksRequest::decode(&long_signature.encode()).is_err());
         let long_delta = BlocksResponse::Delta(Some(vec![0; MAX_DELTA_BYTES + 1]));
         assert!(BlocksResponse::decode(&long_delta.encode()).is_err());
+        let too_many_kept = BlocksResponse::Kept {
+            contents: vec![ContentId([0; 32]); MAX_KEPT_PER_RESPONSE + 1],
+            more: false,
+        };
+        assert!(BlocksResponse::decode(&too_many_kept.encode()).is_err());
     }
 
     proptest! {

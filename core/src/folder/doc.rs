@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use automerge::sync::{self, SyncDoc};
+use automerge::transaction::CommitOptions;
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, PatchLog, ROOT, ReadDoc, ScalarValue, Value};
 
@@ -187,6 +188,15 @@ pub const CHANGED_MAX: usize = 50_000;
 /// The heads of every shard: a moment of the folder's history.
 pub type Heads = Vec<Vec<automerge::ChangeHash>>;
 
+/// A value a path had at some moment of the folder's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PastValue {
+    pub value: EntryValue,
+    /// When its change was committed, ms since the Unix epoch by the recording device's
+    /// clock (0: recorded by a version of cairn that did not date changes).
+    pub time_ms: i64,
+}
+
 /// Which paths the document changed at since they were last taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Changed {
@@ -288,6 +298,11 @@ pub struct FolderDoc {
     changed: Changed,
     /// Threads that record and apply changes of separate shards side by side.
     workers: usize,
+    /// The wall clock the driver passed in last (ms since the Unix epoch), stamped on
+    /// every change this device commits: history lists versions by it and a rewind
+    /// finds the folder's state at a moment by it. 0 until set (changes of earlier
+    /// versions of cairn carry 0: "before any dated change").
+    clock_ms: i64,
 }
 
 impl FolderDoc {
@@ -302,6 +317,7 @@ impl FolderDoc {
             dirs: HashSet::new(),
             changed: Changed::default(),
             workers: 1,
+            clock_ms: 0,
         })
     }
 
@@ -332,6 +348,7 @@ impl FolderDoc {
             dirs,
             changed: Changed::All,
             workers: 1,
+            clock_ms: 0,
         })
     }
 
@@ -658,11 +675,124 @@ impl FolderDoc {
         let _ = self.shards[shard].put(ROOT, path, ScalarValue::Bytes(value.encode()));
     }
 
-    /// Ends the current batch of local changes (one automerge change per touched shard).
+    /// Ends the current batch of local changes (one automerge change per touched shard),
+    /// dated by [`FolderDoc::set_clock`].
     pub fn commit(&mut self) {
+        let time = self.clock_ms;
         for s in &mut self.shards {
-            s.commit();
+            s.commit_with(CommitOptions::default().with_time(time));
         }
+    }
+
+    /// Sets the wall clock (ms since the Unix epoch) the next commits are dated with.
+    /// Sans-IO: the driver passes the time in.
+    pub fn set_clock(&mut self, unix_ms: i64) {
+        self.clock_ms = unix_ms;
+    }
+
+    /// Every value ever recorded at a path `wanted` accepts, per path, in the order of
+    /// the document's changes (causal order: a value comes after the values it
+    /// superseded), each with the time its change was committed. Reads the whole history
+    /// of the shards involved (only the path's shard when `only` names one path): for
+    /// listing history, not for the sync path.
+    pub fn versions(
+        &mut self,
+        only: Option<&str>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> BTreeMap<String, Vec<PastValue>> {
+        use automerge::legacy::{Key, ObjectId, OpType};
+        let shards: Vec<usize> = match only {
+            Some(p) => vec![self.shard_of(p)],
+            None => (0..self.shards.len()).collect(),
+        };
+        let mut out: BTreeMap<String, Vec<PastValue>> = BTreeMap::new();
+        for i in shards {
+            for change in self.shards[i].get_changes(&[]) {
+                let time_ms = change.timestamp();
+                for op in change.decode().operations {
+                    let (ObjectId::Root, Key::Map(key), OpType::Put(v)) =
+                        (&op.obj, &op.key, &op.action)
+                    else {
+                        continue;
+                    };
+                    if only.is_some_and(|p| p != key.as_str()) || !wanted(key) {
+                        continue;
+                    }
+                    let ScalarValue::Bytes(b) = v else { continue };
+                    if let Ok(value) = EntryValue::decode(b) {
+                        out.entry(key.to_string())
+                            .or_default()
+                            .push(PastValue { value, time_ms });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The folder as it was at `unix_ms`: in every shard, the changes committed at or
+    /// before then (with everything they depend on; undated changes count as early).
+    /// Clocks of devices differ, so "then" is as each device's clock said.
+    pub fn heads_at(&mut self, unix_ms: i64) -> Heads {
+        self.shards
+            .iter_mut()
+            .map(|doc| {
+                let mut taken: HashSet<automerge::ChangeHash> = HashSet::new();
+                let mut depended: HashSet<automerge::ChangeHash> = HashSet::new();
+                // In causal order: a change's dependencies come before it.
+                for meta in doc.get_changes_meta(&[]) {
+                    if meta.timestamp <= unix_ms && meta.deps.iter().all(|d| taken.contains(d)) {
+                        depended.extend(meta.deps.iter().copied());
+                        taken.insert(meta.hash);
+                    }
+                }
+                let mut heads: Vec<_> = taken.difference(&depended).copied().collect();
+                heads.sort();
+                heads
+            })
+            .collect()
+    }
+
+    /// Every path with its concurrent values at the moment `at` (now when None), in the
+    /// range `under` (a directory and everything below it; the whole folder when None),
+    /// sorted.
+    pub fn recorded_at(
+        &self,
+        at: Option<&Heads>,
+        under: Option<&str>,
+    ) -> BTreeMap<String, Vec<EntryValue>> {
+        use std::ops::Bound;
+        let range: (Bound<String>, Bound<String>) = match under {
+            // '0' follows '/': the directory and everything below it.
+            Some(dir) => (
+                Bound::Included(dir.to_string()),
+                Bound::Excluded(format!("{dir}0")),
+            ),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let mut out = BTreeMap::new();
+        for (i, doc) in self.shards.iter().enumerate() {
+            let keys: Vec<String> = match at {
+                None => doc
+                    .map_range(ROOT, range.clone())
+                    .map(|item| item.key.to_string())
+                    .collect(),
+                Some(heads) => doc
+                    .map_range_at(ROOT, range.clone(), &heads[i])
+                    .map(|item| item.key.to_string())
+                    .collect(),
+            };
+            for key in keys {
+                if under.is_some_and(|d| key != d && !key.starts_with(&format!("{d}/"))) {
+                    continue;
+                }
+                let values = self.values_at(&key, at);
+                if !values.is_empty() {
+                    out.insert(key, values);
+                }
+            }
+        }
+        out
     }
 
     /// Sync state for a peer we have not talked to yet.

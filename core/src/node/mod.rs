@@ -271,6 +271,8 @@ pub struct Node<P> {
     /// Threads a folder document may use for large batches (see
     /// [`crate::folder::FolderDoc::set_workers`]); 1 keeps everything on the caller's.
     workers: usize,
+    /// The wall clock passed in last (ms since the Unix epoch), for new folders.
+    clock_ms: i64,
     /// Paths per window of a pass over a large folder (0: never windowed).
     pull_window: usize,
 }
@@ -294,6 +296,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             last_dial: None,
             actions: VecDeque::new(),
             workers: 1,
+            clock_ms: 0,
             pull_window: PULL_WINDOW,
         }
     }
@@ -305,6 +308,16 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         self.workers = workers.max(1);
         for f in self.folders.values_mut() {
             f.doc.set_workers(self.workers);
+        }
+    }
+
+    /// Sets the wall clock (ms since the Unix epoch) that the folders' next changes are
+    /// dated with (history and rewind read it). The driver passes it in; the simulation
+    /// passes its own.
+    pub fn set_clock(&mut self, unix_ms: i64) {
+        self.clock_ms = unix_ms;
+        for f in self.folders.values_mut() {
+            f.doc.set_clock(unix_ms);
         }
     }
 
@@ -336,6 +349,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         mut doc: crate::folder::FolderDoc,
     ) {
         doc.set_workers(self.workers);
+        doc.set_clock(self.clock_ms);
         let id = spec.id.clone();
         self.offers.remove(&id);
         self.folders
@@ -692,6 +706,43 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             }
         }
         self.schedule(now);
+    }
+
+    /// Records changes the user asked for (versions restored by a rewind or a restore
+    /// from the group's history) as this device's local changes: `base` is the content
+    /// the change replaces, the one the user saw (the current winner), so it supersedes
+    /// it rather than making a conflict. They sync like a scan's, and the folder is
+    /// pulled so its disk follows (the versions are written from local chunks, the
+    /// version store or peers; what they replace is kept in history first). Returns
+    /// whether the document changed. A receive-only folder records nothing.
+    pub fn record_requested(
+        &mut self,
+        now: Instant,
+        id: &str,
+        changes: &[(String, LocalChange, Option<ContentId>)],
+    ) -> bool {
+        let Some(f) = self.folders.get_mut(id) else {
+            return false;
+        };
+        if f.spec.kind == FolderKind::ReceiveOnly || changes.is_empty() {
+            return false;
+        }
+        let refs: Vec<_> = changes
+            .iter()
+            .map(|(p, c, base)| (p.as_str(), c, *base))
+            .collect();
+        let touched = f.doc.record_local_all(&refs);
+        f.dirty.add(changes.iter().map(|(p, _, _)| p.clone()));
+        f.needs_pull = true;
+        f.in_sync = false;
+        let changed = !touched.is_empty();
+        if changed {
+            f.doc.commit();
+            self.persist(id, touched, Vec::new());
+            self.sync_folder(id);
+        }
+        self.schedule(now);
+        changed
     }
 
     /// A restore ended: the folder is free again, and rescanned so the restore syncs.
