@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_api::conflicts::Keep;
 use cairn_api::folders::{AcceptRequest, FolderType, ShareRequest};
-use cairn_api::history::{HistoryQuery, RestoreRequest};
+use cairn_api::history::{HistoryQuery, RestoreRequest, RewindRequest};
 use cairn_api::pairing::InviteStatus;
 use cairn_api::status::{FolderStatus, PeerStatus};
 use cairn_api::time::UtcTime;
@@ -427,44 +427,193 @@ fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// `cairn history [PATH] [--folder F]`.
-pub fn history(
-    c: &Client,
-    folder: Option<&str>,
-    path: Option<&str>,
-    json_out: bool,
-) -> Result<(), CliError> {
-    let list = c.versions(&HistoryQuery {
-        folder: folder.map(str::to_string),
-        path: path.map(str::to_string),
-    })?;
+/// `cairn history [PATH] [--folder F] [--deleted]`.
+pub fn history(c: &Client, query: &HistoryQuery, json_out: bool) -> Result<(), CliError> {
+    let list = c.versions(query)?;
     if json_out {
         print_json(&list);
         return Ok(());
     }
     if list.is_empty() {
         println!(
-            "No kept versions{}.",
-            path.map(|p| format!(" of {p}")).unwrap_or_default()
+            "No earlier versions{}{}.",
+            if query.deleted { " of deleted files" } else { "" },
+            query
+                .path
+                .as_deref()
+                .map(|p| format!(" of {p}"))
+                .unwrap_or_default()
         );
         return Ok(());
     }
-    println!("{:<23}  {:>10}  {:<12}  PATH", "KEPT", "SIZE", "VERSION");
+    println!(
+        "{:<23}  {:>10}  {:<12}  {:<28}  PATH",
+        "REPLACED", "SIZE", "VERSION", "HELD BY"
+    );
     for v in &list {
         println!(
-            "{:<23}  {:>10}  {:<12}  {}{}",
-            when(v.kept_ns),
+            "{:<23}  {:>10}  {:<12}  {:<28}  {}{}",
+            if v.kept_ns > 0 {
+                when(v.kept_ns)
+            } else {
+                "(undated)".into()
+            },
             format::bytes(v.size),
             short_id(&v.content),
+            holders(&v.holders),
             v.path,
-            if v.available {
-                ""
-            } else {
-                "  (not in this device's version store)"
-            }
+            if v.deleted { "  (deleted)" } else { "" }
         );
     }
     Ok(())
+}
+
+/// Who holds a version, in a few words: "this device, laptop (offline)".
+fn holders(list: &[cairn_api::history::Holder]) -> String {
+    if list.is_empty() {
+        return "no device".into();
+    }
+    list.iter()
+        .map(|h| {
+            if h.online {
+                h.name.clone()
+            } else {
+                format!("{} (offline)", h.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `cairn restore --folder F --at TIME [SUBDIR] [--exact] [--dry-run]`.
+pub fn rewind(c: &Client, request: &RewindRequest, json_out: bool) -> Result<(), CliError> {
+    let r = c.rewind(request)?;
+    if json_out {
+        print_json(&r);
+        return Ok(());
+    }
+    let changing: Vec<_> = r.steps.iter().filter(|s| s.action != "keep").collect();
+    let kept_new = r.steps.len() - changing.len();
+    let scope = request
+        .under
+        .as_deref()
+        .map(|u| format!("{}/{u}", r.folder))
+        .unwrap_or_else(|| r.folder.clone());
+    if r.dry_run {
+        println!(
+            "Rewinding {scope} to {} would change {} path{} ({} to fetch from peers):",
+            when(r.at_ns),
+            changing.len(),
+            if changing.len() == 1 { "" } else { "s" },
+            format::bytes(r.bytes_to_fetch)
+        );
+    } else {
+        println!(
+            "Rewound {scope} to {}: {} path{} put back ({} to fetch from peers).",
+            when(r.at_ns),
+            changing.len(),
+            if changing.len() == 1 { "" } else { "s" },
+            format::bytes(r.bytes_to_fetch)
+        );
+    }
+    if r.dry_run {
+        for s in &r.steps {
+            println!(
+                "  {:<9} {:>10}  {}{}",
+                s.action,
+                if s.content.is_some() {
+                    format::bytes(s.size)
+                } else {
+                    String::new()
+                },
+                s.path,
+                if s.available {
+                    ""
+                } else {
+                    "  (held by no connected device)"
+                }
+            );
+        }
+    }
+    if kept_new > 0 && !request.exact {
+        println!(
+            "{kept_new} path{} created since stay{} (--exact removes them, to history).",
+            if kept_new == 1 { "" } else { "s" },
+            if kept_new == 1 { "s" } else { "" }
+        );
+    }
+    if let Some(note) = &r.note {
+        println!("Note: {note}.");
+    }
+    Ok(())
+}
+
+/// Now, in ns since the epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// A moment as `cairn restore --at` takes it, in ns since the epoch: `2026-12-04 15:30`
+/// or `2026-12-04 15:30:05` (UTC), the same with `T` and an optional `Z`,
+/// `@UNIX_SECONDS`, or a time ago (`90s`, `10m`, `2h`, `3d`).
+pub fn parse_when(text: &str, now_ns: i64) -> Result<i64, String> {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "cannot read the time {text:?}: give `2026-12-04 15:30` (UTC), \
+             `2026-12-04T15:30:00Z`, `@UNIX_SECONDS` or a time ago such as `10m`"
+        )
+    };
+    if let Some(secs) = t.strip_prefix('@') {
+        let s: i64 = secs.parse().map_err(|_| bad())?;
+        return s.checked_mul(1_000_000_000).ok_or_else(bad);
+    }
+    if let Some(unit) = t.chars().last().filter(|c| "smhd".contains(*c))
+        && let Ok(n) = t[..t.len() - 1].parse::<i64>()
+    {
+        let secs = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => 86_400,
+        };
+        return n
+            .checked_mul(secs * 1_000_000_000)
+            .map(|ago| now_ns - ago)
+            .ok_or_else(bad);
+    }
+    let t = t.trim_end_matches('Z').replace('T', " ");
+    let (date, time) = t.split_once(' ').unwrap_or((&t, "00:00:00"));
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let h: Vec<i64> = time
+        .split(':')
+        .map(|x| x.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let ([y, mo, da], [hh, mi, ss]) = (
+        <[i64; 3]>::try_from(d).map_err(|_| bad())?,
+        match h.as_slice() {
+            [a, b] => [*a, *b, 0],
+            [a, b, c] => [*a, *b, *c],
+            _ => return Err(bad()),
+        },
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || hh > 23 || mi > 59 || ss > 60 {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil (the inverse of UtcTime::from_ns).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok((days * 86_400 + hh * 3600 + mi * 60 + ss) * 1_000_000_000)
 }
 
 /// `cairn history --prune`.
@@ -595,6 +744,32 @@ mod tests {
         }
     }
 
+    /// `--at` times: calendar times read back as the calendar shows them, every second of
+    /// many years; times ago from now; nonsense refused.
+    #[test]
+    fn rewind_times_parse_back_to_the_calendar() {
+        let mut ns: i64 = 0;
+        while ns < 4_102_444_800 * 1_000_000_000 {
+            let t = UtcTime::from_ns(ns);
+            let text = format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                t.year, t.month, t.day, t.hour, t.minute, t.second
+            );
+            assert_eq!(parse_when(&text, 0), Ok(ns), "{text}");
+            let iso = format!("{}Z", text.replace(' ', "T"));
+            assert_eq!(parse_when(&iso, 0), Ok(ns), "{iso}");
+            ns += 3_601_000_000_000 * 7 + 1_000_000_000;
+        }
+        assert_eq!(parse_when("2026-12-04 15:30", 0), parse_when("2026-12-04T15:30:00Z", 0));
+        let now = 1_800_000_000 * 1_000_000_000;
+        assert_eq!(parse_when("10m", now), Ok(now - 600 * 1_000_000_000));
+        assert_eq!(parse_when("3d", now), Ok(now - 3 * 86_400 * 1_000_000_000));
+        assert_eq!(parse_when("@1700000000", now), Ok(1_700_000_000 * 1_000_000_000));
+        for bad in ["yesterday", "2026-13-01 00:00", "2026-12-04 25:00", "10x", "", "@x"] {
+            assert!(parse_when(bad, now).is_err(), "{bad}");
+        }
+    }
+
     /// What `--json` printed before the typed client: the daemon's answer parsed into a
     /// `Value` and printed; and what it prints now: parsed into the type and printed
     /// through [`value`].
@@ -692,6 +867,14 @@ mod tests {
             content: "ab".repeat(32),
             size: 25,
             available: false,
+            made_ns: 1_764_483_000_000_000_000,
+            author: Some("laptop".into()),
+            holders: vec![cairn_api::history::Holder {
+                name: "laptop".into(),
+                this_device: false,
+                online: false,
+            }],
+            deleted: true,
         }];
         let (before, now) = before_and_now(&versions);
         assert_eq!(before, now);

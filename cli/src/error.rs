@@ -23,6 +23,14 @@ impl CliError {
             message: message.into(),
         }
     }
+
+    /// The command line is wrong (a value that does not parse): exit code 2.
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            code: exit::USAGE,
+            message: message.into(),
+        }
+    }
 }
 
 impl From<ApiError> for CliError {

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use cairn_api::Client;
 use cairn_api::conflicts::Keep;
 use cairn_api::folders::FolderType;
-use cairn_api::history::RestoreRequest;
+use cairn_api::history::{HistoryQuery, RestoreRequest, RewindRequest};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::error::CliError;
@@ -133,32 +133,52 @@ enum Command {
         #[arg(long, value_enum)]
         keep: KeepWhich,
     },
-    /// Versions kept when another device replaced or deleted a file, newest first.
+    /// Every version of the folder's files the group knows of, newest first, with the
+    /// devices that hold each (online or not).
     History {
         /// Only versions of this path, or of everything under it (folder-relative).
         path: Option<String>,
         /// Only this folder (id).
         #[arg(long)]
         folder: Option<String>,
+        /// Only files that are deleted now.
+        #[arg(long)]
+        deleted: bool,
         /// Drop the versions the folders' rules no longer keep now (they are also dropped
         /// hourly), and say what that freed.
-        #[arg(long, conflicts_with_all = ["path", "folder"])]
+        #[arg(long, conflicts_with_all = ["path", "folder", "deleted"])]
         prune: bool,
     },
-    /// Put a kept version back; it syncs to every device, and the version it replaces is kept.
+    /// Put a version back, from whichever device holds it; or rewind a folder (or a
+    /// directory of it) to a moment with --at. It syncs to every device, and what it
+    /// replaces is kept in history.
     #[command(disable_version_flag = true)]
     Restore {
-        /// The path the version was kept from (folder-relative), as `cairn history` shows it.
-        path: String,
-        /// Which version: its id or a unique prefix [default: the newest].
-        #[arg(long)]
+        /// The path (folder-relative), as `cairn history` shows it; with --at, the
+        /// directory to rewind (the whole folder if left out).
+        #[arg(required_unless_present = "at")]
+        path: Option<String>,
+        /// Which version: its id or a unique prefix [default: the newest before the
+        /// current one].
+        #[arg(long, conflicts_with = "at")]
         version: Option<String>,
         /// Put it here instead (folder-relative), leaving the file at PATH alone.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "at")]
         to: Option<String>,
-        /// The folder (id), when several have versions of PATH.
-        #[arg(long)]
+        /// The folder (id): needed with --at, and when several have versions of PATH.
+        #[arg(long, required_if_eq("at", "*"))]
         folder: Option<String>,
+        /// Rewind to this moment: `2026-12-04 15:30` (UTC), `2026-12-04T15:30:00Z`,
+        /// `@UNIX_SECONDS`, or a time ago (`90s`, `10m`, `2h`, `3d`). Files created since
+        /// stay (see --exact).
+        #[arg(long, value_name = "TIME", requires = "folder")]
+        at: Option<String>,
+        /// With --at: also remove what was created since (it goes to history).
+        #[arg(long, requires = "at")]
+        exact: bool,
+        /// With --at: only list what would change.
+        #[arg(long, requires = "at")]
+        dry_run: bool,
     },
     /// Pause syncing a folder (or all).
     Pause {
@@ -263,19 +283,52 @@ fn run(
         Command::Conflicts => commands::conflicts(&connect()?, json),
         Command::Resolve { path, keep } => commands::resolve(&connect()?, &path, keep.into(), json),
         Command::History { prune: true, .. } => commands::prune(&connect()?, json),
-        Command::History { path, folder, .. } => {
-            commands::history(&connect()?, folder.as_deref(), path.as_deref(), json)
+        Command::History {
+            path,
+            folder,
+            deleted,
+            ..
+        } => commands::history(
+            &connect()?,
+            &HistoryQuery {
+                folder,
+                path,
+                deleted,
+            },
+            json,
+        ),
+        Command::Restore {
+            path,
+            folder: Some(folder),
+            at: Some(at),
+            exact,
+            dry_run,
+            ..
+        } => {
+            let at_ns = commands::parse_when(&at, commands::now_ns()).map_err(CliError::usage)?;
+            commands::rewind(
+                &connect()?,
+                &RewindRequest {
+                    folder,
+                    at_ns,
+                    under: path,
+                    exact,
+                    dry_run,
+                },
+                json,
+            )
         }
         Command::Restore {
             path,
             version,
             to,
             folder,
+            ..
         } => commands::restore(
             &connect()?,
             &RestoreRequest {
                 folder,
-                path,
+                path: path.unwrap_or_default(),
                 version,
                 to,
             },

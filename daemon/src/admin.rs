@@ -78,9 +78,12 @@ pub enum AdminRequest {
         reply: oneshot::Sender<Result<String, ApiError>>,
     },
     History {
-        folder: Option<String>,
-        path: Option<String>,
+        query: cairn_api::history::HistoryQuery,
         reply: oneshot::Sender<Result<Vec<Version>, ApiError>>,
+    },
+    Rewind {
+        request: cairn_api::history::RewindRequest,
+        reply: oneshot::Sender<Result<cairn_api::history::Rewound, ApiError>>,
     },
     Restore {
         request: RestoreRequest,
@@ -127,13 +130,8 @@ impl Engine {
             AdminRequest::Resolve { path, keep, reply } => {
                 let _ = reply.send(self.resolve(&path, keep));
             }
-            AdminRequest::History {
-                folder,
-                path,
-                reply,
-            } => {
-                self.history(folder, path, reply);
-            }
+            AdminRequest::History { query, reply } => self.history(query, reply),
+            AdminRequest::Rewind { request, reply } => self.rewind(request, reply),
             AdminRequest::Restore { request, reply } => self.restore(request, reply),
             AdminRequest::Prune { reply } => self.prune_versions(Some(reply)),
         }

@@ -16,7 +16,7 @@ use cairn_api::folders::{
     AcceptRequest, Accepted, DeclineRequest, FolderQuery, FolderRequest, PauseState, ShareRequest,
     Shared,
 };
-use cairn_api::history::HistoryQuery;
+use cairn_api::history::{HistoryQuery, RewindRequest};
 use cairn_api::pairing::{JoinRequest, WaitQuery};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -335,11 +335,7 @@ async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> Response {
     let history = |reply| {
-        ControlRequest::Admin(AdminRequest::History {
-            folder: q.folder,
-            path: q.path,
-            reply,
-        })
+        ControlRequest::Admin(AdminRequest::History { query: q, reply })
     };
     answer(&ctx, &headers, history, |list| list).await
 }
@@ -351,6 +347,15 @@ async fn restore(
 ) -> Response {
     let restore = |reply| ControlRequest::Admin(AdminRequest::Restore { request, reply });
     answer(&ctx, &headers, restore, |r| r).await
+}
+
+async fn rewind(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(request): Json<RewindRequest>,
+) -> Response {
+    let rewind = |reply| ControlRequest::Admin(AdminRequest::Rewind { request, reply });
+    answer(&ctx, &headers, rewind, |r| r).await
 }
 
 async fn prune(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
@@ -421,6 +426,7 @@ pub fn serve(
         .route(routes::HISTORY, get(history))
         .route(routes::RESTORE, post(restore))
         .route(routes::PRUNE, post(prune))
+        .route(routes::REWIND, post(rewind))
         .with_state(Ctx {
             token,
             events,

@@ -36,7 +36,7 @@ use crate::net::Behaviour;
 use crate::puller::{NetCommand, PullProgress};
 use crate::watcher::Watcher;
 
-pub(crate) use jobs::load_folder;
+pub(crate) use jobs::{holds, load_folder};
 pub(crate) use swarm::Serving;
 
 /// How often the loop looks at timers (rescans, redials, retries).
@@ -90,6 +90,13 @@ pub enum Event {
         kept: usize,
         bytes: u64,
     },
+    /// Changes the user asked for (a restore from the group, a rewind), checked off the
+    /// loop: recorded as local changes, then `done` is told whether they were.
+    Requested {
+        folder: String,
+        changes: crate::group::Requested,
+        done: Box<dyn FnOnce(bool) + Send>,
+    },
 }
 
 impl Event {
@@ -105,6 +112,7 @@ impl Event {
             Event::Control(ControlRequest::Status(_)) => "control_status",
             Event::Control(_) => "control",
             Event::VersionsCounted { .. } => "versions_counted",
+            Event::Requested { .. } => "requested",
         }
     }
 }
@@ -813,7 +821,18 @@ impl Engine {
 
     fn on_event(&mut self, event: Event) {
         let now = Instant::now();
+        // Changes recorded in this turn are dated by the wall clock (history, rewind).
+        self.node.set_clock(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        );
         match event {
+            Event::Requested {
+                folder,
+                changes,
+                done,
+            } => self.on_requested(&folder, changes, done),
             Event::ScanDone {
                 folder,
                 result,

@@ -112,45 +112,6 @@ impl Engine {
         });
     }
 
-    /// Kept versions, newest first: of one folder or all, of one path (or everything under
-    /// it) or all. Read on a blocking thread; the reply comes from there.
-    pub(crate) fn history(
-        &self,
-        folder: Option<String>,
-        path: Option<String>,
-        reply: oneshot::Sender<Result<Vec<Version>, ApiError>>,
-    ) {
-        if let Some(id) = &folder
-            && !self.local.contains_key(id)
-        {
-            let _ = reply.send(Err(no_folder(id)));
-            return;
-        }
-        let ids: Vec<String> = self
-            .local
-            .keys()
-            .filter(|id| folder.as_ref().is_none_or(|f| f == *id))
-            .cloned()
-            .collect();
-        let (index, versions) = (self.index.clone(), self.versions.clone());
-        tokio::task::spawn_blocking(move || {
-            let list = || -> Result<Vec<Version>, String> {
-                let mut out = Vec::new();
-                for id in &ids {
-                    let rows = index.history(id).map_err(|e| e.to_string())?;
-                    for (p, kept_ns, content) in rows {
-                        if path.as_deref().is_none_or(|want| is_at_or_under(&p, want)) {
-                            out.push(version(&index, &versions, id, p, kept_ns, content)?);
-                        }
-                    }
-                }
-                out.sort_by(|a, b| b.kept_ns.cmp(&a.kept_ns).then(a.path.cmp(&b.path)));
-                Ok(out)
-            };
-            let _ = reply.send(list().map_err(ApiError::from));
-        });
-    }
-
     /// Finds the folder with versions of the path and queues the restore there; it runs
     /// when the folder is idle (see [`Engine::start_restore`]).
     pub(crate) fn restore(
@@ -158,6 +119,11 @@ impl Engine {
         request: RestoreRequest,
         reply: oneshot::Sender<Result<Restored, ApiError>>,
     ) {
+        // A version that only other devices hold is restored through the folder (the
+        // pull fetches it); one kept here, from the version store.
+        let Some(reply) = self.restore_from_group(&request, reply) else {
+            return;
+        };
         match self.restore_folder(&request) {
             Ok(id) => {
                 if let Some(f) = self.local.get_mut(&id) {
@@ -287,13 +253,8 @@ fn version(
         available: versions.has(&content).map_err(|e| e.to_string())?,
         content: content.to_hex(),
         size,
+        ..Version::default()
     })
-}
-
-/// `p` is `dir` or lies under it.
-fn is_at_or_under(p: &str, dir: &str) -> bool {
-    let dir = dir.trim_end_matches('/');
-    p == dir || folder_path::ancestors(p).any(|a| a == dir)
 }
 
 /// Whether the file at a name is still the one read: same inode, size and mtime (a new
@@ -569,19 +530,5 @@ impl RestoreJob {
             }
         }
         Err(format!("{} keeps changing; try again", path.display()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_at_or_under;
-
-    #[test]
-    fn paths_at_or_under_a_directory() {
-        assert!(is_at_or_under("docs/a.txt", "docs"));
-        assert!(is_at_or_under("docs/a.txt", "docs/"));
-        assert!(is_at_or_under("docs", "docs"));
-        assert!(!is_at_or_under("docsx/a.txt", "docs"));
-        assert!(!is_at_or_under("a.txt", "docs"));
     }
 }

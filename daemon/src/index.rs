@@ -56,6 +56,9 @@ const HISTORY: TableDefinition<(&str, &str, i64), &[u8; 32]> = TableDefinition::
 /// transaction as the change, cleared once the document is saved: a process killed in
 /// between records the change on restart instead of forgetting it.
 const UNRECORDED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("unrecorded");
+/// (folder, peer id) -> the contents of the folder's versions that peer keeps (sorted
+/// 32-byte ids, as it last told us): group history names holders that are offline.
+const PEER_KEPT: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("peer_kept");
 
 /// The pseudo-folder under which earlier versions recorded chunk locations of the old
 /// history directory (`HOME/history/<content id>`); [`Index::migrate_history_locations`]
@@ -458,6 +461,7 @@ impl Index {
         txn.open_table(PULL_PROGRESS)?;
         txn.open_table(HISTORY)?;
         txn.open_table(UNRECORDED)?;
+        txn.open_table(PEER_KEPT)?;
         txn.commit()?;
         Ok(Index {
             db,
@@ -965,6 +969,8 @@ impl Index {
             txn.open_table(ENTRIES)?.retain(|(f, _), _| f != folder)?;
             txn.open_table(FOLDER_CHUNKS)?
                 .retain(|(f, _), _| f != folder)?;
+            txn.open_table(PEER_KEPT)?
+                .retain(|(f, _), _| f != folder)?;
         }
         txn.commit()?;
         Ok(())
@@ -1174,6 +1180,51 @@ impl Index {
                 break;
             }
             out.push((path.to_string(), time, ContentId(*v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Remembers the contents of `folder`'s versions that `peer` keeps (what it answered
+    /// last).
+    pub fn set_peer_kept(&self, folder: &str, peer: &str, contents: &[ContentId]) -> Result<()> {
+        let mut sorted: Vec<[u8; 32]> = contents.iter().map(|c| c.0).collect();
+        sorted.sort();
+        sorted.dedup();
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(PEER_KEPT)?;
+            t.insert((folder, peer), sorted.concat().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The peers that last said they keep a version of `folder` with `content`.
+    pub fn peers_keeping(&self, folder: &str, content: &ContentId) -> Result<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(PEER_KEPT)?;
+        let mut out = Vec::new();
+        for row in t.range((folder, "")..)? {
+            let (k, v) = row?;
+            let (f, peer) = k.value();
+            if f != folder {
+                break;
+            }
+            let ids = v.value();
+            let n = ids.len() / 32;
+            let at = |i: usize| &ids[i * 32..i * 32 + 32];
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if at(mid) < &content.0[..] {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo < n && at(lo) == &content.0[..] {
+                out.push(peer.to_string());
+            }
         }
         Ok(out)
     }

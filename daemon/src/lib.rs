@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod folders;
+pub mod group;
 pub mod history;
 pub mod identity;
 pub mod index;

@@ -8,7 +8,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cairn_core::wire::{BlocksRequest, BlocksResponse, Bytes, MAX_CHUNK_BYTES_PER_RESPONSE};
+use cairn_core::wire::{
+    BlocksRequest, BlocksResponse, Bytes, MAX_CHUNK_BYTES_PER_RESPONSE, MAX_KEPT_PER_RESPONSE,
+};
 use cairn_core::{ChunkId, ContentId};
 
 use crate::index::{Index, Stored, history_holder};
@@ -67,6 +69,21 @@ pub fn answer(
                 .and_then(|_| index.page(content, *page as usize).ok().flatten())
                 .map(|m| m.encode()),
         ),
+        BlocksRequest::Kept { folder, after } => {
+            let mut contents: Vec<ContentId> = index
+                .history(folder)
+                .map(|rows| rows.into_iter().map(|(_, _, c)| c).collect())
+                .unwrap_or_default();
+            contents.sort();
+            contents.dedup();
+            let from = after.map_or(0, |a| contents.partition_point(|c| *c <= a));
+            let rest = &contents[from..];
+            let take = rest.len().min(MAX_KEPT_PER_RESPONSE);
+            BlocksResponse::Kept {
+                contents: rest[..take].to_vec(),
+                more: rest.len() > take,
+            }
+        }
         // A chunk named twice is read and sent once; past the response's byte limit the
         // rest are answered as missing (the requester asks again).
         BlocksRequest::Chunks { folder, chunks } => {

@@ -19,7 +19,9 @@ use crate::error::{ApiError, exit};
 use crate::folders::{
     AcceptRequest, Accepted, DeclineRequest, FolderRequest, PauseState, ShareRequest, Shared,
 };
-use crate::history::{HistoryQuery, Pruned, RestoreRequest, Restored, Version};
+use crate::history::{
+    HistoryQuery, Pruned, RestoreRequest, Restored, Rewound, RewindRequest, Version,
+};
 use crate::pairing::{InviteStatus, JoinRequest, Paired};
 use crate::status::{FolderStatus, PeerStatus, Status};
 
@@ -227,13 +229,23 @@ impl Client {
 
     /// `GET /v1/history`: kept versions, newest first.
     pub fn versions(&self, q: &HistoryQuery) -> Result<Vec<Version>, ClientError> {
-        let query = query(&[("folder", q.folder.as_deref()), ("path", q.path.as_deref())]);
+        let query = query(&[
+            ("folder", q.folder.as_deref()),
+            ("path", q.path.as_deref()),
+            ("deleted", q.deleted.then_some("true")),
+        ]);
         self.get(&format!("{}{query}", routes::HISTORY))
     }
 
     /// `POST /v1/restore`: puts a kept version back (it waits until the folder is idle).
     pub fn restore(&self, request: &RestoreRequest) -> Result<Restored, ClientError> {
         self.post(routes::RESTORE, Some(request))
+    }
+
+    /// `POST /v1/rewind`: puts a folder (or a directory of it) back to a moment, or on a
+    /// dry run lists what that would change.
+    pub fn rewind(&self, request: &RewindRequest) -> Result<Rewound, ClientError> {
+        self.post(routes::REWIND, Some(request))
     }
 
     /// `POST /v1/history/prune`: drops the kept versions the folders' rules no longer keep.

@@ -62,7 +62,8 @@ pub mod routes {
     /// `POST` [`ResolveRequest`](crate::conflicts::ResolveRequest):
     /// [`Resolved`](crate::conflicts::Resolved).
     pub const RESOLVE: &str = "/v1/resolve";
-    /// `GET ?folder=ID&path=P`: [`Version`](crate::history::Version)s, newest first.
+    /// `GET ?folder=ID&path=P&deleted=true`: [`Version`](crate::history::Version)s of the
+    /// group, newest first.
     pub const HISTORY: &str = "/v1/history";
     /// `POST` [`RestoreRequest`](crate::history::RestoreRequest):
     /// [`Restored`](crate::history::Restored).
@@ -70,4 +71,7 @@ pub mod routes {
     /// `POST`: drops the kept versions the folders' rules no longer keep, now:
     /// [`Pruned`](crate::history::Pruned).
     pub const PRUNE: &str = "/v1/history/prune";
+    /// `POST` [`RewindRequest`](crate::history::RewindRequest):
+    /// [`Rewound`](crate::history::Rewound).
+    pub const REWIND: &str = "/v1/rewind";
 }

@@ -1,5 +1,6 @@
-//! Version history through the control API: the versions this device kept
-//! (`GET /v1/history`) and putting one back (`POST /v1/restore`).
+//! Version history through the control API: every version the group knows of, with the
+//! devices that hold its bytes (`GET /v1/history`), putting one back from any of them
+//! (`POST /v1/restore`), and rewinding a folder to a moment (`POST /v1/rewind`).
 
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +17,32 @@ pub struct Version {
     pub content: String,
     /// Its size in bytes.
     pub size: u64,
-    /// Whether its bytes are in this device's version store.
+    /// Whether this device holds its bytes (in its version store or a file).
     pub available: bool,
+    /// When the version was made (its change recorded in the folder), in ns since the
+    /// epoch; 0 when not known (recorded by a version of cairn that did not date changes).
+    #[serde(default)]
+    pub made_ns: i64,
+    /// The device that made it (its name), when the folder's history says.
+    #[serde(default)]
+    pub author: Option<String>,
+    /// Devices that hold its bytes, as they last said (this one included).
+    #[serde(default)]
+    pub holders: Vec<Holder>,
+    /// The path is deleted now (this is one of its versions from before).
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// A device that holds the bytes of a version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Its name.
+    pub name: String,
+    /// This device.
+    pub this_device: bool,
+    /// Connected now (this device always is).
+    pub online: bool,
 }
 
 /// The query of `GET /v1/history`: which versions to list (all if nothing is given).
@@ -27,6 +52,9 @@ pub struct HistoryQuery {
     pub folder: Option<String>,
     /// Only versions of this path, or of everything under it (folder-relative).
     pub path: Option<String>,
+    /// Only versions of paths that are deleted now.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// What `cairn restore` asks for (`POST /v1/restore`).
@@ -40,6 +68,56 @@ pub struct RestoreRequest {
     pub version: Option<String>,
     /// Where to put it instead of `path` (folder-relative).
     pub to: Option<String>,
+}
+
+/// What `cairn restore --folder F --at TIME [SUBDIR]` asks for (`POST /v1/rewind`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewindRequest {
+    /// Folder id.
+    pub folder: String,
+    /// The moment, in ns since the epoch.
+    pub at_ns: i64,
+    /// Only this directory (or file) of the folder, folder-relative.
+    pub under: Option<String>,
+    /// Also remove (to history) what was created since.
+    #[serde(default)]
+    pub exact: bool,
+    /// Only list what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One path of a rewind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewindStep {
+    /// Folder-relative path.
+    pub path: String,
+    /// `restore` (other data now), `recreate` (deleted since), `remove` (created since,
+    /// with exact) or `keep` (created since, stays).
+    pub action: String,
+    /// The version put back (hex), if any.
+    pub content: Option<String>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Whether a device that is connected (or this one) holds its bytes.
+    pub available: bool,
+}
+
+/// What a rewind did (or, on a dry run, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewound {
+    /// The folder's id.
+    pub folder: String,
+    /// The moment it was rewound to, in ns since the epoch.
+    pub at_ns: i64,
+    /// Nothing was changed: the steps are what a rewind would do.
+    pub dry_run: bool,
+    /// Every path that differs from the moment, in path order.
+    pub steps: Vec<RewindStep>,
+    /// Bytes of restored versions this device does not hold (fetched from peers).
+    pub bytes_to_fetch: u64,
+    /// Something the user should know.
+    pub note: Option<String>,
 }
 
 /// What a restore did.
@@ -87,6 +165,7 @@ mod tests {
             content: "ab".repeat(32),
             size: 25,
             available: true,
+            ..Version::default()
         };
         let json = serde_json::to_string(&vec![v.clone()]).unwrap();
         assert_eq!(serde_json::from_str::<Vec<Version>>(&json).unwrap(), [v]);

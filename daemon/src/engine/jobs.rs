@@ -254,7 +254,8 @@ fn failure(e: PullError) -> PullFailure {
 }
 
 /// Whether this device has every byte of `content` (in a file or in history).
-fn holds(index: &Index, content: &ContentId) -> bool {
+/// Whether this device has every chunk of `content` (in a file or in history).
+pub(crate) fn holds(index: &Index, content: &ContentId) -> bool {
     let mut all = true;
     let known = index.each_page(content, |m, _| {
         all = m
