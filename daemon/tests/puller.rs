@@ -89,6 +89,10 @@ fn fake_peer(
                     }
                     BlocksResponse::Page(Some(m.encode()))
                 }
+                BlocksRequest::Kept { .. } => BlocksResponse::Kept {
+                    contents: Vec::new(),
+                    more: false,
+                },
                 BlocksRequest::Delta {
                     chunk, signature, ..
                 } => {

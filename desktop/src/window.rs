@@ -288,16 +288,17 @@ fn history_page(ui: &mut Ui, st: &mut WindowState) {
         return;
     };
     ui.label(
-        "When another device replaces or deletes a file, the version this device had is \
-         kept here. Restoring puts it back on every device and keeps the version it replaces.",
+        "Every earlier version the group knows of, and the devices that hold it. Restoring \
+         puts it back on every device (fetched from a device that holds it) and keeps the \
+         version it replaces.",
     );
     if list.is_empty() {
-        ui.label("No kept versions yet.");
+        ui.label("No earlier versions yet.");
         return;
     }
     egui::Grid::new("history")
         .striped(true)
-        .num_columns(5)
+        .num_columns(6)
         .show(ui, |ui| {
             for v in &list {
                 let id = &v.content;
@@ -305,8 +306,9 @@ fn history_page(ui: &mut Ui, st: &mut WindowState) {
                 ui.label(format!("folder {}", v.folder));
                 ui.label(kept_at(v.kept_ns));
                 ui.label(bytes(v.size));
+                ui.label(held_by(&v.holders));
                 let button = ui.add_enabled(
-                    v.available,
+                    v.available || v.holders.iter().any(|h| h.online),
                     egui::Button::new(format!("Restore {}", id.get(..8).unwrap_or(id))),
                 );
                 if button.clicked() {
@@ -319,6 +321,24 @@ fn history_page(ui: &mut Ui, st: &mut WindowState) {
                 ui.end_row();
             }
         });
+}
+
+/// Who holds a version: "this device, laptop (offline)".
+fn held_by(holders: &[cairn_api::history::Holder]) -> String {
+    if holders.is_empty() {
+        return "held by no device".into();
+    }
+    holders
+        .iter()
+        .map(|h| {
+            if h.online {
+                h.name.clone()
+            } else {
+                format!("{} (offline)", h.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `2026-11-30 06:22 UTC`.
@@ -511,6 +531,7 @@ mod tests {
                 content: id.clone(),
                 size: 25,
                 available: true,
+                ..Version::default()
             },
             Version {
                 folder: "docs".into(),
@@ -519,6 +540,7 @@ mod tests {
                 content: "ab".repeat(32),
                 size: 7,
                 available: false,
+                ..Version::default()
             },
         ]);
         let mut h = harness(st);

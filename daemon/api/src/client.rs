@@ -495,6 +495,7 @@ mod tests {
         let q = HistoryQuery {
             folder: None,
             path: Some("my notes/ä&b.txt".into()),
+            deleted: false,
         };
         assert!(client.versions(&q).unwrap().is_empty());
         let request = server.join().unwrap();
