@@ -437,7 +437,11 @@ pub fn history(c: &Client, query: &HistoryQuery, json_out: bool) -> Result<(), C
     if list.is_empty() {
         println!(
             "No earlier versions{}{}.",
-            if query.deleted { " of deleted files" } else { "" },
+            if query.deleted {
+                " of deleted files"
+            } else {
+                ""
+            },
             query
                 .path
                 .as_deref()
@@ -760,12 +764,25 @@ mod tests {
             assert_eq!(parse_when(&iso, 0), Ok(ns), "{iso}");
             ns += 3_601_000_000_000 * 7 + 1_000_000_000;
         }
-        assert_eq!(parse_when("2026-12-04 15:30", 0), parse_when("2026-12-04T15:30:00Z", 0));
+        assert_eq!(
+            parse_when("2026-12-04 15:30", 0),
+            parse_when("2026-12-04T15:30:00Z", 0)
+        );
         let now = 1_800_000_000 * 1_000_000_000;
         assert_eq!(parse_when("10m", now), Ok(now - 600 * 1_000_000_000));
         assert_eq!(parse_when("3d", now), Ok(now - 3 * 86_400 * 1_000_000_000));
-        assert_eq!(parse_when("@1700000000", now), Ok(1_700_000_000 * 1_000_000_000));
-        for bad in ["yesterday", "2026-13-01 00:00", "2026-12-04 25:00", "10x", "", "@x"] {
+        assert_eq!(
+            parse_when("@1700000000", now),
+            Ok(1_700_000_000 * 1_000_000_000)
+        );
+        for bad in [
+            "yesterday",
+            "2026-13-01 00:00",
+            "2026-12-04 25:00",
+            "10x",
+            "",
+            "@x",
+        ] {
             assert!(parse_when(bad, now).is_err(), "{bad}");
         }
     }

@@ -334,9 +334,7 @@ async fn history(
     headers: HeaderMap,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let history = |reply| {
-        ControlRequest::Admin(AdminRequest::History { query: q, reply })
-    };
+    let history = |reply| ControlRequest::Admin(AdminRequest::History { query: q, reply });
     answer(&ctx, &headers, history, |list| list).await
 }
 

@@ -168,14 +168,16 @@ impl Engine {
             .values()
             .map(|p| (p.device, p.name.clone()))
             .collect();
-        let (me, my_name) = (self.node.device(), self.node.device_label(self.node.device()));
+        let (me, my_name) = (
+            self.node.device(),
+            self.node.device_label(self.node.device()),
+        );
         let Some(f) = self.node.folder_mut(id) else {
             return Vec::new();
         };
         let doc = &mut f.doc;
-        let one_file = path.is_some_and(|p| {
-            winner(&doc.values(p)).is_some_and(|w| w.kind != EntryKind::Dir)
-        });
+        let one_file =
+            path.is_some_and(|p| winner(&doc.values(p)).is_some_and(|w| w.kind != EntryKind::Dir));
         let all = match path {
             Some(p) if one_file => doc.versions(Some(p), |_| true),
             Some(p) => doc.versions(None, |k| is_at_or_under(k, p)),
@@ -440,9 +442,10 @@ impl Engine {
             };
             let mut missing: Vec<String> = Vec::new();
             for step in &steps {
-                let version = step.then.as_ref().filter(|_| {
-                    matches!(step.kind, StepKind::Restore | StepKind::Recreate)
-                });
+                let version = step
+                    .then
+                    .as_ref()
+                    .filter(|_| matches!(step.kind, StepKind::Restore | StepKind::Recreate));
                 let content = version.and_then(|v| v.content);
                 let size = version.map_or(0, |v| v.size);
                 let (available, here) = match &content {
@@ -484,7 +487,11 @@ impl Engine {
                      connected device ({}{})",
                     missing.len(),
                     shown.join("; "),
-                    if missing.len() > shown.len() { "; ..." } else { "" }
+                    if missing.len() > shown.len() {
+                        "; ..."
+                    } else {
+                        ""
+                    }
                 ))));
                 return;
             }

@@ -969,8 +969,7 @@ impl Index {
             txn.open_table(ENTRIES)?.retain(|(f, _), _| f != folder)?;
             txn.open_table(FOLDER_CHUNKS)?
                 .retain(|(f, _), _| f != folder)?;
-            txn.open_table(PEER_KEPT)?
-                .retain(|(f, _), _| f != folder)?;
+            txn.open_table(PEER_KEPT)?.retain(|(f, _), _| f != folder)?;
         }
         txn.commit()?;
         Ok(())

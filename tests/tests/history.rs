@@ -40,15 +40,18 @@ fn read(p: &Path) -> Option<Vec<u8>> {
     fs::read(p).ok()
 }
 
-/// The kept versions of `path` on `d`, newest first, as (content id, size).
+/// The versions of `path` whose bytes `d` holds, newest first, as (content id, size)
+/// (group history also lists versions only other devices hold, or none any more).
 fn versions(d: &Daemon, path: &str) -> Vec<(String, u64)> {
     json(d, &["history", path])
         .as_array()
         .expect("a list")
         .iter()
-        .map(|v| {
+        .filter(|v| {
             assert_eq!(v["path"], path);
-            assert_eq!(v["available"], true, "{v}");
+            v["available"] == true
+        })
+        .map(|v| {
             (
                 v["content"].as_str().unwrap().to_string(),
                 v["size"].as_u64().unwrap(),
@@ -384,5 +387,300 @@ fn kept_versions_share_chunks_and_a_size_limit_prunes_the_oldest() {
             .as_u64()
             .unwrap()
             > 0
+    );
+}
+
+/// The rows of `cairn history PATH` on `d` (JSON).
+fn rows(d: &Daemon, args: &[&str]) -> Vec<Value> {
+    json(d, args).as_array().expect("a list").clone()
+}
+
+/// Group history: a version replaced on one device is listed there with the device that
+/// holds it; restoring it fetches it from that device and syncs it everywhere, keeping the
+/// version it replaces on both; with that device stopped, a version only it holds is
+/// listed as held offline and a restore says so and changes nothing.
+#[test]
+fn group_history_names_holders_restores_from_a_peer_and_says_when_the_holder_is_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut daemons = mesh_with(tmp.path(), &["a", "b"], DaemonSpec::keeping_all_versions);
+    let (v1, v2) = (b"plan, first".to_vec(), b"plan, second and longer".to_vec());
+    let (w1, w2) = (b"notes one".to_vec(), b"notes two!".to_vec());
+    {
+        let (a, b) = (&daemons[0], &daemons[1]);
+        fs::write(a.folder.join("f.txt"), &v1).unwrap();
+        fs::write(a.folder.join("g.txt"), &w1).unwrap();
+        assert!(
+            wait_until(30, || read(&b.folder.join("f.txt")) == Some(v1.clone())
+                && read(&b.folder.join("g.txt")) == Some(w1.clone())),
+            "first versions did not arrive:\n{}",
+            b.log()
+        );
+        // a overwrites both locally: a keeps nothing of its own edit, b keeps v1 and w1.
+        fs::write(a.folder.join("f.txt"), &v2).unwrap();
+        fs::write(a.folder.join("g.txt"), &w2).unwrap();
+        assert!(
+            wait_until(30, || read(&b.folder.join("f.txt")) == Some(v2.clone())
+                && read(&b.folder.join("g.txt")) == Some(w2.clone())),
+            "edits did not arrive:\n{}",
+            b.log()
+        );
+    }
+    let (a, b) = (&daemons[0], &daemons[1]);
+    let v1_id = id_by_size(b, "f.txt", v1.len());
+    // On a, v1 is listed, held by b (online), not by a.
+    let listed = rows(a, &["history", "f.txt"]);
+    let row = listed
+        .iter()
+        .find(|r| r["content"] == v1_id.as_str())
+        .unwrap_or_else(|| panic!("v1 not listed on a: {listed:?}"));
+    assert_eq!(row["available"], false, "{row}");
+    assert_eq!(row["size"], v1.len() as u64);
+    let holders = row["holders"].as_array().unwrap();
+    assert!(
+        holders
+            .iter()
+            .any(|h| h["name"] == "b" && h["online"] == true && h["this_device"] == false),
+        "{row}"
+    );
+    assert!(
+        listed.iter().all(|r| r["size"] != v2.len() as u64),
+        "the current version is listed as history: {listed:?}"
+    );
+
+    // Restored on a from b: both have v1 again, and both keep v2.
+    let restored = json(a, &["restore", "f.txt", "--version", &v1_id[..10]]);
+    assert_eq!(restored["content"], v1_id.as_str(), "{restored}");
+    assert!(
+        restored["note"].as_str().is_some_and(|n| n.contains('b')),
+        "{restored}"
+    );
+    assert!(
+        wait_until(30, || read(&a.folder.join("f.txt")) == Some(v1.clone())
+            && read(&b.folder.join("f.txt")) == Some(v1.clone())),
+        "the restore from b did not land on both:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    let v2_id = restored["kept_current"].as_str().unwrap().to_string();
+    for d in [a, b] {
+        assert!(
+            wait_until(10, || rows(d, &["history", "f.txt"])
+                .iter()
+                .any(|r| r["content"] == v2_id.as_str() && r["available"] == true)),
+            "{} does not keep the version the restore replaced: {:?}",
+            d.name,
+            rows(d, &["history", "f.txt"])
+        );
+    }
+
+    // b stops: w1, which only b holds, is listed as held offline; its restore says so.
+    let w1_id = id_by_size(b, "g.txt", w1.len());
+    daemons[1].kill();
+    let a = &daemons[0];
+    assert!(
+        wait_until(20, || a.status()["peers"][0]["connected"] == false),
+        "a still sees b connected"
+    );
+    let listed = rows(a, &["history", "g.txt"]);
+    let row = listed
+        .iter()
+        .find(|r| r["content"] == w1_id.as_str())
+        .unwrap_or_else(|| panic!("w1 not listed: {listed:?}"));
+    assert!(
+        row["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "b" && h["online"] == false),
+        "{row}"
+    );
+    let text = String::from_utf8_lossy(&run(a, &["history", "g.txt"]).stdout).to_string();
+    assert!(text.contains("b (offline)"), "{text}");
+    refused(
+        a,
+        &["restore", "g.txt", "--version", &w1_id[..12]],
+        "held only by b, which is offline",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        read(&a.folder.join("g.txt")),
+        Some(w2.clone()),
+        "a changed g.txt"
+    );
+}
+
+/// The content id of the version of `path` of `size` bytes that `d` lists.
+fn id_by_size(d: &Daemon, path: &str, size: usize) -> String {
+    let listed = rows(d, &["history", path]);
+    listed
+        .iter()
+        .find(|r| r["size"] == size as u64)
+        .and_then(|r| r["content"].as_str())
+        .unwrap_or_else(|| {
+            panic!(
+                "no version of {path} of {size} bytes on {}: {listed:?}",
+                d.name
+            )
+        })
+        .to_string()
+}
+
+/// sha256 of every file under `root`, by relative path (a file that goes while it is
+/// read, as a pull's temp file does, is left out: the caller waits for a stable state).
+fn tree_digest(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::Digest;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            if name.starts_with(".cairn") || name.contains("/.cairn") {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = fs::read(&p) {
+                out.insert(name, format!("{:x}", sha2::Sha256::digest(&bytes)));
+            }
+        }
+    }
+    out
+}
+
+/// Rewind: a directory of 1,000 files deleted and other files edited on a; a rewind on b
+/// to a moment before puts back exactly what was there (sha256 of every file, on both
+/// devices), a dry run first lists it and changes nothing, a file created since stays
+/// (and goes with --exact), and what the rewind replaced is in history.
+#[test]
+fn a_rewind_on_another_device_puts_back_a_deleted_directory_and_edits_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let daemons = mesh_with(tmp.path(), &["a", "b"], DaemonSpec::keeping_all_versions);
+    let (a, b) = (&daemons[0], &daemons[1]);
+    fs::create_dir_all(a.folder.join("photos")).unwrap();
+    fs::create_dir_all(a.folder.join("notes")).unwrap();
+    for i in 0..1000u64 {
+        fs::write(
+            a.folder.join(format!("photos/p{i:04}.jpg")),
+            cairn_tests::pseudo_random(200 + (i as usize % 300), i),
+        )
+        .unwrap();
+    }
+    for i in 0..20u64 {
+        fs::write(
+            a.folder.join(format!("notes/n{i}.txt")),
+            format!("note {i}, as it was"),
+        )
+        .unwrap();
+    }
+    let before = tree_digest(&a.folder);
+    assert_eq!(before.len(), 1020);
+    assert!(
+        wait_until(60, || tree_digest(&b.folder) == before),
+        "the first sync did not complete:\n{}",
+        b.log()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // On a: the directory goes, every note is edited, a new file appears.
+    fs::remove_dir_all(a.folder.join("photos")).unwrap();
+    for i in 0..20u64 {
+        fs::write(
+            a.folder.join(format!("notes/n{i}.txt")),
+            format!("note {i}, edited badly"),
+        )
+        .unwrap();
+    }
+    fs::write(a.folder.join("new.txt"), b"created after").unwrap();
+    let damaged = tree_digest(&a.folder);
+    assert!(
+        wait_until(60, || tree_digest(&b.folder) == damaged),
+        "the damage did not sync to b:\n{}",
+        b.log()
+    );
+
+    let at_arg = format!("@{at}");
+    let dry = json(
+        b,
+        &[
+            "restore",
+            "--folder",
+            "shared",
+            "--at",
+            &at_arg,
+            "--dry-run",
+        ],
+    );
+    let steps = dry["steps"].as_array().unwrap();
+    let count = |action: &str| steps.iter().filter(|s| s["action"] == action).count();
+    // 1,000 files and their directory recreated, 20 notes restored, one file kept.
+    assert_eq!(
+        (
+            count("recreate"),
+            count("restore"),
+            count("keep"),
+            count("remove")
+        ),
+        (1001, 20, 1, 0),
+        "{dry}"
+    );
+    assert!(steps.iter().all(|s| s["available"] == true), "{dry}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        tree_digest(&b.folder),
+        damaged,
+        "a dry run changed the folder"
+    );
+
+    let done = json(b, &["restore", "--folder", "shared", "--at", &at_arg]);
+    assert_eq!(done["dry_run"], false, "{done}");
+    let mut expected = before.clone();
+    expected.insert("new.txt".into(), damaged["new.txt"].clone());
+    for d in [b, a] {
+        assert!(
+            wait_until(60, || tree_digest(&d.folder) == expected),
+            "{} is not back at the moment (sha256 of every file):\n{}",
+            d.name,
+            d.log()
+        );
+    }
+    // What the rewind replaced (the edited notes) is in history on both.
+    for d in [a, b] {
+        let edited = rows(d, &["history", "notes/n3.txt"]);
+        assert!(
+            edited.iter().any(|r| r["size"] == "note 3, edited badly".len() as u64
+                && r["available"] == true),
+            "{}: {edited:?}",
+            d.name
+        );
+    }
+    // --exact removes what was created since; it is kept in history.
+    json(
+        b,
+        &["restore", "--folder", "shared", "--at", &at_arg, "--exact"],
+    );
+    for d in [a, b] {
+        assert!(
+            wait_until(30, || tree_digest(&d.folder) == before),
+            "{}: the exact rewind left {:?}",
+            d.name,
+            tree_digest(&d.folder)
+                .keys()
+                .filter(|k| !before.contains_key(*k))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        rows(b, &["history", "new.txt"])
+            .iter()
+            .any(|r| r["available"] == true),
+        "the removed file is not in history"
     );
 }

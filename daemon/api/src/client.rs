@@ -20,7 +20,7 @@ use crate::folders::{
     AcceptRequest, Accepted, DeclineRequest, FolderRequest, PauseState, ShareRequest, Shared,
 };
 use crate::history::{
-    HistoryQuery, Pruned, RestoreRequest, Restored, Rewound, RewindRequest, Version,
+    HistoryQuery, Pruned, RestoreRequest, Restored, RewindRequest, Rewound, Version,
 };
 use crate::pairing::{InviteStatus, JoinRequest, Paired};
 use crate::status::{FolderStatus, PeerStatus, Status};
