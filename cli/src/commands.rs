@@ -464,29 +464,12 @@ pub fn history(c: &Client, query: &HistoryQuery, json_out: bool) -> Result<(), C
             },
             format::bytes(v.size),
             short_id(&v.content),
-            holders(&v.holders),
+            cairn_api::history::held_by(&v.holders),
             v.path,
             if v.deleted { "  (deleted)" } else { "" }
         );
     }
     Ok(())
-}
-
-/// Who holds a version, in a few words: "this device, laptop (offline)".
-fn holders(list: &[cairn_api::history::Holder]) -> String {
-    if list.is_empty() {
-        return "no device".into();
-    }
-    list.iter()
-        .map(|h| {
-            if h.online {
-                h.name.clone()
-            } else {
-                format!("{} (offline)", h.name)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `cairn restore --folder F --at TIME [SUBDIR] [--exact] [--dry-run]`.

@@ -306,7 +306,7 @@ fn history_page(ui: &mut Ui, st: &mut WindowState) {
                 ui.label(format!("folder {}", v.folder));
                 ui.label(kept_at(v.kept_ns));
                 ui.label(bytes(v.size));
-                ui.label(held_by(&v.holders));
+                ui.label(cairn_api::history::held_by(&v.holders));
                 let button = ui.add_enabled(
                     v.available || v.holders.iter().any(|h| h.online),
                     egui::Button::new(format!("Restore {}", id.get(..8).unwrap_or(id))),
@@ -321,24 +321,6 @@ fn history_page(ui: &mut Ui, st: &mut WindowState) {
                 ui.end_row();
             }
         });
-}
-
-/// Who holds a version: "this device, laptop (offline)".
-fn held_by(holders: &[cairn_api::history::Holder]) -> String {
-    if holders.is_empty() {
-        return "held by no device".into();
-    }
-    holders
-        .iter()
-        .map(|h| {
-            if h.online {
-                h.name.clone()
-            } else {
-                format!("{} (offline)", h.name)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `2026-11-30 06:22 UTC`.

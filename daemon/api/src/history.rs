@@ -70,6 +70,25 @@ pub struct RestoreRequest {
     pub to: Option<String>,
 }
 
+/// Who holds a version, for people: "this device, laptop (offline)" ("no device" when
+/// none does any more). The CLI and the tray show it the same way.
+pub fn held_by(holders: &[Holder]) -> String {
+    if holders.is_empty() {
+        return "no device".into();
+    }
+    holders
+        .iter()
+        .map(|h| {
+            if h.online {
+                h.name.clone()
+            } else {
+                format!("{} (offline)", h.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What `cairn restore --folder F --at TIME [SUBDIR]` asks for (`POST /v1/rewind`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RewindRequest {
