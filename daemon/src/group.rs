@@ -23,6 +23,7 @@ use std::time::Duration;
 use cairn_api::history::{
     HistoryQuery, Holder, RestoreRequest, Restored, RewindRequest, RewindStep, Rewound, Version,
 };
+use cairn_core::conduct::Violation;
 use cairn_core::folder::tree::winner;
 use cairn_core::folder::{EntryValue, LocalChange};
 use cairn_core::rewind::{self, StepKind};
@@ -343,6 +344,13 @@ impl Engine {
             current,
         );
         let members = self.members(&id);
+        let max_chunk = match self.max_chunk(&id) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return None;
+            }
+        };
         let (index, net, events) = (
             self.index.clone(),
             self.net_tx.clone(),
@@ -351,7 +359,8 @@ impl Engine {
         let (content, size) = (version.content, version.size);
         tokio::task::spawn_blocking(move || {
             refresh_kept(&net, &index, &id, &members);
-            let from = match sources(&index, &id, &members, &content) {
+            let found = sources_of(&net, &index, &id, &members, max_chunk, &[content]);
+            let from = match found.get(&content).cloned().unwrap_or(Err(String::new())) {
                 Ok(from) => from,
                 Err(e) => {
                     let _ = reply.send(Err(ApiError::Refused(format!("{path}: {e}"))));
@@ -427,6 +436,13 @@ impl Engine {
         let now = f.doc.recorded_at(None, under.as_deref());
         let steps = rewind::plan(&then, &now, request.exact);
         let members = self.members(&id);
+        let max_chunk = match self.max_chunk(&id) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         let (index, net, events) = (
             self.index.clone(),
             self.net_tx.clone(),
@@ -440,6 +456,12 @@ impl Engine {
                 dry_run: request.dry_run,
                 ..Rewound::default()
             };
+            let wanted: Vec<ContentId> = steps
+                .iter()
+                .filter(|s| matches!(s.kind, StepKind::Restore | StepKind::Recreate))
+                .filter_map(|s| s.then.as_ref().and_then(|v| v.content))
+                .collect();
+            let found = sources_of(&net, &index, &id, &members, max_chunk, &wanted);
             let mut missing: Vec<String> = Vec::new();
             for step in &steps {
                 let version = step
@@ -448,16 +470,13 @@ impl Engine {
                     .filter(|_| matches!(step.kind, StepKind::Restore | StepKind::Recreate));
                 let content = version.and_then(|v| v.content);
                 let size = version.map_or(0, |v| v.size);
-                let (available, here) = match &content {
+                let (available, here) = match content.and_then(|c| found.get(&c)) {
                     None => (true, true),
-                    Some(c) if crate::engine::holds(&index, c) => (true, true),
-                    Some(c) => match sources(&index, &id, &members, c) {
-                        Ok(_) => (true, false),
-                        Err(e) => {
-                            missing.push(format!("{}: {e}", step.path));
-                            (false, false)
-                        }
-                    },
+                    Some(Ok(from)) => (true, from == "this device"),
+                    Some(Err(e)) => {
+                        missing.push(format!("{}: {e}", step.path));
+                        (false, false)
+                    }
                 };
                 if !here {
                     out.bytes_to_fetch += size;
@@ -554,6 +573,15 @@ impl Engine {
         }
     }
 
+    /// The largest chunk the folder's chunker makes (manifests are checked against it).
+    fn max_chunk(&self, id: &str) -> Result<u32, ApiError> {
+        let l = self.local.get(id).ok_or_else(|| no_folder(id))?;
+        l.record
+            .chunker()
+            .map(|c| c.params().max)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
     /// The value the document recorded for `content` at `path` (its size, time and mode).
     fn value_of(&mut self, id: &str, path: &str, content: &ContentId) -> Option<EntryValue> {
         let f = self.node.folder_mut(id)?;
@@ -634,42 +662,143 @@ fn refresh_kept(
     }
 }
 
-/// Where the bytes of `content` can come from now: "this device", or the connected
-/// members that keep it. An error names the members that keep it and are offline.
-fn sources(
+/// Where the bytes of each of `contents` can come from now: "this device" when it has
+/// every chunk, else the first connected member that keeps it *and* sends its manifest
+/// when asked (a kept list is only a claim: the manifest is checked against the content
+/// id, and stored for the pull that follows). An error names the members that keep it
+/// and are offline, or says that none does. Blocking.
+fn sources_of(
+    net: &mpsc::UnboundedSender<NetCommand>,
     index: &Index,
     folder: &str,
     members: &[Member],
-    content: &ContentId,
-) -> Result<String, String> {
-    if crate::engine::holds(index, content) {
-        return Ok("this device".into());
+    max_chunk: u32,
+    contents: &[ContentId],
+) -> HashMap<ContentId, Result<String, String>> {
+    const IN_FLIGHT: usize = 64;
+    let mut out = HashMap::new();
+    let mut to_confirm: Vec<(ContentId, Vec<&Member>)> = Vec::new();
+    for c in contents {
+        if out.contains_key(c) || to_confirm.iter().any(|(x, _)| x == c) {
+            continue;
+        }
+        if crate::engine::holds(index, c) {
+            out.insert(*c, Ok("this device".into()));
+            continue;
+        }
+        let keeping = match index.peers_keeping(folder, c) {
+            Ok(k) => k,
+            Err(e) => {
+                out.insert(*c, Err(e.to_string()));
+                continue;
+            }
+        };
+        let (online, offline): (Vec<&Member>, Vec<&Member>) = members
+            .iter()
+            .filter(|m| keeping.contains(&m.peer.to_string()))
+            .partition(|m| m.online);
+        if online.is_empty() {
+            out.insert(*c, Err(not_held(c, &offline)));
+        } else {
+            to_confirm.push((*c, online));
+        }
     }
-    let keeping = index
-        .peers_keeping(folder, content)
-        .map_err(|e| e.to_string())?;
-    let (online, offline): (Vec<&Member>, Vec<&Member>) = members
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return out;
+    };
+    // The first claimer of each, then the next for those it did not send.
+    let mut turn = 0;
+    while !to_confirm.is_empty() {
+        let mut next = Vec::new();
+        let mut stored = Vec::new();
+        for wave in to_confirm.chunks(IN_FLIGHT) {
+            let pending: Vec<_> = wave
+                .iter()
+                .map(|(c, claimers)| {
+                    let (reply, rx) = oneshot::channel();
+                    let _ = net.send(NetCommand::Blocks {
+                        peer: claimers[turn].peer,
+                        request: BlocksRequest::Manifest {
+                            folder: folder.to_string(),
+                            content: *c,
+                        },
+                        reply,
+                    });
+                    (c, claimers, rx)
+                })
+                .collect();
+            for (c, claimers, rx) in pending {
+                let answer = rt.block_on(tokio::time::timeout(KEPT_ANSWER_WITHIN, rx));
+                let verified = match answer {
+                    Ok(Ok(Ok(
+                        a @ (BlocksResponse::Manifest(Some(_)) | BlocksResponse::Outline(_)),
+                    ))) => {
+                        let v = crate::puller::verified_manifest(a, c, max_chunk);
+                        if v.is_none() {
+                            // It sent a manifest, and not one of this version: a lie.
+                            let _ = net.send(NetCommand::Violation {
+                                peer: claimers[turn].peer,
+                                kind: Violation::BadManifest,
+                                reason: format!("manifest of kept version {c} does not match it"),
+                            });
+                        }
+                        v
+                    }
+                    _ => None,
+                };
+                match verified {
+                    Some(m) => {
+                        stored.push((*c, m));
+                        out.insert(*c, Ok(claimers[turn].name.clone()));
+                    }
+                    None if turn + 1 < claimers.len() => next.push((*c, claimers.clone())),
+                    None => {
+                        out.insert(
+                            *c,
+                            Err(format!(
+                                "version {} is listed as kept by {}, but {} did not send it \
+                                 when asked (pruned since?)",
+                                &c.to_hex()[..12],
+                                names(claimers),
+                                if claimers.len() == 1 { "it" } else { "none" }
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+        if let Err(e) = index.put_remote_manifests(&stored) {
+            tracing::warn!(error = %e, "manifest_store_failed");
+        }
+        to_confirm = next;
+        turn += 1;
+    }
+    out
+}
+
+fn names(members: &[&Member]) -> String {
+    members
         .iter()
-        .filter(|m| keeping.contains(&m.peer.to_string()))
-        .partition(|m| m.online);
-    if !online.is_empty() {
-        let names: Vec<&str> = online.iter().map(|m| m.name.as_str()).collect();
-        return Ok(names.join(", "));
-    }
+        .map(|m| m.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why no connected device can send `content`: the offline members that keep it, or none.
+fn not_held(content: &ContentId, offline: &[&Member]) -> String {
     let short = &content.to_hex()[..12];
     if offline.is_empty() {
-        return Err(format!(
+        return format!(
             "no device is known to hold version {short} (its bytes may have been pruned \
              everywhere)"
-        ));
+        );
     }
-    let names: Vec<&str> = offline.iter().map(|m| m.name.as_str()).collect();
-    Err(format!(
+    format!(
         "version {short} is held only by {}, which {} offline; start cairn there (or \
          connect it) and try again",
-        names.join(", "),
-        if names.len() == 1 { "is" } else { "are" }
-    ))
+        names(offline),
+        if offline.len() == 1 { "is" } else { "are" }
+    )
 }
 
 /// The rows of one folder's history: every past version (not the current one) with

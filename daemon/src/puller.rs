@@ -796,19 +796,11 @@ impl Puller {
         content: &ContentId,
         answer: Result<Result<BlocksResponse, String>, oneshot::error::RecvError>,
     ) -> Option<Stored> {
-        let max = self.chunker.params().max;
-        let accepted = match answer {
-            Ok(Ok(BlocksResponse::Manifest(Some(bytes)))) => Manifest::decode(&bytes)
-                .ok()
-                .filter(|m| m.verify(content).is_ok() && m.check_lengths(max).is_ok())
-                .map(Stored::Whole),
-            // Only a manifest too large to send whole may come as an outline.
-            Ok(Ok(BlocksResponse::Outline(bytes))) => Outline::decode(&bytes)
-                .ok()
-                .filter(|o| o.count > PAGE_CHUNKS as u64 && o.verify(content).is_ok())
-                .map(Stored::Paged),
+        let answer = match answer {
+            Ok(Ok(a @ (BlocksResponse::Manifest(Some(_)) | BlocksResponse::Outline(_)))) => a,
             _ => return None,
         };
+        let accepted = verified_manifest(answer, content, self.chunker.params().max);
         if accepted.is_none() {
             self.violation(
                 peer,
@@ -1516,6 +1508,28 @@ impl Puller {
             }
         }
         Ok(())
+    }
+}
+
+/// A peer's manifest answer checked against `content`: a whole manifest, or the outline
+/// of one too large to send whole (its pages are checked as they come); None for
+/// anything else, or what does not match.
+pub(crate) fn verified_manifest(
+    answer: BlocksResponse,
+    content: &ContentId,
+    max_chunk: u32,
+) -> Option<Stored> {
+    match answer {
+        BlocksResponse::Manifest(Some(bytes)) => Manifest::decode(&bytes)
+            .ok()
+            .filter(|m| m.verify(content).is_ok() && m.check_lengths(max_chunk).is_ok())
+            .map(Stored::Whole),
+        // Only a manifest too large to send whole may come as an outline.
+        BlocksResponse::Outline(bytes) => Outline::decode(&bytes)
+            .ok()
+            .filter(|o| o.count > PAGE_CHUNKS as u64 && o.verify(content).is_ok())
+            .map(Stored::Paged),
+        _ => None,
     }
 }
 

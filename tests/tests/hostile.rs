@@ -130,6 +130,8 @@ struct Served {
     outlines: HashMap<ContentId, Vec<u8>>,
     pages: HashMap<(ContentId, u32), Vec<u8>>,
     chunks: HashMap<ChunkId, Vec<u8>>,
+    /// The contents it claims to keep in its history (`BlocksRequest::Kept`).
+    kept: Vec<ContentId>,
 }
 
 struct Hostile {
@@ -301,6 +303,14 @@ impl Hostile {
                             .map(|c| (*c, self.served.chunks.get(c).cloned().map(Into::into)))
                             .collect(),
                     ),
+                    Ok(BlocksRequest::Kept { .. }) => {
+                        let mut contents = self.served.kept.clone();
+                        contents.sort();
+                        BlocksResponse::Kept {
+                            contents,
+                            more: false,
+                        }
+                    }
                     _ => BlocksResponse::Delta(None),
                 };
                 let _ = self
@@ -1071,4 +1081,145 @@ fn a_huge_manifest_waits_for_disk_space_and_leaves_nothing_behind() {
     // Loose on purpose (shared machines): planning 1.8 M chunks on the loop took 4.3 s.
     assert!(slowest < Duration::from_secs(2), "status took {slowest:?}");
     assert!(grew_mib < 64.0, "RSS grew {grew_mib:.1} MiB");
+}
+
+/// Group history trusts no claim: a peer that says it keeps an earlier version and then
+/// sends a manifest of something else for it is counted and the restore is refused; one
+/// that sends the right manifest and wrong chunks is counted when the pull refuses them.
+/// Either way the file on disk stays as it was (the restore writes nothing).
+#[test]
+fn a_peer_lying_about_a_kept_version_is_counted_and_the_restore_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (k1, k2) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let device = |k: &Keypair| DeviceId::from_identity(&k.public().to_peer_id().to_bytes());
+    let (d1, d2) = (device(&k1), device(&k2));
+    let v = victim(tmp.path(), &[&k1, &k2]);
+    let rt = runtime();
+    let ids = rt.block_on(async {
+        let mut liars = [Hostile::new(k1, &v), Hostile::new(k2, &v)];
+        // Each liar's folder: f<i>.bin was `old` (a version it claims to keep) and is
+        // `now` (which it serves honestly, so the victim has it).
+        let mut olds = Vec::new();
+        for (i, (h, d)) in liars.iter_mut().zip([d1, d2]).enumerate() {
+            let old = pseudo_random(50_000, 10 + i as u64);
+            let now = pseudo_random(40_000, 20 + i as u64);
+            let (mo, mn) = (manifest_of(&old), manifest_of(&now));
+            h.served.manifests.insert(mn.content_id(), mn.encode());
+            for (c, range) in mn.chunks.iter().zip(mn.offsets()) {
+                let at = range as usize;
+                h.served
+                    .chunks
+                    .insert(c.id, now[at..at + c.len as usize].to_vec());
+            }
+            h.served.kept.push(mo.content_id());
+            if i == 0 {
+                // A manifest of another content for the old version.
+                h.served
+                    .manifests
+                    .insert(mo.content_id(), manifest_of(b"other").encode());
+            } else {
+                // The right manifest, and zeros for every chunk of it.
+                h.served.manifests.insert(mo.content_id(), mo.encode());
+                for c in &mo.chunks {
+                    h.served.chunks.insert(c.id, vec![0u8; c.len as usize]);
+                }
+            }
+            let mut doc = FolderDoc::new(d, cairn_core::folder::doc::DEFAULT_SHARDS).unwrap();
+            let path = format!("f{i}.bin");
+            doc.put(
+                &path,
+                &file_value(mo.content_id(), old.len() as u64, 0o644, d),
+            );
+            doc.commit();
+            doc.put(
+                &path,
+                &file_value(mn.content_id(), now.len() as u64, 0o644, d),
+            );
+            doc.commit();
+            let mut state = doc.new_peer();
+            assert!(h.connect(10).await, "{}", v.log());
+            h.sync_doc("shared", &mut doc, &mut state).await;
+            olds.push((path, mo.content_id(), now));
+        }
+        // The victim writes both files' current versions.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && olds
+                .iter()
+                .any(|(p, _, now)| std::fs::read(v.folder.join(p)).ok().as_ref() != Some(now))
+        {
+            for h in liars.iter_mut() {
+                h.run_until(1, |_| false).await;
+            }
+        }
+        for (p, _, now) in &olds {
+            assert_eq!(
+                std::fs::read(v.folder.join(p)).ok().as_ref(),
+                Some(now),
+                "{p} did not arrive:\n{}",
+                v.log()
+            );
+        }
+        // Each restore runs while the liars answer.
+        let mut answers = Vec::new();
+        for (p, old, _) in &olds {
+            let (home, p, id) = (v.home.clone(), p.clone(), old.to_hex()[..12].to_string());
+            let cli = std::thread::spawn(move || {
+                cairn_tests::cairn(&home)
+                    .args(["restore", &p, "--version", &id])
+                    .output()
+                    .expect("cairn runs")
+            });
+            while !cli.is_finished() {
+                for h in liars.iter_mut() {
+                    if !h.connected {
+                        h.connect(1).await;
+                    }
+                    h.run_until(1, |_| false).await;
+                }
+            }
+            answers.push(cli.join().unwrap());
+        }
+        // The forged manifest: refused at once, saying so.
+        let refused = &answers[0];
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success(),
+            "the restore with a forged manifest went ahead"
+        );
+        assert!(stderr.contains("did not send it"), "{stderr}");
+        // The zeroed chunks: the pull refuses them; keep the liar answering meanwhile.
+        let counted = |kind: &str, peer: &PeerId| {
+            v.get("/metrics").contains(&format!(
+                "cairn_protocol_violations_total{{peer=\"{peer}\",kind=\"{kind}\"}}"
+            ))
+        };
+        let ids = (liars[0].peer_id(), liars[1].peer_id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !counted("bad_chunk", &ids.1) {
+            for h in liars.iter_mut() {
+                if !h.connected {
+                    h.connect(1).await;
+                }
+                h.run_until(1, |_| false).await;
+            }
+        }
+        for (p, _, now) in &olds {
+            assert_eq!(
+                std::fs::read(v.folder.join(p)).ok().as_ref(),
+                Some(now),
+                "{p} changed: a lie was written"
+            );
+        }
+        ids
+    });
+    let metrics = v.get("/metrics");
+    for (kind, peer) in [("bad_manifest", ids.0), ("bad_chunk", ids.1)] {
+        assert!(
+            metrics.contains(&format!(
+                "cairn_protocol_violations_total{{peer=\"{peer}\",kind=\"{kind}\"}}"
+            )),
+            "{kind} not counted for {peer}:\n{metrics}"
+        );
+    }
 }
