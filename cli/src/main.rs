@@ -305,7 +305,8 @@ fn run(
             dry_run,
             ..
         } => {
-            let at_ns = commands::parse_when(&at, commands::now_ns()).map_err(CliError::usage)?;
+            let at_ns = cairn_api::time::parse_when(&at, cairn_api::time::now_ns())
+                .map_err(CliError::usage)?;
             commands::rewind(
                 &connect()?,
                 &RewindRequest {

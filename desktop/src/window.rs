@@ -21,6 +21,10 @@ pub struct WindowState {
     pub outbox: Vec<Command>,
     /// Folders the user asked to open.
     pub open: Vec<String>,
+    /// The Versions page's rewind: which folder, to when (as typed), exact or not.
+    pub rewind_folder: String,
+    pub rewind_at: String,
+    pub rewind_exact: bool,
 }
 
 impl WindowState {
@@ -31,6 +35,9 @@ impl WindowState {
             join_code: String::new(),
             outbox: Vec::new(),
             open: Vec::new(),
+            rewind_folder: String::new(),
+            rewind_at: String::new(),
+            rewind_exact: false,
         }
     }
 }
@@ -282,7 +289,115 @@ fn conflicts_page(ui: &mut Ui, st: &mut WindowState) {
     }
 }
 
+/// "Rewind folder to…": a folder and a moment, a dry run's list, then the rewind.
+fn rewind_section(ui: &mut Ui, st: &mut WindowState) {
+    let folders: Vec<String> = st
+        .snap
+        .status
+        .as_ref()
+        .map(|s| s.folders.iter().map(|f| f.id.clone()).collect())
+        .unwrap_or_default();
+    if folders.is_empty() {
+        return;
+    }
+    if !folders.contains(&st.rewind_folder) {
+        st.rewind_folder = folders[0].clone();
+    }
+    ui.heading("Rewind folder to…");
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_id_salt("rewind-folder")
+            .selected_text(st.rewind_folder.clone())
+            .show_ui(ui, |ui| {
+                for f in &folders {
+                    ui.selectable_value(&mut st.rewind_folder, f.clone(), f);
+                }
+            });
+        ui.label("to");
+        ui.add(
+            egui::TextEdit::singleline(&mut st.rewind_at)
+                .hint_text("2026-12-04 15:30 (UTC), or 2h ago as 2h")
+                .desired_width(220.0),
+        );
+        ui.checkbox(&mut st.rewind_exact, "also remove files created since");
+    });
+    let at = cairn_api::time::parse_when(&st.rewind_at, cairn_api::time::now_ns());
+    if let Err(why) = &at
+        && !st.rewind_at.trim().is_empty()
+    {
+        ui.weak(why);
+    }
+    if ui
+        .add_enabled(at.is_ok(), egui::Button::new("Preview the rewind"))
+        .clicked()
+        && let Ok(at_ns) = at
+    {
+        st.outbox.push(Command::Rewind {
+            folder: st.rewind_folder.clone(),
+            at_ns,
+            exact: st.rewind_exact,
+            dry_run: true,
+        });
+    }
+    let Some(preview) = st.snap.rewind_preview.clone() else {
+        return;
+    };
+    let changing: Vec<_> = preview
+        .steps
+        .iter()
+        .filter(|s| s.action != "keep")
+        .collect();
+    let unavailable = preview.steps.iter().filter(|s| !s.available).count();
+    ui.label(format!(
+        "Rewinding {} to {} changes {} path{} ({} to fetch from other devices){}:",
+        preview.folder,
+        kept_at(preview.at_ns),
+        changing.len(),
+        if changing.len() == 1 { "" } else { "s" },
+        bytes(preview.bytes_to_fetch),
+        if unavailable > 0 {
+            format!("; {unavailable} held by no connected device")
+        } else {
+            String::new()
+        }
+    ));
+    egui::Grid::new("rewind-steps")
+        .striped(true)
+        .num_columns(3)
+        .show(ui, |ui| {
+            for s in preview.steps.iter().take(200) {
+                ui.label(&s.action);
+                ui.label(&s.path);
+                ui.label(if s.content.is_some() {
+                    bytes(s.size)
+                } else {
+                    String::new()
+                });
+                ui.end_row();
+            }
+        });
+    if preview.steps.len() > 200 {
+        ui.weak(format!("… and {} more", preview.steps.len() - 200));
+    }
+    let exact = preview.steps.iter().any(|s| s.action == "remove");
+    if ui
+        .add_enabled(
+            !changing.is_empty() && unavailable == 0,
+            egui::Button::new(format!("Rewind {}", preview.folder)),
+        )
+        .clicked()
+    {
+        st.outbox.push(Command::Rewind {
+            folder: preview.folder.clone(),
+            at_ns: preview.at_ns,
+            exact,
+            dry_run: false,
+        });
+    }
+    ui.separator();
+}
+
 fn history_page(ui: &mut Ui, st: &mut WindowState) {
+    rewind_section(ui, st);
     let Some(list) = st.snap.history.clone() else {
         ui.label("Asking the daemon for kept versions…");
         return;
@@ -342,6 +457,8 @@ impl eframe::App for StatusWindow {
     fn ui(&mut self, ui: &mut Ui, _frame: &mut eframe::Frame) {
         self.state.snap = self.worker.snapshot();
         egui::Frame::central_panel(ui.style()).show(ui, |ui| draw(ui, &mut self.state));
+        // The group's history is read from every folder's change log: only while shown.
+        self.worker.show_history(self.state.page == Page::History);
         for c in self.state.outbox.drain(..) {
             self.worker.send(c);
         }
@@ -543,6 +660,70 @@ mod tests {
                 folder: "docs".into(),
                 path: "plan.txt".into(),
                 version: id
+            }]
+        );
+    }
+
+    #[test]
+    fn a_rewind_is_previewed_then_carried_out_as_the_cli_does() {
+        let mut st = WindowState::new(Page::History);
+        st.snap.status = Some(up_status(false));
+        st.snap.history = Some(Vec::new());
+        let mut h = harness(st);
+        h.run();
+        // Nothing parses yet: no preview.
+        h.get_by_label("Preview the rewind").click();
+        h.run();
+        assert!(h.state().outbox.is_empty(), "previewed without a time");
+        h.state_mut().rewind_at = "2026-12-04 15:30".into();
+        h.run();
+        h.get_by_label("Preview the rewind").click();
+        h.run();
+        let at_ns = cairn_api::time::parse_when("2026-12-04T15:30:00Z", 0).unwrap();
+        assert_eq!(
+            std::mem::take(&mut h.state_mut().outbox),
+            vec![Command::Rewind {
+                folder: "docs".into(),
+                at_ns,
+                exact: false,
+                dry_run: true,
+            }]
+        );
+        // The daemon's dry run is listed; the rewind button carries it out.
+        h.state_mut().snap.rewind_preview = Some(cairn_api::history::Rewound {
+            folder: "docs".into(),
+            at_ns,
+            dry_run: true,
+            steps: vec![
+                cairn_api::history::RewindStep {
+                    path: "photos/a.jpg".into(),
+                    action: "recreate".into(),
+                    content: Some("ab".repeat(32)),
+                    size: 2048,
+                    available: true,
+                },
+                cairn_api::history::RewindStep {
+                    path: "new.txt".into(),
+                    action: "keep".into(),
+                    content: None,
+                    size: 0,
+                    available: true,
+                },
+            ],
+            bytes_to_fetch: 2048,
+            note: None,
+        });
+        h.run();
+        h.get_by_label("photos/a.jpg");
+        h.get_by_label("Rewind docs").click();
+        h.run();
+        assert_eq!(
+            h.state().outbox,
+            vec![Command::Rewind {
+                folder: "docs".into(),
+                at_ns,
+                exact: false,
+                dry_run: false,
             }]
         );
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_api::conflicts::{Conflict, Keep};
-use cairn_api::history::{HistoryQuery, RestoreRequest, Version};
+use cairn_api::history::{HistoryQuery, RestoreRequest, RewindRequest, Rewound, Version};
 use cairn_api::pairing::InviteStatus;
 use cairn_api::status::Status;
 use cairn_api::{Client, ClientError};
@@ -45,6 +45,14 @@ pub enum Command {
         path: String,
         version: String,
     },
+    /// Rewind a folder to a moment, as `cairn restore --folder F --at T [--exact]
+    /// [--dry-run]` does; a dry run's answer is kept in the snapshot for the window.
+    Rewind {
+        folder: String,
+        at_ns: i64,
+        exact: bool,
+        dry_run: bool,
+    },
 }
 
 /// Where pairing stands, as the window shows it.
@@ -74,8 +82,10 @@ pub struct Snapshot {
     pub status: Option<Status>,
     /// `/v1/conflicts`.
     pub conflicts: Option<Vec<Conflict>>,
-    /// `/v1/history`: kept versions, newest first.
+    /// `/v1/history`: the group's versions, newest first.
     pub history: Option<Vec<Version>>,
+    /// The last rewind dry run (what a rewind would change), until it is carried out.
+    pub rewind_preview: Option<Rewound>,
     /// Why the daemon did not answer.
     pub down: Option<String>,
     pub pairing: Pairing,
@@ -83,6 +93,9 @@ pub struct Snapshot {
     pub message: Option<String>,
     /// Polls so far (a window can show it is live).
     pub polls: u64,
+    /// The window shows the Versions page: only then is the history polled (the daemon
+    /// reads it from every folder's change log, ~0.4 s per 200,000 files).
+    pub history_shown: bool,
 }
 
 type OnUpdate = Arc<dyn Fn(&Snapshot) + Send + Sync>;
@@ -129,6 +142,13 @@ impl Worker {
         self.shared.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Says whether the Versions page is on screen (the history is polled only then).
+    pub fn show_history(&self, shown: bool) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.history_shown = shown;
+        }
+    }
+
     /// Queues a command; the worker carries it out and polls again at once.
     pub fn send(&self, command: Command) {
         let _ = self.tx.send(command);
@@ -165,12 +185,12 @@ impl Inner {
     }
 
     fn poll(&self) {
-        let (polls, stale) = self
+        let (polls, stale, shown) = self
             .shared
             .lock()
-            .map(|s| (s.polls, s.history.is_none()))
-            .unwrap_or((0, true));
-        let want_history = stale || polls.is_multiple_of(HISTORY_EVERY);
+            .map(|s| (s.polls, s.history.is_none(), s.history_shown))
+            .unwrap_or((0, true, false));
+        let want_history = shown && (stale || polls.is_multiple_of(HISTORY_EVERY));
         let polled = self.client().and_then(|c| {
             let status = c.status().map_err(|e| e.to_string())?;
             let conflicts = c.conflicts().ok();
@@ -293,6 +313,41 @@ impl Inner {
                     }
                     m
                 })
+            }
+            Command::Rewind {
+                folder,
+                at_ns,
+                exact,
+                dry_run,
+            } => {
+                let request = RewindRequest {
+                    folder: folder.clone(),
+                    at_ns: *at_ns,
+                    under: None,
+                    exact: *exact,
+                    dry_run: *dry_run,
+                };
+                let r = ask(c, |c| c.rewind(&request));
+                let words: Result<String, String> =
+                    r.as_ref().map_err(Clone::clone).map(|r: &Rewound| {
+                        let changing = r.steps.iter().filter(|s| s.action != "keep").count();
+                        if r.dry_run {
+                            format!("Rewinding {} would change {changing} paths", r.folder)
+                        } else {
+                            format!(
+                                "Rewound {}: {changing} paths are being put back; what they \
+                             replace is kept in history",
+                                r.folder
+                            )
+                        }
+                    });
+                self.update(|s| {
+                    s.rewind_preview = r.ok().filter(|r| r.dry_run);
+                    if !dry_run {
+                        s.history = None;
+                    }
+                });
+                words
             }
         };
         self.update(|s| {
