@@ -8,7 +8,10 @@
 #   - the store's disk use once every staged version is imported (HOME/versions plus
 #     HOME/history), against the file's size (target < 1.2x; whole copies would be
 #     BENCH_VERSIONS x) and how long the import took after the last edit;
-#   - a restore on b of the oldest kept version (s), beside the first sync.
+#   - a restore on a of the oldest version, which only b holds (a made every edit itself,
+#     so it kept none): from the command until a has it (s), the chunk bytes a received
+#     for it, beside the first sync (target: at least the speed of the first sync);
+#   - a restore on b of the second-oldest version from b's own store (s).
 # Usage: bench/versions.sh   (BENCH_NO_BUILD=1, BENCH_CAIRND, BENCH_VERSIONS, BENCH_SIZE_MIB)
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -67,9 +70,9 @@ for side in a b; do
 done
 helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT" || { tail_logs 25; fail "daemons not ready"; }
 
-python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/b-home" "$CAIRN" "$VERSIONS" "$SIZE_MIB" "$OUT" <<'EOF'
-import hashlib, json, os, random, statistics, subprocess, sys, time
-sender, receiver, bhome, cairn, versions, size_mib, out = sys.argv[1:8]
+python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/b-home" "$CAIRN" "$VERSIONS" "$SIZE_MIB" "$OUT" "$PAIR_DIR/a-home" <<'EOF'
+import hashlib, json, os, random, statistics, subprocess, sys, time, urllib.request
+sender, receiver, bhome, cairn, versions, size_mib, out, ahome = sys.argv[1:9]
 versions, size = int(versions), int(size_mib) << 20
 rng = random.Random(15)
 lines = []
@@ -99,13 +102,24 @@ def du(*dirs):
                 except OSError:
                     pass
     return total
-def cli(*args):
-    r = subprocess.run([cairn, "--home", bhome, "--json", *args], capture_output=True, text=True)
+def cli(*args, home=None):
+    r = subprocess.run([cairn, "--home", home or bhome, "--json", *args], capture_output=True,
+                       text=True)
     if r.returncode != 0:
         sys.exit(f"cairn {args}: {r.stderr}")
     return json.loads(r.stdout)
+def metric(home, name):
+    """The sum of a counter over its labels, from the daemon's /metrics."""
+    with open(os.path.join(home, "control.json")) as f:
+        info = json.load(f)
+    req = urllib.request.Request(f"http://{info['address']}/metrics",
+                                 headers={"Authorization": f"Bearer {info['token']}"})
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
+    return sum(float(l.split()[-1]) for l in text.splitlines()
+               if l.startswith(name + "{") or l.startswith(name + " "))
 
 data = bytearray(b"".join(rng.randbytes(1 << 20) for _ in range(size >> 20)))
+first_digest = hashlib.sha256(data).hexdigest()
 src, dst = os.path.join(sender, "big.bin"), os.path.join(receiver, "big.bin")
 tmp = os.path.join(sender, ".big.tmp")
 with open(tmp, "wb") as f:
@@ -162,12 +176,31 @@ say(f"kept versions listed on b: {len(rows)}; staged left: "
 say(f"store on disk: {used / 2**20:.1f} MiB = {used / size:.3f}x the file "
     f"(target < 1.2x; whole copies: {len(rows)}x)")
 
-oldest = min(rows, key=lambda v: v.get("kept_ns", v.get("time_ns", 0)))
-vid = oldest.get("content") or oldest.get("id")
+rows = sorted((r for r in rows if r.get("available")), key=lambda v: v.get("made_ns", 0))
+oldest, second = rows[0]["content"], rows[1]["content"]
+# From a peer: a restores the first version, which only b holds.
+listed_a = {r["content"]: r for r in cli("history", "big.bin", home=ahome)}
+held = listed_a.get(oldest, {})
+say(f"on a, the oldest version is held by: "
+    f"{', '.join(h['name'] + ('' if h['online'] else ' (offline)') for h in held.get('holders', []))}"
+    f"; a holds it itself: {held.get('available')}")
+got_before = metric(ahome, "cairn_bytes_received_total")
+a_file = os.path.join(sender, "big.bin")
 t = time.monotonic()
-cli("restore", "big.bin", "--version", vid)
+cli("restore", "big.bin", "--version", oldest, home=ahome)
+wait_for(a_file, first_digest)
+from_peer = time.monotonic() - t
+fetched = metric(ahome, "cairn_bytes_received_total") - got_before
+say(f"restore of the oldest version on a from b (loopback): {from_peer:.2f} s, "
+    f"{fetched / 2**20:.1f} MiB of chunks received "
+    f"(first sync of the same file: {first:.2f} s; ratio {from_peer / first:.2f})")
+# b has the first version again too (the restore syncs); then b restores the second
+# from its own store.
+wait_for(dst, first_digest)
+t = time.monotonic()
+cli("restore", "big.bin", "--version", second)
 restore = time.monotonic() - t
-say(f"restore of the oldest kept version on b (local store): {restore:.2f} s "
+say(f"restore of the second-oldest version on b (its own store): {restore:.2f} s "
     f"(first sync of the same file: {first:.2f} s)")
 with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Issue #15's rewind figures, with two real cairnd on loopback (a and b): a writes
+# BENCH_REWIND_FILES files (default 10,000, 1-8 KiB, seeded) under tree/, b syncs them; at a
+# moment T, a deletes tree/ (b keeps every file in its history). Then a, which kept none
+# of them, rewinds the folder to T. Reports:
+#   - the dry run's time and what it lists;
+#   - the rewind: the command's time, the time until a's tree/ is back (sha256 of every
+#     file) and then b's, and the chunk bytes a received (the files' own size beside it);
+#   - the first sync of the same files, for scale.
+# Usage: bench/rewind.sh   (BENCH_NO_BUILD=1, BENCH_CAIRND, BENCH_REWIND_FILES)
+set -euo pipefail
+BENCH=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$BENCH")
+helper() { python3 "$BENCH/sync_helper.py" "$@"; }
+# shellcheck source=bench/sync_lib.sh
+. "$BENCH/sync_lib.sh"
+
+FILES=${BENCH_REWIND_FILES:-10000}
+READY_TIMEOUT=${BENCH_READY_TIMEOUT:-120}
+PORT_BASE=${BENCH_PORT_BASE:-27400}
+STATUS_INTERVAL=0.2
+ST_WATCH_DELAY=10
+export CAIRN_LOG=${CAIRN_LOG:-warn}
+export CAIRN_PRIVATE_NETWORK_ONLY=1
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  log "building ${TARGET_DIR#"$ROOT"/}/release/cairnd and cairn..."
+  CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p cairn-daemon -p cairn-cli ||
+    fail "cargo build --release failed"
+fi
+CAIRND=${BENCH_CAIRND:-$TARGET_DIR/release/cairnd}
+CAIRN=${BENCH_CAIRN:-$(dirname "$CAIRND")/cairn}
+[ -x "$CAIRND" ] && [ -x "$CAIRN" ] || fail "$CAIRND or $CAIRN not found"
+
+STAMP=$(date +%Y-%m-%d-%H%M%S)
+mkdir -p "$BENCH/results" "$BENCH/data"
+OUT=$BENCH/results/rewind-$STAMP.txt
+LOGDIR=$BENCH/results/rewind-$STAMP-logs
+mkdir -p "$LOGDIR"
+WORK=$(mktemp -d "$BENCH/data/rewind-work.XXXXXX")
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+# Like start_cairn_pair, but b keeps every version (no thinning).
+take_ports 2 || fail "no free ports"
+pa=${PORTS[0]} pb=${PORTS[1]}
+new_pair_dirs cairn rewind || fail "dirs"
+ida=$("$CAIRND" --home "$PAIR_DIR/a-home" --print-id)
+idb=$("$CAIRND" --home "$PAIR_DIR/b-home" --print-id)
+helper cairn-config --home "$PAIR_DIR/a-home" --port "$pa" --peer-id "$idb" --peer-name b \
+  --peer-port "$pb" --folder "$SENDER_DIR"
+helper cairn-config --home "$PAIR_DIR/b-home" --port "$pb" --peer-id "$ida" --peer-name a \
+  --peer-port "$pa" --folder "$RECEIVER_DIR"
+printf '\n[folders.versions]\nstaggered = false\nmax_age_days = 0\nmax_size_mib = 0\n' \
+  >>"$PAIR_DIR/b-home/config.toml"
+helper pair --out "$PAIR" --tool cairn --ports "$pa" "$pb" \
+  --sender-home "$PAIR_DIR/a-home" --sender-dir "$SENDER_DIR" --sender-id "$ida" --sender-log "$SENDER_LOG" \
+  --receiver-home "$PAIR_DIR/b-home" --receiver-dir "$RECEIVER_DIR" --receiver-id "$idb" --receiver-log "$RECEIVER_LOG"
+for side in a b; do
+  logf=$SENDER_LOG
+  [ "$side" = b ] && logf=$RECEIVER_LOG
+  CAIRN_LOG=info "$CAIRND" --home "$PAIR_DIR/$side-home" >"$logf" 2>&1 &
+  ALL_PIDS+=("$!")
+done
+helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT" || { tail_logs 25; fail "daemons not ready"; }
+
+python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/a-home" "$PAIR_DIR/b-home" "$CAIRN" "$FILES" "$OUT" <<'EOF'
+import hashlib, json, os, random, subprocess, sys, time, urllib.request
+sender, receiver, ahome, bhome, cairn, files, out = sys.argv[1:8]
+files = int(files)
+rng = random.Random(1515)
+lines = []
+def say(s):
+    print(s, flush=True)
+    lines.append(s)
+def digests(root):
+    out = {}
+    for d, _, names in os.walk(os.path.join(root, "tree")):
+        for n in names:
+            p = os.path.join(d, n)
+            try:
+                with open(p, "rb") as f:
+                    out[os.path.relpath(p, root)] = hashlib.sha256(f.read()).hexdigest()
+            except OSError:
+                pass
+    return out
+def wait_until(check, what, limit=900):
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if check():
+            return time.monotonic()
+        time.sleep(0.05)
+    sys.exit(f"rewind.sh: {what} not within {limit} s")
+def cli(home, *args):
+    r = subprocess.run([cairn, "--home", home, "--json", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"cairn {args}: {r.stderr}")
+    return json.loads(r.stdout)
+def metric(home, name):
+    with open(os.path.join(home, "control.json")) as f:
+        info = json.load(f)
+    req = urllib.request.Request(f"http://{info['address']}/metrics",
+                                 headers={"Authorization": f"Bearer {info['token']}"})
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
+    return sum(float(l.split()[-1]) for l in text.splitlines()
+               if l.startswith(name + "{") or l.startswith(name + " "))
+
+want = {}
+staging = os.path.join(sender, ".rewind-staging")
+os.makedirs(staging)
+total = 0
+for i in range(files):
+    rel = f"tree/d{i // 500:03}/f{i:05}.bin"
+    data = rng.randbytes(rng.randrange(1024, 8193))
+    total += len(data)
+    p = os.path.join(staging, rel)
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "wb") as f:
+        f.write(data)
+    want[rel] = hashlib.sha256(data).hexdigest()
+t0 = time.monotonic()
+os.rename(os.path.join(staging, "tree"), os.path.join(sender, "tree"))
+os.rmdir(staging)
+first = wait_until(lambda: digests(receiver) == want, "the first sync") - t0
+say(f"{files} files, {total / 2**20:.1f} MiB: first sync {first:.2f} s")
+time.sleep(2)
+at = int(time.time())
+time.sleep(2)
+t = time.monotonic()
+subprocess.run(["rm", "-rf", os.path.join(sender, "tree")], check=True)
+wait_until(lambda: not os.path.exists(os.path.join(receiver, "tree")), "the delete on b")
+say(f"tree/ deleted on a, gone on b after {time.monotonic() - t:.2f} s")
+bstaging = os.path.join(bhome, "history")
+wait_until(lambda: not os.path.isdir(bstaging) or not os.listdir(bstaging), "b's import")
+
+t = time.monotonic()
+dry = cli(ahome, "restore", "--folder", "shared", "--at", f"@{at}", "--dry-run")
+dry_s = time.monotonic() - t
+acts = {}
+for s in dry["steps"]:
+    acts[s["action"]] = acts.get(s["action"], 0) + 1
+say(f"dry run on a: {dry_s:.2f} s, {acts}, {dry['bytes_to_fetch'] / 2**20:.1f} MiB to fetch, "
+    f"every version held by a connected device: {all(s['available'] for s in dry['steps'])}")
+got_before = metric(ahome, "cairn_bytes_received_total")
+t = time.monotonic()
+cli(ahome, "restore", "--folder", "shared", "--at", f"@{at}")
+command = time.monotonic() - t
+a_back = wait_until(lambda: digests(sender) == want, "a's tree back") - t
+fetched = metric(ahome, "cairn_bytes_received_total") - got_before
+b_back = wait_until(lambda: digests(receiver) == want, "b's tree back") - t
+say(f"rewind on a (which kept none of them): command {command:.2f} s; a's {files} files back "
+    f"(sha256 of each) after {a_back:.2f} s, b's after {b_back:.2f} s; a received "
+    f"{fetched / 2**20:.1f} MiB of chunks for {total / 2**20:.1f} MiB of files "
+    f"(first sync of the same files: {first:.2f} s)")
+with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+EOF
+log "results: $OUT"
