@@ -8,10 +8,11 @@
 #   - the store's disk use once every staged version is imported (HOME/versions plus
 #     HOME/history), against the file's size (target < 1.2x; whole copies would be
 #     BENCH_VERSIONS x) and how long the import took after the last edit;
-#   - a restore on a of the oldest version, which only b holds (a made every edit itself,
-#     so it kept none): from the command until a has it (s), the chunk bytes a received
-#     for it, beside the first sync (target: at least the speed of the first sync);
-#   - a restore on b of the second-oldest version from b's own store (s).
+#   - restores on a, which made every edit itself and so kept no version: the first
+#     version after a deleted the file (every byte comes from b's store), then the second
+#     while a has the first (only what differs travels): from the command until a has it
+#     (s), the chunk bytes a received, beside the first sync (target: at least its speed);
+#   - a restore on b of the third version from b's own store (s).
 # Usage: bench/versions.sh   (BENCH_NO_BUILD=1, BENCH_CAIRND, BENCH_VERSIONS, BENCH_SIZE_MIB)
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -177,30 +178,51 @@ say(f"store on disk: {used / 2**20:.1f} MiB = {used / size:.3f}x the file "
     f"(target < 1.2x; whole copies: {len(rows)}x)")
 
 rows = sorted((r for r in rows if r.get("available")), key=lambda v: v.get("made_ns", 0))
-oldest, second = rows[0]["content"], rows[1]["content"]
-# From a peer: a restores the first version, which only b holds.
-listed_a = {r["content"]: r for r in cli("history", "big.bin", home=ahome)}
-held = listed_a.get(oldest, {})
-say(f"on a, the oldest version is held by: "
-    f"{', '.join(h['name'] + ('' if h['online'] else ' (offline)') for h in held.get('holders', []))}"
-    f"; a holds it itself: {held.get('available')}")
-got_before = metric(ahome, "cairn_bytes_received_total")
+oldest, second, third = rows[0]["content"], rows[1]["content"], rows[2]["content"]
 a_file = os.path.join(sender, "big.bin")
-t = time.monotonic()
-cli("restore", "big.bin", "--version", oldest, home=ahome)
-wait_for(a_file, first_digest)
-from_peer = time.monotonic() - t
-fetched = metric(ahome, "cairn_bytes_received_total") - got_before
-say(f"restore of the oldest version on a from b (loopback): {from_peer:.2f} s, "
-    f"{fetched / 2**20:.1f} MiB of chunks received "
-    f"(first sync of the same file: {first:.2f} s; ratio {from_peer / first:.2f})")
-# b has the first version again too (the restore syncs); then b restores the second
-# from its own store.
+def restore_on_a(version, want_digest, what):
+    listed = {r["content"]: r for r in cli("history", "big.bin", home=ahome)}
+    held = listed.get(version, {})
+    before = metric(ahome, "cairn_bytes_received_total")
+    t = time.monotonic()
+    cli("restore", "big.bin", "--version", version, home=ahome)
+    wait_for(a_file, want_digest)
+    took = time.monotonic() - t
+    got = metric(ahome, "cairn_bytes_received_total") - before
+    holders = ", ".join(h["name"] for h in held.get("holders", []))
+    say(f"restore on a from b ({what}; held by: {holders}; a holds it: "
+        f"{held.get('available')}): {took:.2f} s, {got / 2**20:.1f} MiB of chunks received "
+        f"(first sync of the same file: {first:.2f} s; ratio {took / first:.2f})")
+# From a peer, every byte: a deletes the file (a keeps nothing of its own changes; b keeps
+# the last version), then restores the first version, which only b holds.
+os.remove(a_file)
+start = time.monotonic()
+while os.path.exists(dst) and time.monotonic() - start < 120:
+    time.sleep(0.05)
+restore_on_a(oldest, first_digest, "no chunk of it on a")
+# From a peer, what differs: the second version, while a has the first (they share all
+# but a few chunks).
 wait_for(dst, first_digest)
+before = metric(ahome, "cairn_bytes_received_total")
+deltas = metric(ahome, "cairn_delta_chunks_total")
 t = time.monotonic()
-cli("restore", "big.bin", "--version", second)
+cli("restore", "big.bin", "--version", second, home=ahome)
+start = time.monotonic()
+while digest(a_file) == first_digest and time.monotonic() - start < 600:
+    time.sleep(0.02)
+took = time.monotonic() - t
+got = metric(ahome, "cairn_bytes_received_total") - before
+deltas = metric(ahome, "cairn_delta_chunks_total") - deltas
+say(f"restore on a from b (the second version while a has the first): {took:.2f} s, "
+    f"{got / 2**20:.1f} MiB of whole chunks and {deltas:.0f} chunks as deltas received")
+# From the device's own store: b restores the third.
+start = time.monotonic()
+while digest(dst) != digest(a_file) and time.monotonic() - start < 600:
+    time.sleep(0.05)
+t = time.monotonic()
+cli("restore", "big.bin", "--version", third)
 restore = time.monotonic() - t
-say(f"restore of the second-oldest version on b (its own store): {restore:.2f} s "
+say(f"restore of the third version on b (its own store): {restore:.2f} s "
     f"(first sync of the same file: {first:.2f} s)")
 with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")

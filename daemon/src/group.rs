@@ -129,7 +129,7 @@ impl Engine {
             .map(|id| FolderHistory {
                 id: id.clone(),
                 members: self.members(id),
-                paths: self.past_versions(id, path.as_deref(), query.deleted),
+                paths: self.past_versions(id, path.as_deref(), query.deleted, false),
             })
             .collect();
         let (index, net) = (self.index.clone(), self.net_tx.clone());
@@ -156,12 +156,15 @@ impl Engine {
     }
 
     /// The versions of `path` (a file, or everything under a directory; everything when
-    /// None) that the folder's document remembers, per path.
+    /// None; only the path itself when `exact`) that the folder's document remembers, per
+    /// path. A walk of the change log of the shards involved, on the loop: one shard for
+    /// a file (under a millisecond), every shard otherwise (0.43 s per 200,000 files).
     fn past_versions(
         &mut self,
         id: &str,
         path: Option<&str>,
         only_deleted: bool,
+        exact: bool,
     ) -> Vec<(String, Vec<PastVersion>, bool, Option<ContentId>)> {
         let labels: HashMap<_, _> = self
             .node
@@ -177,8 +180,9 @@ impl Engine {
             return Vec::new();
         };
         let doc = &mut f.doc;
-        let one_file =
-            path.is_some_and(|p| winner(&doc.values(p)).is_some_and(|w| w.kind != EntryKind::Dir));
+        let one_file = path.is_some_and(|p| {
+            exact || winner(&doc.values(p)).is_some_and(|w| w.kind != EntryKind::Dir)
+        });
         let all = match path {
             Some(p) if one_file => doc.versions(Some(p), |_| true),
             Some(p) => doc.versions(None, |k| is_at_or_under(k, p)),
@@ -246,7 +250,7 @@ impl Engine {
             .collect();
         let mut found = Vec::new();
         for id in ids {
-            let versions = self.past_versions(&id, Some(&path), false);
+            let versions = self.past_versions(&id, Some(&path), false, true);
             if let Some((_, list, _, current)) = versions.into_iter().find(|(p, ..)| *p == path) {
                 found.push((id, list, current));
             }

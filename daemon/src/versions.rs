@@ -107,6 +107,8 @@ impl GcGate {
 /// The store of kept versions' bytes.
 pub struct VersionStore {
     store: FsStore,
+    /// Where the store keeps its files (a large blob is a plain file of its bytes).
+    paths: iroh_blobs::store::fs::options::PathOptions,
     rt: Handle,
     gc: Arc<GcGate>,
     /// Keeps take it shared, a collector run alone: a chunk a keep found in the store
@@ -152,9 +154,11 @@ impl VersionStore {
             add_protected: Some(gc.callback()),
         });
         let db = dir.join("blobs.db");
+        let paths = options.path.clone();
         let store = block(&rt, FsStore::load_with_opts(db, options)).map_err(store_err)?;
         Ok(VersionStore {
             store,
+            paths,
             rt,
             gc,
             collecting: std::sync::RwLock::new(()),
@@ -367,25 +371,37 @@ impl VersionStore {
     /// damaged (what the store holds does not hash to `id`).
     pub fn chunk_checked(&self, id: &ChunkId) -> std::result::Result<Vec<u8>, String> {
         let hash = Hash::from_bytes(*id.as_bytes());
-        let bytes = block(&self.rt, async {
-            if !self.store.has(hash).await.map_err(|e| e.to_string())? {
-                return Err(format!(
-                    "chunk {} is missing from the version store",
-                    id.short()
-                ));
-            }
-            self.store
-                .get_bytes(hash)
-                .await
-                .map_err(|e| format!("chunk {} is damaged or unreadable: {e}", id.short()))
-        })?;
-        if !id.matches(&bytes) {
+        // The store keeps a blob larger than its inline limit as a plain file of its
+        // bytes: read it directly when it is there and hashes to `id` (its API streams a
+        // blob in 1 KiB messages, which made serving kept versions 1.5x slower than
+        // serving files). Anything else (an inlined small chunk, a file being written or
+        // collected) goes through the API below.
+        if let Ok(bytes) = std::fs::read(self.paths.data_path(&hash))
+            && id.matches(&bytes)
+        {
+            return Ok(bytes);
+        }
+        // Read first, and only when that fails ask whether the store has it at all (for
+        // the message): one round trip to the store for a chunk that is there.
+        let read = block(&self.rt, self.store.get_bytes(hash));
+        if let Ok(bytes) = &read
+            && id.matches(bytes)
+        {
+            return Ok(bytes.to_vec());
+        }
+        if !block(&self.rt, self.store.has(hash)).map_err(|e| e.to_string())? {
             return Err(format!(
-                "chunk {} is damaged (its bytes do not match its id)",
+                "chunk {} is missing from the version store",
                 id.short()
             ));
         }
-        Ok(bytes.to_vec())
+        Err(match read {
+            Err(e) => format!("chunk {} is damaged or unreadable: {e}", id.short()),
+            Ok(_) => format!(
+                "chunk {} is damaged (its bytes do not match its id)",
+                id.short()
+            ),
+        })
     }
 
     /// The chunk ids of a kept version, in file order.
