@@ -486,40 +486,28 @@ pub fn rewind(c: &Client, request: &RewindRequest, json_out: bool) -> Result<(),
         .as_deref()
         .map(|u| format!("{}/{u}", r.folder))
         .unwrap_or_else(|| r.folder.clone());
-    if r.dry_run {
+    let (n, plural) = (changing.len(), if changing.len() == 1 { "" } else { "s" });
+    let (at, fetch) = (when(r.at_ns), format::bytes(r.bytes_to_fetch));
+    if !r.dry_run {
         println!(
-            "Rewinding {scope} to {} would change {} path{} ({} to fetch from peers):",
-            when(r.at_ns),
-            changing.len(),
-            if changing.len() == 1 { "" } else { "s" },
-            format::bytes(r.bytes_to_fetch)
+            "Rewound {scope} to {at}: {n} path{plural} put back ({fetch} to fetch from peers)."
         );
     } else {
         println!(
-            "Rewound {scope} to {}: {} path{} put back ({} to fetch from peers).",
-            when(r.at_ns),
-            changing.len(),
-            if changing.len() == 1 { "" } else { "s" },
-            format::bytes(r.bytes_to_fetch)
+            "Rewinding {scope} to {at} would change {n} path{plural} ({fetch} to fetch from peers):"
         );
-    }
-    if r.dry_run {
         for s in &r.steps {
-            println!(
-                "  {:<9} {:>10}  {}{}",
-                s.action,
-                if s.content.is_some() {
-                    format::bytes(s.size)
-                } else {
-                    String::new()
-                },
-                s.path,
-                if s.available {
-                    ""
-                } else {
-                    "  (held by no connected device)"
-                }
-            );
+            let size = s
+                .content
+                .as_ref()
+                .map(|_| format::bytes(s.size))
+                .unwrap_or_default();
+            let unheld = if s.available {
+                ""
+            } else {
+                "  (held by no connected device)"
+            };
+            println!("  {:<9} {size:>10}  {}{unheld}", s.action, s.path);
         }
     }
     if kept_new > 0 && !request.exact {

@@ -52,6 +52,14 @@ pub struct Step {
 }
 
 impl Step {
+    /// The version this step puts back (a restored or recreated path's value of then).
+    pub fn version(&self) -> Option<&EntryValue> {
+        match self.kind {
+            StepKind::Restore | StepKind::Recreate => self.then.as_ref(),
+            StepKind::Remove | StepKind::KeepNew => None,
+        }
+    }
+
     /// The local change this step records, with the content it replaces; None for a
     /// step that changes nothing ([`StepKind::KeepNew`]).
     pub fn change(&self) -> Option<(String, LocalChange, Option<ContentId>)> {
@@ -60,7 +68,7 @@ impl Step {
             StepKind::KeepNew => return None,
             StepKind::Remove => LocalChange::Deleted,
             StepKind::Restore | StepKind::Recreate => {
-                let v = self.then.as_ref()?;
+                let v = self.version()?;
                 LocalChange::Present {
                     kind: v.kind,
                     content: v.content,

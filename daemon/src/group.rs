@@ -26,7 +26,7 @@ use cairn_api::history::{
 use cairn_core::conduct::Violation;
 use cairn_core::folder::tree::winner;
 use cairn_core::folder::{EntryValue, LocalChange};
-use cairn_core::rewind::{self, StepKind};
+use cairn_core::rewind;
 use cairn_core::scan::EntryKind;
 use cairn_core::wire::{BlocksRequest, BlocksResponse};
 use cairn_core::{ContentId, path as folder_path};
@@ -60,18 +60,51 @@ struct Member {
 struct FolderHistory {
     id: String,
     members: Vec<Member>,
-    /// path -> (the versions it had, oldest first: content, size, made at ms, author
-    /// name; whether the path is deleted now; its current content)
-    paths: Vec<(String, Vec<PastVersion>, bool, Option<ContentId>)>,
+    paths: Vec<PathHistory>,
+}
+
+/// The versions a path had, as its folder's document remembers them.
+struct PathHistory {
+    path: String,
+    /// Oldest first, each content once.
+    versions: Vec<PastVersion>,
+    /// The path is deleted now.
+    deleted: bool,
+    /// Its content now (None when deleted).
+    current: Option<ContentId>,
 }
 
 struct PastVersion {
     content: ContentId,
-    size: u64,
+    /// The latest value recorded with this content (its size, time and mode).
+    value: EntryValue,
+    /// When the content was first recorded at the path (ms).
     made_ms: i64,
     /// When the next value replaced it (ms; None while it is current).
     replaced_ms: Option<i64>,
     author: String,
+}
+
+/// Where a version's bytes can come from now.
+#[derive(Clone)]
+enum Source {
+    ThisDevice,
+    /// A connected member that sent the version's manifest when asked.
+    Peer(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::ThisDevice => f.write_str("this device"),
+            Source::Peer(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Whether `path` is a file (or symlink) in the document, not a directory or unknown.
+fn is_file(doc: &cairn_core::folder::FolderDoc, path: &str) -> bool {
+    winner(&doc.values(path)).is_some_and(|w| w.kind != EntryKind::Dir)
 }
 
 impl Engine {
@@ -131,11 +164,9 @@ impl Engine {
         let mut folders: Vec<FolderHistory> = Vec::new();
         let mut wide: Vec<(FolderHistory, cairn_core::folder::DeviceId)> = Vec::new();
         for id in &ids {
-            let one_file = path.as_deref().is_some_and(|p| {
-                self.node.folder(id).is_some_and(|f| {
-                    winner(&f.doc.values(p)).is_some_and(|w| w.kind != EntryKind::Dir)
-                })
-            });
+            let one_file = path
+                .as_deref()
+                .is_some_and(|p| self.node.folder(id).is_some_and(|f| is_file(&f.doc, p)));
             let f = FolderHistory {
                 id: id.clone(),
                 members: self.members(id),
@@ -204,7 +235,7 @@ impl Engine {
         path: Option<&str>,
         only_deleted: bool,
         exact: bool,
-    ) -> Vec<(String, Vec<PastVersion>, bool, Option<ContentId>)> {
+    ) -> Vec<PathHistory> {
         let labels = self.labels();
         match self.node.folder_mut(id) {
             Some(f) => past_versions_of(&mut f.doc, &labels, path, only_deleted, exact),
@@ -230,8 +261,8 @@ impl Engine {
         let mut found = Vec::new();
         for id in ids {
             let versions = self.past_versions(&id, Some(&path), false, true);
-            if let Some((_, list, _, current)) = versions.into_iter().find(|(p, ..)| *p == path) {
-                found.push((id, list, current));
+            if let Some(h) = versions.into_iter().find(|h| h.path == path) {
+                found.push((id, h.versions, h.current));
             }
         }
         let (id, list, current) = match found.len() {
@@ -288,7 +319,7 @@ impl Engine {
                 folder: id,
                 path,
                 content: version.content.to_hex(),
-                size: version.size,
+                size: version.value.size,
                 kept_current: None,
                 note: Some("that version is already the current one".into()),
             }));
@@ -306,14 +337,7 @@ impl Engine {
             let _ = reply.send(Err(e));
             return None;
         }
-        let value = self.value_of(&id, &path, &version.content);
-        let Some(value) = value else {
-            let _ = reply.send(Err(ApiError::Internal(format!(
-                "version {} of {path} is in the history but could not be read",
-                version.content.short()
-            ))));
-            return None;
-        };
+        let value = &version.value;
         let change = (
             path.clone(),
             LocalChange::Present {
@@ -339,7 +363,7 @@ impl Engine {
             self.net_tx.clone(),
             self.events_tx.clone(),
         );
-        let (content, size) = (version.content, version.size);
+        let (content, size) = (version.content, version.value.size);
         tokio::task::spawn_blocking(move || {
             refresh_kept(&net, &index, &id, &members);
             let found = sources_of(&net, &index, &id, &members, max_chunk, &[content]);
@@ -424,8 +448,9 @@ impl Engine {
             self.events_tx.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            // Planned on a copy of the document loaded from the index, off the loop (both
-            // states of a large folder take ~0.85 s per 200,000 files to read). A change
+            // Planned on a copy of the document loaded from the index, off the loop (the
+            // state of a moment alone, `heads_at` and `recorded_at`, took 0.85 s for
+            // 200,000 files; the rewind reads that and the state now). A change
             // that arrives meanwhile is not lost: the rewind's change of that path then
             // has an older base and the newer value becomes a conflict copy.
             let doc = index
@@ -457,21 +482,17 @@ impl Engine {
             };
             let wanted: Vec<ContentId> = steps
                 .iter()
-                .filter(|s| matches!(s.kind, StepKind::Restore | StepKind::Recreate))
-                .filter_map(|s| s.then.as_ref().and_then(|v| v.content))
+                .filter_map(|s| s.version().and_then(|v| v.content))
                 .collect();
             let found = sources_of(&net, &index, &id, &members, max_chunk, &wanted);
             let mut missing: Vec<String> = Vec::new();
             for step in &steps {
-                let version = step
-                    .then
-                    .as_ref()
-                    .filter(|_| matches!(step.kind, StepKind::Restore | StepKind::Recreate));
+                let version = step.version();
                 let content = version.and_then(|v| v.content);
                 let size = version.map_or(0, |v| v.size);
                 let (available, here) = match content.and_then(|c| found.get(&c)) {
                     None => (true, true),
-                    Some(Ok(from)) => (true, from == "this device"),
+                    Some(Ok(from)) => (true, matches!(from, Source::ThisDevice)),
                     Some(Err(e)) => {
                         missing.push(format!("{}: {e}", step.path));
                         (false, false)
@@ -550,18 +571,16 @@ impl Engine {
         changes: Requested,
         done: Box<dyn FnOnce(bool) + Send>,
     ) {
-        let sends = self.check_sends(folder).is_ok();
-        let recorded = sends
-            && (self
-                .node
-                .record_requested(std::time::Instant::now(), folder, &changes)
-                || changes.is_empty());
-        done(sends && recorded);
+        // The node records nothing in a folder that only receives (or is gone).
+        done(
+            self.node
+                .record_requested(std::time::Instant::now(), folder, &changes),
+        );
     }
 
     /// A restore or rewind changes the folder here and sends the change: refused where
     /// the folder only receives.
-    fn check_sends(&self, id: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_sends(&self, id: &str) -> Result<(), ApiError> {
         match self.local.get(id) {
             None => Err(no_folder(id)),
             Some(l) if l.config.kind == FolderType::ReceiveOnly => Err(ApiError::Refused(format!(
@@ -579,18 +598,6 @@ impl Engine {
             .chunker()
             .map(|c| c.params().max)
             .map_err(|e| ApiError::Internal(e.to_string()))
-    }
-
-    /// The value the document recorded for `content` at `path` (its size, time and mode).
-    fn value_of(&mut self, id: &str, path: &str, content: &ContentId) -> Option<EntryValue> {
-        let f = self.node.folder_mut(id)?;
-        f.doc
-            .versions(Some(path), |_| true)
-            .remove(path)?
-            .into_iter()
-            .rev()
-            .map(|v| v.value)
-            .find(|v| v.content == Some(*content) && !v.deleted)
     }
 }
 
@@ -611,9 +618,8 @@ fn past_versions_of(
     path: Option<&str>,
     only_deleted: bool,
     exact: bool,
-) -> Vec<(String, Vec<PastVersion>, bool, Option<ContentId>)> {
-    let one_file = path
-        .is_some_and(|p| exact || winner(&doc.values(p)).is_some_and(|w| w.kind != EntryKind::Dir));
+) -> Vec<PathHistory> {
+    let one_file = path.is_some_and(|p| exact || is_file(doc, p));
     let all = match path {
         Some(p) if one_file => doc.versions(Some(p), |_| true),
         Some(p) => doc.versions(None, |k| is_at_or_under(k, p)),
@@ -638,8 +644,11 @@ fn past_versions_of(
             else {
                 continue;
             };
-            if versions.iter().any(|p| p.content == content) {
-                continue; // the same data again (a touch, a restore): listed once
+            if let Some(seen) = versions.iter_mut().find(|p| p.content == content) {
+                // The same data again (a touch, a restore): listed once, with its latest
+                // value.
+                seen.value = v.value.clone();
+                continue;
             }
             let author = if v.value.device == labels.me {
                 labels.my_name.clone()
@@ -652,20 +661,25 @@ fn past_versions_of(
             };
             versions.push(PastVersion {
                 content,
-                size: v.value.size,
+                value: v.value.clone(),
                 made_ms: v.time_ms,
                 replaced_ms: values.get(i + 1).map(|next| next.time_ms),
                 author,
             });
         }
         if !versions.is_empty() {
-            out.push((key, versions, deleted, current));
+            out.push(PathHistory {
+                path: key,
+                versions,
+                deleted,
+                current,
+            });
         }
     }
     out
 }
 
-fn no_folder(id: &str) -> ApiError {
+pub(crate) fn no_folder(id: &str) -> ApiError {
     ApiError::NotFound(format!("no folder {id}; `cairn folders` lists them"))
 }
 
@@ -744,7 +758,7 @@ fn sources_of(
     members: &[Member],
     max_chunk: u32,
     contents: &[ContentId],
-) -> HashMap<ContentId, Result<String, String>> {
+) -> HashMap<ContentId, Result<Source, String>> {
     const IN_FLIGHT: usize = 64;
     let mut out = HashMap::new();
     let mut to_confirm: Vec<(ContentId, Vec<&Member>)> = Vec::new();
@@ -753,7 +767,7 @@ fn sources_of(
             continue;
         }
         if crate::engine::holds(index, c) {
-            out.insert(*c, Ok("this device".into()));
+            out.insert(*c, Ok(Source::ThisDevice));
             continue;
         }
         let keeping = match index.peers_keeping(folder, c) {
@@ -819,7 +833,7 @@ fn sources_of(
                 match verified {
                     Some(m) => {
                         stored.push((*c, m));
-                        out.insert(*c, Ok(claimers[turn].name.clone()));
+                        out.insert(*c, Ok(Source::Peer(claimers[turn].name.clone())));
                     }
                     None if turn + 1 < claimers.len() => next.push((*c, claimers.clone())),
                     None => {
@@ -905,9 +919,10 @@ fn list_folder(
         Ok(out)
     };
     let mut rows: BTreeMap<(String, ContentId), Version> = BTreeMap::new();
-    for (key, versions, deleted, current) in &f.paths {
-        for v in versions {
-            if Some(v.content) == *current {
+    for h in &f.paths {
+        let key = &h.path;
+        for v in &h.versions {
+            if Some(v.content) == h.current {
                 continue;
             }
             let here = crate::engine::holds(index, &v.content);
@@ -918,12 +933,12 @@ fn list_folder(
                     path: key.clone(),
                     kept_ns: v.replaced_ms.unwrap_or(v.made_ms).saturating_mul(1_000_000),
                     content: v.content.to_hex(),
-                    size: v.size,
+                    size: v.value.size,
                     available: here,
                     made_ns: v.made_ms.saturating_mul(1_000_000),
                     author: Some(v.author.clone()),
                     holders: holders(&v.content, here)?,
-                    deleted: *deleted,
+                    deleted: h.deleted,
                 },
             );
         }
@@ -932,7 +947,7 @@ fn list_folder(
     let deleted_paths: HashMap<&str, bool> = f
         .paths
         .iter()
-        .map(|(k, _, d, _)| (k.as_str(), *d))
+        .map(|h| (h.path.as_str(), h.deleted))
         .collect();
     for (p, kept_ns, content) in index.history(&f.id).map_err(|e| e.to_string())? {
         if path.is_some_and(|want| !is_at_or_under(&p, want)) {

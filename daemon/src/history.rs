@@ -23,8 +23,8 @@ use cairn_core::{ChunkId, Chunker, ContentId, Manifest, path as folder_path};
 use tokio::sync::oneshot;
 
 use crate::admin::ApiError;
-use crate::config::FolderType;
 use crate::engine::{Engine, Event};
+use crate::group::no_folder;
 use crate::index::Index;
 use crate::scanner::{FileRead, READ_ATTEMPTS, read_file, stamp_of};
 use crate::versions::VersionStore;
@@ -178,13 +178,7 @@ impl Engine {
                 .into());
             }
         };
-        if self.local[&id].config.kind == FolderType::ReceiveOnly {
-            return Err(format!(
-                "folder {id} only receives on this device, so a restore here would not sync; \
-                 restore it on a device that sends"
-            )
-            .into());
-        }
+        self.check_sends(&id)?;
         Ok(id)
     }
 
@@ -228,10 +222,6 @@ impl Engine {
             let _ = reply.send(result);
         });
     }
-}
-
-fn no_folder(id: &str) -> ApiError {
-    ApiError::NotFound(format!("no folder {id}; `cairn folders` lists them"))
 }
 
 fn version(

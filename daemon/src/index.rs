@@ -1209,19 +1209,8 @@ impl Index {
             if f != folder {
                 break;
             }
-            let ids = v.value();
-            let n = ids.len() / 32;
-            let at = |i: usize| &ids[i * 32..i * 32 + 32];
-            let (mut lo, mut hi) = (0, n);
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                if at(mid) < &content.0[..] {
-                    lo = mid + 1;
-                } else {
-                    hi = mid;
-                }
-            }
-            if lo < n && at(lo) == &content.0[..] {
+            let (ids, _) = v.value().as_chunks::<32>();
+            if ids.binary_search(&content.0).is_ok() {
                 out.push(peer.to_string());
             }
         }

@@ -555,12 +555,7 @@ pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
     };
     // What the index lists, read once per pass; checked again under the catalog lock
     // before a link goes (pruning may have dropped it meanwhile).
-    let listed: HashSet<ContentId> = index
-        .all_history()
-        .map_err(store_err)?
-        .into_iter()
-        .map(|(_, _, _, c)| c)
-        .collect();
+    let listed = listed_contents(index)?;
     let mut imported = 0;
     for e in entries.flatten() {
         let _one = store.importing.lock().unwrap_or_else(|e| e.into_inner());
@@ -708,15 +703,20 @@ pub fn prune(
     })
 }
 
-/// Drops the store's versions no kept version of the index lists (a kill between keeping
-/// the bytes and recording them). Only at start, before any pull can keep a version.
-pub fn drop_unlisted(index: &Index, store: &VersionStore) -> Result<usize> {
-    let listed: HashSet<ContentId> = index
+/// The contents of every kept version the index lists, all folders.
+fn listed_contents(index: &Index) -> Result<HashSet<ContentId>> {
+    Ok(index
         .all_history()
         .map_err(store_err)?
         .into_iter()
         .map(|(_, _, _, c)| c)
-        .collect();
+        .collect())
+}
+
+/// Drops the store's versions no kept version of the index lists (a kill between keeping
+/// the bytes and recording them). Only at start, before any pull can keep a version.
+pub fn drop_unlisted(index: &Index, store: &VersionStore) -> Result<usize> {
+    let listed = listed_contents(index)?;
     let mut n = 0;
     for c in store.contents()? {
         if !listed.contains(&c) {

@@ -783,7 +783,13 @@ impl FolderDoc {
                     .collect(),
             };
             for key in keys {
-                if under.is_some_and(|d| key != d && !key.starts_with(&format!("{d}/"))) {
+                // The range also holds siblings such as `dir-x` ('-' sorts between the
+                // end of `dir` and '/').
+                let inside = |d: &str| {
+                    key.strip_prefix(d)
+                        .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+                };
+                if under.is_some_and(|d| !inside(d)) {
                     continue;
                 }
                 let values = self.values_at(&key, at);
