@@ -10,59 +10,10 @@
 # Usage: bench/rewind.sh   (BENCH_NO_BUILD=1, BENCH_CAIRND, BENCH_REWIND_FILES)
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$BENCH")
-helper() { python3 "$BENCH/sync_helper.py" "$@"; }
-# shellcheck source=bench/sync_lib.sh
-. "$BENCH/sync_lib.sh"
-
 FILES=${BENCH_REWIND_FILES:-10000}
-READY_TIMEOUT=${BENCH_READY_TIMEOUT:-120}
-PORT_BASE=${BENCH_PORT_BASE:-27400}
-STATUS_INTERVAL=0.2
-ST_WATCH_DELAY=10
-export CAIRN_LOG=${CAIRN_LOG:-warn}
-export CAIRN_PRIVATE_NETWORK_ONLY=1
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-  log "building ${TARGET_DIR#"$ROOT"/}/release/cairnd and cairn..."
-  CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p cairn-daemon -p cairn-cli ||
-    fail "cargo build --release failed"
-fi
-CAIRND=${BENCH_CAIRND:-$TARGET_DIR/release/cairnd}
-CAIRN=${BENCH_CAIRN:-$(dirname "$CAIRND")/cairn}
-[ -x "$CAIRND" ] && [ -x "$CAIRN" ] || fail "$CAIRND or $CAIRN not found"
-
-STAMP=$(date +%Y-%m-%d-%H%M%S)
-mkdir -p "$BENCH/results" "$BENCH/data"
-OUT=$BENCH/results/rewind-$STAMP.txt
-LOGDIR=$BENCH/results/rewind-$STAMP-logs
-mkdir -p "$LOGDIR"
-WORK=$(mktemp -d "$BENCH/data/rewind-work.XXXXXX")
-trap 'stop_all; rm -rf "$WORK"' EXIT
-
-# Like start_cairn_pair, but b keeps every version (no thinning).
-take_ports 2 || fail "no free ports"
-pa=${PORTS[0]} pb=${PORTS[1]}
-new_pair_dirs cairn rewind || fail "dirs"
-ida=$("$CAIRND" --home "$PAIR_DIR/a-home" --print-id)
-idb=$("$CAIRND" --home "$PAIR_DIR/b-home" --print-id)
-helper cairn-config --home "$PAIR_DIR/a-home" --port "$pa" --peer-id "$idb" --peer-name b \
-  --peer-port "$pb" --folder "$SENDER_DIR"
-helper cairn-config --home "$PAIR_DIR/b-home" --port "$pb" --peer-id "$ida" --peer-name a \
-  --peer-port "$pa" --folder "$RECEIVER_DIR"
-printf '\n[folders.versions]\nstaggered = false\nmax_age_days = 0\nmax_size_mib = 0\n' \
-  >>"$PAIR_DIR/b-home/config.toml"
-helper pair --out "$PAIR" --tool cairn --ports "$pa" "$pb" \
-  --sender-home "$PAIR_DIR/a-home" --sender-dir "$SENDER_DIR" --sender-id "$ida" --sender-log "$SENDER_LOG" \
-  --receiver-home "$PAIR_DIR/b-home" --receiver-dir "$RECEIVER_DIR" --receiver-id "$idb" --receiver-log "$RECEIVER_LOG"
-for side in a b; do
-  logf=$SENDER_LOG
-  [ "$side" = b ] && logf=$RECEIVER_LOG
-  CAIRN_LOG=info "$CAIRND" --home "$PAIR_DIR/$side-home" >"$logf" 2>&1 &
-  ALL_PIDS+=("$!")
-done
-helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT" || { tail_logs 25; fail "daemons not ready"; }
+KEEPING_NAME=rewind KEEPING_PORT_BASE=27400
+# shellcheck source=bench/keeping_pair.sh
+. "$BENCH/keeping_pair.sh"
 
 python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/a-home" "$PAIR_DIR/b-home" "$CAIRN" "$FILES" "$OUT" <<'EOF'
 import hashlib, json, os, random, subprocess, sys, time, urllib.request

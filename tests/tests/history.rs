@@ -451,7 +451,9 @@ fn group_history_names_holders_restores_from_a_peer_and_says_when_the_holder_is_
     let restored = json(a, &["restore", "f.txt", "--version", &v1_id[..10]]);
     assert_eq!(restored["content"], v1_id.as_str(), "{restored}");
     assert!(
-        restored["note"].as_str().is_some_and(|n| n.contains('b')),
+        restored["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("from b")),
         "{restored}"
     );
     assert!(

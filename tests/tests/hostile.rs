@@ -423,6 +423,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The device id of a peer identity, as the victim derives it.
+fn device_of(k: &Keypair) -> DeviceId {
+    DeviceId::from_identity(&k.public().to_peer_id().to_bytes())
+}
+
+/// Whether the victim's `/metrics` counts a violation of `kind` by `peer`.
+fn violation_counted(v: &Daemon, kind: &str, peer: &PeerId) -> bool {
+    v.get("/metrics").contains(&format!(
+        "cairn_protocol_violations_total{{peer=\"{peer}\",kind=\"{kind}\"}}"
+    ))
+}
+
 fn metric_lines(d: &Daemon) -> Vec<String> {
     d.get("/metrics").lines().map(str::to_string).collect()
 }
@@ -913,8 +925,7 @@ fn bad_chunks_and_bad_manifests_are_counted_and_disconnect() {
     // other a manifest of another content.
     let tmp = tempfile::tempdir().unwrap();
     let (k1, k2) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let device = |k: &Keypair| DeviceId::from_identity(&k.public().to_peer_id().to_bytes());
-    let (d1, d2) = (device(&k1), device(&k2));
+    let (d1, d2) = (device_of(&k1), device_of(&k2));
     let v = victim(tmp.path(), &[&k1, &k2]);
     let rt = runtime();
     let (closed, ids) = rt.block_on(async {
@@ -948,11 +959,6 @@ fn bad_chunks_and_bad_manifests_are_counted_and_disconnect() {
         assert!(liar2.connect(10).await, "{}", v.log());
         liar2.sync_doc("shared", &mut doc2, &mut s2).await;
         let ids = (liar1.peer_id(), liar2.peer_id());
-        let counted = |kind: &str, peer: &PeerId| {
-            v.get("/metrics").contains(&format!(
-                "cairn_protocol_violations_total{{peer=\"{peer}\",kind=\"{kind}\"}}"
-            ))
-        };
         let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
             for h in [&mut liar1, &mut liar2] {
@@ -961,7 +967,9 @@ fn bad_chunks_and_bad_manifests_are_counted_and_disconnect() {
                 }
                 h.run_until(1, |_| false).await;
             }
-            if counted("bad_chunk", &ids.0) && counted("bad_manifest", &ids.1) {
+            if violation_counted(&v, "bad_chunk", &ids.0)
+                && violation_counted(&v, "bad_manifest", &ids.1)
+            {
                 break;
             }
         }
@@ -970,14 +978,12 @@ fn bad_chunks_and_bad_manifests_are_counted_and_disconnect() {
         }
         ((liar1.closed, liar2.closed), ids)
     });
-    let metrics = v.get("/metrics");
     println!("disconnects: {closed:?}");
     for (kind, peer) in [("bad_chunk", ids.0), ("bad_manifest", ids.1)] {
         assert!(
-            metrics.contains(&format!(
-                "cairn_protocol_violations_total{{peer=\"{peer}\",kind=\"{kind}\"}}"
-            )),
-            "{kind} not counted for {peer}:\n{metrics}"
+            violation_counted(&v, kind, &peer),
+            "{kind} not counted for {peer}:\n{}",
+            v.get("/metrics")
         );
     }
     assert!(
@@ -1091,8 +1097,7 @@ fn a_huge_manifest_waits_for_disk_space_and_leaves_nothing_behind() {
 fn a_peer_lying_about_a_kept_version_is_counted_and_the_restore_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (k1, k2) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let device = |k: &Keypair| DeviceId::from_identity(&k.public().to_peer_id().to_bytes());
-    let (d1, d2) = (device(&k1), device(&k2));
+    let (d1, d2) = (device_of(&k1), device_of(&k2));
     let v = victim(tmp.path(), &[&k1, &k2]);
     let rt = runtime();
     let ids = rt.block_on(async {
@@ -1189,14 +1194,9 @@ fn a_peer_lying_about_a_kept_version_is_counted_and_the_restore_writes_nothing()
         );
         assert!(stderr.contains("did not send it"), "{stderr}");
         // The zeroed chunks: the pull refuses them; keep the liar answering meanwhile.
-        let counted = |kind: &str, peer: &PeerId| {
-            v.get("/metrics").contains(&format!(
-                "cairn_protocol_violations_total{{peer=\"{peer}\",kind=\"{kind}\"}}"
-            ))
-        };
         let ids = (liars[0].peer_id(), liars[1].peer_id());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && !counted("bad_chunk", &ids.1) {
+        while Instant::now() < deadline && !violation_counted(&v, "bad_chunk", &ids.1) {
             for h in liars.iter_mut() {
                 if !h.connected {
                     h.connect(1).await;
@@ -1213,13 +1213,11 @@ fn a_peer_lying_about_a_kept_version_is_counted_and_the_restore_writes_nothing()
         }
         ids
     });
-    let metrics = v.get("/metrics");
     for (kind, peer) in [("bad_manifest", ids.0), ("bad_chunk", ids.1)] {
         assert!(
-            metrics.contains(&format!(
-                "cairn_protocol_violations_total{{peer=\"{peer}\",kind=\"{kind}\"}}"
-            )),
-            "{kind} not counted for {peer}:\n{metrics}"
+            violation_counted(&v, kind, &peer),
+            "{kind} not counted for {peer}:\n{}",
+            v.get("/metrics")
         );
     }
 }
