@@ -24,6 +24,11 @@ if ! ip netns add "$NS" 2>/dev/null; then
   exit 1
 fi
 trap 'ip netns del "$NS" 2>/dev/null || true' EXIT
+# The namespace reaches nothing outside: Syncthing 1.29.5 (in bench/sync.sh's default
+# tools) is fetched from deb.debian.org before, if a tool needs it and it is not there yet.
+case " ${BENCH_TOOLS:-syncthing-1.29} " in
+  *" syncthing-1.29"*) bench/get_syncthing.sh >/dev/null ;;
+esac
 ip -n "$NS" link set lo mtu 1500
 ip -n "$NS" link set lo up
 ip netns exec "$NS" tc qdisc add dev lo root tbf rate "$RATE" burst 32kb latency 100ms

@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Sync benchmark: cairn and Syncthing side by side on loopback, on the same data. Run by
-# hand, not in CI (needs ~3 GB of disk, root or syncthing installed, ~15 minutes).
+# hand, not in CI (needs ~3 GB of disk, root or syncthing installed, network access to
+# deb.debian.org once for Syncthing 1.29.5; ~15 minutes for cairn and one Syncthing, each
+# further Syncthing variant adds its own share).
 #
-#   bench/sync.sh                    all data sets except small100k, huge10g and scale
+#   bench/sync.sh                    all data sets except small100k, huge10g and scale, for
+#                                    cairn, syncthing-1.19, syncthing-1.29, syncthing-1.29-d1
+#   BENCH_TOOLS="cairn syncthing-1.29 syncthing-1.29-d1" bench/sync.sh
+#                                    only the 1.29.5 anchors (at its defaults, watcher delay 1)
+#   BENCH_TOOLS="cairn syncthing-1.19 syncthing-1.19-d1 syncthing-1.29 syncthing-1.29-d1" bench/sync.sh
+#                                    both versions, each at its defaults and with delay 1
+#   BENCH_TOOLS="cairn syncthing" bench/sync.sh
+#                                    the old run: the installed syncthing, BENCH_ST_WATCH_DELAY
+#   BENCH_ONLY=edit BENCH_TOOLS="cairn syncthing-1.29-d1" bench/sync.sh
+#                                    one data set (the edit, with rsync's bytes), one anchor
 #   BENCH_100K=1 bench/sync.sh       also 100,000 small files (memory target; slow)
 #   BENCH_ONLY=scale bench/sync.sh   issue #13's scale run, 100,000 files, beside Syncthing
 #   BENCH_ONLY=scale BENCH_SCALE_FILES=1000000 BENCH_TOOLS=cairn bench/sync.sh
@@ -14,7 +25,10 @@
 #   large      1 GiB as 4 x 256 MiB files
 #   small10k   10,000 files of 1-64 KiB (also: peak RSS of both daemons)
 #   edit       a 256 MiB file is synced first, then replaced (rename over) by a version with
-#              ten 100-byte insertions and one 1 MiB overwrite; the edit is what is measured
+#              ten 100-byte insertions and one 1 MiB overwrite; the edit is what is measured.
+#              After the tools, rsync -a --no-whole-file --stats copies the edited file onto a
+#              copy of the original on this machine (no daemon): its bytes sent + received are
+#              the "rsync bytes" column (installed as root if missing; BENCH_NO_RSYNC=1: none)
 #   identical  8 identical 32 MiB files
 #   dirrename  the 10,000 files of small10k are synced under old/, then old/ is renamed to
 #              new/ on the sender; the rename is what is measured
@@ -51,18 +65,36 @@
 # files excluded) AND b's daemon says it is in sync. The tools run one after the other,
 # never at once. Afterwards b's folder is compared with a's (diff -r).
 #
-# Syncthing is configured from here: listen and GUI on 127.0.0.1 only, a known API key,
-# global/local discovery, relays, NAT, usage and crash reporting and upgrades off, each
-# device given the other's static address, the folder shared by both with the watcher on
-# (fsWatcherDelayS = BENCH_ST_WATCH_DELAY, default 10, Syncthing's default) and a 3600 s
-# rescan interval. setLowPriority is off (cairn does not renice itself either) and
-# reconnectionIntervalS is 5 (only matters if a first dial fails).
+# Tools (BENCH_TOOLS, space-separated, run in that order for each data set): cairn, and
+# Syncthing variants named for the binary and the watcher delay:
+#   syncthing-1.19     the syncthing on PATH, which must be 1.19.x (Debian bookworm's 1.19.2;
+#                      installed with apt-get as root if missing)
+#   syncthing-1.29     Debian's 1.29.5 (trixie), fetched once by bench/get_syncthing.sh into
+#                      bench/tools/syncthing-1.29.5/ (gitignored; not installed, the system
+#                      package stays as it is)
+#   ...-dN             either with fsWatcherDelayS=N (syncthing-1.29-d1: 1 s); without -dN
+#                      the version's own default is left in the config (10 s in both)
+#   syncthing          the syncthing on PATH, whatever its version, fsWatcherDelayS =
+#                      BENCH_ST_WATCH_DELAY (default 10): the script's single tool before
+# Default: "cairn syncthing-1.19 syncthing-1.19-d1 syncthing-1.29 syncthing-1.29-d1". The header names each
+# variant's binary, version and delay; every table has one row per tool and, per Syncthing
+# variant, cairn/variant ratios of time, CPU s (both daemons, utime+stime from /proc) and
+# bytes, repeated in a summary table at the end.
+#
+# Syncthing is configured from here, the same for every variant: listen and GUI on
+# 127.0.0.1 only, a known API key, global/local discovery, relays, NAT, usage and crash
+# reporting and upgrades off, each device given the other's static address, the folder
+# shared by both with the watcher on (fsWatcherDelayS as above) and a 3600 s rescan
+# interval. setLowPriority is off (cairn does not renice itself either) and
+# reconnectionIntervalS is 5 (only matters if a first dial fails). Both versions take the
+# same flags (generate --no-default-folder --skip-port-probing; serve --no-browser
+# --no-restart --no-upgrade, STMONITORED=yes so the PID is the syncing process itself).
 #
 # Other settings: BENCH_TIMEOUT (600 s, every wait for a data set), BENCH_SETTLE_TIMEOUT
 # (60 s: after the receiver is done, how long to wait for the sender to say in sync before
 # the bytes are counted anyway), BENCH_ONLY (comma list
-# of data sets), BENCH_TOOLS ("cairn syncthing"; one of them to diagnose), BENCH_PORT_BASE (27100, below the kernel's ephemeral range; each pair
-# takes the next free ports from there: 2 for cairn, 4 for Syncthing, about 50 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_NO_BUILD=1,
+# of data sets), BENCH_TOOLS (above; one of them to diagnose), BENCH_PORT_BASE (27100, below the kernel's ephemeral range; each pair
+# takes the next free ports from there: 2 for cairn, 4 for each Syncthing variant, under 200 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_NO_BUILD=1,
 # CAIRN_LOG (default warn; daemon logs go to bench/results/sync-DATE-logs/), BENCH_CAIRND (the
 # cairnd to run, e.g. a wrapper that starts it under heaptrack; default
 # $CARGO_TARGET_DIR/release/cairnd, or target/release/cairnd without CARGO_TARGET_DIR).
@@ -83,7 +115,7 @@ READY_TIMEOUT=${BENCH_READY_TIMEOUT:-120}
 ST_WATCH_DELAY=${BENCH_ST_WATCH_DELAY:-10}
 PORT_BASE=${BENCH_PORT_BASE:-27100}
 LATENCY_RUNS=${BENCH_LATENCY_RUNS:-5}
-TOOLS=${BENCH_TOOLS:-cairn syncthing}
+TOOLS=${BENCH_TOOLS:-cairn syncthing-1.19 syncthing-1.19-d1 syncthing-1.29 syncthing-1.29-d1}
 BENCH_100K=${BENCH_100K:-0}
 BENCH_HUGE=${BENCH_HUGE:-0}
 ONLY=${BENCH_ONLY:-large,small10k,edit,identical,dirrename,latency}
@@ -113,14 +145,69 @@ case ",$ONLY," in *,scale,*) WITH_SCALE=1 ;; esac
 for c in python3 ss diff cp od awk ps; do
   command -v "$c" >/dev/null || fail "'$c' is required but not installed"
 done
-if ! command -v syncthing >/dev/null; then
-  [ "$(id -u)" = 0 ] || fail "syncthing is not installed; run: sudo apt-get install -y syncthing"
-  log "installing syncthing (Debian package)..."
-  { apt-get update -qq && apt-get install -y -qq syncthing; } >/dev/null ||
-    fail "apt-get install syncthing failed"
+# apt_install PACKAGE: the Debian package, as root only (the script's old way for syncthing).
+apt_install() {
+  [ "$(id -u)" = 0 ] || return 1
+  log "installing $1 (Debian package)..."
+  { apt-get update -qq && apt-get install -y -qq "$1"; } >/dev/null
+}
+# Which Syncthing binaries the tools need: the system's (syncthing, syncthing-1.19*) and/or
+# 1.29.5 from bench/get_syncthing.sh (syncthing-1.29*).
+need_system=0 need_129=0
+for tool in $TOOLS; do
+  [ "$tool" = cairn ] && continue
+  st_variant "$tool" ||
+    fail "unknown tool '$tool' in BENCH_TOOLS (cairn, syncthing, syncthing-1.19, syncthing-1.29, each Syncthing one also as ...-dN for fsWatcherDelayS=N)"
+  case $ST_SERIES in 1.29) need_129=1 ;; *) need_system=1 ;; esac
+done
+ST_BIN_SYSTEM="" ST_BIN_129=""
+if [ "$need_system" = 1 ]; then
+  command -v syncthing >/dev/null || apt_install syncthing ||
+    fail "syncthing is not installed; run: sudo apt-get install -y syncthing"
+  ST_BIN_SYSTEM=$(command -v syncthing)
 fi
-syncthing generate --help >/dev/null 2>&1 ||
-  fail "this script needs Syncthing >= 1.16 ('syncthing generate'); found: $(syncthing --version 2>&1 | head -n1)"
+if [ "$need_129" = 1 ]; then
+  ST_BIN_129=$("$BENCH/get_syncthing.sh") || fail "bench/get_syncthing.sh could not fetch Syncthing 1.29.5"
+fi
+# Every variant: its binary runs, is the version its name says, has `syncthing generate`;
+# and its default fsWatcherDelayS, from a config it generates (for the header).
+TOOL_LINES=""
+st_probe=$(mktemp -d)
+trap 'rm -rf "$st_probe"' EXIT
+for tool in $TOOLS; do
+  [ "$tool" = cairn ] && continue
+  st_variant "$tool"
+  ver=$("$ST_BIN" --version 2>&1 | head -n1) || fail "$ST_BIN --version failed: $ver"
+  case $ST_SERIES in
+    "") ;;
+    *) case $ver in "syncthing v$ST_SERIES."*) ;;
+         *) fail "$tool needs Syncthing $ST_SERIES, $ST_BIN is: $ver (BENCH_TOOLS=syncthing runs the installed one)" ;;
+       esac ;;
+  esac
+  "$ST_BIN" generate --help >/dev/null 2>&1 ||
+    fail "this script needs Syncthing >= 1.16 ('syncthing generate'); $ST_BIN is: $ver"
+  if [ ! -e "$st_probe/$ST_SERIES/config.xml" ]; then
+    "$ST_BIN" generate --home="$st_probe/$ST_SERIES" --no-default-folder --skip-port-probing >/dev/null 2>&1 ||
+      fail "$ST_BIN generate failed"
+  fi
+  default_delay=$(helper st-default --home "$st_probe/$ST_SERIES")
+  if [ -n "$ST_DELAY" ]; then
+    delay_text="fsWatcherDelayS=$ST_DELAY (the version's default: $default_delay)"
+  else
+    delay_text="fsWatcherDelayS=$default_delay (the version's default, not set here)"
+  fi
+  TOOL_LINES+="  $tool: ${ST_BIN#"$ROOT"/}, $(cut -d' ' -f2 <<<"$ver"), $delay_text"$'\n'
+done
+rm -rf "$st_probe"
+# rsync's bytes beside the daemons' for the edit (a change to a file the receiver has).
+WITH_RSYNC=0
+case ",$ONLY," in *,edit,*) WITH_RSYNC=1 ;; esac
+if [ "$WITH_RSYNC" = 1 ] && [ "${BENCH_NO_RSYNC:-0}" = 1 ]; then
+  WITH_RSYNC=0
+elif [ "$WITH_RSYNC" = 1 ] && ! command -v rsync >/dev/null && ! apt_install rsync; then
+  log "rsync is not installed (sudo apt-get install -y rsync): no rsync bytes for the edit"
+  WITH_RSYNC=0
+fi
 # cargo puts the binary under CARGO_TARGET_DIR when it is set (relative: to the repository).
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
@@ -174,7 +261,8 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
 header() {
-  local cpu rev dirty
+  local cpu rev dirty variants="Syncthing variants: none"
+  [ -n "$TOOL_LINES" ] && variants="Syncthing variants (binary, version, watcher delay):"$'\n'"${TOOL_LINES%$'\n'}"
   cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs || true)
   rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   dirty=$(git status --porcelain --untracked-files=no -- core daemon cli 2>/dev/null | head -n1 || true)
@@ -182,11 +270,13 @@ header() {
   cat <<EOF
 cairn vs Syncthing, sync benchmark ($(date -u +%FT%TZ))
 machine: $(nproc) cores, ${cpu:-unknown cpu}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -r)
-cairn: $rev (${CAIRND#"$ROOT"/}); syncthing: $(syncthing --version | head -n1)
+cairn: $rev (${CAIRND#"$ROOT"/})
+tools: $TOOLS
+$variants
 setup: 2 daemons per tool on 127.0.0.1 TCP, fresh homes and empty folders for every data set,
   tools run one after the other; data copied into the sender's folder, the watcher picks it up.
 Syncthing: discovery, relays, NAT, usage/crash reporting, upgrades off; static addresses;
-  fsWatcher on, fsWatcherDelayS=$ST_WATCH_DELAY (default 10); rescanIntervalS 3600; setLowPriority false.
+  fsWatcher on, fsWatcherDelayS as above; rescanIntervalS 3600; setLowPriority false.
 seconds: end of the copy -> receiver has every file with the right size (stat of each
   expected path; no directory listing or open, which a watcher could see) AND says in sync
   (cairn /v1/status in_sync+idle; Syncthing /rest/db/status idle, need 0, local = global).
@@ -197,6 +287,10 @@ wire bytes (tool): what each tool counts itself. cairn: chunk bytes + folder met
   in+out bytes of the protocol connection (/rest/system/connections), above TLS.
 TCP bytes (ss): payload of every TCP socket between the two peers, both directions, from the
   kernel (ss -ti bytes_received), so it includes TLS/Noise/yamux framing; same for both tools.
+rsync bytes (edit only): rsync -a --no-whole-file --stats of the edited file onto a copy of
+  the original, on this machine, no daemon: its "Total bytes sent" + "Total bytes received"
+  (delta transfer forced on as over a network); one figure per data set, shown on every row.
+cairn/TOOL: cairn's figure over the other tool's, per data set (time, CPU s, both byte counts).
 (files s): when the receiver's files were all there, before the in-sync signal.
 check: the receiver's folder compared with the sender's (diff -r) after the run; also notes
   if the sender never reported in sync, or if other processes used CPU during the run.
@@ -308,6 +402,31 @@ run_one() {
   stop_pair
 }
 
+# run_rsync DATASET: rsync's bytes for the same change as the data set's measured step, on
+# this machine after the tools (not timed against them): the new version onto a copy of
+# what the receiver had before it. Only the edit (a change to a file the receiver has).
+run_rsync() {
+  local ds=$1 old new dest res="$WORK/$1-rsync.json" verify="" rc=0
+  case $ds in
+    edit) old=$DATA/edit/base new=$DATA/edit/edited ;;
+    *) return 0 ;;
+  esac
+  dest=$WORK/$ds-rsync-dest
+  rm -rf "$dest" "$res"
+  cp -a "$old" "$dest"  # the receiver's state before the step, mtime included
+  sync
+  log "[$ds] rsync: the new version onto a copy of the old (local, --no-whole-file)"
+  helper rsync --src "$new" --dest "$dest" --out "$res" || rc=$?
+  if [ "$rc" = 0 ]; then
+    if diff -rq "$new" "$dest" >&2; then verify=ok; else verify=MISMATCH; fi
+  fi
+  local extra=()
+  [ -n "$verify" ] && extra+=(--verify "$verify")
+  [ "$rc" != 0 ] && extra+=(--failed "rsync exit $rc")
+  helper record --results "$RESULTS" --dataset "$ds" --tool rsync --result "$res" "${extra[@]}"
+  rm -rf "$dest"
+}
+
 # warm DIR: read a data set once so neither tool gets a colder page cache.
 warm() { find "$1" -type f -print0 | xargs -0 -r cat >/dev/null; }
 
@@ -324,14 +443,12 @@ for ds in "${sets[@]}"; do
     latency | huge10g) ;;
     *) fail "unknown data set '$ds' in BENCH_ONLY (large, small10k, edit, identical, dirrename, latency, small100k, huge10g, scale)" ;;
   esac
-  for tool in $TOOLS; do
-    case $tool in cairn | syncthing) ;; *) fail "unknown tool '$tool' in BENCH_TOOLS" ;; esac
-  done
   [ "$ds" = small100k ] && [ ! -e "$DATA/.small100k.complete" ] && fail "small100k needs BENCH_100K=1"
   [ "$ds" = huge10g ] && [ ! -e "$DATA/.huge10g.complete" ] && fail "huge10g needs BENCH_HUGE=1"
   for tool in $TOOLS; do
     run_one "$ds" "$tool"
   done
+  if [ "$WITH_RSYNC" = 1 ]; then run_rsync "$ds"; fi
 done
 
 {

@@ -7,6 +7,7 @@ Subcommands (all called by bench/sync.sh; see --help of each):
   pick-ports   N free 127.0.0.1 TCP ports from a start port on
   cairn-config write a cairnd config.toml for one side of a pair
   st-config    edit a generated Syncthing config.xml for one side of a pair
+  st-default   print fsWatcherDelayS of a generated config's folder defaults
   pair         write the pair description (JSON) the other subcommands read
   ready        wait until both peers are connected, idle and in sync
   sync         copy a data set (or rename a file) into the sender, time until the receiver
@@ -16,6 +17,8 @@ Subcommands (all called by bench/sync.sh; see --help of each):
                receiver has it; median of N (the scale data set)
   monitor      sample /v1/status latency and RSS of both daemons every 200 ms until SIGTERM
   stall        read cairn_loop_stall_seconds from both cairn daemons' /metrics
+  rsync        rsync --no-whole-file from a new version onto a copy of the old, locally:
+               the bytes its --stats counts (sent + received)
   record       append one result (JSON line)
   report       render the result tables
 
@@ -281,7 +284,10 @@ def st_config(a):
     folder.set("type", "sendreceive")
     folder.set("rescanIntervalS", "3600")
     folder.set("fsWatcherEnabled", "true")
-    folder.set("fsWatcherDelayS", str(a.watch_delay))
+    # Without --watch-delay the version's own default (from <defaults><folder>) stays.
+    if a.watch_delay is not None:
+        folder.set("fsWatcherDelayS", str(a.watch_delay))
+    print(f"fsWatcherDelayS={folder.get('fsWatcherDelayS')}")
     for el in folder.findall("device"):
         folder.remove(el)
     for i, dev in enumerate([me.get("id"), a.peer_id]):
@@ -292,12 +298,21 @@ def st_config(a):
     tree.write(path)
 
 
+def st_default(a):
+    """fsWatcherDelayS of the folder defaults in a config.xml that `syncthing generate` wrote
+    (the version's default watcher delay); "?" if the config has none."""
+    root = ET.parse(os.path.join(a.home, "config.xml")).getroot()
+    folder = root.find("defaults/folder")
+    print("?" if folder is None else folder.get("fsWatcherDelayS", "?"))
+
+
 # ---------------------------------------------------------------------------------------
 # Talking to the two tools
 
 class Node:
     def __init__(self, pair, role):
         self.tool = pair["tool"]
+        self.name = _name(pair)
         self.role = role
         self.info = pair[role]
         self.other = pair["receiver" if role == "sender" else "sender"]
@@ -399,6 +414,12 @@ def load_pair(path):
         return json.load(f)
 
 
+def _name(pair):
+    """The tool as bench/sync.sh names it (cairn, syncthing, syncthing-1.29-d1, ...);
+    pair["tool"] is the kind (cairn or syncthing), which decides how to talk to it."""
+    return pair.get("name") or pair["tool"]
+
+
 def tcp_snapshot(ports):
     """bytes_received of every established TCP socket with an end on one of `ports`.
     Both ends of a loopback connection are listed, so the sum is both directions."""
@@ -464,7 +485,7 @@ def _both(pair):
 def _check_alive(nodes):
     for n in nodes:
         if not n.alive():
-            die(f"{n.tool} {n.role} (pid {n.pid()}) exited; see its log {n.info.get('log')}", 3)
+            die(f"{n.name} {n.role} (pid {n.pid()}) exited; see its log {n.info.get('log')}", 3)
 
 
 def wait_ready(pair, timeout, quiet=False):
@@ -481,12 +502,12 @@ def wait_ready(pair, timeout, quiet=False):
                 return time.monotonic() - t0
             for n, s in zip(nodes, sts):
                 if s["state"] == "error":
-                    die(f"{n.tool} {n.role}: folder in error state: {s['error']}", 3)
+                    die(f"{n.name} {n.role}: folder in error state: {s['error']}", 3)
         except (OSError, urllib.error.URLError, KeyError, StopIteration, ValueError):
             pass  # not up yet
         if time.monotonic() - t0 > timeout:
             detail = [{k: v for k, v in s.items() if k != "raw"} for s in last] if last else "no API answer"
-            die(f"{pair['tool']}: peers not connected+idle after {timeout:.0f} s: {detail}", 2)
+            die(f"{_name(pair)}: peers not connected+idle after {timeout:.0f} s: {detail}", 2)
         time.sleep(0.05)
 
 
@@ -630,7 +651,7 @@ def sync(a):
            "counters_before": before, "counters_after": after}
     with open(a.out, "w") as f:
         json.dump(res, f)
-    print(f"  {pair['tool']:<9} {api_s:8.2f} s  (files complete at {seen:.2f} s, copy took {copy_s:.2f} s)"
+    print(f"  {_name(pair):<9} {api_s:8.2f} s  (files complete at {seen:.2f} s, copy took {copy_s:.2f} s)"
           f"  wire: {tool:,} B counted by the tool, {tcp:,} B TCP payload; daemons used "
           f"{cpu_daemons:.1f} CPU-s, other processes {cpu_other:.1f} CPU-s", flush=True)
 
@@ -659,10 +680,10 @@ def latency(a):
             except FileNotFoundError:
                 pass
             if time.monotonic() - t0 > a.timeout:
-                die(f"{pair['tool']}: small write {i} not on the receiver after {a.timeout:.0f} s", 2)
+                die(f"{_name(pair)}: small write {i} not on the receiver after {a.timeout:.0f} s", 2)
             time.sleep(0.002)
         times.append(dt)
-        print(f"  {pair['tool']:<9} write {i + 1}: {dt:.3f} s", flush=True)
+        print(f"  {_name(pair):<9} write {i + 1}: {dt:.3f} s", flush=True)
     res = {"timeout": False, "seconds": statistics.median(times), "runs": times}
     with open(a.out, "w") as f:
         json.dump(res, f)
@@ -718,13 +739,13 @@ def edit_one(a):
                     pass
                 now = time.monotonic()
                 if now - t0 > a.timeout:
-                    die(f"{pair['tool']}: edit {i + 1} of {rel} not on the receiver after {a.timeout:.0f} s", 2)
+                    die(f"{_name(pair)}: edit {i + 1} of {rel} not on the receiver after {a.timeout:.0f} s", 2)
                 if now - last_alive > 1:
                     _check_alive((sender, receiver))
                     last_alive = now
                 time.sleep(0.002)
             times.append(dt)
-            print(f"  {pair['tool']:<9} edit {i + 1} ({rel}): {dt:.3f} s", flush=True)
+            print(f"  {_name(pair):<9} edit {i + 1} ({rel}): {dt:.3f} s", flush=True)
     except SystemExit:
         write(timeout=True)
         raise
@@ -947,6 +968,7 @@ def stall(a):
 def pair_cmd(a):
     pair = {
         "tool": a.tool,
+        "name": a.name or a.tool,
         "ports": a.ports,
         "sender": {"home": a.sender_home, "dir": a.sender_dir, "id": a.sender_id,
                    "gui": a.sender_gui, "apikey": a.apikey, "log": a.sender_log},
@@ -955,6 +977,39 @@ def pair_cmd(a):
     }
     with open(a.out, "w") as f:
         json.dump(pair, f, indent=1)
+
+
+def _rsync_stat(text, label):
+    m = re.search(rf"^{label}: ([0-9,]+)", text, re.M)
+    return None if m is None else int(m.group(1).replace(",", ""))
+
+
+def rsync_cmd(a):
+    """rsync -a --no-whole-file --stats SRC/ DEST/ on this machine (no daemon, no ssh: rsync's
+    two ends talk through a pipe, with the delta algorithm forced on as over a network).
+    Writes the bytes rsync counted (sent + received, from --stats) as tool_bytes, with the
+    wall time as seconds (not comparable with a daemon's: nothing is watched or announced)."""
+    cmd = ["rsync", "-a", "--no-whole-file", "--stats", a.src.rstrip("/") + "/", a.dest.rstrip("/") + "/"]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.monotonic() - t0
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr)
+        die(f"rsync exited with {p.returncode}", 2)
+    sent = _rsync_stat(p.stdout, "Total bytes sent")
+    received = _rsync_stat(p.stdout, "Total bytes received")
+    if sent is None or received is None:
+        sys.stderr.write(p.stdout)
+        die("no 'Total bytes sent/received' in rsync --stats")
+    res = {"timeout": False, "seconds": dt, "tool_bytes": sent + received,
+           "rsync_sent": sent, "rsync_received": received,
+           "rsync_literal": _rsync_stat(p.stdout, "Literal data"),
+           "rsync_matched": _rsync_stat(p.stdout, "Matched data"),
+           "bytes_detail": {"sent": sent, "received": received}}
+    with open(a.out, "w") as f:
+        json.dump(res, f)
+    print(f"  {'rsync':<9} {sent + received:,} B (sent {sent:,} + received {received:,}; literal data "
+          f"{res['rsync_literal']}, matched {res['rsync_matched']}) in {dt:.2f} s", flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -974,6 +1029,10 @@ DATASETS = {
     "scale": ("files of 1-4 KiB, 1,000 to a directory (BENCH_ONLY=scale, BENCH_SCALE_FILES)", "scale"),
 }
 
+# What rsync is run on, for the data sets where bench/sync.sh runs it (a change to an
+# existing version, so rsync's delta transfer is the point of comparison).
+RSYNC_WHAT = {"edit": "edited big.bin onto a copy of the original"}
+
 # Issue #13's targets for the scale data set (cairn).
 SCALE_EDIT_S = 1.0
 SCALE_RSS_MIB = 500
@@ -988,7 +1047,8 @@ def record(a):
             r = json.load(f)
         for k in ("timeout", "seconds", "files_seen_s", "copy_s", "tool_bytes", "tcp_bytes",
                   "tcp_sockets_lost", "bytes_detail", "files", "bytes", "runs", "settled",
-                  "cpu_daemons_s", "cpu_other_s", "missing"):
+                  "cpu_daemons_s", "cpu_other_s", "missing", "rsync_sent", "rsync_received",
+                  "rsync_literal", "rsync_matched"):
             if k in r:
                 entry[k] = r[k]
     else:
@@ -1091,20 +1151,21 @@ def _peak_kib(e, role_index):
     return max(vals) if vals else None
 
 
-def _scale_lines(c, s):
-    """The scale data set's extra figures and issue #13's targets."""
+def _scale_lines(c, others, w=10):
+    """The scale data set's extra figures and issue #13's targets. OTHERS: [(name, entry)]
+    of the Syncthing variants; W: width of the name column."""
     out = []
     ok_sync = None
     if c:
         ok_sync = not (c.get("failed") or c.get("timeout")) and c.get("verify") == "ok"
     out.append("  one edited file (16 bytes overwritten in place on the sender) until on the receiver:")
     ok_edit = None
-    for name, e in (("cairn", c), ("syncthing", s)):
+    for name, e in [("cairn", c)] + others:
         if e is None:
             continue
         ed = e.get("edit")
         if not ed:
-            out.append(f"    {name:<10} {'-':>9}   (not run: the first sync did not finish)")
+            out.append(f"    {name:<{w}} {'-':>9}   (not run: the first sync did not finish)")
             continue
         runs = ", ".join(f"{x:.3f}" for x in ed.get("runs", []))
         med = ed.get("seconds")
@@ -1115,11 +1176,11 @@ def _scale_lines(c, s):
             if ed.get("timeout"):
                 ok_edit = False
             tgt = f"   target median < {SCALE_EDIT_S:g} s -> {_pf(ok_edit)}"
-        out.append(f"    {name:<10} {val:>9}   median of runs: {runs}{tgt}")
+        out.append(f"    {name:<{w}} {val:>9}   median of runs: {runs}{tgt}")
     ok_rss = None
     out.append("  RSS of each daemon, MiB: peak over the whole run (the higher of VmHWM and the samples) / "
                "highest sample (at s):")
-    for name, e in (("cairn", c), ("syncthing", s)):
+    for name, e in [("cairn", c)] + others:
         if e is None:
             continue
         mon = e.get("monitor") or {}
@@ -1137,7 +1198,7 @@ def _scale_lines(c, s):
         if name == "cairn":
             ok_rss = None if not all(peaks) else max(peaks) / 1024 < SCALE_RSS_MIB
             tgt = f"   target < {SCALE_RSS_MIB} MiB each -> {_pf(ok_rss)}"
-        out.append(f"    {name:<10} {'; '.join(parts)}{tgt}")
+        out.append(f"    {name:<{w}} {'; '.join(parts)}{tgt}")
     ok_status = None
     mon = (c or {}).get("monitor") or {}
     if mon.get("api"):
@@ -1186,41 +1247,53 @@ def _scale_lines(c, s):
     return out
 
 
+def _f2(r):
+    return "-" if r is None else f"{r:.2f}"
+
+
 def report(a):
     entries = []
     if os.path.exists(a.results):
         with open(a.results) as f:
             entries = [json.loads(line) for line in f if line.strip()]
     by = {}
+    tools = []  # in the order they ran: cairn, then each Syncthing variant; rsync apart
     for e in entries:
         by[(e["dataset"], e["tool"])] = e
+        if e["tool"] not in tools and e["tool"] != "rsync":
+            tools.append(e["tool"])
+    w = max([10] + [len(t) for t in tools])
     out = []
+    summary = []  # (data set, versus, time, CPU s, bytes (tool), bytes (TCP)): cairn/versus
     order = [d for d in DATASETS if any(k[0] == d for k in by)]
     for ds in order:
         title, kind = DATASETS[ds]
-        c, s = by.get((ds, "cairn")), by.get((ds, "syncthing"))
+        c = by.get((ds, "cairn"))
+        others = [(t, by[(ds, t)]) for t in tools if t != "cairn" and (ds, t) in by]
+        rs = by.get((ds, "rsync"))
+        rows = ([("cairn", c)] if c else []) + others
         if ds == "scale":
-            n = next((e.get("files") for e in (c, s) if e and e.get("files")), None)
+            n = next((e.get("files") for _, e in rows if e.get("files")), None)
             title = f"{'?' if n is None else f'{n:,}'} {title}"
         out.append(f"== {ds}: {title}")
         if kind == "latency":
-            out.append(f"  {'tool':<10} {'median s':>9}   runs (s)")
-            for name, e in (("cairn", c), ("syncthing", s)):
-                if e is None:
-                    continue
+            out.append(f"  {'tool':<{w}} {'median s':>9}   runs (s)")
+            for name, e in rows:
                 runs = ", ".join(f"{x:.3f}" for x in e.get("runs", []))
-                out.append(f"  {name:<10} {_fmt_s(e, 3):>9}   {runs}")
+                out.append(f"  {name:<{w}} {_fmt_s(e, 3):>9}   {runs}")
             med = c.get("seconds") if c and not c.get("timeout") and not c.get("failed") else None
-            r = _ratio(c, s, "seconds") if c and s else None
-            out.append(f"  cairn/syncthing: {'-' if r is None else f'{r:.3f}'}; "
-                       f"target: cairn < 0.5 s -> {'n/a' if med is None else ('PASS' if med < 0.5 else 'FAIL')}")
+            for name, e in others if c else []:
+                r = _ratio(c, e, "seconds")
+                out.append(f"  cairn/{name}: time {'-' if r is None else f'{r:.3f}'}")
+                summary.append((ds, name, r, None, None, None))
+            if c:
+                out.append(f"  target: cairn < 0.5 s -> {'n/a' if med is None else ('PASS' if med < 0.5 else 'FAIL')}")
             out.append("")
             continue
-        out.append(f"  {'tool':<10} {'seconds':>8} {'(files s)':>9} {'copy s':>6} {'CPU s':>6} "
-                   f"{'wire bytes (tool)':>18} {'TCP bytes (ss)':>15}  check")
-        for name, e in (("cairn", c), ("syncthing", s)):
-            if e is None:
-                continue
+        rcol = f" {'rsync bytes':>13}" if rs else ""
+        out.append(f"  {'tool':<{w}} {'seconds':>8} {'(files s)':>9} {'copy s':>6} {'CPU s':>6} "
+                   f"{'wire bytes (tool)':>18} {'TCP bytes (ss)':>15}{rcol}  check")
+        for name, e in rows:
             fs = e.get("files_seen_s")
             cpu = e.get("cpu_daemons_s")
             notes = [e.get("verify", "-")]
@@ -1231,32 +1304,59 @@ def report(a):
             if (e.get("cpu_other_s") or 0) > 0.5:
                 notes.append(f"other processes used {e['cpu_other_s']:.1f} CPU-s meanwhile")
             cp = e.get("copy_s")
-            out.append(f"  {name:<10} {_fmt_s(e):>8} {'-' if fs is None else f'{fs:.2f}':>9} "
+            rval = f" {_fmt_b(rs.get('tool_bytes')):>13}" if rs else ""
+            out.append(f"  {name:<{w}} {_fmt_s(e):>8} {'-' if fs is None else f'{fs:.2f}':>9} "
                        f"{'-' if cp is None else f'{cp:.2f}':>6} {'-' if cpu is None else f'{cpu:.1f}':>6} "
-                       f"{_fmt_b(e.get('tool_bytes')):>18} {_fmt_b(e.get('tcp_bytes')):>15}  "
+                       f"{_fmt_b(e.get('tool_bytes')):>18} {_fmt_b(e.get('tcp_bytes')):>15}{rval}  "
                        f"{'; '.join(notes)}")
-        for name, e in (("cairn", c), ("syncthing", s)):
-            if e and e.get("bytes_detail"):
+        for name, e in rows:
+            if e.get("bytes_detail"):
                 parts = ", ".join(f"{k} {v:,}" for k, v in e["bytes_detail"].items())
                 out.append(f"  {name} wire bytes (tool) = {parts}")
-        if c and s:
-            rt = _ratio(c, s, "seconds")
-            rb = _ratio(c, s, "tool_bytes")
-            rtcp = _ratio(c, s, "tcp_bytes")
-            f = lambda r: "-" if r is None else f"{r:.2f}"  # noqa: E731
-            out.append(f"  cairn/syncthing: time {f(rt)}, bytes (tool) {f(rb)}, bytes (TCP) {f(rtcp)}")
+        if rs:
+            if rs.get("failed") or rs.get("tool_bytes") is None:
+                out.append(f"  rsync bytes: FAILED ({rs.get('failed') or 'no result'})")
+            else:
+                out.append(f"  rsync bytes = sent {rs['rsync_sent']:,} + received {rs['rsync_received']:,} "
+                           f"(rsync -a --no-whole-file --stats, local, no daemon: {RSYNC_WHAT.get(ds, ds)}; "
+                           f"literal data {_fmt_b(rs.get('rsync_literal'))}, matched {_fmt_b(rs.get('rsync_matched'))}; "
+                           f"{rs['seconds']:.2f} s; check {rs.get('verify', '-')})")
+        for name, e in others:
+            if not c:
+                continue
+            rt = _ratio(c, e, "seconds")
+            rcpu = _ratio(c, e, "cpu_daemons_s")
+            rb = _ratio(c, e, "tool_bytes")
+            rtcp = _ratio(c, e, "tcp_bytes")
+            summary.append((ds, name, rt, rcpu, rb, rtcp))
+            out.append(f"  cairn/{name}: time {_f2(rt)}, CPU s {_f2(rcpu)}, bytes (tool) {_f2(rb)}, "
+                       f"bytes (TCP) {_f2(rtcp)}")
             if kind in ("time", "time+bytes"):
-                out.append(f"  target: time <= 0.50 -> {_verdict(rt, 0.5)}")
+                out.append(f"    target: time <= 0.50 -> {_verdict(rt, 0.5)}")
             if kind == "time+bytes":
-                out.append(f"  target: bytes <= 0.33 -> tool counters {_verdict(rb, 1 / 3)}, "
+                out.append(f"    target: bytes <= 0.33 -> tool counters {_verdict(rb, 1 / 3)}, "
                            f"TCP {_verdict(rtcp, 1 / 3)}")
+        if c and rs:
+            rb = _ratio(c, rs, "tool_bytes")
+            # rsync has one count (its own, above its pipe); both of cairn's are set against it.
+            rtcp = None if rb is None or not c.get("tcp_bytes") else c["tcp_bytes"] / rs["tool_bytes"]
+            summary.append((ds, "rsync", None, None, rb, rtcp))
+            out.append(f"  cairn/rsync: bytes (tool) {_f2(rb)}, bytes (TCP) {_f2(rtcp)}  "
+                       f"(cairn's two counts over rsync's one)")
         if kind == "scale":
-            out.extend(_scale_lines(c, s))
+            out.extend(_scale_lines(c, others, w))
+        out.append("")
+    if summary:
+        out.append("== cairn / each other tool, per data set (below 1: cairn took less; CPU s: both daemons)")
+        out.append(f"  {'data set':<17} {'cairn / tool':<{max(w, 5)}} {'time':>6} {'CPU s':>6} "
+                   f"{'bytes (tool)':>12} {'bytes (TCP)':>12}")
+        for ds, name, rt, rcpu, rb, rtcp in summary:
+            out.append(f"  {ds:<17} {name:<{max(w, 5)}} {_f2(rt):>6} {_f2(rcpu):>6} {_f2(rb):>12} {_f2(rtcp):>12}")
         out.append("")
     mem = [e for e in entries if e.get("rss_kib")]
     if mem:
         out.append("== memory: peak RSS (VmHWM) of each daemon after the run (scale: or the highest sample)")
-        out.append(f"  {'data set':<10} {'tool':<10} {'sender MiB':>11} {'receiver MiB':>13}  target")
+        out.append(f"  {'data set':<10} {'tool':<{w}} {'sender MiB':>11} {'receiver MiB':>13}  target")
         for e in mem:
             sm, rm = ((_peak_kib(e, i) or 0) / 1024 for i in (0, 1))
             tgt = ""
@@ -1268,7 +1368,7 @@ def report(a):
                 tgt = "(bounded whatever the file size)"
             elif e["tool"] == "cairn":
                 tgt = "(target is for 100,000 files)"
-            out.append(f"  {e['dataset']:<10} {e['tool']:<10} {sm:>11.1f} {rm:>13.1f}  {tgt}")
+            out.append(f"  {e['dataset']:<10} {e['tool']:<{w}} {sm:>11.1f} {rm:>13.1f}  {tgt}")
         out.append("")
     stalls = [e for e in entries if e.get("stall") and e["dataset"] != "scale"]
     if stalls:
@@ -1310,13 +1410,19 @@ def main():
     s = sub.add_parser("st-config")
     for arg in ("--home", "--name", "--apikey", "--peer-id", "--peer-name", "--folder"):
         s.add_argument(arg, required=True)
-    for arg in ("--port", "--gui-port", "--peer-port", "--watch-delay"):
+    for arg in ("--port", "--gui-port", "--peer-port"):
         s.add_argument(arg, type=int, required=True)
+    s.add_argument("--watch-delay", type=int, help="fsWatcherDelayS (default: the version's)")
     s.set_defaults(fn=st_config)
+
+    s = sub.add_parser("st-default")
+    s.add_argument("--home", required=True)
+    s.set_defaults(fn=st_default)
 
     s = sub.add_parser("pair")
     s.add_argument("--out", required=True)
     s.add_argument("--tool", choices=["cairn", "syncthing"], required=True)
+    s.add_argument("--name", help="the tool's name in bench/sync.sh (default: --tool)")
     s.add_argument("--ports", type=int, nargs=2, required=True)
     for side in ("sender", "receiver"):
         for field in ("home", "dir", "id", "log"):
@@ -1372,6 +1478,12 @@ def main():
     s.add_argument("--pair", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=stall)
+
+    s = sub.add_parser("rsync")
+    s.add_argument("--src", required=True, help="the new version (a directory)")
+    s.add_argument("--dest", required=True, help="a copy of the old version (a directory), updated")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=rsync_cmd)
 
     s = sub.add_parser("record")
     s.add_argument("--results", required=True)

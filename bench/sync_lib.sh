@@ -4,7 +4,8 @@
 #
 # Expects from the caller: a helper function (python3 bench/sync_helper.py), BENCH (the bench
 # directory), CAIRND, WORK, LOGDIR, PORT_BASE (first port to use), ST_WATCH_DELAY,
-# READY_TIMEOUT, STATUS_INTERVAL (seconds between monitor samples).
+# READY_TIMEOUT, STATUS_INTERVAL (seconds between monitor samples); for Syncthing pairs
+# ST_BIN_SYSTEM (the syncthing on PATH) and, for syncthing-1.29 variants, ST_BIN_129.
 # Sets for the current pair: PAIR (its JSON description), PAIR_DIR, SENDER_DIR,
 # RECEIVER_DIR, SENDER_LOG, RECEIVER_LOG, PAIR_PIDS (sender pid, receiver pid), MON_PID (the
 # monitor started by start_monitor, if any).
@@ -134,26 +135,55 @@ start_cairn_pair() {
   fi
 }
 
-# start_syncthing_pair NAME: two Syncthing instances, connected, idle, with empty folders.
+# st_variant TOOL: the Syncthing binary and watcher delay a tool name of bench/sync.sh
+# stands for, into ST_BIN, ST_DELAY ("" = the version's own default, not written to the
+# config) and ST_SERIES (1.19, 1.29 or "" for any). False for a name that is none of:
+#   syncthing            the syncthing on PATH, whatever its version, fsWatcherDelayS =
+#                        ST_WATCH_DELAY (BENCH_ST_WATCH_DELAY; the script's old single tool)
+#   syncthing-1.19       the syncthing on PATH, which must be 1.19.x (Debian bookworm's)
+#   syncthing-1.29       ST_BIN_129, Debian's 1.29.5 unpacked by bench/get_syncthing.sh
+#   ...-dN               either of the two with fsWatcherDelayS = N (syncthing-1.29-d1)
+st_variant() {
+  ST_DELAY="" ST_SERIES="" ST_BIN=""
+  case $1 in
+    syncthing)
+      ST_BIN=${ST_BIN_SYSTEM:-} ST_DELAY=$ST_WATCH_DELAY
+      return 0 ;;
+  esac
+  [[ $1 =~ ^syncthing-(1\.19|1\.29)(-d([0-9]+))?$ ]] || return 1
+  ST_SERIES=${BASH_REMATCH[1]} ST_DELAY=${BASH_REMATCH[3]}
+  case $ST_SERIES in
+    1.19) ST_BIN=${ST_BIN_SYSTEM:-} ;;
+    1.29) ST_BIN=${ST_BIN_129:-} ;;
+  esac
+}
+
+# start_syncthing_pair TOOL NAME: two Syncthing instances of variant TOOL (see st_variant),
+# connected, idle, with empty folders.
 start_syncthing_pair() {
-  local name=$1 pa pb ga gb key ida idb pid side
+  local tool=$1 name=$2 pa pb ga gb key ida idb pid side delay=() cfg
+  st_variant "$tool" || { log "unknown Syncthing variant '$tool'"; return 1; }
+  [ -n "$ST_BIN" ] || { log "$tool: no binary (ST_BIN_SYSTEM or ST_BIN_129 unset)"; return 1; }
+  [ -n "$ST_DELAY" ] && delay=(--watch-delay "$ST_DELAY")
   take_ports 4 || return 1
   pa=${PORTS[0]} pb=${PORTS[1]} ga=${PORTS[2]} gb=${PORTS[3]}
-  new_pair_dirs syncthing "$name" || return 1
+  new_pair_dirs "$tool" "$name" || return 1
   key="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
   for side in a b; do
-    syncthing generate --home="$PAIR_DIR/$side-home" --no-default-folder --skip-port-probing \
+    "$ST_BIN" generate --home="$PAIR_DIR/$side-home" --no-default-folder --skip-port-probing \
       >>"$LOGDIR/syncthing-generate.log" 2>&1 || { log "syncthing generate failed; see $LOGDIR/syncthing-generate.log"; return 1; }
     # Syncthing's folder marker; it refuses to use a folder without it.
     mkdir -p "$PAIR_DIR/$side/.stfolder" || return 1
   done
-  ida=$(syncthing serve --home="$PAIR_DIR/a-home" --device-id) || { log "syncthing --device-id failed"; return 1; }
-  idb=$(syncthing serve --home="$PAIR_DIR/b-home" --device-id) || { log "syncthing --device-id failed"; return 1; }
-  helper st-config --home "$PAIR_DIR/a-home" --name a --apikey "$key" --port "$pa" --gui-port "$ga" \
-    --peer-id "$idb" --peer-name b --peer-port "$pb" --folder "$SENDER_DIR" --watch-delay "$ST_WATCH_DELAY" || return 1
+  ida=$("$ST_BIN" serve --home="$PAIR_DIR/a-home" --device-id) || { log "syncthing --device-id failed"; return 1; }
+  idb=$("$ST_BIN" serve --home="$PAIR_DIR/b-home" --device-id) || { log "syncthing --device-id failed"; return 1; }
+  # st-config prints the folder's fsWatcherDelayS as written (the version's own without --watch-delay).
+  cfg=$(helper st-config --home "$PAIR_DIR/a-home" --name a --apikey "$key" --port "$pa" --gui-port "$ga" \
+    --peer-id "$idb" --peer-name b --peer-port "$pb" --folder "$SENDER_DIR" "${delay[@]}") || return 1
   helper st-config --home "$PAIR_DIR/b-home" --name b --apikey "$key" --port "$pb" --gui-port "$gb" \
-    --peer-id "$ida" --peer-name a --peer-port "$pa" --folder "$RECEIVER_DIR" --watch-delay "$ST_WATCH_DELAY" || return 1
-  helper pair --out "$PAIR" --tool syncthing --ports "$pa" "$pb" --apikey "$key" \
+    --peer-id "$ida" --peer-name a --peer-port "$pa" --folder "$RECEIVER_DIR" "${delay[@]}" >/dev/null || return 1
+  log "  $tool: ${ST_BIN#"${ROOT:-}"/}, $cfg"
+  helper pair --out "$PAIR" --tool syncthing --name "$tool" --ports "$pa" "$pb" --apikey "$key" \
     --sender-home "$PAIR_DIR/a-home" --sender-dir "$SENDER_DIR" --sender-id "$ida" --sender-log "$SENDER_LOG" \
     --sender-gui "127.0.0.1:$ga" \
     --receiver-home "$PAIR_DIR/b-home" --receiver-dir "$RECEIVER_DIR" --receiver-id "$idb" --receiver-log "$RECEIVER_LOG" \
@@ -162,8 +192,9 @@ start_syncthing_pair() {
     local logf=$SENDER_LOG
     [ "$side" = b ] && logf=$RECEIVER_LOG
     # STMONITORED=yes: run the syncing process itself, not a monitor that forks it (1.19
-    # forks even with --no-restart), so $! is the process that syncs and its VmHWM counts.
-    STMONITORED=yes STNODEFAULTFOLDER=1 STNOUPGRADE=1 syncthing serve --home="$PAIR_DIR/$side-home" \
+    # forks even with --no-restart), so $! is the process that syncs and its VmHWM and CPU
+    # time count. Every flag and variable here means the same to 1.19 and 1.29.
+    STMONITORED=yes STNODEFAULTFOLDER=1 STNOUPGRADE=1 "$ST_BIN" serve --home="$PAIR_DIR/$side-home" \
       --no-browser --no-restart --no-upgrade --logflags=3 >"$logf" 2>&1 &
     pid=$!
     ALL_PIDS+=("$pid")
@@ -176,12 +207,12 @@ start_syncthing_pair() {
   fi
 }
 
-# start_pair TOOL NAME
+# start_pair TOOL NAME: TOOL is cairn or a Syncthing variant (st_variant).
 start_pair() {
   sync  # flush the previous run's dirty pages before anything is timed
   case $1 in
     cairn) start_cairn_pair "$2" ;;
-    syncthing) start_syncthing_pair "$2" ;;
+    syncthing | syncthing-*) start_syncthing_pair "$1" "$2" ;;
     *) log "unknown tool $1"; return 1 ;;
   esac
 }

@@ -10,9 +10,14 @@
 //! delta format is librsync's (the `fast_rsync` crate); its MD4 block hashes only find
 //! matches, the chunk id decides.
 //!
-//! [`base_window`] picks the base: the old file's bytes aligned by the nearest unchanged
-//! chunk before the missing one ([`anchors`]), with some slack on both sides so that
-//! insertions and deletions inside the chunk still line up.
+//! Every edited chunk has a base, not only those at the edge of an edited run: scattered
+//! page writes (databases, VM images, mailboxes) change a few pages in almost every chunk,
+//! so a run of edited chunks can span the whole file while each chunk differs from its
+//! old bytes by a few pages. [`Anchors::base_window`] picks the base: the old file's bytes
+//! aligned by the nearest unchanged chunk before the missing one ([`anchors`]; at the
+//! same offset when none is), with some slack on both sides so that insertions and
+//! deletions inside the chunk still line up, and never more than a signature may cover
+//! ([`MAX_SIGNATURE_BLOCKS`]), which is what keeps a delta request cheap for the server.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -121,8 +126,9 @@ pub fn anchors(old: &Manifest, new: &Manifest) -> Anchors {
 
 impl Anchors {
     /// Whether chunk `i` of the new version sits next to a chunk both versions share: the
-    /// edge of an edited region, where a delta pays. Chunks deep inside a rewritten
-    /// region are fetched whole.
+    /// edge of an edited region, where a delta almost always pays. Inside a run a delta
+    /// pays when the run was edited in place and not when it was rewritten; the puller
+    /// tries those until several in a row save little.
     pub fn at_edge(&self, i: usize) -> bool {
         let shared = |k: Option<usize>| {
             k.and_then(|k| self.old_offset.get(k))
@@ -308,6 +314,68 @@ mod tests {
         let edges = changed.iter().filter(|&&i| a.at_edge(i)).count();
         assert!(changed.len() > 4, "{changed:?}");
         assert_eq!(edges, 2, "only the first and last changed chunk are edges");
+    }
+
+    /// Issue #16: 4 KiB pages rewritten at random places (as a database writes) leave
+    /// almost no chunk unchanged, and only the edges of runs had a base. Every changed
+    /// chunk's window holds its old bytes, so signature and delta together cost about the
+    /// pages that changed.
+    #[test]
+    fn scattered_page_writes_cost_about_the_pages_that_changed() {
+        const PAGE: usize = 4096;
+        let old = random(8 << 20, 21);
+        let mut new = old.clone();
+        let pages = old.len() / PAGE;
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut changed_pages = std::collections::BTreeSet::new();
+        while changed_pages.len() < pages / 8 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            changed_pages.insert(x as usize % pages);
+        }
+        for (n, &p) in changed_pages.iter().enumerate() {
+            // Some pages rewritten whole, most with a few records changed.
+            let (at, len) = if n % 4 == 0 {
+                (0, PAGE)
+            } else {
+                (n * 37 % 3000, 200)
+            };
+            let start = p * PAGE + at;
+            new[start..start + len].copy_from_slice(&random(len, n as u64 + 100));
+        }
+        let (om, nm) = (manifest_of(&old), manifest_of(&new));
+        let a = anchors(&om, &nm);
+        let changed: Vec<usize> = (0..nm.chunks.len())
+            .filter(|&i| a.old_offset[i].is_none())
+            .collect();
+        let edges = changed.iter().filter(|&&i| a.at_edge(i)).count();
+        let whole: u64 = changed.iter().map(|&i| u64::from(nm.chunks[i].len)).sum();
+        let mut cost = 0u64;
+        for &i in &changed {
+            let c = nm.chunks[i];
+            let w = a
+                .base_window(i, c.len)
+                .expect("every changed chunk has a base");
+            let base = &old[w.start as usize..w.end as usize];
+            let at = a.new_offsets[i] as usize;
+            let chunk = &new[at..at + c.len as usize];
+            let sig = signature(base);
+            let delta = diff(&sig, chunk).unwrap().expect("smaller than the chunk");
+            assert_eq!(apply(base, &delta, &c).unwrap(), chunk);
+            cost += (sig.len() + delta.len()) as u64;
+        }
+        let page_bytes = (changed_pages.len() * PAGE) as u64;
+        assert!(
+            edges * 2 < changed.len(),
+            "{edges} of {} changed chunks are edges: not the case this test is about",
+            changed.len()
+        );
+        assert!(
+            cost <= 2 * page_bytes,
+            "{cost} bytes of signatures and deltas for {page_bytes} bytes of changed pages \
+             ({whole} bytes of changed chunks)"
+        );
     }
 
     proptest::proptest! {

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub dedup_bytes: AtomicU64,
     pub delta_chunks: AtomicU64,
     pub delta_saved_bytes: AtomicU64,
+    pub delta_signature_bytes: AtomicU64,
     pub scan_files: AtomicU64,
     pub scan_bytes: AtomicU64,
     pub pull_files: AtomicU64,
@@ -183,7 +184,7 @@ impl Metrics {
         for ((peer, kind), n) in &violations {
             let _ = writeln!(out, "{name}{{peer=\"{peer}\",kind=\"{kind}\"}} {n}");
         }
-        let plain: [(&str, &str, &str, &AtomicU64); 18] = [
+        let plain: [(&str, &str, &str, &AtomicU64); 19] = [
             (
                 "cairn_versions_unavailable_total",
                 "counter",
@@ -243,6 +244,12 @@ impl Metrics {
                 "counter",
                 "Chunk bytes not sent thanks to deltas (chunk size minus signature and delta).",
                 &self.delta_saved_bytes,
+            ),
+            (
+                "cairn_delta_signature_bytes_total",
+                "counter",
+                "Bytes of base signatures sent in delta requests, whether or not a delta came back.",
+                &self.delta_signature_bytes,
             ),
             (
                 "cairn_scan_files_total",

@@ -68,6 +68,33 @@ pub enum NetCommand {
 struct DeltaBase {
     anchors: delta::Anchors,
     file: File,
+    /// Deltas in a row (for chunks inside an edited run) that saved less than half their
+    /// chunk: past [`MISSES_BEFORE_WHOLE`], the rest of the run is fetched whole.
+    misses: std::cell::Cell<u32>,
+}
+
+/// Deltas in a row that may save little before the chunks inside edited runs of a file
+/// are fetched whole: a rewritten file (new content under the old name) costs only this
+/// many signatures and round trips before it is fetched as any new file.
+const MISSES_BEFORE_WHOLE: u32 = 8;
+
+/// The temp file a pull writes, with the manifest page and the offsets of its chunks.
+#[derive(Clone, Copy)]
+struct Writing<'a> {
+    file: &'a File,
+    tmp: &'a Path,
+    manifest: &'a Manifest,
+    offsets: &'a [u64],
+}
+
+/// A delta request in flight: the chunk it rebuilds, the base it is applied to and the
+/// signature bytes it cost.
+struct PendingDelta {
+    index: usize,
+    peer: PeerId,
+    base: Vec<u8>,
+    sent: u64,
+    reply: oneshot::Receiver<Result<BlocksResponse, String>>,
 }
 
 /// Why one action failed; the rest of the plan goes on.
@@ -1307,20 +1334,26 @@ impl Puller {
             return None;
         };
         let anchors = delta::anchors(&old_manifest, manifest);
-        if !(0..manifest.chunks.len()).any(|i| anchors.at_edge(i)) {
-            return None;
-        }
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(self.full(path))
             .ok()?;
-        Some(DeltaBase { anchors, file })
+        Some(DeltaBase {
+            anchors,
+            file,
+            misses: std::cell::Cell::new(0),
+        })
     }
 
-    /// Fetches the chunks at the edges of edited regions as deltas from the old version
-    /// ([`cairn_core::delta`]); returns the indices still missing (no base, no answer, or
-    /// a delta that did not rebuild the chunk: those are fetched whole).
+    /// Fetches the edited chunks as deltas from the old version ([`cairn_core::delta`]),
+    /// at most `max_in_flight` requests at once; returns the indices still missing (no
+    /// base, no answer, or a delta that did not rebuild the chunk: those are fetched
+    /// whole). Every edited chunk is tried, not only those at the edge of an edited run:
+    /// scattered page writes (a database, a VM image) leave few unchanged chunks between
+    /// them, yet each chunk differs from its old bytes by a few pages. Inside a run, after
+    /// [`MISSES_BEFORE_WHOLE`] deltas in a row that saved little, the rest of the file's
+    /// runs are fetched whole (the file was rewritten, not edited).
     fn fetch_deltas(
         &self,
         file: &File,
@@ -1333,16 +1366,21 @@ impl Puller {
         if self.peers.is_empty() {
             return missing;
         }
+        let into = Writing {
+            file,
+            tmp,
+            manifest,
+            offsets,
+        };
         let mut still = Vec::new();
-        let mut pending = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
         for (k, i) in missing.into_iter().enumerate() {
             let chunk = manifest.chunks[i];
-            let window = base
-                .anchors
-                .at_edge(i)
+            let worth_trying = base.anchors.at_edge(i) || base.misses.get() < MISSES_BEFORE_WHOLE;
+            let window = worth_trying
                 .then(|| base.anchors.base_window(i, chunk.len))
                 .flatten();
-            let Some(window) = window.filter(|_| pending.len() < max_in_flight) else {
+            let Some(window) = window else {
                 still.push(i);
                 continue;
             };
@@ -1351,49 +1389,88 @@ impl Puller {
                 still.push(i);
                 continue;
             }
+            if pending.len() >= max_in_flight.max(1)
+                && let Some(oldest) = pending.pop_front()
+            {
+                self.delta_arrived(&into, base, oldest, &mut still);
+            }
             let signature = delta::signature(&bytes);
             let peer = self.peers[k % self.peers.len()];
             let sent = signature.len() as u64;
+            Metrics::add(&self.metrics.delta_signature_bytes, sent);
             let request = BlocksRequest::Delta {
                 folder: self.folder.clone(),
                 chunk: chunk.id,
                 signature,
             };
-            pending.push((i, peer, bytes, sent, self.ask(peer, request)));
+            pending.push_back(PendingDelta {
+                index: i,
+                peer,
+                base: bytes,
+                sent,
+                reply: self.ask(peer, request),
+            });
         }
-        for (i, peer, bytes, sent, rx) in pending {
-            let chunk = manifest.chunks[i];
-            let Ok(Ok(BlocksResponse::Delta(Some(d)))) = rx.blocking_recv() else {
-                still.push(i);
-                continue;
-            };
-            let rebuilt = delta::apply(&bytes, &d, &chunk);
-            self.metrics
-                .peer(&peer.to_string(), |c| c.bytes_received += d.len() as u64);
-            match rebuilt {
-                Ok(data) => {
-                    if let Err(e) = file.write_all_at(&data, offsets[i]) {
-                        tracing::warn!(error = %io_err(tmp)(e), "delta_write_failed");
-                        still.push(i);
-                        continue;
-                    }
-                    self.metrics
-                        .peer(&peer.to_string(), |c| c.chunks_received += 1);
-                    Metrics::add(&self.metrics.delta_chunks, 1);
-                    Metrics::add(
-                        &self.metrics.delta_saved_bytes,
-                        u64::from(chunk.len).saturating_sub(sent + d.len() as u64),
-                    );
-                    Metrics::add(&self.progress.done_bytes, u64::from(chunk.len));
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %peer, chunk = %chunk.id, error = %e, "delta_not_used");
-                    still.push(i);
-                }
-            }
+        while let Some(oldest) = pending.pop_front() {
+            self.delta_arrived(&into, base, oldest, &mut still);
         }
         still.sort_unstable();
         still
+    }
+
+    /// Applies the answer to one delta request and writes the chunk it rebuilds; a chunk
+    /// it does not rebuild goes to `still` (fetched whole).
+    fn delta_arrived(
+        &self,
+        into: &Writing<'_>,
+        base: &DeltaBase,
+        p: PendingDelta,
+        still: &mut Vec<usize>,
+    ) {
+        let Writing {
+            file,
+            tmp,
+            manifest,
+            offsets,
+        } = *into;
+        let chunk = manifest.chunks[p.index];
+        let miss = || base.misses.set(base.misses.get() + 1);
+        let Ok(Ok(BlocksResponse::Delta(Some(d)))) = p.reply.blocking_recv() else {
+            miss();
+            still.push(p.index);
+            return;
+        };
+        let rebuilt = delta::apply(&p.base, &d, &chunk);
+        self.metrics
+            .peer(&p.peer.to_string(), |c| c.bytes_received += d.len() as u64);
+        match rebuilt {
+            Ok(data) => {
+                if let Err(e) = file.write_all_at(&data, offsets[p.index]) {
+                    tracing::warn!(error = %io_err(tmp)(e), "delta_write_failed");
+                    still.push(p.index);
+                    return;
+                }
+                let cost = p.sent + d.len() as u64;
+                if cost <= u64::from(chunk.len) / 2 {
+                    base.misses.set(0);
+                } else {
+                    miss();
+                }
+                self.metrics
+                    .peer(&p.peer.to_string(), |c| c.chunks_received += 1);
+                Metrics::add(&self.metrics.delta_chunks, 1);
+                Metrics::add(
+                    &self.metrics.delta_saved_bytes,
+                    u64::from(chunk.len).saturating_sub(cost),
+                );
+                Metrics::add(&self.progress.done_bytes, u64::from(chunk.len));
+            }
+            Err(e) => {
+                tracing::debug!(peer = %p.peer, chunk = %chunk.id, error = %e, "delta_not_used");
+                miss();
+                still.push(p.index);
+            }
+        }
     }
 
     /// Fetches the chunks at `missing` (indices into the manifest) from peers, pipelined,

@@ -158,6 +158,49 @@ fn identical_files_transfer_once_and_edits_travel_as_small_deltas() {
         "two 100-byte insertions cost {insert_cost} bytes"
     );
     assert!(d[1].metric("cairn_delta_chunks_total") >= deltas_before + 2.0);
+
+    // Issue #16: 4 KiB pages written in place at scattered places, as a database commits.
+    // Hardly a chunk is left unchanged, so nearly all are inside a run of edited chunks;
+    // each still travels as a delta: signatures and deltas cost about the pages.
+    let mut db = pseudo_random(8 << 20, 9);
+    fs::write(d[0].folder.join("app.db"), &db).unwrap();
+    assert!(wait_until(30, || content(&d[1].folder.join("app.db"))
+        .as_deref()
+        == Some(&db[..])));
+    let before_pages = received(&d[1], &d[0].peer_id);
+    let signatures_before = d[1].metric("cairn_delta_signature_bytes_total");
+    let page = 4096;
+    let pages: std::collections::BTreeSet<usize> = pseudo_random(2048, 10)
+        .chunks(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize % (db.len() / page))
+        .collect();
+    for (n, p) in pages.iter().enumerate() {
+        let at = p * page + n * 61 % 3000;
+        db[at..at + 300].copy_from_slice(&pseudo_random(300, 100 + n as u64));
+    }
+    let edited = (pages.len() * page) as f64;
+    let database = d[0].folder.join("app.db");
+    let f = fs::OpenOptions::new().write(true).open(&database).unwrap();
+    for p in &pages {
+        std::os::unix::fs::FileExt::write_all_at(
+            &f,
+            &db[p * page..(p + 1) * page],
+            (p * page) as u64,
+        )
+        .unwrap();
+    }
+    drop(f);
+    assert!(wait_until(30, || content(&d[1].folder.join("app.db"))
+        .as_deref()
+        == Some(&db[..])));
+    let pages_cost = received(&d[1], &d[0].peer_id) - before_pages
+        + d[1].metric("cairn_delta_signature_bytes_total")
+        - signatures_before;
+    assert!(
+        pages_cost > 0.0 && pages_cost <= 2.0 * edited,
+        "{} scattered pages ({edited} bytes) cost {pages_cost} bytes both ways",
+        pages.len()
+    );
 }
 
 #[test]
