@@ -71,12 +71,31 @@ struct DeltaBase {
     /// Deltas in a row (for chunks inside an edited run) that saved less than half their
     /// chunk: past [`MISSES_BEFORE_WHOLE`], the rest of the run is fetched whole.
     misses: std::cell::Cell<u32>,
+    /// Whether a delta of this file has saved at least half its chunk: until one has, at
+    /// most [`PROBE_IN_FLIGHT`] are in flight, so a rewritten file is found out after a
+    /// few signatures, not a full window of them.
+    paid_off: std::cell::Cell<bool>,
 }
+
+/// Delta requests in flight for a file before one of them has paid off.
+const PROBE_IN_FLIGHT: usize = 4;
 
 /// Deltas in a row that may save little before the chunks inside edited runs of a file
 /// are fetched whole: a rewritten file (new content under the old name) costs only this
 /// many signatures and round trips before it is fetched as any new file.
 const MISSES_BEFORE_WHOLE: u32 = 8;
+
+impl DeltaBase {
+    /// How many delta requests may be in flight: a window's worth once a delta of this
+    /// file has paid off, a probe's until then.
+    fn in_flight(&self, max: usize) -> usize {
+        if self.paid_off.get() {
+            max.max(1)
+        } else {
+            max.clamp(1, PROBE_IN_FLIGHT)
+        }
+    }
+}
 
 /// The temp file a pull writes, with the manifest page and the offsets of its chunks.
 #[derive(Clone, Copy)]
@@ -1343,6 +1362,7 @@ impl Puller {
             anchors,
             file,
             misses: std::cell::Cell::new(0),
+            paid_off: std::cell::Cell::new(false),
         })
     }
 
@@ -1389,7 +1409,7 @@ impl Puller {
                 still.push(i);
                 continue;
             }
-            if pending.len() >= max_in_flight.max(1)
+            while pending.len() >= base.in_flight(max_in_flight)
                 && let Some(oldest) = pending.pop_front()
             {
                 self.delta_arrived(&into, base, oldest, &mut still);
@@ -1453,6 +1473,7 @@ impl Puller {
                 let cost = p.sent + d.len() as u64;
                 if cost <= u64::from(chunk.len) / 2 {
                     base.misses.set(0);
+                    base.paid_off.set(true);
                 } else {
                     miss();
                 }

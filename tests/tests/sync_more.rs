@@ -201,6 +201,28 @@ fn identical_files_transfer_once_and_edits_travel_as_small_deltas() {
         "{} scattered pages ({edited} bytes) cost {pages_cost} bytes both ways",
         pages.len()
     );
+
+    // A file rewritten under its old name (16 MB, about 256 chunks, none like the old
+    // bytes): a few deltas are tried, then the rest travels whole, so signatures cost a
+    // few dozen KB, not one per chunk (about 1.7 KB each, ~430 KB in all).
+    let signatures_before = d[1].metric("cairn_delta_signature_bytes_total");
+    let rewritten = pseudo_random(16 << 20, 11);
+    let old = pseudo_random(16 << 20, 12);
+    fs::write(d[0].folder.join("video.bin"), &old).unwrap();
+    assert!(wait_until(60, || content(&d[1].folder.join("video.bin"))
+        .as_deref()
+        == Some(&old[..])));
+    let staged = tmp.path().join("staged.bin");
+    fs::write(&staged, &rewritten).unwrap();
+    fs::rename(&staged, d[0].folder.join("video.bin")).unwrap();
+    assert!(wait_until(60, || content(&d[1].folder.join("video.bin"))
+        .as_deref()
+        == Some(&rewritten[..])));
+    let signatures = d[1].metric("cairn_delta_signature_bytes_total") - signatures_before;
+    assert!(
+        signatures < 80_000.0,
+        "a rewritten 16 MB file cost {signatures} bytes of delta signatures"
+    );
 }
 
 #[test]
