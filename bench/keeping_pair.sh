@@ -44,6 +44,12 @@ helper cairn-config --home "$PAIR_DIR/a-home" --port "$pa" --peer-id "$idb" --pe
   --peer-port "$pb" --folder "$SENDER_DIR"
 helper cairn-config --home "$PAIR_DIR/b-home" --port "$pb" --peer-id "$ida" --peer-name a \
   --peer-port "$pa" --folder "$RECEIVER_DIR"
+# BENCH_TRANSPORT=quic: the pair listens and dials over QUIC instead of TCP (Noise, Yamux).
+if [ "${BENCH_TRANSPORT:-tcp}" = quic ]; then
+  for side in a b; do
+    sed -i -E 's#/ip4/127\.0\.0\.1/tcp/([0-9]+)#/ip4/127.0.0.1/udp/\1/quic-v1#g' "$PAIR_DIR/$side-home/config.toml"
+  done
+fi
 printf '\n[folders.versions]\nstaggered = false\nmax_age_days = 0\nmax_size_mib = 0\n' \
   >>"$PAIR_DIR/b-home/config.toml"
 helper pair --out "$PAIR" --tool cairn --ports "$pa" "$pb" \

@@ -1212,38 +1212,34 @@ impl Puller {
                 )));
             }
             let offsets: Vec<u64> = page.offsets().map(|o| o + page_offset).collect();
-            let mut start = resume.max(first) - first;
-            while start < page.chunks.len() {
-                let end = (start + WINDOW).min(page.chunks.len());
-                let mut missing = Vec::new();
-                for (i, c) in page.chunks.iter().enumerate().take(end).skip(start) {
-                    match self.local_chunk(c) {
-                        Some(bytes) => {
-                            file.write_all_at(&bytes, offsets[i])
-                                .map_err(io_err(&tmp))?;
-                            Metrics::add(&self.metrics.dedup_hits, 1);
-                            Metrics::add(&self.metrics.dedup_bytes, u64::from(c.len));
-                            Metrics::add(&self.progress.done_bytes, u64::from(c.len));
-                        }
-                        None => missing.push(i),
+            let from = resume.max(first) - first;
+            let mut missing = Vec::new();
+            for (i, c) in page.chunks.iter().enumerate().skip(from) {
+                match self.local_chunk(c) {
+                    Some(bytes) => {
+                        file.write_all_at(&bytes, offsets[i])
+                            .map_err(io_err(&tmp))?;
+                        Metrics::add(&self.metrics.dedup_hits, 1);
+                        Metrics::add(&self.metrics.dedup_bytes, u64::from(c.len));
+                        Metrics::add(&self.progress.done_bytes, u64::from(c.len));
                     }
+                    None => missing.push(i),
                 }
-                let missing = match &base {
-                    Some(base) => self.fetch_deltas(
-                        &file,
-                        &tmp,
-                        &page,
-                        &offsets,
-                        missing,
-                        (base, deltas_in_flight),
-                    ),
-                    None => missing,
-                };
-                self.fetch_into(&file, &tmp, &page, &offsets, &missing, in_flight)?;
-                // Progress is worth recording (and fsyncing) only between windows of a
-                // file that has more than one; the last window is covered by the final
-                // fsync.
-                let done = first + end;
+            }
+            let into = Writing {
+                file: &file,
+                tmp: &tmp,
+                manifest: &page,
+                offsets: &offsets,
+            };
+            let missing = match &base {
+                Some(base) => self.fetch_deltas(&into, missing, (base, deltas_in_flight)),
+                None => missing,
+            };
+            // Progress is worth recording (and fsyncing) only inside a file: the end is
+            // covered by the final fsync.
+            let mut saved = |prefix: usize| -> Result<(), PullError> {
+                let done = first + prefix;
                 if done < count {
                     file.sync_data().map_err(io_err(&tmp))?;
                     self.index.set_pull_progress(
@@ -1254,8 +1250,9 @@ impl Puller {
                     tracing::debug!(folder = %self.folder, path, chunks_done = done, "pull_progress_saved");
                     recorded_progress = true;
                 }
-                start = end;
-            }
+                Ok(())
+            };
+            self.fetch_into(&into, &missing, from, in_flight, &mut saved)?;
             page_offset += page.size();
             page_no += 1;
         }
@@ -1376,22 +1373,14 @@ impl Puller {
     /// runs are fetched whole (the file was rewritten, not edited).
     fn fetch_deltas(
         &self,
-        file: &File,
-        tmp: &Path,
-        manifest: &Manifest,
-        offsets: &[u64],
+        into: &Writing<'_>,
         missing: Vec<usize>,
         (base, max_in_flight): (&DeltaBase, usize),
     ) -> Vec<usize> {
         if self.peers.is_empty() {
             return missing;
         }
-        let into = Writing {
-            file,
-            tmp,
-            manifest,
-            offsets,
-        };
+        let manifest = into.manifest;
         let mut still = Vec::new();
         let mut pending = std::collections::VecDeque::new();
         for (k, i) in missing.into_iter().enumerate() {
@@ -1412,7 +1401,7 @@ impl Puller {
             while pending.len() >= base.in_flight(max_in_flight)
                 && let Some(oldest) = pending.pop_front()
             {
-                self.delta_arrived(&into, base, oldest, &mut still);
+                self.delta_arrived(into, base, oldest, &mut still);
             }
             let signature = delta::signature(&bytes);
             let peer = self.peers[k % self.peers.len()];
@@ -1432,7 +1421,7 @@ impl Puller {
             });
         }
         while let Some(oldest) = pending.pop_front() {
-            self.delta_arrived(&into, base, oldest, &mut still);
+            self.delta_arrived(into, base, oldest, &mut still);
         }
         still.sort_unstable();
         still
@@ -1494,118 +1483,145 @@ impl Puller {
         }
     }
 
-    /// Fetches the chunks at `missing` (indices into the manifest) from peers, pipelined,
-    /// and writes each verified chunk at its offset.
+    /// Fetches the chunks at `missing` (ascending indices into the page) from peers,
+    /// keeping `in_flight` requests going, and writes each verified chunk at its offset.
+    /// Requests go in file order, so the written part grows from `from` as answers come:
+    /// each time it grows by another [`WINDOW`] chunks, `saved` is told its length (to
+    /// record progress) while the requests after it are already on their way.
     fn fetch_into(
         &self,
-        file: &File,
-        tmp: &Path,
-        manifest: &Manifest,
-        offsets: &[u64],
+        into: &Writing<'_>,
         missing: &[usize],
+        from: usize,
         in_flight: usize,
+        saved: &mut dyn FnMut(usize) -> Result<(), PullError>,
     ) -> Result<(), PullError> {
+        let Writing {
+            file,
+            tmp,
+            manifest,
+            offsets,
+        } = *into;
         if missing.is_empty() {
             return Ok(());
         }
         if self.peers.is_empty() {
             return Err(PullError::Unavailable(format!("{} chunks", missing.len())));
         }
-        // Identical chunks in one window are fetched once.
+        // Identical chunks in one page are fetched once, where the first of them is.
         let mut by_id: HashMap<ChunkId, Vec<usize>> = HashMap::new();
+        let mut order = Vec::new();
         for &i in missing {
-            by_id.entry(manifest.chunks[i].id).or_default().push(i);
+            let id = manifest.chunks[i].id;
+            by_id
+                .entry(id)
+                .or_insert_with(|| {
+                    order.push(id);
+                    Vec::new()
+                })
+                .push(i);
         }
         // Batches a response can carry: at most so many chunks and so many bytes.
-        let mut queue: Vec<Vec<ChunkId>> = Vec::new();
+        let mut queue: std::collections::VecDeque<Vec<ChunkId>> = Default::default();
         let mut bytes = 0usize;
-        for (id, is) in &by_id {
-            let len = manifest.chunks[is[0]].len as usize;
-            match queue.last_mut() {
+        for id in order {
+            let len = manifest.chunks[by_id[&id][0]].len as usize;
+            match queue.back_mut() {
                 Some(batch)
                     if batch.len() < MAX_CHUNKS_PER_REQUEST
                         && bytes + len <= MAX_CHUNK_BYTES_PER_RESPONSE =>
                 {
-                    batch.push(*id);
+                    batch.push(id);
                     bytes += len;
                 }
                 _ => {
-                    queue.push(vec![*id]);
+                    queue.push_back(vec![id]);
                     bytes = len;
                 }
             }
         }
+        let mut waiting = vec![false; manifest.chunks.len()];
+        for &i in missing {
+            waiting[i] = true;
+        }
+        let (mut written_to, mut saved_at) = (from, from);
+        let mut pending = std::collections::VecDeque::new();
         let mut failures = 0usize;
         let mut turn = 0usize;
-        while !queue.is_empty() {
-            let wave: Vec<Vec<ChunkId>> = queue.drain(..queue.len().min(in_flight)).collect();
-            let pending: Vec<_> = wave
-                .into_iter()
-                .enumerate()
-                .map(|(k, batch)| {
-                    let peer = self.peers[(turn + k) % self.peers.len()];
-                    let rx = self.ask(
-                        peer,
-                        BlocksRequest::Chunks {
-                            folder: self.folder.clone(),
-                            chunks: batch.clone(),
-                        },
-                    );
-                    (peer, batch, rx)
-                })
-                .collect();
-            turn += pending.len();
-            for (peer, batch, rx) in pending {
-                let peer_s = peer.to_string();
-                let mut retry = Vec::new();
-                match rx.blocking_recv() {
-                    Ok(Ok(BlocksResponse::Chunks(items))) => {
-                        let mut got: HashMap<ChunkId, Bytes> = HashMap::new();
-                        for (id, data) in items {
-                            if let Some(data) = data {
-                                let expected = by_id.get(&id).map(|is| manifest.chunks[is[0]].len);
-                                if expected == Some(data.len() as u32) && id.matches(&data) {
-                                    got.insert(id, data);
-                                } else {
-                                    self.violation(
-                                        peer,
-                                        Violation::BadChunk,
-                                        format!("chunk {id} does not match its id"),
-                                    );
-                                }
-                            }
-                        }
-                        for id in batch {
-                            match got.get(&id) {
-                                Some(data) => {
-                                    for &i in &by_id[&id] {
-                                        file.write_all_at(data, offsets[i]).map_err(io_err(tmp))?;
-                                        Metrics::add(&self.progress.done_bytes, data.len() as u64);
-                                    }
-                                    self.metrics.peer(&peer_s, |c| {
-                                        c.chunks_received += 1;
-                                        c.bytes_received += data.len() as u64;
-                                    });
-                                }
-                                None => retry.push(id),
+        loop {
+            while pending.len() < in_flight.max(1)
+                && let Some(batch) = queue.pop_front()
+            {
+                let peer = self.peers[turn % self.peers.len()];
+                turn += 1;
+                let rx = self.ask(
+                    peer,
+                    BlocksRequest::Chunks {
+                        folder: self.folder.clone(),
+                        chunks: batch.clone(),
+                    },
+                );
+                pending.push_back((peer, batch, rx));
+            }
+            let Some((peer, batch, rx)) = pending.pop_front() else {
+                return Ok(());
+            };
+            let peer_s = peer.to_string();
+            let mut retry = Vec::new();
+            match rx.blocking_recv() {
+                Ok(Ok(BlocksResponse::Chunks(items))) => {
+                    let mut got: HashMap<ChunkId, Bytes> = HashMap::new();
+                    for (id, data) in items {
+                        if let Some(data) = data {
+                            let expected = by_id.get(&id).map(|is| manifest.chunks[is[0]].len);
+                            if expected == Some(data.len() as u32) && id.matches(&data) {
+                                got.insert(id, data);
+                            } else {
+                                self.violation(
+                                    peer,
+                                    Violation::BadChunk,
+                                    format!("chunk {id} does not match its id"),
+                                );
                             }
                         }
                     }
-                    other => {
-                        tracing::debug!(peer = %peer, answer = ?other.map(|r| r.map(|_| ())), "chunk_request_failed");
-                        retry = batch;
+                    for id in batch {
+                        match got.get(&id) {
+                            Some(data) => {
+                                for &i in &by_id[&id] {
+                                    file.write_all_at(data, offsets[i]).map_err(io_err(tmp))?;
+                                    waiting[i] = false;
+                                    Metrics::add(&self.progress.done_bytes, data.len() as u64);
+                                }
+                                self.metrics.peer(&peer_s, |c| {
+                                    c.chunks_received += 1;
+                                    c.bytes_received += data.len() as u64;
+                                });
+                            }
+                            None => retry.push(id),
+                        }
                     }
                 }
-                if !retry.is_empty() {
-                    failures += 1;
-                    if failures > 3 * self.peers.len() + 3 {
-                        return Err(PullError::Unavailable(format!("{} chunks", retry.len())));
-                    }
-                    queue.push(retry);
+                other => {
+                    tracing::debug!(peer = %peer, answer = ?other.map(|r| r.map(|_| ())), "chunk_request_failed");
+                    retry = batch;
                 }
             }
+            if !retry.is_empty() {
+                failures += 1;
+                if failures > 3 * self.peers.len() + 3 {
+                    return Err(PullError::Unavailable(format!("{} chunks", retry.len())));
+                }
+                queue.push_back(retry);
+            }
+            while written_to < waiting.len() && !waiting[written_to] {
+                written_to += 1;
+            }
+            if written_to - saved_at >= WINDOW {
+                saved(written_to)?;
+                saved_at = written_to;
+            }
         }
-        Ok(())
     }
 }
 
