@@ -1,4 +1,4 @@
-# Sourced by bench/versions.sh, bench/rewind.sh and bench/sqlite.sh (set BENCH, KEEPING_NAME and
+# Sourced by bench/versions.sh, bench/rewind.sh, bench/sqlite.sh and bench/profile.sh (set BENCH, KEEPING_NAME and
 # KEEPING_PORT_BASE first): builds the release binaries unless BENCH_NO_BUILD=1, makes
 # OUT, LOGDIR and WORK for results named KEEPING_NAME-DATE, and starts two real cairnd on
 # loopback sharing one folder, "a" (SENDER_DIR, home PAIR_DIR/a-home) and "b"

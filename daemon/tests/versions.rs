@@ -359,3 +359,56 @@ fn versions_in_the_store_that_no_row_lists_are_dropped_at_start() {
     assert!(!store.has(&c).unwrap());
     store.shutdown();
 }
+
+/// Versions are staged as whole files and imported when no pull runs; while a large file
+/// was edited again and again, pulls never stopped and the staged copies filled the disk
+/// (`bench/versions.sh`: 24 GiB). Past the staging limit the importer runs during pulls,
+/// down to the limit.
+#[test]
+fn staged_copies_past_the_limit_are_imported_while_pulls_keep_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = folder_index(dir.path());
+    let store = Arc::new(store(dir.path()));
+    store.set_staging_limit(1_000_000);
+    versions::spawn_importer(index.clone(), store.clone()).unwrap();
+    let pull = store.pulling();
+    let stage = |name: &str, seed: u64| {
+        let bytes = pseudo_random(400_000, seed);
+        let (content, m, path) = file(dir.path(), name, &bytes);
+        store.stage(&content, &path).unwrap();
+        index.add_history("f", name, &content, &m).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        content
+    };
+    // Under the limit: staged, and left until the pulls stop.
+    let first = stage("a.bin", 31);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        store.is_staged(&first),
+        "imported while a pull ran, under the limit"
+    );
+    // Past it (1.2 MB staged): imported down to the limit although the pull still runs.
+    let all = [first, stage("b.bin", 34), stage("c.bin", 36)];
+    let staged = || all.iter().filter(|c| store.is_staged(c)).count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline && staged() > 2 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        staged() <= 2,
+        "3 versions (1.2 MB) still staged while a pull runs"
+    );
+    // The rest once the pulls stop.
+    drop(pull);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline && staged() > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for c in all {
+        assert!(
+            !store.is_staged(&c) && store.imported(&c).unwrap(),
+            "{c} still staged"
+        );
+    }
+    store.shutdown();
+}
