@@ -5,6 +5,7 @@
 # the version it replaces. Reports:
 #   - the first sync of the file (s) and each edit's sync (median, max): keeping a version
 #     is on b's pull path, so this is what keeping costs the user;
+#   - the staged copies' peak on b (whole files until imported), sampled every 0.5 s;
 #   - the store's disk use once every staged version is imported (HOME/versions plus
 #     HOME/history), against the file's size (target < 1.2x; whole copies would be
 #     BENCH_VERSIONS x) and how long the import took after the last edit;
@@ -93,6 +94,16 @@ def replaced(path, inode, limit=600):
         time.sleep(0.005)
     sys.exit(f"versions.sh: {path} was not replaced within {limit} s")
 
+# The staged copies' peak (a staged version is a whole file until imported), sampled.
+import threading
+peak = [0]
+sampling = threading.Event()
+def sample_staging():
+    while not sampling.is_set():
+        peak[0] = max(peak[0], du(os.path.join(bhome, "history")))
+        time.sleep(0.5)
+sampler = threading.Thread(target=sample_staging, daemon=True)
+sampler.start()
 edits = []
 for i in range(versions):
     patches = [(rng.randrange(0, size - 64), rng.randbytes(64)) for _ in range(3)]
@@ -119,6 +130,9 @@ while time.monotonic() - t < 600:
         break
     time.sleep(0.1)
 imported = time.monotonic() - t
+sampling.set()
+sampler.join()
+say(f"staged copies on b at their peak: {peak[0] / 2**20:.1f} MiB ({peak[0] / size:.2f}x the file)")
 hist = cli("history", "big.bin")
 rows = hist if isinstance(hist, list) else hist.get("versions", [])
 used = du(store, staging)
