@@ -201,7 +201,7 @@ for tool in $TOOLS; do
   # Debian 1.29.5's CPU in a 1 GiB sync, 6x 1.19.2's, which Go 1.19 still accelerated).
   build_note=""
   go_minor=$(grep -o 'go1\.[0-9]*' <<<"$ver" | head -n1 | cut -d. -f2)
-  if [ "${go_minor:-0}" -ge 24 ] && strings "$ST_BIN" | grep -q '^build.*-tags=.*purego'; then
+  if [ "${go_minor:-0}" -ge 24 ] && strings "$ST_BIN" | grep '^build.*-tags=.*purego' >/dev/null; then
     build_note="; BUILT WITH -tags purego on go1.$go_minor: no hardware SHA-256/AES, far slower than upstream's binary"
   fi
   TOOL_LINES+="  $tool: ${ST_BIN#"$ROOT"/}, $(cut -d' ' -f2 <<<"$ver"), $delay_text$build_note"$'\n'
