@@ -3,7 +3,8 @@
 # OUT, LOGDIR and WORK for results named KEEPING_NAME-DATE, and starts two real cairnd on
 # loopback sharing one folder, "a" (SENDER_DIR, home PAIR_DIR/a-home) and "b"
 # (RECEIVER_DIR, PAIR_DIR/b-home), where b keeps every version (no thinning, no limits),
-# and waits until they are connected and idle. Sets CAIRND and CAIRN.
+# and waits until they are connected and idle. Sets CAIRND and CAIRN. The daemons log at
+# BENCH_DAEMON_LOG (default info) into LOGDIR.
 ROOT=$(dirname "$BENCH")
 helper() { python3 "$BENCH/sync_helper.py" "$@"; }
 # shellcheck source=bench/sync_lib.sh
@@ -58,7 +59,7 @@ helper pair --out "$PAIR" --tool cairn --ports "$pa" "$pb" \
 for side in a b; do
   logf=$SENDER_LOG
   [ "$side" = b ] && logf=$RECEIVER_LOG
-  CAIRN_LOG=info "$CAIRND" --home "$PAIR_DIR/$side-home" >"$logf" 2>&1 &
+  CAIRN_LOG=${BENCH_DAEMON_LOG:-info} "$CAIRND" --home "$PAIR_DIR/$side-home" >"$logf" 2>&1 &
   ALL_PIDS+=("$!")
 done
 helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT" || { tail_logs 25; fail "daemons not ready"; }
