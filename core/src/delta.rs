@@ -188,6 +188,16 @@ mod tests {
             .collect()
     }
 
+    /// The new version's manifest, its anchors against the old, and the chunks it changed.
+    fn changed_chunks(old: &[u8], new: &[u8]) -> (Manifest, Anchors, Vec<usize>) {
+        let nm = manifest_of(new);
+        let a = anchors(&manifest_of(old), &nm);
+        let changed = (0..nm.chunks.len())
+            .filter(|&i| a.old_offset[i].is_none())
+            .collect();
+        (nm, a, changed)
+    }
+
     fn manifest_of(data: &[u8]) -> Manifest {
         let chunker = Chunker::new(ChunkerParams::default()).unwrap();
         let chunks = chunker
@@ -202,11 +212,7 @@ mod tests {
         let old = random(1 << 20, 1);
         let mut new = old.clone();
         new.splice(300_000..300_000, random(100, 2));
-        let (om, nm) = (manifest_of(&old), manifest_of(&new));
-        let a = anchors(&om, &nm);
-        let changed: Vec<usize> = (0..nm.chunks.len())
-            .filter(|&i| a.old_offset[i].is_none())
-            .collect();
+        let (nm, a, changed) = changed_chunks(&old, &new);
         assert!(!changed.is_empty() && changed.len() <= 2, "{changed:?}");
         let mut total = 0;
         for &i in &changed {
@@ -306,11 +312,7 @@ mod tests {
         let old = random(2 << 20, 7);
         let mut new = old.clone();
         new[600_000..600_000 + (1 << 20)].copy_from_slice(&random(1 << 20, 8));
-        let (om, nm) = (manifest_of(&old), manifest_of(&new));
-        let a = anchors(&om, &nm);
-        let changed: Vec<usize> = (0..nm.chunks.len())
-            .filter(|&i| a.old_offset[i].is_none())
-            .collect();
+        let (_, a, changed) = changed_chunks(&old, &new);
         let edges = changed.iter().filter(|&&i| a.at_edge(i)).count();
         assert!(changed.len() > 4, "{changed:?}");
         assert_eq!(edges, 2, "only the first and last changed chunk are edges");
@@ -344,11 +346,7 @@ mod tests {
             let start = p * PAGE + at;
             new[start..start + len].copy_from_slice(&random(len, n as u64 + 100));
         }
-        let (om, nm) = (manifest_of(&old), manifest_of(&new));
-        let a = anchors(&om, &nm);
-        let changed: Vec<usize> = (0..nm.chunks.len())
-            .filter(|&i| a.old_offset[i].is_none())
-            .collect();
+        let (nm, a, changed) = changed_chunks(&old, &new);
         let edges = changed.iter().filter(|&&i| a.at_edge(i)).count();
         let whole: u64 = changed.iter().map(|&i| u64::from(nm.chunks[i].len)).sum();
         let mut cost = 0u64;

@@ -1436,13 +1436,7 @@ impl Puller {
         p: PendingDelta,
         still: &mut Vec<usize>,
     ) {
-        let Writing {
-            file,
-            tmp,
-            manifest,
-            offsets,
-        } = *into;
-        let chunk = manifest.chunks[p.index];
+        let chunk = into.manifest.chunks[p.index];
         let miss = || base.misses.set(base.misses.get() + 1);
         let Ok(Ok(BlocksResponse::Delta(Some(d)))) = p.reply.blocking_recv() else {
             miss();
@@ -1454,8 +1448,8 @@ impl Puller {
             .peer(&p.peer.to_string(), |c| c.bytes_received += d.len() as u64);
         match rebuilt {
             Ok(data) => {
-                if let Err(e) = file.write_all_at(&data, offsets[p.index]) {
-                    tracing::warn!(error = %io_err(tmp)(e), "delta_write_failed");
+                if let Err(e) = into.file.write_all_at(&data, into.offsets[p.index]) {
+                    tracing::warn!(error = %io_err(into.tmp)(e), "delta_write_failed");
                     still.push(p.index);
                     return;
                 }
