@@ -198,6 +198,22 @@ mod tests {
         (nm, a, changed)
     }
 
+    /// Chunk `i` of `new` as a delta from its base in `old`: checks that the delta rebuilds
+    /// the chunk and returns the bytes of its signature and of the delta.
+    fn round_trip(old: &[u8], new: &[u8], nm: &Manifest, a: &Anchors, i: usize) -> (usize, usize) {
+        let c = nm.chunks[i];
+        let w = a.base_window(i, c.len).expect("the chunk has a base");
+        let base = &old[w.start as usize..w.end as usize];
+        let at = a.new_offsets[i] as usize;
+        let chunk = &new[at..at + c.len as usize];
+        let sig = signature(base);
+        let delta = diff(&sig, chunk)
+            .unwrap()
+            .expect("a delta smaller than the chunk");
+        assert_eq!(apply(base, &delta, &c).unwrap(), chunk);
+        (sig.len(), delta.len())
+    }
+
     fn manifest_of(data: &[u8]) -> Manifest {
         let chunker = Chunker::new(ChunkerParams::default()).unwrap();
         let chunks = chunker
@@ -217,15 +233,8 @@ mod tests {
         let mut total = 0;
         for &i in &changed {
             assert!(a.at_edge(i));
-            let c = nm.chunks[i];
-            let w = a.base_window(i, c.len).unwrap();
-            let base = &old[w.start as usize..w.end as usize];
-            let at = a.new_offsets[i] as usize;
-            let chunk = &new[at..at + c.len as usize];
-            let sig = signature(base);
-            let delta = diff(&sig, chunk).unwrap().expect("smaller than the chunk");
-            assert_eq!(apply(base, &delta, &c).unwrap(), chunk);
-            total += sig.len() + delta.len();
+            let (sig, delta) = round_trip(&old, &new, &nm, &a, i);
+            total += sig + delta;
         }
         // A whole chunk is 16-256 KiB; signature + delta of an edit stay a few KiB.
         assert!(total < 8 * 1024, "{total} bytes for a 100-byte insertion");
@@ -237,20 +246,10 @@ mod tests {
         let mut new = old.clone();
         let inserted = 20_000;
         new.splice(400_000..400_000, random(inserted, 12));
-        let (om, nm) = (manifest_of(&old), manifest_of(&new));
-        let a = anchors(&om, &nm);
+        let (nm, a, _) = changed_chunks(&old, &new);
         let mut sent = 0;
         for i in (0..nm.chunks.len()).filter(|&i| a.at_edge(i)) {
-            let c = nm.chunks[i];
-            let w = a.base_window(i, c.len).unwrap();
-            let base = &old[w.start as usize..w.end as usize];
-            let at = a.new_offsets[i] as usize;
-            let chunk = &new[at..at + c.len as usize];
-            let delta = diff(&signature(base), chunk)
-                .unwrap()
-                .expect("a delta smaller than the chunk");
-            assert_eq!(apply(base, &delta, &c).unwrap(), chunk);
-            sent += delta.len();
+            sent += round_trip(&old, &new, &nm, &a, i).1;
         }
         // The new bytes must travel; the old bytes around them must not.
         assert!(
@@ -351,17 +350,8 @@ mod tests {
         let whole: u64 = changed.iter().map(|&i| u64::from(nm.chunks[i].len)).sum();
         let mut cost = 0u64;
         for &i in &changed {
-            let c = nm.chunks[i];
-            let w = a
-                .base_window(i, c.len)
-                .expect("every changed chunk has a base");
-            let base = &old[w.start as usize..w.end as usize];
-            let at = a.new_offsets[i] as usize;
-            let chunk = &new[at..at + c.len as usize];
-            let sig = signature(base);
-            let delta = diff(&sig, chunk).unwrap().expect("smaller than the chunk");
-            assert_eq!(apply(base, &delta, &c).unwrap(), chunk);
-            cost += (sig.len() + delta.len()) as u64;
+            let (sig, delta) = round_trip(&old, &new, &nm, &a, i);
+            cost += (sig + delta) as u64;
         }
         let page_bytes = (changed_pages.len() * PAGE) as u64;
         assert!(

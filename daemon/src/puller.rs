@@ -106,6 +106,47 @@ struct Writing<'a> {
     offsets: &'a [u64],
 }
 
+/// How much of a manifest page is written from its start on (chunks before `from` were
+/// written by an earlier run): progress is recorded each time it grows by [`WINDOW`].
+struct Written {
+    waiting: Vec<bool>,
+    to: usize,
+    saved_at: usize,
+}
+
+impl Written {
+    fn new(chunks: usize, from: usize, missing: &[usize]) -> Self {
+        let mut waiting = vec![false; chunks];
+        for &i in missing {
+            waiting[i] = true;
+        }
+        Written {
+            waiting,
+            to: from,
+            saved_at: from,
+        }
+    }
+
+    fn done(&mut self, i: usize) {
+        self.waiting[i] = false;
+    }
+
+    /// Moves past what is written; tells `saved` the new length when it grew by a window.
+    fn advance(
+        &mut self,
+        saved: &mut dyn FnMut(usize) -> Result<(), PullError>,
+    ) -> Result<(), PullError> {
+        while self.waiting.get(self.to) == Some(&false) {
+            self.to += 1;
+        }
+        if self.to - self.saved_at >= WINDOW {
+            saved(self.to)?;
+            self.saved_at = self.to;
+        }
+        Ok(())
+    }
+}
+
 /// A delta request in flight: the chunk it rebuilds, the base it is applied to and the
 /// signature bytes it cost.
 struct PendingDelta {
@@ -1496,6 +1537,9 @@ impl Puller {
             manifest,
             offsets,
         } = *into;
+        let mut written = Written::new(manifest.chunks.len(), from, missing);
+        // What the page's local chunks and deltas wrote counts as progress too.
+        written.advance(saved)?;
         if missing.is_empty() {
             return Ok(());
         }
@@ -1534,11 +1578,6 @@ impl Puller {
                 }
             }
         }
-        let mut waiting = vec![false; manifest.chunks.len()];
-        for &i in missing {
-            waiting[i] = true;
-        }
-        let (mut written_to, mut saved_at) = (from, from);
         let mut pending = std::collections::VecDeque::new();
         let mut failures = 0usize;
         let mut turn = 0usize;
@@ -1584,7 +1623,7 @@ impl Puller {
                             Some(data) => {
                                 for &i in &by_id[&id] {
                                     file.write_all_at(data, offsets[i]).map_err(io_err(tmp))?;
-                                    waiting[i] = false;
+                                    written.done(i);
                                     Metrics::add(&self.progress.done_bytes, data.len() as u64);
                                 }
                                 self.metrics.peer(&peer_s, |c| {
@@ -1608,13 +1647,7 @@ impl Puller {
                 }
                 queue.push_back(retry);
             }
-            while written_to < waiting.len() && !waiting[written_to] {
-                written_to += 1;
-            }
-            if written_to - saved_at >= WINDOW {
-                saved(written_to)?;
-                saved_at = written_to;
-            }
+            written.advance(saved)?;
         }
     }
 }

@@ -248,7 +248,11 @@ impl VersionStore {
 
     /// Whether the staged copies take more than the staging limit ([`STAGING_LIMIT`]).
     fn staging_full(&self) -> bool {
-        disk_usage(&self.staging) > self.staging_limit.load(SeqCst)
+        self.over_staging_limit(disk_usage(&self.staging))
+    }
+
+    fn over_staging_limit(&self, staged_bytes: u64) -> bool {
+        staged_bytes > self.staging_limit.load(SeqCst)
     }
 
     /// Sets the staging limit (tests use a small one).
@@ -570,13 +574,15 @@ pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
     // What the index lists, read once per pass; checked again under the catalog lock
     // before a link goes (pruning may have dropped it meanwhile).
     let listed = listed_contents(index)?;
+    // The staged bytes, walked once per pass and counted down as links go.
+    let mut staged_bytes = disk_usage(&store.staging);
     let mut imported = 0;
     for e in entries.flatten() {
         let _one = store.importing.lock().unwrap_or_else(|e| e.into_inner());
         if store.stopping.load(SeqCst) {
             break;
         }
-        if store.pulls.load(SeqCst) > 0 && !store.staging_full() {
+        if store.pulls.load(SeqCst) > 0 && !store.over_staging_limit(staged_bytes) {
             // A pull started: the rest waits for the next quiet moment.
             store.pending.store(true, SeqCst);
             break;
@@ -609,7 +615,12 @@ pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
         }
         let _catalog = store.lock_catalog();
         if index.history_of_content(&content).map_err(store_err)? {
+            let bytes = e.metadata().map_or(0, |m| {
+                use std::os::unix::fs::MetadataExt;
+                m.blocks() * 512
+            });
             std::fs::remove_file(e.path())?;
+            staged_bytes = staged_bytes.saturating_sub(bytes);
             imported += 1;
         } else {
             // Pruned while it was being imported.

@@ -124,11 +124,12 @@ fn identical_files_transfer_once_and_edits_travel_as_small_deltas() {
     let before_edit = received(&d[1], &d[0].peer_id);
     // Saved as editors do (a new file renamed over the old one), so the scanner never
     // sees a half-written version.
-    let save = |data: &[u8]| {
+    let save_as = |name: &str, data: &[u8]| {
         let staged = tmp.path().join("staged.bin");
         fs::write(&staged, data).unwrap();
-        fs::rename(&staged, d[0].folder.join("big.bin")).unwrap();
+        fs::rename(&staged, d[0].folder.join(name)).unwrap();
     };
+    let save = |data: &[u8]| save_as("big.bin", data);
     big[2_000_000..2_000_100].copy_from_slice(&[0xAB; 100]);
     save(&big);
     assert!(wait_until(30, || content(&d[1].folder.join("big.bin"))
@@ -212,9 +213,7 @@ fn identical_files_transfer_once_and_edits_travel_as_small_deltas() {
     assert!(wait_until(60, || content(&d[1].folder.join("video.bin"))
         .as_deref()
         == Some(&old[..])));
-    let staged = tmp.path().join("staged.bin");
-    fs::write(&staged, &rewritten).unwrap();
-    fs::rename(&staged, d[0].folder.join("video.bin")).unwrap();
+    save_as("video.bin", &rewritten);
     assert!(wait_until(60, || content(&d[1].folder.join("video.bin"))
         .as_deref()
         == Some(&rewritten[..])));
