@@ -6,6 +6,7 @@
 # and waits until they are connected and idle. Sets CAIRND and CAIRN. The daemons log at
 # BENCH_DAEMON_LOG (default info) into LOGDIR.
 ROOT=$(dirname "$BENCH")
+export BENCH # the inline scripts import bench/keeping.py from there
 helper() { python3 "$BENCH/sync_helper.py" "$@"; }
 # shellcheck source=bench/sync_lib.sh
 . "$BENCH/sync_lib.sh"

@@ -16,14 +16,15 @@ KEEPING_NAME=rewind KEEPING_PORT_BASE=27400
 . "$BENCH/keeping_pair.sh"
 
 python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/a-home" "$PAIR_DIR/b-home" "$CAIRN" "$FILES" "$OUT" <<'EOF'
-import hashlib, json, os, random, subprocess, sys, time, urllib.request
+import hashlib, os, random, subprocess, sys, time
 sender, receiver, ahome, bhome, cairn, files, out = sys.argv[1:8]
 files = int(files)
 rng = random.Random(1515)
-lines = []
-def say(s):
-    print(s, flush=True)
-    lines.append(s)
+sys.path.insert(0, os.environ["BENCH"])
+import keeping
+from keeping import Report, metric
+report = Report()
+say = report.say
 def digests(root):
     out = {}
     for d, _, names in os.walk(os.path.join(root, "tree")):
@@ -43,18 +44,7 @@ def wait_until(check, what, limit=900):
         time.sleep(0.05)
     sys.exit(f"rewind.sh: {what} not within {limit} s")
 def cli(home, *args):
-    r = subprocess.run([cairn, "--home", home, "--json", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"cairn {args}: {r.stderr}")
-    return json.loads(r.stdout)
-def metric(home, name):
-    with open(os.path.join(home, "control.json")) as f:
-        info = json.load(f)
-    req = urllib.request.Request(f"http://{info['address']}/metrics",
-                                 headers={"Authorization": f"Bearer {info['token']}"})
-    text = urllib.request.urlopen(req, timeout=10).read().decode()
-    return sum(float(l.split()[-1]) for l in text.splitlines()
-               if l.startswith(name + "{") or l.startswith(name + " "))
+    return keeping.cli(cairn, home, *args)
 
 want = {}
 staging = os.path.join(sender, ".rewind-staging")
@@ -103,7 +93,6 @@ say(f"rewind on a (which kept none of them): command {command:.2f} s; a's {files
     f"(sha256 of each) after {a_back:.2f} s, b's after {b_back:.2f} s; a received "
     f"{fetched / 2**20:.1f} MiB of chunks for {total / 2**20:.1f} MiB of files "
     f"(first sync of the same files: {first:.2f} s)")
-with open(out, "w") as f:
-    f.write("\n".join(lines) + "\n")
+report.write(out)
 EOF
 log "results: $OUT"

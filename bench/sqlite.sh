@@ -25,20 +25,15 @@ KEEPING_NAME=sqlite KEEPING_PORT_BASE=27400
 
 python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/a-home" "$PAIR_DIR/b-home" "$WORK" \
   "$DB_MIB" "$ROUNDS" "$SEED" "$OUT" "$pa" "$pb" <<'EOF'
-import hashlib, json, os, random, re, shutil, sqlite3, subprocess, sys, time, urllib.request
+import os, random, shutil, sqlite3, subprocess, sys, time
 sender, receiver, ahome, bhome, work, db_mib, rounds, seed, out, pa, pb = sys.argv[1:12]
 db_mib, rounds, seed = int(db_mib), int(rounds), int(seed)
 PAGE = 4096
-lines = []
-def say(s):
-    print(s, flush=True)
-    lines.append(s)
-def digest(path):
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return None
+sys.path.insert(0, os.environ["BENCH"])
+from keeping import Report, digest, metrics
+from sync_helper import rsync_stat, tcp_snapshot
+report = Report()
+say = report.say
 def wait_same(src, dst, limit=600):
     want = digest(src)
     start = time.monotonic()
@@ -47,40 +42,16 @@ def wait_same(src, dst, limit=600):
             return time.monotonic()
         time.sleep(0.05)
     sys.exit(f"sqlite.sh: {dst} did not become {src} within {limit} s")
-def metrics(home):
-    with open(os.path.join(home, "control.json")) as f:
-        info = json.load(f)
-    req = urllib.request.Request(f"http://{info['address']}/metrics",
-                                 headers={"Authorization": f"Bearer {info['token']}"})
-    text = urllib.request.urlopen(req, timeout=10).read().decode()
-    sums = {}
-    for l in text.splitlines():
-        if l.startswith("#") or not l.strip():
-            continue
-        name = l.split("{")[0].split()[0]
-        sums[name] = sums.get(name, 0.0) + float(l.split()[-1])
-    return sums
 def tcp_bytes():
-    """Payload bytes received by every established TCP socket with an end on a's or b's
-    port: each byte between the two daemons, either way, is counted once."""
-    r = subprocess.run(["ss", "-tinH", "state", "established"], capture_output=True, text=True)
-    total, ports = 0, {f":{pa}", f":{pb}"}
-    sock = None
-    for line in r.stdout.splitlines():
-        if not line.startswith((" ", "\t")):
-            f = line.split()
-            sock = f if len(f) >= 4 else None
-            continue
-        if sock and any(sock[-2].endswith(p) or sock[-1].endswith(p) for p in ports):
-            m = re.search(r"bytes_received:(\d+)", line)
-            total += int(m.group(1)) if m else 0
-    return total
+    """Payload bytes both ways between the two daemons so far (sync_helper.tcp_snapshot:
+    every established socket with an end on a's or b's port)."""
+    return sum(tcp_snapshot([pa, pb]).values())
 def counted():
     b, a = metrics(bhome), metrics(ahome)
     return {"chunks+deltas": b.get("cairn_bytes_received_total", 0),
             "signatures": b.get("cairn_delta_signature_bytes_total", 0),
-            "metadata": sum(m.get(k, 0) for m in (a, b)
-                            for k in ("cairn_meta_bytes_sent_total",)),
+            "metadata": a.get("cairn_meta_bytes_sent_total", 0)
+            + b.get("cairn_meta_bytes_sent_total", 0),
             "deltas": b.get("cairn_delta_chunks_total", 0)}
 def rsync_bytes(old, new):
     dst = os.path.join(work, "rsync")
@@ -89,9 +60,7 @@ def rsync_bytes(old, new):
     shutil.copyfile(old, os.path.join(dst, "app.db"))
     r = subprocess.run(["rsync", "-a", "--no-whole-file", "--stats", new,
                         os.path.join(dst, "app.db")], capture_output=True, text=True, check=True)
-    sent = int(re.search(r"Total bytes sent: ([\d,]+)", r.stdout).group(1).replace(",", ""))
-    recv = int(re.search(r"Total bytes received: ([\d,]+)", r.stdout).group(1).replace(",", ""))
-    return sent + recv
+    return rsync_stat(r.stdout, "Total bytes sent") + rsync_stat(r.stdout, "Total bytes received")
 def changed_pages(old, new):
     n = 0
     with open(old, "rb") as f, open(new, "rb") as g:
@@ -158,7 +127,6 @@ worst = (max(r[0] for r in ratios), max(r[1] for r in ratios))
 say(f"worst round: cairn/rsync {worst[0]:.2f} (target <= 1: "
     f"{'PASS' if worst[0] <= 1 else 'FAIL'}), cairn/pages {worst[1]:.2f} (target <= 2: "
     f"{'PASS' if worst[1] <= 2 else 'FAIL'})")
-with open(out, "w") as f:
-    f.write("\n".join(lines) + "\n")
+report.write(out)
 EOF
 log "results: $OUT"

@@ -979,7 +979,7 @@ def pair_cmd(a):
         json.dump(pair, f, indent=1)
 
 
-def _rsync_stat(text, label):
+def rsync_stat(text, label):
     m = re.search(rf"^{label}: ([0-9,]+)", text, re.M)
     return None if m is None else int(m.group(1).replace(",", ""))
 
@@ -996,15 +996,15 @@ def rsync_cmd(a):
     if p.returncode != 0:
         sys.stderr.write(p.stderr)
         die(f"rsync exited with {p.returncode}", 2)
-    sent = _rsync_stat(p.stdout, "Total bytes sent")
-    received = _rsync_stat(p.stdout, "Total bytes received")
+    sent = rsync_stat(p.stdout, "Total bytes sent")
+    received = rsync_stat(p.stdout, "Total bytes received")
     if sent is None or received is None:
         sys.stderr.write(p.stdout)
         die("no 'Total bytes sent/received' in rsync --stats")
     res = {"timeout": False, "seconds": dt, "tool_bytes": sent + received,
            "rsync_sent": sent, "rsync_received": received,
-           "rsync_literal": _rsync_stat(p.stdout, "Literal data"),
-           "rsync_matched": _rsync_stat(p.stdout, "Matched data"),
+           "rsync_literal": rsync_stat(p.stdout, "Literal data"),
+           "rsync_matched": rsync_stat(p.stdout, "Matched data"),
            "bytes_detail": {"sent": sent, "received": received}}
     with open(a.out, "w") as f:
         json.dump(res, f)

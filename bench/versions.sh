@@ -24,20 +24,15 @@ KEEPING_NAME=versions KEEPING_PORT_BASE=27300
 . "$BENCH/keeping_pair.sh"
 
 python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/b-home" "$CAIRN" "$VERSIONS" "$SIZE_MIB" "$OUT" "$PAIR_DIR/a-home" <<'EOF'
-import hashlib, json, os, random, statistics, subprocess, sys, time, urllib.request
+import hashlib, os, random, statistics, sys, time
 sender, receiver, bhome, cairn, versions, size_mib, out, ahome = sys.argv[1:9]
 versions, size = int(versions), int(size_mib) << 20
 rng = random.Random(15)
-lines = []
-def say(s):
-    print(s, flush=True)
-    lines.append(s)
-def digest(path):
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return None
+sys.path.insert(0, os.environ["BENCH"])
+import keeping
+from keeping import Report, digest, du, metric
+report = Report()
+say = report.say
 def wait_for(path, want, limit=600):
     start = time.monotonic()
     while time.monotonic() - start < limit:
@@ -45,31 +40,8 @@ def wait_for(path, want, limit=600):
             return time.monotonic()
         time.sleep(0.02)
     sys.exit(f"versions.sh: {path} did not reach the expected content within {limit} s")
-def du(*dirs):
-    total = 0
-    for d in dirs:
-        for root, _, files in os.walk(d):
-            for f in files:
-                try:
-                    total += os.lstat(os.path.join(root, f)).st_blocks * 512
-                except OSError:
-                    pass
-    return total
 def cli(*args, home=None):
-    r = subprocess.run([cairn, "--home", home or bhome, "--json", *args], capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        sys.exit(f"cairn {args}: {r.stderr}")
-    return json.loads(r.stdout)
-def metric(home, name):
-    """The sum of a counter over its labels, from the daemon's /metrics."""
-    with open(os.path.join(home, "control.json")) as f:
-        info = json.load(f)
-    req = urllib.request.Request(f"http://{info['address']}/metrics",
-                                 headers={"Authorization": f"Bearer {info['token']}"})
-    text = urllib.request.urlopen(req, timeout=10).read().decode()
-    return sum(float(l.split()[-1]) for l in text.splitlines()
-               if l.startswith(name + "{") or l.startswith(name + " "))
+    return keeping.cli(cairn, home or bhome, *args)
 
 data = bytearray(b"".join(rng.randbytes(1 << 20) for _ in range(size >> 20)))
 first_digest = hashlib.sha256(data).hexdigest()
@@ -189,7 +161,6 @@ cli("restore", "big.bin", "--version", third)
 restore = time.monotonic() - t
 say(f"restore of the third version on b (its own store): {restore:.2f} s "
     f"(first sync of the same file: {first:.2f} s)")
-with open(out, "w") as f:
-    f.write("\n".join(lines) + "\n")
+report.write(out)
 EOF
 log "results: $OUT"
