@@ -4,7 +4,7 @@
 # loopback sharing one folder, "a" (SENDER_DIR, home PAIR_DIR/a-home) and "b"
 # (RECEIVER_DIR, PAIR_DIR/b-home), where b keeps every version (no thinning, no limits),
 # and waits until they are connected and idle. Sets CAIRND and CAIRN. The daemons log at
-# BENCH_DAEMON_LOG (default info) into LOGDIR.
+# BENCH_DAEMON_LOG (default info) into LOGDIR; BENCH_PIN=1 puts them on one core each.
 ROOT=$(dirname "$BENCH")
 export BENCH # the inline scripts import bench/keeping.py from there
 helper() { python3 "$BENCH/sync_helper.py" "$@"; }
@@ -57,10 +57,17 @@ printf '\n[folders.versions]\nstaggered = false\nmax_age_days = 0\nmax_size_mib 
 helper pair --out "$PAIR" --tool cairn --ports "$pa" "$pb" \
   --sender-home "$PAIR_DIR/a-home" --sender-dir "$SENDER_DIR" --sender-id "$ida" --sender-log "$SENDER_LOG" \
   --receiver-home "$PAIR_DIR/b-home" --receiver-dir "$RECEIVER_DIR" --receiver-id "$idb" --receiver-log "$RECEIVER_LOG"
+# BENCH_PIN=1 gives each daemon one core of its own (a on CPU 0, b on CPU 1), as two
+# devices would have: without it, work both devices do at once (a restore writes the
+# file on both) competes for the same two cores, which a real pair never does.
+pin=()
 for side in a b; do
   logf=$SENDER_LOG
   [ "$side" = b ] && logf=$RECEIVER_LOG
-  CAIRN_LOG=${BENCH_DAEMON_LOG:-info} "$CAIRND" --home "$PAIR_DIR/$side-home" >"$logf" 2>&1 &
+  if [ "${BENCH_PIN:-0}" = 1 ]; then
+    pin=(taskset -c "$([ "$side" = a ] && echo 0 || echo 1)")
+  fi
+  CAIRN_LOG=${BENCH_DAEMON_LOG:-info} "${pin[@]}" "$CAIRND" --home "$PAIR_DIR/$side-home" >"$logf" 2>&1 &
   ALL_PIDS+=("$!")
 done
 helper ready --pair "$PAIR" --timeout "$READY_TIMEOUT" || { tail_logs 25; fail "daemons not ready"; }

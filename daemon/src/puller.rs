@@ -1082,38 +1082,26 @@ impl Puller {
 
     /// Reads a chunk from any local file that still holds it (verified).
     fn local_chunk(&self, chunk: &ChunkRef) -> Option<Vec<u8>> {
-        for loc in self.index.chunk_locations(&chunk.id).ok()? {
-            if is_history_holder(&loc.folder) {
-                let Ok(content) = loc.path.parse::<ContentId>() else {
-                    continue;
-                };
-                match self.versions.version_chunk(
-                    &content,
-                    &chunk.id,
-                    loc.offset,
-                    chunk.len as usize,
-                ) {
-                    Ok(bytes) => return Some(bytes),
-                    Err(_) => continue,
+        self.index
+            .find_chunk(&chunk.id, |loc| {
+                if is_history_holder(&loc.folder) {
+                    let content = loc.path.parse::<ContentId>().ok()?;
+                    return self
+                        .versions
+                        .version_chunk(&content, &chunk.id, loc.offset, chunk.len as usize)
+                        .ok();
                 }
-            }
-            let file = match self.roots.get(&loc.folder) {
-                Some(root) => root.join(&loc.path),
-                None => continue,
-            };
-            let Ok(f) = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&file)
-            else {
-                continue;
-            };
-            let mut buf = crate::read_buffer(chunk.len as usize);
-            if f.read_exact_at(&mut buf, loc.offset).is_ok() && chunk.id.matches(&buf) {
-                return Some(buf);
-            }
-        }
-        None
+                let f = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(self.roots.get(&loc.folder)?.join(&loc.path))
+                    .ok()?;
+                let mut buf = crate::read_buffer(chunk.len as usize);
+                (f.read_exact_at(&mut buf, loc.offset).is_ok() && chunk.id.matches(&buf))
+                    .then_some(buf)
+            })
+            .ok()
+            .flatten()
     }
 
     /// Writes one file; a temp file that cannot be resumed is removed when the write fails
@@ -1641,6 +1629,7 @@ impl Puller {
                 }
             }
             if !retry.is_empty() {
+                tracing::debug!(peer = %peer, chunks = retry.len(), "chunks_asked_again");
                 failures += 1;
                 if failures > 3 * self.peers.len() + 3 {
                     return Err(PullError::Unavailable(format!("{} chunks", retry.len())));

@@ -99,6 +99,9 @@ pub fn answer(
                             .flatten()
                             .filter(|d| bytes + d.len() <= MAX_CHUNK_BYTES_PER_RESPONSE);
                         bytes += data.as_ref().map_or(0, Bytes::len);
+                        if data.is_none() {
+                            tracing::debug!(folder, chunk = %id.short(), "chunk_not_served");
+                        }
                         (*id, data)
                     })
                     .collect(),
@@ -133,8 +136,10 @@ fn in_folder(index: &Index, folder: &str, content: &ContentId, stored: &Stored) 
     let kept = history_holder(folder);
     first.is_none_or(|c| {
         index
-            .chunk_locations(&c.id)
-            .is_ok_and(|locs| locs.iter().any(|l| l.folder == folder || l.folder == kept))
+            .find_chunk(&c.id, |l| {
+                (l.folder == folder || l.folder == kept).then_some(())
+            })
+            .is_ok_and(|found| found.is_some())
     })
 }
 
@@ -146,34 +151,29 @@ fn read_chunk(
     id: &ChunkId,
 ) -> Option<Vec<u8>> {
     let kept = history_holder(folder);
-    let mut versions_holding = Vec::new();
-    for loc in index.chunk_locations(id).ok()? {
-        if loc.folder == kept {
-            versions_holding.push(loc);
-            continue;
-        }
-        if loc.folder != folder {
-            continue;
-        }
-        let Ok(f) = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(root.join(&loc.path))
-        else {
-            continue;
-        };
-        let mut buf = crate::read_buffer(loc.len as usize);
-        if f.read_exact_at(&mut buf, loc.offset).is_ok() && id.matches(&buf) {
-            return Some(buf);
-        }
-    }
-    // A version this folder keeps, staged or in the store (verified either way).
-    versions_holding.iter().find_map(|loc| {
-        let content = loc.path.parse().ok()?;
-        versions
-            .version_chunk(&content, id, loc.offset, loc.len as usize)
-            .ok()
-    })
+    // The first place that reads back right, a file of the folder or a version it keeps
+    // (staged or in the store, verified either way).
+    index
+        .find_chunk(id, |loc| {
+            if loc.folder == kept {
+                let content = loc.path.parse().ok()?;
+                return versions
+                    .version_chunk(&content, id, loc.offset, loc.len as usize)
+                    .ok();
+            }
+            if loc.folder != folder {
+                return None;
+            }
+            let f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(root.join(&loc.path))
+                .ok()?;
+            let mut buf = crate::read_buffer(loc.len as usize);
+            (f.read_exact_at(&mut buf, loc.offset).is_ok() && id.matches(&buf)).then_some(buf)
+        })
+        .ok()
+        .flatten()
 }
 
 /// Diffs running at once, across all peers: each costs CPU the requester chose to spend,
