@@ -1211,6 +1211,34 @@ fn a_peer_lying_about_a_kept_version_is_counted_and_the_restore_writes_nothing()
                 "{p} changed: a lie was written"
             );
         }
+        // The restore only the liar could serve is undone, not left waiting on it: the
+        // folder is in sync again, waiting for nothing, with the file as it was.
+        let settled = |v: &Daemon| {
+            let f = &v.status()["folders"][0];
+            f["in_sync"] == true && f["waiting"].as_array().is_some_and(|w| w.is_empty())
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && !settled(&v) {
+            for h in liars.iter_mut() {
+                if !h.connected {
+                    h.connect(1).await;
+                }
+                h.run_until(1, |_| false).await;
+            }
+        }
+        assert!(
+            settled(&v),
+            "the restore still waits on the liar: {}\n{}",
+            v.status()["folders"][0],
+            v.log()
+        );
+        for (p, _, now) in &olds {
+            assert_eq!(
+                std::fs::read(v.folder.join(p)).ok().as_ref(),
+                Some(now),
+                "{p} changed after the restore was undone"
+            );
+        }
         ids
     });
     for (kind, peer) in [("bad_manifest", ids.0), ("bad_chunk", ids.1)] {

@@ -576,9 +576,17 @@ impl FolderDoc {
     /// Drops the version `content` at `path` that this device authored but no longer has
     /// anywhere (it was rewritten or removed before any peer fetched it), so no device
     /// waits for it forever: a tombstone that replaces it, which every device derives the
-    /// same way. Only when it is the path's one value (after `materialize`), so no
-    /// concurrent version is touched. Returns whether the document changed.
-    pub fn record_unavailable(&mut self, path: &str, content: ContentId) -> bool {
+    /// same way, or, for a version this device asked for (a restore of a version another
+    /// device said it held), `revert_to`, the value it replaced, written again by this
+    /// device (a restore that cannot happen leaves the file as it was, not deleted).
+    /// Only when it is the path's one value (after `materialize`), so no concurrent
+    /// version is touched. Returns whether the document changed.
+    pub fn record_unavailable(
+        &mut self,
+        path: &str,
+        content: ContentId,
+        revert_to: Option<&EntryValue>,
+    ) -> bool {
         let doc = &self.shards[self.shard_of(path)];
         if doc.get_all(ROOT, path).map_or(0, |all| all.len()) != 1 {
             return false; // concurrent values, undecodable ones included: not touched
@@ -590,8 +598,15 @@ impl FolderDoc {
         if v.deleted || v.content != Some(content) || v.device != self.device {
             return false;
         }
-        let tombstone = v.deleted_by(self.device);
-        self.put(path, &tombstone);
+        let replacement = match revert_to {
+            Some(prior) if !prior.deleted && prior.content != Some(content) => EntryValue {
+                device: self.device,
+                replaces: Some(content),
+                ..prior.clone()
+            },
+            _ => v.deleted_by(self.device),
+        };
+        self.put(path, &replacement);
         true
     }
 
@@ -1393,19 +1408,19 @@ mod tests {
         mine.record_local("c.txt", &file(6), None);
         sync(&mut theirs, &mut mine);
         // Another device's version: never dropped here.
-        assert!(!mine.record_unavailable("b.txt", ContentId([8; 32])));
+        assert!(!mine.record_unavailable("b.txt", ContentId([8; 32]), None));
         // Concurrent versions at the path: not touched.
         assert_eq!(mine.values("c.txt").len(), 2);
-        assert!(!mine.record_unavailable("c.txt", ContentId([6; 32])));
+        assert!(!mine.record_unavailable("c.txt", ContentId([6; 32]), None));
         // Not the version recorded there: nothing happens.
-        assert!(!mine.record_unavailable("a.txt", ContentId([9; 32])));
+        assert!(!mine.record_unavailable("a.txt", ContentId([9; 32]), None));
         // Its own, sole version: a tombstone that replaces it.
-        assert!(mine.record_unavailable("a.txt", ContentId([7; 32])));
+        assert!(mine.record_unavailable("a.txt", ContentId([7; 32]), None));
         let v = mine.values("a.txt");
         assert!(v[0].deleted && v[0].replaces == Some(ContentId([7; 32])));
         assert!(mine.tree(TreeOptions::default()).get("a.txt").is_none());
         assert!(
-            !mine.record_unavailable("a.txt", ContentId([7; 32])),
+            !mine.record_unavailable("a.txt", ContentId([7; 32]), None),
             "once"
         );
     }

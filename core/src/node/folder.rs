@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::ContentId;
 use crate::folder::doc::{Changed, Heads};
-use crate::folder::{DeviceId, FolderDoc, PathRange, PeerSync};
+use crate::folder::{DeviceId, EntryValue, FolderDoc, PathRange, PeerSync};
 
 /// Paths (or directories) scanned at most in one partial scan. More changed paths are
 /// gathered into their directories, deepest first, until they fit; only when the
@@ -124,6 +124,16 @@ pub struct Refused {
     pub content: Option<ContentId>,
 }
 
+/// A version this device asked for at a path (a restore from the group, a rewind).
+#[derive(Clone, Debug)]
+pub(crate) struct Requested {
+    pub content: ContentId,
+    /// The value it replaced.
+    pub prior: EntryValue,
+    /// When it was asked for.
+    pub at: Instant,
+}
+
 /// A file waiting for a version that only another device has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Waiting {
@@ -182,6 +192,12 @@ pub struct FolderState<P> {
     pub no_space: bool,
     /// `cairn restore` requests waiting for the folder to be idle.
     pub(crate) restores: usize,
+    /// The version each requested change (a restore from the group, a rewind) asked for
+    /// and the value it replaced, by path, until the folder is next in sync: a requested
+    /// version that turns out to be lost (no device can provide it) is put back to the
+    /// value it replaced, not deleted. Kept in memory only (after a restart such a version
+    /// is dropped as any other).
+    pub(crate) requested: BTreeMap<String, Requested>,
     /// Conflict copies in the folder's tree, as of the last time it was derived (each
     /// pull): what `cairn conflicts` lists, without reading the index.
     pub conflicts: BTreeSet<String>,
@@ -225,6 +241,7 @@ impl<P: Ord> FolderState<P> {
             refused: BTreeMap::new(),
             no_space: false,
             restores: 0,
+            requested: BTreeMap::new(),
             conflicts: BTreeSet::new(),
             dirty: Changed::All,
             planned_at: None,

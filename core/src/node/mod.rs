@@ -20,6 +20,7 @@
 
 mod folder;
 
+use folder::Requested;
 pub use folder::{
     Busy, FolderKind, FolderSpec, FolderState, MAX_SCAN_PATHS, Refused, ScanNeed, Waiting,
 };
@@ -645,6 +646,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         }
         if outcome.planned_nothing {
             f.in_sync = true;
+            f.requested.clear();
             f.waiting.clear();
             f.no_space = false;
             self.prune_if_all_in_sync();
@@ -726,6 +728,20 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         };
         if f.spec.kind == FolderKind::ReceiveOnly || changes.is_empty() {
             return false;
+        }
+        for (path, change, _) in changes {
+            if let (LocalChange::Present { content, .. }, [prior]) =
+                (change, f.doc.values(path).as_slice())
+                && let Some(content) = content
+            {
+                f.requested
+                    .entry(path.clone())
+                    .or_insert_with(|| Requested {
+                        content: *content,
+                        prior: prior.clone(),
+                        at: now,
+                    });
+            }
         }
         let refs: Vec<_> = changes
             .iter()
@@ -1053,6 +1069,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             {
                 // Nothing changed since a pull that finished: the disk matches the tree.
                 f.in_sync = true;
+                f.requested.clear();
                 f.waiting.clear();
                 f.no_space = false;
                 self.prune_if_all_in_sync();
@@ -1393,7 +1410,24 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 continue; // changed meanwhile: the next pull sees what is wanted now
             };
             // Only when every member is connected (and none had it) can nobody have it.
-            if author == self.device && all_members_connected && !m.held {
+            // For a version this device asked for (a restore), a member cut off for
+            // breaking the protocol since (sending wrong chunks for it, say) counts as
+            // asked: the restore is undone rather than left waiting on a liar for ever.
+            let asked_all = all_members_connected
+                || f.requested
+                    .get(&m.path)
+                    .filter(|r| r.content == m.content)
+                    .is_some_and(|r| {
+                        f.spec
+                            .members
+                            .iter()
+                            .filter(|p| self.peers.contains_key(p))
+                            .all(|p| {
+                                self.connected.contains(p)
+                                    || self.conduct.get(p).is_some_and(|c| c.last_at >= r.at)
+                            })
+                    });
+            if author == self.device && asked_all && !m.held {
                 dropped.push((m.path.clone(), m.content));
             } else {
                 waiting.push(Waiting {
@@ -1414,7 +1448,14 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         };
         let mut touched = BTreeSet::new();
         for (path, content) in dropped {
-            if f.doc.record_unavailable(path, *content) {
+            // A requested version (a restore) nobody could provide: back to what it
+            // replaced, once (that value, if lost too, is dropped as any other).
+            let revert_to = f
+                .requested
+                .remove(path)
+                .filter(|r| r.content == *content)
+                .map(|r| r.prior);
+            if f.doc.record_unavailable(path, *content, revert_to.as_ref()) {
                 touched.insert(f.doc.shard_of(path));
                 self.actions.push_back(Action::VersionUnavailable {
                     folder: id.to_string(),

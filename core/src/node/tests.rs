@@ -368,6 +368,100 @@ fn an_own_version_nobody_has_is_dropped_only_when_every_member_is_connected() {
     );
 }
 
+/// A restore of a version another device said it held, which no device can provide when
+/// the pull asks (it was pruned meanwhile, say): the file goes back to the value the
+/// restore replaced, written again by this device, not to a tombstone that would delete it.
+#[test]
+fn a_restored_version_nobody_has_goes_back_to_what_it_replaced_not_to_a_deletion() {
+    let (mut n, now) = node(A, &[B]);
+    drain(&mut n);
+    scanned(&mut n, now, "x", 7);
+    let restore = file("x", 9).change;
+    assert!(n.record_requested(now, "f", &[("x".into(), restore, Some(ContentId([7; 32])))]));
+    n.handle_connected(now, B);
+    drain(&mut n);
+    let lost = |n: &mut Node<u8>, content: u8| {
+        n.handle_pull_done(
+            now,
+            "f",
+            PullDone {
+                failed: vec![PullFailure::Unavailable],
+                missing: vec![Missing {
+                    path: "x".into(),
+                    content: ContentId([content; 32]),
+                    held: false,
+                }],
+                ..PullDone::default()
+            },
+        );
+        drain(n)
+    };
+    let actions = lost(&mut n, 9);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::VersionUnavailable { .. })),
+        "{actions:?}"
+    );
+    let values = n.folder("f").unwrap().doc.values("x");
+    let [v] = values.as_slice() else {
+        panic!("{values:?}")
+    };
+    assert!(!v.deleted, "the restore turned into a deletion: {v:?}");
+    assert_eq!(v.content, Some(ContentId([7; 32])));
+    assert_eq!((v.device, v.replaces), (dev(A), Some(ContentId([9; 32]))));
+    // Once: if the value put back is lost as well, it is dropped as any other.
+    lost(&mut n, 7);
+    let values = n.folder("f").unwrap().doc.values("x");
+    assert!(values.len() == 1 && values[0].deleted, "{values:?}");
+}
+
+/// The one device said to hold a restored version sends wrong chunks for it and is cut
+/// off: the restore is undone (the file stays as it was, and syncs so), not left waiting
+/// on the liar for ever. Without the violation, a disconnected member may have it.
+#[test]
+fn a_restore_whose_holder_lied_is_undone_not_left_waiting() {
+    for lied in [true, false] {
+        let (mut n, now) = node(A, &[B]);
+        drain(&mut n);
+        scanned(&mut n, now, "x", 7);
+        n.handle_connected(now, B);
+        let restore = file("x", 9).change;
+        n.record_requested(now, "f", &[("x".into(), restore, Some(ContentId([7; 32])))]);
+        drain(&mut n);
+        let later = now + Duration::from_secs(1);
+        if lied {
+            n.handle_violation(later, B, Violation::BadChunk, "chunk does not match its id");
+        }
+        n.handle_disconnected(B);
+        drain(&mut n);
+        n.handle_pull_done(
+            later,
+            "f",
+            PullDone {
+                failed: vec![PullFailure::Unavailable],
+                missing: vec![Missing {
+                    path: "x".into(),
+                    content: ContentId([9; 32]),
+                    held: false,
+                }],
+                ..PullDone::default()
+            },
+        );
+        drain(&mut n);
+        let f = n.folder("f").unwrap();
+        let values = f.doc.values("x");
+        let current = values.iter().map(|v| v.content).collect::<Vec<_>>();
+        if lied {
+            assert_eq!(current, [Some(ContentId([7; 32]))], "{values:?}");
+            assert!(f.waiting.is_empty(), "{:?}", f.waiting);
+        } else {
+            assert_eq!(current, [Some(ContentId([9; 32]))], "{values:?}");
+            assert_eq!(f.waiting.len(), 1, "an absent member may have it");
+        }
+    }
+}
+
 #[test]
 fn a_paused_folder_neither_scans_nor_syncs_but_runs_a_queued_restore() {
     let (mut n, now) = node(A, &[B]);

@@ -647,7 +647,7 @@ impl World {
                     !elsewhere.contains(&ChunkId(content.0)) || !self.offline.is_empty(),
                     "a version another replica still holds was declared unavailable"
                 );
-                if rep.doc.record_unavailable(&path, content) {
+                if rep.doc.record_unavailable(&path, content, None) {
                     self.dropped.insert(content);
                     dropped = true;
                 }
