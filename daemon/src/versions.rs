@@ -55,6 +55,8 @@ const GC_POLL: Duration = Duration::from_millis(200);
 
 /// How long one collector run may take before pruning gives up on it.
 const GC_TIMEOUT: Duration = Duration::from_secs(120);
+/// Requests to the store in flight at once while a version is kept.
+const STORE_IN_FLIGHT: usize = 64;
 
 /// Why keeping or reading a version failed.
 #[derive(Debug, thiserror::Error)]
@@ -337,22 +339,41 @@ impl VersionStore {
         let _shared = self.collecting.read().unwrap_or_else(|e| e.into_inner());
         block(&self.rt, async {
             // The batch's temp tags protect the chunks until the version's tag does.
+            use futures::{StreamExt, TryStreamExt};
             let batch = store.batch().await.map_err(store_err)?;
-            let mut held = Vec::new();
             let mut seen = HashSet::new();
             let mut at = 0u64;
+            let mut unique = Vec::new();
             for c in &manifest.chunks {
                 let offset = at;
                 at += c.len as u64;
-                if !seen.insert(c.id) {
-                    continue;
+                if seen.insert(c.id) {
+                    unique.push((Hash::from_bytes(*c.id.as_bytes()), offset, c.len));
                 }
-                let hash = Hash::from_bytes(*c.id.as_bytes());
-                if store.has(hash).await.map_err(store_err)? {
-                    held.push(batch.temp_tag(hash).await.map_err(store_err)?);
-                    continue;
-                }
-                let mut buf = crate::read_buffer(c.len as usize);
+            }
+            // Which chunks the store has, and temp tags for those, asked STORE_IN_FLIGHT
+            // at a time: one round trip after another to the store's actor made keeping
+            // a 256 MiB version whose chunks were all stored take 1.4 s.
+            let stored: Vec<bool> =
+                futures::stream::iter(unique.iter().map(|(h, ..)| store.has(*h)))
+                    .buffered(STORE_IN_FLIGHT)
+                    .try_collect()
+                    .await
+                    .map_err(store_err)?;
+            let mut held: Vec<_> = futures::stream::iter(
+                unique
+                    .iter()
+                    .zip(&stored)
+                    .filter(|(_, has)| **has)
+                    .map(|((h, ..), _)| batch.temp_tag(*h)),
+            )
+            .buffered(STORE_IN_FLIGHT)
+            .try_collect()
+            .await
+            .map_err(store_err)?;
+            for ((hash, offset, len), _) in unique.iter().zip(&stored).filter(|(_, has)| !**has) {
+                let (hash, offset) = (*hash, *offset);
+                let mut buf = crate::read_buffer(*len as usize);
                 f.read_exact_at(&mut buf, offset)?;
                 let tag = batch.add_bytes(buf).await.map_err(store_err)?;
                 if tag.hash() != hash {

@@ -55,6 +55,11 @@ pub const MAX_OFFERS: usize = 64;
 pub const OFFER_TTL: Duration = Duration::from_secs(3600);
 /// Refused paths remembered per folder.
 pub const MAX_REFUSED: usize = 1000;
+
+/// At most so many requested versions are remembered per folder with the value they
+/// replaced (`FolderState::requested`, ~200 bytes each): past that (a rewind of more
+/// files), a requested version that cannot come is dropped as any other.
+pub const MAX_REQUESTED: usize = 100_000;
 /// How many recent changes the node remembers (a feed, not a log).
 pub const RECENT_MAX: usize = 100;
 /// A folder with more recorded paths than this is planned in windows of about this many
@@ -733,6 +738,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             if let (LocalChange::Present { content, .. }, [prior]) =
                 (change, f.doc.values(path).as_slice())
                 && let Some(content) = content
+                && f.requested.len() < MAX_REQUESTED
             {
                 f.requested
                     .entry(path.clone())
