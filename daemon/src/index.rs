@@ -688,17 +688,11 @@ impl Index {
 
     /// Every place on this device where `chunk` is known to be.
     pub fn chunk_locations(&self, chunk: &ChunkId) -> Result<Vec<ChunkLocation>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_multimap_table(CHUNK_LOCATIONS)?;
         let mut out = Vec::new();
-        for v in table.get(chunk.as_bytes())? {
-            let v = v?;
-            let loc = ChunkLocation::decode(v.value()).ok_or_else(|| IndexError::Corrupt {
-                what: format!("location of chunk {chunk}"),
-                detail: "undecodable".into(),
-            })?;
+        self.find_chunk(chunk, |loc| {
             out.push(loc);
-        }
+            None::<()>
+        })?;
         Ok(out)
     }
 

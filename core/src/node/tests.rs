@@ -327,6 +327,19 @@ fn a_failed_pull_is_retried_after_its_back_off_and_not_before() {
     );
 }
 
+/// A pull that could not get version `content` of "x" from anyone.
+fn x_missing(content: u8, held: bool) -> PullDone {
+    PullDone {
+        failed: vec![PullFailure::Unavailable],
+        missing: vec![Missing {
+            path: "x".into(),
+            content: ContentId([content; 32]),
+            held,
+        }],
+        ..PullDone::default()
+    }
+}
+
 fn missing_own_version(all_connected: bool, held: bool) -> Vec<Action<u8>> {
     let (mut n, now) = node(A, &[B]);
     drain(&mut n);
@@ -335,19 +348,7 @@ fn missing_own_version(all_connected: bool, held: bool) -> Vec<Action<u8>> {
         n.handle_connected(now, B);
     }
     drain(&mut n);
-    n.handle_pull_done(
-        now,
-        "f",
-        PullDone {
-            failed: vec![PullFailure::Unavailable],
-            missing: vec![Missing {
-                path: "x".into(),
-                content: ContentId([7; 32]),
-                held,
-            }],
-            ..PullDone::default()
-        },
-    );
+    n.handle_pull_done(now, "f", x_missing(7, held));
     drain(&mut n)
 }
 
@@ -381,19 +382,7 @@ fn a_restored_version_nobody_has_goes_back_to_what_it_replaced_not_to_a_deletion
     n.handle_connected(now, B);
     drain(&mut n);
     let lost = |n: &mut Node<u8>, content: u8| {
-        n.handle_pull_done(
-            now,
-            "f",
-            PullDone {
-                failed: vec![PullFailure::Unavailable],
-                missing: vec![Missing {
-                    path: "x".into(),
-                    content: ContentId([content; 32]),
-                    held: false,
-                }],
-                ..PullDone::default()
-            },
-        );
+        n.handle_pull_done(now, "f", x_missing(content, false));
         drain(n)
     };
     let actions = lost(&mut n, 9);
@@ -435,19 +424,7 @@ fn a_restore_whose_holder_lied_is_undone_not_left_waiting() {
         }
         n.handle_disconnected(B);
         drain(&mut n);
-        n.handle_pull_done(
-            later,
-            "f",
-            PullDone {
-                failed: vec![PullFailure::Unavailable],
-                missing: vec![Missing {
-                    path: "x".into(),
-                    content: ContentId([9; 32]),
-                    held: false,
-                }],
-                ..PullDone::default()
-            },
-        );
+        n.handle_pull_done(later, "f", x_missing(9, false));
         drain(&mut n);
         let f = n.folder("f").unwrap();
         let values = f.doc.values("x");
