@@ -360,20 +360,16 @@ impl VersionStore {
                     .try_collect()
                     .await
                     .map_err(store_err)?;
-            let mut held: Vec<_> = futures::stream::iter(
-                unique
-                    .iter()
-                    .zip(&stored)
-                    .filter(|(_, has)| **has)
-                    .map(|((h, ..), _)| batch.temp_tag(*h)),
-            )
-            .buffered(STORE_IN_FLIGHT)
-            .try_collect()
-            .await
-            .map_err(store_err)?;
-            for ((hash, offset, len), _) in unique.iter().zip(&stored).filter(|(_, has)| !**has) {
-                let (hash, offset) = (*hash, *offset);
-                let mut buf = crate::read_buffer(*len as usize);
+            let (have, lack): (Vec<_>, Vec<_>) =
+                unique.into_iter().zip(stored).partition(|(_, has)| *has);
+            let mut held: Vec<_> =
+                futures::stream::iter(have.iter().map(|((h, ..), _)| batch.temp_tag(*h)))
+                    .buffered(STORE_IN_FLIGHT)
+                    .try_collect()
+                    .await
+                    .map_err(store_err)?;
+            for ((hash, offset, len), _) in lack {
+                let mut buf = crate::read_buffer(len as usize);
                 f.read_exact_at(&mut buf, offset)?;
                 let tag = batch.add_bytes(buf).await.map_err(store_err)?;
                 if tag.hash() != hash {
@@ -549,7 +545,6 @@ fn tag_of(content: &ContentId) -> String {
 
 /// Bytes in blocks of the files under `dir`.
 fn disk_usage(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -561,11 +556,17 @@ fn disk_usage(dir: &Path) -> u64 {
             if m.is_dir() {
                 stack.push(e.path());
             } else {
-                total += m.blocks() * 512;
+                total += disk_bytes(&m);
             }
         }
     }
     total
+}
+
+/// The bytes a file takes on disk (its blocks, not its length).
+fn disk_bytes(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.blocks() * 512
 }
 
 /// Brings the history of earlier versions into this layout at start: their chunk
@@ -636,10 +637,7 @@ pub fn import_staged(index: &Index, store: &VersionStore) -> Result<usize> {
         }
         let _catalog = store.lock_catalog();
         if index.history_of_content(&content).map_err(store_err)? {
-            let bytes = e.metadata().map_or(0, |m| {
-                use std::os::unix::fs::MetadataExt;
-                m.blocks() * 512
-            });
+            let bytes = e.metadata().map_or(0, |m| disk_bytes(&m));
             std::fs::remove_file(e.path())?;
             staged_bytes = staged_bytes.saturating_sub(bytes);
             imported += 1;

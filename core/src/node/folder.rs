@@ -251,6 +251,15 @@ impl<P: Ord> FolderState<P> {
         }
     }
 
+    /// A pull found the disk matching the tree: nothing is waiting or short of space, and
+    /// no requested version needs its prior value any more.
+    pub(crate) fn mark_in_sync(&mut self) {
+        self.in_sync = true;
+        self.requested.clear();
+        self.waiting.clear();
+        self.no_space = false;
+    }
+
     /// Nothing to do and nothing running: what `in_sync` means to a user.
     pub fn settled(&self) -> bool {
         self.in_sync && self.busy == Busy::Idle && !self.needs_pull && !self.scan.is_due()

@@ -57,8 +57,8 @@ pub const OFFER_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_REFUSED: usize = 1000;
 
 /// At most so many requested versions are remembered per folder with the value they
-/// replaced (`FolderState::requested`, ~200 bytes each): past that (a rewind of more
-/// files), a requested version that cannot come is dropped as any other.
+/// replaced (`FolderState::requested`: a path and an entry value each): past that (a
+/// rewind of more files), a requested version that cannot come is dropped as any other.
 pub const MAX_REQUESTED: usize = 100_000;
 /// How many recent changes the node remembers (a feed, not a log).
 pub const RECENT_MAX: usize = 100;
@@ -650,10 +650,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             return;
         }
         if outcome.planned_nothing {
-            f.in_sync = true;
-            f.requested.clear();
-            f.waiting.clear();
-            f.no_space = false;
+            f.mark_in_sync();
             self.prune_if_all_in_sync();
             self.schedule(now);
             return;
@@ -1074,10 +1071,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                     && f.spec.kind != FolderKind::SendOnly =>
             {
                 // Nothing changed since a pull that finished: the disk matches the tree.
-                f.in_sync = true;
-                f.requested.clear();
-                f.waiting.clear();
-                f.no_space = false;
+                f.mark_in_sync();
                 self.prune_if_all_in_sync();
                 return;
             }
@@ -1397,12 +1391,13 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         let Some(f) = self.folders.get(id) else {
             return Default::default();
         };
-        let all_members_connected = f
+        let members: Vec<&P> = f
             .spec
             .members
             .iter()
             .filter(|p| self.peers.contains_key(p))
-            .all(|p| self.connected.contains(p));
+            .collect();
+        let all_members_connected = members.iter().all(|p| self.connected.contains(p));
         let mut waiting = Vec::new();
         let mut dropped = Vec::new();
         for m in missing {
@@ -1424,14 +1419,10 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                     .get(&m.path)
                     .filter(|r| r.content == m.content)
                     .is_some_and(|r| {
-                        f.spec
-                            .members
-                            .iter()
-                            .filter(|p| self.peers.contains_key(p))
-                            .all(|p| {
-                                self.connected.contains(p)
-                                    || self.conduct.get(p).is_some_and(|c| c.last_at >= r.at)
-                            })
+                        members.iter().all(|p| {
+                            self.connected.contains(p)
+                                || self.conduct.get(p).is_some_and(|c| c.last_at >= r.at)
+                        })
                     });
             if author == self.device && asked_all && !m.held {
                 dropped.push((m.path.clone(), m.content));
