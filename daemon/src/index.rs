@@ -1049,21 +1049,34 @@ impl Index {
         content: &ContentId,
         manifest: &Manifest,
     ) -> Result<()> {
+        self.add_history_many(folder, [(path, content, manifest)])
+    }
+
+    /// [`Self::add_history`] for many versions in one durable transaction.
+    pub fn add_history_many<'a>(
+        &self,
+        folder: &str,
+        kept: impl IntoIterator<Item = (&'a str, &'a ContentId, &'a Manifest)>,
+    ) -> Result<()> {
         let time_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
         let txn = self.db.begin_write()?;
         {
-            txn.open_table(HISTORY)?
-                .insert((folder, path, time_ns), content.as_bytes())?;
-            // The folder's own manifest goes when no path holds that content any more; a
-            // kept version needs its manifest for as long as it is kept (size, serving).
-            let bytes = store_manifest(&mut txn.open_table(REMOTE_PAGES)?, content, manifest)?;
-            txn.open_table(REMOTE_MANIFESTS)?
-                .insert(content.as_bytes(), bytes.as_slice())?;
+            let mut history = txn.open_table(HISTORY)?;
+            let mut pages = txn.open_table(REMOTE_PAGES)?;
+            let mut manifests = txn.open_table(REMOTE_MANIFESTS)?;
             let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
-            for (c, loc) in locations_in(&history_holder(folder), &content.to_hex(), manifest) {
-                locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+            for (path, content, manifest) in kept {
+                history.insert((folder, path, time_ns), content.as_bytes())?;
+                // The folder's own manifest goes when no path holds that content any
+                // more; a kept version needs its manifest for as long as it is kept
+                // (size, serving).
+                let bytes = store_manifest(&mut pages, content, manifest)?;
+                manifests.insert(content.as_bytes(), bytes.as_slice())?;
+                for (c, loc) in locations_in(&history_holder(folder), &content.to_hex(), manifest) {
+                    locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+                }
             }
         }
         txn.commit()?;

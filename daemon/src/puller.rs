@@ -47,6 +47,10 @@ const SMALL_FILE: u64 = 1 << 20;
 /// Each keeps one chunk request (<= 8 MiB) and four deltas in flight, whatever size a
 /// peer claims for the file.
 const PARALLEL_WRITES: usize = 16;
+/// Deletes staged, recorded and removed together (`Puller::delete_run`): one fsync of
+/// the staging directory and one durable index commit for each this many, not per file
+/// (10,000 deleted files took 13.6 s to reach a peer that way).
+const DELETE_BATCH: usize = 1_000;
 
 /// A request the puller needs the network loop to send.
 pub enum NetCommand {
@@ -95,6 +99,17 @@ impl DeltaBase {
             max.clamp(1, PROBE_IN_FLIGHT)
         }
     }
+}
+
+/// A version [`Puller::to_keep`] staged (or found in the store already), to be recorded.
+struct Kept {
+    path: String,
+    content: ContentId,
+    manifest: Manifest,
+    /// Linked into the staging directory by this pull (not yet durable).
+    staged: bool,
+    /// The plan asked to keep it (`KeepInHistory`): no "preserved" count or log.
+    asked: bool,
 }
 
 /// The temp file a pull writes, with the manifest page and the offsets of its chunks.
@@ -371,6 +386,26 @@ impl Puller {
                 i += run;
                 continue;
             }
+            // A run of deletes is staged and recorded together (`delete_run`).
+            let deletes: Vec<(&str, EntryKind)> = plan.actions[i..]
+                .iter()
+                .map_while(|a| match a {
+                    Action::Delete { path, kind } => Some((path.as_str(), *kind)),
+                    _ => None,
+                })
+                .take(DELETE_BATCH)
+                .collect();
+            if deletes.len() >= 2 {
+                let now = left.fetch_sub(deletes.len() as u64, Ordering::Relaxed);
+                self.metrics.pull_queue.store(now, Ordering::Relaxed);
+                self.progress.actions_left.store(now, Ordering::Relaxed);
+                let results = self.delete_run(&deletes, values);
+                for (action, result) in plan.actions[i..].iter().zip(results) {
+                    Self::tally(action, result, &self.folder, &mut out);
+                }
+                i += deletes.len();
+                continue;
+            }
             let action = &plan.actions[i];
             let result = self.run_one(action, values, &left, &mut out, false);
             Self::tally(action, result, &self.folder, &mut out);
@@ -434,7 +469,10 @@ impl Puller {
                 self.rename_dir(from, path, steps, values, left, out)
             }
             Action::WriteSymlink { path, target } => self.write_symlink(path, target, values),
-            Action::Delete { path, kind } => self.delete(path, *kind, values),
+            Action::Delete { path, kind } => self
+                .delete_run(&[(path, *kind)], values)
+                .pop()
+                .unwrap_or(Ok(())),
         }
     }
 
@@ -680,11 +718,28 @@ impl Puller {
     /// unlink (not earlier: the history copy is a hard link, and an in-place edit of the
     /// file meanwhile would change it too).
     fn preserve(&self, path: &str, tree: &HashMap<String, EntryValue>) -> Result<(), PullError> {
+        // One at a time: two workers replacing two copies of one version must not both
+        // count on the other, nor race on the store's file.
+        let _one = self.preserving.lock().unwrap_or_else(|e| e.into_inner());
+        // No pruning between "is it kept?" and its record.
+        let _catalog = self.versions.lock_catalog();
+        let kept = self.to_keep(path, tree)?;
+        self.record_kept(kept.as_slice())
+    }
+
+    /// [`Self::preserve`]'s decision and staging, without making either durable: what
+    /// to record (nothing when the version is kept already or held elsewhere). The caller
+    /// holds `preserving` and the catalog lock until [`Self::record_kept`] returns.
+    fn to_keep(
+        &self,
+        path: &str,
+        tree: &HashMap<String, EntryValue>,
+    ) -> Result<Option<Kept>, PullError> {
         let Some(entry) = self.index.entry(&self.folder, path)? else {
-            return Ok(());
+            return Ok(None);
         };
         let (EntryKind::File, Some(content)) = (entry.kind, entry.content) else {
-            return Ok(());
+            return Ok(None);
         };
         let asked = self
             .keeps
@@ -694,38 +749,36 @@ impl Puller {
             .is_some_and(|c| c == content);
         if !self.index.has_manifest(&content)? {
             tracing::debug!(path, "history_skip_no_manifest");
-            return Ok(());
+            return Ok(None);
         }
         let first = self.index.first_chunk(&content)?;
         let manifest = || -> Result<Manifest, PullError> {
             Ok(self.index.any_manifest(&content)?.unwrap_or_default())
         };
-        // One at a time: two workers replacing two copies of one version must not both
-        // count on the other, nor race on the store's file.
-        let _one = self.preserving.lock().unwrap_or_else(|e| e.into_inner());
-        // No pruning between "is it kept?" and its record.
-        let _catalog = self.versions.lock_catalog();
         if !asked && self.held_elsewhere(path, &content, first, tree)? {
-            return Ok(());
+            return Ok(None);
         }
         if self.in_history(&content, first)? {
-            if asked {
-                self.index
-                    .add_history(&self.folder, path, &content, &manifest()?)?;
-            }
-            return Ok(());
+            return Ok(asked.then_some(Kept {
+                path: path.to_string(),
+                content,
+                manifest: manifest()?,
+                staged: false,
+                asked,
+            }));
         }
-        // Staged first (a hard link, durable when it returns), then into the index: a kill
-        // in between leaves a link the index does not list, never the reverse. The
-        // importer copies it into the store later, off the pull's path. The link shares
-        // the file's inode, so the file must still be the scanned version once linked (the
-        // caller checked it before): written to meanwhile (an append through a file still
-        // open), it is not that version, and replacing it would lose the write. The link
-        // is taken back and the file left as it is; the next scan records what it is now.
+        // Staged first (a hard link, durable before the caller removes or replaces the
+        // file), then into the index: a kill in between leaves a link the index does not
+        // list, never the reverse. The importer copies it into the store later, off the
+        // pull's path. The link shares the file's inode, so the file must still be the
+        // scanned version once linked (the caller checked it before): written to meanwhile
+        // (an append through a file still open), it is not that version, and replacing it
+        // would lose the write. The link is taken back and the file left as it is; the
+        // next scan records what it is now.
         let src = self.full(path);
         let manifest = manifest()?;
         self.versions
-            .stage(&content, &src)
+            .stage_unsynced(&content, &src)
             .map_err(|e| PullError::Io {
                 path: path.to_string(),
                 source: std::io::Error::other(format!(
@@ -739,11 +792,37 @@ impl Puller {
                 source: std::io::Error::other("changed while its version was kept; not replaced"),
             });
         }
-        self.index
-            .add_history(&self.folder, path, &content, &manifest)?;
-        if !asked {
+        Ok(Some(Kept {
+            path: path.to_string(),
+            content,
+            manifest,
+            staged: true,
+            asked,
+        }))
+    }
+
+    /// Makes the staged links of `kept` durable (one fsync for all) and records them in
+    /// one transaction; only then may their files be removed or replaced.
+    fn record_kept(&self, kept: &[Kept]) -> Result<(), PullError> {
+        if kept.iter().any(|k| k.staged) {
+            self.versions.sync_staging().map_err(|e| PullError::Io {
+                path: kept[0].path.clone(),
+                source: std::io::Error::other(format!(
+                    "could not keep the version it would replace, so it was left as it is: {e}"
+                )),
+            })?;
+        }
+        if kept.is_empty() {
+            return Ok(());
+        }
+        self.index.add_history_many(
+            &self.folder,
+            kept.iter()
+                .map(|k| (k.path.as_str(), &k.content, &k.manifest)),
+        )?;
+        for k in kept.iter().filter(|k| k.staged && !k.asked) {
             Metrics::add(&self.metrics.versions_preserved, 1);
-            tracing::info!(folder = %self.folder, path, content = %content.short(), "version_preserved");
+            tracing::info!(folder = %self.folder, path = %k.path, content = %k.content.short(), "version_preserved");
         }
         Ok(())
     }
@@ -1051,17 +1130,80 @@ impl Puller {
         self.record(path, EntryKind::Symlink, None, None, Some(target.into()))
     }
 
-    fn delete(
+    /// Carries out a run of deletes (the plan's order: deepest first) in three steps, so
+    /// that a thousand removed files cost a few fsyncs, not a few each: every file whose
+    /// version must survive is staged, then all the links are made durable and recorded
+    /// at once, then the paths go. No file is removed before its version's record is
+    /// durable; a path written to since its scan stays (modify beats delete), checked
+    /// both before staging and right before its removal. The directories removed are
+    /// fsynced at the end of the pull, as those renamed into are.
+    fn delete_run(
         &self,
-        path: &str,
-        kind: EntryKind,
+        deletes: &[(&str, EntryKind)],
         tree: &HashMap<String, EntryValue>,
-    ) -> Result<(), PullError> {
-        if !self.unchanged_since_scan(path)? {
-            return Ok(()); // changed locally: modify beats delete, the scanner records it
+    ) -> Vec<Result<(), PullError>> {
+        let mut results: Vec<Option<Result<(), PullError>>> = std::iter::repeat_with(|| None)
+            .take(deletes.len())
+            .collect();
+        let mut go = Vec::with_capacity(deletes.len());
+        let mut kept = Vec::new();
+        let guards = (
+            self.preserving.lock().unwrap_or_else(|e| e.into_inner()),
+            self.versions.lock_catalog(),
+        );
+        for (i, &(path, kind)) in deletes.iter().enumerate() {
+            let keep = match self.unchanged_since_scan(path) {
+                // Changed locally: modify beats delete, the scanner records it.
+                Ok(false) => Ok(None),
+                Ok(true) if kind == EntryKind::File => self.to_keep(path, tree).map(Some),
+                Ok(true) => Ok(Some(None)),
+                Err(e) => Err(e),
+            };
+            match keep {
+                Ok(None) => results[i] = Some(Ok(())),
+                Ok(Some(k)) => {
+                    kept.extend(k);
+                    go.push(i);
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
         }
-        if kind == EntryKind::File {
-            self.preserve(path, tree)?;
+        let recorded = self.record_kept(&kept);
+        drop(guards);
+        let mut removed = Vec::with_capacity(go.len());
+        for i in go {
+            let (path, kind) = deletes[i];
+            results[i] = Some(match &recorded {
+                Err(e) => Err(PullError::Io {
+                    path: path.to_string(),
+                    source: std::io::Error::other(format!(
+                        "its version was not kept, so it stays: {e}"
+                    )),
+                }),
+                Ok(()) => self.remove(path, kind).map(|gone| {
+                    if gone {
+                        removed.push((i, Update::Remove { path: path.into() }));
+                    }
+                }),
+            });
+        }
+        let updates: Vec<Update> = removed.iter().map(|(_, u)| u.clone()).collect();
+        if let Err(e) = self.index.apply_with(&self.folder, &updates, false) {
+            for (i, _) in &removed {
+                results[*i] = Some(Err(PullError::Io {
+                    path: deletes[*i].0.to_string(),
+                    source: std::io::Error::other(format!("removed, but not recorded: {e}")),
+                }));
+            }
+        }
+        results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
+    }
+
+    /// Removes one path of [`Self::delete_run`] unless it was written to since its scan
+    /// (its version, if staged, stays kept). True when the index entry should go.
+    fn remove(&self, path: &str, kind: EntryKind) -> Result<bool, PullError> {
+        if kind == EntryKind::File && !self.unwritten_since_scan(path)? {
+            return Ok(false);
         }
         let full = self.full(path);
         let result = match kind {
@@ -1069,15 +1211,13 @@ impl Puller {
             _ => fs::remove_file(&full),
         };
         match result {
-            Ok(()) => sync_dir(&full),
+            Ok(()) => self.dirty_dir(&full),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             // A directory that still holds unscanned local files stays.
-            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => return Ok(false),
             Err(e) => return Err(io_err(&full)(e)),
         }
-        self.index
-            .apply_with(&self.folder, &[Update::Remove { path: path.into() }], false)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Reads a chunk from any local file that still holds it (verified).

@@ -195,6 +195,19 @@ impl VersionStore {
     /// two are on different file systems), durable when this returns. The caller then
     /// renames over (or removes) `file` and records the version.
     pub fn stage(&self, content: &ContentId, file: &Path) -> std::io::Result<()> {
+        self.stage_unsynced(content, file)?;
+        self.sync_staging()
+    }
+
+    /// Makes every link [`Self::stage_unsynced`] made durable (one fsync of the staging
+    /// directory for any number of them).
+    pub fn sync_staging(&self) -> std::io::Result<()> {
+        std::fs::File::open(&self.staging)?.sync_all()
+    }
+
+    /// [`Self::stage`] without making the link durable: the caller stages a batch, then
+    /// calls [`Self::sync_staging`] once before it removes or replaces any of the files.
+    pub fn stage_unsynced(&self, content: &ContentId, file: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         std::fs::create_dir_all(&self.staging)?;
         let kept = self.staged_path(content);
@@ -223,7 +236,6 @@ impl VersionStore {
             std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, &kept)?;
         }
-        std::fs::File::open(&self.staging)?.sync_all()?;
         self.staged_at_ms
             .store(self.opened.elapsed().as_millis() as u64, SeqCst);
         self.pending.store(true, SeqCst);

@@ -529,3 +529,88 @@ fn an_edit_racing_a_rename_is_read_by_the_next_scan_not_taken_for_the_renamed_ve
     let (_, edited) = cut(params, &on_disk);
     assert_eq!(entry.content, Some(edited.content_id()));
 }
+
+/// A peer deleted a directory of files: the puller keeps every version it removes (staged
+/// and recorded together, `delete_run`), removes the files and the directory, and leaves a
+/// file written to since its scan where it is (modify beats delete) with the directory
+/// holding it.
+#[test]
+fn a_run_of_deletes_keeps_every_version_and_leaves_a_file_edited_since_its_scan() {
+    let params = ChunkerParams::V1_DEFAULT;
+    let (dir, index) = folder_index(params);
+    let (chunker, _) = cut(params, b"");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let puller = puller(&dir, chunker, index, PeerId::random(), tx);
+    let files: Vec<(String, Vec<u8>)> = (0..6u64)
+        .map(|i| {
+            let d = if i < 3 { "a" } else { "b" };
+            (
+                format!("{d}/f{i}.bin"),
+                pseudo_random(20_000 + i as usize, i + 1),
+            )
+        })
+        .collect();
+    for d in ["a", "b"] {
+        std::fs::create_dir(puller.root.join(d)).unwrap();
+    }
+    for (path, bytes) in &files {
+        std::fs::write(puller.root.join(path), bytes).unwrap();
+    }
+    let record = puller.index.folders().unwrap().remove(0);
+    cairn_daemon::scanner::scan_folder(&puller.index, &record, &|_| {}).unwrap();
+    // The user edits b/f4.bin after the scan, before the peer's delete arrives.
+    edit_in_place(&puller.root.join("b/f4.bin"));
+    let mut deletes: Vec<(String, EntryKind)> = files
+        .iter()
+        .map(|(p, _)| (p.clone(), EntryKind::File))
+        .chain([("a".into(), EntryKind::Dir), ("b".into(), EntryKind::Dir)])
+        .collect();
+    deletes.sort_by(|x, y| y.0.cmp(&x.0)); // the planner's order: deepest first
+    let plan = Plan {
+        actions: deletes
+            .into_iter()
+            .map(|(path, kind)| Action::Delete { path, kind })
+            .collect(),
+        rejected: vec![],
+    };
+    let outcome = puller.run(&plan, &HashMap::new());
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    let kept: HashMap<String, cairn_core::ContentId> = puller
+        .index
+        .all_history()
+        .unwrap()
+        .into_iter()
+        .map(|(_, path, _, content)| (path, content))
+        .collect();
+    for (path, bytes) in &files {
+        let (_, manifest) = cut(params, bytes);
+        if path == "b/f4.bin" {
+            assert!(
+                puller.root.join(path).exists(),
+                "the edited file was removed"
+            );
+            assert!(puller.index.entry("f", path).unwrap().is_some());
+            assert!(!kept.contains_key(path), "{path} kept though not removed");
+            continue;
+        }
+        assert!(!puller.root.join(path).exists(), "{path} not removed");
+        assert!(
+            puller.index.entry("f", path).unwrap().is_none(),
+            "{path} still indexed"
+        );
+        assert_eq!(
+            kept.get(path),
+            Some(&manifest.content_id()),
+            "{path} not kept"
+        );
+        assert!(puller.versions.is_staged(&manifest.content_id()));
+    }
+    assert!(
+        !puller.root.join("a").exists(),
+        "the emptied directory stays"
+    );
+    assert!(
+        puller.root.join("b").is_dir(),
+        "the directory holding the edit went"
+    );
+}
