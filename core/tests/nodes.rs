@@ -338,7 +338,8 @@ impl Net {
                     self.log
                         .push(format!("{i} drops {path} {}", content.short()));
                 }
-                Action::PruneRemoteManifests => {}
+                // The simulation's devices make no restores or rewinds.
+                Action::PruneRemoteManifests | Action::SaveRequested { .. } => {}
             }
         }
     }

@@ -425,6 +425,7 @@ impl Engine {
         for fc in &config.folders {
             let (l, spec, doc) = load_folder(&index, fc, device, &events_tx)?;
             node.add_folder(now, spec, doc);
+            node.restore_requested(now, &fc.id, index.requested(&fc.id)?);
             local.insert(fc.id.clone(), l);
         }
         tracing::info!(peer_id = %local_id, device = %device.short(), folders = local.len(), "daemon_started");
@@ -665,6 +666,11 @@ impl Engine {
                         tracing::error!(folder, error = %e, "persist_failed");
                     } else if !recorded.is_empty() {
                         tracing::info!(folder, changes = recorded.len(), "local_changes_recorded");
+                    }
+                }
+                Action::SaveRequested { folder, requested } => {
+                    if let Err(e) = self.index.set_requested(&folder, &requested) {
+                        tracing::error!(folder, error = %e, "requested_versions_not_saved");
                     }
                 }
                 Action::ClearUnrecorded { folder, paths } => {

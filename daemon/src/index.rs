@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use cairn_core::folder::PathRange;
+use cairn_core::folder::{EntryValue, PathRange};
 use cairn_core::manifest::PAGE_CHUNKS;
 use cairn_core::scan::{EntryKind, IndexedEntry};
 use cairn_core::{ChunkId, ChunkRef, ChunkerParams, ContentId, Manifest, Outline};
@@ -59,6 +59,11 @@ const UNRECORDED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("u
 /// (folder, peer id) -> the contents of the folder's versions that peer keeps (sorted
 /// 32-byte ids, as it last told us): group history names holders that are offline.
 const PEER_KEPT: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("peer_kept");
+/// (folder, path) -> a version this device asked for (a restore, a rewind) and not yet
+/// received: its content id (32 bytes), then the encoded value it replaced
+/// (`cairn_core::node::Action::SaveRequested`), so a restart still undoes it if it cannot
+/// come.
+const REQUESTED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("requested");
 
 /// The pseudo-folder under which earlier versions recorded chunk locations of the old
 /// history directory (`HOME/history/<content id>`); [`Index::migrate_history_locations`]
@@ -462,6 +467,7 @@ impl Index {
         txn.open_table(HISTORY)?;
         txn.open_table(UNRECORDED)?;
         txn.open_table(PEER_KEPT)?;
+        txn.open_table(REQUESTED)?;
         txn.commit()?;
         Ok(Index {
             db,
@@ -988,6 +994,7 @@ impl Index {
             txn.open_table(FOLDER_CHUNKS)?
                 .retain(|(f, _), _| f != folder)?;
             txn.open_table(PEER_KEPT)?.retain(|(f, _), _| f != folder)?;
+            txn.open_table(REQUESTED)?.retain(|(f, _), _| f != folder)?;
         }
         txn.commit()?;
         Ok(())
@@ -1243,6 +1250,49 @@ impl Index {
             let (ids, _) = v.value().as_chunks::<32>();
             if ids.binary_search(&content.0).is_ok() {
                 out.push(peer.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores the folder's requested versions (path, version, the value it replaced),
+    /// replacing those stored before.
+    pub fn set_requested(
+        &self,
+        folder: &str,
+        requested: &[(String, ContentId, EntryValue)],
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(REQUESTED)?;
+            t.retain(|(f, _), _| f != folder)?;
+            for (path, content, prior) in requested {
+                let mut bytes = content.as_bytes().to_vec();
+                bytes.extend(prior.encode());
+                t.insert((folder, path.as_str()), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The folder's stored requested versions ([`Self::set_requested`]); rows that do not
+    /// decode are skipped (such a version, if lost, is dropped as any other).
+    pub fn requested(&self, folder: &str) -> Result<Vec<(String, ContentId, EntryValue)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(REQUESTED)?;
+        let mut out = Vec::new();
+        for row in t.range((folder, "")..)? {
+            let (k, v) = row?;
+            let (f, path) = k.value();
+            if f != folder {
+                break;
+            }
+            let bytes = v.value();
+            if let (Some(id), Some(prior)) = (bytes.get(..32), bytes.get(32..))
+                && let (Ok(id), Ok(prior)) = (<[u8; 32]>::try_from(id), EntryValue::decode(prior))
+            {
+                out.push((path.to_string(), ContentId(id), prior));
             }
         }
         Ok(out)

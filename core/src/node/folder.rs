@@ -195,8 +195,9 @@ pub struct FolderState<P> {
     /// The version each requested change (a restore from the group, a rewind) asked for
     /// and the value it replaced, by path, until the folder is next in sync: a requested
     /// version that turns out to be lost (no device can provide it) is put back to the
-    /// value it replaced, not deleted. Kept in memory only (after a restart such a version
-    /// is dropped as any other).
+    /// value it replaced, not deleted. Stored by the driver on every change
+    /// ([`super::Action::SaveRequested`]) and given back after a restart
+    /// ([`super::Node::restore_requested`]).
     pub(crate) requested: BTreeMap<String, Requested>,
     /// Conflict copies in the folder's tree, as of the last time it was derived (each
     /// pull): what `cairn conflicts` lists, without reading the index.

@@ -34,7 +34,9 @@ use crate::ContentId;
 use crate::conduct::{Conduct, Verdict, Violation};
 use crate::folder::doc::Changed;
 use crate::folder::tree::ConflictCopyName;
-use crate::folder::{DeviceId, FolderMessage, LocalChange, PathRange, Tree, TreeOptions};
+use crate::folder::{
+    DeviceId, EntryValue, FolderMessage, LocalChange, PathRange, Tree, TreeOptions,
+};
 use crate::wire::{MetaRequest, MetaResponse};
 
 /// Redial trusted peers that are not connected this often.
@@ -130,6 +132,14 @@ pub enum Action<P> {
     },
     /// Every folder is in sync: manifests learnt from peers are no longer needed.
     PruneRemoteManifests,
+    /// Store the folder's requested versions as they are now (replacing what was stored),
+    /// each a path, the version asked for and the value it replaced; give them back after
+    /// a restart with [`Node::restore_requested`]. Comes before the [`Action::Persist`]
+    /// of the change that requested them.
+    SaveRequested {
+        folder: String,
+        requested: Vec<(String, ContentId, EntryValue)>,
+    },
 }
 
 /// Which round a meta message belongs to: one this device started, or one the peer did.
@@ -362,6 +372,30 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             .insert(id.clone(), FolderState::new(now, spec, doc));
         self.sync_folder(&id);
         self.schedule(now);
+    }
+
+    /// Gives a folder back the requested versions it had stored ([`Action::SaveRequested`])
+    /// before a restart, after [`Node::add_folder`]: a restore that cannot come after the
+    /// restart is still undone, not deleted. Conduct counts from `now` (the restart).
+    pub fn restore_requested(
+        &mut self,
+        now: Instant,
+        id: &str,
+        requested: Vec<(String, ContentId, EntryValue)>,
+    ) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        for (path, content, prior) in requested.into_iter().take(MAX_REQUESTED) {
+            f.requested.insert(
+                path,
+                Requested {
+                    content,
+                    prior,
+                    at: now,
+                },
+            );
+        }
     }
 
     /// Stops syncing a folder (retired, or merged into another).
@@ -650,7 +684,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             return;
         }
         if outcome.planned_nothing {
-            f.mark_in_sync();
+            self.mark_in_sync(id);
             self.prune_if_all_in_sync();
             self.schedule(now);
             return;
@@ -746,6 +780,10 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                     });
             }
         }
+        self.save_requested(id);
+        let Some(f) = self.folders.get_mut(id) else {
+            return false;
+        };
         let refs: Vec<_> = changes
             .iter()
             .map(|(p, c, base)| (p.as_str(), c, *base))
@@ -1071,7 +1109,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                     && f.spec.kind != FolderKind::SendOnly =>
             {
                 // Nothing changed since a pull that finished: the disk matches the tree.
-                f.mark_in_sync();
+                self.mark_in_sync(id);
                 self.prune_if_all_in_sync();
                 return;
             }
@@ -1276,6 +1314,35 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         });
     }
 
+    /// Asks the driver to store the folder's requested versions as they are now.
+    fn save_requested(&mut self, id: &str) {
+        let Some(f) = self.folders.get(id) else {
+            return;
+        };
+        let requested = f
+            .requested
+            .iter()
+            .map(|(path, r)| (path.clone(), r.content, r.prior.clone()))
+            .collect();
+        self.actions.push_back(Action::SaveRequested {
+            folder: id.to_string(),
+            requested,
+        });
+    }
+
+    /// The folder's disk matches its tree (see [`FolderState::mark_in_sync`]); requested
+    /// versions it forgets are forgotten in storage too.
+    fn mark_in_sync(&mut self, id: &str) {
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
+        let had_requested = !f.requested.is_empty();
+        f.mark_in_sync();
+        if had_requested {
+            self.save_requested(id);
+        }
+    }
+
     /// Remembers a trusted peer's offer of a folder, within the caps.
     fn remember_offer(&mut self, now: Instant, folder: &str, peer: P) {
         if !self.peers.contains_key(&peer)
@@ -1444,6 +1511,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             return;
         };
         let mut touched = BTreeSet::new();
+        let mut reverted = false;
         for (path, content) in dropped {
             // A requested version (a restore) nobody could provide: back to what it
             // replaced, once (that value, if lost too, is dropped as any other).
@@ -1452,6 +1520,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 .remove(path)
                 .filter(|r| r.content == *content)
                 .map(|r| r.prior);
+            reverted |= revert_to.is_some();
             if f.doc.record_unavailable(path, *content, revert_to.as_ref()) {
                 touched.insert(f.doc.shard_of(path));
                 self.actions.push_back(Action::VersionUnavailable {
@@ -1467,6 +1536,12 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         f.doc.commit();
         f.waiting
             .retain(|w| !dropped.iter().any(|(p, _)| p == &w.path));
+        if reverted {
+            self.save_requested(id);
+        }
+        let Some(f) = self.folders.get_mut(id) else {
+            return;
+        };
         f.needs_pull = true;
         f.retry_pull_at = None;
         self.persist(id, touched, Vec::new());

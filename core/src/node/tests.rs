@@ -13,6 +13,11 @@ fn dev(p: u8) -> DeviceId {
 }
 
 fn node(me: u8, peers: &[u8]) -> (Node<u8>, Instant) {
+    node_with(me, peers, FolderDoc::new(dev(me), 4).unwrap())
+}
+
+/// [`node`] whose folder "f" has `doc` (a restart: the document loaded from its shards).
+fn node_with(me: u8, peers: &[u8], doc: FolderDoc) -> (Node<u8>, Instant) {
     let now = Instant::now();
     let mut n = Node::new(dev(me), format!("dev{me}"), TreeOptions::default());
     for p in peers {
@@ -26,7 +31,7 @@ fn node(me: u8, peers: &[u8]) -> (Node<u8>, Instant) {
         rescan_interval: Duration::from_secs(3600),
         watcher_ok: true,
     };
-    n.add_folder(now, spec, FolderDoc::new(dev(me), 4).unwrap());
+    n.add_folder(now, spec, doc);
     (n, now)
 }
 
@@ -403,6 +408,67 @@ fn a_restored_version_nobody_has_goes_back_to_what_it_replaced_not_to_a_deletion
     lost(&mut n, 7);
     let values = n.folder("f").unwrap().doc.values("x");
     assert!(values.len() == 1 && values[0].deleted, "{values:?}");
+}
+
+/// A restore is asked for, then the daemon restarts before its version arrives, and no
+/// device can provide it: after the restart the file still goes back to the value the
+/// restore replaced (the requested versions are stored, `Action::SaveRequested`, before
+/// the document's change), not to a deletion. Once the folder is in sync, the stored list
+/// is cleared.
+#[test]
+fn a_restore_that_cannot_come_after_a_restart_is_still_undone() {
+    let (mut n, now) = node(A, &[B]);
+    scanned(&mut n, now, "x", 7);
+    drain(&mut n);
+    let restore = file("x", 9).change;
+    assert!(n.record_requested(now, "f", &[("x".into(), restore, Some(ContentId([7; 32])))]));
+    let (mut shards, mut stored) = (BTreeMap::new(), None);
+    for (i, a) in drain(&mut n).into_iter().enumerate() {
+        match a {
+            Action::SaveRequested { requested, .. } => stored = Some((i, requested)),
+            Action::Persist { shards: s, .. } => {
+                assert!(
+                    stored.as_ref().is_some_and(|(at, _)| *at < i),
+                    "stored after the doc"
+                );
+                shards.extend(s);
+            }
+            _ => {}
+        }
+    }
+    let (_, stored) = stored.expect("the requested version was not stored");
+    assert_eq!(stored.len(), 1);
+    let saved: Vec<Vec<u8>> = shards.into_values().collect();
+    for restored in [true, false] {
+        // The restart: a new node from what was stored.
+        let (mut n, now) = node_with(A, &[B], FolderDoc::load(dev(A), &saved).unwrap());
+        if restored {
+            n.restore_requested(now, "f", stored.clone());
+        }
+        n.handle_connected(now, B);
+        drain(&mut n);
+        n.handle_pull_done(now, "f", x_missing(9, false));
+        drain(&mut n);
+        let values = n.folder("f").unwrap().doc.values("x");
+        let [v] = values.as_slice() else {
+            panic!("{values:?}")
+        };
+        if restored {
+            assert!(!v.deleted, "the restore turned into a deletion: {v:?}");
+            assert_eq!(v.content, Some(ContentId([7; 32])));
+        } else {
+            assert!(
+                v.deleted,
+                "without the stored list it is dropped as any other: {v:?}"
+            );
+        }
+    }
+    // In sync: the stored list is cleared.
+    n.handle_pull_done(now, "f", planned_nothing());
+    let cleared = drain(&mut n)
+        .into_iter()
+        .any(|a| matches!(a, Action::SaveRequested { requested, .. } if requested.is_empty()));
+    assert!(cleared, "the stored requested versions were not cleared");
 }
 
 /// The one device said to hold a restored version sends wrong chunks for it and is cut
