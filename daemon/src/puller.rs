@@ -718,6 +718,14 @@ impl Puller {
     /// unlink (not earlier: the history copy is a hard link, and an in-place edit of the
     /// file meanwhile would change it too).
     fn preserve(&self, path: &str, tree: &HashMap<String, EntryValue>) -> Result<(), PullError> {
+        // Most writes replace nothing: no lock for them.
+        if !self
+            .index
+            .entry(&self.folder, path)?
+            .is_some_and(|e| e.kind == EntryKind::File && e.content.is_some())
+        {
+            return Ok(());
+        }
         // One at a time: two workers replacing two copies of one version must not both
         // count on the other, nor race on the store's file.
         let _one = self.preserving.lock().unwrap_or_else(|e| e.into_inner());
