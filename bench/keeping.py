@@ -74,3 +74,10 @@ def metrics(home):
 def metric(home, name):
     """One counter of the daemon at HOME, summed over its labels."""
     return metrics(home).get(name, 0.0)
+
+
+def cpu_s(pid):
+    """CPU seconds (user + system) the process PID has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

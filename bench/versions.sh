@@ -13,8 +13,13 @@
 #     version after a deleted the file (every byte comes from b's store), then the second
 #     while a has the first (only what differs travels): from the command until a has it
 #     (s), the chunk bytes a received, beside the first sync (target: at least its speed);
+#     the CPU seconds each daemon used during the first sync and the first restore (b
+#     both serves a and writes its own copy of the restored file);
 #   - a restore on b of the third version from b's own store (s).
-# Usage: bench/versions.sh   (BENCH_NO_BUILD=1, BENCH_CAIRND, BENCH_VERSIONS, BENCH_SIZE_MIB)
+# BENCH_PERF=1 samples both daemons with perf during the first restore
+# (LOGDIR/restore-{a,b}.perf.data; `perf report -i ...`).
+# Usage: bench/versions.sh   (BENCH_NO_BUILD=1, BENCH_CAIRND, BENCH_VERSIONS, BENCH_SIZE_MIB,
+#   BENCH_PERF)
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 VERSIONS=${BENCH_VERSIONS:-100}
@@ -23,14 +28,20 @@ KEEPING_NAME=versions KEEPING_PORT_BASE=27300
 # shellcheck source=bench/keeping_pair.sh
 . "$BENCH/keeping_pair.sh"
 
-python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/b-home" "$CAIRN" "$VERSIONS" "$SIZE_MIB" "$OUT" "$PAIR_DIR/a-home" <<'EOF'
+LOGDIR=$LOGDIR python3 - "$SENDER_DIR" "$RECEIVER_DIR" "$PAIR_DIR/b-home" "$CAIRN" "$VERSIONS" "$SIZE_MIB" "$OUT" "$PAIR_DIR/a-home" "${ALL_PIDS[-2]}" "${ALL_PIDS[-1]}" <<'EOF'
 import hashlib, os, random, statistics, sys, time
-sender, receiver, bhome, cairn, versions, size_mib, out, ahome = sys.argv[1:9]
+sender, receiver, bhome, cairn, versions, size_mib, out, ahome, apid, bpid = sys.argv[1:11]
 versions, size = int(versions), int(size_mib) << 20
 rng = random.Random(15)
 sys.path.insert(0, os.environ["BENCH"])
 import keeping
-from keeping import Report, digest, du, metric
+from keeping import Report, cpu_s, digest, du, metric
+def cpu():
+    """CPU seconds a and b have used so far."""
+    return cpu_s(apid), cpu_s(bpid)
+def cpu_since(before):
+    (a0, b0), (a1, b1) = before, cpu()
+    return f"CPU s a {a1 - a0:.2f}, b {b1 - b0:.2f}"
 report = Report()
 say = report.say
 def wait_for(path, want, limit=600):
@@ -49,10 +60,11 @@ src, dst = os.path.join(sender, "big.bin"), os.path.join(receiver, "big.bin")
 tmp = os.path.join(sender, ".big.tmp")
 with open(tmp, "wb") as f:
     f.write(data)
+c0 = cpu()
 os.rename(tmp, src)
 t0 = time.monotonic()
 first = wait_for(dst, hashlib.sha256(data).hexdigest()) - t0
-say(f"first sync of {size_mib} MiB: {first:.2f} s")
+say(f"first sync of {size_mib} MiB: {first:.2f} s ({cpu_since(c0)})")
 
 def replaced(path, inode, limit=600):
     """When the pull renamed a new file over `path` (its inode changed)."""
@@ -121,14 +133,30 @@ def restore_on_a(version, want_digest, what):
     listed = {r["content"]: r for r in cli("history", "big.bin", home=ahome)}
     held = listed.get(version, {})
     before = metric(ahome, "cairn_bytes_received_total")
+    # BENCH_PERF=1: perf samples both daemons during the restore (reports in LOGDIR).
+    perf = []
+    if os.environ.get("BENCH_PERF") == "1":
+        import signal, subprocess
+        for side, pid in (("a", apid), ("b", bpid)):
+            data = os.path.join(os.environ["LOGDIR"], f"restore-{side}.perf.data")
+            perf.append((data, subprocess.Popen(
+                ["perf", "record", "-q", "-F", "1999", "-p", pid, "-o", data],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        time.sleep(0.5)
+    c0 = cpu()
     t = time.monotonic()
     cli("restore", "big.bin", "--version", version, home=ahome)
     wait_for(a_file, want_digest)
     took = time.monotonic() - t
+    used = cpu_since(c0)
+    for data, p in perf:
+        p.send_signal(signal.SIGINT)
+        p.wait()
     got = metric(ahome, "cairn_bytes_received_total") - before
     holders = ", ".join(h["name"] for h in held.get("holders", []))
     say(f"restore on a from b ({what}; held by: {holders}; a holds it: "
-        f"{held.get('available')}): {took:.2f} s, {got / 2**20:.1f} MiB of chunks received "
+        f"{held.get('available')}): {took:.2f} s ({used}; b also writes its own copy), "
+        f"{got / 2**20:.1f} MiB of chunks received "
         f"(first sync of the same file: {first:.2f} s; ratio {took / first:.2f})")
 # From a peer, every byte: a deletes the file (a keeps nothing of its own changes; b keeps
 # the last version), then restores the first version, which only b holds.
