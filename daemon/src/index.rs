@@ -13,8 +13,8 @@ use cairn_core::manifest::PAGE_CHUNKS;
 use cairn_core::scan::{EntryKind, IndexedEntry};
 use cairn_core::{ChunkId, ChunkRef, ChunkerParams, ContentId, Manifest, Outline};
 use redb::{
-    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,9 +27,16 @@ const MANIFESTS: TableDefinition<&[u8; 32], (u64, &[u8])> = TableDefinition::new
 /// (content id, page) -> encoded page of a paged manifest in MANIFESTS
 const MANIFEST_PAGES: TableDefinition<(&[u8; 32], u32), &[u8]> =
     TableDefinition::new("manifest_pages");
-/// chunk id -> encoded ChunkLocation, one per place the chunk occurs
+/// chunk id -> encoded ChunkLocation, one per place the chunk occurs in a folder's files
 const CHUNK_LOCATIONS: MultimapTableDefinition<&[u8; 32], &[u8]> =
     MultimapTableDefinition::new("chunk_locations");
+/// chunk id -> encoded ChunkLocation in a kept version (under [`history_holder`]), one
+/// per version holding the chunk. Apart from the files' locations: a chunk that 100 kept
+/// versions share has 100 of these, and in the same multimap they made every file write
+/// of that chunk (a restore, a pull of the current version) update a subtree of ~10 KB
+/// per chunk instead of a leaf entry.
+const KEPT_LOCATIONS: MultimapTableDefinition<&[u8; 32], &[u8]> =
+    MultimapTableDefinition::new("kept_locations");
 /// (folder id, chunk id) -> occurrences of the chunk in the folder's current files
 const FOLDER_CHUNKS: TableDefinition<(&str, &[u8; 32]), u64> =
     TableDefinition::new("folder_chunks");
@@ -459,6 +466,7 @@ impl Index {
         txn.open_table(MANIFEST_PAGES)?;
         txn.open_table(REMOTE_PAGES)?;
         txn.open_multimap_table(CHUNK_LOCATIONS)?;
+        txn.open_multimap_table(KEPT_LOCATIONS)?;
         txn.open_table(FOLDER_CHUNKS)?;
         txn.open_table(FOLDER_TOTALS)?;
         txn.open_table(FOLDER_SHARDS)?;
@@ -712,15 +720,18 @@ impl Index {
         mut find: impl FnMut(ChunkLocation) -> Option<T>,
     ) -> Result<Option<T>> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_multimap_table(CHUNK_LOCATIONS)?;
-        for v in table.get(chunk.as_bytes())? {
-            let v = v?;
-            let loc = ChunkLocation::decode(v.value()).ok_or_else(|| IndexError::Corrupt {
-                what: format!("location of chunk {chunk}"),
-                detail: "undecodable".into(),
-            })?;
-            if let Some(found) = find(loc) {
-                return Ok(Some(found));
+        // The folders' files first, then kept versions.
+        for def in [CHUNK_LOCATIONS, KEPT_LOCATIONS] {
+            let table = txn.open_multimap_table(def)?;
+            for v in table.get(chunk.as_bytes())? {
+                let v = v?;
+                let loc = ChunkLocation::decode(v.value()).ok_or_else(|| IndexError::Corrupt {
+                    what: format!("location of chunk {chunk}"),
+                    detail: "undecodable".into(),
+                })?;
+                if let Some(found) = find(loc) {
+                    return Ok(Some(found));
+                }
             }
         }
         Ok(None)
@@ -1003,8 +1014,17 @@ impl Index {
     /// Whether any local file or the history store holds `chunk`.
     pub fn has_chunk(&self, chunk: &ChunkId) -> Result<bool> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_multimap_table(CHUNK_LOCATIONS)?;
-        Ok(table.get(chunk.as_bytes())?.next().is_some())
+        for def in [CHUNK_LOCATIONS, KEPT_LOCATIONS] {
+            if txn
+                .open_multimap_table(def)?
+                .get(chunk.as_bytes())?
+                .next()
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Progress of a pull into a temp file: the content and how many chunks are written.
@@ -1073,7 +1093,7 @@ impl Index {
             let mut history = txn.open_table(HISTORY)?;
             let mut pages = txn.open_table(REMOTE_PAGES)?;
             let mut manifests = txn.open_table(REMOTE_MANIFESTS)?;
-            let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+            let mut locs = txn.open_multimap_table(KEPT_LOCATIONS)?;
             for (path, content, manifest) in kept {
                 history.insert((folder, path, time_ns), content.as_bytes())?;
                 // The folder's own manifest goes when no path holds that content any
@@ -1135,7 +1155,7 @@ impl Index {
                 }
             }
             if !in_folder && let Some(m) = manifest_of(&content)? {
-                let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+                let mut locs = txn.open_multimap_table(KEPT_LOCATIONS)?;
                 for (c, loc) in locations_in(&history_holder(folder), &content.to_hex(), &m) {
                     locs.remove(c.id.as_bytes(), loc.encode().as_slice())?;
                 }
@@ -1150,8 +1170,9 @@ impl Index {
     }
 
     /// Moves the chunk locations of kept versions recorded by earlier versions under the
-    /// one `@history` pseudo-folder to the folder of each kept version. Idempotent, and one
-    /// transaction, committed only when something moved (it runs at every start).
+    /// one `@history` pseudo-folder to the folder of each kept version, and those recorded
+    /// among the files' locations to [`KEPT_LOCATIONS`]. Idempotent, and one transaction,
+    /// committed only when something moved (it runs at every start).
     pub fn migrate_history_locations(&self) -> Result<usize> {
         // The old layout recorded one set of locations per content, whichever folders
         // kept it: each of those folders gets its own.
@@ -1163,6 +1184,7 @@ impl Index {
         let txn = self.db.begin_write()?;
         {
             let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
+            let mut kept = txn.open_multimap_table(KEPT_LOCATIONS)?;
             for (content, folders) in &folders_of {
                 let Some(m) = self.any_manifest(content)? else {
                     continue;
@@ -1174,12 +1196,26 @@ impl Index {
                         here += 1;
                     }
                 }
-                if here == 0 {
-                    continue;
-                }
                 for folder in folders {
-                    for (c, loc) in locations_in(&history_holder(folder), &hex, &m) {
-                        locs.insert(c.id.as_bytes(), loc.encode().as_slice())?;
+                    let holder = history_holder(folder);
+                    // Recorded among the files' locations by the releases before
+                    // KEPT_LOCATIONS: moved when its first chunk's place is still there.
+                    let mut places = locations_in(&holder, &hex, &m).peekable();
+                    let among_files = match places.peek() {
+                        Some((c, loc)) => locs
+                            .get(c.id.as_bytes())?
+                            .any(|v| v.is_ok_and(|v| v.value() == loc.encode().as_slice())),
+                        None => false,
+                    };
+                    if here == 0 && !among_files {
+                        continue;
+                    }
+                    for (c, loc) in places {
+                        let value = loc.encode();
+                        if locs.remove(c.id.as_bytes(), value.as_slice())? {
+                            moved += 1;
+                        }
+                        kept.insert(c.id.as_bytes(), value.as_slice())?;
                     }
                 }
                 moved += here;
@@ -1653,5 +1689,69 @@ impl Writer<'_> {
             }
             Ok(true)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::ChunkRef;
+
+    fn manifest(seed: u8, chunks: usize) -> Manifest {
+        Manifest {
+            chunks: (0..chunks)
+                .map(|i| ChunkRef {
+                    id: ChunkId([seed.wrapping_add(i as u8); 32]),
+                    len: 1000,
+                })
+                .collect(),
+        }
+    }
+
+    /// Kept versions' chunk locations live apart from the files' (`KEPT_LOCATIONS`);
+    /// those an earlier release recorded among the files' move there on start, once, and
+    /// are found as before.
+    #[test]
+    fn kept_locations_recorded_among_the_files_move_to_their_own_table_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb")).unwrap();
+        let (old, new) = (manifest(1, 3), manifest(50, 2));
+        let (old_c, new_c) = (old.content_id(), new.content_id());
+        // The earlier layout: the history row, and the locations among the files'.
+        let txn = index.db.begin_write().unwrap();
+        {
+            txn.open_table(HISTORY)
+                .unwrap()
+                .insert(("f", "a.txt", 1i64), old_c.as_bytes())
+                .unwrap();
+            let mut pages = txn.open_table(REMOTE_PAGES).unwrap();
+            let bytes = store_manifest(&mut pages, &old_c, &old).unwrap();
+            txn.open_table(REMOTE_MANIFESTS)
+                .unwrap()
+                .insert(old_c.as_bytes(), bytes.as_slice())
+                .unwrap();
+            let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS).unwrap();
+            for (c, loc) in locations_in(&history_holder("f"), &old_c.to_hex(), &old) {
+                locs.insert(c.id.as_bytes(), loc.encode().as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        // This release's layout.
+        index.add_history("f", "b.txt", &new_c, &new).unwrap();
+
+        assert_eq!(index.migrate_history_locations().unwrap(), 3);
+        let read = index.db.begin_read().unwrap();
+        let files = read.open_multimap_table(CHUNK_LOCATIONS).unwrap();
+        let kept = read.open_multimap_table(KEPT_LOCATIONS).unwrap();
+        for c in old.chunks.iter().chain(&new.chunks) {
+            assert!(files.get(c.id.as_bytes()).unwrap().next().is_none());
+            assert_eq!(kept.get(c.id.as_bytes()).unwrap().count(), 1);
+            let found = index.chunk_locations(&c.id).unwrap();
+            assert_eq!(found.len(), 1);
+            assert_eq!(found[0].folder, history_holder("f"));
+            assert!(index.has_chunk(&c.id).unwrap());
+        }
+        assert_eq!(index.migrate_history_locations().unwrap(), 0, "moved twice");
     }
 }
