@@ -1315,23 +1315,16 @@ impl Index {
     /// The folder's stored requested versions ([`Self::set_requested`]); rows that do not
     /// decode are skipped (such a version, if lost, is dropped as any other).
     pub fn requested(&self, folder: &str) -> Result<Vec<(String, ContentId, EntryValue)>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(REQUESTED)?;
-        let mut out = Vec::new();
-        for row in t.range((folder, "")..)? {
-            let (k, v) = row?;
-            let (f, path) = k.value();
-            if f != folder {
-                break;
-            }
-            let bytes = v.value();
-            if let (Some(id), Some(prior)) = (bytes.get(..32), bytes.get(32..))
-                && let (Ok(id), Ok(prior)) = (<[u8; 32]>::try_from(id), EntryValue::decode(prior))
-            {
-                out.push((path.to_string(), ContentId(id), prior));
-            }
-        }
-        Ok(out)
+        let rows = self.rows_of(REQUESTED, folder, |path, bytes: &[u8]| {
+            Ok(match (bytes.get(..32), bytes.get(32..)) {
+                (Some(id), Some(prior)) => <[u8; 32]>::try_from(id)
+                    .ok()
+                    .zip(EntryValue::decode(prior).ok())
+                    .map(|(id, prior)| (path.to_string(), ContentId(id), prior)),
+                _ => None,
+            })
+        })?;
+        Ok(rows.into_iter().flatten().collect())
     }
 
     /// Versions of one path of `folder` kept in history: (time ns, content), oldest first.
