@@ -1013,18 +1013,7 @@ impl Index {
 
     /// Whether any local file or the history store holds `chunk`.
     pub fn has_chunk(&self, chunk: &ChunkId) -> Result<bool> {
-        let txn = self.db.begin_read()?;
-        for def in [CHUNK_LOCATIONS, KEPT_LOCATIONS] {
-            if txn
-                .open_multimap_table(def)?
-                .get(chunk.as_bytes())?
-                .next()
-                .is_some()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(self.find_chunk(chunk, |_| Some(()))?.is_some())
     }
 
     /// Progress of a pull into a temp file: the content and how many chunks are written.
@@ -1186,31 +1175,60 @@ impl Index {
             let mut locs = txn.open_multimap_table(CHUNK_LOCATIONS)?;
             let mut kept = txn.open_multimap_table(KEPT_LOCATIONS)?;
             for (content, folders) in &folders_of {
-                let Some(m) = self.any_manifest(content)? else {
+                // Each set of locations moved in one transaction, so its first chunk's
+                // place says whether it still has to: the whole manifest is read (and
+                // every place touched) only then, not for every kept version at every
+                // start.
+                let Some(first) = self.first_chunk(content)? else {
                     continue;
                 };
                 let hex = content.to_hex();
-                let mut here = 0;
-                for (c, loc) in locations_in(HISTORY_FOLDER, &hex, &m) {
-                    if locs.remove(c.id.as_bytes(), loc.encode().as_slice())? {
-                        here += 1;
+                let first_place = |holder: &str| {
+                    ChunkLocation {
+                        folder: holder.to_string(),
+                        path: hex.clone(),
+                        offset: 0,
+                        len: first.len,
+                    }
+                    .encode()
+                };
+                let old = first_place(HISTORY_FOLDER);
+                // Recorded among the files' locations by the releases before
+                // KEPT_LOCATIONS.
+                let mut holders: Vec<(String, Vec<u8>, bool)> = folders
+                    .iter()
+                    .map(|f| {
+                        let holder = history_holder(f);
+                        let place = first_place(&holder);
+                        (holder, place, false)
+                    })
+                    .collect();
+                let mut in_old = false;
+                for v in locs.get(first.id.as_bytes())? {
+                    let v = v?;
+                    in_old |= v.value() == old.as_slice();
+                    for (_, place, among_files) in &mut holders {
+                        *among_files |= v.value() == place.as_slice();
                     }
                 }
-                for folder in folders {
-                    let holder = history_holder(folder);
-                    // Recorded among the files' locations by the releases before
-                    // KEPT_LOCATIONS: moved when its first chunk's place is still there.
-                    let mut places = locations_in(&holder, &hex, &m).peekable();
-                    let among_files = match places.peek() {
-                        Some((c, loc)) => locs
-                            .get(c.id.as_bytes())?
-                            .any(|v| v.is_ok_and(|v| v.value() == loc.encode().as_slice())),
-                        None => false,
-                    };
-                    if here == 0 && !among_files {
+                if !in_old && holders.iter().all(|(_, _, among)| !among) {
+                    continue;
+                }
+                let Some(m) = self.any_manifest(content)? else {
+                    continue;
+                };
+                if in_old {
+                    for (c, loc) in locations_in(HISTORY_FOLDER, &hex, &m) {
+                        if locs.remove(c.id.as_bytes(), loc.encode().as_slice())? {
+                            moved += 1;
+                        }
+                    }
+                }
+                for (holder, _, among_files) in &holders {
+                    if !in_old && !among_files {
                         continue;
                     }
-                    for (c, loc) in places {
+                    for (c, loc) in locations_in(holder, &hex, &m) {
                         let value = loc.encode();
                         if locs.remove(c.id.as_bytes(), value.as_slice())? {
                             moved += 1;
@@ -1218,7 +1236,6 @@ impl Index {
                         kept.insert(c.id.as_bytes(), value.as_slice())?;
                     }
                 }
-                moved += here;
             }
         }
         if moved > 0 {

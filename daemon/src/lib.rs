@@ -37,3 +37,22 @@ pub fn read_buffer(len: usize) -> Vec<u8> {
     buf.resize(len, 0);
     buf
 }
+
+/// The `len` bytes at `offset` of the file at `path` (never through a symlink at `path`)
+/// when they are the chunk `id`: how a chunk is read from a folder's file or a staged
+/// version, verified against its id.
+pub fn read_chunk_at(
+    path: &std::path::Path,
+    offset: u64,
+    len: usize,
+    id: &cairn_core::ChunkId,
+) -> Option<Vec<u8>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let mut buf = read_buffer(len);
+    (f.read_exact_at(&mut buf, offset).is_ok() && id.matches(&buf)).then_some(buf)
+}

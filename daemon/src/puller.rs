@@ -1178,7 +1178,7 @@ impl Puller {
         }
         let recorded = self.record_kept(&kept);
         drop(guards);
-        let mut removed = Vec::with_capacity(go.len());
+        let (mut removed, mut updates) = (Vec::new(), Vec::new());
         for i in go {
             let (path, kind) = deletes[i];
             results[i] = Some(match &recorded {
@@ -1190,16 +1190,16 @@ impl Puller {
                 }),
                 Ok(()) => self.remove(path, kind).map(|gone| {
                     if gone {
-                        removed.push((i, Update::Remove { path: path.into() }));
+                        removed.push(i);
+                        updates.push(Update::Remove { path: path.into() });
                     }
                 }),
             });
         }
-        let updates: Vec<Update> = removed.iter().map(|(_, u)| u.clone()).collect();
         if let Err(e) = self.index.apply_with(&self.folder, &updates, false) {
-            for (i, _) in &removed {
-                results[*i] = Some(Err(PullError::Io {
-                    path: deletes[*i].0.to_string(),
+            for i in removed {
+                results[i] = Some(Err(PullError::Io {
+                    path: deletes[i].0.to_string(),
                     source: std::io::Error::other(format!("removed, but not recorded: {e}")),
                 }));
             }
@@ -1239,14 +1239,12 @@ impl Puller {
                         .version_chunk(&content, &chunk.id, loc.offset, chunk.len as usize)
                         .ok();
                 }
-                let f = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(self.roots.get(&loc.folder)?.join(&loc.path))
-                    .ok()?;
-                let mut buf = crate::read_buffer(chunk.len as usize);
-                (f.read_exact_at(&mut buf, loc.offset).is_ok() && chunk.id.matches(&buf))
-                    .then_some(buf)
+                crate::read_chunk_at(
+                    &self.roots.get(&loc.folder)?.join(&loc.path),
+                    loc.offset,
+                    chunk.len as usize,
+                    &chunk.id,
+                )
             })
             .ok()
             .flatten()

@@ -3,8 +3,6 @@
 //! changed since it was indexed); an edited chunk can go out as a delta from the
 //! requester's base.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -164,13 +162,7 @@ fn read_chunk(
             if loc.folder != folder {
                 return None;
             }
-            let f = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(root.join(&loc.path))
-                .ok()?;
-            let mut buf = crate::read_buffer(loc.len as usize);
-            (f.read_exact_at(&mut buf, loc.offset).is_ok() && id.matches(&buf)).then_some(buf)
+            crate::read_chunk_at(&root.join(&loc.path), loc.offset, loc.len as usize, id)
         })
         .ok()
         .flatten()

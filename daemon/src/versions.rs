@@ -297,18 +297,10 @@ impl VersionStore {
         offset: u64,
         len: usize,
     ) -> std::result::Result<Vec<u8>, String> {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.staged_path(content))
-        {
-            let mut buf = crate::read_buffer(len);
-            if f.read_exact_at(&mut buf, offset).is_ok() && id.matches(&buf) {
-                return Ok(buf);
-            }
+        match crate::read_chunk_at(&self.staged_path(content), offset, len, id) {
+            Some(buf) => Ok(buf),
+            None => self.chunk_checked(id),
         }
-        self.chunk_checked(id)
     }
 
     /// The catalog lock (see the field): hold it from "is this version kept?" to its

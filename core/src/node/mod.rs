@@ -142,6 +142,18 @@ pub enum Action<P> {
     },
 }
 
+/// The action that stores the folder's requested versions as they are now.
+fn save_requested<P>(id: &str, f: &FolderState<P>) -> Action<P> {
+    Action::SaveRequested {
+        folder: id.to_string(),
+        requested: f
+            .requested
+            .iter()
+            .map(|(path, r)| (path.clone(), r.content, r.prior.clone()))
+            .collect(),
+    }
+}
+
 /// Which round a meta message belongs to: one this device started, or one the peer did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Round {
@@ -765,25 +777,28 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         if f.spec.kind == FolderKind::ReceiveOnly || changes.is_empty() {
             return false;
         }
+        let mut added = false;
         for (path, change, _) in changes {
             if let (LocalChange::Present { content, .. }, [prior]) =
                 (change, f.doc.values(path).as_slice())
                 && let Some(content) = content
                 && f.requested.len() < MAX_REQUESTED
+                && !f.requested.contains_key(path)
             {
-                f.requested
-                    .entry(path.clone())
-                    .or_insert_with(|| Requested {
+                f.requested.insert(
+                    path.clone(),
+                    Requested {
                         content: *content,
                         prior: prior.clone(),
                         at: now,
-                    });
+                    },
+                );
+                added = true;
             }
         }
-        self.save_requested(id);
-        let Some(f) = self.folders.get_mut(id) else {
-            return false;
-        };
+        if added {
+            self.actions.push_back(save_requested(id, f));
+        }
         let refs: Vec<_> = changes
             .iter()
             .map(|(p, c, base)| (p.as_str(), c, *base))
@@ -1314,22 +1329,6 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         });
     }
 
-    /// Asks the driver to store the folder's requested versions as they are now.
-    fn save_requested(&mut self, id: &str) {
-        let Some(f) = self.folders.get(id) else {
-            return;
-        };
-        let requested = f
-            .requested
-            .iter()
-            .map(|(path, r)| (path.clone(), r.content, r.prior.clone()))
-            .collect();
-        self.actions.push_back(Action::SaveRequested {
-            folder: id.to_string(),
-            requested,
-        });
-    }
-
     /// The folder's disk matches its tree (see [`FolderState::mark_in_sync`]); requested
     /// versions it forgets are forgotten in storage too.
     fn mark_in_sync(&mut self, id: &str) {
@@ -1339,7 +1338,7 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         let had_requested = !f.requested.is_empty();
         f.mark_in_sync();
         if had_requested {
-            self.save_requested(id);
+            self.actions.push_back(save_requested(id, f));
         }
     }
 
@@ -1511,16 +1510,13 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
             return;
         };
         let mut touched = BTreeSet::new();
-        let mut reverted = false;
+        let mut forgot = false;
         for (path, content) in dropped {
             // A requested version (a restore) nobody could provide: back to what it
             // replaced, once (that value, if lost too, is dropped as any other).
-            let revert_to = f
-                .requested
-                .remove(path)
-                .filter(|r| r.content == *content)
-                .map(|r| r.prior);
-            reverted |= revert_to.is_some();
+            let requested = f.requested.remove(path);
+            forgot |= requested.is_some();
+            let revert_to = requested.filter(|r| r.content == *content).map(|r| r.prior);
             if f.doc.record_unavailable(path, *content, revert_to.as_ref()) {
                 touched.insert(f.doc.shard_of(path));
                 self.actions.push_back(Action::VersionUnavailable {
@@ -1530,18 +1526,15 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
                 });
             }
         }
+        if forgot {
+            self.actions.push_back(save_requested(id, f));
+        }
         if touched.is_empty() {
             return;
         }
         f.doc.commit();
         f.waiting
             .retain(|w| !dropped.iter().any(|(p, _)| p == &w.path));
-        if reverted {
-            self.save_requested(id);
-        }
-        let Some(f) = self.folders.get_mut(id) else {
-            return;
-        };
         f.needs_pull = true;
         f.retry_pull_at = None;
         self.persist(id, touched, Vec::new());
