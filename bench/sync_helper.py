@@ -764,6 +764,17 @@ def _proc_kib(pid, field):
     return None
 
 
+def _steal_ms():
+    """Milliseconds of CPU time the hypervisor took from this machine (all CPUs, the steal
+    column of /proc/stat), None where there is none to read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _pct(sorted_values, p):
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
@@ -824,7 +835,7 @@ def monitor(a):
         tl.write("t_s,role,status_ms,status_ok,rss_kib\n")
     def fresh():
         return {"max": -1.0, "max_at": None, "errors": 0, "last_error": None,
-                "by_slot": {}, "late_by_slot": {}, "rss": [], "rss_max": -1, "rss_max_at": None,
+                "by_slot": {}, "late_by_slot": {}, "steal_by_slot": {}, "steal_prev": None, "rss": [], "rss_max": -1, "rss_max_at": None,
                 "hwm": None, "dead_at": None}
     data = {n.role: fresh() for n in nodes}
 
@@ -857,6 +868,12 @@ def monitor(a):
                 # Every role samples at the same slots (t0 + k * interval): a daemon's answer
                 # is compared with the baseline's at the same slot.
                 d["by_slot"][k] = ms
+            if node.role == "baseline":
+                # The time the host gave this VM's CPUs to others (steal), per slot.
+                steal = _steal_ms()
+                if steal is not None and d.get("steal_prev") is not None:
+                    d["steal_by_slot"][k] = steal - d["steal_prev"]
+                d["steal_prev"] = steal
             rss = _proc_kib(pid, "VmRSS")
             hwm = _proc_kib(pid, "VmHWM")
             if rss is not None:
@@ -893,6 +910,7 @@ def monitor(a):
            "path": path if api else None}
     base_slots = data["baseline"]["by_slot"] if baseline else {}
     base_late = data["baseline"]["late_by_slot"] if baseline else {}
+    steal_slots = data["baseline"]["steal_by_slot"] if baseline else {}
     for role, d in data.items():
         lat = sorted(d["by_slot"].values())
         # Slow answers while the do-nothing server at the same instant was fast, counted
@@ -910,7 +928,12 @@ def monitor(a):
                 "max_ms": lat[-1] if lat else None, "max_at_s": d["max_at"],
                 "over_50ms": sum(1 for x in lat if x >= 50),
                 "late_max_ms": max(d["late_by_slot"].values(), default=None),
-                "over_50ms_baseline_fast": own_slow if baseline else None},
+                "over_50ms_baseline_fast": own_slow if baseline else None,
+                # Steal in the slots of this role's answers of 50 ms or more.
+                "slow_steal_ms": [round(steal_slots.get(k, 0.0)) for k, ms in
+                                  sorted(d["by_slot"].items()) if ms >= 50],
+                "steal_total_ms": round(sum(steal_slots.values())),
+                "steal_slot_max_ms": max(steal_slots.values(), default=None)},
             "rss": {"samples": len(rss), "max_kib": max(rss) if rss else None,
                     "max_at_s": d["rss_max_at"], "hwm_kib": d["hwm"]},
             "dead_at_s": d["dead_at"],
@@ -1226,6 +1249,10 @@ def _scale_lines(c, others, w=10):
                                f"{st.get('over_50ms', 0)}, started up to {f(st.get('late_max_ms'))} ms after "
                                f"its slot   (a server that does nothing, same client and instants: what "
                                f"the machine costs)")
+                    if st.get("steal_total_ms") is not None:
+                        out.append(f"    host steal (CPU time the hypervisor gave to others, /proc/stat): "
+                                   f"{st['steal_total_ms'] / 1000:.1f} s in all, at most "
+                                   f"{f(st.get('steal_slot_max_ms'))} ms in one {mon['interval_s'] * 1000:.0f} ms slot")
                 continue
             ok = None if not st.get("samples") else (st.get("max_ms") < SCALE_STATUS_MS and not st.get("errors"))
             oks.append(ok)
@@ -1233,6 +1260,8 @@ def _scale_lines(c, others, w=10):
             err = f", last error: {st['last_error']}" if st.get("errors") else ""
             own = ("" if st.get("over_50ms_baseline_fast") is None else
                    f" ({st['over_50ms_baseline_fast']} while the baseline answered in < 50 ms from its slot)")
+            if st.get("slow_steal_ms"):
+                own += f" (host steal in their slots, ms: {', '.join(map(str, st['slow_steal_ms']))})"
             out.append(f"    {role:<9} samples {st.get('samples', 0):,}, errors {st.get('errors', 0)}, "
                        f"p50 {f(st.get('p50_ms'))}, p99 {f(st.get('p99_ms'))}, max {f(st.get('max_ms'))}"
                        f"{'' if at is None else f' (at {at:.0f} s)'}, >= 50 ms: {st.get('over_50ms', 0)}"

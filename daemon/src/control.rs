@@ -371,7 +371,8 @@ async fn shutdown(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 
 /// Binds the API, writes `control.json`, and serves until the process ends, on a thread
 /// of its own with its own runtime, so an answer never waits for a worker of the
-/// daemon's runtime (where libp2p's connection tasks run).
+/// daemon's runtime (where libp2p's connection tasks run), in short scheduler slices, so
+/// it does not wait long for a core either (`priority::answer_promptly`).
 pub fn serve(
     listen: &str,
     info_path: &Path,
@@ -436,6 +437,7 @@ pub fn serve(
     std::thread::Builder::new()
         .name("cairn-control".into())
         .spawn(move || {
+            crate::priority::answer_promptly();
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
