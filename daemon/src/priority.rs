@@ -50,39 +50,51 @@ pub const PROMPT_SLICE_NS: u64 = 100_000;
 pub fn answer_promptly() {
     #[cfg(target_os = "linux")]
     {
-        /// The kernel's `struct sched_attr` (include/uapi/linux/sched/types.h), up to
-        /// `sched_period` (SCHED_ATTR_SIZE_VER0, which every kernel with the call takes).
-        #[repr(C)]
-        struct SchedAttr {
-            size: u32,
-            policy: u32,
-            flags: u64,
-            nice: i32,
-            priority: u32,
-            runtime: u64,
-            deadline: u64,
-            period: u64,
+        let Some(mut attr) = SchedAttr::of_this_thread() else {
+            return;
+        };
+        if attr.policy != libc::SCHED_OTHER as u32 {
+            return;
         }
-        // SAFETY: sched_getattr/sched_setattr on our own thread (pid 0) with a buffer of
-        // the size passed; they read and set this thread's scheduling attributes only.
-        unsafe {
-            let mut attr: SchedAttr = std::mem::zeroed();
-            let size = std::mem::size_of::<SchedAttr>() as u32;
-            if libc::syscall(libc::SYS_sched_getattr, 0, &mut attr, size, 0) != 0
-                || attr.policy != libc::SCHED_OTHER as u32
-            {
-                return;
-            }
-            attr.size = size;
-            attr.flags = 0;
-            attr.runtime = PROMPT_SLICE_NS;
-            if libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) != 0 {
-                tracing::debug!(
-                    error = %std::io::Error::last_os_error(),
-                    "short scheduler slice not set"
-                );
-            }
+        attr.flags = 0;
+        attr.runtime = PROMPT_SLICE_NS;
+        // SAFETY: sched_setattr on our own thread (pid 0) with a struct whose `size` field
+        // is its size; it sets this thread's scheduling attributes only.
+        if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) } != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "short scheduler slice not set"
+            );
         }
+    }
+}
+
+/// The kernel's `struct sched_attr` (include/uapi/linux/sched/types.h), up to
+/// `sched_period` (SCHED_ATTR_SIZE_VER0, which every kernel with the call takes).
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    /// For a normal thread, its custom slice in ns (0: none; kernels >= 6.12).
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+#[cfg(target_os = "linux")]
+impl SchedAttr {
+    /// The calling thread's scheduling attributes.
+    fn of_this_thread() -> Option<SchedAttr> {
+        let size = std::mem::size_of::<SchedAttr>() as u32;
+        let mut attr = SchedAttr::default();
+        // SAFETY: sched_getattr of our own thread (pid 0) into a struct of the size passed.
+        let r = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr, size, 0) };
+        (r == 0).then_some(SchedAttr { size, ..attr })
     }
 }
 
@@ -123,18 +135,14 @@ mod tests {
     /// This thread's custom scheduler slice (ns; 0 when it has none), and whether the
     /// kernel is 6.12 or later, which keeps one for normal threads.
     fn slice_and_kernel() -> (u64, bool) {
-        let mut buf = [0u64; 8];
-        // SAFETY: sched_getattr of our own thread into a buffer of the size passed.
-        let r = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, buf.as_mut_ptr(), 48u32, 0) };
-        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let attr = SchedAttr::of_this_thread().expect("sched_getattr");
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
         let mut parts = release
             .trim()
             .split(['.', '-'])
             .map(|p| p.parse::<u32>().unwrap_or(0));
         let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        // size, policy | flags | nice, priority | runtime: the fourth u64.
-        (buf[3], version >= (6, 12))
+        (attr.runtime, version >= (6, 12))
     }
 
     #[test]
