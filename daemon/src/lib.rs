@@ -22,6 +22,7 @@ pub mod relay;
 pub mod rendezvous;
 pub mod scanner;
 pub mod serve;
+pub mod temps;
 pub mod versions;
 pub mod watcher;
 

@@ -22,7 +22,10 @@ use cairn_core::folder::tree::conflict_name;
 use cairn_core::folder::{DeviceId, EntryValue};
 use cairn_core::manifest::PAGE_CHUNKS;
 use cairn_core::planner::{Action, Plan};
-use cairn_core::scan::{EntryKind, IndexedEntry, Stamp, TEMP_PREFIX};
+use cairn_core::scan::{EntryKind, IndexedEntry, Stamp};
+
+use crate::temps::resumes;
+pub use crate::temps::temp_path;
 use cairn_core::wire::{
     BlocksRequest, BlocksResponse, Bytes, MAX_CHUNK_BYTES_PER_RESPONSE, MAX_CHUNKS_PER_REQUEST,
 };
@@ -1842,46 +1845,11 @@ pub fn forget_abandoned_pulls(
     }
 }
 
-/// Whether the index records progress of a pull of `path` whose temp file is tagged `tag`
-/// (the short id of the version being pulled): that temp file is resumed, not removed.
-fn resumes(index: &Index, folder: &str, path: &str, tag: &str) -> bool {
-    index
-        .pull_progress(folder, path)
-        .ok()
-        .flatten()
-        .is_some_and(|(c, _)| c.short() == tag)
-}
-
-/// Whether `tmp`, a temp file the scanner found in the folder at `root`, will be resumed by
-/// a pull: a pull in progress in the same directory whose name and version give exactly
-/// this temp name ([`temp_path`]).
-pub(crate) fn temp_resumes(index: &Index, folder: &str, root: &Path, tmp: &Path) -> bool {
-    let Ok(pulls) = index.pulls_in_progress(folder) else {
-        return false;
-    };
-    pulls.iter().any(|(path, content)| {
-        let full = root.join(path);
-        full.parent() == tmp.parent() && temp_path(&full, &content.short()) == tmp
-    })
-}
-
 /// Removes a temp file, if it is one (never a directory or link of the same name).
 fn remove_temp(tmp: &Path) {
     if fs::symlink_metadata(tmp).is_ok_and(|m| m.is_file()) {
         let _ = fs::remove_file(tmp);
     }
-}
-
-/// The temp file beside `full` for the version tagged `tag`: `.cairn-tmp.<name hash>.<tag>`,
-/// 36 bytes whatever the name, so every name the path rules accept (up to 255 bytes) has a
-/// temp name that fits.
-pub fn temp_path(full: &Path, tag: &str) -> PathBuf {
-    let name = full
-        .file_name()
-        .map(|n| n.as_encoded_bytes())
-        .unwrap_or_default();
-    let hash = blake3::hash(name).to_hex();
-    full.with_file_name(format!("{TEMP_PREFIX}{}.{tag}", &hash[..16]))
 }
 
 fn sync_dir(full: &Path) {

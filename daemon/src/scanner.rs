@@ -680,7 +680,7 @@ fn settle_or_accept(
 /// kept only when the index records progress of its pull (a large file resumes).
 fn remove_stale_temps(index: &Index, folder: &FolderRecord, temps: &[PathBuf]) {
     for tmp in temps {
-        if crate::puller::temp_resumes(index, &folder.id, &folder.root, tmp) {
+        if crate::temps::temp_resumes(index, &folder.id, &folder.root, tmp) {
             continue;
         }
         match std::fs::remove_file(tmp) {

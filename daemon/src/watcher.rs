@@ -4,14 +4,11 @@
 //! Overflow and watch-limit errors are reported as `WatcherFailed`: the loop then falls
 //! back to frequent periodic rescans and says so in the status.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
-use tokio::sync::mpsc;
-
-use crate::engine::Event;
 
 /// Debounce window: short, so that changes propagate well under a second. The scanner's
 /// settle time is the same, so a scan the watcher started waits only for a file written
@@ -29,17 +26,26 @@ fn is_temp(path: &Path) -> bool {
         .is_some_and(cairn_core::scan::is_internal_name)
 }
 
+/// What the watcher reports (the loop turns it into `Event::FsChanged` / `WatcherFailed`).
+#[derive(Debug)]
+pub enum Change {
+    /// These absolute paths changed; none when everything must be scanned (the kernel
+    /// dropped events, or an event names no path).
+    Paths(Vec<PathBuf>),
+    /// The watch broke (overflow, watch limit): rescans must stand in for it.
+    Failed(String),
+}
+
 /// A running watcher; dropping it stops watching.
 pub struct Watcher {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
 }
 
 impl Watcher {
-    /// Starts watching `root` recursively.
+    /// Starts watching `root` recursively; `report` is called on notify's thread.
     pub fn start(
         root: &Path,
-        folder: String,
-        events: mpsc::UnboundedSender<Event>,
+        report: impl Fn(Change) + Send + 'static,
     ) -> Result<Self, notify::Error> {
         let handler = move |result: DebounceEventResult| {
             let event = match result {
@@ -57,9 +63,8 @@ impl Watcher {
                 }
                 // The paths that changed, so that only they are scanned; none (a full
                 // scan) when the kernel dropped events or an event names no path.
-                Ok(events) => Event::FsChanged {
-                    folder: folder.clone(),
-                    paths: if events.iter().any(|e| e.need_rescan() || e.paths.is_empty()) {
+                Ok(events) => Change::Paths(
+                    if events.iter().any(|e| e.need_rescan() || e.paths.is_empty()) {
                         Vec::new()
                     } else {
                         events
@@ -68,17 +73,16 @@ impl Watcher {
                             .flat_map(|e| e.paths.iter().cloned())
                             .collect()
                     },
-                },
-                Err(errors) => Event::WatcherFailed {
-                    folder: folder.clone(),
-                    error: errors
+                ),
+                Err(errors) => Change::Failed(
+                    errors
                         .iter()
                         .map(|e| e.to_string())
                         .collect::<Vec<_>>()
                         .join("; "),
-                },
+                ),
             };
-            let _ = events.send(event);
+            report(event);
         };
         let mut debouncer = new_debouncer(DEBOUNCE, Some(TICK), handler)?;
         debouncer.watch(root, RecursiveMode::Recursive)?;

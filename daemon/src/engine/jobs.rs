@@ -19,7 +19,7 @@ use crate::config::FolderConfig;
 use crate::index::{FolderRecord, Index};
 use crate::puller::{PullError, PullOutcome, Puller};
 use crate::scanner::{ScanReport, scan_folder, scan_paths};
-use crate::watcher::Watcher;
+use crate::watcher::{Change, Watcher};
 
 /// The device's stores, as the planner sees them.
 struct IndexStore<'a>(&'a Index);
@@ -359,7 +359,22 @@ pub(crate) fn load_folder(
             doc
         }
     };
-    let watcher = match Watcher::start(&root, fc.id.clone(), events.clone()) {
+    let report = {
+        let (folder, events) = (fc.id.clone(), events.clone());
+        move |change| {
+            let _ = events.send(match change {
+                Change::Paths(paths) => Event::FsChanged {
+                    folder: folder.clone(),
+                    paths,
+                },
+                Change::Failed(error) => Event::WatcherFailed {
+                    folder: folder.clone(),
+                    error,
+                },
+            });
+        }
+    };
+    let watcher = match Watcher::start(&root, report) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(folder = %fc.id, error = %e, "watcher_unavailable_falling_back_to_rescans");
