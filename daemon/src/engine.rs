@@ -11,6 +11,8 @@
 
 mod events;
 mod jobs;
+mod relay;
+mod rendezvous;
 mod start;
 mod status;
 mod swarm;
