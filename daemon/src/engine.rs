@@ -10,7 +10,9 @@
 //! shows).
 
 mod events;
+mod history;
 mod jobs;
+mod pair;
 mod relay;
 mod rendezvous;
 mod start;

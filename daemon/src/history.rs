@@ -16,15 +16,13 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use cairn_core::scan::{Stamp, TEMP_PREFIX};
 use cairn_core::{ChunkId, Chunker, ContentId, Manifest, path as folder_path};
 use tokio::sync::oneshot;
 
 use crate::admin::ApiError;
-use crate::engine::{Engine, Event};
-use crate::group::no_folder;
 use crate::index::Index;
 use crate::scanner::{FileRead, READ_ATTEMPTS, read_file, stamp_of};
 use crate::versions::VersionStore;
@@ -40,191 +38,11 @@ pub(crate) const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// A restore waiting for its folder to be idle.
 pub(crate) struct PendingRestore {
-    request: RestoreRequest,
-    reply: oneshot::Sender<Result<Restored, ApiError>>,
+    pub(crate) request: RestoreRequest,
+    pub(crate) reply: oneshot::Sender<Result<Restored, ApiError>>,
 }
 
-impl Engine {
-    /// Prunes kept versions when due, or counts them again after pulls that may have kept
-    /// some.
-    pub(crate) fn versions_tick(&mut self, now: Instant) {
-        if now >= self.next_version_prune {
-            self.next_version_prune = now + PRUNE_EVERY;
-            self.prune_versions(None);
-        } else if self.recount_versions && now - self.last_version_count >= RECOUNT_EVERY {
-            self.recount_versions = false;
-            self.last_version_count = now;
-            let (index, versions, events) = (
-                self.index.clone(),
-                self.versions.clone(),
-                self.events_tx.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                let kept = index.all_history().map_or(0, |h| h.len());
-                let bytes = versions.disk_bytes();
-                let _ = events.send(Event::VersionsCounted { kept, bytes });
-            });
-        }
-    }
-
-    /// Drops the kept versions the folders' rules no longer keep, on a blocking thread;
-    /// the reply (if asked for by `cairn history --prune`) comes from there.
-    pub(crate) fn prune_versions(
-        &mut self,
-        reply: Option<oneshot::Sender<Result<crate::versions::Pruned, ApiError>>>,
-    ) {
-        let folders: Vec<(String, cairn_core::retention::Retention)> = self
-            .local
-            .iter()
-            .map(|(id, l)| (id.clone(), l.config.versions.rules()))
-            .collect();
-        let (index, versions, events) = (
-            self.index.clone(),
-            self.versions.clone(),
-            self.events_tx.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let now_ns = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64);
-            let result = crate::versions::prune(&index, &versions, &folders, now_ns);
-            match &result {
-                Ok(p) => {
-                    if p.dropped > 0 {
-                        tracing::info!(
-                            dropped = p.dropped,
-                            kept = p.kept,
-                            bytes_before = p.bytes_before,
-                            bytes_after = p.bytes_after,
-                            "versions_pruned"
-                        );
-                    }
-                    let _ = events.send(Event::VersionsCounted {
-                        kept: p.kept,
-                        bytes: p.bytes_after,
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "versions_prune_failed"),
-            }
-            if let Some(reply) = reply {
-                let _ = reply.send(result.map_err(|e| ApiError::from(e.to_string())));
-            }
-        });
-    }
-
-    /// Finds the folder with versions of the path and queues the restore there; it runs
-    /// when the folder is idle (see [`Engine::start_restore`]).
-    pub(crate) fn restore(
-        &mut self,
-        request: RestoreRequest,
-        reply: oneshot::Sender<Result<Restored, ApiError>>,
-    ) {
-        // A version that only other devices hold is restored through the folder (the
-        // pull fetches it); one kept here, from the version store.
-        let Some(reply) = self.restore_from_group(&request, reply) else {
-            return;
-        };
-        match self.restore_folder(&request) {
-            Ok(id) => {
-                if let Some(f) = self.local.get_mut(&id) {
-                    f.restores.push_back(PendingRestore { request, reply });
-                    self.node.queue_restore(std::time::Instant::now(), &id);
-                }
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-
-    fn restore_folder(&self, req: &RestoreRequest) -> Result<String, ApiError> {
-        folder_path::validate(&req.path).map_err(|e| e.to_string())?;
-        if let Some(to) = &req.to {
-            folder_path::validate(to).map_err(|e| e.to_string())?;
-        }
-        if let Some(id) = &req.folder
-            && !self.local.contains_key(id)
-        {
-            return Err(no_folder(id));
-        }
-        let mut with_versions = Vec::new();
-        for id in self.local.keys() {
-            if req.folder.as_ref().is_some_and(|f| f != id) {
-                continue;
-            }
-            if !self
-                .index
-                .history_of(id, &req.path)
-                .map_err(|e| e.to_string())?
-                .is_empty()
-            {
-                with_versions.push(id.clone());
-            }
-        }
-        let id = match with_versions.as_slice() {
-            [one] => one.clone(),
-            [] => {
-                return Err(ApiError::NotFound(format!(
-                    "no kept versions of {}; `cairn history` lists them",
-                    req.path
-                )));
-            }
-            _ => {
-                return Err(format!(
-                    "{} has versions in several folders ({}); name one with --folder",
-                    req.path,
-                    with_versions.join(", ")
-                )
-                .into());
-            }
-        };
-        self.check_sends(&id)?;
-        Ok(id)
-    }
-
-    /// Starts the first queued restore of a folder on a blocking thread (the node made
-    /// the folder busy with it).
-    pub(crate) fn start_restore(&mut self, id: &str) {
-        let versions = self.versions.clone();
-        let now = std::time::Instant::now();
-        let Some(f) = self.local.get_mut(id) else {
-            self.node.handle_restore_done(now, id, false);
-            return;
-        };
-        let Some(PendingRestore { request, reply }) = f.restores.pop_front() else {
-            self.node.handle_restore_done(now, id, false);
-            return;
-        };
-        let chunker = match f.record.chunker() {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = reply.send(Err(e.to_string().into()));
-                self.node.handle_restore_done(now, id, false);
-                return;
-            }
-        };
-        let job = RestoreJob {
-            index: self.index.clone(),
-            root: f.record.root.clone(),
-            versions,
-            folder: id.to_string(),
-            paused: f.config.paused,
-            request,
-            chunker,
-        };
-        let events = self.events_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = job.run();
-            let _ = events.send(Event::RestoreDone {
-                folder: job.folder,
-                changed: result.is_ok(),
-            });
-            let _ = reply.send(result);
-        });
-    }
-}
-
-fn version(
+pub(crate) fn version(
     index: &Index,
     versions: &VersionStore,
     folder: &str,
@@ -249,12 +67,12 @@ fn version(
 
 /// Whether the file at a name is still the one read: same inode, size and mtime (a new
 /// hard link, which the restore makes itself, changes only the ctime).
-fn unchanged_since(read: &Stamp, now: &Stamp) -> bool {
+pub(crate) fn unchanged_since(read: &Stamp, now: &Stamp) -> bool {
     (read.inode, read.size, read.mtime_ns) == (now.inode, now.size, now.mtime_ns)
 }
 
 /// A temp file that is removed unless it was renamed into place.
-struct Staged(Option<PathBuf>);
+pub(crate) struct Staged(Option<PathBuf>);
 
 impl Drop for Staged {
     fn drop(&mut self) {
@@ -265,24 +83,24 @@ impl Drop for Staged {
 }
 
 /// The disk side of one restore.
-struct RestoreJob {
-    index: Arc<Index>,
-    root: PathBuf,
-    versions: Arc<VersionStore>,
-    folder: String,
-    paused: bool,
-    request: RestoreRequest,
-    chunker: Chunker,
+pub(crate) struct RestoreJob {
+    pub(crate) index: Arc<Index>,
+    pub(crate) root: PathBuf,
+    pub(crate) versions: Arc<VersionStore>,
+    pub(crate) folder: String,
+    pub(crate) paused: bool,
+    pub(crate) request: RestoreRequest,
+    pub(crate) chunker: Chunker,
 }
 
 impl RestoreJob {
-    fn run(&self) -> Result<Restored, ApiError> {
+    pub(crate) fn run(&self) -> Result<Restored, ApiError> {
         let version = self.pick()?;
         Ok(self.put_back(version)?)
     }
 
     /// Puts `version` back at its path (or `to`), keeping what is there first.
-    fn put_back(&self, version: Version) -> Result<Restored, String> {
+    pub(crate) fn put_back(&self, version: Version) -> Result<Restored, String> {
         let req = &self.request;
         let Version {
             content: hex, size, ..
@@ -451,7 +269,7 @@ impl RestoreJob {
     }
 
     /// The version asked for: by id prefix, or the newest whose bytes are still kept.
-    fn pick(&self) -> Result<Version, ApiError> {
+    pub(crate) fn pick(&self) -> Result<Version, ApiError> {
         let req = &self.request;
         let mut versions = Vec::new();
         for (kept_ns, content) in self
@@ -507,7 +325,7 @@ impl RestoreJob {
     }
 
     /// Content id, manifest and stamp of a file, read now.
-    fn read(&self, path: &Path) -> Result<(ContentId, Manifest, Stamp), String> {
+    pub(crate) fn read(&self, path: &Path) -> Result<(ContentId, Manifest, Stamp), String> {
         for _ in 0..READ_ATTEMPTS {
             match read_file(path, &self.chunker, &mut Vec::new()) {
                 Ok(FileRead::Stable {

@@ -1,4 +1,5 @@
-//! The engine's side of `crate::relay`: what the loop does with it.
+//! The engine's side of `crate::relay`: reservations, hole punching and the switch to
+//! direct connections, as the loop carries them out over the swarm.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -8,12 +9,10 @@ use libp2p::swarm::ConnectionId;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, dcutr, relay};
 
+use super::Engine;
 use crate::metrics::Metrics;
 use crate::private_net::is_loopback;
 use crate::relay::*;
-
-use super::Engine;
-
 impl Engine {
     /// A connected peer told what it runs (identify): whether it offers to relay.
     pub(crate) fn relay_identified(

@@ -1,16 +1,16 @@
-//! The engine's side of `crate::rendezvous`: what the loop does with it.
+//! The engine's side of `crate::rendezvous`: publishing and looking up the rendezvous
+//! keys of paired devices on the DHT.
 
 use std::collections::HashSet;
 use std::time::Instant;
 
-use crate::rendezvous::*;
 use cairn_core::rendezvous::{lookup_epochs, publish_epochs};
 use libp2p::swarm::ConnectionId;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, kad};
 
 use super::Engine;
-
+use crate::rendezvous::*;
 impl Engine {
     /// Publishes this device's records when due: keys of new epochs, again every
     /// [`PUBLISH_EVERY`] or when the external addresses changed; drops keys of past epochs.
