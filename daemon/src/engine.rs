@@ -9,7 +9,9 @@
 //! `jobs` (scans and pulls off the loop, folder loading), `status` (what `cairn status`
 //! shows).
 
+mod admin;
 mod events;
+mod group;
 mod history;
 mod jobs;
 mod pair;
@@ -46,7 +48,7 @@ use crate::net::Behaviour;
 use crate::puller::{NetCommand, PullProgress};
 use crate::watcher::Watcher;
 
-pub(crate) use jobs::{holds, load_folder};
+pub(crate) use jobs::load_folder;
 pub(crate) use swarm::Serving;
 
 /// How often the loop looks at timers (rescans, redials, retries).

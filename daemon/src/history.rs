@@ -22,10 +22,10 @@ use cairn_core::scan::{Stamp, TEMP_PREFIX};
 use cairn_core::{ChunkId, Chunker, ContentId, Manifest, path as folder_path};
 use tokio::sync::oneshot;
 
-use crate::admin::ApiError;
 use crate::index::Index;
 use crate::scanner::{FileRead, READ_ATTEMPTS, read_file, stamp_of};
 use crate::versions::VersionStore;
+use cairn_api::error::ApiError;
 
 pub use cairn_api::history::{RestoreRequest, Restored, Version};
 

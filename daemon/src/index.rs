@@ -737,6 +737,24 @@ impl Index {
         Ok(None)
     }
 
+    /// Whether this device has every chunk of `content` (in a file or in history). When
+    /// the index cannot tell (a read fails), true: the caller keeps waiting for the
+    /// version rather than dropping it.
+    pub fn holds(&self, content: &ContentId) -> bool {
+        let mut all = true;
+        let known = self.each_page(content, |m, _| {
+            all = m
+                .chunks
+                .iter()
+                .all(|c| self.has_chunk(&c.id).unwrap_or(true));
+            all
+        });
+        match known {
+            Ok(known) => known && all,
+            Err(_) => true,
+        }
+    }
+
     /// The running totals of a folder.
     pub fn totals(&self, folder: &str) -> Result<FolderTotals> {
         let txn = self.db.begin_read()?;

@@ -219,7 +219,7 @@ fn pull_done(index: &Index, outcome: PullOutcome) -> PullDone {
             .waiting
             .into_iter()
             .map(|(path, content)| Missing {
-                held: holds(index, &content),
+                held: index.holds(&content),
                 path,
                 content,
             })
@@ -250,23 +250,6 @@ fn failure(e: PullError) -> PullFailure {
             why,
         },
         e => PullFailure::Other(e.to_string()),
-    }
-}
-
-/// Whether this device has every byte of `content` (in a file or in history).
-/// Whether this device has every chunk of `content` (in a file or in history).
-pub(crate) fn holds(index: &Index, content: &ContentId) -> bool {
-    let mut all = true;
-    let known = index.each_page(content, |m, _| {
-        all = m
-            .chunks
-            .iter()
-            .all(|c| index.has_chunk(&c.id).unwrap_or(true));
-        all
-    });
-    match known {
-        Ok(known) => known && all,
-        Err(_) => true, // unsure: keep waiting rather than drop
     }
 }
 
