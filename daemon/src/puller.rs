@@ -23,9 +23,6 @@ use cairn_core::folder::{DeviceId, EntryValue};
 use cairn_core::manifest::PAGE_CHUNKS;
 use cairn_core::planner::{Action, Plan};
 use cairn_core::scan::{EntryKind, IndexedEntry, Stamp};
-
-use crate::temps::resumes;
-pub use crate::temps::temp_path;
 use cairn_core::wire::{
     BlocksRequest, BlocksResponse, Bytes, MAX_CHUNK_BYTES_PER_RESPONSE, MAX_CHUNKS_PER_REQUEST,
 };
@@ -36,6 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::index::{Index, IndexError, Stored, Update, history_holder, is_history_holder};
 use crate::metrics::Metrics;
 use crate::scanner::{FileRead, read_file, stamp_of};
+use crate::temps::resumes;
+pub use crate::temps::temp_path;
 use crate::versions::VersionStore;
 
 /// Chunks written between two progress records (and fsyncs).
