@@ -5,7 +5,9 @@ p50/p90/p99/max. Compare builds by running it once per binary, alternating:
 
     bench/status_load.py target/release/cairnd /tmp/cairnd-before
 """
-import json, os, subprocess, sys, tempfile, time, http.client
+import http.client, json, os, shutil, subprocess, sys, tempfile, time
+
+
 def run(binary, n):
     home = tempfile.mkdtemp(prefix="ab-")
     env = dict(os.environ, CAIRN_PRIVATE_NETWORK_ONLY="1", CAIRN_LOG="warn")
@@ -36,6 +38,7 @@ def run(binary, n):
         print(f"{binary}: n {n} p50 {lat[n//2]:.2f} p90 {lat[int(n*.9)]:.2f} p99 {lat[int(n*.99)]:.2f} max {lat[-1]:.2f} ms, >=10ms {sum(x>=10 for x in lat)}")
     finally:
         d.terminate(); d.wait()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
