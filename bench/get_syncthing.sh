@@ -15,54 +15,24 @@
 # BENCH_DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VERSION=1.29.5
-SUITE=${BENCH_ST_SUITE:-trixie}
-MIRROR=${BENCH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-TOOLS_DIR=${BENCH_TOOLS_DIR:-$PWD/bench/tools}
-case $TOOLS_DIR in /*) ;; *) TOOLS_DIR=$PWD/$TOOLS_DIR ;; esac
+LOG_NAME=get_syncthing
+# shellcheck source=bench/debian_syncthing.sh
+. bench/debian_syncthing.sh
 DEST=$TOOLS_DIR/syncthing-$VERSION
 BIN=$DEST/usr/bin/syncthing
-
-log() { printf 'get_syncthing: %s\n' "$*" >&2; }
-fail() { log "error: $*"; exit 1; }
-
-# is_version BINARY: it runs and says it is $VERSION.
-is_version() {
-  local out
-  out=$("$1" --version 2>/dev/null) || return 1
-  case $out in "syncthing v$VERSION "*) return 0 ;; *) return 1 ;; esac
-}
 
 if [ -e "$DEST/.complete" ] && [ -x "$BIN" ] && is_version "$BIN"; then
   echo "$BIN"
   exit 0
 fi
 
-for c in apt-get apt-cache dpkg-deb dpkg; do
-  command -v "$c" >/dev/null || fail "'$c' is required (a Debian or Ubuntu system)"
-done
-[ -r "$KEYRING" ] || fail "$KEYRING not found (package debian-archive-keyring)"
-ARCH=$(dpkg --print-architecture)
+need_debian_tools dpkg  # apt and dpkg only
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/cairn-get-syncthing.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
-mkdir -p "$TMP/state/lists/partial" "$TMP/cache/archives/partial" "$TMP/deb"
-: >"$TMP/state/status"
-echo "deb [arch=$ARCH signed-by=$KEYRING target=Packages] $MIRROR $SUITE main" >"$TMP/sources.list"
-APT=(
-  -o "Dir::Etc::SourceList=$TMP/sources.list"
-  -o "Dir::Etc::SourceParts=/dev/null"
-  -o "Dir::State=$TMP/state"
-  -o "Dir::State::status=$TMP/state/status"
-  -o "Dir::Cache=$TMP/cache"
-  -o "Acquire::Languages=none"
-)
-# As root, apt downloads as the user _apt: let it write where the .deb goes.
-if [ "$(id -u)" = 0 ] && id _apt >/dev/null 2>&1; then
-  chmod 755 "$TMP"
-  chown _apt "$TMP/deb"
-fi
+mkdir -p "$TMP/deb"
+private_apt "$TMP" 0
+private_apt_writable "$TMP/deb"
 
 log "reading the $SUITE index from $MIRROR (private apt state in $TMP)..."
 apt-get "${APT[@]}" -qq update >"$TMP/update.log" 2>&1 || {

@@ -5,9 +5,10 @@
 # further Syncthing variant adds its own share).
 #
 #   bench/sync.sh                    all data sets except small100k, huge10g and scale, for
-#                                    cairn, syncthing-1.19, syncthing-1.29, syncthing-1.29-d1
-#   BENCH_TOOLS="cairn syncthing-1.29 syncthing-1.29-d1" bench/sync.sh
-#                                    only the 1.29.5 anchors (at its defaults, watcher delay 1)
+#                                    cairn and the default tools (below)
+#   BENCH_TOOLS="cairn syncthing-1.29-asm syncthing-1.29-asm-d1" bench/sync.sh
+#                                    only the fair 1.29.5 anchors (at its defaults, watcher
+#                                    delay 1)
 #   BENCH_TOOLS="cairn syncthing-1.19 syncthing-1.19-d1 syncthing-1.29 syncthing-1.29-d1" bench/sync.sh
 #                                    both versions, each at its defaults and with delay 1
 #   BENCH_TOOLS="cairn syncthing" bench/sync.sh
@@ -71,12 +72,17 @@
 #                      installed with apt-get as root if missing)
 #   syncthing-1.29     Debian's 1.29.5 (trixie), fetched once by bench/get_syncthing.sh into
 #                      bench/tools/syncthing-1.29.5/ (gitignored; not installed, the system
-#                      package stays as it is)
+#                      package stays as it is). Debian builds it with -tags purego, which on
+#                      Go 1.24 drops SHA-256 and AES-GCM assembly: ~6x slower hashing.
+#   syncthing-1.29-asm the same source and Debian build without purego, built once (~2 min)
+#                      by bench/build_syncthing.sh into bench/tools/syncthing-1.29.5-asm/:
+#                      the fair 1.29.5 anchor
 #   ...-dN             either with fsWatcherDelayS=N (syncthing-1.29-d1: 1 s); without -dN
 #                      the version's own default is left in the config (10 s in both)
 #   syncthing          the syncthing on PATH, whatever its version, fsWatcherDelayS =
 #                      BENCH_ST_WATCH_DELAY (default 10): the script's single tool before
-# Default: "cairn syncthing-1.19 syncthing-1.19-d1 syncthing-1.29 syncthing-1.29-d1". The header names each
+# Default: "cairn syncthing-1.19 syncthing-1.19-d1 syncthing-1.29-asm syncthing-1.29-asm-d1
+# syncthing-1.29-d1". The header names each
 # variant's binary, version and delay; every table has one row per tool and, per Syncthing
 # variant, cairn/variant ratios of time, CPU s (both daemons, utime+stime from /proc) and
 # bytes, repeated in a summary table at the end.
@@ -94,7 +100,7 @@
 # (60 s: after the receiver is done, how long to wait for the sender to say in sync before
 # the bytes are counted anyway), BENCH_ONLY (comma list
 # of data sets), BENCH_TOOLS (above; one of them to diagnose), BENCH_PORT_BASE (27100, below the kernel's ephemeral range; each pair
-# takes the next free ports from there: 2 for cairn, 4 for each Syncthing variant, under 200 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_NO_BUILD=1,
+# takes the next free ports from there: 2 for cairn, 4 for each Syncthing variant, under 200 in all), BENCH_KEEP=1 (keep homes and folders), BENCH_FS_SETTLE (seconds to wait before each many-file run; 65 on ext4 without a journal, else 0), BENCH_NO_BUILD=1,
 # CAIRN_LOG (default warn; daemon logs go to bench/results/sync-DATE-logs/), BENCH_CAIRND (the
 # cairnd to run, e.g. a wrapper that starts it under heaptrack; default
 # $CARGO_TARGET_DIR/release/cairnd, or target/release/cairnd without CARGO_TARGET_DIR).
@@ -115,7 +121,7 @@ READY_TIMEOUT=${BENCH_READY_TIMEOUT:-120}
 ST_WATCH_DELAY=${BENCH_ST_WATCH_DELAY:-10}
 PORT_BASE=${BENCH_PORT_BASE:-27100}
 LATENCY_RUNS=${BENCH_LATENCY_RUNS:-5}
-TOOLS=${BENCH_TOOLS:-cairn syncthing-1.19 syncthing-1.19-d1 syncthing-1.29 syncthing-1.29-d1}
+TOOLS=${BENCH_TOOLS:-cairn syncthing-1.19 syncthing-1.19-d1 syncthing-1.29-asm syncthing-1.29-asm-d1 syncthing-1.29-d1}
 BENCH_100K=${BENCH_100K:-0}
 BENCH_HUGE=${BENCH_HUGE:-0}
 ONLY=${BENCH_ONLY:-large,small10k,edit,identical,dirrename,latency}
@@ -153,14 +159,18 @@ apt_install() {
 }
 # Which Syncthing binaries the tools need: the system's (syncthing, syncthing-1.19*) and/or
 # 1.29.5 from bench/get_syncthing.sh (syncthing-1.29*).
-need_system=0 need_129=0
+need_system=0 need_129=0 need_129_asm=0
 for tool in $TOOLS; do
   [ "$tool" = cairn ] && continue
   st_variant "$tool" ||
-    fail "unknown tool '$tool' in BENCH_TOOLS (cairn, syncthing, syncthing-1.19, syncthing-1.29, each Syncthing one also as ...-dN for fsWatcherDelayS=N)"
-  case $ST_SERIES in 1.29) need_129=1 ;; *) need_system=1 ;; esac
+    fail "unknown tool '$tool' in BENCH_TOOLS (cairn, syncthing, syncthing-1.19, syncthing-1.29, syncthing-1.29-asm, each Syncthing one also as ...-dN for fsWatcherDelayS=N)"
+  case $tool in
+    syncthing-1.29-asm*) need_129_asm=1 ;;
+    syncthing-1.29*) need_129=1 ;;
+    *) need_system=1 ;;
+  esac
 done
-ST_BIN_SYSTEM="" ST_BIN_129=""
+ST_BIN_SYSTEM="" ST_BIN_129="" ST_BIN_129_ASM=""
 if [ "$need_system" = 1 ]; then
   command -v syncthing >/dev/null || apt_install syncthing ||
     fail "syncthing is not installed; run: sudo apt-get install -y syncthing"
@@ -168,6 +178,10 @@ if [ "$need_system" = 1 ]; then
 fi
 if [ "$need_129" = 1 ]; then
   ST_BIN_129=$("$BENCH/get_syncthing.sh") || fail "bench/get_syncthing.sh could not fetch Syncthing 1.29.5"
+fi
+if [ "$need_129_asm" = 1 ]; then
+  ST_BIN_129_ASM=$("$BENCH/build_syncthing.sh") ||
+    fail "bench/build_syncthing.sh could not build Syncthing 1.29.5 without purego"
 fi
 # Every variant: its binary runs, is the version its name says, has `syncthing generate`;
 # and its default fsWatcherDelayS, from a config it generates (for the header).
@@ -282,7 +296,8 @@ cairn: $rev (${CAIRND#"$ROOT"/})
 tools: $TOOLS
 $variants
 setup: 2 daemons per tool on 127.0.0.1 TCP, fresh homes and empty folders for every data set,
-  tools run one after the other; data copied into the sender's folder, the watcher picks it up.
+  tools run one after the other; data copied into the sender's folder, the watcher picks it up;
+  each many-file run starts after ${FS_SETTLE} s of letting the file system settle (BENCH_FS_SETTLE).
 Syncthing: discovery, relays, NAT, usage/crash reporting, upgrades off; static addresses;
   fsWatcher on, fsWatcherDelayS as above; rescanIntervalS 3600; setLowPriority false.
 seconds: end of the copy -> receiver has every file with the right size (stat of each
@@ -315,6 +330,29 @@ scale ($SCALE_FILES files): a monitor samples every ${STATUS_INTERVAL} s, from t
   the sender, clock from the write's close until the receiver's file has the new content.
 EOF
   fi
+}
+
+# settle_fs: on ext4 without a journal, creating a file within ~60 s of many deletes
+# scans the recently freed inodes (ext4's recently_deleted; one profile run spent 38% of
+# the receiver's samples in openat so): the tool that runs right after the previous
+# tool's folders were deleted pays for them (fs/ext4/ialloc.c: 60 s, RECENTCY_MIN, or 300
+# s while the inode table block is unwritten, which the sync here writes). Before each
+# many-file run, flush and wait out that window (BENCH_FS_SETTLE seconds; default 65
+# there, 0 elsewhere).
+FS_SETTLE=${BENCH_FS_SETTLE:-}
+if [ -z "$FS_SETTLE" ]; then
+  FS_SETTLE=0
+  dev=$(findmnt -no SOURCE -T "$BENCH/data" 2>/dev/null || true)
+  dev=${dev##*/}
+  if [ -n "$dev" ] && [ -d "/proc/fs/ext4/$dev" ] && ! ls -d /proc/fs/jbd2/"$dev"-* >/dev/null 2>&1; then
+    FS_SETTLE=65
+  fi
+fi
+settle_fs() {
+  [ "$FS_SETTLE" -gt 0 ] || return 0
+  sync
+  log "waiting ${FS_SETTLE} s for the file system's recently freed inodes (BENCH_FS_SETTLE)"
+  sleep "$FS_SETTLE"
 }
 
 # run_one DATASET TOOL: one tool on one data set, result appended to $RESULTS.
@@ -454,6 +492,7 @@ for ds in "${sets[@]}"; do
   [ "$ds" = small100k ] && [ ! -e "$DATA/.small100k.complete" ] && fail "small100k needs BENCH_100K=1"
   [ "$ds" = huge10g ] && [ ! -e "$DATA/.huge10g.complete" ] && fail "huge10g needs BENCH_HUGE=1"
   for tool in $TOOLS; do
+    case $ds in small10k | identical | dirrename | small100k) settle_fs ;; esac
     run_one "$ds" "$tool"
   done
   if [ "$WITH_RSYNC" = 1 ]; then run_rsync "$ds"; fi

@@ -5,7 +5,8 @@
 # Expects from the caller: a helper function (python3 bench/sync_helper.py), BENCH (the bench
 # directory), CAIRND, WORK, LOGDIR, PORT_BASE (first port to use), ST_WATCH_DELAY,
 # READY_TIMEOUT, STATUS_INTERVAL (seconds between monitor samples); for Syncthing pairs
-# ST_BIN_SYSTEM (the syncthing on PATH) and, for syncthing-1.29 variants, ST_BIN_129.
+# ST_BIN_SYSTEM (the syncthing on PATH) and, for syncthing-1.29 variants, ST_BIN_129 (and
+# ST_BIN_129_ASM for syncthing-1.29-asm ones).
 # Sets for the current pair: PAIR (its JSON description), PAIR_DIR, SENDER_DIR,
 # RECEIVER_DIR, SENDER_LOG, RECEIVER_LOG, PAIR_PIDS (sender pid, receiver pid), MON_PID (the
 # monitor started by start_monitor, if any).
@@ -142,7 +143,10 @@ start_cairn_pair() {
 #                        ST_WATCH_DELAY (BENCH_ST_WATCH_DELAY; the script's old single tool)
 #   syncthing-1.19       the syncthing on PATH, which must be 1.19.x (Debian bookworm's)
 #   syncthing-1.29       ST_BIN_129, Debian's 1.29.5 unpacked by bench/get_syncthing.sh
-#   ...-dN               either of the two with fsWatcherDelayS = N (syncthing-1.29-d1)
+#                        (built with -tags purego: no SHA-256/AES assembly)
+#   syncthing-1.29-asm   ST_BIN_129_ASM, the same source and build built without purego
+#                        by bench/build_syncthing.sh (the fair 1.29.5 anchor)
+#   ...-dN               any of them with fsWatcherDelayS = N (syncthing-1.29-asm-d1)
 st_variant() {
   ST_DELAY="" ST_SERIES="" ST_BIN=""
   case $1 in
@@ -150,11 +154,12 @@ st_variant() {
       ST_BIN=${ST_BIN_SYSTEM:-} ST_DELAY=$ST_WATCH_DELAY
       return 0 ;;
   esac
-  [[ $1 =~ ^syncthing-(1\.19|1\.29)(-d([0-9]+))?$ ]] || return 1
-  ST_SERIES=${BASH_REMATCH[1]} ST_DELAY=${BASH_REMATCH[3]}
-  case $ST_SERIES in
+  [[ $1 =~ ^syncthing-(1\.19|1\.29|1\.29-asm)(-d([0-9]+))?$ ]] || return 1
+  ST_SERIES=${BASH_REMATCH[1]%-asm} ST_DELAY=${BASH_REMATCH[3]}
+  case ${BASH_REMATCH[1]} in
     1.19) ST_BIN=${ST_BIN_SYSTEM:-} ;;
     1.29) ST_BIN=${ST_BIN_129:-} ;;
+    1.29-asm) ST_BIN=${ST_BIN_129_ASM:-} ;;
   esac
 }
 
@@ -163,7 +168,7 @@ st_variant() {
 start_syncthing_pair() {
   local tool=$1 name=$2 pa pb ga gb key ida idb pid side delay=() cfg
   st_variant "$tool" || { log "unknown Syncthing variant '$tool'"; return 1; }
-  [ -n "$ST_BIN" ] || { log "$tool: no binary (ST_BIN_SYSTEM or ST_BIN_129 unset)"; return 1; }
+  [ -n "$ST_BIN" ] || { log "$tool: no binary (ST_BIN_SYSTEM, ST_BIN_129 or ST_BIN_129_ASM unset)"; return 1; }
   [ -n "$ST_DELAY" ] && delay=(--watch-delay "$ST_DELAY")
   take_ports 4 || return 1
   pa=${PORTS[0]} pb=${PORTS[1]} ga=${PORTS[2]} gb=${PORTS[3]}

@@ -17,11 +17,14 @@
 #     (target: at least its speed);
 #     the CPU seconds each daemon used during the first sync and the first restore (b
 #     both serves a and writes its own copy of the restored file);
-#   - a restore on b of the third version from b's own store (s).
+#   - a restore on b of the third version from b's own store (s);
+#   - BENCH_RESTORE_ROUNDS (default 5) paired rounds, each a first sync of a fresh file of
+#     the same size beside a restore of the oldest version on a from b, and their ratios'
+#     median (the target's figure: each pair is run seconds apart).
 # BENCH_PERF=1 samples both daemons with perf during the first restore
 # (LOGDIR/restore-{a,b}.perf.data; `perf report -i ...`).
 # Usage: bench/versions.sh   (BENCH_NO_BUILD=1, BENCH_CAIRND, BENCH_VERSIONS, BENCH_SIZE_MIB,
-#   BENCH_PERF)
+#   BENCH_PERF, BENCH_RESTORE_ROUNDS)
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 VERSIONS=${BENCH_VERSIONS:-100}
@@ -179,6 +182,52 @@ start = time.monotonic()
 while os.path.exists(dst) and time.monotonic() - start < 120:
     time.sleep(0.05)
 restore_on_a(oldest, first_digest, "no chunk of it on a")
+# Paired rounds: a first sync of a fresh file of the same size (new bytes, written on a),
+# then a restore on a of the oldest version, which only b holds (a deletes the file first),
+# one right after the other, so each ratio compares two runs seconds apart on this noisy
+# machine rather than the one first sync at the start. They run before a keeps any
+# version of its own (a restores every byte from b, checked), and each starts once b has
+# its own copy of the last restore, so no round's work spills into the next.
+rounds = int(os.environ.get("BENCH_RESTORE_ROUNDS", "5"))
+paired = []
+for r in range(rounds):
+    wait_for(dst, first_digest)
+    fresh = b"".join(rng.randbytes(1 << 20) for _ in range(size >> 20))
+    want = hashlib.sha256(fresh).hexdigest()
+    name = f"fresh-{r}.bin"
+    tmp = os.path.join(sender, f".{name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(fresh)
+    del fresh
+    c0 = cpu()
+    os.rename(tmp, os.path.join(sender, name))
+    t = time.monotonic()
+    synced = wait_for(os.path.join(receiver, name), want) - t
+    sync_cpu = cpu_since(c0)
+    os.remove(a_file)
+    start = time.monotonic()
+    while os.path.exists(dst) and time.monotonic() - start < 120:
+        time.sleep(0.05)
+    time.sleep(0.5)  # b's pull that removed it ends (it keeps the version) before the clock
+    c0 = cpu()
+    before = metric(ahome, "cairn_bytes_received_total")
+    t = time.monotonic()
+    cli("restore", "big.bin", "--version", oldest, home=ahome)
+    restored = wait_for(a_file, first_digest) - t
+    restore_cpu = cpu_since(c0)
+    got = metric(ahome, "cairn_bytes_received_total") - before
+    if got < size * 0.99:
+        sys.exit(f"versions.sh: round {r + 1}'s restore received only {got} bytes from b")
+    wait_for(dst, first_digest)
+    paired.append((synced, restored))
+    say(f"round {r + 1}: first sync of a fresh {size_mib} MiB file {synced:.2f} s "
+        f"({sync_cpu}); restore on a from b {restored:.2f} s ({restore_cpu}, "
+        f"{got / 2**20:.1f} MiB received); "
+        f"ratio {restored / synced:.2f}")
+if paired:
+    ratios = sorted(b / a for a, b in paired)
+    say(f"paired rounds: {rounds}; restore / first sync median {statistics.median(ratios):.2f} "
+        f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f}; target <= 1)")
 # From a peer, what differs: the second version, while a has the first (they share all
 # but a few chunks).
 wait_for(dst, first_digest)

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cairn_core::scan::{Stamp, TEMP_PREFIX};
-use cairn_core::{ChunkId, Chunker, ContentId, Manifest, path as folder_path};
+use cairn_core::{
+    ChunkId, ChunkRef, Chunker, ContentId, ContentIdBuilder, Manifest, path as folder_path,
+};
 use tokio::sync::oneshot;
 
 use crate::index::Index;
@@ -156,12 +158,15 @@ impl RestoreJob {
         fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
 
         // Copy next to the destination under a fresh temp name the scanner ignores, and
-        // check the copy is the version asked for.
+        // check the copy is the version asked for: every chunk is checked against its id
+        // as it is read, and the content id is rebuilt from those chunks, so a wrong chunk
+        // list is caught without reading the copy back (as the puller writes a file).
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let tmp = parent.join(format!("{TEMP_PREFIX}restore.{}.{nanos}", &hex[..16]));
         let mut staged = Staged(None);
+        let mut copy_id = ContentIdBuilder::default();
         let copied = (|| -> io::Result<()> {
             // Staged versions are read from their link, imported ones from the store.
             let chunks: Vec<(ChunkId, u64, usize)> = match self
@@ -201,6 +206,8 @@ impl RestoreJob {
                     .version_chunk(&content, id, *at, *len)
                     .map_err(io::Error::other)?;
                 out.write_all(&bytes)?;
+                let len = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+                copy_id.push(&ChunkRef { id: *id, len });
             }
             out.sync_all()
         })();
@@ -210,7 +217,7 @@ impl RestoreJob {
                 &hex[..12]
             )
         })?;
-        if self.read(&tmp)?.0 != content {
+        if copy_id.finish() != content {
             return Err(format!(
                 "the kept copy of version {} is damaged; nothing was changed",
                 &hex[..12]

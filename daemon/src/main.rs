@@ -50,10 +50,9 @@ muzzy_decay_ms:0,oversize_threshold:0,tcache_nslots_large:256\0";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(
+            std::env::var("CAIRN_LOG").ok().as_deref(),
+        )))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -63,6 +62,20 @@ fn main() -> ExitCode {
             eprintln!("cairnd: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What the daemon logs: `CAIRN_LOG` (tracing's filter syntax), default `info`. The
+/// version store polls iroh-blobs' collector every 200 ms and turns down each poll that
+/// nobody asked for (versions.rs, `GcGate`); iroh-blobs logs every such turn at INFO ("abort
+/// gc run"), five lines a second for as long as the daemon runs. That target is kept at
+/// `warn` unless the filter names iroh_blobs itself.
+fn log_filter(env: Option<&str>) -> String {
+    const QUIET: &str = "iroh_blobs::store::gc=warn";
+    match env.map(str::trim).filter(|e| !e.is_empty()) {
+        Some(e) if e.contains("iroh_blobs") => e.to_string(),
+        Some(e) => format!("{e},{QUIET}"),
+        None => format!("info,{QUIET}"),
     }
 }
 
@@ -119,4 +132,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(home.control());
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn the_collectors_idle_polls_stay_out_of_the_log_unless_asked_for() {
+        assert_eq!(log_filter(None), "info,iroh_blobs::store::gc=warn");
+        assert_eq!(log_filter(Some(" ")), "info,iroh_blobs::store::gc=warn");
+        assert_eq!(
+            log_filter(Some("debug,libp2p=warn")),
+            "debug,libp2p=warn,iroh_blobs::store::gc=warn"
+        );
+        assert_eq!(log_filter(Some("iroh_blobs=debug")), "iroh_blobs=debug");
+        // The result parses as a filter.
+        for env in [None, Some("info,libp2p=warn")] {
+            assert!(tracing_subscriber::EnvFilter::try_new(log_filter(env)).is_ok());
+        }
+    }
 }

@@ -48,12 +48,13 @@ pub fn answer(
     req: &BlocksRequest,
 ) -> BlocksResponse {
     match req {
-        BlocksRequest::Manifest { folder, content } => match index.stored(content).ok().flatten() {
-            Some(s) if !in_folder(index, folder, content, &s) => BlocksResponse::Manifest(None),
-            Some(Stored::Whole(m)) => BlocksResponse::Manifest(Some(m.encode())),
-            Some(Stored::Paged(o)) => BlocksResponse::Outline(o.encode()),
-            None => BlocksResponse::Manifest(None),
-        },
+        BlocksRequest::Manifest { folder, content } => {
+            let answer = manifest(index, folder, content);
+            if !matches!(answer, BlocksResponse::Manifest(None)) {
+                versions.note_asked(content);
+            }
+            answer
+        }
         BlocksRequest::ManifestPage {
             folder,
             content,
@@ -141,6 +142,16 @@ fn in_folder(index: &Index, folder: &str, content: &ContentId, stored: &Stored) 
     })
 }
 
+/// The manifest of `content` if the folder has it (its outline if it is paged).
+fn manifest(index: &Index, folder: &str, content: &ContentId) -> BlocksResponse {
+    match index.stored(content).ok().flatten() {
+        Some(s) if !in_folder(index, folder, content, &s) => BlocksResponse::Manifest(None),
+        Some(Stored::Whole(m)) => BlocksResponse::Manifest(Some(m.encode())),
+        Some(Stored::Paged(o)) => BlocksResponse::Outline(o.encode()),
+        None => BlocksResponse::Manifest(None),
+    }
+}
+
 fn read_chunk(
     index: &Index,
     versions: &VersionStore,
@@ -155,9 +166,11 @@ fn read_chunk(
         .find_chunk(id, |loc| {
             if loc.folder == kept {
                 let content = loc.path.parse().ok()?;
-                return versions
+                let chunk = versions
                     .version_chunk(&content, id, loc.offset, loc.len as usize)
-                    .ok();
+                    .ok()?;
+                versions.note_served();
+                return Some(chunk);
             }
             if loc.folder != folder {
                 return None;

@@ -27,7 +27,7 @@
 //! them from blocking threads (the puller's, restores', `spawn_blocking`), never from the
 //! event loop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -134,7 +134,25 @@ pub struct VersionStore {
     staging_limit: AtomicU64,
     /// When a version was last staged, in ms since the store opened.
     staged_at_ms: AtomicU64,
+    /// When a peer was last served chunks from the kept versions, in ms since the store
+    /// opened, plus one (0: never).
+    served_at_ms: AtomicU64,
+    /// Contents whose manifest a peer asked for within [`ASKED_RECENTLY`] (or a little
+    /// longer), with when: peers first waits only for a version a peer is fetching.
+    asked: std::sync::Mutex<Asked>,
     opened: Instant,
+}
+
+/// How long a peer's ask for a manifest counts as that peer fetching the version.
+pub const ASKED_RECENTLY: Duration = Duration::from_secs(60);
+
+/// Contents asked for -> when (ms since the store opened). Entries older than
+/// [`ASKED_RECENTLY`] are dropped whenever the map has doubled since the last drop, so
+/// one ask costs O(1) however many files a first sync asks for.
+#[derive(Default)]
+struct Asked {
+    at: HashMap<ContentId, u64>,
+    prune_at: usize,
 }
 
 /// Counts a running pull for as long as it lives.
@@ -177,6 +195,8 @@ impl VersionStore {
             pulls: AtomicUsize::new(0),
             staging_limit: AtomicU64::new(STAGING_LIMIT),
             staged_at_ms: AtomicU64::new(0),
+            served_at_ms: AtomicU64::new(0),
+            asked: Default::default(),
             opened: Instant::now(),
         })
     }
@@ -236,10 +256,49 @@ impl VersionStore {
             std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, &kept)?;
         }
-        self.staged_at_ms
-            .store(self.opened.elapsed().as_millis() as u64, SeqCst);
+        self.staged_at_ms.store(self.now_ms(), SeqCst);
         self.pending.store(true, SeqCst);
         Ok(())
+    }
+
+    /// Milliseconds since the store opened: the clock of `staged_at_ms` and `served_at_ms`.
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    /// A peer was served chunks from the kept versions just now (`serve.rs`): it may be
+    /// restoring one of them from this device.
+    pub fn note_served(&self) {
+        self.served_at_ms.store(self.now_ms() + 1, SeqCst);
+    }
+
+    /// Whether a peer was served from the kept versions within `within`.
+    pub fn served_within(&self, within: Duration) -> bool {
+        let at = self.served_at_ms.load(SeqCst);
+        at != 0 && (self.now_ms() + 1).saturating_sub(at) < within.as_millis() as u64
+    }
+
+    /// A peer asked for the manifest of `content` just now (`serve.rs`): it is about to
+    /// fetch that version, perhaps from the kept versions here.
+    pub fn note_asked(&self, content: &ContentId) {
+        const FLOOR: usize = 1024;
+        let now = self.now_ms();
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.at.insert(*content, now);
+        if asked.at.len() > asked.prune_at.max(FLOOR) {
+            let horizon = ASKED_RECENTLY.as_millis() as u64;
+            asked.at.retain(|_, at| now.saturating_sub(*at) < horizon);
+            asked.prune_at = 2 * asked.at.len();
+        }
+    }
+
+    /// Whether a peer asked for the manifest of `content` within `within` (which counts
+    /// up to [`ASKED_RECENTLY`]).
+    pub fn asked_within(&self, content: &ContentId, within: Duration) -> bool {
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.at.get(content).is_some_and(|at| {
+            self.now_ms().saturating_sub(*at) < within.min(ASKED_RECENTLY).as_millis() as u64
+        })
     }
 
     /// Marks a pull as running until the guard drops: the importer, whose copying competes
@@ -253,8 +312,7 @@ impl VersionStore {
     /// runs and the last stage is [`IMPORT_QUIET`] old (edits often come in bursts), or
     /// the staged copies take more than the staging limit.
     fn import_due(&self) -> bool {
-        let since = (self.opened.elapsed().as_millis() as u64)
-            .saturating_sub(self.staged_at_ms.load(SeqCst));
+        let since = self.now_ms().saturating_sub(self.staged_at_ms.load(SeqCst));
         self.pending.load(SeqCst)
             && ((self.pulls.load(SeqCst) == 0 && since >= IMPORT_QUIET.as_millis() as u64)
                 || self.staging_full())

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use cairn_core::conduct::Violation;
 use cairn_core::folder::{DeviceId, EntryValue};
@@ -38,6 +39,23 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// Answers blocks requests for one file: its first `lies` answers corrupt the chunk or
 /// delta, then honestly; a paged manifest comes as its outline and pages (page `forged`
 /// altered).
+/// The next blocks request the puller sends a fake peer, with where to answer it; the
+/// violations it reports meanwhile go to `violations`.
+fn next_request(
+    rx: &mut mpsc::UnboundedReceiver<NetCommand>,
+    violations: &mut Vec<(PeerId, Violation)>,
+) -> Option<(
+    BlocksRequest,
+    tokio::sync::oneshot::Sender<Result<BlocksResponse, String>>,
+)> {
+    loop {
+        match rx.blocking_recv()? {
+            NetCommand::Blocks { request, reply, .. } => return Some((request, reply)),
+            NetCommand::Violation { peer, kind, .. } => violations.push((peer, kind)),
+        }
+    }
+}
+
 /// The fake peer's thread; it returns the violations the puller reported.
 type FakePeer = std::thread::JoinHandle<Vec<(PeerId, Violation)>>;
 
@@ -56,14 +74,7 @@ fn fake_peer(
             at += c.len as usize;
         }
         let mut answered = 0;
-        while let Some(cmd) = rx.blocking_recv() {
-            let (request, reply) = match cmd {
-                NetCommand::Blocks { request, reply, .. } => (request, reply),
-                NetCommand::Violation { peer, kind, .. } => {
-                    violations.push((peer, kind));
-                    continue;
-                }
-            };
+        while let Some((request, reply)) = next_request(&mut rx, &mut violations) {
             let response = match request {
                 BlocksRequest::Chunks { chunks, .. } => BlocksResponse::Chunks(
                     chunks
@@ -154,6 +165,8 @@ fn puller(
         preserving: Default::default(),
         scope: None,
         before_rename: None,
+        waited_for_peers: Default::default(),
+        prefetched: Default::default(),
     }
 }
 
@@ -613,4 +626,169 @@ fn a_run_of_deletes_keeps_every_version_and_leaves_a_file_edited_since_its_scan(
         puller.root.join("b").is_dir(),
         "the directory holding the edit went"
     );
+}
+
+/// Peers first: a file this device would write from its kept versions waits while a peer
+/// is being served from them (the peer is restoring that version from here), and is
+/// written once the serving has been quiet; without serving it does not wait.
+#[test]
+fn a_copy_from_kept_versions_waits_while_a_peer_is_served_from_them() {
+    let params = ChunkerParams::V1_DEFAULT;
+    let (dir, index) = folder_index(params);
+    let bytes = pseudo_random(300_000, 7);
+    let (chunker, manifest) = cut(params, &bytes);
+    let content = manifest.content_id();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let puller = puller(&dir, chunker, index, PeerId::random(), tx);
+    std::fs::write(puller.root.join("k.bin"), &bytes).unwrap();
+    let record = puller.index.folders().unwrap().remove(0);
+    cairn_daemon::scanner::scan_folder(&puller.index, &record, &|_| {}).unwrap();
+    // A peer's delete: the version is kept, and only the version store holds it now.
+    let delete = Plan {
+        actions: vec![Action::Delete {
+            path: "k.bin".into(),
+            kind: EntryKind::File,
+        }],
+        rejected: vec![],
+    };
+    let outcome = puller.run(&delete, &HashMap::new());
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    assert!(
+        puller.versions.has(&content).unwrap(),
+        "the version was not kept"
+    );
+    let restore = |name: &str| {
+        let (plan, values) = write_plan(name, file_value(content, bytes.len() as u64), false);
+        let outcome = puller.run(&plan, &values);
+        assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+        assert_eq!(std::fs::read(puller.root.join(name)).unwrap(), bytes);
+    };
+    let waited = || *puller.waited_for_peers.lock().unwrap();
+    // Serves kept chunks every 100 ms until `stop` (or `until`), while `restore` runs.
+    let serving_while = |name: &str, until: Option<Duration>| {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let server = s.spawn(|| {
+                let start = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                    && until.is_none_or(|u| start.elapsed() < u)
+                {
+                    puller.versions.note_served();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Instant::now()
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            let before = waited();
+            restore(name);
+            let written = Instant::now();
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            (server.join().unwrap(), written, waited() - before)
+        })
+    };
+    // No peer is being served: the copy is written at once.
+    restore("quiet.bin");
+    assert_eq!(waited(), Duration::ZERO);
+    // Kept chunks are served, but no peer asked for this version: no wait.
+    let (_, _, waited_unasked) = serving_while("unasked.bin", Some(Duration::from_millis(1_500)));
+    assert_eq!(
+        waited_unasked,
+        Duration::ZERO,
+        "waited for a fetch of another version"
+    );
+    // A peer asked for this version and is served for half a second (within the bound
+    // below): the copy is written after.
+    puller.versions.note_asked(&content);
+    let (served_until, written, waited_asked) =
+        serving_while("served.bin", Some(Duration::from_millis(500)));
+    assert!(
+        written >= served_until,
+        "the copy was written while the peer was still being served"
+    );
+    assert!(waited_asked > Duration::ZERO);
+    // Serving that does not end: the copy waits only as long as the peer's fetch of a
+    // file of this size should take.
+    let bound = cairn_daemon::puller::peers_first_bound(bytes.len() as u64);
+    let (_, _, waited_endless) = serving_while("endless.bin", None);
+    assert!(
+        waited_endless >= bound && waited_endless < bound + Duration::from_millis(100),
+        "waited {waited_endless:?}, bound {bound:?}"
+    );
+}
+
+/// A run of small new files: their chunks come many files per request, not one request
+/// per file, and a wrong chunk among them is refused, counted and fetched again by its
+/// file's own write.
+#[test]
+fn small_new_files_come_many_per_request_and_a_wrong_chunk_among_them_is_refused() {
+    const FILES: usize = 100;
+    let params = ChunkerParams::V1_DEFAULT;
+    let (dir, index) = folder_index(params);
+    let mut chunks: HashMap<cairn_core::ChunkId, Vec<u8>> = HashMap::new();
+    let (mut actions, mut values, mut files) = (Vec::new(), HashMap::new(), Vec::new());
+    let mut chunker = None;
+    for k in 0..FILES {
+        let bytes = pseudo_random(1_000 + 37 * k, 100 + k as u64);
+        let (c, manifest) = cut(params, &bytes);
+        chunker = Some(c);
+        for (chunk, at) in manifest.chunks.iter().zip(manifest.offsets()) {
+            let at = at as usize;
+            chunks.insert(chunk.id, bytes[at..at + chunk.len as usize].to_vec());
+        }
+        let content = manifest.content_id();
+        index
+            .put_remote_manifests(&[(content, Stored::Whole(manifest))])
+            .unwrap();
+        let path = format!("f{k}.bin");
+        let (plan, v) = write_plan(&path, file_value(content, bytes.len() as u64), false);
+        actions.extend(plan.actions);
+        values.extend(v);
+        files.push((path, bytes));
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let peer = PeerId::random();
+    // The peer: answers chunk requests, with the first chunk of its first answer wrong.
+    let server = std::thread::spawn(move || {
+        let (mut requests, mut violations) = (0usize, Vec::new());
+        while let Some((request, reply)) = next_request(&mut rx, &mut violations) {
+            let BlocksRequest::Chunks { chunks: ids, .. } = request else {
+                panic!("asked for {request:?}");
+            };
+            requests += 1;
+            let items = ids
+                .iter()
+                .enumerate()
+                .map(|(n, id)| {
+                    let mut data = chunks[id].clone();
+                    if requests == 1 && n == 0 {
+                        data[0] ^= 0xff;
+                    }
+                    (*id, Some(data.into()))
+                })
+                .collect();
+            let _ = reply.send(Ok(BlocksResponse::Chunks(items)));
+        }
+        (requests, violations)
+    });
+    let puller = puller(&dir, chunker.unwrap(), index, peer, tx);
+    let plan = Plan {
+        actions,
+        rejected: vec![],
+    };
+    let outcome = puller.run(&plan, &values);
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    for (path, bytes) in &files {
+        assert_eq!(
+            &std::fs::read(puller.root.join(path)).unwrap(),
+            bytes,
+            "{path}"
+        );
+    }
+    assert!(puller.prefetched.lock().unwrap().is_empty());
+    drop(puller);
+    let (requests, violations) = server.join().unwrap();
+    // 100 single-chunk files, 32 chunks per request: 4 requests, and one more for the
+    // chunk that came wrong (one request per file: 100).
+    assert_eq!(requests, FILES.div_ceil(32) + 1, "chunk requests");
+    assert_eq!(violations, vec![(peer, Violation::BadChunk)]);
 }

@@ -377,7 +377,7 @@ fn stale_temp_files_are_removed_and_resumable_ones_kept() {
     index
         .set_pull_progress(&folder.id, "sub/big.iso", Some((content, 256)))
         .unwrap();
-    let resumable = cairn_daemon::puller::temp_path(&s.root.join("sub/big.iso"), &content.short());
+    let resumable = cairn_daemon::temps::temp_path(&s.root.join("sub/big.iso"), &content.short());
     assert!(resumable.file_name().unwrap().len() < 40, "{resumable:?}");
     std::fs::write(&resumable, b"first windows").unwrap();
     let r = scan_folder(&index, &folder, &|_| {}).unwrap();

@@ -605,12 +605,13 @@ impl CliDevice {
 
     /// Runs with --json, expects success, parses stdout.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
-        let out = self
-            .cmd()
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("cairn runs");
+        self.json_with(self.cmd(), args)
+    }
+
+    /// [`Device::json`] with `cmd`, a [`Device::cmd`] the caller changed (its
+    /// environment, say).
+    pub fn json_with(&self, mut cmd: Command, args: &[&str]) -> serde_json::Value {
+        let out = cmd.arg("--json").args(args).output().expect("cairn runs");
         assert!(
             out.status.success(),
             "cairn {args:?}{} failed ({:?}): {}{}",

@@ -538,3 +538,25 @@ fn completions_and_the_systemd_unit() {
         "{unit}"
     );
 }
+
+/// A daemon left idle at its default log level writes nothing after starting up: the
+/// version store's collector polls every 200 ms, and iroh-blobs logged each turned-down
+/// poll at INFO (five lines a second, for as long as the daemon ran).
+#[test]
+fn an_idle_daemon_at_the_default_log_level_keeps_its_log_quiet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::new(tmp.path(), "quiet", None);
+    let mut up = a.cmd();
+    up.env_remove("CAIRN_LOG");
+    a.json_with(up, &["up"]);
+    assert!(
+        wait_until(20, || a.log().contains("daemon_started")),
+        "{}",
+        a.log()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let log = a.log();
+    let polls = log.matches("abort gc run").count();
+    assert_eq!(polls, 0, "the collector's idle polls are logged:\n{log}");
+    a.json(&["down"]);
+}

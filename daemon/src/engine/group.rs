@@ -16,6 +16,16 @@ use tokio::sync::oneshot;
 use super::{Engine, Event};
 
 impl Engine {
+    /// This device's folders, or only `folder` when one is named (none if it is not one of
+    /// them).
+    pub(crate) fn folders_named(&self, folder: Option<&str>) -> Vec<String> {
+        self.local
+            .keys()
+            .filter(|id| folder.is_none_or(|f| f == id.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// The members of a folder with their names and whether they are connected.
     fn members(&self, id: &str) -> Vec<Member> {
         let Some(f) = self.node.folder(id) else {
@@ -55,12 +65,7 @@ impl Engine {
             let _ = reply.send(Err(ApiError::BadRequest(e.to_string())));
             return;
         }
-        let ids: Vec<String> = self
-            .local
-            .keys()
-            .filter(|id| query.folder.as_ref().is_none_or(|f| f == *id))
-            .cloned()
-            .collect();
+        let ids = self.folders_named(query.folder.as_deref());
         let path: Option<String> = query
             .path
             .as_deref()
@@ -160,12 +165,7 @@ impl Engine {
         reply: oneshot::Sender<Result<Restored, ApiError>>,
     ) -> Option<oneshot::Sender<Result<Restored, ApiError>>> {
         let path = request.path.clone();
-        let ids: Vec<String> = self
-            .local
-            .keys()
-            .filter(|id| request.folder.as_ref().is_none_or(|f| f == *id))
-            .cloned()
-            .collect();
+        let ids = self.folders_named(request.folder.as_deref());
         let mut found = Vec::new();
         for id in ids {
             let versions = self.past_versions(&id, Some(&path), false, true);

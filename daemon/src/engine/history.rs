@@ -114,17 +114,14 @@ impl Engine {
             return Err(no_folder(id));
         }
         let mut with_versions = Vec::new();
-        for id in self.local.keys() {
-            if req.folder.as_ref().is_some_and(|f| f != id) {
-                continue;
-            }
+        for id in self.folders_named(req.folder.as_deref()) {
             if !self
                 .index
-                .history_of(id, &req.path)
+                .history_of(&id, &req.path)
                 .map_err(|e| e.to_string())?
                 .is_empty()
             {
-                with_versions.push(id.clone());
+                with_versions.push(id);
             }
         }
         let id = match with_versions.as_slice() {

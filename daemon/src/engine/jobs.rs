@@ -111,6 +111,8 @@ impl Engine {
             preserving: Default::default(),
             scope,
             before_rename: None,
+            waited_for_peers: Default::default(),
+            prefetched: Default::default(),
         };
         l.progress = Some(puller.progress.clone());
         l.rate = (Instant::now(), 0, 0.0);

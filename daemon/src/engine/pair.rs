@@ -191,6 +191,14 @@ impl Engine {
         self.pair_pending.insert(rid, peer);
     }
 
+    /// The device a join is asking now, if any.
+    fn join_asking(&self) -> Option<PeerId> {
+        self.join
+            .as_ref()
+            .and_then(|j| j.current.as_ref())
+            .map(|(p, _)| *p)
+    }
+
     fn next_candidate(&mut self) {
         if let Some(join) = &mut self.join {
             join.current = None;
@@ -364,12 +372,7 @@ impl Engine {
                 ..
             } => {
                 self.pair_pending.remove(&request_id);
-                let current = self
-                    .join
-                    .as_ref()
-                    .and_then(|j| j.current.as_ref())
-                    .map(|(p, _)| *p);
-                if current != Some(peer) {
+                if self.join_asking() != Some(peer) {
                     return;
                 }
                 match PairResponse::decode(&response) {
@@ -418,12 +421,7 @@ impl Engine {
                 request_id, peer, ..
             } => {
                 self.pair_pending.remove(&request_id);
-                let current = self
-                    .join
-                    .as_ref()
-                    .and_then(|j| j.current.as_ref())
-                    .map(|(p, _)| *p);
-                if current == Some(peer) {
+                if self.join_asking() == Some(peer) {
                     self.next_candidate();
                 }
             }
