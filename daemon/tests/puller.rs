@@ -36,9 +36,6 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Answers blocks requests for one file: its first `lies` answers corrupt the chunk or
-/// delta, then honestly; a paged manifest comes as its outline and pages (page `forged`
-/// altered).
 /// The next blocks request the puller sends a fake peer, with where to answer it; the
 /// violations it reports meanwhile go to `violations`.
 fn next_request(
@@ -59,6 +56,9 @@ fn next_request(
 /// The fake peer's thread; it returns the violations the puller reported.
 type FakePeer = std::thread::JoinHandle<Vec<(PeerId, Violation)>>;
 
+/// Answers blocks requests for one file: its first `lies` answers corrupt the chunk or
+/// delta, then honestly; a paged manifest comes as its outline and pages (page `forged`
+/// altered).
 fn fake_peer(
     mut rx: mpsc::UnboundedReceiver<NetCommand>,
     bytes: Vec<u8>,
@@ -629,8 +629,10 @@ fn a_run_of_deletes_keeps_every_version_and_leaves_a_file_edited_since_its_scan(
 }
 
 /// Peers first: a file this device would write from its kept versions waits while a peer
-/// is being served from them (the peer is restoring that version from here), and is
-/// written once the serving has been quiet; without serving it does not wait.
+/// that asked for that version is being served from them (the peer is restoring it from
+/// here), and is written once the serving has been quiet; without serving, or with serving
+/// but no ask for this version, it does not wait, and endless serving holds it only for
+/// `peers_first_bound`.
 #[test]
 fn a_copy_from_kept_versions_waits_while_a_peer_is_served_from_them() {
     let params = ChunkerParams::V1_DEFAULT;

@@ -539,9 +539,9 @@ fn completions_and_the_systemd_unit() {
     );
 }
 
-/// A daemon left idle at its default log level writes nothing after starting up: the
-/// version store's collector polls every 200 ms, and iroh-blobs logged each turned-down
-/// poll at INFO (five lines a second, for as long as the daemon ran).
+/// A daemon left idle at its default log level does not log its version store's idle
+/// collector polls: the collector polls every 200 ms, and iroh-blobs logged each
+/// turned-down poll at INFO (five lines a second, for as long as the daemon ran).
 #[test]
 fn an_idle_daemon_at_the_default_log_level_keeps_its_log_quiet() {
     let tmp = tempfile::tempdir().unwrap();
