@@ -52,8 +52,11 @@ ca0=$(cpu "$pid_a") cb0=$(cpu "$pid_b")
 threads "$pid_a" >"$WORK/a.threads0"; threads "$pid_b" >"$WORK/b.threads0"
 # BENCH_PROFILE_GRAPH=1 records kernel call chains too (-g; cairnd has no frame pointers,
 # so its own frames stop at the first Rust function); the data is kept in LOGDIR.
+# BENCH_PROFILE_GRAPH=dwarf unwinds cairnd's own frames too (from .eh_frame; large data,
+# so best with a smaller BENCH_PROFILE_MIB) and reports who calls the copies and memsets.
 graph=()
 [ "${BENCH_PROFILE_GRAPH:-0}" = 1 ] && graph=(-g)
+[ "${BENCH_PROFILE_GRAPH:-0}" = dwarf ] && graph=(--call-graph dwarf,32768)
 perf record -q -e cpu-clock "${graph[@]}" -F 499 -p "$pid_a" -o "$LOGDIR/a.data" 2>"$WORK/a.perf.log" &
 perf_a=$!
 perf record -q -e cpu-clock "${graph[@]}" -F 499 -p "$pid_b" -o "$LOGDIR/b.data" 2>"$WORK/b.perf.log" &
@@ -104,6 +107,13 @@ threads "$pid_a" >"$WORK/a.threads1"; threads "$pid_b" >"$WORK/b.threads1"
       echo "== $side: system calls, with what the kernel did for them (share of its samples)"
       perf report -q -i "$LOGDIR/$side.data" --children -g none --sort sym 2>/dev/null |
         grep -E '__x64_sys_|ksys_' | head -n 12 || true
+    fi
+    if [ "${BENCH_PROFILE_GRAPH:-0}" = dwarf ]; then
+      echo "== $side: callers of copies, memsets and page faults (share of its samples)"
+      perf report -q -i "$LOGDIR/$side.data" --no-children -G --sort sym \
+        --symbol-filter=memmove --percent-limit 0.5 2>/dev/null | head -n 60 || true
+      perf report -q -i "$LOGDIR/$side.data" --no-children -G --sort sym \
+        --symbol-filter=memset --percent-limit 0.5 2>/dev/null | head -n 40 || true
     fi
     echo "== $side: CPU seconds by thread (threads of one name summed; threads that ended"
     echo "   during the run are missing)"

@@ -23,6 +23,7 @@ pub mod rendezvous;
 pub mod scanner;
 pub mod serve;
 pub mod temps;
+pub mod tls;
 pub mod versions;
 pub mod watcher;
 
@@ -48,12 +49,26 @@ pub fn read_chunk_at(
     len: usize,
     id: &cairn_core::ChunkId,
 ) -> Option<Vec<u8>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let f = std::fs::OpenOptions::new()
+    read_chunk_in(&open_no_follow(path).ok()?, offset, len, id)
+}
+
+/// The file at `path` opened for reading, never through a symlink at `path`.
+pub fn open_no_follow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .ok()?;
+}
+
+/// The `len` bytes at `offset` of the open file `f` when they are the chunk `id`.
+pub fn read_chunk_in(
+    f: &std::fs::File,
+    offset: u64,
+    len: usize,
+    id: &cairn_core::ChunkId,
+) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
     let mut buf = read_buffer(len);
     (f.read_exact_at(&mut buf, offset).is_ok() && id.matches(&buf)).then_some(buf)
 }

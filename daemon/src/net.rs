@@ -505,15 +505,16 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
     let private_only = opts.private_only;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        // TCP (Noise, Yamux) and QUIC, under DNS, under the private-network guard: with
-        // the switch on, a DNS name is refused before it is resolved.
+        // TCP (TLS with AES-GCM first, or Noise; Yamux) and QUIC, under DNS, under the
+        // private-network guard: with the switch on, a DNS name is refused before it is
+        // resolved.
         .with_other_transport(
             |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
                 let mut mux = yamux::Config::default();
                 mux.set_max_num_streams(256);
                 let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                     .upgrade(libp2p::core::upgrade::Version::V1Lazy)
-                    .authenticate(noise::Config::new(key)?)
+                    .authenticate(crate::tls::Security::new(key)?)
                     .multiplex(mux)
                     .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
                 let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))

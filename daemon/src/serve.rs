@@ -3,7 +3,7 @@
 //! changed since it was indexed); an edited chunk can go out as a delta from the
 //! requester's base.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cairn_core::wire::{
@@ -88,13 +88,17 @@ pub fn answer(
         BlocksRequest::Chunks { folder, chunks } => {
             let mut seen = std::collections::HashSet::new();
             let mut bytes = 0;
+            let mut last = None;
             BlocksResponse::Chunks(
                 chunks
                     .iter()
                     .filter(|id| seen.insert(**id))
                     .map(|id| {
                         let data = (bytes < MAX_CHUNK_BYTES_PER_RESPONSE)
-                            .then(|| read_chunk(index, versions, root, folder, id).map(Bytes::from))
+                            .then(|| {
+                                read_chunk(index, versions, root, folder, id, &mut last)
+                                    .map(Bytes::from)
+                            })
                             .flatten()
                             .filter(|d| bytes + d.len() <= MAX_CHUNK_BYTES_PER_RESPONSE);
                         bytes += data.as_ref().map_or(0, Bytes::len);
@@ -114,7 +118,7 @@ pub fn answer(
             chunk,
             signature,
         } => BlocksResponse::Delta(DiffPermit::try_take().and_then(|_permit| {
-            read_chunk(index, versions, root, folder, chunk)
+            read_chunk(index, versions, root, folder, chunk, &mut None)
                 .and_then(|data| cairn_core::delta::diff(signature, &data).ok().flatten())
         })),
     }
@@ -152,12 +156,18 @@ fn manifest(index: &Index, folder: &str, content: &ContentId) -> BlocksResponse 
     }
 }
 
+/// The file a request's last chunk was read from, kept open for the next: the chunks of
+/// one request are mostly consecutive chunks of one file (opening it for each was 2% of
+/// the sender's CPU on a 1 GiB sync).
+type LastFile = Option<(PathBuf, std::fs::File)>;
+
 fn read_chunk(
     index: &Index,
     versions: &VersionStore,
     root: &Path,
     folder: &str,
     id: &ChunkId,
+    last: &mut LastFile,
 ) -> Option<Vec<u8>> {
     let kept = history_holder(folder);
     // The first place that reads back right, a file of the folder or a version it keeps
@@ -175,7 +185,12 @@ fn read_chunk(
             if loc.folder != folder {
                 return None;
             }
-            crate::read_chunk_at(&root.join(&loc.path), loc.offset, loc.len as usize, id)
+            let path = root.join(&loc.path);
+            if last.as_ref().is_none_or(|(open, _)| *open != path) {
+                *last = Some((path.clone(), crate::open_no_follow(&path).ok()?));
+            }
+            let (_, file) = last.as_ref()?;
+            crate::read_chunk_in(file, loc.offset, loc.len as usize, id)
         })
         .ok()
         .flatten()
