@@ -306,7 +306,7 @@ seconds: end of the copy -> receiver has every file with the right size (stat of
 copy s: how long the copy into the sender took (not in "seconds"; the tools may start
   during it). CPU s: CPU time both daemons used during "seconds" (utime+stime, /proc).
 wire bytes (tool): what each tool counts itself. cairn: chunk bytes + folder metadata bytes
-  (/metrics) - payload only, not Noise/yamux/TCP framing nor chunk requests. Syncthing:
+  (/metrics) - payload only, not TLS/Noise/yamux/TCP framing nor chunk requests. Syncthing:
   in+out bytes of the protocol connection (/rest/system/connections), above TLS.
 TCP bytes (ss): payload of every TCP socket between the two peers, both directions, from the
   kernel (ss -ti bytes_received), so it includes TLS/Noise/yamux framing; same for both tools.
