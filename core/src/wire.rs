@@ -148,6 +148,84 @@ impl W {
     }
 }
 
+/// A [`BlocksResponse::Chunks`] answer encoded as it is built: each chunk's bytes are
+/// read by the caller straight into the frame, not into a buffer of their own that
+/// [`BlocksResponse::encode`] then copies (that copy was half of the sender's `memmove`
+/// on a 1 GiB sync). The frame is byte for byte what `encode` makes of the same answer.
+pub struct ChunksFrame {
+    frame: Vec<u8>,
+    count: u32,
+    chunks: u64,
+    chunk_bytes: u64,
+}
+
+impl ChunksFrame {
+    /// An empty answer, with room for `capacity` bytes of frame (see
+    /// [`ChunksFrame::size`]).
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut frame = Vec::with_capacity(capacity.max(5));
+        frame.push(2);
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        ChunksFrame {
+            frame,
+            count: 0,
+            chunks: 0,
+            chunk_bytes: 0,
+        }
+    }
+
+    /// Room for an answer naming `ids` chunks and carrying `bytes` bytes of them (exact
+    /// when every chunk is carried; 4 bytes over for each one answered as missing).
+    pub fn size(ids: usize, bytes: usize) -> usize {
+        5 + ids * (32 + 1) + bytes + 4 * ids
+    }
+
+    /// Answers `id` as missing.
+    pub fn missing(&mut self, id: &ChunkId) {
+        self.frame.extend_from_slice(id.as_bytes());
+        self.frame.push(0);
+        self.count += 1;
+    }
+
+    /// Answers `id` with `len` bytes that `fill` writes into the frame; when `fill` says
+    /// it could not (returns false), `id` is answered as missing instead. Returns what
+    /// `fill` said.
+    pub fn chunk(
+        &mut self,
+        id: &ChunkId,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> bool,
+    ) -> bool {
+        let start = self.frame.len();
+        self.frame.extend_from_slice(id.as_bytes());
+        self.frame.push(1);
+        self.frame.extend_from_slice(&(len as u32).to_le_bytes());
+        let data = self.frame.len();
+        self.frame.resize(data + len, 0);
+        if fill(&mut self.frame[data..]) {
+            self.count += 1;
+            self.chunks += 1;
+            self.chunk_bytes += len as u64;
+            true
+        } else {
+            self.frame.truncate(start);
+            self.missing(id);
+            false
+        }
+    }
+
+    /// The chunks answered with their bytes, and those bytes.
+    pub fn carried(&self) -> (u64, u64) {
+        (self.chunks, self.chunk_bytes)
+    }
+
+    /// The encoded frame.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.frame[1..5].copy_from_slice(&self.count.to_le_bytes());
+        self.frame
+    }
+}
+
 struct R<'a>(&'a [u8]);
 
 impl<'a> R<'a> {
@@ -591,5 +669,42 @@ mod tests {
             let _ = BlocksRequest::decode(&bytes);
             let _ = BlocksResponse::decode(&bytes);
         }
+    }
+
+    /// A frame built in place is what `encode` makes of the same answer, and decodes back
+    /// to it; a chunk whose bytes could not be read is answered as missing.
+    #[test]
+    fn chunks_frame_encodes_as_encode_does() {
+        let ids: Vec<ChunkId> = (0..4u8).map(|i| ChunkId([i; 32])).collect();
+        let data: Vec<Vec<u8>> = vec![vec![7; 300], vec![], vec![9; 5]];
+        let mut built = ChunksFrame::with_capacity(ChunksFrame::size(4, 305));
+        assert!(built.chunk(&ids[0], 300, |b| {
+            b.copy_from_slice(&data[0]);
+            true
+        }));
+        built.missing(&ids[1]);
+        assert!(!built.chunk(&ids[2], 64, |b| {
+            b[0] = 1;
+            false
+        }));
+        assert!(built.chunk(&ids[3], 5, |b| {
+            b.copy_from_slice(&data[2]);
+            true
+        }));
+        assert_eq!(built.carried(), (2, 305));
+        let frame = built.finish();
+        let expected = BlocksResponse::Chunks(vec![
+            (ids[0], Some(Bytes::from(data[0].clone()))),
+            (ids[1], None),
+            (ids[2], None),
+            (ids[3], Some(Bytes::from(data[2].clone()))),
+        ]);
+        assert_eq!(frame, expected.encode());
+        assert_eq!(frame.len(), ChunksFrame::size(4, 305) - 2 * 4);
+        assert_eq!(BlocksResponse::decode(&frame).unwrap(), expected);
+        assert_eq!(
+            ChunksFrame::with_capacity(0).finish(),
+            BlocksResponse::Chunks(vec![]).encode()
+        );
     }
 }

@@ -49,7 +49,10 @@ pub fn read_chunk_at(
     len: usize,
     id: &cairn_core::ChunkId,
 ) -> Option<Vec<u8>> {
-    read_chunk_in(&open_no_follow(path).ok()?, offset, len, id)
+    use std::os::unix::fs::FileExt;
+    let f = open_no_follow(path).ok()?;
+    let mut buf = read_buffer(len);
+    (f.read_exact_at(&mut buf, offset).is_ok() && id.matches(&buf)).then_some(buf)
 }
 
 /// The file at `path` opened for reading, never through a symlink at `path`.
@@ -59,16 +62,4 @@ pub fn open_no_follow(path: &std::path::Path) -> std::io::Result<std::fs::File> 
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-}
-
-/// The `len` bytes at `offset` of the open file `f` when they are the chunk `id`.
-pub fn read_chunk_in(
-    f: &std::fs::File,
-    offset: u64,
-    len: usize,
-    id: &cairn_core::ChunkId,
-) -> Option<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = read_buffer(len);
-    (f.read_exact_at(&mut buf, offset).is_ok() && id.matches(&buf)).then_some(buf)
 }

@@ -333,7 +333,7 @@ impl Engine {
                 self.events_tx.clone(),
             );
             tokio::task::spawn_blocking(move || {
-                let response = crate::serve::answer(&index, &versions, &root, &req).into();
+                let response = crate::serve::answer(&index, &versions, &root, &req);
                 let _ = tx.send(Event::BlocksReady {
                     channel,
                     peer,
