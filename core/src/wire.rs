@@ -187,22 +187,23 @@ impl ChunksFrame {
         self.count += 1;
     }
 
-    /// Answers `id` with `len` bytes that `fill` writes into the frame; when `fill` says
-    /// it could not (returns false), `id` is answered as missing instead. Returns what
-    /// `fill` said.
+    /// Answers `id` with the `len` bytes `fill` appends to the frame (to the end of the
+    /// vector it is given; no bytes are zeroed first). When `fill` says it could not
+    /// (returns false) or appended any other number of bytes, `id` is answered as missing
+    /// instead. Returns whether the chunk went in.
     pub fn chunk(
         &mut self,
         id: &ChunkId,
         len: usize,
-        fill: impl FnOnce(&mut [u8]) -> bool,
+        fill: impl FnOnce(&mut Vec<u8>) -> bool,
     ) -> bool {
         let start = self.frame.len();
         self.frame.extend_from_slice(id.as_bytes());
         self.frame.push(1);
         self.frame.extend_from_slice(&(len as u32).to_le_bytes());
         let data = self.frame.len();
-        self.frame.resize(data + len, 0);
-        if fill(&mut self.frame[data..]) {
+        self.frame.reserve(len);
+        if fill(&mut self.frame) && self.frame.len() == data + len {
             self.count += 1;
             self.chunks += 1;
             self.chunk_bytes += len as u64;
@@ -679,16 +680,21 @@ mod tests {
         let data: Vec<Vec<u8>> = vec![vec![7; 300], vec![], vec![9; 5]];
         let mut built = ChunksFrame::with_capacity(ChunksFrame::size(4, 305));
         assert!(built.chunk(&ids[0], 300, |b| {
-            b.copy_from_slice(&data[0]);
+            b.extend_from_slice(&data[0]);
             true
         }));
         built.missing(&ids[1]);
         assert!(!built.chunk(&ids[2], 64, |b| {
-            b[0] = 1;
+            b.push(1);
             false
         }));
+        // Too few bytes appended: missing, whatever `fill` says.
+        assert!(!built.chunk(&ids[2], 64, |b| {
+            b.extend_from_slice(&[1; 63]);
+            true
+        }));
         assert!(built.chunk(&ids[3], 5, |b| {
-            b.copy_from_slice(&data[2]);
+            b.extend_from_slice(&data[2]);
             true
         }));
         assert_eq!(built.carried(), (2, 305));
@@ -697,10 +703,11 @@ mod tests {
             (ids[0], Some(Bytes::from(data[0].clone()))),
             (ids[1], None),
             (ids[2], None),
+            (ids[2], None),
             (ids[3], Some(Bytes::from(data[2].clone()))),
         ]);
         assert_eq!(frame, expected.encode());
-        assert_eq!(frame.len(), ChunksFrame::size(4, 305) - 2 * 4);
+        assert_eq!(frame.len(), ChunksFrame::size(5, 305) - 3 * 4);
         assert_eq!(BlocksResponse::decode(&frame).unwrap(), expected);
         assert_eq!(
             ChunksFrame::with_capacity(0).finish(),

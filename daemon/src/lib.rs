@@ -55,6 +55,37 @@ pub fn read_chunk_at(
     (f.read_exact_at(&mut buf, offset).is_ok() && id.matches(&buf)).then_some(buf)
 }
 
+/// Appends the `len` bytes at `offset` of `f` to `out`, read straight into its spare
+/// capacity (not zeroed first: that `memset` was 3% of a sender's CPU); true when all of
+/// them were read, else `out` is as it was.
+pub fn read_append_at(f: &std::fs::File, out: &mut Vec<u8>, len: usize, offset: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    out.reserve(len);
+    let start = out.len();
+    let mut got = 0;
+    while got < len {
+        let spare = &mut out.spare_capacity_mut()[got..len];
+        // SAFETY: `pread` writes at most `spare.len()` bytes into memory `out` owns.
+        let n = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                (offset + got as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => got += n as usize,
+            n if n < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
+    }
+    // SAFETY: the `len` bytes after `start` were written by `pread` above.
+    unsafe { out.set_len(start + len) };
+    true
+}
+
 /// The file at `path` opened for reading, never through a symlink at `path`.
 pub fn open_no_follow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -62,4 +93,24 @@ pub fn open_no_follow(path: &std::path::Path) -> std::io::Result<std::fs::File> 
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
+}
+
+#[cfg(test)]
+mod read_tests {
+    /// Bytes are appended after what `out` holds; a read past the end of the file leaves
+    /// `out` as it was.
+    #[test]
+    fn read_append_at_appends_or_leaves_the_buffer_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let mut out = b"ab".to_vec();
+        assert!(super::read_append_at(&f, &mut out, 4, 3));
+        assert_eq!(out, b"ab3456");
+        assert!(!super::read_append_at(&f, &mut out, 5, 8));
+        assert_eq!(out, b"ab3456");
+        assert!(super::read_append_at(&f, &mut out, 0, 100));
+        assert_eq!(out, b"ab3456");
+    }
 }

@@ -209,39 +209,35 @@ fn read_chunk(
     folder: &str,
     id: &ChunkId,
 ) -> Option<Vec<u8>> {
-    let places = locations(index, folder, id);
-    let mut buf = crate::read_buffer(places.first()?.len as usize);
+    let mut out = Vec::new();
     let mut last = None;
-    places
+    locations(index, folder, id)
         .iter()
-        .any(|loc| read_into(versions, root, folder, loc, id, &mut buf, &mut last))
-        .then_some(buf)
+        .any(|loc| read_into(versions, root, folder, loc, id, &mut out, &mut last))
+        .then_some(out)
 }
 
-/// Reads the chunk `id` at `loc`, one of [`locations`] (a file of `folder` under `root`,
-/// or a version it keeps, staged or in the store), into `buf`; true when it read back
-/// right.
+/// Appends the chunk `id` at `loc`, one of [`locations`] (a file of `folder` under
+/// `root`, or a version it keeps, staged or in the store), to `out`; true when it read
+/// back right, else `out` is as it was.
 fn read_into(
     versions: &VersionStore,
     root: &Path,
     folder: &str,
     loc: &ChunkLocation,
     id: &ChunkId,
-    buf: &mut [u8],
+    out: &mut Vec<u8>,
     last: &mut LastFile,
 ) -> bool {
-    use std::os::unix::fs::FileExt;
-    if loc.len as usize != buf.len() {
-        return false;
-    }
+    let len = loc.len as usize;
     if loc.folder != folder {
         // The versions' holder: `locations` gives no other.
         let Ok(content) = loc.path.parse() else {
             return false;
         };
-        return match versions.version_chunk(&content, id, loc.offset, buf.len()) {
-            Ok(chunk) if chunk.len() == buf.len() => {
-                buf.copy_from_slice(&chunk);
+        return match versions.version_chunk(&content, id, loc.offset, len) {
+            Ok(chunk) if chunk.len() == len => {
+                out.extend_from_slice(&chunk);
                 versions.note_served();
                 true
             }
@@ -255,8 +251,15 @@ fn read_into(
             Err(_) => return false,
         }
     }
-    last.as_ref()
-        .is_some_and(|(_, file)| file.read_exact_at(buf, loc.offset).is_ok() && id.matches(buf))
+    let start = out.len();
+    let Some((_, file)) = last.as_ref() else {
+        return false;
+    };
+    if crate::read_append_at(file, out, len, loc.offset) && id.matches(&out[start..]) {
+        return true;
+    }
+    out.truncate(start);
+    false
 }
 
 /// Diffs running at once, across all peers: each costs CPU the requester chose to spend,
