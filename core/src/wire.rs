@@ -197,13 +197,21 @@ impl ChunksFrame {
         len: usize,
         fill: impl FnOnce(&mut Vec<u8>) -> bool,
     ) -> bool {
+        let Ok(wire_len) = u32::try_from(len) else {
+            self.missing(id);
+            return false;
+        };
         let start = self.frame.len();
         self.frame.extend_from_slice(id.as_bytes());
         self.frame.push(1);
-        self.frame.extend_from_slice(&(len as u32).to_le_bytes());
+        self.frame.extend_from_slice(&wire_len.to_le_bytes());
         let data = self.frame.len();
         self.frame.reserve(len);
-        if fill(&mut self.frame) && self.frame.len() == data + len {
+        // What `fill` appended, and nothing before it touched.
+        if fill(&mut self.frame)
+            && self.frame.len() == data + len
+            && self.frame[start..data].starts_with(id.as_bytes())
+        {
             self.count += 1;
             self.chunks += 1;
             self.chunk_bytes += len as u64;
