@@ -119,9 +119,9 @@ fn chunks_answer(
         .iter()
         .fold(0, |bytes, p| bytes + fits(bytes, p.first()).unwrap_or(0));
     let mut frame = ChunksFrame::with_capacity(ChunksFrame::size(ids.len(), room));
-    let mut bytes = 0;
     let mut last = None;
     for (id, places) in ids.into_iter().zip(&places) {
+        let bytes = frame.carried().1 as usize;
         let served = match fits(bytes, places.first()) {
             Some(len) => frame.chunk(id, len, |buf| {
                 places
@@ -133,9 +133,7 @@ fn chunks_answer(
                 false
             }
         };
-        if served {
-            bytes += places[0].len as usize;
-        } else {
+        if !served {
             tracing::debug!(folder, chunk = %id.short(), "chunk_not_served");
         }
     }
@@ -251,15 +249,8 @@ fn read_into(
             Err(_) => return false,
         }
     }
-    let start = out.len();
-    let Some((_, file)) = last.as_ref() else {
-        return false;
-    };
-    if crate::read_append_at(file, out, len, loc.offset) && id.matches(&out[start..]) {
-        return true;
-    }
-    out.truncate(start);
-    false
+    last.as_ref()
+        .is_some_and(|(_, file)| crate::append_chunk_at(file, out, len, loc.offset, id))
 }
 
 /// Diffs running at once, across all peers: each costs CPU the requester chose to spend,

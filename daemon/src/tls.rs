@@ -76,28 +76,26 @@ struct Tls {
 
 impl Tls {
     fn new(key: &Keypair) -> Result<Self, SecurityError> {
-        let provider = || {
-            let mut p = rustls::crypto::aws_lc_rs::default_provider();
-            p.cipher_suites = vec![
-                TLS13_AES_128_GCM_SHA256,
-                TLS13_AES_256_GCM_SHA384,
-                TLS13_CHACHA20_POLY1305_SHA256,
-            ];
-            Arc::new(p)
-        };
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites = vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ];
+        let provider = Arc::new(provider);
         let (cert, private_key) = certificate::generate(key)?;
         let ours = Arc::new(OurCert(Arc::new(rustls::sign::CertifiedKey::new(
             vec![cert],
             rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&private_key)?,
         ))));
-        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(Verifier))
             .with_cert_resolver(ours.clone());
         // The server picks the suite: ours, whatever order a peer lists them in.
         server.ignore_client_order = true;
         server.alpn_protocols = vec![ALPN.to_vec()];
-        let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Verifier))
