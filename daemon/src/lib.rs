@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod direct;
 pub mod engine;
 pub mod folders;
 pub mod group;

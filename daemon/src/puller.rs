@@ -30,6 +30,7 @@ use cairn_core::{ChunkId, ChunkRef, Chunker, ContentId, Manifest, Outline};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::direct::DirectWriter;
 use crate::index::{Index, IndexError, Stored, Update, history_holder, is_history_holder};
 use crate::metrics::Metrics;
 use crate::scanner::{FileRead, read_file, stamp_of};
@@ -56,6 +57,8 @@ const PEERS_FIRST_RATE: f64 = 100e6;
 pub fn peers_first_bound(size: u64) -> Duration {
     Duration::from_secs(1) + Duration::from_secs_f64(size as f64 / PEERS_FIRST_RATE)
 }
+/// Fetches of at least this many bytes are written with `O_DIRECT` (crate::direct).
+const DIRECT_MIN_BYTES: u64 = 16 << 20;
 /// Files up to this size are written by several workers at once.
 const SMALL_FILE: u64 = 1 << 20;
 /// A run of small-file writes is done in windows of at most this many bytes, each
@@ -1887,11 +1890,18 @@ impl Puller {
                 })
                 .push(i);
         }
+        let fetch_bytes: u64 = order
+            .iter()
+            .map(|id| u64::from(manifest.chunks[by_id[id][0]].len))
+            .sum();
         let mut queue = request_batches(
             order
                 .into_iter()
                 .map(|id| (id, manifest.chunks[by_id[&id][0]].len as usize)),
         );
+        // Large fetches are written in file order past the page cache; a chunk named
+        // again later in the page is written where it repeats, buffered.
+        let mut out = (fetch_bytes >= DIRECT_MIN_BYTES).then(|| DirectWriter::new(tmp, file));
         let mut pending = std::collections::VecDeque::new();
         let mut failures = 0usize;
         let mut turn = 0usize;
@@ -1923,8 +1933,12 @@ impl Puller {
                     for id in batch {
                         match got.get(&id) {
                             Some(data) => {
-                                for &i in &by_id[&id] {
-                                    file.write_all_at(data, offsets[i]).map_err(io_err(tmp))?;
+                                for (k, &i) in by_id[&id].iter().enumerate() {
+                                    match &mut out {
+                                        Some(out) if k == 0 => out.write_at(data, offsets[i]),
+                                        _ => file.write_all_at(data, offsets[i]),
+                                    }
+                                    .map_err(io_err(tmp))?;
                                     written.done(i);
                                     Metrics::add(&self.progress.done_bytes, data.len() as u64);
                                 }
@@ -1949,6 +1963,10 @@ impl Puller {
                     return Err(PullError::Unavailable(format!("{} chunks", retry.len())));
                 }
                 queue.push_back(retry);
+            }
+            // What counts as written must be in the file before progress is recorded.
+            if let Some(out) = &mut out {
+                out.flush().map_err(io_err(tmp))?;
             }
             written.advance(saved)?;
         }
