@@ -66,7 +66,10 @@
 # files excluded) AND b's daemon says it is in sync. The tools run one after the other,
 # never at once. Afterwards b's folder is compared with a's (diff -r).
 #
-# Tools (BENCH_TOOLS, space-separated, run in that order for each data set): cairn, and
+# Tools (BENCH_TOOLS, space-separated, run in that order for each data set; the order
+# can move a figure by 15%: in a VM whose balloon hands freed memory back to the host, a
+# tool that writes right after another finds pages the host still backs, while the first
+# pays the host's faults, so compare both orders): cairn, and
 # Syncthing variants named for the binary and the watcher delay:
 #   syncthing-1.19     the syncthing on PATH, which must be 1.19.x (Debian bookworm's 1.19.2;
 #                      installed with apt-get as root if missing)

@@ -1,10 +1,10 @@
 //! Writes a large file's fetched chunks past the page cache (`O_DIRECT`), in large aligned
 //! blocks.
 //!
-//! A pull writes each chunk once and fsyncs it soon after (progress every
-//! [`crate::puller`] window, the file at its end), so the page cache holds nothing worth
-//! keeping: buffered, every byte was copied into fresh page-cache pages and written back
-//! by the kernel's flusher threads. On a 1 GiB sync that copy was 12% to 41% of the
+//! A pull writes each chunk once and fsyncs it soon after (a progress record every 256
+//! chunks, the file at its end), so the page cache holds nothing worth keeping: buffered,
+//! every byte was copied into fresh page-cache pages and written back by the kernel's
+//! flusher threads. On a 1 GiB sync that copy was 12% to 41% of the
 //! receiver's samples (`copy_folio_from_iter_atomic`, the share swinging with how fresh the
 //! pages the kernel handed out were: in a virtual machine a page the guest has not touched
 //! lately costs the host a fault); `dd` on this machine: 1 GiB with `conv=fsync` 0.23-0.26
@@ -55,7 +55,7 @@ impl<'a> DirectWriter<'a> {
             )
             .ok();
         let memory = if direct.is_some() {
-            vec![0u8; STAGE + ALIGN]
+            crate::read_buffer(STAGE + ALIGN)
         } else {
             Vec::new()
         };

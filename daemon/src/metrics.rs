@@ -24,6 +24,7 @@ pub struct Metrics {
     pub dedup_hits: AtomicU64,
     pub dedup_bytes: AtomicU64,
     pub delta_chunks: AtomicU64,
+    pub direct_write_bytes: AtomicU64,
     pub delta_saved_bytes: AtomicU64,
     pub delta_signature_bytes: AtomicU64,
     pub scan_files: AtomicU64,
@@ -184,7 +185,7 @@ impl Metrics {
         for ((peer, kind), n) in &violations {
             let _ = writeln!(out, "{name}{{peer=\"{peer}\",kind=\"{kind}\"}} {n}");
         }
-        let plain: [(&str, &str, &str, &AtomicU64); 19] = [
+        let plain: [(&str, &str, &str, &AtomicU64); 20] = [
             (
                 "cairn_versions_unavailable_total",
                 "counter",
@@ -232,6 +233,12 @@ impl Metrics {
                 "counter",
                 "Bytes taken from local files instead of the network.",
                 &self.dedup_bytes,
+            ),
+            (
+                "cairn_direct_write_bytes_total",
+                "counter",
+                "Pulled bytes written past the page cache (O_DIRECT).",
+                &self.direct_write_bytes,
             ),
             (
                 "cairn_delta_chunks_total",

@@ -1902,6 +1902,7 @@ impl Puller {
         // Large fetches are written in file order past the page cache; a chunk named
         // again later in the page is written where it repeats, buffered.
         let mut out = (fetch_bytes >= DIRECT_MIN_BYTES).then(|| DirectWriter::new(tmp, file));
+        let mut direct_reported = 0;
         let mut pending = std::collections::VecDeque::new();
         let mut failures = 0usize;
         let mut turn = 0usize;
@@ -1967,6 +1968,11 @@ impl Puller {
             // What counts as written must be in the file before progress is recorded.
             if let Some(out) = &mut out {
                 out.flush().map_err(io_err(tmp))?;
+                Metrics::add(
+                    &self.metrics.direct_write_bytes,
+                    out.direct_bytes() - direct_reported,
+                );
+                direct_reported = out.direct_bytes();
             }
             written.advance(saved)?;
         }

@@ -2,6 +2,7 @@
 //! dedup, delta transfer, and peers that are not trusted.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use cairn_tests::{DaemonSpec, mesh, mesh_with, pseudo_random, random_file, wait_until};
@@ -285,6 +286,25 @@ fn killed_receiver_resumes_and_never_shows_a_partial_file() {
         sent < 1.2 * size as f64,
         "sent {sent} bytes for a {size}-byte file"
     );
+    // The restarted b wrote what it fetched past the page cache where the file system
+    // takes O_DIRECT, and the file is still right (compared above).
+    let probe = tmp.path().join("direct-probe");
+    fs::write(&probe, b"").unwrap();
+    let takes_direct = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    fs::remove_file(&probe).unwrap();
+    let direct = d[1].metric("cairn_direct_write_bytes_total");
+    if takes_direct {
+        assert!(
+            direct > (size / 4) as f64,
+            "only {direct} of the file's bytes were written with O_DIRECT"
+        );
+    } else {
+        eprintln!("the folder's file system refuses O_DIRECT: {direct} bytes went direct");
+    }
 }
 
 #[test]
