@@ -57,8 +57,9 @@ const PEERS_FIRST_RATE: f64 = 100e6;
 pub fn peers_first_bound(size: u64) -> Duration {
     Duration::from_secs(1) + Duration::from_secs_f64(size as f64 / PEERS_FIRST_RATE)
 }
-/// Fetches of at least this many bytes are written with `O_DIRECT` (crate::direct).
-const DIRECT_MIN_BYTES: u64 = 16 << 20;
+/// Fetches of at least this many bytes (one stage) are written with `O_DIRECT`
+/// (crate::direct); `bench/chaos.sh`'s files of up to 12 MiB reach it.
+const DIRECT_MIN_BYTES: u64 = 8 << 20;
 /// Files up to this size are written by several workers at once.
 const SMALL_FILE: u64 = 1 << 20;
 /// A run of small-file writes is done in windows of at most this many bytes, each
