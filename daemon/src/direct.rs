@@ -229,23 +229,47 @@ mod tests {
     use super::*;
     use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
-    /// Writes `runs` (each a list of chunk lengths written in order from an offset) through
-    /// a writer, flushing where `flush_after` says, and returns the file's bytes, what they
-    /// should be, and the bytes written directly.
+    /// An empty file of `len` bytes, "f" in a directory of its own.
+    fn sized_file(len: usize) -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        file.set_len(len as u64).unwrap();
+        (dir, file)
+    }
+
+    /// Writes `want[from..]` through `w` in file order, in chunks of 16-256 KiB, calling
+    /// `after(w, end)` after each.
+    fn write_in_chunks(
+        w: &mut DirectWriter<'_>,
+        want: &[u8],
+        from: usize,
+        rng: &mut StdRng,
+        mut after: impl FnMut(&mut DirectWriter<'_>, usize),
+    ) {
+        let mut pos = from;
+        while pos < want.len() {
+            let n = rng.random_range(16 << 10..256 << 10).min(want.len() - pos);
+            w.write_at(&want[pos..pos + n], pos as u64).unwrap();
+            pos += n;
+            after(w, pos);
+        }
+    }
+
+    /// Writes a random file (seeded) through a writer (with or without direct writes) as a
+    /// pull would, and returns the file's bytes, what they should be, and the bytes that
+    /// went direct.
     fn write_runs(seed: u64, direct: bool) -> (Vec<u8>, Vec<u8>, u64) {
         let mut rng = StdRng::seed_from_u64(seed);
         let size = rng.random_range(1..24 << 20);
         let mut want = vec![0u8; size];
         rng.fill_bytes(&mut want);
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, file) = sized_file(size);
         let path = dir.path().join("f");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(size as u64).unwrap();
         let mut w = DirectWriter::new(&path, &file);
         if !direct {
             w.direct = None;
@@ -314,22 +338,10 @@ mod tests {
         let (at, len) = (1000usize, 3 * STAGE + 12_345);
         let mut want = vec![0u8; at + len];
         rng.fill_bytes(&mut want[at..]);
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, file) = sized_file(want.len());
         let path = dir.path().join("f");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(want.len() as u64).unwrap();
         let mut w = DirectWriter::new(&path, &file);
-        let mut pos = at;
-        while pos < want.len() {
-            let n = rng.random_range(16 << 10..256 << 10).min(want.len() - pos);
-            w.write_at(&want[pos..pos + n], pos as u64).unwrap();
-            pos += n;
-        }
+        write_in_chunks(&mut w, &want, at, &mut rng, |_, _| {});
         w.flush().unwrap();
         let direct = w.direct_bytes();
         drop(w);
@@ -353,25 +365,14 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(22);
         let mut want = vec![0u8; 2 * STAGE + 777];
         rng.fill_bytes(&mut want);
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, file) = sized_file(want.len());
         let path = dir.path().join("f");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(want.len() as u64).unwrap();
         let mut w = DirectWriter::new(&path, &file);
-        let mut pos = 0;
-        while pos < want.len() {
-            let n = rng.random_range(16 << 10..256 << 10).min(want.len() - pos);
-            w.write_at(&want[pos..pos + n], pos as u64).unwrap();
-            pos += n;
-            if pos > STAGE + STAGE / 2 && w.direct.is_some() {
+        write_in_chunks(&mut w, &want, 0, &mut rng, |w, pos| {
+            if pos > STAGE + STAGE / 2 {
                 w.direct = None;
             }
-        }
+        });
         w.flush().unwrap();
         drop(w);
         assert!(std::fs::read(&path).unwrap() == want, "the file differs");
