@@ -23,9 +23,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes staged before a direct write: large writes, few system calls (a multiple of any
-/// alignment [`direct_alignment`] accepts).
+/// alignment [`direct_alignment`] accepts). A fetch smaller than one stage is written
+/// buffered.
 const STAGE: usize = 8 << 20;
 
 /// Chunks of one file written in file order, through `O_DIRECT` where it can.
@@ -34,7 +36,8 @@ pub struct DirectWriter<'a> {
     file: &'a File,
     /// An `O_DIRECT` descriptor of the same file, while direct writes work.
     direct: Option<File>,
-    /// The alignment of a direct write's offset, length and memory.
+    /// The alignment of a direct write's offset, length and memory (0 when there never
+    /// was a direct descriptor; then nothing is ever staged).
     align: usize,
     /// Backing memory of the stage; the stage starts at `at`, aligned.
     memory: Vec<u8>,
@@ -42,30 +45,36 @@ pub struct DirectWriter<'a> {
     /// File offset of the stage's first byte (aligned) and how many bytes it holds.
     start: u64,
     len: usize,
-    /// Bytes written through `direct`, for tests and logs.
-    direct_bytes: u64,
+    /// Counts the bytes written through `direct`.
+    direct_bytes: &'a AtomicU64,
 }
 
 impl<'a> DirectWriter<'a> {
-    /// A writer for `file`, opened at `path`; buffered only when its file system does not
-    /// write `O_DIRECT` past the page cache or `path` is no longer `file`.
-    pub fn new(path: &Path, file: &'a File) -> Self {
-        let align = direct_alignment(file).unwrap_or(0);
-        let direct = match align {
-            0 => None,
-            _ => open_direct(path, file)
-                .inspect_err(|e| {
-                    tracing::debug!(path = %path.display(), error = %e, "direct_write_unavailable")
-                })
-                .ok(),
+    /// A writer for `fetch` bytes of `file`, opened at `path`, counting the bytes it
+    /// writes directly in `direct_bytes`; buffered when the fetch is smaller than a stage,
+    /// its file system does not write `O_DIRECT` past the page cache, or `path` is no
+    /// longer `file`.
+    pub fn new(path: &Path, file: &'a File, fetch: u64, direct_bytes: &'a AtomicU64) -> Self {
+        let align = match fetch >= STAGE as u64 {
+            true => direct_alignment(file).unwrap_or(0),
+            false => 0,
         };
-        let memory = match direct {
-            Some(_) => crate::read_buffer(STAGE + align),
-            None => Vec::new(),
-        };
-        let at = match direct {
-            Some(_) => memory.as_ptr().align_offset(align),
-            None => 0,
+        let direct = (align > 0)
+            .then(|| {
+                open_direct(path, file)
+                    .inspect_err(|e| {
+                        tracing::debug!(path = %path.display(), error = %e, "direct_write_unavailable")
+                    })
+                    .ok()
+            })
+            .flatten();
+        let (memory, at) = match direct {
+            Some(_) => {
+                let memory = crate::read_buffer(STAGE + align);
+                let at = memory.as_ptr().align_offset(align);
+                (memory, at)
+            }
+            None => (Vec::new(), 0),
         };
         DirectWriter {
             file,
@@ -75,7 +84,7 @@ impl<'a> DirectWriter<'a> {
             at,
             start: 0,
             len: 0,
-            direct_bytes: 0,
+            direct_bytes,
         }
     }
 
@@ -121,13 +130,12 @@ impl<'a> DirectWriter<'a> {
         Ok(())
     }
 
-    /// Bytes that went through `O_DIRECT` so far.
-    pub fn direct_bytes(&self) -> u64 {
-        self.direct_bytes
-    }
-
     /// Writes the stage's whole blocks; what is left of the last block moves to the front.
     fn write_blocks(&mut self) -> io::Result<()> {
+        // Nothing staged: also where there never was a direct descriptor (`align` 0).
+        if self.len == 0 {
+            return Ok(());
+        }
         let blocks = self.len / self.align * self.align;
         if blocks == 0 {
             return Ok(());
@@ -154,7 +162,7 @@ impl<'a> DirectWriter<'a> {
                 Err(e) => return Err(e),
             }
         }
-        self.direct_bytes += done as u64;
+        self.direct_bytes.fetch_add(done as u64, Ordering::Relaxed);
         if done < blocks {
             self.file
                 .write_all_at(&stage[done..], self.start + done as u64)?;
@@ -260,8 +268,9 @@ mod tests {
         }
     }
 
-    /// Writes a random file (seeded) through a writer (with or without direct writes) as a
-    /// pull would, and returns the file's bytes, what they should be, and the bytes that
+    /// Writes a random file (seeded) through a writer as a pull would (one without direct
+    /// writes, as a file system without direct I/O or a fetch below a stage gets, unless
+    /// `direct`), and returns the file's bytes, what they should be, and the bytes that
     /// went direct.
     fn write_runs(seed: u64, direct: bool) -> (Vec<u8>, Vec<u8>, u64) {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -270,10 +279,9 @@ mod tests {
         rng.fill_bytes(&mut want);
         let (dir, file) = sized_file(size);
         let path = dir.path().join("f");
-        let mut w = DirectWriter::new(&path, &file);
-        if !direct {
-            w.direct = None;
-        }
+        let counted = AtomicU64::new(0);
+        let fetch = if direct { u64::MAX } else { 0 };
+        let mut w = DirectWriter::new(&path, &file, fetch, &counted);
         // Chunks of 1 B to 300 KiB in file order; some are written around the writer (as
         // local chunks are), some later (as a chunk named twice is), some flushes between.
         let mut later = Vec::new();
@@ -296,9 +304,8 @@ mod tests {
             w.write_at(&want[r.clone()], r.start as u64).unwrap();
         }
         w.flush().unwrap();
-        let direct_bytes = w.direct_bytes();
         drop(w);
-        (std::fs::read(&path).unwrap(), want, direct_bytes)
+        (std::fs::read(&path).unwrap(), want, counted.into_inner())
     }
 
     /// Whatever the runs, gaps and flushes, the file holds exactly the bytes written, and
@@ -340,11 +347,12 @@ mod tests {
         rng.fill_bytes(&mut want[at..]);
         let (dir, file) = sized_file(want.len());
         let path = dir.path().join("f");
-        let mut w = DirectWriter::new(&path, &file);
+        let counted = AtomicU64::new(0);
+        let mut w = DirectWriter::new(&path, &file, len as u64, &counted);
         write_in_chunks(&mut w, &want, at, &mut rng, |_, _| {});
         w.flush().unwrap();
-        let direct = w.direct_bytes();
         drop(w);
+        let direct = counted.into_inner();
         assert!(std::fs::read(&path).unwrap() == want, "the file differs");
         let align = direct_alignment(&file).filter(|_| takes_direct());
         println!("direct I/O alignment of the test directory: {align:?}");
@@ -367,7 +375,8 @@ mod tests {
         rng.fill_bytes(&mut want);
         let (dir, file) = sized_file(want.len());
         let path = dir.path().join("f");
-        let mut w = DirectWriter::new(&path, &file);
+        let counted = AtomicU64::new(0);
+        let mut w = DirectWriter::new(&path, &file, want.len() as u64, &counted);
         write_in_chunks(&mut w, &want, 0, &mut rng, |w, pos| {
             if pos > STAGE + STAGE / 2 {
                 w.direct = None;
@@ -378,7 +387,9 @@ mod tests {
         assert!(std::fs::read(&path).unwrap() == want, "the file differs");
     }
 
-    /// Without `O_DIRECT` (a file system that refuses it) every byte still lands.
+    /// Without `O_DIRECT` (a file system without direct I/O, a fetch below a stage) every
+    /// byte still lands, flushes included (regression: with no alignment to stage by, a
+    /// flush divided by zero).
     #[test]
     fn a_writer_without_direct_writes_everything_buffered() {
         for seed in 10..13 {

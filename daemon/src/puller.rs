@@ -57,9 +57,6 @@ const PEERS_FIRST_RATE: f64 = 100e6;
 pub fn peers_first_bound(size: u64) -> Duration {
     Duration::from_secs(1) + Duration::from_secs_f64(size as f64 / PEERS_FIRST_RATE)
 }
-/// Fetches of at least this many bytes (one stage) are written with `O_DIRECT`
-/// (crate::direct); `bench/chaos.sh`'s files of up to 12 MiB reach it.
-const DIRECT_MIN_BYTES: u64 = 8 << 20;
 /// Files up to this size are written by several workers at once.
 const SMALL_FILE: u64 = 1 << 20;
 /// A run of small-file writes is done in windows of at most this many bytes, each
@@ -1891,19 +1888,15 @@ impl Puller {
                 })
                 .push(i);
         }
-        let fetch_bytes: u64 = order
-            .iter()
-            .map(|id| u64::from(manifest.chunks[by_id[id][0]].len))
-            .sum();
-        let mut queue = request_batches(
-            order
-                .into_iter()
-                .map(|id| (id, manifest.chunks[by_id[&id][0]].len as usize)),
-        );
-        // Large fetches are written in file order past the page cache; a chunk named
-        // again later in the page is written where it repeats, buffered.
-        let mut out = (fetch_bytes >= DIRECT_MIN_BYTES).then(|| DirectWriter::new(tmp, file));
-        let mut direct_reported = 0;
+        let sized: Vec<(ChunkId, usize)> = order
+            .into_iter()
+            .map(|id| (id, manifest.chunks[by_id[&id][0]].len as usize))
+            .collect();
+        // Chunks come in file order: a fetch of a stage or more is written past the page
+        // cache (crate::direct).
+        let fetch = sized.iter().map(|(_, len)| *len as u64).sum();
+        let mut out = DirectWriter::new(tmp, file, fetch, &self.metrics.direct_write_bytes);
+        let mut queue = request_batches(sized.into_iter());
         let mut pending = std::collections::VecDeque::new();
         let mut failures = 0usize;
         let mut turn = 0usize;
@@ -1936,8 +1929,10 @@ impl Puller {
                         match got.get(&id) {
                             Some(data) => {
                                 for (k, &i) in by_id[&id].iter().enumerate() {
-                                    match &mut out {
-                                        Some(out) if k == 0 => out.write_at(data, offsets[i]),
+                                    // A chunk named again later in the page is written
+                                    // where it repeats, outside the run.
+                                    match k {
+                                        0 => out.write_at(data, offsets[i]),
                                         _ => file.write_all_at(data, offsets[i]),
                                     }
                                     .map_err(io_err(tmp))?;
@@ -1967,14 +1962,7 @@ impl Puller {
                 queue.push_back(retry);
             }
             // What counts as written must be in the file before progress is recorded.
-            if let Some(out) = &mut out {
-                out.flush().map_err(io_err(tmp))?;
-                Metrics::add(
-                    &self.metrics.direct_write_bytes,
-                    out.direct_bytes() - direct_reported,
-                );
-                direct_reported = out.direct_bytes();
-            }
+            out.flush().map_err(io_err(tmp))?;
             written.advance(saved)?;
         }
     }
