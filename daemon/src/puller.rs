@@ -348,11 +348,7 @@ pub struct Puller {
 /// Sets a moved file's modification time and mode to `value`'s (not following a
 /// symlink); returns its stamp after.
 fn set_time_and_mode(full: &Path, value: &EntryValue) -> Result<Stamp, PullError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(full)
-        .map_err(io_err(full))?;
+    let file = crate::open_no_follow(full).map_err(io_err(full))?;
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(value.mtime_ns.max(0) as u64);
     file.set_modified(mtime).map_err(io_err(full))?;
     file.set_permissions(fs::Permissions::from_mode(value.local_mode()))
@@ -1616,11 +1612,7 @@ impl Puller {
             return None;
         };
         let anchors = delta::anchors(&old_manifest, manifest);
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.full(path))
-            .ok()?;
+        let file = crate::open_no_follow(&self.full(path)).ok()?;
         Some(DeltaBase {
             anchors,
             file,

@@ -8,9 +8,9 @@
 //! finished, and never under a directory that could not be read.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -948,10 +948,7 @@ pub enum FileRead {
 /// Symlinks are not followed (`O_NOFOLLOW`), so a file swapped for a link mid-scan is not
 /// read through the link.
 pub fn read_file(path: &Path, chunker: &Chunker, buf: &mut Vec<u8>) -> io::Result<FileRead> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+    let file = crate::open_no_follow(path)?;
     let before = stamp_of(&file.metadata()?);
     let chunks = chunks_of(&file, before.size, chunker, buf)?;
     let mut builder = ContentIdBuilder::default();

@@ -388,11 +388,8 @@ impl VersionStore {
     /// when this returns (the store's database is committed; a kill afterwards loses
     /// nothing).
     pub fn keep_file(&self, content: &ContentId, manifest: &Manifest, file: &Path) -> Result<()> {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(file)?;
+        use std::os::unix::fs::FileExt;
+        let f = crate::open_no_follow(file)?;
         // Every chunk matching says nothing of bytes past the last one (an append).
         if f.metadata()?.len() != manifest.size() {
             return Err(VersionError::Changed);
