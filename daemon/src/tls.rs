@@ -191,17 +191,13 @@ where
                     .accept(BufReader::with_capacity(TLS_BUFFER, socket))
                     .await
                     .map_err(SecurityError::Handshake)?;
-                let peer = peer_of(stream.get_ref().1)?;
-                Ok((
-                    peer,
-                    Either::Left(BufWriter::with_capacity(TLS_BUFFER, stream.into())),
-                ))
+                tls_secured(stream.into())
             }
             .boxed(),
             Protocol::Noise(name) => self
                 .noise
                 .upgrade_inbound(socket, name)
-                .map(|r| r.map(|(p, s)| (p, Either::Right(s))).map_err(Into::into))
+                .map(noise_secured)
                 .boxed(),
         }
     }
@@ -224,20 +220,35 @@ where
                     .connect(name, BufReader::with_capacity(TLS_BUFFER, socket))
                     .await
                     .map_err(SecurityError::Handshake)?;
-                let peer = peer_of(stream.get_ref().1)?;
-                Ok((
-                    peer,
-                    Either::Left(BufWriter::with_capacity(TLS_BUFFER, stream.into())),
-                ))
+                tls_secured(stream.into())
             }
             .boxed(),
             Protocol::Noise(name) => self
                 .noise
                 .upgrade_outbound(socket, name)
-                .map(|r| r.map(|(p, s)| (p, Either::Right(s))).map_err(Into::into))
+                .map(noise_secured)
                 .boxed(),
         }
     }
+}
+
+/// A finished TLS handshake, either way: the peer, and the stream with its write buffer.
+fn tls_secured<C: AsyncRead + AsyncWrite + Unpin>(
+    stream: TlsStream<BufReader<C>>,
+) -> Result<(PeerId, Secured<C>), SecurityError> {
+    let peer = peer_of(stream.get_ref().1)?;
+    Ok((
+        peer,
+        Either::Left(BufWriter::with_capacity(TLS_BUFFER, stream)),
+    ))
+}
+
+/// A finished Noise handshake, either way.
+fn noise_secured<C>(
+    done: Result<(PeerId, noise::Output<C>), noise::Error>,
+) -> Result<(PeerId, Secured<C>), SecurityError> {
+    let (peer, stream) = done?;
+    Ok((peer, Either::Right(stream)))
 }
 
 /// The peer id in the one certificate the handshake accepted.
