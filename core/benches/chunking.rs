@@ -1,4 +1,5 @@
-//! What one core does per byte when a file is scanned: the FastCDC cut, BLAKE3 of each chunk,
+//! What one core does per byte when a file is scanned: the FastCDC cut (cairn's and the
+//! crate's loop, which cut alike), BLAKE3 of each chunk,
 //! and, for comparison, BLAKE3 of the whole buffer the way `b3sum` hashes a file.
 //!
 //!   cargo bench -p cairn-core --bench chunking
@@ -32,6 +33,19 @@ fn chunking(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("fastcdc cut", |b| {
         b.iter(|| chunker.chunk_slice(black_box(&data)).count())
+    });
+    // The same cuts by the fastcdc crate's own loop, which `Chunker::cut` replaced.
+    let p = ChunkerParams::V1_DEFAULT;
+    group.bench_function("fastcdc crate's cut (same cuts, one lane)", |b| {
+        b.iter(|| {
+            fastcdc::v2020::FastCDC::new(
+                black_box(&data),
+                p.min as usize,
+                p.avg as usize,
+                p.max as usize,
+            )
+            .count()
+        })
     });
     group.bench_function("blake3 per chunk", |b| {
         b.iter(|| {
