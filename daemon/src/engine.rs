@@ -403,6 +403,7 @@ impl Engine {
         let now = Instant::now();
         self.conduct_tick(now);
         self.versions_tick(now);
+        crate::net::release_idle_frames(now);
         for l in self.local.values_mut() {
             if let Some(p) = &l.progress {
                 let done = p.done_bytes.load(Ordering::Relaxed);

@@ -46,6 +46,134 @@ pub struct FrameCodec {
 /// Frames up to this size are read without asking the budget.
 pub const BIG_FRAME: usize = 256 << 10;
 
+/// Buffers of large received frames, kept for the next frame (issue #16).
+///
+/// A frame is read into initialised memory (`AsyncRead` takes `&mut [u8]`), so a fresh
+/// buffer is zeroed first: on a 1 GiB pull that zeroing was 5-8% of the receiver's samples,
+/// and buffers handed back to jemalloc were purged and faulted in again. A frame given to
+/// [`pooled`] comes back here when its last chunk is dropped; the next large frame reuses it
+/// and zeroes only what it needs beyond the old frame's length. At most [`POOLED_FRAMES`]
+/// are kept, and none once no frame was taken for [`FRAMES_IDLE`] ([`release_idle_frames`]).
+pub struct FramePool {
+    inner: Mutex<PoolInner>,
+}
+
+struct PoolInner {
+    free: Vec<Vec<u8>>,
+    used: Option<std::time::Instant>,
+}
+
+/// Large frames' buffers kept at most: the frame budget's worth of 8 MiB answers.
+pub const POOLED_FRAMES: usize = FRAME_BUDGET / (8 << 20);
+/// How long the pool keeps buffers after the last frame taken from it.
+pub const FRAMES_IDLE: Duration = Duration::from_secs(2);
+
+/// The daemon's pool, which [`read_frame`] takes from.
+pub static FRAMES: FramePool = FramePool::new();
+
+impl FramePool {
+    pub const fn new() -> Self {
+        FramePool {
+            inner: Mutex::new(PoolInner {
+                free: Vec::new(),
+                used: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A buffer of `len` initialised bytes to read a frame into.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        if len <= BIG_FRAME {
+            return crate::read_buffer(len);
+        }
+        let reused = {
+            let mut pool = self.lock();
+            pool.used = Some(std::time::Instant::now());
+            let fits = pool.free.iter().position(|b| b.capacity() >= len);
+            fits.map(|i| pool.free.swap_remove(i))
+        };
+        let mut buf = reused.unwrap_or_else(|| {
+            // Room for answers a little larger than this one (their sizes vary with the
+            // chunks they carry), so a reused buffer does not grow by copying.
+            Vec::with_capacity((len + len / 8).next_multiple_of(1 << 20))
+        });
+        // Only bytes past the buffer's last length are zeroed.
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Keeps `buf` for a later frame, if it is a large frame's and there is room.
+    pub fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() <= BIG_FRAME {
+            return;
+        }
+        let mut pool = self.lock();
+        if pool.free.len() < POOLED_FRAMES {
+            pool.free.push(buf);
+        }
+    }
+
+    /// Frees the kept buffers when no frame was taken for [`FRAMES_IDLE`]; returns how
+    /// many bytes were freed.
+    pub fn release_idle(&self, now: std::time::Instant) -> usize {
+        let free = {
+            let mut pool = self.lock();
+            match pool.used {
+                Some(used) if now.saturating_duration_since(used) >= FRAMES_IDLE => {
+                    std::mem::take(&mut pool.free)
+                }
+                _ => return 0,
+            }
+        };
+        free.iter().map(Vec::capacity).sum()
+    }
+
+    /// Buffers kept now.
+    pub fn kept(&self) -> usize {
+        self.lock().free.len()
+    }
+}
+
+impl Default for FramePool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A received frame as shared bytes whose buffer goes back to [`FRAMES`] once the last
+/// slice of it is dropped.
+pub fn pooled(frame: Vec<u8>) -> bytes::Bytes {
+    FRAMES.share(frame)
+}
+
+impl FramePool {
+    /// `frame` as shared bytes whose buffer comes back here once the last slice of it is
+    /// dropped.
+    pub fn share(&'static self, frame: Vec<u8>) -> bytes::Bytes {
+        struct Pooled(Vec<u8>, &'static FramePool);
+        impl AsRef<[u8]> for Pooled {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        impl Drop for Pooled {
+            fn drop(&mut self) {
+                self.1.give(std::mem::take(&mut self.0));
+            }
+        }
+        bytes::Bytes::from_owner(Pooled(frame, self))
+    }
+}
+
+/// Frees the pool's buffers once frames stopped coming (called on the engine's tick).
+pub fn release_idle_frames(now: std::time::Instant) -> usize {
+    FRAMES.release_idle(now)
+}
+
 /// Why a frame was refused; carried inside the `io::Error` the codec returns, so the
 /// engine can count the violation by kind ([`FrameError::of`]).
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +274,8 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
         _ => None,
     };
     // Small frames, and large ones once the budget holds their size, are read straight
-    // into a buffer of their final size.
-    let mut buf = crate::read_buffer(len);
+    // into a buffer of their final size (a large frame's from the pool).
+    let mut buf = FRAMES.take(len);
     let mut got = 0;
     while got < len {
         let n = io.read(&mut buf[got..]).await?;
@@ -640,6 +768,47 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_frame_reuses_a_returned_buffer() {
+        static POOL: FramePool = FramePool::new();
+        let first = POOL.take(3 << 20);
+        assert_eq!(first.len(), 3 << 20);
+        let at = first.as_ptr();
+        // A frame's buffer comes back when the last slice of its bytes is dropped.
+        let bytes = POOL.share(first);
+        let slice = bytes.slice(100..200);
+        drop(bytes);
+        assert_eq!(POOL.kept(), 0, "a slice still holds the frame");
+        drop(slice);
+        assert_eq!(POOL.kept(), 1);
+        // The next large frame, smaller or a little larger, reads into the same memory.
+        let second = POOL.take((3 << 20) - 1000);
+        assert_eq!((second.as_ptr(), second.len()), (at, (3 << 20) - 1000));
+        POOL.give(second);
+        let third = POOL.take((3 << 20) + 1000);
+        assert_eq!((third.as_ptr(), third.len()), (at, (3 << 20) + 1000));
+        assert!(third[(3 << 20) - 1000..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn the_frame_pool_keeps_few_large_buffers_and_none_once_idle() {
+        let pool = FramePool::new();
+        pool.give(pool.take(1000));
+        assert_eq!(pool.kept(), 0, "small frames are not kept");
+        let frames: Vec<_> = (0..POOLED_FRAMES + 2)
+            .map(|_| pool.take(BIG_FRAME + 1))
+            .collect();
+        for f in frames {
+            pool.give(f);
+        }
+        assert_eq!(pool.kept(), POOLED_FRAMES);
+        let used = std::time::Instant::now();
+        assert_eq!(pool.release_idle(used + FRAMES_IDLE / 2), 0);
+        assert_eq!(pool.kept(), POOLED_FRAMES);
+        let freed = pool.release_idle(used + FRAMES_IDLE);
+        assert_eq!((freed, pool.kept()), (POOLED_FRAMES << 20, 0));
+    }
 
     #[test]
     fn refused_frames_become_markers_no_message_can_be() {

@@ -261,7 +261,7 @@ impl Engine {
                     response,
                 } => {
                     if let Some(reply) = self.blocks_pending.remove(&request_id) {
-                        let decoded = BlocksResponse::decode_frame(response.into())
+                        let decoded = BlocksResponse::decode_frame(crate::net::pooled(response))
                             .map_err(|e| e.to_string());
                         if let Err(e) = &decoded {
                             self.violation(peer, Violation::Malformed, e);
