@@ -211,6 +211,11 @@ impl Engine {
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.act();
         while !self.shutdown {
+            // A scan waiting out the gap between scans starts when the gap ends.
+            let wake = self.node.scan_wake_at(Instant::now());
+            let scan_wake = tokio::time::sleep_until(tokio::time::Instant::from_std(
+                wake.unwrap_or_else(Instant::now),
+            ));
             tokio::select! {
                 event = self.swarm.select_next_some() => {
                     let t = Instant::now();
@@ -239,6 +244,11 @@ impl Engine {
                     let t = Instant::now();
                     self.on_tick();
                     self.turn_took(t, "tick");
+                }
+                _ = scan_wake, if wake.is_some() => {
+                    let t = Instant::now();
+                    self.node.handle_timeout(t);
+                    self.turn_took(t, "scan_wake");
                 }
                 _ = publish.tick(), if self.status_dirty => self.publish_status(),
             }

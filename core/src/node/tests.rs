@@ -105,6 +105,35 @@ fn a_new_folder_is_scanned_in_full_then_pulled_one_job_at_a_time() {
 }
 
 #[test]
+fn a_scan_waiting_for_the_gap_between_scans_wakes_the_node_when_the_gap_ends() {
+    let (mut n, now) = node(A, &[B]);
+    settle_start(&mut n, now);
+    n.handle_fs_changed(now, "f", Some(vec!["a".into()]));
+    let a = drain(&mut n);
+    assert!(matches!(a.as_slice(), [Action::Scan { .. }]), "{a:?}");
+    let done = now + Duration::from_millis(240);
+    n.handle_scan_done(done, "f", Ok(ScanDone::default()));
+    drain(&mut n);
+    assert_eq!(n.scan_wake_at(done), None, "nothing to scan");
+    // More of a copy arrives: its scan waits twice the last scan's 240 ms, and the node
+    // says when that is over so the driver need not wait for its next tick.
+    n.handle_fs_changed(done, "f", Some(vec!["b".into()]));
+    let a = drain(&mut n);
+    assert!(!a.iter().any(|a| matches!(a, Action::Scan { .. })), "{a:?}");
+    let wake = done + Duration::from_millis(480);
+    assert_eq!(n.scan_wake_at(done), Some(wake));
+    assert_eq!(n.scan_wake_at(wake), None, "not a time already reached");
+    n.handle_timeout(wake);
+    let a = drain(&mut n);
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Scan { paths: Some(p), .. } if p.contains("b"))),
+        "{a:?}"
+    );
+    assert_eq!(n.scan_wake_at(wake), None, "scanning");
+}
+
+#[test]
 fn a_scan_that_stopped_at_its_budget_goes_on_at_once_with_the_same_scope() {
     let (mut n, now) = node(A, &[B]);
     settle_start(&mut n, now);
