@@ -38,7 +38,7 @@ pub enum ParamsError {
     #[error("unknown chunker version {0} (this build knows version 1)")]
     UnknownVersion(u16),
     #[error(
-        "chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB and be even, got {min}/{avg}/{max}"
+        "chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB, avg <= 4 MiB, and be even, got {min}/{avg}/{max}"
     )]
     BadSizes { min: u32, avg: u32, max: u32 },
     #[error("normalization level must be 0-3, got {0}")]
@@ -68,6 +68,9 @@ impl ChunkerParams {
         let sizes_ok = (64..=16 * 1024 * 1024).contains(&min)
             && min <= avg
             && avg <= max
+            // FastCDC has masks for averages up to 4 MiB (`select_masks` indexes past its
+            // table beyond that).
+            && avg <= 4 * 1024 * 1024
             && max <= 16 * 1024 * 1024
             && min % 2 == 0
             && avg % 2 == 0
@@ -711,6 +714,28 @@ mod tests {
             let w = &data[at.min(data.len())..];
             assert_eq!(c.cut(w), crate_cut(c, w), "cut at {at} with {:?}", c.params);
         }
+    }
+
+    #[test]
+    fn an_average_fastcdc_has_no_masks_for_is_refused_not_a_panic() {
+        for (avg, normalization) in [(16 << 20, 3), (8 << 20, 2), (6 << 20, 3)] {
+            let p = ChunkerParams {
+                version: 1,
+                min: 1 << 20,
+                avg,
+                max: 16 << 20,
+                normalization,
+            };
+            assert!(matches!(Chunker::new(p), Err(ParamsError::BadSizes { .. })));
+        }
+        let largest = ChunkerParams {
+            version: 1,
+            min: 1 << 20,
+            avg: 4 << 20,
+            max: 16 << 20,
+            normalization: 3,
+        };
+        assert!(Chunker::new(largest).is_ok());
     }
 
     #[test]

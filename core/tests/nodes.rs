@@ -543,6 +543,12 @@ impl Net {
         for i in 0..self.devices.len() {
             if let Some(node) = &mut self.devices[i].node {
                 node.handle_timeout(now);
+                // A driver wakes the node at this time (at once if past): one already
+                // reached would wake it again and again.
+                assert!(
+                    node.scan_wake_at().is_none_or(|at| at > now),
+                    "device {i} asks to be woken at a time already handled"
+                );
             }
             self.act(i);
         }

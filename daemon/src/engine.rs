@@ -211,8 +211,9 @@ impl Engine {
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.act();
         while !self.shutdown {
-            // A scan waiting out the gap between scans starts when the gap ends.
-            let wake = self.node.scan_wake_at(Instant::now());
+            // A scan waiting out the gap between scans starts when the gap ends (at once if
+            // that has passed).
+            let wake = self.node.scan_wake_at();
             let scan_wake = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 wake.unwrap_or_else(Instant::now),
             ));

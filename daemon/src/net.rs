@@ -41,6 +41,9 @@ pub struct FrameCodec {
     max_request: usize,
     max_response: usize,
     budget: Option<(Arc<Semaphore>, usize)>,
+    /// Answers are read into [`FRAMES`]' buffers (the blocks protocol, whose answers go
+    /// back there: [`pooled`]).
+    pool_responses: bool,
 }
 
 /// Frames up to this size are read without asking the budget.
@@ -52,8 +55,9 @@ pub const BIG_FRAME: usize = 256 << 10;
 /// buffer is zeroed first: on a 1 GiB pull that zeroing was 5-8% of the receiver's samples,
 /// and buffers handed back to jemalloc were purged and faulted in again. A frame given to
 /// [`pooled`] comes back here when its last chunk is dropped; the next large frame reuses it
-/// and zeroes only what it needs beyond the old frame's length. At most [`POOLED_FRAMES`]
-/// are kept, and none once no frame was taken for [`FRAMES_IDLE`] ([`release_idle_frames`]).
+/// and zeroes only what it needs beyond the old frame's length. Only the blocks protocol's
+/// answers use it (the only frames handed back). It keeps at most [`POOLED_BYTES`], and
+/// nothing once no frame was taken for [`FRAMES_IDLE`] ([`release_idle_frames`]).
 pub struct FramePool {
     inner: Mutex<PoolInner>,
 }
@@ -63,8 +67,8 @@ struct PoolInner {
     used: Option<std::time::Instant>,
 }
 
-/// Large frames' buffers kept at most: the frame budget's worth of 8 MiB answers.
-pub const POOLED_FRAMES: usize = FRAME_BUDGET / (8 << 20);
+/// Bytes of large frames' buffers kept at most: the frame budget's worth.
+pub const POOLED_BYTES: usize = FRAME_BUDGET;
 /// How long the pool keeps buffers after the last frame taken from it.
 pub const FRAMES_IDLE: Duration = Duration::from_secs(2);
 
@@ -85,21 +89,24 @@ impl FramePool {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A buffer of `len` initialised bytes to read a frame into.
-    pub fn take(&self, len: usize) -> Vec<u8> {
+    /// A buffer of `len` initialised bytes to read a frame of at most `max` bytes into.
+    pub fn take(&self, len: usize, max: usize) -> Vec<u8> {
         if len <= BIG_FRAME {
             return crate::read_buffer(len);
         }
         let reused = {
             let mut pool = self.lock();
             pool.used = Some(std::time::Instant::now());
-            let fits = pool.free.iter().position(|b| b.capacity() >= len);
+            let fits = (0..pool.free.len())
+                .filter(|&i| pool.free[i].capacity() >= len)
+                .min_by_key(|&i| pool.free[i].capacity());
             fits.map(|i| pool.free.swap_remove(i))
         };
         let mut buf = reused.unwrap_or_else(|| {
             // Room for answers a little larger than this one (their sizes vary with the
             // chunks they carry), so a reused buffer does not grow by copying.
-            Vec::with_capacity((len + len / 8).next_multiple_of(1 << 20))
+            let room = (len + len / 8).next_multiple_of(1 << 20);
+            Vec::with_capacity(room.min(max).max(len))
         });
         // Only bytes past the buffer's last length are zeroed.
         buf.resize(len, 0);
@@ -112,7 +119,8 @@ impl FramePool {
             return;
         }
         let mut pool = self.lock();
-        if pool.free.len() < POOLED_FRAMES {
+        let kept: usize = pool.free.iter().map(Vec::capacity).sum();
+        if kept + buf.capacity() <= POOLED_BYTES {
             pool.free.push(buf);
         }
     }
@@ -237,6 +245,15 @@ impl FrameCodec {
             max_request,
             max_response,
             budget: budget.map(|b| (Arc::new(Semaphore::new(b)), b)),
+            pool_responses: false,
+        }
+    }
+
+    /// The same codec reading answers into [`FRAMES`]' buffers.
+    pub fn pooling_responses(self) -> Self {
+        FrameCodec {
+            pool_responses: true,
+            ..self
         }
     }
 }
@@ -251,6 +268,7 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
     io: &mut T,
     max: usize,
     budget: Option<(&Semaphore, usize)>,
+    pool: Option<&FramePool>,
 ) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -274,8 +292,11 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
         _ => None,
     };
     // Small frames, and large ones once the budget holds their size, are read straight
-    // into a buffer of their final size (a large frame's from the pool).
-    let mut buf = FRAMES.take(len);
+    // into a buffer of their final size (a large frame's from the pool, if pooled).
+    let mut buf = match pool {
+        Some(pool) => pool.take(len, max),
+        None => crate::read_buffer(len),
+    };
     let mut got = 0;
     while got < len {
         let n = io.read(&mut buf[got..]).await?;
@@ -309,7 +330,7 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        match read_frame(io, self.max_request, self.budget()).await {
+        match read_frame(io, self.max_request, self.budget(), None).await {
             Err(e) => match FrameError::of(&e) {
                 Some(refused) => Ok(refused.marker()),
                 None => Err(e),
@@ -323,7 +344,8 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io, self.max_response, self.budget()).await
+        let pool = self.pool_responses.then_some(&FRAMES);
+        read_frame(io, self.max_response, self.budget(), pool).await
     }
 
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
@@ -695,9 +717,15 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
                       req: usize,
                       res: usize,
                       concurrent: usize,
-                      budget: Option<usize>| {
+                      budget: Option<usize>,
+                      pool: bool| {
+                let codec = FrameCodec::new(req, res, budget);
                 request_response::Behaviour::with_codec(
-                    FrameCodec::new(req, res, budget),
+                    if pool {
+                        codec.pooling_responses()
+                    } else {
+                        codec
+                    },
                     [(
                         StreamProtocol::new(name),
                         request_response::ProtocolSupport::Full,
@@ -745,6 +773,7 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
                     cairn_core::wire::MAX_META_BYTES,
                     8,
                     Some(FRAME_BUDGET),
+                    false,
                 )),
                 blocks: Gated::new(rr(
                     cairn_core::wire::BLOCKS_PROTOCOL,
@@ -752,8 +781,9 @@ pub fn build_swarm(key: Keypair, opts: &NetOptions) -> Result<Swarm<Behaviour>, 
                     cairn_core::wire::MAX_BLOCKS_BYTES,
                     128,
                     Some(FRAME_BUDGET),
+                    true,
                 )),
-                pair: rr(cairn_core::wire::PAIR_PROTOCOL, 1024, 1024, 4, None),
+                pair: rr(cairn_core::wire::PAIR_PROTOCOL, 1024, 1024, 4, None, false),
             })
         })
         .map_err(setup)?
@@ -772,7 +802,7 @@ mod tests {
     #[test]
     fn a_large_frame_reuses_a_returned_buffer() {
         static POOL: FramePool = FramePool::new();
-        let first = POOL.take(3 << 20);
+        let first = POOL.take(3 << 20, 16 << 20);
         assert_eq!(first.len(), 3 << 20);
         let at = first.as_ptr();
         // A frame's buffer comes back when the last slice of its bytes is dropped.
@@ -783,31 +813,43 @@ mod tests {
         drop(slice);
         assert_eq!(POOL.kept(), 1);
         // The next large frame, smaller or a little larger, reads into the same memory.
-        let second = POOL.take((3 << 20) - 1000);
+        let second = POOL.take((3 << 20) - 1000, 16 << 20);
         assert_eq!((second.as_ptr(), second.len()), (at, (3 << 20) - 1000));
         POOL.give(second);
-        let third = POOL.take((3 << 20) + 1000);
+        let third = POOL.take((3 << 20) + 1000, 16 << 20);
         assert_eq!((third.as_ptr(), third.len()), (at, (3 << 20) + 1000));
         assert!(third[(3 << 20) - 1000..].iter().all(|&b| b == 0));
     }
 
     #[test]
-    fn the_frame_pool_keeps_few_large_buffers_and_none_once_idle() {
+    fn the_frame_pool_keeps_the_smallest_fit_a_bounded_few_and_none_once_idle() {
         let pool = FramePool::new();
-        pool.give(pool.take(1000));
+        pool.give(pool.take(1000, 1 << 20));
         assert_eq!(pool.kept(), 0, "small frames are not kept");
-        let frames: Vec<_> = (0..POOLED_FRAMES + 2)
-            .map(|_| pool.take(BIG_FRAME + 1))
+        // A new buffer has room for a little more, never past the protocol's limit.
+        assert_eq!(pool.take(BIG_FRAME + 1, 16 << 20).capacity(), 1 << 20);
+        assert_eq!(pool.take(15 << 20, 16 << 20).capacity(), 16 << 20);
+        // The smallest buffer that fits is taken.
+        let (big, small) = (pool.take(3 << 20, 16 << 20), pool.take(3 << 19, 16 << 20));
+        let small_at = small.as_ptr();
+        pool.give(big);
+        pool.give(small);
+        let fit = pool.take(1 << 20, 16 << 20);
+        assert_eq!(fit.as_ptr(), small_at);
+        let pool = FramePool::new();
+        let n = POOLED_BYTES / (1 << 20);
+        let frames: Vec<_> = (0..n + 2)
+            .map(|_| pool.take(BIG_FRAME + 1, 16 << 20))
             .collect();
         for f in frames {
             pool.give(f);
         }
-        assert_eq!(pool.kept(), POOLED_FRAMES);
+        assert_eq!(pool.kept(), n, "no more than POOLED_BYTES kept");
         let used = std::time::Instant::now();
         assert_eq!(pool.release_idle(used + FRAMES_IDLE / 2), 0);
-        assert_eq!(pool.kept(), POOLED_FRAMES);
+        assert_eq!(pool.kept(), n);
         let freed = pool.release_idle(used + FRAMES_IDLE);
-        assert_eq!((freed, pool.kept()), (POOLED_FRAMES << 20, 0));
+        assert_eq!((freed, pool.kept()), (POOLED_BYTES, 0));
     }
 
     #[test]
@@ -834,14 +876,16 @@ mod tests {
     fn a_length_over_the_limit_is_refused_before_allocating_and_a_short_frame_is_refused() {
         futures::executor::block_on(async {
             let mut huge = futures::io::Cursor::new(u32::MAX.to_le_bytes().to_vec());
-            let e = read_frame(&mut huge, 1 << 20, None).await.unwrap_err();
+            let e = read_frame(&mut huge, 1 << 20, None, None)
+                .await
+                .unwrap_err();
             assert!(matches!(
                 FrameError::of(&e),
                 Some(FrameError::TooLarge { .. })
             ));
             let mut short = 1000u32.to_le_bytes().to_vec();
             short.extend([7u8; 10]);
-            let e = read_frame(&mut futures::io::Cursor::new(short), 1 << 20, None)
+            let e = read_frame(&mut futures::io::Cursor::new(short), 1 << 20, None, None)
                 .await
                 .unwrap_err();
             assert!(matches!(
@@ -850,7 +894,7 @@ mod tests {
             ));
             let mut ok = 3u32.to_le_bytes().to_vec();
             ok.extend(b"abc");
-            let got = read_frame(&mut futures::io::Cursor::new(ok), 1 << 20, None)
+            let got = read_frame(&mut futures::io::Cursor::new(ok), 1 << 20, None, None)
                 .await
                 .unwrap();
             assert_eq!(got, b"abc");

@@ -994,15 +994,16 @@ impl<P: Copy + Ord + Hash + Display> Node<P> {
         self.schedule(now);
     }
 
-    /// When a scan that waits only for the gap between scans of its folder may start, if
-    /// that is after `now`: the driver wakes the node then ([`Self::handle_timeout`]), not
-    /// at its next periodic tick (up to 500 ms later, while a peer waits for the files).
-    pub fn scan_wake_at(&self, now: Instant) -> Option<Instant> {
+    /// When a scan that waits only for the gap between scans of its folder may start: the
+    /// driver wakes the node then ([`Self::handle_timeout`]), not at its next periodic tick
+    /// (up to 500 ms later, while a peer waits for the files). It may have passed already
+    /// (the driver was busy): then at once. Never the same time twice: a timeout at or
+    /// after it starts that scan (or a restore), so the folder is no longer idle.
+    pub fn scan_wake_at(&self) -> Option<Instant> {
         self.folders
             .values()
             .filter(|f| f.busy == Busy::Idle && !f.spec.paused && f.scan.is_due())
             .filter_map(|f| f.scan_done_at.map(|done| done + 2 * f.last_scan_took))
-            .filter(|&at| at > now)
             .min()
     }
 
