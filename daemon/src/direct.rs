@@ -55,9 +55,10 @@ impl<'a> DirectWriter<'a> {
     /// its file system does not write `O_DIRECT` past the page cache, or `path` is no
     /// longer `file`.
     pub fn new(path: &Path, file: &'a File, fetch: u64, direct_bytes: &'a AtomicU64) -> Self {
-        let align = match fetch >= STAGE as u64 {
-            true => direct_alignment(file).unwrap_or(0),
-            false => 0,
+        let align = if fetch >= STAGE as u64 {
+            direct_alignment(file).unwrap_or(0)
+        } else {
+            0
         };
         let direct = (align > 0)
             .then(|| {

@@ -141,24 +141,11 @@ impl FramePool {
     }
 
     /// Buffers kept now.
-    pub fn kept(&self) -> usize {
+    #[cfg(test)]
+    fn kept(&self) -> usize {
         self.lock().free.len()
     }
-}
 
-impl Default for FramePool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// A received frame as shared bytes whose buffer goes back to [`FRAMES`] once the last
-/// slice of it is dropped.
-pub fn pooled(frame: Vec<u8>) -> bytes::Bytes {
-    FRAMES.share(frame)
-}
-
-impl FramePool {
     /// `frame` as shared bytes whose buffer comes back here once the last slice of it is
     /// dropped.
     pub fn share(&'static self, frame: Vec<u8>) -> bytes::Bytes {
@@ -175,6 +162,18 @@ impl FramePool {
         }
         bytes::Bytes::from_owner(Pooled(frame, self))
     }
+}
+
+impl Default for FramePool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A received frame as shared bytes whose buffer goes back to [`FRAMES`] once the last
+/// slice of it is dropped.
+pub fn pooled(frame: Vec<u8>) -> bytes::Bytes {
+    FRAMES.share(frame)
 }
 
 /// Frees the pool's buffers once frames stopped coming (called on the engine's tick).
@@ -813,11 +812,14 @@ mod tests {
         drop(slice);
         assert_eq!(POOL.kept(), 1);
         // The next large frame, smaller or a little larger, reads into the same memory.
-        let second = POOL.take((3 << 20) - 1000, 16 << 20);
+        let mut second = POOL.take((3 << 20) - 1000, 16 << 20);
         assert_eq!((second.as_ptr(), second.len()), (at, (3 << 20) - 1000));
+        second.fill(0xAA);
         POOL.give(second);
+        // Reused bytes are not zeroed again (the frame overwrites them); only the growth is.
         let third = POOL.take((3 << 20) + 1000, 16 << 20);
         assert_eq!((third.as_ptr(), third.len()), (at, (3 << 20) + 1000));
+        assert!(third[..(3 << 20) - 1000].iter().all(|&b| b == 0xAA));
         assert!(third[(3 << 20) - 1000..].iter().all(|&b| b == 0));
     }
 

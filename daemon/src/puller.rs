@@ -1908,6 +1908,7 @@ impl Puller {
                 pending.push_back((peer, batch, rx));
             }
             let Some((peer, batch, rx)) = pending.pop_front() else {
+                out.flush().map_err(io_err(tmp))?;
                 return Ok(());
             };
             let peer_s = peer.to_string();
@@ -1954,8 +1955,10 @@ impl Puller {
                 queue.push_back(retry);
             }
             // What counts as written must be in the file before progress is recorded.
-            out.flush().map_err(io_err(tmp))?;
-            written.advance(saved)?;
+            written.advance(&mut |prefix| {
+                out.flush().map_err(io_err(tmp))?;
+                saved(prefix)
+            })?;
         }
     }
 }
