@@ -269,8 +269,9 @@ const GEAR_WINDOW: usize = 64;
 /// gear hash starting from zero at `origin` (`64 <= origin <= from <= to`).
 ///
 /// The crate's loop is bound by one dependency chain (each byte's hash needs the previous
-/// one: the crate's notes find it bound by that chain with `llvm-mca`). But the hash at a position depends only on the 64 bytes
-/// before it (and on nothing before `origin`), so [`LANES`] blocks of a round are scanned
+/// one: the crate's notes find it bound by that chain with `llvm-mca`). But the hash at a
+/// position depends only on the 64 bytes before it (and on nothing before `origin`), so
+/// [`LANES`] blocks of a round are scanned
 /// at once, each lane's hash first rebuilt from the 64 bytes before its block: independent
 /// chains the CPU runs in parallel (`cargo bench -p cairn-core --bench chunking`: 2.2 times
 /// the crate's speed). The crate steps two bytes at a time and tests the hash after an even
