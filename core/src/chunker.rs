@@ -271,10 +271,9 @@ const GEAR_WINDOW: usize = 64;
 /// The crate's loop is bound by one dependency chain (each byte's hash needs the previous
 /// one: the crate's notes find it bound by that chain with `llvm-mca`). But the hash at a
 /// position depends only on the 64 bytes before it (and on nothing before `origin`), so
-/// [`LANES`] blocks of a round are scanned
-/// at once, each lane's hash first rebuilt from the 64 bytes before its block: independent
-/// chains the CPU runs in parallel (`cargo bench -p cairn-core --bench chunking`: 2.2 times
-/// the crate's speed). The crate steps two bytes at a time and tests the hash after an even
+/// [`LANES`] blocks of a round are scanned at once, each lane's hash first rebuilt from the
+/// 64 bytes before its block: independent chains the CPU runs in parallel (`cargo bench -p
+/// cairn-core --bench chunking`: 2.2 times the crate's speed). The crate steps two bytes at a time and tests the hash after an even
 /// byte shifted left once against the mask shifted left once, which would drop the mask's
 /// top bit; none of its masks has that bit (a test checks), so one mask serves both.
 fn first_cut(src: &[u8], origin: usize, from: usize, to: usize, mask: u64) -> Option<usize> {
